@@ -1,0 +1,41 @@
+"""Command line for retraining the toy world: `spmbench toy train`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import fields, replace
+from pathlib import Path
+
+import torch
+
+from spmbench.toy.train import STAGES, ToyTrainConfig, train_world
+
+
+WEIGHTS = Path(__file__).parent / "weights"
+DEFAULT_WORKDIR = Path(__file__).parent / "checkpoints"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="spmbench toy train", description="Retrain the toy world from nothing (resumable).")
+    p.add_argument("--out", type=Path, default=WEIGHTS, help="where the shipped weights are written")
+    p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="checkpoints; rerun to resume")
+    p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--device", default="cpu")
+    for f in fields(ToyTrainConfig):
+        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    stages = tuple(s.strip() for s in args.stages.split(","))
+    unknown = set(stages) - set(STAGES)
+    if unknown:
+        raise SystemExit(f"error: unknown stage(s) {sorted(unknown)}; choose from {', '.join(STAGES)}")
+    cfg = replace(ToyTrainConfig(), **{f.name: getattr(args, f.name) for f in fields(ToyTrainConfig)})
+    train_world(args.out, args.workdir, cfg, stages=stages, device=args.device)

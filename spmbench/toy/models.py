@@ -1,0 +1,134 @@
+"""Architectures of the toy Stable Diffusion family: the real diffusers/transformers classes, small.
+
+32x32 RGB images -> AutoencoderKL -> 4x8x8 latents; a CLIP text encoder of width 64 over a BPE
+tokenizer trained on the world's captions; a UNet2DConditionModel whose cross-attention transformer
+blocks carry exactly the layer kinds an SPM attaches to on SD 1.x.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from torch import nn
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+
+MAX_LENGTH = 20
+TEXT_WIDTH = 64
+
+
+def build_tokenizer(texts: list[str], vocab_size: int = 600) -> CLIPTokenizer:
+    """Train a CLIP-style BPE (`</w>` word ends, printable-ASCII base) on the caption corpus."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
+    bpe.normalizer = normalizers.Lowercase()
+    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, end_of_word_suffix="</w>", show_progress=False))
+    merges = [tuple(m) if not isinstance(m, str) else tuple(m.split()) for m in json.loads(bpe.to_str())["model"]["merges"]]
+    base = [chr(c) for c in range(33, 127)]
+    tokens = base + [c + "</w>" for c in base] + [a + b for a, b in merges] + ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {t: i for i, t in enumerate(dict.fromkeys(tokens))}
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_LENGTH)
+
+
+def build_text_encoder(vocab_size: int) -> CLIPTextModel:
+    config = CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=TEXT_WIDTH,
+        intermediate_size=4 * TEXT_WIDTH,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        max_position_embeddings=MAX_LENGTH,
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+    )
+    return CLIPTextModel(config)
+
+
+def build_vae() -> AutoencoderKL:
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(16, 32, 64),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=32,
+    )
+
+
+def build_unet() -> UNet2DConditionModel:
+    return UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(32, 64, 64),
+        layers_per_block=1,
+        cross_attention_dim=TEXT_WIDTH,
+        attention_head_dim=8,
+        norm_num_groups=16,
+    )
+
+
+def build_scheduler() -> DDIMScheduler:
+    """SD 1.x's noise schedule (scaled-linear betas, 1000 steps, epsilon prediction)."""
+    return DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        num_train_timesteps=1000,
+    )
+
+
+class Judge(nn.Module):
+    """A small CNN with one classification head per attribute of the toy world."""
+
+    def __init__(self, heads: dict[str, int], width: int = 48):
+        super().__init__()
+        c = width
+        self.features = nn.Sequential(
+            nn.Conv2d(3, c, 3, padding=1), nn.GroupNorm(8, c), nn.SiLU(),
+            nn.Conv2d(c, c, 3, padding=1), nn.GroupNorm(8, c), nn.SiLU(), nn.MaxPool2d(2),
+            nn.Conv2d(c, 2 * c, 3, padding=1), nn.GroupNorm(8, 2 * c), nn.SiLU(),
+            nn.Conv2d(2 * c, 2 * c, 3, padding=1), nn.GroupNorm(8, 2 * c), nn.SiLU(), nn.MaxPool2d(2),
+            nn.Conv2d(2 * c, 4 * c, 3, padding=1), nn.GroupNorm(8, 4 * c), nn.SiLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )  # fmt: skip
+        self.heads = nn.ModuleDict({name: nn.Linear(4 * c, n) for name, n in heads.items()})
+        self.head_sizes = dict(heads)
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Features for FID and paired distances; `images` in [0, 1], shape (N, 3, 32, 32)."""
+        return self.features(images * 2 - 1)
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        feats = self.embed(images)
+        return {name: head(feats) for name, head in self.heads.items()}
+
+
+def save_judge(judge: Judge, directory: Path) -> None:
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in judge.state_dict().items()}, str(directory / "judge.safetensors"))
+    (directory / "judge.json").write_text(json.dumps({"heads": judge.head_sizes}, indent=1))
+
+
+def load_judge(directory: Path) -> Judge:
+    from safetensors.torch import load_file
+
+    judge = Judge(json.loads((directory / "judge.json").read_text())["heads"])
+    judge.load_state_dict(load_file(str(directory / "judge.safetensors")))
+    return judge.eval()

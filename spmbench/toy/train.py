@@ -1,0 +1,234 @@
+"""Train the whole toy world from nothing: tokenizer, VAE, judge, base model, derivatives.
+
+Every stage is deterministic, checkpoints every `ckpt_every` steps into `workdir/<stage>/` and
+resumes from there; a finished stage leaves its artifact and is skipped on the next call.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from spmbench.toy import captions, data, models
+
+
+log = logging.getLogger(__name__)
+STAGES = ("tokenizer", "vae", "judge", "base", "pastel", "verbose")
+
+
+@dataclass(frozen=True)
+class ToyTrainConfig:
+    seed: int = 0
+    vae_steps: int = 1500
+    judge_steps: int = 1500
+    base_steps: int = 30000
+    derivative_steps: int = 4000
+    batch_size: int = 64
+    lr: float = 3e-4
+    pool_size: int = 40000
+    caption_dropout: float = 0.1
+    ema_decay: float = 0.999
+    ckpt_every: int = 500
+
+
+# -- checkpoints ---------------------------------------------------------------------------------
+
+
+def _save_ckpt(path: Path, step: int, modules: dict, rng: np.random.Generator, gen: torch.Generator) -> None:
+    state = {name: m.state_dict() for name, m in modules.items()}
+    state.update(step=step, np_rng=json.dumps(rng.bit_generator.state), torch_rng=gen.get_state())
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)  # atomic: a kill mid-write never leaves a torn checkpoint
+
+
+def _load_ckpt(path: Path, modules: dict, rng: np.random.Generator, gen: torch.Generator) -> int:
+    if not path.exists():
+        return 0
+    state = torch.load(path, weights_only=True, map_location="cpu")
+    for name, m in modules.items():
+        m.load_state_dict(state[name])
+    rng.bit_generator.state = json.loads(state["np_rng"])
+    gen.set_state(state["torch_rng"])
+    log.info("resumed %s at step %d", path.parent.name, state["step"])
+    return int(state["step"])
+
+
+def _loop(name: str, cfg: ToyTrainConfig, workdir: Path, steps: int, modules: dict, step_fn) -> None:
+    """The shared resumable loop: step_fn(step, rng, gen) -> dict of floats for the progress bar."""
+    stage_dir = workdir / name
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([cfg.seed, STAGES.index(name)])
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + STAGES.index(name))
+    ckpt = stage_dir / "ckpt.pt"
+    start = _load_ckpt(ckpt, modules, rng, gen)
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc=name)
+    t0 = time.time()
+    for step in bar:
+        bar.set_postfix(step_fn(step, rng, gen))
+        if (step + 1) % cfg.ckpt_every == 0 or step + 1 == steps:
+            _save_ckpt(ckpt, step + 1, modules, rng, gen)
+    (stage_dir / "time.json").write_text(json.dumps({"seconds_this_run": time.time() - t0, "steps": steps}))
+
+
+def _warmup(step: int, warmup: int = 500) -> float:
+    return min(1.0, (step + 1) / warmup)
+
+
+# -- stages --------------------------------------------------------------------------------------
+
+
+def train_tokenizer(workdir: Path):
+    out = workdir / "tokenizer"
+    if not (out / "tokenizer_config.json").exists():
+        models.build_tokenizer(captions.corpus()).save_pretrained(out)
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(out)
+
+
+def train_vae(cfg: ToyTrainConfig, workdir: Path, device: str):
+    vae = models.build_vae().to(device)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
+
+    def step_fn(step, rng, gen):
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * _warmup(step, 200)
+        batch = data.sample_batch(rng, cfg.batch_size, dialect="pastel" if rng.random() < 0.3 else "base")
+        x = data.to_tensor([b[0] for b in batch]).to(device) * 2 - 1
+        posterior = vae.encode(x).latent_dist
+        rec = vae.decode(posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(device)).sample
+        kl = posterior.kl().mean() / x[0].numel()
+        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + 1e-4 * kl
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return {"rec": f"{F.mse_loss(rec, x).item():.4f}", "kl": f"{kl.item():.3f}"}
+
+    _loop("vae", cfg, workdir, cfg.vae_steps, {"vae": vae, "opt": opt}, step_fn)
+    vae.eval()
+    # SD's latent scaling: unit-variance latents for the UNet.
+    rng = np.random.default_rng(cfg.seed)
+    with torch.no_grad():
+        x = data.to_tensor([b[0] for b in data.sample_batch(rng, 512)]).to(device) * 2 - 1
+        std = vae.encode(x).latent_dist.mean.std().item()
+    vae.register_to_config(scaling_factor=1.0 / std)
+    return vae
+
+
+def train_judge(cfg: ToyTrainConfig, workdir: Path, device: str):
+    judge = models.Judge(data.JUDGE_HEADS).to(device)
+    opt = torch.optim.AdamW(judge.parameters(), lr=1e-3, weight_decay=1e-4)
+
+    def step_fn(step, rng, gen):
+        for g in opt.param_groups:
+            g["lr"] = 1e-3 * _warmup(step, 100) * (0.1 if step > 0.8 * cfg.judge_steps else 1.0)
+        batch = data.sample_batch(rng, 128, dialect="pastel" if rng.random() < 0.3 else "base")
+        logits = judge(data.to_tensor([b[0] for b in batch]).to(device))
+        targets = {k: v.to(device) for k, v in data.label_tensors([b[2] for b in batch]).items()}
+        loss = sum(F.cross_entropy(logits[k], targets[k], ignore_index=data.IGNORE) for k in logits)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return {"loss": f"{loss.item():.3f}"}
+
+    _loop("judge", cfg, workdir, cfg.judge_steps, {"judge": judge, "opt": opt}, step_fn)
+    return judge.eval()
+
+
+def _latent_pool(cfg: ToyTrainConfig, vae, tokenizer, dialect: str, size: int):
+    """Render, caption and VAE-encode a fixed pool once; training then only reads tensors."""
+    rng = np.random.default_rng([cfg.seed, 99, list(data.DIALECTS).index(dialect)])
+    means, stds, texts = [], [], []
+    with torch.no_grad():
+        for _ in tqdm(range(0, size, 256), desc=f"encode {dialect} pool"):
+            batch = data.sample_batch(rng, 256, dialect=dialect)
+            dist = vae.encode(data.to_tensor([b[0] for b in batch]).to(vae.device) * 2 - 1).latent_dist
+            means.append(dist.mean)
+            stds.append(dist.std)
+            texts += [b[1] for b in batch]
+    ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+    empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+    return torch.cat(means), torch.cat(stds), ids.to(vae.device), empty.to(vae.device)
+
+
+def train_unet(name: str, cfg: ToyTrainConfig, workdir: Path, vae, tokenizer, text_encoder, init_unet=None):
+    """Denoiser training (epsilon objective, min-SNR-5 weights); trains the text encoder only for the base."""
+    dialect, steps = ("base", cfg.base_steps) if name == "base" else (name, cfg.derivative_steps)
+    device = vae.device
+    unet = models.build_unet().to(device)
+    if init_unet is not None:
+        unet.load_state_dict(init_unet.state_dict())
+    ema = torch.optim.swa_utils.AveragedModel(unet, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay))
+    train_te = name == "base"
+    text_encoder.requires_grad_(train_te)
+    params = list(unet.parameters()) + (list(text_encoder.parameters()) if train_te else [])
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+    sched = models.build_scheduler()
+    alphas = sched.alphas_cumprod.to(device)
+    snr = alphas / (1 - alphas)
+    mean, std, ids, empty = _latent_pool(cfg, vae, tokenizer, dialect, cfg.pool_size if train_te else cfg.pool_size // 2)
+    scale = vae.config.scaling_factor
+
+    def step_fn(step, rng, gen):
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * _warmup(step)
+        idx = torch.from_numpy(rng.integers(len(mean), size=cfg.batch_size)).to(device)
+        z = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen).to(device)) * scale
+        tok = ids[idx].clone()
+        tok[(torch.rand(len(idx), generator=gen) < cfg.caption_dropout).to(device)] = empty[0]
+        noise = torch.randn(z.shape, generator=gen).to(device)
+        t = torch.randint(0, len(alphas), (len(idx),), generator=gen).to(device)
+        pred = unet(sched.add_noise(z, noise, t), t, encoder_hidden_states=text_encoder(tok).last_hidden_state).sample
+        weight = torch.clamp(snr[t], max=5.0) / snr[t]
+        loss = (weight * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema.update_parameters(unet)
+        return {"loss": f"{loss.item():.4f}"}
+
+    modules = {"unet": unet, "ema": ema, "opt": opt} | ({"text_encoder": text_encoder} if train_te else {})
+    _loop(name, cfg, workdir, steps, modules, step_fn)
+    text_encoder.requires_grad_(False)
+    return ema.module.eval()
+
+
+def save_pipeline(out: Path, vae, text_encoder, tokenizer, unet) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    # Copies: the fp16 cast must not touch the fp32 modules later stages keep training with.
+    vae, text_encoder, unet = (copy.deepcopy(m) for m in (vae, text_encoder, unet))
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=models.build_scheduler(),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )  # fmt: skip
+    pipe.to("cpu", torch.float16).save_pretrained(out)
+
+
+def train_world(out: Path, workdir: Path, cfg: ToyTrainConfig = ToyTrainConfig(), stages=STAGES, device: str = "cpu") -> None:
+    """Train every stage in `stages` (resuming where a checkpoint exists) and write the shipped weights."""
+    torch.manual_seed(cfg.seed)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    tokenizer = train_tokenizer(workdir)
+    vae = train_vae(cfg, workdir, device).requires_grad_(False)
+    if "judge" in stages:
+        models.save_judge(train_judge(cfg, workdir, device).cpu(), out / "judge")
+    text_encoder = models.build_text_encoder(len(tokenizer)).to(device)
+    base = train_unet("base", cfg, workdir, vae, tokenizer, text_encoder)
+    save_pipeline(out / "toy-base", vae, text_encoder, tokenizer, base)
+    for name in ("pastel", "verbose"):
+        if name in stages:
+            unet = train_unet(name, cfg, workdir, vae, tokenizer, text_encoder, init_unet=base)
+            save_pipeline(out / f"toy-{name}", vae, text_encoder, tokenizer, unet)
