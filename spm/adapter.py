@@ -1,0 +1,128 @@
+"""One SPM in memory and on disk.
+
+On disk: safetensors with kohya / A1111 LoRA key names (`lora_unet_<path_with_underscores>.lora_down
+.weight`, `.lora_up.weight`, `.alpha`), as the released SPMs use, so a file also loads as a plain LoRA
+in diffusers' `load_lora_weights` and in web UIs. Metadata holds the target prompts (needed by
+Facilitated Transport), rank, alpha and our provenance.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from spm.layers import init_down, layer_shapes, membrane_targets
+
+
+FORMAT_VERSION = "1"
+PREFIX = "lora_unet_"
+
+
+def kohya_name(module_path: str) -> str:
+    """'down_blocks.0.attentions.0.proj_in' -> 'down_blocks_0_attentions_0_proj_in'."""
+    return module_path.replace(".", "_")
+
+
+@dataclass
+class SPM:
+    """A semi-permeable membrane: rank-r factors for every membrane layer of a UNet.
+
+    Attributes:
+        targets: the concept strings it erases (Facilitated Transport compares prompts to these).
+        layers: kohya layer name -> (down, up) factors.
+        alpha: the LoRA alpha; the branch scale is alpha / rank.
+        provenance: where it came from (base model, training settings, ...), free-form JSON.
+    """
+
+    targets: list[str]
+    layers: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    alpha: float = 1.0
+    provenance: dict = field(default_factory=dict)
+
+    @property
+    def rank(self) -> int:
+        return next(iter(self.layers.values()))[0].shape[0]
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(d.numel() + u.numel() for d, u in self.layers.values())
+
+    @classmethod
+    def init(cls, unet: nn.Module, targets: list[str], rank: int = 1, alpha: float = 1.0, seed: int = 0) -> SPM:
+        """A fresh SPM for `unet`: D Kaiming-uniform, U = 0, so it changes nothing until trained."""
+        gen = torch.Generator().manual_seed(seed)
+        layers = {}
+        for path, layer in membrane_targets(unet).items():
+            down_shape, up_shape = layer_shapes(layer, rank)
+            layers[kohya_name(path)] = (init_down(down_shape, gen), torch.zeros(up_shape))
+        if not layers:
+            raise ValueError("the UNet has no Linear/Conv2d layers inside Transformer2DModel blocks: not an SD UNet?")
+        return cls(list(targets), layers, alpha)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write atomically as safetensors (kohya keys, fp32 unless the factors are another dtype)."""
+        tensors = {}
+        for name, (down, up) in self.layers.items():
+            tensors[f"{PREFIX}{name}.lora_down.weight"] = down.detach().contiguous().cpu()
+            tensors[f"{PREFIX}{name}.lora_up.weight"] = up.detach().contiguous().cpu()
+            tensors[f"{PREFIX}{name}.alpha"] = torch.tensor(float(self.alpha))
+        metadata = {
+            "prompts": json.dumps(self.targets),
+            "rank": str(self.rank),
+            "alpha": str(self.alpha),
+            "spm_format_version": FORMAT_VERSION,
+            "spm_provenance": json.dumps(self.provenance),
+        }
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(tensors, str(tmp), metadata=metadata)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, targets: list[str] | None = None) -> SPM:
+        """Read an SPM file (ours or the released layout). `targets` overrides the stored prompts."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no SPM file at {path}")
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        layers, alphas = {}, set()
+        for key in tensors:
+            if not (key.startswith(PREFIX) and key.endswith(".lora_down.weight")):
+                continue
+            name = key[len(PREFIX) : -len(".lora_down.weight")]
+            up_key = f"{PREFIX}{name}.lora_up.weight"
+            if up_key not in tensors:
+                raise ValueError(f"{path}: layer {name} has lora_down but no lora_up")
+            layers[name] = (tensors[key].float(), tensors[up_key].float())
+            alpha_key = f"{PREFIX}{name}.alpha"
+            alphas.add(float(tensors[alpha_key]) if alpha_key in tensors else float(metadata.get("alpha", 1.0)))
+        if not layers:
+            raise ValueError(f"{path}: no '{PREFIX}*.lora_down.weight' keys: not an SPM/LoRA UNet file")
+        if len(alphas) > 1:
+            raise ValueError(f"{path}: layers disagree on alpha ({sorted(alphas)}); per-layer alpha is not supported")
+        stored = _parse_prompts(metadata.get("prompts", ""))
+        provenance = json.loads(metadata.get("spm_provenance", "{}"))
+        return cls(list(targets) if targets is not None else stored, layers, alphas.pop(), provenance)
+
+
+def _parse_prompts(raw: str) -> list[str]:
+    """Ours is a JSON list; the released files store one comma-separated string."""
+    raw = raw.strip()
+    if not raw:
+        return []
+    if raw.startswith("["):
+        return [str(p) for p in json.loads(raw)]
+    return [p.strip() for p in raw.split(",") if p.strip()]

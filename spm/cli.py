@@ -1,0 +1,130 @@
+"""`spm train | generate | inspect`: the library from the command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Erase concepts from Stable Diffusion with SPMs.")
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="registry name (e.g. toy-base, sd14), hub id or local diffusers dir")]
+DeviceOpt = Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda")]
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _pipeline(model: str, device: str):
+    import spm
+
+    try:
+        return spm.load_pipeline(model, device=device)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+
+
+@app.command()
+def train(
+    model: ModelOpt,
+    target: Annotated[list[str], typer.Option("--target", "-t", help="concept to erase; repeat for several")],
+    out: Annotated[Path, typer.Option(help="output .safetensors file")],
+    surrogate: Annotated[str, typer.Option(help="replace the targets with this concept instead of erasing")] = "",
+    iterations: int = 3000,
+    lr: float = 1e-4,
+    anchor_weight: Annotated[float, typer.Option(help="lambda of Latent Anchoring")] = 1000.0,
+    num_anchors: int = 4,
+    resolution: Annotated[list[int] | None, typer.Option(help="training size in px; repeat for a list")] = None,
+    dtype: Annotated[str, typer.Option(help="float32 or bfloat16")] = "float32",
+    seed: int = 0,
+    checkpoint_every: int = 500,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Train one SPM erasing the target concept(s); resumes from OUT.ckpt.pt if a run was killed."""
+    import spm
+
+    if out.suffix != ".safetensors":
+        _fail(f"--out must end in .safetensors, got {out}")
+    if dtype not in ("float32", "bfloat16"):
+        _fail(f"--dtype must be float32 or bfloat16, got {dtype}")
+    cfg = spm.TrainConfig(
+        iterations=iterations, lr=lr, anchor_weight=anchor_weight, num_anchors=num_anchors,
+        resolutions=tuple(resolution) if resolution else None, dtype=dtype, seed=seed, checkpoint_every=checkpoint_every,
+    )  # fmt: skip
+    pipe = _pipeline(model, device)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint = out.with_name(out.name + ".ckpt.pt")
+    result = spm.train(pipe, target, surrogate=surrogate, config=cfg, checkpoint=checkpoint)
+    result.provenance["base_model"] = model
+    result.save(out)
+    checkpoint.unlink(missing_ok=True)
+    typer.echo(f"wrote {out} ({len(result.layers)} layers, {result.num_parameters:,} parameters)")
+
+
+@app.command()
+def generate(
+    model: ModelOpt,
+    prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="repeat for several prompts")],
+    out: Annotated[Path, typer.Option(help="output directory for PNGs")],
+    spm_file: Annotated[list[Path] | None, typer.Option("--spm", help="SPM file; repeat to combine several")] = None,
+    no_transport: Annotated[bool, typer.Option("--no-transport", help="fixed gamma = 1 instead of Facilitated Transport")] = False,
+    legacy: Annotated[bool, typer.Option(help="the released code's gamma^2 / factor-sum combination")] = False,
+    seed: int = 0,
+    num_images: int = 1,
+    steps: int = 30,
+    guidance: float = 7.5,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Generate images, with any number of SPMs attached."""
+    import torch
+
+    import spm
+
+    spms = []
+    for path in spm_file or []:
+        try:
+            spms.append(spm.SPM.load(path))
+        except (ValueError, FileNotFoundError) as e:
+            _fail(str(e))
+    pipe = _pipeline(model, device)
+    try:
+        runner = spm.attach(pipe, spms, transport=not no_transport, legacy=legacy) if spms else None
+    except ValueError as e:
+        _fail(str(e))
+    out.mkdir(parents=True, exist_ok=True)
+    for i, text in enumerate(prompt):
+        gen = torch.Generator(device).manual_seed(seed + i)
+        kwargs = dict(num_images_per_prompt=num_images, num_inference_steps=steps, guidance_scale=guidance, generator=gen)
+        images = (runner(text, **kwargs) if runner else pipe(prompt=text, **kwargs)).images
+        for j, image in enumerate(images):
+            path = out / f"{i:03d}_{j:02d}_seed{seed + i}.png"
+            image.save(path)
+            typer.echo(str(path))
+
+
+@app.command()
+def inspect(path: Path) -> None:
+    """Print an SPM file's layers, parameters, targets and provenance."""
+    import spm
+
+    try:
+        s = spm.SPM.load(path)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    typer.echo(f"file:       {path}")
+    typer.echo(f"targets:    {', '.join(s.targets) or '(none stored)'}")
+    typer.echo(f"layers:     {len(s.layers)}")
+    typer.echo(f"parameters: {s.num_parameters:,}")
+    typer.echo(f"rank/alpha: {s.rank} / {s.alpha}")
+    typer.echo("provenance: " + json.dumps(s.provenance, indent=2))
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    app()

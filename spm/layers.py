@@ -1,0 +1,143 @@
+"""The membrane layer: a frozen Linear/Conv2d plus k low-rank branches with per-sample permeability.
+
+y = W x + b + sum_i gamma_i * s_i * U_i (D_i x)     (spec section 2)
+
+The k branches are stored side by side and applied as one rank-(sum r_i) product, so k SPMs cost
+one extra thin matmul per layer, not k.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from diffusers.models import Transformer2DModel
+from torch import nn
+
+
+class PermeabilityState:
+    """Shared by every membrane layer of one UNet: the permeability of the current call.
+
+    `gamma` is None (every branch fully open: gamma = 1, a plain LoRA) or a (B, k) tensor, one row
+    per prompt. A UNet batch of N = m * B rows (classifier-free guidance stacks [uncond; cond])
+    reuses each prompt's row for all m copies, so a prompt's negative branch gets its gamma too.
+    """
+
+    def __init__(self) -> None:
+        self.gamma: torch.Tensor | None = None
+        self.legacy = False
+
+    def for_batch(self, n: int, k: int, device, dtype) -> torch.Tensor:
+        if self.gamma is None:
+            return torch.ones(n, k, device=device, dtype=dtype)
+        b = self.gamma.shape[0]
+        if n % b:
+            raise ValueError(f"UNet batch of {n} rows does not tile the {b} prompts' permeabilities")
+        return self.gamma.to(device=device, dtype=dtype).repeat(n // b, 1)
+
+
+class MembraneLayer(nn.Module):
+    """Wraps one `nn.Linear` or `nn.Conv2d` (`base_layer`, frozen) with SPM branches."""
+
+    def __init__(self, base_layer: nn.Linear | nn.Conv2d, state: PermeabilityState):
+        super().__init__()
+        self.base_layer = base_layer
+        self.state = state
+        self.down = nn.ParameterList()
+        self.up = nn.ParameterList()
+        self.scales: list[float] = []
+
+    @property
+    def is_conv(self) -> bool:
+        return isinstance(self.base_layer, nn.Conv2d)
+
+    def add_branch(self, down: torch.Tensor, up: torch.Tensor, scale: float, trainable: bool = False) -> None:
+        """Add one SPM's factors: down (r, in[, kh, kw]), up (out, r[, 1, 1])."""
+        ref = self.base_layer.weight
+        self.down.append(nn.Parameter(down.to(ref.device, ref.dtype), requires_grad=trainable))
+        self.up.append(nn.Parameter(up.to(ref.device, ref.dtype), requires_grad=trainable))
+        self.scales.append(float(scale))
+
+    def delta_weight(self, weights: list[float]) -> torch.Tensor:
+        """sum_i w_i s_i U_i D_i, shaped like the base weight (for static merging)."""
+        delta = torch.zeros_like(self.base_layer.weight)
+        for w, s, d, u in zip(weights, self.scales, self.down, self.up):
+            if self.is_conv:
+                delta += w * s * torch.einsum("or,rikl->oikl", u.flatten(1), d)
+            else:
+                delta += w * s * (u @ d)
+        return delta
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base_layer(x)
+        if not self.down:
+            return y
+        gamma = self.state.for_batch(x.shape[0], len(self.down), x.device, x.dtype)
+        if self.state.legacy:
+            return y + self._legacy_branch(x, gamma)
+        ranks = [d.shape[0] for d in self.down]
+        coeff = (gamma * gamma.new_tensor(self.scales)).repeat_interleave(torch.tensor(ranks, device=x.device), dim=1)
+        down, up = torch.cat(list(self.down)), torch.cat(list(self.up), dim=1)
+        if self.is_conv:
+            conv = self.base_layer
+            h = F.conv2d(x, down, None, conv.stride, conv.padding, conv.dilation)
+            return y + F.conv2d(h * coeff[:, :, None, None], up)
+        h = F.linear(x, down)
+        return y + F.linear(h * coeff.view(x.shape[0], *([1] * (x.dim() - 2)), -1), up)
+
+    def _legacy_branch(self, x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+        """The released code: s * (sum_i gamma_i U_i)(sum_j gamma_j D_j x): gamma^2 and cross terms."""
+        if any(d.shape[0] != 1 for d in self.down) or len(set(self.scales)) > 1:
+            raise ValueError("legacy mode reproduces the released code only for rank-1 SPMs of equal alpha")
+        down, up = torch.cat(list(self.down)), torch.cat(list(self.up), dim=1)
+        if self.is_conv:
+            conv = self.base_layer
+            h = F.conv2d(x, down, None, conv.stride, conv.padding, conv.dilation)  # (N, k, H, W)
+            mixed = (h * gamma[:, :, None, None]).sum(1, keepdim=True)  # (N, 1, H, W)
+            up_mixed = gamma @ up.flatten(1).T  # (N, out)
+            return self.scales[0] * mixed * up_mixed[:, :, None, None]
+        h = F.linear(x, down)
+        shape = (x.shape[0], *([1] * (x.dim() - 2)), -1)
+        mixed = (h * gamma.view(shape)).sum(-1, keepdim=True)
+        return self.scales[0] * mixed * (gamma @ up.T).view(shape)
+
+
+def membrane_targets(unet: nn.Module) -> dict[str, nn.Module]:
+    """Every Linear/Conv2d inside every transformer block of `unet`, by module path, in order.
+
+    Found by `isinstance`, never by class names. A layer already wrapped is returned as its wrapper.
+    """
+    found: dict[str, nn.Module] = {}
+    for block_name, block in unet.named_modules():
+        if not isinstance(block, Transformer2DModel):
+            continue
+        wrapped: list[str] = []
+        for name, layer in block.named_modules():
+            if any(name.startswith(w + ".") for w in wrapped):
+                continue
+            if isinstance(layer, MembraneLayer):
+                wrapped.append(name)
+                found[f"{block_name}.{name}"] = layer
+            elif isinstance(layer, (nn.Linear, nn.Conv2d)):
+                found[f"{block_name}.{name}"] = layer
+    return found
+
+
+def base_of(layer: nn.Module) -> nn.Linear | nn.Conv2d:
+    return layer.base_layer if isinstance(layer, MembraneLayer) else layer
+
+
+def layer_shapes(layer: nn.Module, rank: int = 1) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The (down, up) factor shapes an SPM of `rank` has on `layer`."""
+    base = base_of(layer)
+    if isinstance(base, nn.Conv2d):
+        return (rank, base.in_channels, *base.kernel_size), (base.out_channels, rank, 1, 1)
+    return (rank, base.in_features), (base.out_features, rank)
+
+
+def init_down(shape: tuple[int, ...], generator: torch.Generator | None = None) -> torch.Tensor:
+    """Kaiming-uniform (a = sqrt(5)), PyTorch's default Linear init, drawn from `generator`."""
+    fan_in = math.prod(shape[1:])
+    bound = math.sqrt(6.0 / ((1 + 5) * fan_in))
+    return (torch.rand(shape, generator=generator) * 2 - 1) * bound

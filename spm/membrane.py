@@ -1,0 +1,153 @@
+"""Attach SPMs to a pipeline, call it with per-prompt permeability, merge statically, detach."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from spm.adapter import SPM, kohya_name
+from spm.layers import MembraneLayer, PermeabilityState, base_of, layer_shapes, membrane_targets
+from spm.transport import Transport
+
+
+class SPMMismatchError(ValueError):
+    """An SPM does not fit the model it is applied to."""
+
+
+def check_fit(spm: SPM, unet: nn.Module, label: str = "SPM") -> dict[str, nn.Module]:
+    """The model's membrane layers by kohya name, after checking `spm` covers exactly them.
+
+    Raises SPMMismatchError naming the first mismatching layer; nothing is modified.
+    """
+    layers = {kohya_name(p): layer for p, layer in membrane_targets(unet).items()}
+    for name in sorted(set(layers) | set(spm.layers)):
+        if name not in layers:
+            raise SPMMismatchError(f"{label} has layer '{name}' that the model lacks: trained for another architecture")
+        if name not in spm.layers:
+            raise SPMMismatchError(f"{label} has no weights for model layer '{name}': trained for another architecture")
+        down, up = spm.layers[name]
+        want_down, want_up = layer_shapes(layers[name], down.shape[0])
+        if tuple(down.shape) != want_down or tuple(up.shape) != want_up:
+            raise SPMMismatchError(
+                f"{label} layer '{name}' has shapes down {tuple(down.shape)} / up {tuple(up.shape)}, "
+                f"the model needs {want_down} / {want_up}"
+            )
+    return layers
+
+
+def _set_module(root: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, child = path.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, module)
+
+
+class AttachedSPMs:
+    """SPMs attached to a pipeline's UNet. Call it like the pipeline; it sets each prompt's gamma.
+
+    Example:
+        >>> attached = spm.attach(pipe, [spm.SPM.load("snoopy.safetensors")])
+        >>> images = attached(["a photo of Snoopy", "a photo of a cat"], num_inference_steps=30).images
+        >>> attached.detach()   # the pipeline is exactly as before
+    """
+
+    def __init__(self, pipe, spms: Sequence[SPM], transport: bool, legacy: bool, weights: Sequence[float] | None):
+        self.pipe, self.spms = pipe, list(spms)
+        self.weights = torch.tensor(list(weights) if weights is not None else [1.0] * len(self.spms))
+        if len(self.weights) != len(self.spms):
+            raise ValueError(f"{len(self.weights)} weights given for {len(self.spms)} SPMs")
+        fits = [check_fit(s, pipe.unet, f"SPM #{i} ({', '.join(s.targets) or 'no targets'})") for i, s in enumerate(self.spms)]
+        self.state = PermeabilityState()
+        self.state.legacy = legacy
+        self.transport = Transport([s.targets for s in self.spms], pipe.tokenizer, pipe.text_encoder) if transport else None
+        self.paths = {kohya_name(p): p for p in membrane_targets(pipe.unet)}
+        for name, layer in fits[0].items():
+            wrapper = MembraneLayer(base_of(layer), self.state)
+            for spm in self.spms:
+                down, up = spm.layers[name]
+                wrapper.add_branch(down, up, spm.scale)
+            _set_module(pipe.unet, self.paths[name], wrapper)
+
+    @property
+    def layers(self) -> dict[str, MembraneLayer]:
+        unet = self.pipe.unet
+        return {name: unet.get_submodule(path) for name, path in self.paths.items()}
+
+    def permeability(self, prompts: str | list[str]) -> torch.Tensor:
+        """(B, k) gammas: Facilitated Transport times the weights, or the weights alone without FT."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if self.transport is None:
+            return self.weights.expand(len(prompts), -1).clone()
+        return self.transport(prompts) * self.weights
+
+    @contextmanager
+    def permeable(self, gamma: torch.Tensor):
+        """Within the block, every UNet call uses `gamma` (B, k), tiled over CFG copies."""
+        previous, self.state.gamma = self.state.gamma, gamma
+        try:
+            yield
+        finally:
+            self.state.gamma = previous
+
+    def __call__(self, prompt: str | list[str], num_images_per_prompt: int = 1, **pipe_kwargs):
+        """Run the pipeline with each prompt's own permeability (and the same on its negative branch)."""
+        gamma = self.permeability(prompt).repeat_interleave(num_images_per_prompt, dim=0)
+        with self.permeable(gamma):
+            return self.pipe(prompt=prompt, num_images_per_prompt=num_images_per_prompt, **pipe_kwargs)
+
+    def detach(self) -> None:
+        """Put the original layers back; the pipeline is exactly as before `attach`."""
+        for name, layer in self.layers.items():
+            _set_module(self.pipe.unet, self.paths[name], layer.base_layer)
+
+
+def attach(
+    pipe,
+    spms: SPM | Sequence[SPM],
+    transport: bool = True,
+    legacy: bool = False,
+    weights: Sequence[float] | None = None,
+) -> AttachedSPMs:
+    """Attach one or more SPMs to a Stable Diffusion pipeline (any with unet/tokenizer/text_encoder).
+
+    Args:
+        pipe: a diffusers pipeline.
+        spms: the SPMs; each keeps its own branch (gamma_i s_i U_i D_i x).
+        transport: Facilitated Transport on (per-prompt gamma) or off (gamma = weights).
+        legacy: reproduce the released code's gamma^2 and factor-sum combination.
+        weights: a fixed multiplier per SPM (default 1).
+
+    Raises:
+        SPMMismatchError: an SPM does not cover exactly this UNet's membrane layers; nothing is attached.
+    """
+    return AttachedSPMs(pipe, [spms] if isinstance(spms, SPM) else spms, transport, legacy, weights)
+
+
+class MergedSPMs:
+    """SPMs baked into the UNet weights (FT-free deployment); `undo()` restores the exact originals."""
+
+    def __init__(self, unet: nn.Module, spms: Sequence[SPM], weights: Sequence[float] | None):
+        weights = list(weights) if weights is not None else [1.0] * len(spms)
+        fits = [check_fit(s, unet, f"SPM #{i}") for i, s in enumerate(spms)]
+        self.originals: dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            for name, layer in fits[0].items():
+                base = base_of(layer)
+                self.originals[name] = base.weight.detach().clone()
+                scratch = MembraneLayer(base, PermeabilityState())
+                for spm in spms:
+                    scratch.add_branch(*spm.layers[name], spm.scale)
+                base.weight += scratch.delta_weight(weights)
+        self.layers = {name: base_of(layer) for name, layer in fits[0].items()}
+
+    def undo(self) -> None:
+        with torch.no_grad():
+            for name, base in self.layers.items():
+                base.weight.copy_(self.originals[name])
+
+
+def merge(pipe_or_unet, spms: SPM | Sequence[SPM], weights: Sequence[float] | None = None) -> MergedSPMs:
+    """W <- W + sum_i w_i s_i U_i D_i on every membrane layer; returns a handle whose `undo()` reverts it."""
+    unet = getattr(pipe_or_unet, "unet", pipe_or_unet)
+    return MergedSPMs(unet, [spms] if isinstance(spms, SPM) else spms, weights)

@@ -1,0 +1,57 @@
+"""Resolve a model name (registry alias, hub id or local diffusers directory) and load its pipeline."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import torch
+
+
+# The toy world ships inside this distribution, beside `spm/`: a file path, not an import.
+TOY_WEIGHTS = Path(__file__).resolve().parent.parent / "spmbench" / "toy" / "weights"
+
+# Short names for the protocol's real models (SD 1.x family unless noted).
+HUB_ALIASES = {
+    "sd14": "CompVis/stable-diffusion-v1-4",
+    "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "dreamshaper-8": "Lykon/dreamshaper-8",
+    "realistic-vision-5.1": "SG161222/Realistic_Vision_V5.1_noVAE",
+    "altdiffusion": "BAAI/AltDiffusion",
+    "sd21-base": "stabilityai/stable-diffusion-2-1-base",
+}
+TOY_MODELS = ("toy-base", "toy-pastel", "toy-verbose")
+
+
+def resolve_model(model: str) -> str:
+    """A local directory, a toy-world name, an alias from HUB_ALIASES, or a hub id ('org/name')."""
+    if Path(model).is_dir():
+        return str(model)
+    if model in TOY_MODELS:
+        path = TOY_WEIGHTS / model
+        if not (path / "model_index.json").exists():
+            raise FileNotFoundError(f"toy model {model!r} is not trained yet: run `spmbench toy train` (expected {path})")
+        return str(path)
+    if model in HUB_ALIASES:
+        return HUB_ALIASES[model]
+    if "/" in model and not Path(model).exists() and model.count("/") == 1:
+        return model
+    known = list(TOY_MODELS) + list(HUB_ALIASES)
+    close = difflib.get_close_matches(model, known, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise ValueError(f"unknown model {model!r}: {hint}give a local diffusers directory, a hub id or one of {', '.join(known)}")
+
+
+def load_pipeline(model: str, device: str = "cpu", dtype: torch.dtype = torch.float32):
+    """Load a Stable Diffusion pipeline with its safety checker off (the protocol measures raw output)."""
+    from diffusers import DiffusionPipeline
+
+    source = resolve_model(model)
+    pipe = DiffusionPipeline.from_pretrained(source, dtype=dtype, safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def native_resolution(pipe) -> int:
+    """The pixel size the UNet was trained at (512 for SD 1.x, 32 for the toy world)."""
+    return int(pipe.unet.config.sample_size * pipe.vae_scale_factor)

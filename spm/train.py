@@ -1,0 +1,223 @@
+"""Training one SPM: the erasing loss with Latent Anchoring (spec section 4)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from spm.adapter import SPM
+from spm.membrane import attach
+from spm.models import native_resolution
+
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every training setting, defaulting to the paper's SD 1.4 setting.
+
+    Attributes:
+        iterations: optimisation steps (batch 1).
+        lr, weight_decay: AdamW.
+        warmup_steps, restarts: cosine schedule with hard restarts after a linear warm-up.
+        eta: negative-guidance strength of the erasing target.
+        anchor_weight: lambda, the weight of the Latent Anchoring loss.
+        num_anchors: random anchor embeddings per step (the empty prompt is always added).
+        anchor_scale: rho range; anchors are rescaled to rho * ||c_tar||.
+        rollout_steps: T of the DDIM schedule the x_t rollout is drawn from.
+        rollout_guidance: CFG scale of that rollout.
+        resolutions: training sizes in pixels, one drawn per step. None: 256-448 for a 512-px model,
+            else the model's native size.
+        rank, alpha: membrane rank and LoRA alpha (scale = alpha / rank).
+        dtype: "float32" or "bfloat16" (autocast of the UNet forwards).
+        seed: every random draw comes from it; the same seed gives the same SPM on CPU.
+        checkpoint_every: steps between resumable checkpoints (0: never).
+    """
+
+    iterations: int = 3000
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 500
+    restarts: int = 3
+    eta: float = 1.0
+    anchor_weight: float = 1000.0
+    num_anchors: int = 4
+    anchor_scale: tuple[float, float] = (0.8, 1.2)
+    rollout_steps: int = 30
+    rollout_guidance: float = 3.0
+    resolutions: tuple[int, ...] | None = None
+    rank: int = 1
+    alpha: float = 1.0
+    dtype: str = "float32"
+    seed: int = 0
+    checkpoint_every: int = 500
+
+    def resolved_resolutions(self, pipe) -> tuple[int, ...]:
+        if self.resolutions:
+            return tuple(self.resolutions)
+        native = native_resolution(pipe)
+        return (256, 320, 384, 448) if native == 512 else (native,)
+
+
+@torch.no_grad()
+def encode(pipe, prompts: list[str]) -> torch.Tensor:
+    ids = pipe.tokenizer(
+        prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+    return pipe.text_encoder(ids.to(pipe.text_encoder.device))[0]
+
+
+def sample_anchors(c_tar: torch.Tensor, n: int, scale: tuple[float, float], gen: torch.Generator) -> torch.Tensor:
+    """Latent Anchoring: random directions, kept with probability 1 - cos(a, c_tar), norm rho * ||c_tar||."""
+    anchors = []
+    target = c_tar.flatten().float().cpu()
+    while len(anchors) < n:
+        a = torch.randn(target.shape, generator=gen)
+        keep = torch.rand((), generator=gen) < 1 - F.cosine_similarity(a, target, dim=0)
+        rho = torch.empty(()).uniform_(*scale, generator=gen)
+        if keep:
+            anchors.append(a / a.norm() * rho * target.norm())
+    return torch.stack(anchors).view(n, *c_tar.shape).to(c_tar)
+
+
+def _fingerprint(targets, surrogate, cfg: TrainConfig, pipe) -> str:
+    return json.dumps({"targets": targets, "surrogate": surrogate, "config": asdict(cfg), "model": pipe.name_or_path})
+
+
+def train(
+    pipe,
+    targets: list[str],
+    surrogate: str = "",
+    config: TrainConfig = TrainConfig(),
+    checkpoint: str | Path | None = None,
+    progress: bool = True,
+) -> SPM:
+    """Train an SPM that erases `targets` (one drawn per step) towards `surrogate` ("" = erase).
+
+    Args:
+        pipe: a Stable Diffusion pipeline; its UNet and text encoder stay frozen.
+        targets: the concept prompts, e.g. ["Snoopy"]; they are stored for Facilitated Transport.
+        surrogate: the concept to replace the targets with (erase-to-replace), or "".
+        config: hyperparameters.
+        checkpoint: file for resumable checkpoints; an existing one from the same settings is resumed.
+        progress: show a progress bar with the loss terms.
+
+    Returns:
+        The trained SPM, with provenance (model, settings) in its metadata.
+    """
+    if not targets:
+        raise ValueError("give at least one target concept to erase")
+    cfg = config
+    device = pipe.unet.device
+    pipe.unet.requires_grad_(False)
+    pipe.text_encoder.requires_grad_(False)
+    spm = SPM.init(pipe.unet, targets, cfg.rank, cfg.alpha, cfg.seed)
+    attached = attach(pipe, spm, transport=False)
+    try:
+        _optimise(pipe, attached, targets, surrogate, cfg, Path(checkpoint) if checkpoint else None, progress, device)
+        layers = {name: (layer.down[0].detach().cpu().clone(), layer.up[0].detach().cpu().clone()) for name, layer in attached.layers.items()}
+    finally:
+        attached.detach()
+    provenance = {"base_model": pipe.name_or_path, "surrogate": surrogate, "train_config": asdict(cfg), "spm_version": _version()}
+    return SPM(list(targets), layers, cfg.alpha, provenance)
+
+
+def _optimise(pipe, attached, targets, surrogate, cfg: TrainConfig, checkpoint: Path | None, progress: bool, device) -> None:
+    from diffusers import DDIMScheduler
+    from diffusers.optimization import get_cosine_with_hard_restarts_schedule_with_warmup
+
+    # 1. Trainable factors, optimiser, schedule, one generator for every random draw.
+    params = [p for layer in attached.layers.values() for p in (layer.down[0], layer.up[0])]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = get_cosine_with_hard_restarts_schedule_with_warmup(opt, cfg.warmup_steps, cfg.iterations, cfg.restarts)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    ddim = DDIMScheduler.from_config(pipe.scheduler.config)
+    ddim.set_timesteps(cfg.rollout_steps)
+    c_targets = encode(pipe, list(targets))
+    c_neu, c_empty = encode(pipe, [surrogate]), encode(pipe, [""])
+    resolutions = cfg.resolved_resolutions(pipe)
+    start = _resume(checkpoint, params, opt, sched, gen, _fingerprint(targets, surrogate, cfg, pipe))
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16")
+
+    def unet(x, t, cond, gamma):
+        with attached.permeable(gamma), autocast:
+            return pipe.unet(x.expand(len(cond), -1, -1, -1), t, encoder_hidden_states=cond).sample.float()
+
+    bar = tqdm(range(start, cfg.iterations), initial=start, total=cfg.iterations, disable=not progress, desc="SPM")
+    for step in bar:
+        # 2. A target, a size, and the rollout depth k ~ U{1..T-1}.
+        c_tar = c_targets[int(torch.randint(len(targets), (), generator=gen))][None]
+        size = resolutions[int(torch.randint(len(resolutions), (), generator=gen))] // pipe.vae_scale_factor
+        k = int(torch.randint(1, cfg.rollout_steps, (), generator=gen))
+        x = torch.randn(1, pipe.unet.config.in_channels, size, size, generator=gen).to(device) * ddim.init_noise_sigma
+        # 3. x_t: k DDIM steps of the membrane-on model, CFG on c_tar.
+        with torch.no_grad():
+            for t in ddim.timesteps[:k]:
+                uncond, cond = unet(x, t, torch.cat([c_empty, c_tar]), torch.ones(1, 1)).chunk(2)
+                x = ddim.step(uncond + cfg.rollout_guidance * (cond - uncond), t, x).prev_sample
+        t = ddim.timesteps[k]
+        anchors = torch.cat([sample_anchors(c_tar[0], cfg.num_anchors, cfg.anchor_scale, gen), c_empty])
+        # 4. Frozen predictions (membrane closed), then the membrane's, with grad.
+        with torch.no_grad():
+            frozen = unet(x, t, torch.cat([c_neu, c_tar, anchors]), torch.zeros(1, 1))
+        e_neu, e_tar, e_anchor = frozen[:1], frozen[1:2], frozen[2:]
+        pred = unet(x, t, torch.cat([c_tar, anchors]), torch.ones(1, 1))
+        loss_erase = F.mse_loss(pred[:1], e_neu - cfg.eta * (e_tar - e_neu))
+        loss_anchor = F.mse_loss(pred[1:], e_anchor)
+        loss = loss_erase + cfg.anchor_weight * loss_anchor
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        bar.set_postfix(erase=f"{loss_erase.item():.4g}", anchor=f"{loss_anchor.item():.3g}")
+        # 5. A resumable checkpoint.
+        if checkpoint and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
+            _save_checkpoint(checkpoint, step + 1, params, opt, sched, gen, _fingerprint(targets, surrogate, cfg, pipe))
+
+
+def _save_checkpoint(path: Path, step, params, opt, sched, gen, fingerprint: str) -> None:
+    state = {
+        "step": step,
+        "params": [p.detach().cpu() for p in params],
+        "opt": opt.state_dict(),
+        "sched": sched.state_dict(),
+        "gen": gen.get_state(),
+        "fingerprint": fingerprint,
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def _resume(path: Path | None, params, opt, sched, gen, fingerprint: str) -> int:
+    if path is None or not path.exists():
+        return 0
+    state = torch.load(path, weights_only=True, map_location="cpu")
+    if state["fingerprint"] != fingerprint:
+        raise ValueError(f"checkpoint {path} is from other settings or targets: delete it to start over")
+    with torch.no_grad():
+        for p, saved in zip(params, state["params"]):
+            p.copy_(saved)
+    opt.load_state_dict(state["opt"])
+    sched.load_state_dict(state["sched"])
+    gen.set_state(state["gen"])
+    log.info("resumed SPM training from %s at step %d", path, state["step"])
+    return int(state["step"])
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("spm-erasing")
+    except PackageNotFoundError:
+        return "0+unknown"

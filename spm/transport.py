@@ -1,0 +1,52 @@
+"""Facilitated Transport: how permeable each SPM is for a given prompt (spec section 3).
+
+gamma_i(p) = max over c in C_i of max(s_cos(p, c), s_tok(p, c)), where s_cos is the cosine between
+the flattened, padded last hidden states of the text encoder, and s_tok the fraction of c's
+(non-special) tokens that p contains. Computed with the model's own tokenizer and text encoder.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+@torch.no_grad()
+def encode_prompts(prompts: list[str], tokenizer, text_encoder) -> tuple[torch.Tensor, list[set[int]]]:
+    """Padded last hidden states (N, L*D) and each prompt's set of non-special token ids."""
+    ids = tokenizer(
+        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+    hidden = text_encoder(ids.to(text_encoder.device)).last_hidden_state.float()
+    special = set(tokenizer.all_special_ids)
+    token_sets = [set(row.tolist()) - special for row in ids]
+    return hidden.flatten(1), token_sets
+
+
+class Transport:
+    """Per-prompt permeabilities for a fixed list of SPMs, with their targets encoded once."""
+
+    def __init__(self, targets_per_spm: list[list[str]], tokenizer, text_encoder):
+        for i, targets in enumerate(targets_per_spm):
+            if not targets:
+                raise ValueError(
+                    f"SPM #{i} has no target prompts, which Facilitated Transport needs: "
+                    "pass targets=[...] when loading it, or attach with transport=False"
+                )
+        self.tokenizer, self.text_encoder = tokenizer, text_encoder
+        flat = [t for targets in targets_per_spm for t in targets]
+        self.owner = torch.tensor([i for i, targets in enumerate(targets_per_spm) for _ in targets])
+        self.k = len(targets_per_spm)
+        hidden, self.target_tokens = encode_prompts(flat, tokenizer, text_encoder)
+        self.target_hidden = F.normalize(hidden, dim=1)
+
+    def __call__(self, prompts: list[str]) -> torch.Tensor:
+        """(len(prompts), k) permeabilities in [0, 1]."""
+        hidden, tokens = encode_prompts(prompts, self.tokenizer, self.text_encoder)
+        s_cos = F.normalize(hidden, dim=1) @ self.target_hidden.T.to(hidden.device)
+        s_tok = torch.tensor(
+            [[len(p & c) / max(len(c), 1) for c in self.target_tokens] for p in tokens], device=s_cos.device
+        )
+        per_target = torch.maximum(s_cos, s_tok).clamp(0, 1).cpu()
+        gamma = torch.zeros(len(prompts), self.k)
+        return gamma.scatter_reduce(1, self.owner.expand(len(prompts), -1), per_target, reduce="amax")

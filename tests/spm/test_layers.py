@@ -1,0 +1,101 @@
+import pytest
+import torch
+from torch import nn
+
+from spm.adapter import SPM
+from spm.layers import MembraneLayer, PermeabilityState, membrane_targets
+
+
+def dense_reference(base, branches, gamma_row, legacy=False):
+    """W + sum_i gamma_i s_i U_i D_i as one dense matrix (or the released gamma^2 factor-sum)."""
+    w = base.weight.detach().clone()
+    flat = lambda t: t.flatten(1)  # noqa: E731
+    if legacy:
+        u = sum(g * flat(up) for g, (_, up, _) in zip(gamma_row, branches))
+        d = sum(g * flat(down) for g, (down, _, _) in zip(gamma_row, branches))
+        return w + branches[0][2] * (u @ d).view_as(w)
+    for g, (down, up, s) in zip(gamma_row, branches):
+        w = w + g * s * (flat(up) @ flat(down)).view_as(w)
+    return w
+
+
+def make_layer(kind, k=3, rank=1, equal_scales=False):
+    torch.manual_seed(0)
+    base = nn.Linear(6, 5) if kind == "linear" else nn.Conv2d(6, 5, 1)
+    state = PermeabilityState()
+    layer = MembraneLayer(base, state)
+    branches = []
+    for i in range(k):
+        shape_d, shape_u = ((rank, 6), (5, rank)) if kind == "linear" else ((rank, 6, 1, 1), (5, rank, 1, 1))
+        down, up, s = torch.randn(shape_d), torch.randn(shape_u), 0.5 if equal_scales else 0.5 + i
+        layer.add_branch(down, up, s)
+        branches.append((down, up, s))
+    return base, layer, state, branches
+
+
+def apply_dense(base, weight, x):
+    if isinstance(base, nn.Linear):
+        return nn.functional.linear(x, weight, base.bias)
+    return nn.functional.conv2d(x, weight, base.bias)
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+@pytest.mark.parametrize("legacy", [False, True])
+def test_membrane_matches_dense_reference_per_sample(kind, legacy):
+    base, layer, state, branches = make_layer(kind, equal_scales=legacy)
+    gamma = torch.tensor([[1.0, 0.0, 0.3], [0.2, 0.9, 0.0]])
+    state.gamma, state.legacy = gamma, legacy
+    x = torch.randn(4, 7, 6) if kind == "linear" else torch.randn(4, 6, 3, 3)  # 4 rows = CFG copies of 2 prompts
+    y = layer(x)
+    for row in range(4):
+        g = gamma[row % 2]  # [uncond_0, uncond_1, cond_0, cond_1]: each prompt's gamma on both branches
+        ref = apply_dense(base, dense_reference(base, branches, g, legacy), x[row : row + 1])
+        torch.testing.assert_close(y[row : row + 1], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_rank_two_branch_and_default_gamma_is_one():
+    base, layer, state, branches = make_layer("linear", k=2, rank=2)
+    x = torch.randn(3, 6)
+    ref = apply_dense(base, dense_reference(base, branches, [1.0, 1.0]), x)
+    torch.testing.assert_close(layer(x), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_legacy_rejects_unequal_scales():
+    _, layer, state, _ = make_layer("linear")
+    state.legacy = True
+    with pytest.raises(ValueError, match="legacy"):
+        layer(torch.randn(2, 6))
+
+
+def test_batch_that_does_not_tile_the_prompts_is_an_error():
+    _, layer, state, _ = make_layer("linear")
+    state.gamma = torch.ones(3, 3)
+    with pytest.raises(ValueError, match="does not tile"):
+        layer(torch.randn(4, 6))
+
+
+def sd15_unet_on_meta():
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        return UNet2DConditionModel(
+            sample_size=64,
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            block_out_channels=(320, 640, 1280, 1280),
+            layers_per_block=2,
+            cross_attention_dim=768,
+            attention_head_dim=8,
+        )
+
+
+def test_sd15_membrane_covers_192_layers_and_423936_parameters():
+    unet = sd15_unet_on_meta()
+    layers = membrane_targets(unet)
+    assert len(layers) == 192
+    kinds = {name.rsplit(".", 1)[-1] if not name.endswith("to_out.0") else "to_out.0" for name in layers}
+    assert kinds == {"proj_in", "proj_out", "to_q", "to_k", "to_v", "to_out.0", "proj", "2"}
+    params = sum(l.in_features + l.out_features if isinstance(l, nn.Linear) else l.in_channels + l.out_channels for l in layers.values())
+    assert params == 423_936
+    spm = SPM.init(unet, ["x"])  # the factors themselves live on the CPU
+    assert len(spm.layers) == 192 and spm.num_parameters == 423_936
