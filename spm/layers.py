@@ -19,18 +19,21 @@ from torch import nn
 class PermeabilityState:
     """Shared by every membrane layer of one UNet: the permeability of the current call.
 
-    `gamma` is None (every branch fully open: gamma = 1, a plain LoRA) or a (B, k) tensor, one row
-    per prompt. A UNet batch of N = m * B rows (classifier-free guidance stacks [uncond; cond])
+    `gamma` is None (each branch at its fixed `default` weight, 1 unless set: a plain LoRA) or a
+    (B, k) tensor, one row per prompt. A UNet batch of N = m * B rows (classifier-free guidance stacks [uncond; cond])
     reuses each prompt's row for all m copies, so a prompt's negative branch gets its gamma too.
     """
 
     def __init__(self) -> None:
         self.gamma: torch.Tensor | None = None
+        self.default: torch.Tensor | None = None
         self.legacy = False
 
     def for_batch(self, n: int, k: int, device, dtype) -> torch.Tensor:
         if self.gamma is None:
-            return torch.ones(n, k, device=device, dtype=dtype)
+            if self.default is None:
+                return torch.ones(n, k, device=device, dtype=dtype)
+            return self.default.to(device=device, dtype=dtype).expand(n, k)
         b = self.gamma.shape[0]
         if n % b:
             raise ValueError(f"UNet batch of {n} rows does not tile the {b} prompts' permeabilities")

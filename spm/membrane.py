@@ -57,9 +57,12 @@ class AttachedSPMs:
         self.weights = torch.tensor(list(weights) if weights is not None else [1.0] * len(self.spms))
         if len(self.weights) != len(self.spms):
             raise ValueError(f"{len(self.weights)} weights given for {len(self.spms)} SPMs")
+        if any(isinstance(m, MembraneLayer) for m in pipe.unet.modules()):
+            raise ValueError("this pipeline already has SPMs attached: detach() them first, then attach all SPMs at once")
         fits = [check_fit(s, pipe.unet, f"SPM #{i} ({', '.join(s.targets) or 'no targets'})") for i, s in enumerate(self.spms)]
         self.state = PermeabilityState()
         self.state.legacy = legacy
+        self.state.default = self.weights[None]  # direct UNet/pipeline calls run at the fixed weights
         self.transport = Transport([s.targets for s in self.spms], pipe.tokenizer, pipe.text_encoder) if transport else None
         self.paths = {kohya_name(p): p for p in membrane_targets(pipe.unet)}
         for name, layer in fits[0].items():

@@ -1,0 +1,79 @@
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from spm import SPM
+
+
+def random_spm(unet, targets=("snoopy",), seed=0):
+    spm = SPM.init(unet, list(targets), seed=seed)
+    gen = torch.Generator().manual_seed(seed + 100)
+    spm.layers = {n: (d, torch.randn(u.shape, generator=gen)) for n, (d, u) in spm.layers.items()}
+    return spm
+
+
+def test_fresh_spm_is_zero_up_and_kaiming_down(pipe):
+    spm = SPM.init(pipe.unet, ["snoopy"])
+    for down, up in spm.layers.values():
+        assert torch.count_nonzero(up) == 0
+        bound = down.shape[1] ** -0.5  # kaiming-uniform a=sqrt(5): U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+        assert down.abs().max() <= bound and down.abs().max() > 0.5 * bound
+
+
+def test_round_trip_keeps_weights_targets_and_provenance(pipe, tmp_path):
+    spm = random_spm(pipe.unet, ["snoopy", "snoopy the dog"])
+    spm.provenance = {"base_model": "tiny", "train_config": {"iterations": 3}}
+    path = tmp_path / "s.safetensors"
+    spm.save(path)
+    back = SPM.load(path)
+    assert back.targets == spm.targets and back.alpha == 1.0 and back.rank == 1
+    assert back.provenance == spm.provenance
+    for name, (d, u) in spm.layers.items():
+        torch.testing.assert_close(back.layers[name][0], d, rtol=0, atol=0)
+        torch.testing.assert_close(back.layers[name][1], u, rtol=0, atol=0)
+
+
+def test_file_uses_kohya_keys_and_metadata(pipe, tmp_path):
+    path = tmp_path / "s.safetensors"
+    random_spm(pipe.unet).save(path)
+    with safe_open(str(path), framework="pt") as f:
+        keys, meta = set(f.keys()), f.metadata()
+    assert "lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight" in keys
+    assert "lora_unet_up_blocks_1_attentions_0_transformer_blocks_0_attn2_to_out_0.lora_up.weight" in keys
+    assert "lora_unet_mid_block_attentions_0_transformer_blocks_0_ff_net_0_proj.alpha" in keys
+    assert json.loads(meta["prompts"]) == ["snoopy"]
+    assert meta["rank"] == "1" and meta["alpha"] == "1.0" and meta["spm_format_version"] == "1"
+
+
+def test_released_layout_loads(pipe, tmp_path):
+    """The released files: fp16 factors, comma-separated prompts, no provenance."""
+    spm = random_spm(pipe.unet)
+    tensors = {}
+    for name, (d, u) in spm.layers.items():
+        tensors[f"lora_unet_{name}.lora_down.weight"] = d.half()
+        tensors[f"lora_unet_{name}.lora_up.weight"] = u.half()
+        tensors[f"lora_unet_{name}.alpha"] = torch.tensor(1.0).half()
+    path = tmp_path / "released.safetensors"
+    save_file(tensors, str(path), metadata={"prompts": "snoopy, snoopy dog", "rank": "1", "alpha": "1.0"})
+    back = SPM.load(path)
+    assert back.targets == ["snoopy", "snoopy dog"] and back.provenance == {}
+    assert back.layers.keys() == spm.layers.keys()
+    assert SPM.load(path, targets=["other"]).targets == ["other"]
+
+
+def test_not_an_spm_file_says_so(tmp_path):
+    path = tmp_path / "x.safetensors"
+    save_file({"weight": torch.zeros(2)}, str(path))
+    with pytest.raises(ValueError, match="not an SPM"):
+        SPM.load(path)
+    with pytest.raises(FileNotFoundError, match="no SPM file"):
+        SPM.load(tmp_path / "missing.safetensors")
+
+
+def test_save_is_atomic_and_leaves_no_temp(pipe, tmp_path):
+    path = tmp_path / "s.safetensors"
+    random_spm(pipe.unet).save(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["s.safetensors"]

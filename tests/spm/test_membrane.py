@@ -1,0 +1,128 @@
+import pytest
+import torch
+
+import spm
+from spm.layers import MembraneLayer
+
+
+KW = dict(num_inference_steps=3, output_type="np", guidance_scale=5.0)
+
+
+def images(fn, prompt, seed=0, **kw):
+    return fn(prompt, generator=torch.Generator().manual_seed(seed), **KW, **kw).images
+
+
+def random_spm(unet, targets=("snoopy",), seed=0, scale=0.5):
+    s = spm.SPM.init(unet, list(targets), seed=seed)
+    gen = torch.Generator().manual_seed(seed + 100)
+    s.layers = {n: (d, scale * torch.randn(u.shape, generator=gen)) for n, (d, u) in s.layers.items()}
+    return s
+
+
+def unet_out(pipe, prompts, seed=0):
+    ids = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
+    cond = pipe.text_encoder(ids)[0]
+    x = torch.randn(len(prompts), 4, 8, 8, generator=torch.Generator().manual_seed(seed))
+    return pipe.unet(x, 500, encoder_hidden_states=cond).sample
+
+
+def test_fresh_spm_changes_nothing_and_detach_restores(pipe):
+    before = unet_out(pipe, ["snoopy the dog"])
+    state = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    attached = spm.attach(pipe, spm.SPM.init(pipe.unet, ["snoopy"]))
+    # 4 transformer blocks (down 1, mid 1, up 2) x 12 layers each
+    assert sum(isinstance(m, MembraneLayer) for m in pipe.unet.modules()) == 48
+    torch.testing.assert_close(unet_out(pipe, ["snoopy the dog"]), before, rtol=0, atol=0)
+    attached.detach()
+    assert not any(isinstance(m, MembraneLayer) for m in pipe.unet.modules())
+    after = pipe.unet.state_dict()
+    assert after.keys() == state.keys() and all(torch.equal(after[k], state[k]) for k in state)
+
+
+def test_per_sample_gamma_in_a_batch_equals_one_prompt_at_a_time(pipe):
+    attached = spm.attach(pipe, [random_spm(pipe.unet, ["snoopy"]), random_spm(pipe.unet, ["mickey"], seed=1)])
+    prompts = ["snoopy the dog", "a photo of a cat", "mickey the mouse"]
+    gamma = attached.permeability(prompts)
+    assert gamma.shape == (3, 2) and gamma[0, 0] == 1 and gamma[2, 1] == 1 and gamma[1].max() < 1
+    with attached.permeable(gamma):
+        batch = unet_out(pipe, prompts)
+    x = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    for i, p in enumerate(prompts):
+        with attached.permeable(gamma[i : i + 1]):
+            ids = pipe.tokenizer([p], padding="max_length", max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
+            single = pipe.unet(x[i : i + 1], 500, encoder_hidden_states=pipe.text_encoder(ids)[0]).sample
+        torch.testing.assert_close(batch[i : i + 1], single, rtol=1e-4, atol=1e-5)
+    with attached.permeable(torch.ones(1, 2)):
+        assert not torch.allclose(unet_out(pipe, prompts), batch)
+
+
+def test_gamma_reaches_each_row_and_its_negative_branch(pipe):
+    """A UNet batch [uncond; cond] of 2 prompts: each row must see its own prompt's gamma."""
+    s = random_spm(pipe.unet)
+    attached = spm.attach(pipe, s, transport=False)
+    seen = []
+    layer = next(iter(attached.layers.values()))
+    layer.register_forward_pre_hook(lambda m, args: seen.append(m.state.for_batch(args[0].shape[0], 1, "cpu", torch.float32)))
+    gamma = torch.tensor([[0.25], [0.75]])
+    with attached.permeable(gamma):
+        pipe(["a", "b"], generator=torch.Generator().manual_seed(0), **KW)
+    assert seen and all(torch.equal(g[:, 0], torch.tensor([0.25, 0.75, 0.25, 0.75])) for g in seen)
+
+
+def test_transport_off_is_fixed_gamma_and_weights_scale_it(pipe):
+    attached = spm.attach(pipe, random_spm(pipe.unet), transport=False, weights=[0.5])
+    assert torch.equal(attached.permeability(["anything", "snoopy"]), torch.tensor([[0.5], [0.5]]))
+
+
+def test_merge_matches_attach_without_transport_and_undo_is_exact(pipe):
+    spms = [random_spm(pipe.unet, ["snoopy"]), random_spm(pipe.unet, ["mickey"], seed=1)]
+    attached = spm.attach(pipe, spms, transport=False, weights=[1.0, 0.5])
+    expected = unet_out(pipe, ["snoopy the dog", "a cat"])
+    attached.detach()
+    original = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    merged = spm.merge(pipe, spms, weights=[1.0, 0.5])
+    torch.testing.assert_close(unet_out(pipe, ["snoopy the dog", "a cat"]), expected, rtol=1e-4, atol=1e-5)
+    merged.undo()
+    assert all(torch.equal(pipe.unet.state_dict()[k], v) for k, v in original.items())
+
+
+def test_diffusers_lora_loader_gives_the_same_images_as_gamma_one(pipe, tiny_dir, tmp_path):
+    pytest.importorskip("peft", reason="diffusers' LoRA loader needs the dev extra's peft")
+    path = tmp_path / "s.safetensors"
+    random_spm(pipe.unet).save(path)
+    attached = spm.attach(pipe, spm.SPM.load(path), transport=False)
+    ours = images(attached, "snoopy the dog")
+    attached.detach()
+    plain = spm.load_pipeline(str(tiny_dir))
+    untouched = images(plain, "snoopy the dog")
+    plain.load_lora_weights(str(path))
+    theirs = images(plain, "snoopy the dog")
+    assert abs(ours - untouched).max() > 1e-3  # the SPM does something
+    assert abs(ours - theirs).max() < 1e-5
+
+
+def test_transfer_to_a_sibling_model(pipe, tiny_sibling_dir):
+    s = random_spm(pipe.unet)
+    sibling = spm.load_pipeline(str(tiny_sibling_dir))
+    plain = images(sibling, "snoopy the dog")
+    attached = spm.attach(sibling, s)  # FT with the sibling's own text encoder
+    assert abs(images(attached, "snoopy the dog") - plain).max() > 1e-3
+
+
+def test_mismatched_model_fails_naming_the_layer_and_attaches_nothing(pipe, tmp_path):
+    from conftest import save_tiny_pipeline
+
+    other = spm.load_pipeline(str(save_tiny_pipeline(tmp_path / "wide", cross_dim=24)))
+    s = random_spm(pipe.unet)
+    with pytest.raises(spm.SPMMismatchError, match=r"layer 'down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k'"):
+        spm.attach(other, s)
+    assert not any(isinstance(m, MembraneLayer) for m in other.unet.modules())
+    s.layers.pop("mid_block_attentions_0_proj_out")
+    with pytest.raises(spm.SPMMismatchError, match="no weights for model layer 'mid_block_attentions_0_proj_out'"):
+        spm.merge(pipe, s)
+
+
+def test_attaching_twice_asks_to_detach_first(pipe):
+    spm.attach(pipe, random_spm(pipe.unet))
+    with pytest.raises(ValueError, match="detach"):
+        spm.attach(pipe, random_spm(pipe.unet))
