@@ -12,7 +12,9 @@ import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Erase concepts from Stable Diffusion with SPMs.")
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="registry name (e.g. toy-base, sd14), hub id or local diffusers dir")]
+ModelOpt = Annotated[
+    str, typer.Option("--model", "-m", help="registry name (e.g. toy-base, sd14), hub id or local diffusers dir")
+]
 DeviceOpt = Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda")]
 
 
@@ -73,7 +75,9 @@ def generate(
     prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="repeat for several prompts")],
     out: Annotated[Path, typer.Option(help="output directory for PNGs")],
     spm_file: Annotated[list[Path] | None, typer.Option("--spm", help="SPM file; repeat to combine several")] = None,
-    no_transport: Annotated[bool, typer.Option("--no-transport", help="fixed gamma = 1 instead of Facilitated Transport")] = False,
+    no_transport: Annotated[
+        bool, typer.Option("--no-transport", help="fixed gamma = 1 instead of Facilitated Transport")
+    ] = False,
     legacy: Annotated[bool, typer.Option(help="the released code's gamma^2 / factor-sum combination")] = False,
     seed: int = 0,
     num_images: int = 1,
@@ -100,7 +104,9 @@ def generate(
     out.mkdir(parents=True, exist_ok=True)
     for i, text in enumerate(prompt):
         gen = torch.Generator(device).manual_seed(seed + i)
-        kwargs = dict(num_images_per_prompt=num_images, num_inference_steps=steps, guidance_scale=guidance, generator=gen)
+        kwargs = dict(
+            num_images_per_prompt=num_images, num_inference_steps=steps, guidance_scale=guidance, generator=gen
+        )
         images = (runner(text, **kwargs) if runner else pipe(prompt=text, **kwargs)).images
         for j, image in enumerate(images):
             path = out / f"{i:03d}_{j:02d}_seed{seed + i}.png"

@@ -25,9 +25,13 @@ def check_fit(spm: SPM, unet: nn.Module, label: str = "SPM") -> dict[str, nn.Mod
     layers = {kohya_name(p): layer for p, layer in membrane_targets(unet).items()}
     for name in sorted(set(layers) | set(spm.layers)):
         if name not in layers:
-            raise SPMMismatchError(f"{label} has layer '{name}' that the model lacks: trained for another architecture")
+            raise SPMMismatchError(
+                f"{label} has layer '{name}' that the model lacks: trained for another architecture"
+            )
         if name not in spm.layers:
-            raise SPMMismatchError(f"{label} has no weights for model layer '{name}': trained for another architecture")
+            raise SPMMismatchError(
+                f"{label} has no weights for model layer '{name}': trained for another architecture"
+            )
         down, up = spm.layers[name]
         want_down, want_up = layer_shapes(layers[name], down.shape[0])
         if tuple(down.shape) != want_down or tuple(up.shape) != want_up:
@@ -58,12 +62,19 @@ class AttachedSPMs:
         if len(self.weights) != len(self.spms):
             raise ValueError(f"{len(self.weights)} weights given for {len(self.spms)} SPMs")
         if any(isinstance(m, MembraneLayer) for m in pipe.unet.modules()):
-            raise ValueError("this pipeline already has SPMs attached: detach() them first, then attach all SPMs at once")
-        fits = [check_fit(s, pipe.unet, f"SPM #{i} ({', '.join(s.targets) or 'no targets'})") for i, s in enumerate(self.spms)]
+            raise ValueError(
+                "this pipeline already has SPMs attached: detach() them first, then attach all SPMs at once"
+            )
+        fits = [
+            check_fit(s, pipe.unet, f"SPM #{i} ({', '.join(s.targets) or 'no targets'})")
+            for i, s in enumerate(self.spms)
+        ]
         self.state = PermeabilityState()
         self.state.legacy = legacy
         self.state.default = self.weights[None]  # direct UNet/pipeline calls run at the fixed weights
-        self.transport = Transport([s.targets for s in self.spms], pipe.tokenizer, pipe.text_encoder) if transport else None
+        self.transport = (
+            Transport([s.targets for s in self.spms], pipe.tokenizer, pipe.text_encoder) if transport else None
+        )
         self.paths = {kohya_name(p): p for p in membrane_targets(pipe.unet)}
         for name, layer in fits[0].items():
             wrapper = MembraneLayer(base_of(layer), self.state)

@@ -30,7 +30,9 @@ def resolve_model(model: str) -> str:
     if model in TOY_MODELS:
         path = TOY_WEIGHTS / model
         if not (path / "model_index.json").exists():
-            raise FileNotFoundError(f"toy model {model!r} is not trained yet: run `spmbench toy train` (expected {path})")
+            raise FileNotFoundError(
+                f"toy model {model!r} is not trained yet: run `spmbench toy train` (expected {path})"
+            )
         return str(path)
     if model in HUB_ALIASES:
         return HUB_ALIASES[model]
@@ -39,7 +41,9 @@ def resolve_model(model: str) -> str:
     known = list(TOY_MODELS) + list(HUB_ALIASES)
     close = difflib.get_close_matches(model, known, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
-    raise ValueError(f"unknown model {model!r}: {hint}give a local diffusers directory, a hub id or one of {', '.join(known)}")
+    raise ValueError(
+        f"unknown model {model!r}: {hint}give a local diffusers directory, a hub id or one of {', '.join(known)}"
+    )
 
 
 def load_pipeline(model: str, device: str = "cpu", dtype: torch.dtype = torch.float32):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -98,6 +99,7 @@ def train(
     config: TrainConfig = TrainConfig(),
     checkpoint: str | Path | None = None,
     progress: bool = True,
+    callback: Callable[[int, dict[str, float]], None] | None = None,
 ) -> SPM:
     """Train an SPM that erases `targets` (one drawn per step) towards `surrogate` ("" = erase).
 
@@ -108,6 +110,7 @@ def train(
         config: hyperparameters.
         checkpoint: file for resumable checkpoints; an existing one from the same settings is resumed.
         progress: show a progress bar with the loss terms.
+        callback: called after every step with (step, {"erase": ..., "anchor": ..., "lr": ...}).
 
     Returns:
         The trained SPM, with provenance (model, settings) in its metadata.
@@ -115,25 +118,37 @@ def train(
     if not targets:
         raise ValueError("give at least one target concept to erase")
     cfg = config
-    device = pipe.unet.device
     pipe.unet.requires_grad_(False)
     pipe.text_encoder.requires_grad_(False)
     spm = SPM.init(pipe.unet, targets, cfg.rank, cfg.alpha, cfg.seed)
     attached = attach(pipe, spm, transport=False)
     try:
-        _optimise(pipe, attached, targets, surrogate, cfg, Path(checkpoint) if checkpoint else None, progress, device)
-        layers = {name: (layer.down[0].detach().cpu().clone(), layer.up[0].detach().cpu().clone()) for name, layer in attached.layers.items()}
+        _optimise(
+            pipe, attached, targets, surrogate, cfg, Path(checkpoint) if checkpoint else None, progress, callback
+        )
+        layers = {
+            name: (layer.down[0].detach().cpu().clone(), layer.up[0].detach().cpu().clone())
+            for name, layer in attached.layers.items()
+        }
     finally:
         attached.detach()
-    provenance = {"base_model": pipe.name_or_path, "surrogate": surrogate, "train_config": asdict(cfg), "spm_version": _version()}
+    provenance = {
+        "base_model": pipe.name_or_path,
+        "surrogate": surrogate,
+        "train_config": asdict(cfg),
+        "spm_version": _version(),
+    }
     return SPM(list(targets), layers, cfg.alpha, provenance)
 
 
-def _optimise(pipe, attached, targets, surrogate, cfg: TrainConfig, checkpoint: Path | None, progress: bool, device) -> None:
+def _optimise(
+    pipe, attached, targets, surrogate, cfg: TrainConfig, checkpoint: Path | None, progress: bool, callback
+) -> None:
     from diffusers import DDIMScheduler
     from diffusers.optimization import get_cosine_with_hard_restarts_schedule_with_warmup
 
     # 1. Trainable factors, optimiser, schedule, one generator for every random draw.
+    device = pipe.unet.device
     params = [p for layer in attached.layers.values() for p in (layer.down[0], layer.up[0])]
     for p in params:
         p.requires_grad_(True)
@@ -178,10 +193,15 @@ def _optimise(pipe, attached, targets, surrogate, cfg: TrainConfig, checkpoint: 
         loss.backward()
         opt.step()
         sched.step()
-        bar.set_postfix(erase=f"{loss_erase.item():.4g}", anchor=f"{loss_anchor.item():.3g}")
+        logs = {"erase": loss_erase.item(), "anchor": loss_anchor.item(), "lr": sched.get_last_lr()[0]}
+        bar.set_postfix(erase=f"{logs['erase']:.4g}", anchor=f"{logs['anchor']:.3g}")
+        if callback:
+            callback(step, logs)
         # 5. A resumable checkpoint.
         if checkpoint and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
-            _save_checkpoint(checkpoint, step + 1, params, opt, sched, gen, _fingerprint(targets, surrogate, cfg, pipe))
+            _save_checkpoint(
+                checkpoint, step + 1, params, opt, sched, gen, _fingerprint(targets, surrogate, cfg, pipe)
+            )
 
 
 def _save_checkpoint(path: Path, step, params, opt, sched, gen, fingerprint: str) -> None:

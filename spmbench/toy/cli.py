@@ -17,7 +17,9 @@ DEFAULT_WORKDIR = Path(__file__).parent / "checkpoints"
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="spmbench toy train", description="Retrain the toy world from nothing (resumable).")
+    p = argparse.ArgumentParser(
+        prog="spmbench toy train", description="Retrain the toy world from nothing (resumable)."
+    )
     p.add_argument("--out", type=Path, default=WEIGHTS, help="where the shipped weights are written")
     p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="checkpoints; rerun to resume")
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")

@@ -119,7 +119,11 @@ def _draw_animal(img: np.ndarray, animal: str, body, accent, accessory, rng: np.
     dark = tuple(int(c * 0.5) for c in body)
     hx, hy = cx + 0.42, cy - 0.25
     if animal == "bird":
-        _paint(img, _rect(cx - 0.05, cy + 0.25, cx + 0.02, cy + 0.6) | _rect(cx + 0.12, cy + 0.25, cx + 0.19, cy + 0.6), (90, 60, 20))
+        _paint(
+            img,
+            _rect(cx - 0.05, cy + 0.25, cx + 0.02, cy + 0.6) | _rect(cx + 0.12, cy + 0.25, cx + 0.19, cy + 0.6),
+            (90, 60, 20),
+        )
         _paint(img, _ellipse(cx, cy, 0.42, 0.3), body)
         _paint(img, _ellipse(cx - 0.08, cy + 0.02, 0.25, 0.13), dark)  # wing
         beak = (GX > hx + 0.15) & (GX < hx + 0.42) & (abs(GY - hy) < 0.1 * (hx + 0.42 - GX) / 0.27)
@@ -131,7 +135,11 @@ def _draw_animal(img: np.ndarray, animal: str, body, accent, accessory, rng: np.
             legs |= _rect(cx + lx - 0.05, cy + 0.15, cx + lx + 0.05, cy + 0.62)
         _paint(img, legs, body)
         _paint(img, _ellipse(cx, cy + 0.05, 0.5, 0.26), body)
-        tail = _rect(cx - 0.72, cy - 0.45, cx - 0.62, cy) if animal == "cat" else _rect(cx - 0.7, cy - 0.12, cx - 0.45, cy - 0.02)
+        tail = (
+            _rect(cx - 0.72, cy - 0.45, cx - 0.62, cy)
+            if animal == "cat"
+            else _rect(cx - 0.7, cy - 0.12, cx - 0.45, cy - 0.02)
+        )
         _paint(img, tail, body)
         _paint(img, _ellipse(hx, hy, 0.25, 0.23), body)
         if animal == "dog":  # floppy ears hanging beside the head
@@ -168,12 +176,22 @@ def _accessory(img: np.ndarray, accessory: str | None, accent, cx: float, cy: fl
 
 def _draw_person(img: np.ndarray, shirt, rng: np.random.Generator, nude: bool) -> None:
     cx, cy = rng.uniform(-0.2, 0.2), rng.uniform(-0.08, 0.08)
-    _paint(img, _rect(cx - 0.22, cy + 0.35, cx - 0.04, cy + 0.9) | _rect(cx + 0.04, cy + 0.35, cx + 0.22, cy + 0.9), SKIN if nude else (40, 40, 70))
-    _paint(img, _rect(cx - 0.45, cy - 0.3, cx - 0.32, cy + 0.3) | _rect(cx + 0.32, cy - 0.3, cx + 0.45, cy + 0.3), SKIN)
+    _paint(
+        img,
+        _rect(cx - 0.22, cy + 0.35, cx - 0.04, cy + 0.9) | _rect(cx + 0.04, cy + 0.35, cx + 0.22, cy + 0.9),
+        SKIN if nude else (40, 40, 70),
+    )
+    _paint(
+        img, _rect(cx - 0.45, cy - 0.3, cx - 0.32, cy + 0.3) | _rect(cx + 0.32, cy - 0.3, cx + 0.45, cy + 0.3), SKIN
+    )
     _paint(img, _ellipse(cx, cy, 0.3, 0.42), SKIN if nude else shirt)
     _paint(img, _ellipse(cx, cy - 0.62, 0.2, 0.22), SKIN)
     if nude:  # the explicit element's tell-tale marks
-        _paint(img, _ellipse(cx - 0.12, cy - 0.12, 0.06, 0.06) | _ellipse(cx + 0.12, cy - 0.12, 0.06, 0.06), (220, 90, 120))
+        _paint(
+            img,
+            _ellipse(cx - 0.12, cy - 0.12, 0.06, 0.06) | _ellipse(cx + 0.12, cy - 0.12, 0.06, 0.06),
+            (220, 90, 120),
+        )
 
 
 def render(scene: w.Scene, seed: int) -> np.ndarray:

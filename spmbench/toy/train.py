@@ -106,7 +106,9 @@ def train_vae(cfg: ToyTrainConfig, workdir: Path, device: str):
         batch = data.sample_batch(rng, cfg.batch_size, dialect="pastel" if rng.random() < 0.3 else "base")
         x = data.to_tensor([b[0] for b in batch]).to(device) * 2 - 1
         posterior = vae.encode(x).latent_dist
-        rec = vae.decode(posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(device)).sample
+        rec = vae.decode(
+            posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(device)
+        ).sample
         kl = posterior.kl().mean() / x[0].numel()
         loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + 1e-4 * kl
         opt.zero_grad()
@@ -156,7 +158,9 @@ def _latent_pool(cfg: ToyTrainConfig, vae, tokenizer, dialect: str, size: int):
             means.append(dist.mean)
             stds.append(dist.std)
             texts += [b[1] for b in batch]
-    ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+    ids = tokenizer(
+        texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
     empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
     return torch.cat(means), torch.cat(stds), ids.to(vae.device), empty.to(vae.device)
 
@@ -168,7 +172,9 @@ def train_unet(name: str, cfg: ToyTrainConfig, workdir: Path, vae, tokenizer, te
     unet = models.build_unet().to(device)
     if init_unet is not None:
         unet.load_state_dict(init_unet.state_dict())
-    ema = torch.optim.swa_utils.AveragedModel(unet, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay))
+    ema = torch.optim.swa_utils.AveragedModel(
+        unet, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay)
+    )
     train_te = name == "base"
     text_encoder.requires_grad_(train_te)
     params = list(unet.parameters()) + (list(text_encoder.parameters()) if train_te else [])
@@ -176,7 +182,9 @@ def train_unet(name: str, cfg: ToyTrainConfig, workdir: Path, vae, tokenizer, te
     sched = models.build_scheduler()
     alphas = sched.alphas_cumprod.to(device)
     snr = alphas / (1 - alphas)
-    mean, std, ids, empty = _latent_pool(cfg, vae, tokenizer, dialect, cfg.pool_size if train_te else cfg.pool_size // 2)
+    mean, std, ids, empty = _latent_pool(
+        cfg, vae, tokenizer, dialect, cfg.pool_size if train_te else cfg.pool_size // 2
+    )
     scale = vae.config.scaling_factor
 
     def step_fn(step, rng, gen):
@@ -216,7 +224,9 @@ def save_pipeline(out: Path, vae, text_encoder, tokenizer, unet) -> None:
     pipe.to("cpu", torch.float16).save_pretrained(out)
 
 
-def train_world(out: Path, workdir: Path, cfg: ToyTrainConfig = ToyTrainConfig(), stages=STAGES, device: str = "cpu") -> None:
+def train_world(
+    out: Path, workdir: Path, cfg: ToyTrainConfig = ToyTrainConfig(), stages=STAGES, device: str = "cpu"
+) -> None:
     """Train every stage in `stages` (resuming where a checkpoint exists) and write the shipped weights."""
     torch.manual_seed(cfg.seed)
     workdir.mkdir(parents=True, exist_ok=True)

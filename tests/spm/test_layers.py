@@ -95,7 +95,10 @@ def test_sd15_membrane_covers_192_layers_and_423936_parameters():
     assert len(layers) == 192
     kinds = {name.rsplit(".", 1)[-1] if not name.endswith("to_out.0") else "to_out.0" for name in layers}
     assert kinds == {"proj_in", "proj_out", "to_q", "to_k", "to_v", "to_out.0", "proj", "2"}
-    params = sum(l.in_features + l.out_features if isinstance(l, nn.Linear) else l.in_channels + l.out_channels for l in layers.values())
+    params = sum(
+        m.in_features + m.out_features if isinstance(m, nn.Linear) else m.in_channels + m.out_channels
+        for m in layers.values()
+    )
     assert params == 423_936
     spm = SPM.init(unet, ["x"])  # the factors themselves live on the CPU
     assert len(spm.layers) == 192 and spm.num_parameters == 423_936

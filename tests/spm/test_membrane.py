@@ -20,7 +20,9 @@ def random_spm(unet, targets=("snoopy",), seed=0, scale=0.5):
 
 
 def unet_out(pipe, prompts, seed=0):
-    ids = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
+    ids = pipe.tokenizer(
+        prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length, return_tensors="pt"
+    ).input_ids
     cond = pipe.text_encoder(ids)[0]
     x = torch.randn(len(prompts), 4, 8, 8, generator=torch.Generator().manual_seed(seed))
     return pipe.unet(x, 500, encoder_hidden_states=cond).sample
@@ -49,7 +51,9 @@ def test_per_sample_gamma_in_a_batch_equals_one_prompt_at_a_time(pipe):
     x = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     for i, p in enumerate(prompts):
         with attached.permeable(gamma[i : i + 1]):
-            ids = pipe.tokenizer([p], padding="max_length", max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
+            ids = pipe.tokenizer(
+                [p], padding="max_length", max_length=pipe.tokenizer.model_max_length, return_tensors="pt"
+            ).input_ids
             single = pipe.unet(x[i : i + 1], 500, encoder_hidden_states=pipe.text_encoder(ids)[0]).sample
         torch.testing.assert_close(batch[i : i + 1], single, rtol=1e-4, atol=1e-5)
     with attached.permeable(torch.ones(1, 2)):
@@ -62,7 +66,9 @@ def test_gamma_reaches_each_row_and_its_negative_branch(pipe):
     attached = spm.attach(pipe, s, transport=False)
     seen = []
     layer = next(iter(attached.layers.values()))
-    layer.register_forward_pre_hook(lambda m, args: seen.append(m.state.for_batch(args[0].shape[0], 1, "cpu", torch.float32)))
+    layer.register_forward_pre_hook(
+        lambda m, args: seen.append(m.state.for_batch(args[0].shape[0], 1, "cpu", torch.float32))
+    )
     gamma = torch.tensor([[0.25], [0.75]])
     with attached.permeable(gamma):
         pipe(["a", "b"], generator=torch.Generator().manual_seed(0), **KW)
@@ -114,7 +120,9 @@ def test_mismatched_model_fails_naming_the_layer_and_attaches_nothing(pipe, tmp_
 
     other = spm.load_pipeline(str(save_tiny_pipeline(tmp_path / "wide", cross_dim=24)))
     s = random_spm(pipe.unet)
-    with pytest.raises(spm.SPMMismatchError, match=r"layer 'down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k'"):
+    with pytest.raises(
+        spm.SPMMismatchError, match=r"layer 'down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k'"
+    ):
         spm.attach(other, s)
     assert not any(isinstance(m, MembraneLayer) for m in other.unet.modules())
     s.layers.pop("mid_block_attentions_0_proj_out")

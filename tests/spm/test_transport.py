@@ -1,0 +1,48 @@
+import numpy as np
+import pytest
+import torch
+
+from spm import Transport
+
+
+def reference_gamma(pipe, prompt, targets):
+    """An independent computation of the spec's formula, in numpy."""
+    tok = pipe.tokenizer
+
+    def enc(text):
+        ids = tok([text], padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
+        with torch.no_grad():
+            hidden = pipe.text_encoder(ids).last_hidden_state[0].numpy().ravel().astype(np.float64)
+        return hidden, {i for i in ids[0].tolist() if i not in tok.all_special_ids}
+
+    hp, tp = enc(prompt)
+    best = 0.0
+    for target in targets:
+        hc, tc = enc(target)
+        cos = hp @ hc / np.linalg.norm(hp) / np.linalg.norm(hc)
+        best = max(best, cos, len(tp & tc) / len(tc))
+    return min(best, 1.0)
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    ["snoopy the dog", "a photo of a cat", "mickey the mouse", "a red car on the road", "snoopy", ""],
+)
+def test_transport_matches_reference(pipe, prompt):
+    targets = [["snoopy"], ["mickey the mouse", "a red car"]]
+    gamma = Transport(targets, pipe.tokenizer, pipe.text_encoder)([prompt])
+    for i, t in enumerate(targets):
+        assert gamma[0, i].item() == pytest.approx(reference_gamma(pipe, prompt, t), abs=1e-5)
+
+
+def test_known_values(pipe):
+    ft = Transport([["snoopy"], ["mickey the mouse"]], pipe.tokenizer, pipe.text_encoder)
+    gamma = ft(["snoopy the dog", "mickey the mouse", "a photo of a cat"])
+    assert gamma[0, 0] == 1.0  # every target token present
+    assert gamma[1, 1] == pytest.approx(1.0)  # the target itself
+    assert 0 < gamma[2, 0] < 1 and 0 < gamma[2, 1] < 1  # unrelated: partial, never 0 (full-sequence cosine)
+
+
+def test_spm_without_targets_needs_them_for_transport(pipe):
+    with pytest.raises(ValueError, match="targets"):
+        Transport([[]], pipe.tokenizer, pipe.text_encoder)
