@@ -50,6 +50,7 @@ class MembraneLayer(nn.Module):
         self.down = nn.ParameterList()
         self.up = nn.ParameterList()
         self.scales: list[float] = []
+        self._packed: tuple | None = None  # (key, down, up, owner), see packed()
 
     @property
     def is_conv(self) -> bool:
@@ -58,9 +59,27 @@ class MembraneLayer(nn.Module):
     def add_branch(self, down: torch.Tensor, up: torch.Tensor, scale: float, trainable: bool = False) -> None:
         """Add one SPM's factors: down (r, in[, kh, kw]), up (out, r[, 1, 1])."""
         ref = self.base_layer.weight
-        self.down.append(nn.Parameter(down.to(ref.device, ref.dtype), requires_grad=trainable))
-        self.up.append(nn.Parameter(up.to(ref.device, ref.dtype), requires_grad=trainable))
+        # Own copies: training or editing a layer never writes into the caller's SPM tensors.
+        self.down.append(nn.Parameter(down.detach().to(ref.device, ref.dtype, copy=True), requires_grad=trainable))
+        self.up.append(nn.Parameter(up.detach().to(ref.device, ref.dtype, copy=True), requires_grad=trainable))
         self.scales.append(float(scale))
+        self._packed = None
+
+    def packed(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """All branches side by side: down (R, in...), up (out, R...), and each rank row's branch index.
+
+        Cached while the factors are unchanged (same storage, no in-place edit, no grad needed);
+        a device or dtype move or an edit rebuilds it.
+        """
+        params = [*self.down, *self.up]
+        key = tuple((p.data_ptr(), p._version) for p in params)
+        if self._packed is not None and self._packed[0] == key:
+            return self._packed[1:]
+        down, up = torch.cat(list(self.down)), torch.cat(list(self.up), dim=1)
+        owner = torch.cat([torch.full((d.shape[0],), i) for i, d in enumerate(self.down)]).to(down.device)
+        if not any(p.requires_grad for p in params):
+            self._packed = (key, down, up, owner)
+        return down, up, owner
 
     def delta_weight(self, weights: list[float]) -> torch.Tensor:
         """sum_i w_i s_i U_i D_i, shaped like the base weight (for static merging)."""
@@ -79,21 +98,22 @@ class MembraneLayer(nn.Module):
         gamma = self.state.for_batch(x.shape[0], len(self.down), x.device, x.dtype)
         if self.state.legacy:
             return y + self._legacy_branch(x, gamma)
-        ranks = [d.shape[0] for d in self.down]
-        coeff = (gamma * gamma.new_tensor(self.scales)).repeat_interleave(torch.tensor(ranks, device=x.device), dim=1)
-        down, up = torch.cat(list(self.down)), torch.cat(list(self.up), dim=1)
+        down, up, owner = self.packed()
+        coeff = (gamma * gamma.new_tensor(self.scales))[:, owner]
+        # The up-projection is a fused matmul-add: a conv with R input channels is ~30x slower on CPU.
         if self.is_conv:
             conv = self.base_layer
-            h = F.conv2d(x, down, None, conv.stride, conv.padding, conv.dilation)
-            return y + F.conv2d(h * coeff[:, :, None, None], up)
-        h = F.linear(x, down)
-        return y + F.linear(h * coeff.view(x.shape[0], *([1] * (x.dim() - 2)), -1), up)
+            h = F.conv2d(x, down, None, conv.stride, conv.padding, conv.dilation) * coeff[:, :, None, None]
+            n, out = y.shape[:2]
+            return torch.baddbmm(y.reshape(n, out, -1), up.flatten(1).expand(n, -1, -1), h.flatten(2)).view_as(y)
+        h = F.linear(x, down) * coeff.view(x.shape[0], *([1] * (x.dim() - 2)), -1)
+        return torch.addmm(y.reshape(-1, y.shape[-1]), h.reshape(-1, h.shape[-1]), up.T).view_as(y)
 
     def _legacy_branch(self, x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
         """The released code: s * (sum_i gamma_i U_i)(sum_j gamma_j D_j x): gamma^2 and cross terms."""
         if any(d.shape[0] != 1 for d in self.down) or len(set(self.scales)) > 1:
             raise ValueError("legacy mode reproduces the released code only for rank-1 SPMs of equal alpha")
-        down, up = torch.cat(list(self.down)), torch.cat(list(self.up), dim=1)
+        down, up, _ = self.packed()
         if self.is_conv:
             conv = self.base_layer
             h = F.conv2d(x, down, None, conv.stride, conv.padding, conv.dilation)  # (N, k, H, W)

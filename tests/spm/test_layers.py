@@ -102,3 +102,15 @@ def test_sd15_membrane_covers_192_layers_and_423936_parameters():
     assert params == 423_936
     spm = SPM.init(unet, ["x"])  # the factors themselves live on the CPU
     assert len(spm.layers) == 192 and spm.num_parameters == 423_936
+
+
+def test_packed_factors_follow_in_place_edits():
+    base, layer, state, branches = make_layer("linear", k=2)
+    x = torch.randn(2, 6)
+    layer(x)
+    with torch.no_grad():
+        layer.up[1].mul_(3.0)  # an edit after the first call must not be served from a stale cache
+    scaled = [(d, u * (3.0 if i == 1 else 1.0), s) for i, (d, u, s) in enumerate(branches)]
+    torch.testing.assert_close(
+        layer(x), apply_dense(base, dense_reference(base, scaled, [1.0, 1.0]), x), rtol=1e-5, atol=1e-5
+    )

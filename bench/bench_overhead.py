@@ -1,0 +1,119 @@
+"""Cost of k attached SPMs (with per-sample Facilitated Transport gammas) on a UNet forward.
+
+Real SD 1.5 architecture with random weights (the cost is the weights' shapes, not their values),
+CFG batch of 2, timed against the bare UNet. Writes reports/bench/overhead.md.
+
+    python bench/bench_overhead.py [--device cuda] [--size 64] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import spm
+from spm.layers import MembraneLayer, PermeabilityState, membrane_targets
+
+
+def sd15_unet(device: str, dtype: torch.dtype):
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel(
+        sample_size=64,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        block_out_channels=(320, 640, 1280, 1280),
+        layers_per_block=2,
+        cross_attention_dim=768,
+        attention_head_dim=8,
+    )
+    return unet.to(device, dtype).eval()
+
+
+def wrap(unet, k: int, state: PermeabilityState) -> None:
+    """Attach k random SPMs directly (no pipeline needed: the bench has no text encoder)."""
+    spms = [spm.SPM.init(unet, [f"concept {i}"], seed=i) for i in range(k)]
+    from spm.adapter import kohya_name
+    from spm.membrane import _set_module
+
+    for path, layer in membrane_targets(unet).items():
+        wrapper = MembraneLayer(layer, state)
+        for s in spms:
+            down, up = s.layers[kohya_name(path)]
+            wrapper.add_branch(down, torch.randn_like(up) * 0.01, s.scale)
+        _set_module(unet, path, wrapper)
+
+
+def unwrap(unet) -> None:
+    from spm.membrane import _set_module
+
+    for path, layer in membrane_targets(unet).items():
+        if isinstance(layer, MembraneLayer):
+            _set_module(unet, path, layer.base_layer)
+
+
+@torch.no_grad()
+def time_forward(unet, x, t, cond, repeats: int) -> float:
+    unet(x, t, encoder_hidden_states=cond)  # warm-up
+    times = []
+    for _ in range(repeats):
+        if x.is_cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        unet(x, t, encoder_hidden_states=cond)
+        if x.is_cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--size", type=int, default=64, help="latent side (64 = 512 px)")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--ks", default="0,1,5,20")
+    ap.add_argument("--out", type=Path, default=Path("reports/bench/overhead.md"))
+    args = ap.parse_args()
+    dtype = getattr(torch, args.dtype)
+    unet = sd15_unet(args.device, dtype)
+    x = torch.randn(2, 4, args.size, args.size, device=args.device, dtype=dtype)
+    cond = torch.randn(2, 77, 768, device=args.device, dtype=dtype)
+    rows, bare = [], None
+    for k in [int(v) for v in args.ks.split(",")]:
+        state = PermeabilityState()
+        if k:
+            wrap(unet, k, state)
+            state.gamma = torch.rand(1, k)  # one prompt, tiled over [uncond; cond]
+        seconds = time_forward(unet, x, 500, cond, args.repeats)
+        bare = seconds if k == 0 else bare
+        rows.append((k, seconds))
+        unwrap(unet)
+        print(f"k={k:3d}  {seconds * 1000:9.1f} ms  (+{(seconds / bare - 1) * 100:5.1f} %)")
+    device_name = (
+        torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or platform.machine()
+    )
+    lines = [
+        "# SPM inference overhead (UNet forward, SD 1.5 architecture, random weights)",
+        "",
+        f"Command: `python bench/bench_overhead.py --device {args.device} --dtype {args.dtype} --size {args.size} --repeats {args.repeats}`",
+        f"Machine: {device_name}, {torch.get_num_threads()} CPU threads; torch {torch.__version__}; batch 2 (CFG), "
+        f"latent {args.size}x{args.size}, median of {args.repeats}.",
+        "",
+        "| SPMs attached | forward (ms) | overhead vs bare |",
+        "|---:|---:|---:|",
+    ]
+    lines += [f"| {k} | {s * 1000:.1f} | {(s / bare - 1) * 100:+.1f} % |" for k, s in rows]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
