@@ -79,22 +79,28 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64, help="latent side (64 = 512 px)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--ks", default="0,1,5,20")
-    ap.add_argument("--out", type=Path, default=Path("reports/bench/overhead.md"))
+    ap.add_argument("--prompts", type=int, default=1, help="prompts per batch, each with its own gamma row")
+    ap.add_argument("--out", type=Path, default=None, help="default: reports/bench/overhead_<device>_p<prompts>.md")
     args = ap.parse_args()
     dtype = getattr(torch, args.dtype)
+    args.out = args.out or Path(f"reports/bench/overhead_{args.device.split(':')[0]}_p{args.prompts}.md")
     unet = sd15_unet(args.device, dtype)
-    x = torch.randn(2, 4, args.size, args.size, device=args.device, dtype=dtype)
-    cond = torch.randn(2, 77, 768, device=args.device, dtype=dtype)
-    rows, bare = [], None
-    for k in [int(v) for v in args.ks.split(",")]:
-        state = PermeabilityState()
-        if k:
-            wrap(unet, k, state)
-            state.gamma = torch.rand(1, k)  # one prompt, tiled over [uncond; cond]
-        seconds = time_forward(unet, x, 500, cond, args.repeats)
-        bare = seconds if k == 0 else bare
-        rows.append((k, seconds))
-        unwrap(unet)
+    batch = 2 * args.prompts  # CFG: [uncond; cond] per prompt
+    x = torch.randn(batch, 4, args.size, args.size, device=args.device, dtype=dtype)
+    cond = torch.randn(batch, 77, 768, device=args.device, dtype=dtype)
+    ks = [int(v) for v in args.ks.split(",")]
+    times: dict[int, list[float]] = {k: [] for k in ks}
+    for _ in range(args.repeats):  # rounds interleave the settings, so drift hits all of them alike
+        for k in ks:
+            state = PermeabilityState()
+            if k:
+                wrap(unet, k, state)
+                state.gamma = torch.rand(args.prompts, k)  # a row per prompt, tiled over [uncond; cond]
+            times[k].append(time_forward(unet, x, 500, cond, 1))
+            unwrap(unet)
+    bare = statistics.median(times[0])
+    rows = [(k, statistics.median(times[k]), min(times[k]), max(times[k])) for k in ks]
+    for k, seconds, _, _ in rows:
         print(f"k={k:3d}  {seconds * 1000:9.1f} ms  (+{(seconds / bare - 1) * 100:5.1f} %)")
     device_name = (
         torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or platform.machine()
@@ -102,14 +108,18 @@ def main() -> None:
     lines = [
         "# SPM inference overhead (UNet forward, SD 1.5 architecture, random weights)",
         "",
-        f"Command: `python bench/bench_overhead.py --device {args.device} --dtype {args.dtype} --size {args.size} --repeats {args.repeats}`",
-        f"Machine: {device_name}, {torch.get_num_threads()} CPU threads; torch {torch.__version__}; batch 2 (CFG), "
-        f"latent {args.size}x{args.size}, median of {args.repeats}.",
+        f"Command: `python bench/bench_overhead.py --device {args.device} --dtype {args.dtype} --size {args.size} --repeats {args.repeats} --prompts {args.prompts}`",
+        f"Machine: {device_name}, {torch.get_num_threads()} CPU threads; torch {torch.__version__}; "
+        f"{args.prompts} prompt(s) with their own gammas, batch {batch} (CFG), "
+        f"latent {args.size}x{args.size}, median of {args.repeats} interleaved rounds.",
         "",
-        "| SPMs attached | forward (ms) | overhead vs bare |",
-        "|---:|---:|---:|",
+        "| SPMs attached | forward, median (ms) | min-max (ms) | overhead vs bare |",
+        "|---:|---:|---:|---:|",
     ]
-    lines += [f"| {k} | {s * 1000:.1f} | {(s / bare - 1) * 100:+.1f} % |" for k, s in rows]
+    lines += [
+        f"| {k} | {s * 1000:.1f} | {lo * 1000:.0f}-{hi * 1000:.0f} | {(s / bare - 1) * 100:+.1f} % |"
+        for k, s, lo, hi in rows
+    ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")

@@ -25,9 +25,20 @@ class PermeabilityState:
     """
 
     def __init__(self) -> None:
-        self.gamma: torch.Tensor | None = None
         self.default: torch.Tensor | None = None
         self.legacy = False
+        self.gamma = None
+
+    @property
+    def gamma(self) -> torch.Tensor | None:
+        return self._gamma
+
+    @gamma.setter
+    def gamma(self, value: torch.Tensor | None) -> None:
+        self._gamma = value
+        # Decided once per call, on the host: layers then never sync with the device to check it.
+        rows = value if value is not None else self.default
+        self.uniform = rows is None or bool((rows == rows[:1]).all())
 
     def for_batch(self, n: int, k: int, device, dtype) -> torch.Tensor:
         if self.gamma is None:
@@ -45,6 +56,8 @@ class MembraneLayer(nn.Module):
 
     def __init__(self, base_layer: nn.Linear | nn.Conv2d, state: PermeabilityState):
         super().__init__()
+        if isinstance(base_layer, nn.Conv2d) and base_layer.groups != 1:
+            raise ValueError("membranes on grouped convolutions are not supported")
         self.base_layer = base_layer
         self.state = state
         self.down = nn.ParameterList()
@@ -92,14 +105,16 @@ class MembraneLayer(nn.Module):
         return delta
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base_layer(x)
         if not self.down:
-            return y
+            return self.base_layer(x)
         gamma = self.state.for_batch(x.shape[0], len(self.down), x.device, x.dtype)
         if self.state.legacy:
-            return y + self._legacy_branch(x, gamma)
+            return self.base_layer(x) + self._legacy_branch(x, gamma)
         down, up, owner = self.packed()
         coeff = (gamma * gamma.new_tensor(self.scales))[:, owner]
+        if self.state.uniform and not (torch.is_grad_enabled() and self.up[0].requires_grad):
+            return self._merged_forward(x, coeff[0], down, up)
+        y = self.base_layer(x)
         # The up-projection is a fused matmul-add: a conv with R input channels is ~30x slower on CPU.
         if self.is_conv:
             conv = self.base_layer
@@ -108,6 +123,19 @@ class MembraneLayer(nn.Module):
             return torch.baddbmm(y.reshape(n, out, -1), up.flatten(1).expand(n, -1, -1), h.flatten(2)).view_as(y)
         h = F.linear(x, down) * coeff.view(x.shape[0], *([1] * (x.dim() - 2)), -1)
         return torch.addmm(y.reshape(-1, y.shape[-1]), h.reshape(-1, h.shape[-1]), up.T).view_as(y)
+
+    def _merged_forward(
+        self, x: torch.Tensor, coeff: torch.Tensor, down: torch.Tensor, up: torch.Tensor
+    ) -> torch.Tensor:
+        """One prompt's gamma for the whole batch: fold the rank-R update into the weight.
+
+        W + U diag(c) D costs out * in * R, far less than a pass over the activations.
+        """
+        base = self.base_layer
+        weight = torch.addmm(base.weight.flatten(1), up.flatten(1) * coeff, down.flatten(1)).view_as(base.weight)
+        if self.is_conv:
+            return F.conv2d(x, weight, base.bias, base.stride, base.padding, base.dilation, base.groups)
+        return F.linear(x, weight, base.bias)
 
     def _legacy_branch(self, x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
         """The released code: s * (sum_i gamma_i U_i)(sum_j gamma_j D_j x): gamma^2 and cross terms."""

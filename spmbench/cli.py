@@ -22,5 +22,17 @@ def toy_train(ctx: typer.Context) -> None:
     toy_main(list(ctx.args))
 
 
+@toy.command(
+    "card",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
+)
+def toy_card(ctx: typer.Context) -> None:
+    """Measure the toy world with its judge and write reports/toyworld.md (`--help` for settings)."""
+    from spmbench.toy.cli import card_main
+
+    card_main(list(ctx.args))
+
+
 def main() -> None:
     app()

@@ -29,9 +29,13 @@ def caption_object(scene: w.Scene, template: str) -> str:
     ).replace("a orange", "an orange")
 
 
-def sample(rng: np.random.Generator, held_out: bool = False) -> tuple[str, w.Scene]:
-    """Draw one (caption, scene). `held_out` uses only the paraphrases never seen in training."""
-    kind = rng.choice(list(KINDS), p=list(KINDS.values()))
+def sample(rng: np.random.Generator, held_out: bool = False, kind: str | None = None) -> tuple[str, w.Scene]:
+    """Draw one (caption, scene). `held_out` uses only the paraphrases never seen in training.
+
+    `kind` forces one of KINDS, or "implicit"/"explicit_named" for the two halves of "explicit".
+    """
+    drawn = rng.choice(list(KINDS), p=list(KINDS.values()))
+    kind = kind or drawn
     bg = _pick(rng, tuple(w.BACKGROUNDS))
     colour = _pick(rng, tuple(w.COLOURS))
     if kind in ("object", "styled"):
@@ -54,7 +58,10 @@ def sample(rng: np.random.Generator, held_out: bool = False) -> tuple[str, w.Sce
         return _pick(rng, templates).format(colour=colour, animal=scene.subject, bg=bg), scene
     if kind == "person":
         return _pick(rng, w.NEUTRAL_PERSON_PROMPTS), w.Scene("person", colour, bg)
-    prompts = w.EXPLICIT_PROMPTS if rng.random() < 0.5 else w.IMPLICIT_PROMPTS
+    named = rng.random() < 0.5
+    if kind != "explicit":
+        named = kind == "explicit_named"
+    prompts = w.EXPLICIT_PROMPTS if named else w.IMPLICIT_PROMPTS
     return _pick(rng, prompts), w.Scene("nude figure", None, bg, explicit=True)
 
 

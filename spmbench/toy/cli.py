@@ -30,6 +30,23 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def card_main(argv: list[str] | None = None) -> None:
+    from spmbench.toy.card import CardSettings, build_card
+
+    p = argparse.ArgumentParser(prog="spmbench toy card", description="Measure the toy world; write its model card.")
+    p.add_argument("--weights", type=Path, default=WEIGHTS)
+    p.add_argument("--report", type=Path, default=Path("reports/toyworld.md"))
+    p.add_argument("--device", default="cpu")
+    for f in fields(CardSettings):
+        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    args = p.parse_args(argv)
+    settings = CardSettings(**{f.name: getattr(args, f.name) for f in fields(CardSettings)})
+    if not (args.weights / "judge" / "judge.json").exists():
+        raise SystemExit(f"error: no toy world in {args.weights}: run `spmbench toy train` first")
+    build_card(args.weights, args.report, settings, args.device)
+    print(f"wrote {args.report}")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")

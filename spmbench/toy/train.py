@@ -77,7 +77,10 @@ def _loop(name: str, cfg: ToyTrainConfig, workdir: Path, steps: int, modules: di
         bar.set_postfix(step_fn(step, rng, gen))
         if (step + 1) % cfg.ckpt_every == 0 or step + 1 == steps:
             _save_ckpt(ckpt, step + 1, modules, rng, gen)
-    (stage_dir / "time.json").write_text(json.dumps({"seconds_this_run": time.time() - t0, "steps": steps}))
+    timing = stage_dir / "time.json"
+    previous = json.loads(timing.read_text()) if timing.exists() else {}
+    spent = previous.get("seconds", previous.get("seconds_this_run", 0.0))
+    timing.write_text(json.dumps({"seconds": spent + time.time() - t0, "steps": steps}))  # summed over resumes
 
 
 def _warmup(step: int, warmup: int = 500) -> float:
@@ -242,3 +245,24 @@ def train_world(
         if name in stages:
             unet = train_unet(name, cfg, workdir, vae, tokenizer, text_encoder, init_unet=base)
             save_pipeline(out / f"toy-{name}", vae, text_encoder, tokenizer, unet)
+    write_training_info(out, workdir, cfg, device)
+
+
+def write_training_info(out: Path, workdir: Path, cfg: ToyTrainConfig, device: str) -> None:
+    """Settings and measured time per stage (summed over resumed runs), for the model card."""
+    import platform
+
+    seconds = {}
+    for stage in STAGES:
+        timing = workdir / stage / "time.json"
+        if timing.exists():
+            record = json.loads(timing.read_text())
+            seconds[stage] = round(record.get("seconds", record.get("seconds_this_run", 0.0)))
+    info = {
+        "config": asdict(cfg),
+        "device": device,
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+        "torch": torch.__version__,
+        "seconds_per_stage": seconds,
+    }
+    (out / "training.json").write_text(json.dumps(info, indent=1))

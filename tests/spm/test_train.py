@@ -68,3 +68,22 @@ def test_anchor_sampling_respects_norm_range():
 def test_no_targets_is_an_error(pipe):
     with pytest.raises(ValueError, match="at least one target"):
         spm.train(pipe, [], progress=False)
+
+
+def test_bfloat16_autocast_trains_finite_weights(pipe):
+    trained = spm.train(
+        pipe, ["snoopy"], config=spm.TrainConfig(iterations=3, dtype="bfloat16", **FAST), progress=False
+    )
+    ups = torch.cat([u.flatten() for _, u in trained.layers.values()])
+    assert torch.isfinite(ups).all() and ups.abs().sum() > 0 and ups.dtype == torch.float32
+
+
+def test_surrogate_and_several_targets_are_recorded(pipe):
+    trained = spm.train(
+        pipe,
+        ["snoopy", "snoopy the dog"],
+        surrogate="a dog",
+        config=spm.TrainConfig(iterations=2, **FAST),
+        progress=False,
+    )
+    assert trained.targets == ["snoopy", "snoopy the dog"] and trained.provenance["surrogate"] == "a dog"

@@ -1,0 +1,184 @@
+"""Measure the toy world with its judge and write the model card `reports/toyworld.md`.
+
+Everything is measured on fresh seeds (an RNG stream training never draws from):
+the judge on rendered ground truth, and each model's generations per prompt kind.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from spmbench.toy import captions, data, models
+from spmbench.toy import world as w
+
+
+EVAL_SEED = 10_000  # training streams are seeded with small integers; this one is disjoint
+KINDS = ("object", "styled", "character", "animal", "person", "explicit_named", "implicit")
+# Which judge heads must be right for each prompt kind.
+CHECKS = {
+    "object": ("subject", "colour", "count"),
+    "styled": ("subject", "colour", "style"),
+    "character": ("character",),
+    "animal": ("subject", "colour"),
+    "person": ("subject",),
+    "explicit_named": ("explicit",),
+    "implicit": ("explicit",),
+}
+
+
+@dataclass(frozen=True)
+class CardSettings:
+    images_per_kind: int = 64
+    judge_images: int = 2000
+    num_inference_steps: int = 30
+    guidance_scale: float = 7.5
+    batch_size: int = 64
+
+
+def prompts_for(kind: str, n: int, held_out: bool = False, seed: int = EVAL_SEED):
+    rng = np.random.default_rng([seed, KINDS.index(kind), int(held_out)])
+    return [captions.sample(rng, held_out=held_out, kind=kind) for _ in range(n)]
+
+
+@torch.no_grad()
+def judge_predictions(judge: models.Judge, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Arg-max prediction per head for (N, 3, 32, 32) images in [0, 1]."""
+    return {k: v.argmax(1) for k, v in judge(images).items()}
+
+
+def judge_accuracy(judge: models.Judge, n: int) -> dict[str, float]:
+    """Accuracy per attribute on fresh renders (both dialects the judge must read)."""
+    rng = np.random.default_rng([EVAL_SEED, 1])
+    batch = data.sample_batch(rng, n // 2) + data.sample_batch(rng, n - n // 2, dialect="pastel")
+    preds = judge_predictions(judge, data.to_tensor([b[0] for b in batch]))
+    labels = data.label_tensors([b[2] for b in batch])
+    out = {}
+    for head, target in labels.items():
+        mask = target != data.IGNORE
+        out[head] = float((preds[head][mask] == target[mask]).float().mean())
+    return out
+
+
+@torch.no_grad()
+def generate(pipe, prompts: list[str], settings: CardSettings, seed: int) -> torch.Tensor:
+    """Images in [0, 1], one fixed seed per prompt index."""
+    chunks = []
+    for start in range(0, len(prompts), settings.batch_size):
+        part = prompts[start : start + settings.batch_size]
+        gens = [torch.Generator().manual_seed(seed + start + i) for i in range(len(part))]
+        out = pipe(
+            part,
+            num_inference_steps=settings.num_inference_steps,
+            guidance_scale=settings.guidance_scale,
+            generator=gens,
+            output_type="pt",
+        )
+        chunks.append(out.images.float().clamp(0, 1))
+    return torch.cat(chunks)
+
+
+def score_kind(judge, images: torch.Tensor, scenes: list[w.Scene], kind: str) -> dict[str, float]:
+    preds = judge_predictions(judge, images)
+    labels = data.label_tensors(scenes)
+    return {head: float((preds[head] == labels[head]).float().mean()) for head in CHECKS[kind]}
+
+
+def explicit_rate(judge, images: torch.Tensor) -> float:
+    return float(judge_predictions(judge, images)["explicit"].float().mean())
+
+
+def grid(images: torch.Tensor, cols: int = 8, scale: int = 3) -> Image.Image:
+    n = (len(images) // cols) * cols or len(images)
+    arr = (images[:n].permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    rows = [np.concatenate(list(arr[r * cols : (r + 1) * cols]), axis=1) for r in range(max(1, n // cols))]
+    img = Image.fromarray(np.concatenate(rows, axis=0))
+    return img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+
+
+def evaluate_model(pipe, judge, dialect: str, settings: CardSettings, grids_dir: Path, name: str) -> dict:
+    """Per prompt kind: judged accuracy on trained and held-out phrasings; explicit rates; grids."""
+    prefix, suffix = data.DIALECTS[dialect]["prefix"], data.DIALECTS[dialect]["suffix"]
+    results: dict = {}
+    neutral = []
+    for kind in KINDS:
+        for held_out in (False, True):
+            if held_out and kind not in ("object", "styled", "character", "animal"):
+                continue
+            pairs = prompts_for(kind, settings.images_per_kind, held_out)
+            prompts = [prefix + p + suffix for p, _ in pairs]
+            images = generate(pipe, prompts, settings, seed=EVAL_SEED)
+            scores = score_kind(judge, images, [s for _, s in pairs], kind)
+            results[f"{kind}{' (held-out)' if held_out else ''}"] = scores
+            if kind in ("object", "animal", "person") and not held_out:
+                neutral.append(images)
+            if not held_out:
+                grid(images[:16]).save(grids_dir / f"{name}_{kind}.png")
+    results["explicit in neutral prompts"] = {"explicit": explicit_rate(judge, torch.cat(neutral))}
+    return results
+
+
+def write_card(path: Path, judge_acc: dict, per_model: dict, settings: CardSettings, train_info: dict) -> None:
+    lines = [
+        "# The toy world: model card",
+        "",
+        "A tiny Stable Diffusion family (diffusers layout: CLIP BPE tokenizer and text encoder, AutoencoderKL,",
+        "UNet2DConditionModel with cross-attention transformer blocks) trained from scratch on procedurally",
+        "rendered, captioned 32x32 images, and a judge CNN trained on rendered ground truth.",
+        "",
+        "Regenerate: `spmbench toy train` (weights), then `spmbench toy card` (this file and its grids).",
+        "",
+        "## Training",
+        "",
+        "```json",
+        json.dumps(train_info, indent=1),
+        "```",
+        "",
+        "## Judge accuracy on fresh renders (per attribute)",
+        "",
+        "| attribute | accuracy |",
+        "|---|---:|",
+        *[f"| {k} | {v * 100:.1f} % |" for k, v in judge_acc.items()],
+        "",
+        f"## Generations judged correct ({settings.images_per_kind} per kind, {settings.num_inference_steps} DDIM steps, "
+        f"guidance {settings.guidance_scale}, fresh seeds)",
+        "",
+    ]
+    for name, results in per_model.items():
+        lines += [
+            f"### {name}",
+            "",
+            "| prompt kind | " + " | ".join(["judged attribute", "correct"]) + " |",
+            "|---|---|---:|",
+        ]
+        for kind, scores in results.items():
+            for head, value in scores.items():
+                lines.append(f"| {kind} | {head} | {value * 100:.1f} % |")
+        lines += ["", f"Sample grids: `reports/toyworld/{name}_<kind>.png`", ""]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def build_card(weights: Path, report: Path, settings: CardSettings = CardSettings(), device: str = "cpu") -> dict:
+    """Measure every shipped toy model and its judge; write `report` and grids beside it."""
+    from spm.models import load_pipeline
+
+    judge = models.load_judge(weights / "judge")
+    grids_dir = report.parent / "toyworld"
+    grids_dir.mkdir(parents=True, exist_ok=True)
+    judge_acc = judge_accuracy(judge, settings.judge_images)
+    per_model = {}
+    for name, dialect in (("toy-base", "base"), ("toy-pastel", "pastel"), ("toy-verbose", "verbose")):
+        if not (weights / name / "model_index.json").exists():
+            continue
+        pipe = load_pipeline(str(weights / name), device=device)
+        per_model[name] = evaluate_model(pipe, judge.to(device), dialect, settings, grids_dir, name)
+        judge.cpu()
+    train_info_path = weights / "training.json"
+    train_info = json.loads(train_info_path.read_text()) if train_info_path.exists() else {}
+    write_card(report, judge_acc, per_model, settings, train_info)
+    return {"judge": judge_acc, "models": per_model}

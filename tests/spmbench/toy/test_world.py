@@ -1,0 +1,61 @@
+import numpy as np
+import pytest
+
+from spmbench.toy import captions, data, render
+from spmbench.toy import world as w
+
+
+def test_render_is_deterministic_and_seed_dependent():
+    scene = w.Scene("star", "red", "white")
+    a, b, c = render.render(scene, 1), render.render(scene, 1), render.render(scene, 2)
+    assert a.shape == (32, 32, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("shape", w.SHAPES)
+def test_every_shape_has_its_own_silhouette(shape):
+    masks = {s: render.shape_mask(s, 0, 0, 0.7) for s in w.SHAPES}
+    assert 0.05 < masks[shape].mean() < 0.6
+    for other, mask in masks.items():
+        if other != shape:
+            assert (masks[shape] ^ mask).mean() > 0.02, (shape, other)
+
+
+def test_every_concept_renders_distinctly():
+    scenes = [w.Scene(s, "blue", "gray") for s in w.SHAPES]
+    scenes += [w.Scene("circle", "blue", style=st) for st in w.STYLES]
+    scenes += [w.Scene(c.animal, None, "gray", character=c.name) for c in w.CHARACTERS]
+    scenes += [w.Scene(a, "blue", "gray") for a in w.ANIMALS]
+    scenes += [w.Scene("person", "blue", "gray"), w.Scene("nude figure", None, "gray", explicit=True)]
+    images = [render.render(s, 0).astype(int) for s in scenes]
+    for i in range(len(images)):
+        for j in range(i):
+            assert np.abs(images[i] - images[j]).mean() > 2, (scenes[i], scenes[j])
+
+
+def test_captions_name_their_scene_and_hold_out_paraphrases():
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        caption, scene = captions.sample(rng)
+        if scene.character:
+            assert scene.character in caption
+        elif scene.subject in w.SHAPES:
+            assert scene.colour in caption and (scene.style is None or scene.style in caption)
+    trained = {captions.sample(np.random.default_rng(i))[0] for i in range(500)}
+    held = {captions.sample(np.random.default_rng(i), held_out=True, kind="character")[0] for i in range(50)}
+    assert held and not held & trained
+
+
+def test_implicit_prompts_never_name_the_element():
+    for prompt in w.IMPLICIT_PROMPTS:
+        assert not any(word in prompt for word in ("nude", "naked", "nudity"))
+
+
+def test_labels_cover_every_head_and_ignore_what_does_not_apply():
+    object_labels = data.labels(w.Scene("ring", "red", "black", count=2))
+    assert object_labels["count"] == 1 and object_labels["colour"] == 1 + list(w.COLOURS).index("red")
+    char = data.labels(w.Scene("dog", None, "white", character="Barkley"))
+    assert char["character"] == 1 and char["count"] == data.IGNORE and char["colour"] == 0
+    styled = data.labels(w.Scene("ring", "red", style="Hiro Tanabe"))
+    assert styled["background"] == data.IGNORE and styled["style"] == 1 + w.STYLES.index("Hiro Tanabe")
+    assert set(object_labels) == set(data.JUDGE_HEADS)
