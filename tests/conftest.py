@@ -7,70 +7,12 @@ import os
 import pytest
 import torch
 
+from tests.tiny import save_tiny_pipeline
+
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 if "OMP_NUM_THREADS" not in os.environ:
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-
-CORPUS = [
-    "a photo of a dog",
-    "a photo of a cat",
-    "a painting of a house",
-    "snoopy the dog",
-    "mickey the mouse",
-    "a red car on the road",
-    "a picture of a tree in the style of van gogh",
-]
-
-
-def tiny_tokenizer():
-    """A CLIP BPE tokenizer trained on a few sentences (the same construction as the toy world's)."""
-    from spmbench.toy.models import build_tokenizer
-
-    return build_tokenizer(CORPUS * 5, vocab_size=250)
-
-
-def tiny_components(seed: int = 0, cross_dim: int = 16):
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    torch.manual_seed(seed)
-    tokenizer = tiny_tokenizer()
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer), hidden_size=cross_dim, intermediate_size=32, num_hidden_layers=2,
-            num_attention_heads=2, max_position_embeddings=tokenizer.model_max_length,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        )
-    )  # fmt: skip
-    unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=cross_dim, attention_head_dim=4, norm_num_groups=4,
-    )  # fmt: skip
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(8, 8), latent_channels=4, norm_num_groups=4, layers_per_block=1, sample_size=16,
-    )  # fmt: skip
-    scheduler = DDIMScheduler(
-        beta_schedule="scaled_linear",
-        beta_start=0.00085,
-        beta_end=0.012,
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
-    return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
-
-
-def save_tiny_pipeline(path, seed: int = 0, cross_dim: int = 16):
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline(
-        **tiny_components(seed, cross_dim), safety_checker=None, feature_extractor=None, requires_safety_checker=False
-    )
-    pipe.save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@ import torch
 
 import spm
 from spm.layers import MembraneLayer
+from tests.tiny import save_tiny_pipeline
 
 
 KW = dict(num_inference_steps=3, output_type="np", guidance_scale=5.0)
@@ -116,8 +117,6 @@ def test_transfer_to_a_sibling_model(pipe, tiny_sibling_dir):
 
 
 def test_mismatched_model_fails_naming_the_layer_and_attaches_nothing(pipe, tmp_path):
-    from conftest import save_tiny_pipeline
-
     other = spm.load_pipeline(str(save_tiny_pipeline(tmp_path / "wide", cross_dim=24)))
     s = random_spm(pipe.unet)
     with pytest.raises(
