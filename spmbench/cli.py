@@ -34,5 +34,38 @@ def toy_card(ctx: typer.Context) -> None:
     card_main(list(ctx.args))
 
 
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+@app.command("ls")
+def ls(kind: str = typer.Argument(..., help="models (apps and erasers come with the runner)")) -> None:
+    """List a registry."""
+    from spmbench.specs import SpecError, load_models
+
+    if kind != "models":
+        _fail(f"unknown registry {kind!r}: available: models")
+    try:
+        registry = load_models()
+    except SpecError as e:
+        _fail(str(e))
+    for m in registry:
+        derived = f" (from {m.derived_from})" if m.derived_from else ""
+        typer.echo(f"{m.name:22s} {m.world:5s} {m.family:4s} {m.source}{derived}")
+
+
+@app.command()
+def validate() -> None:
+    """Load every spec file and say what is wrong, if anything."""
+    from spmbench.specs import SpecError, load_models
+
+    try:
+        models = load_models()
+    except SpecError as e:
+        _fail(str(e))
+    typer.echo(f"ok: {len(models)} models")
+
+
 def main() -> None:
     app()
