@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 
@@ -39,32 +41,107 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-@app.command("ls")
-def ls(kind: str = typer.Argument(..., help="models (apps and erasers come with the runner)")) -> None:
-    """List a registry."""
+def _registries():
+    from spmbench.apps import load_apps
+    from spmbench.erasers import ERASERS
     from spmbench.specs import SpecError, load_models
 
-    if kind != "models":
-        _fail(f"unknown registry {kind!r}: available: models")
     try:
-        registry = load_models()
+        return load_models(), load_apps(), ERASERS
     except SpecError as e:
         _fail(str(e))
-    for m in registry:
-        derived = f" (from {m.derived_from})" if m.derived_from else ""
-        typer.echo(f"{m.name:22s} {m.world:5s} {m.family:4s} {m.source}{derived}")
+
+
+@app.command("ls")
+def ls(kind: str = typer.Argument(..., help="models, apps or erasers")) -> None:
+    """List a registry."""
+    models, apps, erasers = _registries()
+    if kind == "models":
+        for m in models:
+            derived = f" (from {m.derived_from})" if m.derived_from else ""
+            typer.echo(f"{m.name:22s} {m.world:5s} {m.family:4s} {m.source}{derived}")
+    elif kind == "apps":
+        for a in apps:
+            typer.echo(f"{a.name:16s} v{a.version} {a.world:5s} erase {' | '.join(' + '.join(e) for e in a.erase)}")
+    elif kind == "erasers":
+        for name in erasers.names():
+            typer.echo(name)
+    else:
+        _fail(f"unknown registry {kind!r}: choose models, apps or erasers")
 
 
 @app.command()
 def validate() -> None:
-    """Load every spec file and say what is wrong, if anything."""
-    from spmbench.specs import SpecError, load_models
+    """Load every model and application file and say what is wrong, if anything."""
+    from spmbench.judges.toy import concept_label
 
+    models, apps, _ = _registries()
+    for a in apps:
+        if a.world == "toy":
+            try:
+                for targets in a.erase:
+                    for row in a.rows(targets, limit=None):
+                        concept_label(row.concept)
+            except ValueError as e:
+                _fail(f"{a.path}: {e}")
+    typer.echo(f"ok: {len(models)} models, {len(apps)} applications")
+
+
+def _judge(name: str, device: str):
+    from spm.models import TOY_WEIGHTS
+    from spmbench.judges.toy import ToyJudge
+
+    if name != "toy":
+        _fail(f"judge {name!r} is not available yet; available: toy")
+    if not (TOY_WEIGHTS / "judge" / "judge.json").exists():
+        _fail(f"the toy judge is not trained yet: run `spmbench toy train` (expected in {TOY_WEIGHTS / 'judge'})")
+    return ToyJudge(TOY_WEIGHTS / "judge", device)
+
+
+@app.command()
+def run(
+    app_name: str = typer.Option(..., "--app", help="application name (spmbench ls apps), or 'all'"),
+    models_sel: str = typer.Option("toy", "--models", help="'all', 'toy', 'real' or comma-separated names"),
+    erasers_sel: str = typer.Option("none,spm,spm-noft", "--erasers", help="comma-separated eraser names"),
+    limit: int | None = typer.Option(None, help="at most this many prompts per prompt set (smoke runs)"),
+    out: Path = typer.Option(Path("runs"), help="run directories go here"),
+    reports: Path = typer.Option(Path("reports"), help="tables go to REPORTS/<app>/"),
+    batch_size: int = 32,
+    device: str = "cpu",
+) -> None:
+    """Plan, fit, generate, score and report; a rerun computes only what is missing."""
+    from spmbench import report, runner
+    from spmbench.registry import UnknownName
+    from spmbench.specs import select_models
+
+    models, apps, _ = _registries()
     try:
-        models = load_models()
-    except SpecError as e:
+        chosen_apps = list(apps) if app_name == "all" else [apps.get(app_name)]
+        chosen_models = select_models(models, models_sel, world=chosen_apps[0].world)
+        erasers = [e.strip() for e in erasers_sel.split(",") if e.strip()]
+        for a in chosen_apps:
+            cells = runner.plan(a, chosen_models, erasers)
+            typer.echo(f"{a.name}: {len(cells)} cells")
+            results = runner.run(a, cells, out / a.name, _judge(a.judge, device), models, limit, batch_size, device)
+            for path in report.write_reports(a, out / a.name, reports / a.name):
+                typer.echo(f"wrote {path}")
+            typer.echo(report.markdown(a, results))
+    except UnknownName as e:
         _fail(str(e))
-    typer.echo(f"ok: {len(models)} models")
+
+
+@app.command("report")
+def report_cmd(run_dir: Path, reports: Path = typer.Option(Path("reports"))) -> None:
+    """Rebuild the tables of RUN_DIR from its stored results (nothing is recomputed)."""
+    from spmbench import report
+
+    _, apps, _ = _registries()
+    results = report.load_results(run_dir)
+    if not results:
+        _fail(f"no results under {run_dir}/cells: run `spmbench run` first")
+    a = apps.get(results[0]["app"])
+    for path in report.write_reports(a, run_dir, reports / a.name):
+        typer.echo(f"wrote {path}")
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ STAGES = ("tokenizer", "vae", "judge", "base", "pastel", "verbose")
 @dataclass(frozen=True)
 class ToyTrainConfig:
     seed: int = 0
-    vae_steps: int = 1500
+    vae_steps: int = 6000
     judge_steps: int = 1500
     base_steps: int = 30000
     derivative_steps: int = 4000

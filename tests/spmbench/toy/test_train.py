@@ -2,26 +2,16 @@
 
 import json
 
-import pytest
 import torch
 
 from spmbench.toy.cli import card_main
 from spmbench.toy.cli import main as train_main
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("toyworld")
-    args = ["--out", str(root / "weights"), "--workdir", str(root / "work"), "--vae-steps", "2", "--judge-steps", "2",
-            "--base-steps", "2", "--derivative-steps", "1", "--pool-size", "256", "--ckpt-every", "1"]  # fmt: skip
-    train_main(args)
-    return root, args
-
-
-def test_family_loads_as_standard_diffusers_pipelines(world):
+def test_family_loads_as_standard_diffusers_pipelines(smoke_world):
     import spm
 
-    root, _ = world
+    root, _ = smoke_world
     for name in ("toy-base", "toy-pastel", "toy-verbose"):
         pipe = spm.load_pipeline(str(root / "weights" / name))
         assert pipe.unet.config.sample_size * pipe.vae_scale_factor == 32
@@ -33,15 +23,15 @@ def test_family_loads_as_standard_diffusers_pipelines(world):
     assert set(info["seconds_per_stage"]) == {"vae", "judge", "base", "pastel", "verbose"}
 
 
-def test_rerun_resumes_instead_of_retraining(world):
-    root, args = world
+def test_rerun_resumes_instead_of_retraining(smoke_world):
+    root, args = smoke_world
     before = (root / "work" / "base" / "ckpt.pt").stat().st_mtime_ns
     train_main(args)
     assert (root / "work" / "base" / "ckpt.pt").stat().st_mtime_ns == before
 
 
-def test_card_measures_and_writes_report(world, tmp_path):
-    root, _ = world
+def test_card_measures_and_writes_report(smoke_world, tmp_path):
+    root, _ = smoke_world
     report = tmp_path / "toyworld.md"
     card_main(["--weights", str(root / "weights"), "--report", str(report), "--images-per-kind", "2",
                "--judge-images", "16", "--num-inference-steps", "2"])  # fmt: skip

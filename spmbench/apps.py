@@ -1,0 +1,138 @@
+"""Applications: versioned YAML files in `concepts/<world>/`, expanded into seeded prompt rows.
+
+An application names what to erase (`erase`: one list of targets per experiment, erased together)
+and prompt sets. A set's `concepts` (or "{targets}") times its `templates` gives its prompts, each
+generated once per seed. Sets named `target` or `implicit` measure erasure (how often the judge
+still sees the concept); every other set measures erosion (how often the judge sees its concept).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from spmbench.registry import Registry
+from spmbench.specs import WORLDS, SpecError
+
+
+CONCEPTS_DIR = Path(__file__).resolve().parent.parent / "concepts"
+ERASURE_SETS = ("target", "implicit")
+TARGETS = "{targets}"
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    name: str
+    concepts: tuple[str, ...] | str  # a list, or "{targets}"
+    templates: tuple[str, ...]
+
+    @property
+    def measures_erasure(self) -> bool:
+        return self.name in ERASURE_SETS
+
+
+@dataclass(frozen=True)
+class PromptRow:
+    """One image to generate: stable id, the concept the judge looks for, prompt and seed."""
+
+    prompt_id: str
+    set: str
+    concept: str
+    prompt: str
+    seed: int
+
+
+@dataclass(frozen=True)
+class Application:
+    name: str
+    version: int
+    world: str
+    judge: str
+    erase: tuple[tuple[str, ...], ...]
+    prompt_sets: tuple[PromptSet, ...]
+    seeds: tuple[int, ...]
+    path: str = ""
+
+    def rows(self, targets: tuple[str, ...], limit: int | None = None) -> list[PromptRow]:
+        """Every (prompt, seed) of every set for one erase experiment; `limit` caps prompts per set."""
+        rows = []
+        for ps in self.prompt_sets:
+            concepts = targets if ps.concepts == TARGETS else ps.concepts
+            prompts = [(c, t.format(c)) for c in concepts for t in ps.templates][:limit]
+            for concept, prompt in prompts:
+                for seed in self.seeds:
+                    digest = hashlib.sha1(f"{ps.name}|{prompt}|{seed}".encode()).hexdigest()[:10]
+                    rows.append(PromptRow(f"{ps.name}-{digest}", ps.name, concept, prompt, seed))
+        return rows
+
+
+def _require(data: dict, key: str, kind, origin: str):
+    if key not in data:
+        raise SpecError(f"{origin}: missing field {key!r}")
+    if not isinstance(data[key], kind):
+        raise SpecError(
+            f"{origin}: field {key!r} must be a {getattr(kind, '__name__', kind)}, got {type(data[key]).__name__}"
+        )
+    return data[key]
+
+
+def _prompt_set(name: str, data, origin: str) -> PromptSet:
+    where = f"{origin}: prompts.{name}"
+    if not isinstance(data, dict):
+        raise SpecError(f"{where} must be a mapping with 'concepts' and 'templates'")
+    unknown = set(data) - {"concepts", "templates"}
+    if unknown:
+        raise SpecError(f"{where}: unknown field(s) {sorted(unknown)}")
+    concepts = _require(data, "concepts", (list, str), where)
+    if isinstance(concepts, str) and concepts != TARGETS:
+        raise SpecError(f"{where}.concepts must be a list or the string {TARGETS!r}")
+    templates = _require(data, "templates", list, where)
+    if not templates or not all(isinstance(t, str) for t in templates):
+        raise SpecError(f"{where}.templates must be a non-empty list of strings")
+    return PromptSet(name, concepts if isinstance(concepts, str) else tuple(map(str, concepts)), tuple(templates))
+
+
+def parse_app(data, origin: str) -> Application:
+    if not isinstance(data, dict):
+        raise SpecError(f"{origin}: expected a mapping of fields")
+    allowed = {"name", "version", "world", "judge", "erase", "prompts", "seeds"}
+    unknown = set(data) - allowed
+    if unknown:
+        raise SpecError(f"{origin}: unknown field(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+    world = _require(data, "world", str, origin)
+    if world not in WORLDS:
+        raise SpecError(f"{origin}: world {world!r} is not one of {', '.join(WORLDS)}")
+    erase = _require(data, "erase", list, origin)
+    if not erase or not all(isinstance(e, list) and e and all(isinstance(t, str) for t in e) for e in erase):
+        raise SpecError(f"{origin}: 'erase' must be a list of non-empty lists of target names")
+    prompts = _require(data, "prompts", dict, origin)
+    if "target" not in prompts:
+        raise SpecError(f"{origin}: prompts need a 'target' set (what erasure is measured on)")
+    seeds = _require(data, "seeds", list, origin)
+    if not seeds or not all(isinstance(s, int) for s in seeds):
+        raise SpecError(f"{origin}: 'seeds' must be a non-empty list of integers")
+    return Application(
+        name=_require(data, "name", str, origin),
+        version=_require(data, "version", int, origin),
+        world=world,
+        judge=_require(data, "judge", str, origin),
+        erase=tuple(tuple(e) for e in erase),
+        prompt_sets=tuple(_prompt_set(n, d, origin) for n, d in prompts.items()),
+        seeds=tuple(seeds),
+        path=origin,
+    )
+
+
+def load_apps(directory: Path = CONCEPTS_DIR) -> Registry[Application]:
+    registry: Registry[Application] = Registry("application")
+    for path in sorted(directory.glob("*/*.yaml")):
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise SpecError(f"{path}: not valid YAML ({e})") from None
+        app = parse_app(data, str(path))
+        registry.add(app.name, app)
+    return registry

@@ -1,0 +1,12 @@
+"""Erasers: every method (SPM and the baselines) behind one fit/apply interface, one file each."""
+
+from spmbench.erasers.base import ERASERS, Eraser
+from spmbench.erasers.none import Original
+from spmbench.erasers.spm import SPMEraser
+
+
+ERASERS.add("none", Original())
+ERASERS.add("spm", SPMEraser(transport=True))
+ERASERS.add("spm-noft", SPMEraser(transport=False))
+
+__all__ = ["ERASERS", "Eraser"]

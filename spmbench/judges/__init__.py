@@ -1,0 +1,1 @@
+"""Judges: say whether a concept is present in generated images."""

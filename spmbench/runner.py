@@ -1,0 +1,209 @@
+"""A run: plan -> fit -> generate -> score -> report, each stage handing off through files.
+
+Layout under the run directory (one per application):
+    fits/<model>/...                        eraser artifacts (fitted on the family's root model)
+    cells/<model>/<eraser>/<experiment>/    images/<prompt_id>.png, rows.jsonl, scores.jsonl, result.json
+A rerun computes only what is missing: an image file, a score line, a result. Images are written
+atomically and scores are appended line by line, so a kill loses at most the batch in flight.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from spmbench.apps import Application, PromptRow
+from spmbench.erasers import ERASERS
+from spmbench.erasers.spm import slug
+from spmbench.specs import ModelSpec
+
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (model, erased targets, eraser) combination of an application."""
+
+    model: ModelSpec
+    targets: tuple[str, ...]
+    eraser: str
+
+    @property
+    def key(self) -> str:
+        experiment = "original" if self.eraser == "none" else "+".join(slug(t) for t in self.targets)
+        return f"{self.model.name}/{self.eraser}/{experiment}"
+
+
+def plan(app: Application, models: list[ModelSpec], erasers: list[str]) -> list[Cell]:
+    """Every cell to compute; the original model gets one cell per model, shared by all experiments."""
+    for name in erasers:
+        ERASERS.get(name)  # unknown names fail before any work
+    cells = []
+    for model in models:
+        cells.append(Cell(model, (), "none"))
+        for targets in app.erase:
+            cells += [Cell(model, targets, e) for e in erasers if e != "none"]
+    return cells
+
+
+def all_rows(app: Application, limit: int | None) -> list[PromptRow]:
+    """The union of every experiment's rows (the original model is generated once for all)."""
+    seen: dict[str, PromptRow] = {}
+    for targets in app.erase:
+        for row in app.rows(targets, limit):
+            seen.setdefault(row.prompt_id, row)
+    return list(seen.values())
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line torn by a kill: recomputed
+            continue
+    return rows
+
+
+def _save_png(image: Image.Image, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp.png")
+    image.save(tmp)
+    tmp.replace(path)
+
+
+def generate_cell(
+    pipe, eraser, artifacts: list[Path], rows: list[PromptRow], cell_dir: Path, model: ModelSpec, batch_size: int
+) -> None:
+    images_dir = cell_dir / "images"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    todo = [r for r in rows if not (images_dir / f"{r.prompt_id}.png").exists()]
+    if not todo:
+        return
+    with eraser.apply(pipe, artifacts) as handle:
+        for start in tqdm(
+            range(0, len(todo), batch_size), desc=f"generate {cell_dir.relative_to(cell_dir.parents[2])}", unit="batch"
+        ):
+            batch = todo[start : start + batch_size]
+            prompts = [model.caption_prefix + r.prompt + model.caption_suffix for r in batch]
+            generators = [torch.Generator().manual_seed(r.seed) for r in batch]
+            out = eraser.generate(
+                handle, prompts, num_inference_steps=model.num_inference_steps, guidance_scale=model.guidance_scale,
+                generator=generators, height=model.resolution, width=model.resolution,
+            )  # fmt: skip
+            for row, image in zip(batch, out.images):
+                _save_png(image, images_dir / f"{row.prompt_id}.png")
+
+
+def load_images(paths: list[Path]) -> torch.Tensor:
+    return (
+        torch.from_numpy(np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths]))
+        .permute(0, 3, 1, 2)
+        .float()
+        / 255
+    )
+
+
+def score_cell(judge, rows: list[PromptRow], cell_dir: Path, batch_size: int = 256) -> list[dict]:
+    scores_path = cell_dir / "scores.jsonl"
+    done = {s["prompt_id"] for s in _read_jsonl(scores_path)}
+    todo = [r for r in rows if r.prompt_id not in done]
+    with open(scores_path, "a") as f:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
+            images = load_images([cell_dir / "images" / f"{r.prompt_id}.png" for r in batch])
+            for row, present in zip(batch, judge.present(images, [r.concept for r in batch])):
+                f.write(
+                    json.dumps(
+                        {"prompt_id": row.prompt_id, "set": row.set, "concept": row.concept, "present": present}
+                    )
+                    + "\n"
+                )
+            f.flush()
+    wanted = {r.prompt_id for r in rows}
+    return [s for s in _read_jsonl(scores_path) if s["prompt_id"] in wanted]
+
+
+def summarise(scores: list[dict]) -> dict[str, float]:
+    """Judged-present rate per prompt set."""
+    by_set: dict[str, list[bool]] = {}
+    for s in scores:
+        by_set.setdefault(s["set"], []).append(bool(s["present"]))
+    return {name: float(np.mean(v)) for name, v in by_set.items()}
+
+
+def fit_model_for(model: ModelSpec, registry) -> ModelSpec:
+    """Erasers are fitted once per family, on its root model; derivatives reuse them (transfer)."""
+    while model.derived_from and model.derived_from in registry:
+        model = registry.get(model.derived_from)
+    return model
+
+
+def run(
+    app: Application,
+    cells: list[Cell],
+    run_dir: Path,
+    judge,
+    registry,
+    limit: int | None = None,
+    batch_size: int = 32,
+    device: str = "cpu",
+) -> list[dict]:
+    """Compute every missing artifact of `cells` and return one result per cell."""
+    results = []
+    pipes: dict[str, object] = {}
+
+    def pipe_for(model: ModelSpec):
+        if model.name not in pipes:
+            pipes.clear()  # one pipeline in memory at a time
+            pipes[model.name] = model.load(device)
+        return pipes[model.name]
+
+    original_rows = all_rows(app, limit)
+    for cell in cells:
+        rows = original_rows if cell.eraser == "none" else app.rows(cell.targets, limit)
+        cell_dir = run_dir / "cells" / cell.key
+        result_path = cell_dir / "result.json"
+        if result_path.exists() and json.loads(result_path.read_text()).get("rows") == len(rows):
+            results.append(json.loads(result_path.read_text()))
+            continue
+        eraser = ERASERS.get(cell.eraser)
+        fit_model = fit_model_for(cell.model, registry)
+        t0 = time.time()
+        artifacts = eraser.fit(
+            pipe_for(fit_model), cell.targets, run_dir / "fits" / fit_model.name, fit_model.resolution
+        )
+        fit_seconds = time.time() - t0
+        t0 = time.time()
+        generate_cell(pipe_for(cell.model), eraser, artifacts, rows, cell_dir, cell.model, batch_size)
+        gen_seconds = time.time() - t0
+        rates = summarise(score_cell(judge, rows, cell_dir))
+        ids = {r.prompt_id for r in rows}
+        original_scores = _read_jsonl(run_dir / "cells" / Cell(cell.model, (), "none").key / "scores.jsonl")
+        original_rates = summarise([s for s in original_scores if s["prompt_id"] in ids])
+        result = {
+            "app": app.name, "app_version": app.version, "model": cell.model.name, "fitted_on": fit_model.name,
+            "eraser": cell.eraser, "targets": list(cell.targets), "rows": len(rows), "rates": rates, "original_rates": original_rates,
+            "fit_seconds_this_run": round(fit_seconds, 1), "generate_seconds_this_run": round(gen_seconds, 1),
+            "settings": {"steps": cell.model.num_inference_steps, "guidance": cell.model.guidance_scale,
+                         "resolution": cell.model.resolution, "seeds": list(app.seeds), "limit": limit},
+        }  # fmt: skip
+        tmp = result_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=1))
+        tmp.replace(result_path)
+        results.append(result)
+    return results
+
+
+def cell_asdict(cell: Cell) -> dict:
+    return {"model": asdict(cell.model), "targets": list(cell.targets), "eraser": cell.eraser, "key": cell.key}

@@ -1,0 +1,73 @@
+"""`spmbench run` end to end on the smoke-trained toy world: every stage, resumability, reports."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+import spm.models
+from spmbench.cli import app
+from spmbench.erasers import ERASERS
+
+
+@pytest.fixture()
+def toy_weights(smoke_world, monkeypatch):
+    root, _ = smoke_world
+    monkeypatch.setattr(spm.models, "TOY_WEIGHTS", root / "weights")
+    for name in ("spm", "spm-noft"):
+        monkeypatch.setattr(ERASERS.get(name), "iterations", 2)
+    return root / "weights"
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_run_writes_reports_and_a_rerun_computes_nothing(toy_weights, tmp_path):
+    args = ["run", "--app", "toy-concept", "--models", "toy", "--erasers", "none,spm,spm-noft", "--limit", "1",
+            "--out", tmp_path / "runs", "--reports", tmp_path / "reports"]  # fmt: skip
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    run_dir = tmp_path / "runs" / "toy-concept"
+    results = [json.loads(p.read_text()) for p in run_dir.glob("cells/*/*/*/result.json")]
+    # 3 models x (original + 3 experiments x 2 SPM variants)
+    assert len(results) == 3 * (1 + 3 * 2)
+    fitted = {r["fitted_on"] for r in results if r["eraser"] == "spm"}
+    assert fitted == {"toy-base"}  # SPMs fitted once, on the family root, transferred to the derivatives
+    assert sorted(p.name for p in (run_dir / "fits" / "toy-base" / "spm").iterdir()) == [
+        "barkley.safetensors",
+        "pip.safetensors",
+        "whiskers.safetensors",
+    ]
+    table = (tmp_path / "reports" / "toy-concept" / "toy-concept.md").read_text()
+    assert "toy-concept v1" in table and "| toy-pastel | Barkley + Whiskers | spm | toy-base |" in table
+    # a kill mid-run: drop some images and a score line; the rerun restores exactly those
+    cell = run_dir / "cells" / "toy-base" / "spm" / "barkley"
+    victim = sorted((cell / "images").glob("*.png"))[0]
+    victim.unlink()
+    (cell / "result.json").unlink()
+    lines = (cell / "scores.jsonl").read_text().splitlines()
+    (cell / "scores.jsonl").write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:10])  # torn last line
+    before = {p: p.stat().st_mtime_ns for p in run_dir.glob("cells/**/*.png")}
+    assert invoke(*args).exit_code == 0
+    assert victim.exists()
+    changed = [p for p in run_dir.glob("cells/**/*.png") if before.get(p) != p.stat().st_mtime_ns]
+    assert changed == [victim]
+    assert len(json.loads((cell / "result.json").read_text())["rates"]) == 3
+
+
+def test_report_rebuilds_from_stored_results(toy_weights, tmp_path):
+    assert invoke("run", "--app", "toy-object", "--models", "toy-base", "--erasers", "none,spm", "--limit", "1",
+                  "--out", tmp_path / "runs", "--reports", tmp_path / "r1").exit_code == 0  # fmt: skip
+    result = invoke("report", tmp_path / "runs" / "toy-object", "--reports", tmp_path / "r2")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "r1" / "toy-object" / "toy-object.csv").read_text() == (
+        tmp_path / "r2" / "toy-object" / "toy-object.csv"
+    ).read_text()
+
+
+def test_unknown_names_suggest(tmp_path):
+    result = invoke("run", "--app", "toy-concpt", "--out", tmp_path)
+    assert result.exit_code == 2 and "did you mean 'toy-concept'" in result.output
+    result = invoke("run", "--app", "toy-concept", "--erasers", "spn", "--out", tmp_path)
+    assert result.exit_code == 2 and "did you mean 'spm'" in result.output
