@@ -24,12 +24,16 @@ def table_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
     erased = [r for r in results if r["eraser"] != "none"]
     sets = _columns(erased)
     header = ["model", "erased", "eraser", "fitted on"] + [f"{s} {'↓' if s in ERASURE_SETS else '↑'}" for s in sets]
+    header += ["paired dist. ↓", "FID ↓"]
     rows = []
     for r in sorted(erased, key=lambda r: (r["model"], len(r["targets"]), r["eraser"])):
         cells = []
         for s in sets:
             value, original = r["rates"].get(s), r["original_rates"].get(s)
             cells.append("-" if value is None else f"{value * 100:.0f} % ({original * 100:.0f} %)")
+        alt = r.get("alteration") or {}
+        cells += [f"{alt['paired_feature_distance']:.3f}" if "paired_feature_distance" in alt else "-"]
+        cells += [f"{alt['fid_judge_features']:.3f}" if "fid_judge_features" in alt else "-"]
         rows.append([r["model"], " + ".join(r["targets"]), r["eraser"], r["fitted_on"], *cells])
     return header, rows
 
@@ -38,7 +42,7 @@ def caption(app: Application, results: list[dict]) -> str:
     settings = results[0]["settings"] if results else {}
     return (
         f"{app.name} v{app.version}; judge: {app.judge}; judged-present rate per prompt set, the original model's in brackets; "
-        f"↓ erasure (target prompts, lower is better), ↑ erosion sets (higher is better); DDIM {settings.get('steps')} steps, "
+        f"↓ erasure (target prompts, lower is better), ↑ erosion sets (higher is better); alteration of the non-target images against the original's (same seeds) on judge features; DDIM {settings.get('steps')} steps, "
         f"guidance {settings.get('guidance')}, {settings.get('resolution')} px, seeds {settings.get('seeds')}"
         + (f", limit {settings['limit']} prompts per set" if settings.get("limit") else "")
     )
@@ -61,7 +65,7 @@ def markdown(app: Application, results: list[dict]) -> str:
 def csv_text(results: list[dict]) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["model", "targets", "eraser", "fitted_on", "set", "rate", "original_rate"])
+    writer.writerow(["model", "targets", "eraser", "fitted_on", "measure", "value", "original_value"])
     for r in results:
         if r["eraser"] == "none":
             continue

@@ -20,9 +20,10 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from spmbench.apps import Application, PromptRow
+from spmbench.apps import ERASURE_SETS, Application, PromptRow
 from spmbench.erasers import ERASERS
 from spmbench.erasers.spm import slug
+from spmbench.metrics import frechet_distance, paired_distance
 from spmbench.specs import ModelSpec
 
 
@@ -134,6 +135,18 @@ def score_cell(judge, rows: list[PromptRow], cell_dir: Path, batch_size: int = 2
     return [s for s in _read_jsonl(scores_path) if s["prompt_id"] in wanted]
 
 
+def measure_alteration(judge, rows: list[PromptRow], cell_dir: Path, original_dir: Path) -> dict[str, float]:
+    """How much non-target generations moved: paired feature distance and FID vs the original model."""
+    kept = [r for r in rows if r.set not in ERASURE_SETS]
+    names = [f"{r.prompt_id}.png" for r in kept]
+    erased = judge.features(load_images([cell_dir / "images" / n for n in names]))
+    original = judge.features(load_images([original_dir / "images" / n for n in names]))
+    out = {"paired_feature_distance": paired_distance(erased, original)}
+    if len(kept) >= 2:
+        out["fid_judge_features"] = frechet_distance(erased, original)
+    return out
+
+
 def summarise(scores: list[dict]) -> dict[str, float]:
     """Judged-present rate per prompt set."""
     by_set: dict[str, list[bool]] = {}
@@ -191,9 +204,14 @@ def run(
         ids = {r.prompt_id for r in rows}
         original_scores = _read_jsonl(run_dir / "cells" / Cell(cell.model, (), "none").key / "scores.jsonl")
         original_rates = summarise([s for s in original_scores if s["prompt_id"] in ids])
+        alteration = (
+            None
+            if cell.eraser == "none"
+            else measure_alteration(judge, rows, cell_dir, run_dir / "cells" / Cell(cell.model, (), "none").key)
+        )
         result = {
             "app": app.name, "app_version": app.version, "model": cell.model.name, "fitted_on": fit_model.name,
-            "eraser": cell.eraser, "targets": list(cell.targets), "rows": len(rows), "rates": rates, "original_rates": original_rates,
+            "eraser": cell.eraser, "targets": list(cell.targets), "rows": len(rows), "rates": rates, "original_rates": original_rates, "alteration": alteration,
             "fit_seconds_this_run": round(fit_seconds, 1), "generate_seconds_this_run": round(gen_seconds, 1),
             "settings": {"steps": cell.model.num_inference_steps, "guidance": cell.model.guidance_scale,
                          "resolution": cell.model.resolution, "seeds": list(app.seeds), "limit": limit},

@@ -38,3 +38,8 @@ class ToyJudge:
             head, label = concept_label(concept)
             out.append(bool(logits[head][i].argmax() == label))
         return out
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The judge's penultimate features, for FID and paired distances."""
+        return self.net.embed(images.to(self.device)).cpu()

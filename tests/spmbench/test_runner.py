@@ -53,7 +53,8 @@ def test_run_writes_reports_and_a_rerun_computes_nothing(toy_weights, tmp_path):
     assert victim.exists()
     changed = [p for p in run_dir.glob("cells/**/*.png") if before.get(p) != p.stat().st_mtime_ns]
     assert changed == [victim]
-    assert len(json.loads((cell / "result.json").read_text())["rates"]) == 3
+    stored = json.loads((cell / "result.json").read_text())
+    assert len(stored["rates"]) == 3 and stored["alteration"]["paired_feature_distance"] >= 0
 
 
 def test_report_rebuilds_from_stored_results(toy_weights, tmp_path):
