@@ -108,6 +108,7 @@ def run(
     reports: Path = typer.Option(Path("reports"), help="tables go to REPORTS/<app>/"),
     batch_size: int = 32,
     device: str = "cpu",
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the plan and stop"),
 ) -> None:
     """Plan, fit, generate, score and report; a rerun computes only what is missing."""
     from spmbench import report, runner
@@ -122,6 +123,10 @@ def run(
         for a in chosen_apps:
             cells = runner.plan(a, chosen_models, erasers)
             typer.echo(f"{a.name}: {len(cells)} cells")
+            if dry_run:
+                for cell in cells:
+                    typer.echo(f"  {cell.key}")
+                continue
             results = runner.run(a, cells, out / a.name, _judge(a.judge, device), models, limit, batch_size, device)
             for path in report.write_reports(a, out / a.name, reports / a.name):
                 typer.echo(f"wrote {path}")

@@ -90,4 +90,117 @@ def write_reports(app: Application, run_dir: Path, out_dir: Path) -> list[Path]:
     md, table = out_dir / f"{app.name}.md", out_dir / f"{app.name}.csv"
     md.write_text(markdown(app, results))
     table.write_text(csv_text(results))
-    return [md, table]
+    tex, plot = out_dir / f"{app.name}.tex", out_dir / f"{app.name}_tradeoff.svg"
+    tex.write_text(latex(app, results))
+    plot.write_text(tradeoff_svg(results))
+    written = [md, table, tex, plot]
+    erasers = sorted({r["eraser"] for r in results if r["eraser"] != "none"})
+    for r in results:
+        if not erasers or r["eraser"] != erasers[0]:  # one grid per (model, experiment)
+            continue
+        grid = image_grid(run_dir, r["model"], r["targets"], erasers, app, r["settings"]["limit"])
+        if grid is not None:
+            path = out_dir / "grids" / f"{r['model']}_{'+'.join(t.replace(' ', '-') for t in r['targets'])}.png"
+            path.parent.mkdir(exist_ok=True)
+            grid.save(path)
+            written.append(path)
+    return written
+
+
+def latex(app: Application, results: list[dict]) -> str:
+    header, rows = table_rows(results)
+
+    def esc(text: str) -> str:
+        return (
+            text.replace("%", r"\%")
+            .replace("_", r"\_")
+            .replace("&", r"\&")
+            .replace("↓", r"$\downarrow$")
+            .replace("↑", r"$\uparrow$")
+        )
+
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\begin{tabular}{" + "l" * 4 + "r" * (len(header) - 4) + "}",
+        r"\toprule",
+    ]
+    lines.append(" & ".join(esc(h) for h in header) + r" \\")
+    lines.append(r"\midrule")
+    lines += [" & ".join(esc(c) for c in row) + r" \\" for row in rows]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\caption{" + esc(caption(app, results)) + "}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def tradeoff_svg(results: list[dict], width: int = 480, height: int = 360) -> str:
+    """Erasure (target rate relative to the original) against erosion (kept accuracy on the other sets)."""
+    points = []
+    for r in results:
+        if r["eraser"] == "none" or not r["original_rates"].get("target"):
+            continue
+        erasure = r["rates"]["target"] / r["original_rates"]["target"]
+        kept = [
+            r["rates"][s] / r["original_rates"][s]
+            for s in r["rates"]
+            if s not in ERASURE_SETS and r["original_rates"].get(s)
+        ]
+        if kept:
+            points.append((erasure, sum(kept) / len(kept), f"{r['eraser']} {r['model']} {'+'.join(r['targets'])}"))
+    pad = 50
+    sx = lambda v: pad + min(max(v, 0), 1.2) / 1.2 * (width - 2 * pad)  # noqa: E731
+    sy = lambda v: height - pad - min(max(v, 0), 1.2) / 1.2 * (height - 2 * pad)  # noqa: E731
+    palette = {"spm": "#d62728", "spm-noft": "#1f77b4"}
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+        f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="black"/>',
+        f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="black"/>',
+        f'<text x="{width / 2}" y="{height - 15}" text-anchor="middle">target presence / original (lower: more erased)</text>',
+        f'<text x="15" y="{height / 2}" transform="rotate(-90 15 {height / 2})" text-anchor="middle">non-target accuracy / original (higher: less eroded)</text>',
+    ]
+    for tick in (0, 0.5, 1.0):
+        parts.append(f'<text x="{sx(tick)}" y="{height - pad + 14}" text-anchor="middle">{tick}</text>')
+        parts.append(f'<text x="{pad - 6}" y="{sy(tick) + 4}" text-anchor="end">{tick}</text>')
+    for x, y, label in points:
+        colour = palette.get(label.split()[0], "#555")
+        parts.append(
+            f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="4" fill="{colour}"><title>{label}: {x:.2f}, {y:.2f}</title></circle>'
+        )
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"
+
+
+def image_grid(
+    run_dir: Path,
+    model: str,
+    targets: list[str],
+    erasers: list[str],
+    app: Application,
+    limit: int | None = None,
+    per_set: int = 4,
+    scale: int = 3,
+):
+    """Rows: the original then each eraser; columns: the first prompts of each set, same seeds."""
+    from PIL import Image
+
+    from spmbench.erasers.spm import slug
+
+    rows = app.rows(tuple(targets), limit)
+    columns = []
+    for ps in app.prompt_sets:
+        columns += [r for r in rows if r.set == ps.name][:per_set]
+    experiment = "+".join(slug(t) for t in targets)
+    tiles = []
+    for eraser in ["none", *erasers]:
+        cell = run_dir / "cells" / model / eraser / ("original" if eraser == "none" else experiment) / "images"
+        row = [cell / f"{r.prompt_id}.png" for r in columns]
+        if all(p.exists() for p in row):
+            tiles.append([Image.open(p).convert("RGB") for p in row])
+    if not tiles:
+        return None
+    w, h = tiles[0][0].size
+    canvas = Image.new("RGB", (w * len(columns), h * len(tiles)), "white")
+    for i, row in enumerate(tiles):
+        for j, tile in enumerate(row):
+            canvas.paste(tile, (j * w, i * h))
+    return canvas.resize((canvas.width * scale, canvas.height * scale), Image.NEAREST)

@@ -41,6 +41,12 @@ def test_run_writes_reports_and_a_rerun_computes_nothing(toy_weights, tmp_path):
     ]
     table = (tmp_path / "reports" / "toy-concept" / "toy-concept.md").read_text()
     assert "toy-concept v1" in table and "| toy-pastel | Barkley + Whiskers | spm | toy-base |" in table
+    reports = tmp_path / "reports" / "toy-concept"
+    assert r"\begin{tabular}" in (reports / "toy-concept.tex").read_text()
+    plottable = [r for r in results if r["eraser"] != "none" and r["original_rates"]["target"] > 0]
+    plottable = [r for r in plottable if any(r["original_rates"][s] > 0 for s in ("near", "far"))]
+    assert (reports / "toy-concept_tradeoff.svg").read_text().count("<circle") == len(plottable)
+    assert len(list((reports / "grids").glob("*.png"))) == 3 * 3
     # a kill mid-run: drop some images and a score line; the rerun restores exactly those
     cell = run_dir / "cells" / "toy-base" / "spm" / "barkley"
     victim = sorted((cell / "images").glob("*.png"))[0]
