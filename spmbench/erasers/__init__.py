@@ -1,6 +1,7 @@
 """Erasers: every method (SPM and the baselines) behind one fit/apply interface, one file each."""
 
 from spmbench.erasers.base import ERASERS, Eraser
+from spmbench.erasers.negative_prompt import NegativePrompt
 from spmbench.erasers.none import Original
 from spmbench.erasers.spm import SPMEraser
 
@@ -8,5 +9,6 @@ from spmbench.erasers.spm import SPMEraser
 ERASERS.add("none", Original())
 ERASERS.add("spm", SPMEraser(transport=True))
 ERASERS.add("spm-noft", SPMEraser(transport=False))
+ERASERS.add("negprompt", NegativePrompt())
 
 __all__ = ["ERASERS", "Eraser"]

@@ -14,9 +14,10 @@ def slug(text: str) -> str:
 
 
 class SPMEraser:
-    def __init__(self, transport: bool = True, iterations: int = 500):
+    def __init__(self, transport: bool = True, settings: dict | None = None):
         self.transport = transport
-        self.iterations = iterations
+        # spm.TrainConfig fields; the toy world's models learn a concept in a few hundred steps.
+        self.settings = settings if settings is not None else {"iterations": 500}
         self.name = "spm" if transport else "spm-noft"
 
     def fit(self, pipe, targets: tuple[str, ...], workdir: Path, resolution: int) -> list[Path]:
@@ -26,7 +27,7 @@ class SPMEraser:
             path = workdir / "spm" / f"{slug(target)}.safetensors"
             if not path.exists():
                 path.parent.mkdir(parents=True, exist_ok=True)
-                cfg = spm.TrainConfig(iterations=self.iterations, resolutions=(resolution,))
+                cfg = spm.TrainConfig(**{"resolutions": (resolution,), **self.settings})
                 trained = spm.train(pipe, [target], config=cfg, checkpoint=path.with_name(path.name + ".ckpt.pt"))
                 trained.save(path)
                 path.with_name(path.name + ".ckpt.pt").unlink(missing_ok=True)

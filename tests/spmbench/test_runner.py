@@ -15,7 +15,7 @@ def toy_weights(smoke_world, monkeypatch):
     root, _ = smoke_world
     monkeypatch.setattr(spm.models, "TOY_WEIGHTS", root / "weights")
     for name in ("spm", "spm-noft"):
-        monkeypatch.setattr(ERASERS.get(name), "iterations", 2)
+        monkeypatch.setattr(ERASERS.get(name), "settings", {"iterations": 2, "rollout_steps": 4})
     return root / "weights"
 
 
@@ -64,7 +64,7 @@ def test_run_writes_reports_and_a_rerun_computes_nothing(toy_weights, tmp_path):
 
 
 def test_report_rebuilds_from_stored_results(toy_weights, tmp_path):
-    assert invoke("run", "--app", "toy-object", "--models", "toy-base", "--erasers", "none,spm", "--limit", "1",
+    assert invoke("run", "--app", "toy-object", "--models", "toy-base", "--erasers", "none,spm,negprompt", "--limit", "1",
                   "--out", tmp_path / "runs", "--reports", tmp_path / "r1").exit_code == 0  # fmt: skip
     result = invoke("report", tmp_path / "runs" / "toy-object", "--reports", tmp_path / "r2")
     assert result.exit_code == 0, result.output

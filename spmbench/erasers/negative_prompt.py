@@ -1,0 +1,28 @@
+"""The plain negative prompt: the targets replace the empty unconditional prompt of CFG."""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+
+from spmbench.erasers.spm import slug
+
+
+class NegativePrompt:
+    name = "negprompt"
+
+    def fit(self, pipe, targets: tuple[str, ...], workdir: Path, resolution: int) -> list[Path]:
+        """Nothing to learn; the artifact records the negative prompt used, for provenance."""
+        path = workdir / "negprompt" / f"{'+'.join(slug(t) for t in targets)}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"negative_prompt": ", ".join(targets)}))
+        return [path]
+
+    @contextmanager
+    def apply(self, pipe, artifacts: list[Path]):
+        yield pipe, json.loads(artifacts[0].read_text())["negative_prompt"]
+
+    def generate(self, handle, prompts: list[str], **kwargs):
+        pipe, negative = handle
+        return pipe(prompts, negative_prompt=[negative] * len(prompts), **kwargs)
