@@ -51,12 +51,25 @@ def _save_ckpt(path: Path, step: int, modules: dict, rng: np.random.Generator, g
     tmp.replace(path)  # atomic: a kill mid-write never leaves a torn checkpoint
 
 
+def _drop_optimiser(path: Path) -> None:
+    """A finished stage's checkpoint keeps the weights only: half the size, for committing."""
+    state = torch.load(path, weights_only=True, map_location="cpu")
+    if "opt" in state:
+        del state["opt"]
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(path)
+
+
 def _load_ckpt(path: Path, modules: dict, rng: np.random.Generator, gen: torch.Generator) -> int:
     if not path.exists():
         return 0
     state = torch.load(path, weights_only=True, map_location="cpu")
     for name, m in modules.items():
-        m.load_state_dict(state[name])
+        if name in state:
+            m.load_state_dict(state[name])
+        else:  # a finished stage keeps no optimiser state; extending it restarts the optimiser
+            log.warning("checkpoint %s has no %r: starting it fresh", path, name)
     rng.bit_generator.state = json.loads(state["np_rng"])
     gen.set_state(state["torch_rng"])
     log.info("resumed %s at step %d", path.parent.name, state["step"])
@@ -77,6 +90,7 @@ def _loop(name: str, cfg: ToyTrainConfig, workdir: Path, steps: int, modules: di
         bar.set_postfix(step_fn(step, rng, gen))
         if (step + 1) % cfg.ckpt_every == 0 or step + 1 == steps:
             _save_ckpt(ckpt, step + 1, modules, rng, gen)
+    _drop_optimiser(ckpt)
     timing = stage_dir / "time.json"
     previous = json.loads(timing.read_text()) if timing.exists() else {}
     spent = previous.get("seconds", previous.get("seconds_this_run", 0.0))
