@@ -4,11 +4,13 @@ from spmbench.erasers.base import ERASERS, Eraser
 from spmbench.erasers.negative_prompt import NegativePrompt
 from spmbench.erasers.none import Original
 from spmbench.erasers.spm import SPMEraser
+from spmbench.erasers.uce import UCE
 
 
 ERASERS.add("none", Original())
 ERASERS.add("spm", SPMEraser(transport=True))
 ERASERS.add("spm-noft", SPMEraser(transport=False))
 ERASERS.add("negprompt", NegativePrompt())
+ERASERS.add("uce", UCE())
 
 __all__ = ["ERASERS", "Eraser"]

@@ -41,3 +41,31 @@ def test_negative_prompt_is_the_pipelines_negative_prompt(pipe, tmp_path):
         ["a photo of a dog"], negative_prompt=["snoopy, mickey"], generator=[torch.Generator().manual_seed(0)], **KW
     ).images
     np.testing.assert_allclose(ours, direct)
+
+
+def test_uce_closed_form_equals_a_direct_least_squares_solve():
+    from spmbench.erasers.uce import closed_form
+
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(5, 4, generator=gen, dtype=torch.float64)
+    c, g, p = (torch.randn(n, 4, generator=gen, dtype=torch.float64) for n in (3, 3, 2))
+    lam = 0.5
+    # min |W'C - WG|^2 + |W'P - WP|^2 + lam |W' - W|^2 as one stacked least-squares problem
+    a = torch.cat([c, p, lam**0.5 * torch.eye(4, dtype=torch.float64)])  # rows = inputs
+    b = torch.cat([g @ w.T, p @ w.T, lam**0.5 * w.T])  # rows = wanted outputs
+    direct = torch.linalg.lstsq(a, b).solution.T
+    torch.testing.assert_close(closed_form(w, c, g, p, lam), direct)
+
+
+def test_uce_edits_only_cross_attention_key_value(pipe, tmp_path):
+    from spmbench.erasers.uce import UCE, cross_attention_projections
+
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    eraser = UCE()
+    artifacts = eraser.fit(pipe, ("snoopy",), tmp_path, 16)
+    layers = cross_attention_projections(pipe.unet)
+    assert len(layers) == 8 and all(n.endswith(("attn2.to_k", "attn2.to_v")) for n in layers)
+    with eraser.apply(pipe, artifacts):
+        changed = {k for k, v in pipe.unet.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {f"{n}.weight" for n in layers}
+    assert all(torch.equal(v, before[k]) for k, v in pipe.unet.state_dict().items())

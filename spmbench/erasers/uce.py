@@ -1,0 +1,106 @@
+"""UCE (Gandikota et al., 2024): a closed-form edit of the cross-attention key/value projections.
+
+For each `attn2.to_k` / `attn2.to_v` weight W, with erased token embeddings c_i mapped to their
+guide's outputs v_i = W g_i, and preserved embeddings c_p kept where they are:
+
+    W' = (lam W + sum_i v_i c_i^T + sum_p W c_p c_p^T) (lam I + sum_i c_i c_i^T + sum_p c_p c_p^T)^-1
+
+i.e. the least-squares solution of sum_i |W' c_i - v_i|^2 + sum_p |W' c_p - W c_p|^2 + lam |W' - W|_F^2.
+The artifact is the weight delta W' - W (safetensors), so it also applies to other models of the
+family, as other weight-editing methods are compared.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from spmbench.erasers.spm import slug
+
+
+def cross_attention_projections(unet: nn.Module) -> dict[str, nn.Linear]:
+    """The key and value projections of every cross-attention (`attn2`) layer."""
+    return {
+        name: module
+        for name, module in unet.named_modules()
+        if isinstance(module, nn.Linear) and ".attn2." in f".{name}" and name.endswith(("to_k", "to_v"))
+    }
+
+
+@torch.no_grad()
+def token_embeddings(pipe, prompt: str, length: int | None = None) -> torch.Tensor:
+    """The text encoder's outputs for the prompt's tokens and its end token, (n, d); `length` pads/cuts."""
+    ids = pipe.tokenizer(
+        prompt, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+    hidden = pipe.text_encoder(ids.to(pipe.text_encoder.device))[0][0].float()
+    end = int((ids[0] == pipe.tokenizer.eos_token_id).nonzero()[0]) + 1  # through the first end token
+    return hidden[1 : (length + 1 if length else end)]
+
+
+def closed_form(
+    weight: torch.Tensor, erase: torch.Tensor, guide: torch.Tensor, preserve: torch.Tensor, lam: float
+) -> torch.Tensor:
+    """W' for one projection; erase/guide (n, d) aligned row by row, preserve (m, d)."""
+    w = weight.double()
+    c, g, p = erase.double(), guide.double(), preserve.double()
+    eye = torch.eye(w.shape[1], dtype=w.dtype, device=w.device)
+    left = lam * w + (w @ g.T) @ c + (w @ p.T) @ p
+    right = lam * eye + c.T @ c + p.T @ p
+    return torch.linalg.solve(right, left.T).T.to(weight.dtype)  # left @ right^-1, right symmetric
+
+
+class UCE:
+    def __init__(self, guide: str = "", preserve: tuple[str, ...] = (), lam: float = 0.5):
+        self.guide, self.preserve, self.lam = guide, tuple(preserve), lam
+        self.name = "uce"
+
+    def fit(self, pipe, targets: tuple[str, ...], workdir: Path, resolution: int) -> list[Path]:
+        path = workdir / "uce" / f"{'+'.join(slug(t) for t in targets)}.safetensors"
+        if path.exists():
+            return [path]
+        erase = [token_embeddings(pipe, t) for t in targets]
+        guides = [token_embeddings(pipe, self.guide, len(e)) for e in erase]
+        keep = [token_embeddings(pipe, p) for p in self.preserve]
+        c, g = torch.cat(erase), torch.cat(guides)
+        p = torch.cat(keep) if keep else c.new_zeros(0, c.shape[1])
+        deltas = {}
+        for name, layer in cross_attention_projections(pipe.unet).items():
+            w = layer.weight.detach().float()
+            deltas[name] = (
+                (closed_form(w, c.to(w.device), g.to(w.device), p.to(w.device), self.lam) - w).cpu().contiguous()
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(
+            deltas,
+            str(tmp),
+            metadata={"method": "uce", "targets": ", ".join(targets), "guide": self.guide, "lambda": str(self.lam)},
+        )
+        tmp.replace(path)
+        return [path]
+
+    @contextmanager
+    def apply(self, pipe, artifacts: list[Path]):
+        deltas = load_file(str(artifacts[0]))
+        layers = cross_attention_projections(pipe.unet)
+        missing = sorted(set(deltas) - set(layers))
+        if missing:
+            raise ValueError(f"UCE edit has layer {missing[0]!r} that the model lacks: fitted on another architecture")
+        originals = {name: layers[name].weight.detach().clone() for name in deltas}
+        try:
+            with torch.no_grad():
+                for name, delta in deltas.items():
+                    layers[name].weight += delta.to(layers[name].weight)
+            yield pipe
+        finally:
+            with torch.no_grad():
+                for name, weight in originals.items():
+                    layers[name].weight.copy_(weight)
+
+    def generate(self, handle, prompts: list[str], **kwargs):
+        return handle(prompts, **kwargs)
