@@ -87,12 +87,16 @@ def validate() -> None:
     typer.echo(f"ok: {len(models)} models, {len(apps)} applications")
 
 
-def _judge(name: str, device: str):
+def _judge(name: str, device: str, clip_model: str):
     from spm.models import TOY_WEIGHTS
     from spmbench.judges.toy import ToyJudge
 
+    if name == "clip":
+        from spmbench.judges.clip import ClipJudge
+
+        return ClipJudge(clip_model, device)
     if name != "toy":
-        _fail(f"judge {name!r} is not available yet; available: toy")
+        _fail(f"unknown judge {name!r}; available: toy, clip")
     if not (TOY_WEIGHTS / "judge" / "judge.json").exists():
         _fail(f"the toy judge is not trained yet: run `spmbench toy train` (expected in {TOY_WEIGHTS / 'judge'})")
     return ToyJudge(TOY_WEIGHTS / "judge", device)
@@ -109,6 +113,7 @@ def run(
     batch_size: int = 32,
     device: str = "cpu",
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan and stop"),
+    clip_model: str = typer.Option("openai/clip-vit-base-patch32", help="CLIP for real-model applications"),
 ) -> None:
     """Plan, fit, generate, score and report; a rerun computes only what is missing."""
     from spmbench import report, runner
@@ -127,7 +132,9 @@ def run(
                 for cell in cells:
                     typer.echo(f"  {cell.key}")
                 continue
-            results = runner.run(a, cells, out / a.name, _judge(a.judge, device), models, limit, batch_size, device)
+            results = runner.run(
+                a, cells, out / a.name, _judge(a.judge, device, clip_model), models, limit, batch_size, device
+            )
             for path in report.write_reports(a, out / a.name, reports / a.name):
                 typer.echo(f"wrote {path}")
             typer.echo(report.markdown(a, results))

@@ -1,0 +1,54 @@
+"""CLIP as a judge for real models (transformers' CLIPModel; ViT-B/32 by default).
+
+- CLIP score: 2.5 * max(cos(image, text), 0), the protocol's definition (computed here, since
+  torchmetrics' CLIPScore breaks on transformers 5).
+- CLIP accuracy: the concept's text is closer to the image than the empty-string anchor is.
+- Features: the image embeddings, for FID and paired distances.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+DEFAULT_CLIP = "openai/clip-vit-base-patch32"
+
+
+def _projected(out) -> torch.Tensor:
+    """transformers 5 returns an output whose pooler_output is the projection; 4.x a tensor."""
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+class ClipJudge:
+    def __init__(self, model: str = DEFAULT_CLIP, device: str = "cpu", template: str = "a photo of {}"):
+        from transformers import CLIPModel, CLIPProcessor
+
+        self.model = CLIPModel.from_pretrained(model).to(device).eval()
+        self.processor = CLIPProcessor.from_pretrained(model)
+        self.device, self.template = device, template
+
+    @torch.no_grad()
+    def _texts(self, texts: list[str]) -> torch.Tensor:
+        batch = self.processor(text=texts, return_tensors="pt", padding=True, truncation=True).to(self.device)
+        return F.normalize(_projected(self.model.get_text_features(**batch)), dim=-1)
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Unit image embeddings for (N, 3, H, W) images in [0, 1]."""
+        pixels = self.processor(images=list(images), return_tensors="pt", do_rescale=False)["pixel_values"]
+        return F.normalize(
+            _projected(self.model.get_image_features(pixel_values=pixels.to(self.device))), dim=-1
+        ).cpu()
+
+    def score(self, images: torch.Tensor, texts: list[str]) -> torch.Tensor:
+        """Per-image CLIP score against its own text: 2.5 * max(cos, 0)."""
+        cos = (self.features(images) * self._texts(texts).cpu()).sum(-1)
+        return 2.5 * cos.clamp(min=0)
+
+    def present(self, images: torch.Tensor, concepts: list[str]) -> list[bool]:
+        """CLIP accuracy: the concept's prompt beats the empty-string anchor."""
+        feats = self.features(images)
+        concept_text = self._texts([self.template.format(c) for c in concepts]).cpu()
+        anchor = self._texts([""]).cpu()
+        return ((feats * concept_text).sum(-1) > (feats @ anchor.T)[:, 0]).tolist()
