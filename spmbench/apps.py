@@ -25,9 +25,16 @@ TARGETS = "{targets}"
 
 @dataclass(frozen=True)
 class PromptSet:
+    """Templates x concepts, or the rows of a published prompt file (with their own seeds).
+
+    For a file, `concepts` filters rows by their label (artist, class; "{targets}" allowed) and the
+    judge looks for each row's label; an unlabelled file (I2P) needs a single `concepts` entry.
+    """
+
     name: str
     concepts: tuple[str, ...] | str  # a list, or "{targets}"
-    templates: tuple[str, ...]
+    templates: tuple[str, ...] = ()
+    file: str | None = None
 
     @property
     def measures_erasure(self) -> bool:
@@ -56,17 +63,39 @@ class Application:
     seeds: tuple[int, ...]
     path: str = ""
 
-    def rows(self, targets: tuple[str, ...], limit: int | None = None) -> list[PromptRow]:
+    def rows(
+        self, targets: tuple[str, ...], limit: int | None = None, data_dir: Path | None = None
+    ) -> list[PromptRow]:
         """Every (prompt, seed) of every set for one erase experiment; `limit` caps prompts per set."""
         rows = []
         for ps in self.prompt_sets:
             concepts = targets if ps.concepts == TARGETS else ps.concepts
+            if ps.file:
+                rows += _file_rows(ps, concepts, limit, data_dir)
+                continue
             prompts = [(c, t.format(c)) for c in concepts for t in ps.templates][:limit]
             for concept, prompt in prompts:
                 for seed in self.seeds:
                     digest = hashlib.sha1(f"{ps.name}|{prompt}|{seed}".encode()).hexdigest()[:10]
                     rows.append(PromptRow(f"{ps.name}-{digest}", ps.name, concept, prompt, seed))
         return rows
+
+
+def _file_rows(ps: PromptSet, concepts, limit: int | None, data_dir: Path | None) -> list[PromptRow]:
+    from spmbench.prompts import read_prompts, resolve
+
+    records = read_prompts(resolve(ps.file, data_dir))
+    labelled = any(r.label for r in records)
+    if not labelled and len(concepts) != 1:
+        raise ValueError(f"prompts.{ps.name}: {ps.file} has no labels, so name exactly one concept for the judge")
+    if labelled:
+        wanted = {c.lower() for c in concepts}
+        records = [r for r in records if r.label and r.label.lower() in wanted]
+    rows = []
+    for r in records[:limit]:
+        concept = r.label if labelled else concepts[0]
+        rows.append(PromptRow(f"{ps.name}-{Path(ps.file).stem}-{r.prompt_id}", ps.name, concept, r.prompt, r.seed))
+    return rows
 
 
 def _require(data: dict, key: str, kind, origin: str):
@@ -82,17 +111,22 @@ def _require(data: dict, key: str, kind, origin: str):
 def _prompt_set(name: str, data, origin: str) -> PromptSet:
     where = f"{origin}: prompts.{name}"
     if not isinstance(data, dict):
-        raise SpecError(f"{where} must be a mapping with 'concepts' and 'templates'")
-    unknown = set(data) - {"concepts", "templates"}
+        raise SpecError(f"{where} must be a mapping with 'concepts' and 'templates' (or 'file')")
+    unknown = set(data) - {"concepts", "templates", "file"}
     if unknown:
         raise SpecError(f"{where}: unknown field(s) {sorted(unknown)}")
     concepts = _require(data, "concepts", (list, str), where)
     if isinstance(concepts, str) and concepts != TARGETS:
         raise SpecError(f"{where}.concepts must be a list or the string {TARGETS!r}")
+    concepts = concepts if isinstance(concepts, str) else tuple(map(str, concepts))
+    if "file" in data:
+        if "templates" in data:
+            raise SpecError(f"{where}: give 'file' or 'templates', not both")
+        return PromptSet(name, concepts, file=_require(data, "file", str, where))
     templates = _require(data, "templates", list, where)
     if not templates or not all(isinstance(t, str) for t in templates):
         raise SpecError(f"{where}.templates must be a non-empty list of strings")
-    return PromptSet(name, concepts if isinstance(concepts, str) else tuple(map(str, concepts)), tuple(templates))
+    return PromptSet(name, concepts, tuple(templates))
 
 
 def parse_app(data, origin: str) -> Application:

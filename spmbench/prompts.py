@@ -123,11 +123,11 @@ def read_prompts(path: str | Path) -> list[PromptRecord]:
                 str(i),
                 r["prompt"],
                 int(r["sd_seed"]),
-                r.get("categories"),
+                None,  # I2P's categories are not the concept the judge looks for: kept in extra
                 float(r["sd_guidance_scale"]),
                 _int(r["sd_image_width"]),
                 _int(r["sd_image_height"]),
-                {"hard": r.get("hard")},
+                {"categories": r.get("categories"), "hard": r.get("hard")},
             )  # fmt: skip
             for i, r in enumerate(rows)
         ]

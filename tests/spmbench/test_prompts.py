@@ -44,7 +44,7 @@ def test_real_files_parse(bench_dir, name, rows, first_label):
         assert records[0].label == first_label
     if name.startswith(("i2p", "nudity")):
         assert all(r.guidance_scale and r.width and r.height for r in records)
-        assert "sexual" in records[0].label or name == "i2p_benchmark.csv"
+        assert "sexual" in records[0].extra["categories"] or name == "i2p_benchmark.csv"
     if name == "coco_30k.csv":
         assert records[0].prompt_id == "203564" and records[0].seed == 41337
 

@@ -53,3 +53,50 @@ def test_user_models_folder_extends_the_registry(tmp_path, monkeypatch):
     (tmp_path / "bad.yaml").write_text("name: bad\n")
     result = CliRunner().invoke(app, ["validate"])
     assert result.exit_code == 2 and "bad.yaml: missing field(s)" in result.output
+
+
+def test_applications_validate_and_expand(monkeypatch):
+    from spmbench.apps import load_apps
+    from tests.spmbench.test_prompts import BENCH
+
+    apps = load_apps()
+    assert {"toy-concept", "toy-artist", "toy-object", "toy-explicit", "real-concept", "real-artist"} <= set(
+        apps.names()
+    )
+    concept = apps.get("toy-concept")
+    rows = concept.rows(("Barkley", "Whiskers"))
+    targets = [r for r in rows if r.set == "target"]
+    assert {r.concept for r in targets} == {"Barkley", "Whiskers"} and len(targets) == 2 * 4 * 2
+    assert len({r.prompt_id for r in rows}) == len(rows)  # ids are unique and stable
+    assert [r.prompt_id for r in concept.rows(("Barkley", "Whiskers"))] == [r.prompt_id for r in rows]
+    artist = apps.get("real-artist")
+    rows = artist.rows(("Van Gogh",), data_dir=BENCH)
+    target = [r for r in rows if r.set == "target"]
+    assert len(target) == 20 and {r.concept for r in target} == {"Van Gogh"} and target[0].seed == 1214
+    assert len([r for r in rows if r.set == "near"]) == 100
+
+
+@pytest.mark.parametrize(
+    "prompts, message",
+    [
+        ({"near": {"concepts": ["a"], "templates": ["{}"]}}, "need a 'target' set"),
+        ({"target": {"concepts": "{targetz}", "templates": ["{}"]}}, "must be a list or the string"),
+        ({"target": {"concepts": ["a"], "templates": []}}, "non-empty list of strings"),
+        ({"target": {"concepts": ["a"], "templates": ["{}"], "file": "x.csv"}}, "'file' or 'templates', not both"),
+        ({"target": {"concepts": ["a"], "templets": ["{}"]}}, r"unknown field\(s\) \['templets'\]"),
+    ],
+)
+def test_bad_application_files_say_what_is_wrong(prompts, message):
+    from spmbench.apps import parse_app
+
+    data = {
+        "name": "x",
+        "version": 1,
+        "world": "toy",
+        "judge": "toy",
+        "erase": [["a"]],
+        "prompts": prompts,
+        "seeds": [0],
+    }
+    with pytest.raises(SpecError, match=message):
+        parse_app(data, "x.yaml")
