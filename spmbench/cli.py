@@ -91,12 +91,16 @@ def _judge(name: str, device: str, clip_model: str):
     from spm.models import TOY_WEIGHTS
     from spmbench.judges.toy import ToyJudge
 
+    if name == "nudenet":
+        from spmbench.judges.nudenet import NudeNetJudge
+
+        return NudeNetJudge()
     if name == "clip":
         from spmbench.judges.clip import ClipJudge
 
         return ClipJudge(clip_model, device)
     if name != "toy":
-        _fail(f"unknown judge {name!r}; available: toy, clip")
+        _fail(f"unknown judge {name!r}; available: toy, clip, nudenet")
     if not (TOY_WEIGHTS / "judge" / "judge.json").exists():
         _fail(f"the toy judge is not trained yet: run `spmbench toy train` (expected in {TOY_WEIGHTS / 'judge'})")
     return ToyJudge(TOY_WEIGHTS / "judge", device)

@@ -123,13 +123,9 @@ def score_cell(judge, rows: list[PromptRow], cell_dir: Path, batch_size: int = 2
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
             images = load_images([cell_dir / "images" / f"{r.prompt_id}.png" for r in batch])
-            for row, present in zip(batch, judge.present(images, [r.concept for r in batch])):
-                f.write(
-                    json.dumps(
-                        {"prompt_id": row.prompt_id, "set": row.set, "concept": row.concept, "present": present}
-                    )
-                    + "\n"
-                )
+            for row, verdict in zip(batch, judge.assess(images, [r.concept for r in batch])):
+                record = {"prompt_id": row.prompt_id, "set": row.set, "concept": row.concept, **verdict}
+                f.write(json.dumps(record) + "\n")  # raw judge output kept (detections, CLIP scores)
             f.flush()
     wanted = {r.prompt_id for r in rows}
     return [s for s in _read_jsonl(scores_path) if s["prompt_id"] in wanted]

@@ -52,3 +52,8 @@ class ClipJudge:
         concept_text = self._texts([self.template.format(c) for c in concepts]).cpu()
         anchor = self._texts([""]).cpu()
         return ((feats * concept_text).sum(-1) > (feats @ anchor.T)[:, 0]).tolist()
+
+    def assess(self, images: torch.Tensor, concepts: list[str]) -> list[dict]:
+        """CLIP accuracy, with the CLIP score of the concept's prompt kept beside it."""
+        scores = self.score(images, [self.template.format(c) for c in concepts]).tolist()
+        return [{"present": p, "clip_score": s} for p, s in zip(self.present(images, concepts), scores)]

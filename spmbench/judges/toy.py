@@ -39,6 +39,9 @@ class ToyJudge:
             out.append(bool(logits[head][i].argmax() == label))
         return out
 
+    def assess(self, images: torch.Tensor, concepts: list[str]) -> list[dict]:
+        return [{"present": p} for p in self.present(images, concepts)]
+
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """The judge's penultimate features, for FID and paired distances."""
