@@ -126,8 +126,15 @@ def run(
 
     models, apps, _ = _registries()
     try:
-        chosen_apps = list(apps) if app_name == "all" else [apps.get(app_name)]
-        chosen_models = select_models(models, models_sel, world=chosen_apps[0].world)
+        named = None if app_name == "all" else apps.get(app_name)
+        chosen_models = select_models(models, models_sel, world=named.world if named else "toy")
+        worlds = {m.world for m in chosen_models}
+        if len(worlds) != 1:
+            _fail(f"--models mixes worlds {sorted(worlds)}: run the toy and the real models separately")
+        world = worlds.pop()
+        chosen_apps = [named] if named else [a for a in apps if a.world == world]
+        if named and named.world != world:
+            _fail(f"application {named.name} is for {named.world} models, but --models selected {world} ones")
         erasers = [e.strip() for e in erasers_sel.split(",") if e.strip()]
         for a in chosen_apps:
             cells = runner.plan(a, chosen_models, erasers)

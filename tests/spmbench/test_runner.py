@@ -78,3 +78,12 @@ def test_unknown_names_suggest(tmp_path):
     assert result.exit_code == 2 and "did you mean 'toy-concept'" in result.output
     result = invoke("run", "--app", "toy-concept", "--erasers", "spn", "--out", tmp_path)
     assert result.exit_code == 2 and "did you mean 'spm'" in result.output
+
+
+def test_worlds_do_not_mix():
+    result = invoke("run", "--app", "real-concept", "--models", "toy", "--dry-run")
+    assert result.exit_code == 2 and "is for real models" in result.output
+    result = invoke("run", "--app", "all", "--models", "sd14,toy-base", "--dry-run")
+    assert result.exit_code == 2 and "mixes worlds" in result.output
+    result = invoke("run", "--app", "all", "--models", "toy", "--dry-run")
+    assert result.exit_code == 0 and "toy-concept: 21 cells" in result.output and "real-" not in result.output
