@@ -23,15 +23,9 @@ from spm.layers import MembraneLayer, PermeabilityState, membrane_targets
 def sd15_unet(device: str, dtype: torch.dtype):
     from diffusers import UNet2DConditionModel
 
-    unet = UNet2DConditionModel(
-        sample_size=64,
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        block_out_channels=(320, 640, 1280, 1280),
-        layers_per_block=2,
-        cross_attention_dim=768,
-        attention_head_dim=8,
-    )
+    from spm.models import SD1_UNET_CONFIG
+
+    unet = UNet2DConditionModel(**SD1_UNET_CONFIG)
     return unet.to(device, dtype).eval()
 
 

@@ -22,6 +22,18 @@ HUB_ALIASES = {
 }
 TOY_MODELS = ("toy-base", "toy-pastel", "toy-verbose")
 
+# The SD 1.x UNet (diffusers UNet2DConditionModel arguments): build it on the meta device to count
+# an SPM's layers, or with random weights to time it, without downloading anything.
+SD1_UNET_CONFIG = {
+    "sample_size": 64,
+    "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    "block_out_channels": (320, 640, 1280, 1280),
+    "layers_per_block": 2,
+    "cross_attention_dim": 768,
+    "attention_head_dim": 8,
+}
+
 
 def resolve_model(model: str) -> str:
     """A local directory, a toy-world name, an alias from HUB_ALIASES, or a hub id ('org/name')."""

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from spm.adapter import SPM
+from spm.files import save_torch_atomic
 from spm.membrane import attach
 from spm.models import native_resolution
 
@@ -213,9 +214,7 @@ def _save_checkpoint(path: Path, step, params, opt, sched, gen, fingerprint: str
         "gen": gen.get_state(),
         "fingerprint": fingerprint,
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    save_torch_atomic(state, path)
 
 
 def _resume(path: Path | None, params, opt, sched, gen, fingerprint: str) -> int:

@@ -12,10 +12,8 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from spmbench.registry import Registry
-from spmbench.specs import WORLDS, SpecError
+from spmbench.specs import WORLDS, SpecError, read_yaml
 
 
 CONCEPTS_DIR = Path(__file__).resolve().parent.parent / "concepts"
@@ -163,10 +161,6 @@ def parse_app(data, origin: str) -> Application:
 def load_apps(directory: Path = CONCEPTS_DIR) -> Registry[Application]:
     registry: Registry[Application] = Registry("application")
     for path in sorted(directory.glob("*/*.yaml")):
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise SpecError(f"{path}: not valid YAML ({e})") from None
-        app = parse_app(data, str(path))
+        app = parse_app(read_yaml(path), str(path))
         registry.add(app.name, app)
     return registry

@@ -55,6 +55,13 @@ def _check_fields(cls, data: dict, origin: str) -> None:
         raise SpecError(f"{origin}: missing field(s) {sorted(missing)}")
 
 
+def read_yaml(path: Path):
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise SpecError(f"{path}: not valid YAML ({e.__class__.__name__}: {e})") from None
+
+
 def parse_model(data: dict, origin: str) -> ModelSpec:
     if not isinstance(data, dict):
         raise SpecError(f"{origin}: expected a mapping of fields, got {type(data).__name__}")
@@ -78,11 +85,7 @@ def load_models(dirs: list[Path] | None = None) -> Registry[ModelSpec]:
     registry: Registry[ModelSpec] = Registry("model")
     for directory in dirs or model_dirs():
         for path in sorted(Path(directory).glob("*.yaml")):
-            try:
-                data = yaml.safe_load(path.read_text())
-            except yaml.YAMLError as e:
-                raise SpecError(f"{path}: not valid YAML ({e.__class__.__name__}: {e})") from None
-            spec = parse_model(data, str(path))
+            spec = parse_model(read_yaml(path), str(path))
             registry.add(spec.name, spec)
     for spec in registry:
         if spec.derived_from and spec.derived_from not in registry:

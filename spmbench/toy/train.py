@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from spm.files import save_torch_atomic
 from spmbench.toy import captions, data, models
 
 
@@ -46,9 +47,7 @@ class ToyTrainConfig:
 def _save_ckpt(path: Path, step: int, modules: dict, rng: np.random.Generator, gen: torch.Generator) -> None:
     state = {name: m.state_dict() for name, m in modules.items()}
     state.update(step=step, np_rng=json.dumps(rng.bit_generator.state), torch_rng=gen.get_state())
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)  # atomic: a kill mid-write never leaves a torn checkpoint
+    save_torch_atomic(state, path)
 
 
 def _drop_optimiser(path: Path) -> None:
@@ -56,9 +55,7 @@ def _drop_optimiser(path: Path) -> None:
     state = torch.load(path, weights_only=True, map_location="cpu")
     if "opt" in state:
         del state["opt"]
-        tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(path)
+        save_torch_atomic(state, path)
 
 
 def _load_ckpt(path: Path, modules: dict, rng: np.random.Generator, gen: torch.Generator) -> int:

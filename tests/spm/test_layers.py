@@ -77,16 +77,10 @@ def test_batch_that_does_not_tile_the_prompts_is_an_error():
 def sd15_unet_on_meta():
     from diffusers import UNet2DConditionModel
 
+    from spm.models import SD1_UNET_CONFIG
+
     with torch.device("meta"):
-        return UNet2DConditionModel(
-            sample_size=64,
-            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-            block_out_channels=(320, 640, 1280, 1280),
-            layers_per_block=2,
-            cross_attention_dim=768,
-            attention_head_dim=8,
-        )
+        return UNet2DConditionModel(**SD1_UNET_CONFIG)
 
 
 def test_sd15_membrane_covers_192_layers_and_423936_parameters():
