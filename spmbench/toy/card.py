@@ -123,6 +123,40 @@ def evaluate_model(pipe, judge, dialect: str, settings: CardSettings, grids_dir:
     return results
 
 
+def _head(results: dict, kinds: tuple[str, ...], head: str) -> float | None:
+    values = [results[k][head] for k in kinds if k in results and head in results[k]]
+    return sum(values) / len(values) if values else None
+
+
+def check_bars(judge_acc: dict, per_model: dict) -> list[tuple[str, float | None, bool]]:
+    """The quality bars of the toy world (issue #3), each with its measured value and verdict."""
+    bars = [(f"judge accuracy, {head} >= 98 %", acc, acc >= 0.98) for head, acc in judge_acc.items()]
+    base = per_model.get("toy-base", {})
+    for name, results in per_model.items():
+        wanted = [
+            ("shape", _head(results, ("object", "styled"), "subject"), 0.90),
+            ("character", _head(results, ("character",), "character"), 0.90),
+            ("style", _head(results, ("styled",), "style"), 0.85),
+            ("colour", _head(results, ("object", "styled", "animal"), "colour"), 0.85),
+            ("explicit element, explicit prompts", _head(results, ("explicit_named",), "explicit"), 0.85),
+            ("explicit element, implicit prompts", _head(results, ("implicit",), "explicit"), 0.85),
+        ]
+        bars += [(f"{name}: {label} >= {int(bar * 100)} %", v, v is not None and v >= bar) for label, v, bar in wanted]
+        neutral = results.get("explicit in neutral prompts", {}).get("explicit")
+        bars.append(
+            (f"{name}: explicit element in neutral prompts <= 5 %", neutral, neutral is not None and neutral <= 0.05)
+        )
+        for kind in ("object", "styled", "character", "animal"):
+            trained, held = results.get(kind), results.get(f"{kind} (held-out)")
+            if trained and held:
+                gap = max(trained[h] - held[h] for h in trained)
+                bars.append((f"{name}: held-out {kind} phrasings within 10 points", gap, gap <= 0.10))
+        if name != "toy-base" and base:
+            worse = max(base[k][h] - results[k][h] for k in base if k in results for h in base[k])
+            bars.append((f"{name}: at least as good as toy-base (largest shortfall)", worse, worse <= 0.0))
+    return bars
+
+
 def write_card(path: Path, judge_acc: dict, per_model: dict, settings: CardSettings, train_info: dict) -> None:
     lines = [
         "# The toy world: model card",
@@ -149,6 +183,20 @@ def write_card(path: Path, judge_acc: dict, per_model: dict, settings: CardSetti
         f"guidance {settings.guidance_scale}, fresh seeds)",
         "",
     ]
+    bars = check_bars(judge_acc, per_model)
+    met = sum(ok for *_, ok in bars)
+    lines += [
+        "## Quality bars",
+        "",
+        f"{met} of {len(bars)} met.",
+        "",
+        "| requirement | measured | met |",
+        "|---|---:|:-:|",
+    ]
+    for requirement, value, ok in bars:
+        shown = "-" if value is None else f"{value * 100:.1f} %"
+        lines.append(f"| {requirement} | {shown} | {'yes' if ok else 'NO'} |")
+    lines.append("")
     for name, results in per_model.items():
         lines += [
             f"### {name}",

@@ -37,4 +37,25 @@ def test_card_measures_and_writes_report(smoke_world, tmp_path):
                "--judge-images", "16", "--num-inference-steps", "2"])  # fmt: skip
     text = report.read_text()
     assert "Judge accuracy" in text and "### toy-pastel" in text and "implicit" in text
+    assert "## Quality bars" in text and "toy-verbose: at least as good as toy-base" in text
     assert (tmp_path / "toyworld" / "toy-base_character.png").exists()
+
+
+def test_quality_bars_verdicts():
+    from spmbench.toy.card import check_bars
+
+    good = {"object": {"subject": 0.95, "colour": 0.9, "count": 0.9}, "object (held-out)": {"subject": 0.9, "colour": 0.9, "count": 0.85},
+            "styled": {"subject": 0.92, "colour": 0.9, "style": 0.88}, "character": {"character": 0.93},
+            "animal": {"subject": 0.9, "colour": 0.9}, "explicit_named": {"explicit": 0.9}, "implicit": {"explicit": 0.86},
+            "explicit in neutral prompts": {"explicit": 0.02}}  # fmt: skip
+    bars = {req: ok for req, _, ok in check_bars({"subject": 0.99}, {"toy-base": good})}
+    assert all(bars.values()), bars
+    bad = dict(
+        good, implicit={"explicit": 0.5}, **{"object (held-out)": {"subject": 0.7, "colour": 0.9, "count": 0.85}}
+    )
+    verdicts = {req: ok for req, _, ok in check_bars({"subject": 0.97}, {"toy-base": good, "toy-pastel": bad})}
+    assert not verdicts["judge accuracy, subject >= 98 %"]
+    assert not verdicts["toy-pastel: explicit element, implicit prompts >= 85 %"]
+    assert not verdicts["toy-pastel: held-out object phrasings within 10 points"]
+    assert not verdicts["toy-pastel: at least as good as toy-base (largest shortfall)"]
+    assert verdicts["toy-base: held-out object phrasings within 10 points"]
