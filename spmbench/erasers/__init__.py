@@ -3,6 +3,7 @@
 from spmbench.erasers.base import ERASERS, Eraser
 from spmbench.erasers.negative_prompt import NegativePrompt
 from spmbench.erasers.none import Original
+from spmbench.erasers.sld import PRESETS, SLD
 from spmbench.erasers.spm import SPMEraser
 from spmbench.erasers.uce import UCE
 
@@ -12,5 +13,7 @@ ERASERS.add("spm", SPMEraser(transport=True))
 ERASERS.add("spm-noft", SPMEraser(transport=False))
 ERASERS.add("negprompt", NegativePrompt())
 ERASERS.add("uce", UCE())
+for _preset in PRESETS:
+    ERASERS.add(f"sld-{_preset}", SLD(_preset))
 
 __all__ = ["ERASERS", "Eraser"]

@@ -22,14 +22,15 @@ def test_contract(name, pipe, tmp_path, monkeypatch):
     artifacts = eraser.fit(pipe, ("snoopy",), tmp_path, 16)
     assert eraser.fit(pipe, ("snoopy",), tmp_path, 16) == artifacts  # idempotent
     assert all(p.exists() for p in artifacts)
-    original = pipe(["snoopy the dog"], generator=[torch.Generator().manual_seed(0)], **KW).images
+    kw = KW | {"num_inference_steps": 30} if name.startswith("sld") else KW  # well past every preset's warm-up
+    original = pipe(["snoopy the dog"], generator=[torch.Generator().manual_seed(0)], **kw).images
     with eraser.apply(pipe, artifacts) as handle:
-        erased = gen(eraser, handle, "snoopy the dog")
+        erased = eraser.generate(handle, ["snoopy the dog"], generator=[torch.Generator().manual_seed(0)], **kw).images
     if name == "none":
         np.testing.assert_allclose(erased, original)
     else:
         assert np.abs(erased - original).max() > 1e-4
-    after = pipe(["snoopy the dog"], generator=[torch.Generator().manual_seed(0)], **KW).images
+    after = pipe(["snoopy the dog"], generator=[torch.Generator().manual_seed(0)], **kw).images
     np.testing.assert_allclose(after, original)  # apply leaves the pipeline as it found it
 
 
@@ -69,3 +70,46 @@ def test_uce_edits_only_cross_attention_key_value(pipe, tmp_path):
         changed = {k for k, v in pipe.unet.state_dict().items() if not torch.equal(v, before[k])}
     assert changed == {f"{n}.weight" for n in layers}
     assert all(torch.equal(v, before[k]) for k, v in pipe.unet.state_dict().items())
+
+
+def test_sld_step_matches_a_hand_computed_guidance(pipe, tmp_path):
+    from spmbench.erasers.sld import PRESETS, SLD
+
+    preset = PRESETS["max"]  # no warm-up: the first step is already guided
+    eraser = SLD("max")
+    artifacts = eraser.fit(pipe, ("snoopy",), tmp_path, 16)
+
+    def embed(text):
+        ids = pipe.tokenizer(
+            [text], padding="max_length", max_length=pipe.tokenizer.model_max_length, return_tensors="pt"
+        ).input_ids
+        return pipe.text_encoder(ids)[0]
+
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        # the same batching as the pipeline ([uncond; cond]) and as the hook (the safety prompt alone)
+        both = torch.cat([embed(""), embed("a photo of a dog")])
+        e_u, e_p = pipe.unet(torch.cat([x, x]), 500, encoder_hidden_states=both).sample.chunk(2)
+        e_s = pipe.unet(x, 500, encoder_hidden_states=embed("snoopy")).sample
+        scale = torch.clamp((e_p - e_s) * preset.sld_scale, max=1.0)
+        scale = torch.where(e_p - e_s >= preset.threshold, torch.zeros_like(scale), scale)
+        g_safe = (e_s - e_u) * scale  # momentum starts at zero
+        with eraser.apply(pipe, artifacts) as (_, guidance):
+            guidance.reset()
+            out = pipe.unet(
+                torch.cat([x, x]), 500, encoder_hidden_states=torch.cat([embed(""), embed("a photo of a dog")])
+            ).sample
+            torch.testing.assert_close(out[:1], e_u, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(out[1:], e_p - g_safe, rtol=1e-5, atol=1e-6)
+            assert guidance.step == 1 and torch.allclose(guidance.momentum, (1 - preset.momentum_beta) * g_safe)
+            tuple_out = pipe.unet(
+                torch.cat([x, x]),
+                500,
+                encoder_hidden_states=torch.cat([embed(""), embed("a photo of a dog")]),
+                return_dict=False,
+            )
+            assert isinstance(tuple_out, tuple) and tuple_out[0].shape == (2, 4, 8, 8)
+    plain = pipe.unet(
+        torch.cat([x, x]), 500, encoder_hidden_states=torch.cat([embed(""), embed("a photo of a dog")])
+    ).sample
+    torch.testing.assert_close(plain[1:], e_p)  # the hook is gone after apply

@@ -1,0 +1,124 @@
+"""Safe Latent Diffusion (Schramowski et al., CVPR 2023) as a sampling-time guidance, four presets.
+
+With eps_u, eps_p, eps_s the predictions for the empty, the user's and the safety-concept prompt:
+
+    scale  = where(eps_p - eps_s >= threshold, 0, clamp(sld_scale * (eps_p - eps_s), max=1))
+    g_safe = scale * (eps_s - eps_u) + momentum_scale * v;   v <- beta * v + (1 - beta) * g_safe
+    eps    = eps_u + s * (eps_p - eps_u - [step >= warmup] * g_safe)
+
+Implemented with a forward hook on the UNet (no pipeline fork): the hook runs the safety prompt on
+the same latents and hands the pipeline a conditional prediction eps_p - g_safe, so the pipeline's
+own classifier-free guidance yields the formula above.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from spmbench.erasers.spm import slug
+
+
+@dataclass(frozen=True)
+class SLDPreset:
+    warmup_steps: int
+    sld_scale: float
+    threshold: float
+    momentum_scale: float
+    momentum_beta: float
+
+
+PRESETS = {
+    "weak": SLDPreset(15, 20.0, 0.0, 0.0, 0.0),
+    "medium": SLDPreset(10, 1000.0, 0.01, 0.3, 0.4),
+    "strong": SLDPreset(7, 2000.0, 0.025, 0.5, 0.7),
+    "max": SLDPreset(0, 5000.0, 1.0, 0.5, 0.7),
+}
+
+
+class SafetyGuidance:
+    """The hook's state for one generation: step count and momentum."""
+
+    def __init__(self, preset: SLDPreset, concept_embeds: torch.Tensor):
+        self.preset, self.concept_embeds = preset, concept_embeds
+        self.reset()
+
+    def reset(self) -> None:
+        self.step, self.momentum, self.busy = 0, None, False
+
+    def safety_term(self, eps_u: torch.Tensor, eps_p: torch.Tensor, eps_s: torch.Tensor) -> torch.Tensor:
+        """g_safe for this step (zero during warm-up), updating the momentum."""
+        p = self.preset
+        scale = torch.clamp((eps_p - eps_s) * p.sld_scale, max=1.0)
+        scale = torch.where(eps_p - eps_s >= p.threshold, torch.zeros_like(scale), scale)
+        guidance = (eps_s - eps_u) * scale
+        momentum = torch.zeros_like(guidance) if self.momentum is None else self.momentum
+        guidance = guidance + p.momentum_scale * momentum
+        self.momentum = p.momentum_beta * momentum + (1 - p.momentum_beta) * guidance
+        active = self.step >= p.warmup_steps
+        self.step += 1
+        return guidance if active else torch.zeros_like(guidance)
+
+    def hook(self, unet, args, kwargs, output):
+        if self.busy:  # the hook's own safety-prompt call
+            return output
+        sample = args[0] if args else kwargs["sample"]
+        timestep = args[1] if len(args) > 1 else kwargs["timestep"]
+        predicted = output[0] if isinstance(output, tuple) else output.sample  # return_dict=False gives a tuple
+        eps_u, eps_p = predicted.chunk(2)
+        half = sample.shape[0] // 2
+        self.busy = True
+        try:
+            embeds = self.concept_embeds.to(sample).expand(half, -1, -1)
+            eps_s = unet(sample[half:], timestep, encoder_hidden_states=embeds).sample
+        finally:
+            self.busy = False
+        # The pipeline then forms eps_u + s * (cond - eps_u) = eps_u + s * (eps_p - eps_u - g_safe).
+        guided = torch.cat([eps_u, eps_p - self.safety_term(eps_u, eps_p, eps_s)])
+        if isinstance(output, tuple):
+            return (guided, *output[1:])
+        output.sample = guided
+        return output
+
+
+class SLD:
+    def __init__(self, preset: str = "medium"):
+        self.preset = PRESETS[preset]
+        self.name = f"sld-{preset}"
+
+    def fit(self, pipe, targets: tuple[str, ...], workdir: Path, resolution: int) -> list[Path]:
+        """Nothing to learn; the artifact records the safety concept and preset."""
+        path = workdir / self.name / f"{'+'.join(slug(t) for t in targets)}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"safety_concept": ", ".join(targets), "preset": asdict(self.preset)}))
+        return [path]
+
+    @contextmanager
+    def apply(self, pipe, artifacts: list[Path]):
+        concept = json.loads(artifacts[0].read_text())["safety_concept"]
+        ids = pipe.tokenizer(
+            concept,
+            padding="max_length",
+            max_length=pipe.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        with torch.no_grad():
+            embeds = pipe.text_encoder(ids.to(pipe.text_encoder.device))[0]
+        guidance = SafetyGuidance(self.preset, embeds)
+        handle = pipe.unet.register_forward_hook(guidance.hook, with_kwargs=True)
+        try:
+            yield pipe, guidance
+        finally:
+            handle.remove()
+
+    def generate(self, handle, prompts: list[str], **kwargs):
+        pipe, guidance = handle
+        if kwargs.get("guidance_scale", 7.5) <= 1:
+            raise ValueError("SLD works through classifier-free guidance: use a guidance_scale above 1")
+        guidance.reset()  # a new generation: step count and momentum start over
+        return pipe(prompts, **kwargs)
