@@ -24,7 +24,7 @@ def table_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
     erased = [r for r in results if r["eraser"] != "none"]
     sets = _columns(erased)
     header = ["model", "erased", "eraser", "fitted on"] + [f"{s} {'↓' if s in ERASURE_SETS else '↑'}" for s in sets]
-    header += ["paired dist. ↓", "FID ↓"]
+    header += ["paired dist. ↓", "FID ↓", "fit (s)"]
     rows = []
     for r in sorted(erased, key=lambda r: (r["model"], len(r["targets"]), r["eraser"])):
         cells = []
@@ -34,6 +34,7 @@ def table_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
         alt = r.get("alteration") or {}
         cells += [f"{alt['paired_feature_distance']:.3f}" if "paired_feature_distance" in alt else "-"]
         cells += [f"{alt['fid_judge_features']:.3f}" if "fid_judge_features" in alt else "-"]
+        cells += [f"{r.get('fit_seconds', 0):.0f}"]
         rows.append([r["model"], " + ".join(r["targets"]), r["eraser"], r["fitted_on"], *cells])
     return header, rows
 

@@ -143,6 +143,25 @@ def measure_alteration(judge, rows: list[PromptRow], cell_dir: Path, original_di
     return out
 
 
+def fit_timed(eraser, pipe, targets: tuple[str, ...], workdir: Path, resolution: int) -> tuple[list[Path], float]:
+    """Fit; return the artifacts and the time the fit took when first computed (recorded beside them).
+
+    A rerun finds the artifacts and the record; a fit resumed after a kill records only its last part.
+    """
+    record_path = workdir / "fit_seconds.json"
+    record = json.loads(record_path.read_text()) if record_path.exists() else {}
+    key = f"{eraser.name}|{'+'.join(targets)}"
+    t0 = time.time()
+    artifacts = eraser.fit(pipe, targets, workdir, resolution)
+    if key not in record:
+        record[key] = time.time() - t0
+        workdir.mkdir(parents=True, exist_ok=True)
+        tmp = record_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=1))
+        tmp.replace(record_path)
+    return artifacts, record[key]
+
+
 def summarise(scores: list[dict]) -> dict[str, float]:
     """Judged-present rate per prompt set."""
     by_set: dict[str, list[bool]] = {}
@@ -188,11 +207,9 @@ def run(
             continue
         eraser = ERASERS.get(cell.eraser)
         fit_model = fit_model_for(cell.model, registry)
-        t0 = time.time()
-        artifacts = eraser.fit(
-            pipe_for(fit_model), cell.targets, run_dir / "fits" / fit_model.name, fit_model.resolution
+        artifacts, fit_seconds = fit_timed(
+            eraser, pipe_for(fit_model), cell.targets, run_dir / "fits" / fit_model.name, fit_model.resolution
         )
-        fit_seconds = time.time() - t0
         t0 = time.time()
         generate_cell(pipe_for(cell.model), eraser, artifacts, rows, cell_dir, cell.model, batch_size)
         gen_seconds = time.time() - t0
@@ -208,7 +225,7 @@ def run(
         result = {
             "app": app.name, "app_version": app.version, "model": cell.model.name, "fitted_on": fit_model.name,
             "eraser": cell.eraser, "targets": list(cell.targets), "rows": len(rows), "rates": rates, "original_rates": original_rates, "alteration": alteration,
-            "fit_seconds_this_run": round(fit_seconds, 1), "generate_seconds_this_run": round(gen_seconds, 1),
+            "fit_seconds": round(fit_seconds, 1), "generate_seconds_this_run": round(gen_seconds, 1),
             "settings": {"steps": cell.model.num_inference_steps, "guidance": cell.model.guidance_scale,
                          "resolution": cell.model.resolution, "seeds": list(app.seeds), "limit": limit},
         }  # fmt: skip

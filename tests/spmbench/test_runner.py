@@ -33,6 +33,7 @@ def test_run_writes_reports_and_a_rerun_computes_nothing(toy_weights, tmp_path):
     # 3 models x (original + 3 experiments x 2 SPM variants)
     assert len(results) == 3 * (1 + 3 * 2)
     fitted = {r["fitted_on"] for r in results if r["eraser"] == "spm"}
+    assert all(r["fit_seconds"] > 0 for r in results if r["eraser"] == "spm")  # the first fit's time, reused
     assert fitted == {"toy-base"}  # SPMs fitted once, on the family root, transferred to the derivatives
     assert sorted(p.name for p in (run_dir / "fits" / "toy-base" / "spm").iterdir()) == [
         "barkley.safetensors",
