@@ -34,10 +34,6 @@ class PromptSet:
     templates: tuple[str, ...] = ()
     file: str | None = None
 
-    @property
-    def measures_erasure(self) -> bool:
-        return self.name in ERASURE_SETS
-
 
 @dataclass(frozen=True)
 class PromptRow:

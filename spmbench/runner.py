@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -234,7 +234,3 @@ def run(
         tmp.replace(result_path)
         results.append(result)
     return results
-
-
-def cell_asdict(cell: Cell) -> dict:
-    return {"model": asdict(cell.model), "targets": list(cell.targets), "eraser": cell.eraser, "key": cell.key}
