@@ -192,9 +192,13 @@ def run(
     pipes: dict[str, object] = {}
 
     def pipe_for(model: ModelSpec):
+        # At most two in memory: the family root (fits) and the model being generated, so that
+        # alternating between them for a derivative's cells does not reload either from disk.
         if model.name not in pipes:
-            pipes.clear()  # one pipeline in memory at a time
+            if len(pipes) == 2:
+                pipes.pop(next(iter(pipes)))
             pipes[model.name] = model.load(device)
+        pipes[model.name] = pipes.pop(model.name)  # most recently used last
         return pipes[model.name]
 
     original_rows = all_rows(app, limit)
