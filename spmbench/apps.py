@@ -9,7 +9,7 @@ still sees the concept); every other set measures erosion (how often the judge s
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from spmbench.registry import Registry
@@ -56,6 +56,8 @@ class Application:
     prompt_sets: tuple[PromptSet, ...]
     seeds: tuple[int, ...]
     path: str = ""
+    # Per-eraser settings that depend on the application (e.g. UCE's guide concept, an anchor).
+    eraser_settings: dict[str, dict] = field(default_factory=dict)
 
     def rows(
         self, targets: tuple[str, ...], limit: int | None = None, data_dir: Path | None = None
@@ -126,7 +128,7 @@ def _prompt_set(name: str, data, origin: str) -> PromptSet:
 def parse_app(data, origin: str) -> Application:
     if not isinstance(data, dict):
         raise SpecError(f"{origin}: expected a mapping of fields")
-    allowed = {"name", "version", "world", "judge", "erase", "prompts", "seeds"}
+    allowed = {"name", "version", "world", "judge", "erase", "prompts", "seeds", "eraser_settings"}
     unknown = set(data) - allowed
     if unknown:
         raise SpecError(f"{origin}: unknown field(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -142,6 +144,9 @@ def parse_app(data, origin: str) -> Application:
     seeds = _require(data, "seeds", list, origin)
     if not seeds or not all(isinstance(s, int) for s in seeds):
         raise SpecError(f"{origin}: 'seeds' must be a non-empty list of integers")
+    eraser_settings = data.get("eraser_settings", {})
+    if not isinstance(eraser_settings, dict) or not all(isinstance(v, dict) for v in eraser_settings.values()):
+        raise SpecError(f"{origin}: eraser_settings must map eraser names to mappings of settings")
     return Application(
         name=_require(data, "name", str, origin),
         version=_require(data, "version", int, origin),
@@ -151,6 +156,7 @@ def parse_app(data, origin: str) -> Application:
         prompt_sets=tuple(_prompt_set(n, d, origin) for n, d in prompts.items()),
         seeds=tuple(seeds),
         path=origin,
+        eraser_settings=eraser_settings,
     )
 
 

@@ -143,9 +143,12 @@ def run(
                 for cell in cells:
                     typer.echo(f"  {cell.key}")
                 continue
-            results = runner.run(
-                a, cells, out / a.name, _judge(a.judge, device, clip_model), models, limit, batch_size, device
-            )
+            try:
+                results = runner.run(
+                    a, cells, out / a.name, _judge(a.judge, device, clip_model), models, limit, batch_size, device
+                )
+            except runner.FitSettingsChanged as e:
+                _fail(str(e))
             for path in report.write_reports(a, out / a.name, reports / a.name):
                 typer.echo(f"wrote {path}")
             typer.echo(report.markdown(a, results))

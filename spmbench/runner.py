@@ -30,6 +30,10 @@ from spmbench.specs import ModelSpec
 log = logging.getLogger(__name__)
 
 
+class FitSettingsChanged(ValueError):
+    """Fits on disk were made with other settings than the specs now ask for."""
+
+
 @dataclass(frozen=True)
 class Cell:
     """One (model, erased targets, eraser) combination of an application."""
@@ -143,7 +147,31 @@ def measure_alteration(judge, rows: list[PromptRow], cell_dir: Path, original_di
     return out
 
 
-def fit_timed(eraser, pipe, targets: tuple[str, ...], workdir: Path, resolution: int) -> tuple[list[Path], float]:
+def eraser_settings(eraser, app: Application, fit_model: ModelSpec) -> dict:
+    """The eraser's setting overrides: the application's (what to erase towards), then the fitted
+    model's (how long to train on it). 'spm' and 'spm-noft' share a fit, so they share a key."""
+    key = getattr(eraser, "fit_key", eraser.name)
+    return {**app.eraser_settings.get(key, {}), **fit_model.eraser_settings.get(key, {})}
+
+
+def check_fit_settings(workdir: Path, eraser, settings: dict) -> None:
+    """Record the settings an eraser is fitted with; refuse other settings for the same fits later."""
+    path = workdir / "fit_settings.json"
+    known = json.loads(path.read_text()) if path.exists() else {}
+    key = getattr(eraser, "fit_key", eraser.name)
+    if key not in known:
+        workdir.mkdir(parents=True, exist_ok=True)
+        _write_json_atomic(path, known | {key: settings})
+    elif known[key] != settings:
+        raise FitSettingsChanged(
+            f"{workdir / key} was fitted with settings {known[key]}, now {settings}: "
+            f"delete {workdir / key} and the cells using it to refit, or use another --out"
+        )
+
+
+def fit_timed(
+    eraser, pipe, targets: tuple[str, ...], workdir: Path, resolution: int, settings: dict
+) -> tuple[list[Path], float]:
     """Fit; return the artifacts and the time the fit took when first computed (recorded beside them).
 
     A rerun finds the artifacts and the record; a fit resumed after a kill records only its last part.
@@ -152,14 +180,18 @@ def fit_timed(eraser, pipe, targets: tuple[str, ...], workdir: Path, resolution:
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
     key = f"{eraser.name}|{'+'.join(targets)}"
     t0 = time.time()
-    artifacts = eraser.fit(pipe, targets, workdir, resolution)
+    artifacts = eraser.fit(pipe, targets, workdir, resolution, settings)
     if key not in record:
         record[key] = time.time() - t0
         workdir.mkdir(parents=True, exist_ok=True)
-        tmp = record_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=1))
-        tmp.replace(record_path)
+        _write_json_atomic(record_path, record)
     return artifacts, record[key]
+
+
+def _write_json_atomic(path: Path, data) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
 
 
 def summarise(scores: list[dict]) -> dict[str, float]:
@@ -205,14 +237,16 @@ def run(
     for cell in cells:
         rows = original_rows if cell.eraser == "none" else app.rows(cell.targets, limit)
         cell_dir = run_dir / "cells" / cell.key
+        eraser = ERASERS.get(cell.eraser)
+        fit_model = fit_model_for(cell.model, registry)
+        fits_dir, settings = run_dir / "fits" / fit_model.name, eraser_settings(eraser, app, fit_model)
+        check_fit_settings(fits_dir, eraser, settings)  # before reusing anything made with them
         result_path = cell_dir / "result.json"
         if result_path.exists() and json.loads(result_path.read_text()).get("rows") == len(rows):
             results.append(json.loads(result_path.read_text()))
             continue
-        eraser = ERASERS.get(cell.eraser)
-        fit_model = fit_model_for(cell.model, registry)
         artifacts, fit_seconds = fit_timed(
-            eraser, pipe_for(fit_model), cell.targets, run_dir / "fits" / fit_model.name, fit_model.resolution
+            eraser, pipe_for(fit_model), cell.targets, fits_dir, fit_model.resolution, settings
         )
         t0 = time.time()
         generate_cell(pipe_for(cell.model), eraser, artifacts, rows, cell_dir, cell.model, batch_size)
@@ -231,10 +265,9 @@ def run(
             "eraser": cell.eraser, "targets": list(cell.targets), "rows": len(rows), "rates": rates, "original_rates": original_rates, "alteration": alteration,
             "fit_seconds": round(fit_seconds, 1), "generate_seconds_this_run": round(gen_seconds, 1),
             "settings": {"steps": cell.model.num_inference_steps, "guidance": cell.model.guidance_scale,
-                         "resolution": cell.model.resolution, "seeds": list(app.seeds), "limit": limit},
+                         "resolution": cell.model.resolution, "seeds": list(app.seeds), "limit": limit,
+                         "fit": settings},
         }  # fmt: skip
-        tmp = result_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=1))
-        tmp.replace(result_path)
+        _write_json_atomic(result_path, result)
         results.append(result)
     return results

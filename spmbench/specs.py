@@ -7,7 +7,7 @@ no code changes. Every field is checked on load, and an error names the file and
 from __future__ import annotations
 
 import os
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 import yaml
@@ -38,6 +38,9 @@ class ModelSpec:
     derived_from: str | None = None
     caption_prefix: str = ""  # a derivative's own caption habits (toy world)
     caption_suffix: str = ""
+    # Per-eraser overrides of its fitting settings, used when this model is the one fitted on
+    # (e.g. the toy world's small models learn a concept in hundreds of steps, not thousands).
+    eraser_settings: dict[str, dict] = field(default_factory=dict)
 
     def load(self, device: str = "cpu"):
         from spm import load_pipeline
@@ -67,6 +70,10 @@ def parse_model(data: dict, origin: str) -> ModelSpec:
         raise SpecError(f"{origin}: expected a mapping of fields, got {type(data).__name__}")
     _check_fields(ModelSpec, data, origin)
     spec = ModelSpec(**data)
+    if not isinstance(spec.eraser_settings, dict) or not all(
+        isinstance(v, dict) for v in spec.eraser_settings.values()
+    ):
+        raise SpecError(f"{origin}: eraser_settings must map eraser names to mappings of settings")
     if spec.family not in FAMILIES:
         raise SpecError(f"{origin}: family {spec.family!r} is not one of {', '.join(FAMILIES)}")
     if spec.world not in WORLDS:

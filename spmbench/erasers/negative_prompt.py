@@ -12,7 +12,9 @@ from spmbench.erasers.spm import slug
 class NegativePrompt:
     name = "negprompt"
 
-    def fit(self, pipe, targets: tuple[str, ...], workdir: Path, resolution: int) -> list[Path]:
+    def fit(
+        self, pipe, targets: tuple[str, ...], workdir: Path, resolution: int, settings: dict | None = None
+    ) -> list[Path]:
         """Nothing to learn; the artifact records the negative prompt used, for provenance."""
         path = workdir / "negprompt" / f"{'+'.join(slug(t) for t in targets)}.json"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,9 @@ from pathlib import Path
 class Original:
     name = "none"
 
-    def fit(self, pipe, targets: tuple[str, ...], workdir: Path, resolution: int) -> list[Path]:
+    def fit(
+        self, pipe, targets: tuple[str, ...], workdir: Path, resolution: int, settings: dict | None = None
+    ) -> list[Path]:
         return []
 
     def apply(self, pipe, artifacts: list[Path]):

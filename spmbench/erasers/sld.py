@@ -90,7 +90,9 @@ class SLD:
         self.preset = PRESETS[preset]
         self.name = f"sld-{preset}"
 
-    def fit(self, pipe, targets: tuple[str, ...], workdir: Path, resolution: int) -> list[Path]:
+    def fit(
+        self, pipe, targets: tuple[str, ...], workdir: Path, resolution: int, settings: dict | None = None
+    ) -> list[Path]:
         """Nothing to learn; the artifact records the safety concept and preset."""
         path = workdir / self.name / f"{'+'.join(slug(t) for t in targets)}.json"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import re
 from contextlib import contextmanager
+from dataclasses import fields
 from pathlib import Path
 
 import spm
+from spmbench.erasers.base import resolve_settings
 
 
 def slug(text: str) -> str:
@@ -14,20 +16,25 @@ def slug(text: str) -> str:
 
 
 class SPMEraser:
-    def __init__(self, transport: bool = True, settings: dict | None = None):
+    fit_key = "spm"  # 'spm' and 'spm-noft' share their fits (and so their settings)
+
+    def __init__(self, transport: bool = True):
         self.transport = transport
-        # spm.TrainConfig fields; the toy world's models learn a concept in a few hundred steps.
-        self.settings = settings if settings is not None else {"iterations": 500}
         self.name = "spm" if transport else "spm-noft"
 
-    def fit(self, pipe, targets: tuple[str, ...], workdir: Path, resolution: int) -> list[Path]:
-        """One SPM per target (SPMs combine without retuning); files shared by 'spm' and 'spm-noft'."""
+    def fit(
+        self, pipe, targets: tuple[str, ...], workdir: Path, resolution: int, settings: dict | None = None
+    ) -> list[Path]:
+        """One SPM per target (SPMs combine without retuning). `settings`: spm.TrainConfig overrides."""
         paths = []
         for target in targets:
             path = workdir / "spm" / f"{slug(target)}.safetensors"
             if not path.exists():
                 path.parent.mkdir(parents=True, exist_ok=True)
-                cfg = spm.TrainConfig(**{"resolutions": (resolution,), **self.settings})
+                known = {"resolutions": (resolution,)} | {
+                    f.name: getattr(spm.TrainConfig(), f.name) for f in fields(spm.TrainConfig)
+                }
+                cfg = spm.TrainConfig(**resolve_settings(self.name, known, settings))
                 trained = spm.train(pipe, [target], config=cfg, checkpoint=path.with_name(path.name + ".ckpt.pt"))
                 trained.save(path)
                 path.with_name(path.name + ".ckpt.pt").unlink(missing_ok=True)

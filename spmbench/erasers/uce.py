@@ -12,6 +12,7 @@ family, as other weight-editing methods are compared.
 
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from spmbench.erasers.base import resolve_settings
 from spmbench.erasers.spm import slug
 
 
@@ -59,27 +61,31 @@ class UCE:
         self.guide, self.preserve, self.lam = guide, tuple(preserve), lam
         self.name = "uce"
 
-    def fit(self, pipe, targets: tuple[str, ...], workdir: Path, resolution: int) -> list[Path]:
+    def fit(
+        self, pipe, targets: tuple[str, ...], workdir: Path, resolution: int, settings: dict | None = None
+    ) -> list[Path]:
         path = workdir / "uce" / f"{'+'.join(slug(t) for t in targets)}.safetensors"
         if path.exists():
             return [path]
+        defaults = {"guide": self.guide, "preserve": list(self.preserve), "lam": self.lam}
+        cfg = resolve_settings(self.name, defaults, settings)
         erase = [token_embeddings(pipe, t) for t in targets]
-        guides = [token_embeddings(pipe, self.guide, len(e)) for e in erase]
-        keep = [token_embeddings(pipe, p) for p in self.preserve]
+        guides = [token_embeddings(pipe, cfg["guide"], len(e)) for e in erase]
+        keep = [token_embeddings(pipe, p) for p in cfg["preserve"]]
         c, g = torch.cat(erase), torch.cat(guides)
         p = torch.cat(keep) if keep else c.new_zeros(0, c.shape[1])
         deltas = {}
         for name, layer in cross_attention_projections(pipe.unet).items():
             w = layer.weight.detach().float()
             deltas[name] = (
-                (closed_form(w, c.to(w.device), g.to(w.device), p.to(w.device), self.lam) - w).cpu().contiguous()
+                (closed_form(w, c.to(w.device), g.to(w.device), p.to(w.device), cfg["lam"]) - w).cpu().contiguous()
             )
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         save_file(
             deltas,
             str(tmp),
-            metadata={"method": "uce", "targets": ", ".join(targets), "guide": self.guide, "lambda": str(self.lam)},
+            metadata={"method": "uce", "targets": ", ".join(targets), "settings": json.dumps(cfg)},
         )
         tmp.replace(path)
         return [path]

@@ -31,8 +31,8 @@ class ToyTrainConfig:
     seed: int = 0
     vae_steps: int = 6000
     judge_steps: int = 1500
-    base_steps: int = 30000
-    derivative_steps: int = 4000
+    base_steps: int = 12000
+    derivative_steps: int = 2000
     batch_size: int = 64
     lr: float = 3e-4
     pool_size: int = 40000

@@ -8,6 +8,11 @@ from spmbench.erasers import ERASERS
 
 
 KW = dict(num_inference_steps=2, guidance_scale=5.0, output_type="np")
+# Fitting settings small enough for the tiny pipeline, per eraser (the rest use their defaults).
+FAST = {
+    "spm": {"iterations": 3, "lr": 1e-2, "warmup_steps": 1, "rollout_steps": 4},
+    "spm-noft": {"iterations": 3, "lr": 1e-2, "warmup_steps": 1, "rollout_steps": 4},
+}
 
 
 def gen(eraser, handle, prompt):
@@ -15,12 +20,10 @@ def gen(eraser, handle, prompt):
 
 
 @pytest.mark.parametrize("name", ERASERS.names())
-def test_contract(name, pipe, tmp_path, monkeypatch):
+def test_contract(name, pipe, tmp_path):
     eraser = ERASERS.get(name)
-    if hasattr(eraser, "settings"):
-        monkeypatch.setattr(eraser, "settings", {"iterations": 3, "lr": 1e-2, "warmup_steps": 1, "rollout_steps": 4})
-    artifacts = eraser.fit(pipe, ("snoopy",), tmp_path, 16)
-    assert eraser.fit(pipe, ("snoopy",), tmp_path, 16) == artifacts  # idempotent
+    artifacts = eraser.fit(pipe, ("snoopy",), tmp_path, 16, FAST.get(name))
+    assert eraser.fit(pipe, ("snoopy",), tmp_path, 16, FAST.get(name)) == artifacts  # idempotent
     assert all(p.exists() for p in artifacts)
     kw = KW | {"num_inference_steps": 30} if name.startswith("sld") else KW  # well past every preset's warm-up
     original = pipe(["snoopy the dog"], generator=[torch.Generator().manual_seed(0)], **kw).images
@@ -113,3 +116,18 @@ def test_sld_step_matches_a_hand_computed_guidance(pipe, tmp_path):
         torch.cat([x, x]), 500, encoder_hidden_states=torch.cat([embed(""), embed("a photo of a dog")])
     ).sample
     torch.testing.assert_close(plain[1:], e_p)  # the hook is gone after apply
+
+
+@pytest.mark.parametrize("name", ["spm", "uce"])
+def test_an_unknown_setting_is_an_error_not_ignored(name, pipe, tmp_path):
+    with pytest.raises(ValueError, match="unknown setting.*'iteratons'"):
+        ERASERS.get(name).fit(pipe, ("snoopy",), tmp_path, 16, {"iteratons": 3})
+
+
+def test_uce_settings_change_the_edit(pipe, tmp_path):
+    from safetensors.torch import load_file
+
+    uce = ERASERS.get("uce")
+    to_empty = load_file(str(uce.fit(pipe, ("snoopy",), tmp_path / "a", 16)[0]))
+    to_art = load_file(str(uce.fit(pipe, ("snoopy",), tmp_path / "b", 16, {"guide": "art", "lam": 0.1})[0]))
+    assert any(not torch.allclose(to_empty[k], to_art[k]) for k in to_empty)

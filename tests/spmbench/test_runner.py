@@ -3,19 +3,27 @@
 import json
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 import spm.models
+import spmbench.specs
 from spmbench.cli import app
-from spmbench.erasers import ERASERS
 
 
 @pytest.fixture()
-def toy_weights(smoke_world, monkeypatch):
+def toy_weights(smoke_world, monkeypatch, tmp_path):
+    """The smoke-trained world, with model specs whose SPM fitting takes two steps."""
     root, _ = smoke_world
     monkeypatch.setattr(spm.models, "TOY_WEIGHTS", root / "weights")
-    for name in ("spm", "spm-noft"):
-        monkeypatch.setattr(ERASERS.get(name), "settings", {"iterations": 2, "rollout_steps": 4})
+    specs = tmp_path / "model-specs"
+    specs.mkdir()
+    for path in spmbench.specs.MODELS_DIR.glob("*.yaml"):
+        data = yaml.safe_load(path.read_text())
+        if data.get("eraser_settings"):
+            data["eraser_settings"] = {"spm": {"iterations": 2, "rollout_steps": 4}}
+        (specs / path.name).write_text(yaml.safe_dump(data))
+    monkeypatch.setattr(spmbench.specs, "MODELS_DIR", specs)
     return root / "weights"
 
 
@@ -88,3 +96,15 @@ def test_worlds_do_not_mix():
     assert result.exit_code == 2 and "mixes worlds" in result.output
     result = invoke("run", "--app", "all", "--models", "toy", "--dry-run")
     assert result.exit_code == 0 and "toy-concept: 21 cells" in result.output and "real-" not in result.output
+
+
+def test_a_fit_with_other_settings_is_not_reused(toy_weights, tmp_path):
+    args = ["run", "--app", "toy-object", "--models", "toy-base", "--erasers", "uce", "--limit", "1",
+            "--out", tmp_path / "runs", "--reports", tmp_path / "r"]  # fmt: skip
+    assert invoke(*args).exit_code == 0
+    specs = spmbench.specs.MODELS_DIR
+    data = yaml.safe_load((specs / "toy-base.yaml").read_text())
+    data["eraser_settings"]["uce"] = {"lam": 0.1}
+    (specs / "toy-base.yaml").write_text(yaml.safe_dump(data))
+    result = invoke(*args)
+    assert result.exit_code == 2 and "fitted with settings" in result.output
