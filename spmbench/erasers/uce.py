@@ -6,21 +6,18 @@ guide's outputs v_i = W g_i, and preserved embeddings c_p kept where they are:
     W' = (lam W + sum_i v_i c_i^T + sum_p W c_p c_p^T) (lam I + sum_i c_i c_i^T + sum_p c_p c_p^T)^-1
 
 i.e. the least-squares solution of sum_i |W' c_i - v_i|^2 + sum_p |W' c_p - W c_p|^2 + lam |W' - W|_F^2.
-The artifact is the weight delta W' - W (safetensors), so it also applies to other models of the
-family, as other weight-editing methods are compared.
+The artifact is the weight delta W' - W (`delta.py`), so it also applies to other models of the family.
 """
 
 from __future__ import annotations
 
-import json
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from spmbench.erasers.base import resolve_settings
+from spmbench.erasers.delta import applied, save_delta
 from spmbench.erasers.spm import slug
 
 
@@ -77,36 +74,12 @@ class UCE:
         deltas = {}
         for name, layer in cross_attention_projections(pipe.unet).items():
             w = layer.weight.detach().float()
-            deltas[name] = (
-                (closed_form(w, c.to(w.device), g.to(w.device), p.to(w.device), cfg["lam"]) - w).cpu().contiguous()
-            )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(
-            deltas,
-            str(tmp),
-            metadata={"method": "uce", "targets": ", ".join(targets), "settings": json.dumps(cfg)},
-        )
-        tmp.replace(path)
-        return [path]
+            edited = closed_form(w, c.to(w.device), g.to(w.device), p.to(w.device), cfg["lam"])
+            deltas[f"{name}.weight"] = edited - w
+        return [save_delta(path, deltas, method="uce", targets=list(targets), settings=cfg)]
 
-    @contextmanager
     def apply(self, pipe, artifacts: list[Path]):
-        deltas = load_file(str(artifacts[0]))
-        layers = cross_attention_projections(pipe.unet)
-        missing = sorted(set(deltas) - set(layers))
-        if missing:
-            raise ValueError(f"UCE edit has layer {missing[0]!r} that the model lacks: fitted on another architecture")
-        originals = {name: layers[name].weight.detach().clone() for name in deltas}
-        try:
-            with torch.no_grad():
-                for name, delta in deltas.items():
-                    layers[name].weight += delta.to(layers[name].weight)
-            yield pipe
-        finally:
-            with torch.no_grad():
-                for name, weight in originals.items():
-                    layers[name].weight.copy_(weight)
+        return applied(pipe, artifacts)
 
     def generate(self, handle, prompts: list[str], **kwargs):
         return handle(prompts, **kwargs)
