@@ -34,7 +34,7 @@ CHECKS = {
 
 @dataclass(frozen=True)
 class CardSettings:
-    images_per_kind: int = 64
+    images_per_kind: int = 100
     judge_images: int = 2000
     num_inference_steps: int = 30
     guidance_scale: float = 7.5
@@ -128,8 +128,22 @@ def _head(results: dict, kinds: tuple[str, ...], head: str) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def check_bars(judge_acc: dict, per_model: dict) -> list[tuple[str, float | None, bool]]:
-    """The quality bars of the toy world (issue #3), each with its measured value and verdict."""
+def shortfall_beyond_noise(base: dict, derived: dict, n: int) -> float:
+    """The largest amount by which `derived` is worse than `base` on any (kind, head), beyond two
+    standard errors of the difference of two rates measured on n images each (<= 0: as good)."""
+    worst = -1.0
+    for kind, heads in base.items():
+        for head, pb in heads.items():
+            if kind in derived and head in derived[kind]:
+                pd = derived[kind][head]
+                se = ((pb * (1 - pb) + pd * (1 - pd)) / n) ** 0.5
+                worst = max(worst, pb - pd - 2 * se)
+    return worst
+
+
+def check_bars(judge_acc: dict, per_model: dict, n: int = 64) -> list[tuple[str, float | None, bool]]:
+    """The quality bars of the toy world (issue #3), each with its measured value and verdict;
+    `n` images were judged per prompt kind."""
     bars = [(f"judge accuracy, {head} >= 98 %", acc, acc >= 0.98) for head, acc in judge_acc.items()]
     base = per_model.get("toy-base", {})
     for name, results in per_model.items():
@@ -152,9 +166,22 @@ def check_bars(judge_acc: dict, per_model: dict) -> list[tuple[str, float | None
                 gap = max(trained[h] - held[h] for h in trained)
                 bars.append((f"{name}: held-out {kind} phrasings within 10 points", gap, gap <= 0.10))
         if name != "toy-base" and base:
-            worse = max(base[k][h] - results[k][h] for k in base if k in results for h in base[k])
-            bars.append((f"{name}: at least as good as toy-base (largest shortfall)", worse, worse <= 0.0))
+            worse = shortfall_beyond_noise(base, results, n)
+            bars.append((f"{name}: at least as good as toy-base (largest shortfall beyond 2 s.e.)", worse, worse <= 0))
     return bars
+
+
+def _training_summary(info: dict) -> list[str]:
+    """Where and how long it trained; a GPU time is only stated once one has been measured."""
+    seconds = info.get("seconds_per_stage", {})
+    if not seconds:
+        return []
+    total = sum(seconds.values()) / 3600
+    lines = [f"Trained on {info.get('device', '?')} ({info.get('machine', '?')}): {total:.1f} h in all, "
+             "summed over resumed runs (settings and per-stage seconds below)."]  # fmt: skip
+    if info.get("device", "cpu") == "cpu":
+        lines.append("GPU training time: not measured yet (`spmbench toy train --device cuda` on a GPU).")
+    return [*lines, ""]
 
 
 def write_card(path: Path, judge_acc: dict, per_model: dict, settings: CardSettings, train_info: dict) -> None:
@@ -169,6 +196,7 @@ def write_card(path: Path, judge_acc: dict, per_model: dict, settings: CardSetti
         "",
         "## Training",
         "",
+        *_training_summary(train_info),
         "```json",
         json.dumps(train_info, indent=1),
         "```",
@@ -183,7 +211,7 @@ def write_card(path: Path, judge_acc: dict, per_model: dict, settings: CardSetti
         f"guidance {settings.guidance_scale}, fresh seeds)",
         "",
     ]
-    bars = check_bars(judge_acc, per_model)
+    bars = check_bars(judge_acc, per_model, settings.images_per_kind)
     met = sum(ok for *_, ok in bars)
     lines += [
         "## Quality bars",
