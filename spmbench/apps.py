@@ -1,9 +1,10 @@
 """Applications: versioned YAML files in `concepts/<world>/`, expanded into seeded prompt rows.
 
 An application names what to erase (`erase`: one list of targets per experiment, erased together)
-and prompt sets. A set's `concepts` (or "{targets}") times its `templates` gives its prompts, each
-generated once per seed. Sets named `target` or `implicit` measure erasure (how often the judge
-still sees the concept); every other set measures erosion (how often the judge sees its concept).
+and prompt sets. A set's `concepts` (or "{targets}"; or "{others}": every target named in `erase`
+but this experiment's) times its `templates` gives its prompts, each generated once per seed. Sets
+named `target` or `implicit` measure erasure (how often the judge still sees the concept); every
+other set measures erosion (how often the judge sees its concept).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from spmbench.specs import WORLDS, SpecError, read_yaml
 CONCEPTS_DIR = Path(__file__).resolve().parent.parent / "concepts"
 ERASURE_SETS = ("target", "implicit")
 TARGETS = "{targets}"
+OTHERS = "{others}"
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,7 @@ class PromptSet:
     """
 
     name: str
-    concepts: tuple[str, ...] | str  # a list, or "{targets}"
+    concepts: tuple[str, ...] | str  # a list, "{targets}" or "{others}"
     templates: tuple[str, ...] = ()
     file: str | None = None
 
@@ -65,7 +67,7 @@ class Application:
         """Every (prompt, seed) of every set for one erase experiment; `limit` caps prompts per set."""
         rows = []
         for ps in self.prompt_sets:
-            concepts = targets if ps.concepts == TARGETS else ps.concepts
+            concepts = self._concepts(ps, targets)
             if ps.file:
                 rows += _file_rows(ps, concepts, limit, data_dir)
                 continue
@@ -75,6 +77,15 @@ class Application:
                     digest = hashlib.sha1(f"{ps.name}|{prompt}|{seed}".encode()).hexdigest()[:10]
                     rows.append(PromptRow(f"{ps.name}-{digest}", ps.name, concept, prompt, seed))
         return rows
+
+    def _concepts(self, ps: PromptSet, targets: tuple[str, ...]) -> tuple[str, ...]:
+        if ps.concepts == TARGETS:
+            return targets
+        if ps.concepts == OTHERS:
+            erased = {t.lower() for t in targets}
+            named = dict.fromkeys(t for experiment in self.erase for t in experiment)
+            return tuple(t for t in named if t.lower() not in erased)
+        return ps.concepts
 
 
 def _file_rows(ps: PromptSet, concepts, limit: int | None, data_dir: Path | None) -> list[PromptRow]:
@@ -112,8 +123,8 @@ def _prompt_set(name: str, data, origin: str) -> PromptSet:
     if unknown:
         raise SpecError(f"{where}: unknown field(s) {sorted(unknown)}")
     concepts = _require(data, "concepts", (list, str), where)
-    if isinstance(concepts, str) and concepts != TARGETS:
-        raise SpecError(f"{where}.concepts must be a list or the string {TARGETS!r}")
+    if isinstance(concepts, str) and concepts not in (TARGETS, OTHERS):
+        raise SpecError(f"{where}.concepts must be a list or the string {TARGETS!r} or {OTHERS!r}")
     concepts = concepts if isinstance(concepts, str) else tuple(map(str, concepts))
     if "file" in data:
         if "templates" in data:

@@ -70,13 +70,32 @@ def ls(kind: str = typer.Argument(..., help="models, apps or erasers")) -> None:
         _fail(f"unknown registry {kind!r}: choose models, apps or erasers")
 
 
+JUDGES = ("toy", "clip", "nudenet", "imagenet")
+DEFAULT_CLASSIFIER = "microsoft/resnet-50"  # spmbench.judges.imagenet.DEFAULT_CLASSIFIER, without importing torch
+
+
+def _classifier_labels(classifier: str) -> dict | None:
+    """The classifier's id2label if its config is on this machine (validate downloads nothing)."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(classifier, local_files_only=True).id2label
+    except (OSError, ValueError):  # not cached (or not a valid name or folder)
+        return None
+
+
 @app.command()
-def validate() -> None:
+def validate(
+    classifier: str = typer.Option(DEFAULT_CLASSIFIER, help="ImageNet classifier whose labels 'imagenet' apps use"),
+) -> None:
     """Load every model and application file and say what is wrong, if anything."""
     from spmbench.judges.toy import concept_label
 
     models, apps, _ = _registries()
+    labels = None
     for a in apps:
+        if a.judge not in JUDGES:
+            _fail(f"{a.path}: unknown judge {a.judge!r}; available: {', '.join(JUDGES)}")
         if a.world == "toy":
             try:
                 for targets in a.erase:
@@ -84,10 +103,25 @@ def validate() -> None:
                         concept_label(row.concept)
             except ValueError as e:
                 _fail(f"{a.path}: {e}")
+        if a.judge == "imagenet":
+            from spmbench.judges.imagenet import label_index
+
+            labels = labels if labels is not None else _classifier_labels(classifier)
+            if labels is None:
+                typer.echo(f"note: {classifier} is not on this machine; {a.name}'s classes were not checked")
+                continue
+            named = {t for e in a.erase for t in e} | {
+                c for ps in a.prompt_sets if isinstance(ps.concepts, tuple) for c in ps.concepts
+            }
+            try:
+                for concept in sorted(named):
+                    label_index(concept, labels)
+            except ValueError as e:
+                _fail(f"{a.path}: {e} (classifier {classifier})")
     typer.echo(f"ok: {len(models)} models, {len(apps)} applications")
 
 
-def _judge(name: str, device: str, clip_model: str):
+def _judge(name: str, device: str, clip_model: str, classifier: str = DEFAULT_CLASSIFIER):
     from spm.models import TOY_WEIGHTS
     from spmbench.judges.toy import ToyJudge
 
@@ -99,8 +133,12 @@ def _judge(name: str, device: str, clip_model: str):
         from spmbench.judges.clip import ClipJudge
 
         return ClipJudge(clip_model, device)
+    if name == "imagenet":
+        from spmbench.judges.imagenet import ImageNetJudge
+
+        return ImageNetJudge(classifier, device)
     if name != "toy":
-        _fail(f"unknown judge {name!r}; available: toy, clip, nudenet")
+        _fail(f"unknown judge {name!r}; available: {', '.join(JUDGES)}")
     if not (TOY_WEIGHTS / "judge" / "judge.json").exists():
         _fail(f"the toy judge is not trained yet: run `spmbench toy train` (expected in {TOY_WEIGHTS / 'judge'})")
     return ToyJudge(TOY_WEIGHTS / "judge", device)
@@ -118,6 +156,7 @@ def run(
     device: str = "cpu",
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan and stop"),
     clip_model: str = typer.Option("openai/clip-vit-base-patch32", help="CLIP for real-model applications"),
+    classifier: str = typer.Option(DEFAULT_CLASSIFIER, help="ImageNet classifier for the object application"),
 ) -> None:
     """Plan, fit, generate, score and report; a rerun computes only what is missing."""
     from spmbench import report, runner
@@ -143,10 +182,9 @@ def run(
                 for cell in cells:
                     typer.echo(f"  {cell.key}")
                 continue
+            judge = _judge(a.judge, device, clip_model, classifier)
             try:
-                results = runner.run(
-                    a, cells, out / a.name, _judge(a.judge, device, clip_model), models, limit, batch_size, device
-                )
+                results = runner.run(a, cells, out / a.name, judge, models, limit, batch_size, device)
             except runner.FitSettingsChanged as e:
                 _fail(str(e))
             for path in report.write_reports(a, out / a.name, reports / a.name):
