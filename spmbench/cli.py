@@ -43,10 +43,11 @@ def _fail(message: str) -> None:
 
 def _registries():
     from spmbench.apps import load_apps
-    from spmbench.erasers import ERASERS
     from spmbench.specs import SpecError, load_models
 
     try:
+        from spmbench.erasers import ERASERS  # registers the released-checkpoint YAML files too
+
         return load_models(), load_apps(), ERASERS
     except SpecError as e:
         _fail(str(e))
@@ -159,11 +160,11 @@ def run(
     classifier: str = typer.Option(DEFAULT_CLASSIFIER, help="ImageNet classifier for the object application"),
 ) -> None:
     """Plan, fit, generate, score and report; a rerun computes only what is missing."""
+    models, apps, _ = _registries()  # first: a malformed spec file is a one-line error
     from spmbench import report, runner
     from spmbench.registry import UnknownName
     from spmbench.specs import select_models
 
-    models, apps, _ = _registries()
     try:
         named = None if app_name == "all" else apps.get(app_name)
         chosen_models = select_models(models, models_sel, world=named.world if named else "toy")

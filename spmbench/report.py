@@ -24,7 +24,7 @@ def table_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
     erased = [r for r in results if r["eraser"] != "none"]
     sets = _columns(erased)
     header = ["model", "erased", "eraser", "fitted on"] + [f"{s} {'↓' if s in ERASURE_SETS else '↑'}" for s in sets]
-    header += ["paired dist. ↓", "FID ↓", "fit (s)"]
+    header += ["paired dist. ↓", "FID ↓", "fit (s)", "fit mem. (MiB)"]
     rows = []
     for r in sorted(erased, key=lambda r: (r["model"], len(r["targets"]), r["eraser"])):
         cells = []
@@ -35,6 +35,7 @@ def table_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
         cells += [f"{alt['paired_feature_distance']:.3f}" if "paired_feature_distance" in alt else "-"]
         cells += [f"{alt['fid_judge_features']:.3f}" if "fid_judge_features" in alt else "-"]
         cells += [f"{r.get('fit_seconds', 0):.0f}"]
+        cells += ["-" if r.get("fit_peak_mib") is None else f"{r['fit_peak_mib']:.0f}"]  # older runs: not measured
         rows.append([r["model"], " + ".join(r["targets"]), r["eraser"], r["fitted_on"], *cells])
     return header, rows
 
@@ -43,7 +44,8 @@ def caption(app: Application, results: list[dict]) -> str:
     settings = results[0]["settings"] if results else {}
     return (
         f"{app.name} v{app.version}; judge: {app.judge}; judged-present rate per prompt set, the original model's in brackets; "
-        f"↓ erasure (target prompts, lower is better), ↑ erosion sets (higher is better); alteration of the non-target images against the original's (same seeds) on judge features; DDIM {settings.get('steps')} steps, "
+        f"↓ erasure (target prompts, lower is better), ↑ erosion sets (higher is better); alteration of the non-target images against the original's (same seeds) on judge features; "
+        f"fit cost: time and peak memory above the loaded model (CUDA allocation on a GPU, resident set size on CPU); DDIM {settings.get('steps')} steps, "
         f"guidance {settings.get('guidance')}, {settings.get('resolution')} px, seeds {settings.get('seeds')}"
         + (f", limit {settings['limit']} prompts per set" if settings.get("limit") else "")
     )
@@ -82,6 +84,11 @@ def csv_text(results: list[dict]) -> str:
                     f"{r['original_rates'].get(s, float('nan')):.4f}",
                 ]
             )
+        for measure in ("fit_seconds", "fit_peak_mib"):  # the fitting cost, no original value
+            if r.get(measure) is not None:
+                writer.writerow(
+                    [r["model"], "+".join(r["targets"]), r["eraser"], r["fitted_on"], measure, r[measure], ""]
+                )
     return out.getvalue()
 
 

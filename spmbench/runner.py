@@ -21,6 +21,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from spmbench.apps import ERASURE_SETS, Application, PromptRow
+from spmbench.cost import peak_memory
 from spmbench.erasers import ERASERS
 from spmbench.erasers.spm import slug
 from spmbench.metrics import frechet_distance, paired_distance
@@ -171,21 +172,26 @@ def check_fit_settings(workdir: Path, eraser, settings: dict) -> None:
 
 def fit_timed(
     eraser, pipe, targets: tuple[str, ...], workdir: Path, resolution: int, settings: dict
-) -> tuple[list[Path], float]:
-    """Fit; return the artifacts and the time the fit took when first computed (recorded beside them).
+) -> tuple[list[Path], float, float | None]:
+    """Fit; return the artifacts, and the time (s) and peak memory (MiB, above what was in use
+    before: `spmbench.cost`) the fit took when first computed, recorded beside them.
 
-    A rerun finds the artifacts and the record; a fit resumed after a kill records only its last part.
+    A rerun finds the artifacts and the records; a fit resumed after a kill records only its last part.
     """
-    record_path = workdir / "fit_seconds.json"
+    record_path, memory_path = workdir / "fit_seconds.json", workdir / "fit_memory.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
+    memory = json.loads(memory_path.read_text()) if memory_path.exists() else {}
     key = f"{eraser.name}|{'+'.join(targets)}"
-    t0 = time.time()
-    artifacts = eraser.fit(pipe, targets, workdir, resolution, settings)
+    with peak_memory(getattr(pipe, "device", "cpu")) as peak:
+        t0 = time.time()
+        artifacts = eraser.fit(pipe, targets, workdir, resolution, settings)
+        seconds = time.time() - t0
     if key not in record:
-        record[key] = time.time() - t0
+        record[key], memory[key] = seconds, peak.mib
         workdir.mkdir(parents=True, exist_ok=True)
         _write_json_atomic(record_path, record)
-    return artifacts, record[key]
+        _write_json_atomic(memory_path, memory)
+    return artifacts, record[key], memory.get(key)  # no memory record: a fit from before it was measured
 
 
 def _write_json_atomic(path: Path, data) -> None:
@@ -245,7 +251,7 @@ def run(
         if result_path.exists() and json.loads(result_path.read_text()).get("rows") == len(rows):
             results.append(json.loads(result_path.read_text()))
             continue
-        artifacts, fit_seconds = fit_timed(
+        artifacts, fit_seconds, fit_mib = fit_timed(
             eraser, pipe_for(fit_model), cell.targets, fits_dir, fit_model.resolution, settings
         )
         t0 = time.time()
@@ -263,7 +269,8 @@ def run(
         result = {
             "app": app.name, "app_version": app.version, "model": cell.model.name, "fitted_on": fit_model.name,
             "eraser": cell.eraser, "targets": list(cell.targets), "rows": len(rows), "rates": rates, "original_rates": original_rates, "alteration": alteration,
-            "fit_seconds": round(fit_seconds, 1), "generate_seconds_this_run": round(gen_seconds, 1),
+            "fit_seconds": round(fit_seconds, 1), "fit_peak_mib": None if fit_mib is None else round(fit_mib, 1),
+            "generate_seconds_this_run": round(gen_seconds, 1),
             "settings": {"steps": cell.model.num_inference_steps, "guidance": cell.model.guidance_scale,
                          "resolution": cell.model.resolution, "seeds": list(app.seeds), "limit": limit,
                          "fit": settings},

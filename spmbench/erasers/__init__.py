@@ -1,8 +1,12 @@
 """Erasers: every method (SPM and the baselines) behind one fit/apply interface, one file each."""
 
 from spmbench.erasers.base import ERASERS, Eraser
+from spmbench.erasers.concept_ablation import ConceptAblation
+from spmbench.erasers.esd import ESD
 from spmbench.erasers.negative_prompt import NegativePrompt
 from spmbench.erasers.none import Original
+from spmbench.erasers.rece import RECE
+from spmbench.erasers.released import load_released
 from spmbench.erasers.sld import PRESETS, SLD
 from spmbench.erasers.spm import SPMEraser
 from spmbench.erasers.uce import UCE
@@ -13,7 +17,12 @@ ERASERS.add("spm", SPMEraser(transport=True))
 ERASERS.add("spm-noft", SPMEraser(transport=False))
 ERASERS.add("negprompt", NegativePrompt())
 ERASERS.add("uce", UCE())
+ERASERS.add("rece", RECE())
+ERASERS.add("esd-x", ESD("x"))
+ERASERS.add("esd-u", ESD("u"))
+ERASERS.add("ca", ConceptAblation())
 for _preset in PRESETS:
     ERASERS.add(f"sld-{_preset}", SLD(_preset))
+load_released(registry=ERASERS)  # YAML files: spmbench/erasers/released/, SPMBENCH_ERASERS
 
 __all__ = ["ERASERS", "Eraser"]

@@ -12,6 +12,9 @@ KW = dict(num_inference_steps=2, guidance_scale=5.0, output_type="np")
 FAST = {
     "spm": {"iterations": 3, "lr": 1e-2, "warmup_steps": 1, "rollout_steps": 4},
     "spm-noft": {"iterations": 3, "lr": 1e-2, "warmup_steps": 1, "rollout_steps": 4},
+    "esd-x": {"iterations": 3, "lr": 1e-2, "rollout_steps": 4},
+    "esd-u": {"iterations": 3, "lr": 1e-2, "rollout_steps": 4},
+    "ca": {"iterations": 3, "lr": 1e-2, "batch_size": 2, "anchor_images": 2, "sample_steps": 4},
 }
 
 

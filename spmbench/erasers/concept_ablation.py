@@ -1,0 +1,118 @@
+"""Concept Ablation, model-based (Kumari et al., ICCV 2023): make the target prompt produce the
+anchor concept's distribution, as the original model's own predictions define it.
+
+Images of the anchor concept c (e.g. "a dog" for "Snoopy"; "" = unconditional) are generated once
+by the original model (latents x_0, classifier-free guided DDIM). Then, on their noised versions
+x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps at random t, the fine-tuned model's prediction for a
+target prompt c* is pulled onto the frozen original's prediction for the anchor:
+
+    L = || eps_theta(x_t, c*, t) - sg(eps_0(x_t, c, t)) ||^2
+
+Trained: the cross-attention key/value projections (`attn2.to_k`, `attn2.to_v`), the paper's
+default "cross-attention" variant. The artifact is the weight delta over them (`delta.py`), with
+every iteration's loss in its metadata ("losses").
+
+Defaults, SD-scale: the paper fine-tunes at lr 2e-6 with batch 8 for a few hundred steps on 200
+generated anchor images; we take 400 iterations (the upper end, so the target is ablated rather
+than only dented), 200 anchor images of 50 DDIM steps at guidance 7.5 (the usual SD sampling).
+Smaller models override these in their spec (`eraser_settings`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spm.train import encode
+from spmbench.erasers.base import resolve_settings
+from spmbench.erasers.delta import applied, save_delta
+from spmbench.erasers.esd import check_counts, finetune, fingerprint, latent_noise, predict, rollout
+from spmbench.erasers.spm import slug
+
+
+def key_value(name: str) -> bool:
+    return ".attn2.to_k." in f".{name}" or ".attn2.to_v." in f".{name}"
+
+
+@torch.no_grad()
+def anchor_latents(
+    pipe, anchor: str, n: int, resolution: int, steps: int, guidance: float, gen: torch.Generator, batch: int = 8
+) -> torch.Tensor:
+    """x_0 latents of `n` images of `anchor` from the original model (`steps` guided DDIM steps)."""
+    from diffusers import DDIMScheduler
+
+    ddim = DDIMScheduler.from_config(pipe.scheduler.config)
+    ddim.set_timesteps(steps)
+    c_anchor, c_empty = encode(pipe, [anchor]), encode(pipe, [""])
+    chunks = []
+    for start in range(0, n, batch):
+        size = min(batch, n - start)
+        x = latent_noise(pipe, size, resolution, gen) * ddim.init_noise_sigma
+        cond, uncond = c_anchor.expand(size, -1, -1), c_empty.expand(size, -1, -1)
+        chunks.append(rollout(pipe.unet, ddim, x, cond, uncond, guidance, steps))
+    return torch.cat(chunks)
+
+
+class ConceptAblation:
+    def __init__(self):
+        self.name = "ca"
+        self.defaults = {
+            "anchor": "", "iterations": 400, "lr": 2e-6, "batch_size": 8, "anchor_images": 200,
+            "sample_steps": 50, "guidance_scale": 7.5, "seed": 0,
+        }  # fmt: skip
+        self.checkpoint_every = 100
+
+    def fit(
+        self, pipe, targets: tuple[str, ...], workdir: Path, resolution: int, settings: dict | None = None
+    ) -> list[Path]:
+        path = workdir / self.name / f"{'+'.join(slug(t) for t in targets)}.safetensors"
+        if path.exists():
+            return [path]
+        cfg = resolve_settings(self.name, self.defaults, settings)
+        check_counts(self.name, cfg, "iterations", "batch_size", "anchor_images", "sample_steps")
+        ckpt = path.with_name(path.name + ".ckpt.pt")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        deltas, losses = self.train(pipe, targets, resolution, cfg, ckpt)
+        save_delta(path, deltas, method=self.name, targets=list(targets), settings=cfg, losses=losses)
+        ckpt.unlink(missing_ok=True)
+        return [path]
+
+    def train(
+        self, pipe, targets: tuple[str, ...], resolution: int, cfg: dict, checkpoint: Path | None = None
+    ) -> tuple[dict[str, torch.Tensor], list[float]]:
+        """The deltas and per-iteration losses of a Concept Ablation fit with the resolved settings `cfg`."""
+        from diffusers import DDIMScheduler
+
+        gen = torch.Generator().manual_seed(int(cfg["seed"]))
+        # Drawn before any resumed generator state, so a resumed fit regenerates the same images.
+        x0 = anchor_latents(
+            pipe, cfg["anchor"], int(cfg["anchor_images"]), resolution, int(cfg["sample_steps"]),
+            cfg["guidance_scale"], gen,
+        )  # fmt: skip
+        noise_schedule = DDIMScheduler.from_config(pipe.scheduler.config)  # add_noise: the training q(x_t | x_0)
+        c_targets, c_anchor = encode(pipe, list(targets)), encode(pipe, [cfg["anchor"]])
+        n, device = int(cfg["batch_size"]), x0.device
+
+        def step_loss(trained: nn.Module, gen: torch.Generator) -> torch.Tensor:
+            images = x0[torch.randint(len(x0), (n,), generator=gen).to(device)]
+            t = torch.randint(noise_schedule.config.num_train_timesteps, (n,), generator=gen).to(device)
+            noise = torch.randn(images.shape, generator=gen).to(device)
+            x_t = noise_schedule.add_noise(images, noise, t)
+            c = c_targets[torch.randint(len(targets), (n,), generator=gen).to(c_targets.device)]
+            with torch.no_grad():
+                goal = predict(pipe.unet, x_t, t, c_anchor.expand(n, -1, -1))
+            return F.mse_loss(predict(trained, x_t, t, c), goal)
+
+        return finetune(
+            pipe, key_value, step_loss, int(cfg["iterations"]), cfg["lr"], gen, self.name,
+            checkpoint, self.checkpoint_every, fingerprint(pipe, self.name, targets, cfg, resolution),
+        )  # fmt: skip
+
+    def apply(self, pipe, artifacts: list[Path]):
+        return applied(pipe, artifacts)
+
+    def generate(self, handle, prompts: list[str], **kwargs):
+        return handle(prompts, **kwargs)

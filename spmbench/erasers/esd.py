@@ -1,0 +1,212 @@
+"""ESD (Gandikota et al., ICCV 2023): erase a concept by negative-guidance self-distillation.
+
+A frozen copy of the original UNet eps_0 teaches the fine-tuned one eps_theta to predict, for the
+target prompt c, the noise of the original model guided AWAY from c:
+
+    L = || eps_theta(x_t, c, t) - [eps_0(x_t, "", t) - eta (eps_0(x_t, c, t) - eps_0(x_t, "", t))] ||^2
+
+x_t comes from the model being trained: a random number k of the T DDIM steps (`rollout_steps`)
+of eps_theta, classifier-free guided towards c (`guidance_scale`), from pure noise; the training
+step is then taken at that x_t and the DDIM timestep t_k. With several targets, one is drawn per
+iteration. Two variants: ESD-x fine-tunes the cross-attention layers (parameters named `attn2`),
+ESD-u every other UNet parameter. The paper's setting: 1000 iterations of Adam at lr 1e-5, eta 1.
+
+The artifact is the weight delta W' - W over the trained parameters (`delta.py`), so it also
+applies to other models of the family; the loss of every iteration is in its metadata ("losses").
+
+`finetune` (the loop: trained copy, Adam, progress bar, resumable checkpoints) and `rollout` (the
+guided DDIM sampler) are shared with Concept Ablation.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from spm.files import save_torch_atomic
+from spm.train import encode
+from spmbench.erasers.base import resolve_settings
+from spmbench.erasers.delta import applied, save_delta
+from spmbench.erasers.spm import slug
+
+
+def cross_attention(name: str) -> bool:
+    return ".attn2." in f".{name}."
+
+
+def unconditional_layers(name: str) -> bool:
+    """ESD-u's set, as in the authors' code: all but cross-attention, the time embedding and the
+    output block (conv_norm_out / conv_out in diffusers' names)."""
+    return not (cross_attention(name) or name.startswith(("time_embedding.", "conv_norm_out.", "conv_out.")))
+
+
+VARIANTS: dict[str, Callable[[str], bool]] = {
+    "x": cross_attention,  # ESD-x: the cross-attention layers only
+    "u": unconditional_layers,  # ESD-u: the rest, but for time embedding and output
+}
+
+
+def predict(unet: nn.Module, x: torch.Tensor, t, cond: torch.Tensor) -> torch.Tensor:
+    """eps(x, t, cond) in float32, whatever the UNet's dtype; `x` is broadcast over the conditions."""
+    x = x.expand(len(cond), -1, -1, -1) if len(x) == 1 else x
+    return unet(x.to(unet.dtype), t, encoder_hidden_states=cond.to(unet.dtype)).sample.float()
+
+
+@torch.no_grad()
+def rollout(
+    unet: nn.Module, ddim, x: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor, guidance: float, steps: int
+) -> torch.Tensor:
+    """The first `steps` of `ddim`'s timesteps of classifier-free guided DDIM sampling from x."""
+    for t in ddim.timesteps[:steps]:
+        e_u, e_c = predict(unet, torch.cat([x, x]), t, torch.cat([uncond, cond])).chunk(2)
+        x = ddim.step(e_u + guidance * (e_c - e_u), t, x).prev_sample
+    return x
+
+
+def latent_noise(pipe, n: int, resolution: int, gen: torch.Generator) -> torch.Tensor:
+    """Pure noise latents for `resolution`-pixel images, drawn on the CPU (reproducible on any device)."""
+    size = resolution // pipe.vae_scale_factor
+    return torch.randn(n, pipe.unet.config.in_channels, size, size, generator=gen).to(pipe.unet.device)
+
+
+def finetune(
+    pipe,
+    trainable: Callable[[str], bool],
+    step_loss: Callable[[nn.Module, torch.Generator], torch.Tensor],
+    iterations: int,
+    lr: float,
+    gen: torch.Generator,
+    desc: str,
+    checkpoint: Path | None = None,
+    checkpoint_every: int = 0,
+    fingerprint: str = "",
+) -> tuple[dict[str, torch.Tensor], list[float]]:
+    """Adam on the `trainable` parameters of a float32 copy of `pipe.unet` (so `pipe` is never
+    touched), one `step_loss(trained_unet, gen)` per iteration. Returns the deltas (trained minus
+    original, by parameter name) and the losses. A checkpoint from the same `fingerprint` is resumed."""
+    trained = copy.deepcopy(pipe.unet).float().requires_grad_(False)
+    params = {name: p for name, p in trained.named_parameters() if trainable(name)}
+    if not params:
+        raise ValueError(f"{desc}: no UNet parameter is selected for training")
+    for p in params.values():
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(params.values(), lr=float(lr))
+    start, losses = _resume(checkpoint, params, opt, gen, fingerprint)
+    bar = tqdm(range(start, iterations), initial=start, total=iterations, desc=desc)
+    for step in bar:
+        loss = step_loss(trained, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.4g}")
+        if checkpoint and checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < iterations:
+            state = {"step": step + 1, "params": [p.detach().cpu() for p in params.values()], "opt": opt.state_dict()}
+            save_torch_atomic(
+                state | {"gen": gen.get_state(), "losses": losses, "fingerprint": fingerprint}, checkpoint
+            )
+    originals = dict(pipe.unet.named_parameters())
+    deltas = {name: p.detach() - originals[name].detach().float() for name, p in params.items()}
+    return deltas, losses
+
+
+def _resume(path: Path | None, params: dict, opt, gen: torch.Generator, fingerprint: str) -> tuple[int, list[float]]:
+    if path is None or not path.exists():
+        return 0, []
+    state = torch.load(path, weights_only=True, map_location="cpu")
+    if state["fingerprint"] != fingerprint:
+        raise ValueError(f"checkpoint {path} is from other settings or targets: delete it to start over")
+    with torch.no_grad():
+        for p, saved in zip(params.values(), state["params"], strict=True):
+            p.copy_(saved)
+    opt.load_state_dict(state["opt"])
+    gen.set_state(state["gen"])
+    return int(state["step"]), list(state["losses"])
+
+
+def check_counts(eraser: str, cfg: dict, *keys: str) -> None:
+    """Settings that count something must be whole numbers >= 1 (a spec typo, not a silent no-op)."""
+    for key in keys:
+        if int(cfg[key]) != cfg[key] or cfg[key] < 1:
+            raise ValueError(f"eraser {eraser!r}: {key} must be a whole number >= 1, got {cfg[key]!r}")
+
+
+def fingerprint(pipe, method: str, targets: tuple[str, ...], cfg: dict, resolution: int) -> str:
+    """What a checkpoint was trained for: resuming it under anything else would mix two fits."""
+    return json.dumps([method, list(targets), cfg, resolution, str(pipe.name_or_path)], default=str)
+
+
+class ESD:
+    def __init__(
+        self,
+        variant: str = "x",
+        iterations: int = 1000,
+        lr: float = 1e-5,
+        negative_guidance: float = 1.0,
+        rollout_steps: int = 50,
+        guidance_scale: float = 3.0,
+        checkpoint_every: int = 200,
+    ):
+        if variant not in VARIANTS:
+            raise ValueError(f"ESD variant must be one of {sorted(VARIANTS)}, got {variant!r}")
+        self.variant, self.name = variant, f"esd-{variant}"
+        self.defaults = {
+            "iterations": iterations, "lr": lr, "negative_guidance": negative_guidance,
+            "rollout_steps": rollout_steps, "guidance_scale": guidance_scale, "seed": 0,
+        }  # fmt: skip
+        self.checkpoint_every = checkpoint_every
+
+    def fit(
+        self, pipe, targets: tuple[str, ...], workdir: Path, resolution: int, settings: dict | None = None
+    ) -> list[Path]:
+        path = workdir / self.name / f"{'+'.join(slug(t) for t in targets)}.safetensors"
+        if path.exists():
+            return [path]
+        cfg = resolve_settings(self.name, self.defaults, settings)
+        check_counts(self.name, cfg, "iterations", "rollout_steps")
+        ckpt = path.with_name(path.name + ".ckpt.pt")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        deltas, losses = self.train(pipe, targets, resolution, cfg, ckpt)
+        save_delta(path, deltas, method=self.name, targets=list(targets), settings=cfg, losses=losses)
+        ckpt.unlink(missing_ok=True)
+        return [path]
+
+    def train(
+        self, pipe, targets: tuple[str, ...], resolution: int, cfg: dict, checkpoint: Path | None = None
+    ) -> tuple[dict[str, torch.Tensor], list[float]]:
+        """The deltas and per-iteration losses of an ESD fit with the resolved settings `cfg`."""
+        from diffusers import DDIMScheduler
+
+        gen = torch.Generator().manual_seed(int(cfg["seed"]))
+        ddim = DDIMScheduler.from_config(pipe.scheduler.config)
+        ddim.set_timesteps(int(cfg["rollout_steps"]))
+        c_targets, c_empty = encode(pipe, list(targets)), encode(pipe, [""])
+        eta, guidance = cfg["negative_guidance"], cfg["guidance_scale"]
+
+        def step_loss(trained: nn.Module, gen: torch.Generator) -> torch.Tensor:
+            c = c_targets[int(torch.randint(len(targets), (), generator=gen))][None]
+            k = int(torch.randint(len(ddim.timesteps), (), generator=gen))  # DDIM steps already taken
+            x = latent_noise(pipe, 1, resolution, gen) * ddim.init_noise_sigma
+            x = rollout(trained, ddim, x, c, c_empty, guidance, k)  # x_t from the model being trained
+            t = ddim.timesteps[k]
+            with torch.no_grad():
+                e_c, e_empty = predict(pipe.unet, x, t, torch.cat([c, c_empty])).chunk(2)
+            return F.mse_loss(predict(trained, x, t, c), e_empty - eta * (e_c - e_empty))
+
+        return finetune(
+            pipe, VARIANTS[self.variant], step_loss, int(cfg["iterations"]), cfg["lr"], gen, self.name,
+            checkpoint, self.checkpoint_every, fingerprint(pipe, self.name, targets, cfg, resolution),
+        )  # fmt: skip
+
+    def apply(self, pipe, artifacts: list[Path]):
+        return applied(pipe, artifacts)
+
+    def generate(self, handle, prompts: list[str], **kwargs):
+        return handle(prompts, **kwargs)

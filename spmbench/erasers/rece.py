@@ -1,0 +1,110 @@
+"""RECE (Gong et al., 2024): UCE, then rounds of closed-form adversarial embeddings erased in turn.
+
+UCE maps the target's token embeddings c to the guide's outputs, but another embedding e may still
+make the edited key/value projections W' produce the target's ORIGINAL outputs W c. Each round finds
+the one that does best, jointly over every cross-attention key and value projection, in closed form
+(ridge regression):
+
+    e = argmin_e sum_W |W' e - W c|^2 + lambda_reg |e|^2 = (sum W'^T W' + lambda_reg I)^-1 sum W'^T W c
+
+(row by row for the target's tokens), adds it to the erase set, mapped to the same guide outputs as
+the target, and solves the UCE closed form again from the ORIGINAL weights with the enlarged erase
+set and the preserve set. `rounds=0` is UCE exactly. The artifact is a weight delta, like UCE's.
+
+Settings: guide ("" = the empty prompt), preserve (prompts kept), lam (0.5, UCE's pull towards the
+original weights), rounds (3), lambda_reg (1e-3: a small ridge, as in the paper, so that the found
+embedding is set by the edited weights rather than shrunk towards zero).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from spmbench.erasers.base import resolve_settings
+from spmbench.erasers.delta import applied, save_delta
+from spmbench.erasers.spm import slug
+from spmbench.erasers.uce import closed_form, cross_attention_projections, token_embeddings
+
+
+def adversarial_embedding(
+    edited: list[torch.Tensor], original: list[torch.Tensor], target: torch.Tensor, lambda_reg: float
+) -> torch.Tensor:
+    """The embeddings (n, d) whose outputs through the `edited` projections best reproduce the
+    `original` projections' outputs of `target` (n, d), all projections jointly, ridge `lambda_reg`."""
+    d = target.shape[1]
+    gram = lambda_reg * torch.eye(d, dtype=torch.float64, device=target.device)
+    cross = torch.zeros(d, d, dtype=torch.float64, device=target.device)
+    for w_new, w in zip(edited, original, strict=True):
+        w_new, w = w_new.double(), w.double()
+        gram += w_new.T @ w_new
+        cross += w_new.T @ w
+    return torch.linalg.solve(gram, cross @ target.double().T).T.to(target.dtype)
+
+
+def rece_edit(
+    weights: dict[str, torch.Tensor],
+    erase: torch.Tensor,
+    guide: torch.Tensor,
+    preserve: torch.Tensor,
+    lam: float,
+    rounds: int,
+    lambda_reg: float,
+) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+    """The edited projections after UCE and `rounds` rounds, and the embeddings found, one per round."""
+    edited = {n: closed_form(w, erase, guide, preserve, lam) for n, w in weights.items()}
+    c, g, found = erase, guide, []
+    for _ in range(rounds):
+        e = adversarial_embedding(list(edited.values()), list(weights.values()), erase, lambda_reg)
+        found.append(e)
+        c, g = torch.cat([c, e]), torch.cat([g, guide])  # e is erased towards the target's guide
+        edited = {n: closed_form(w, c, g, preserve, lam) for n, w in weights.items()}
+    return edited, found
+
+
+class RECE:
+    def __init__(
+        self,
+        guide: str = "",
+        preserve: tuple[str, ...] = (),
+        lam: float = 0.5,
+        rounds: int = 3,
+        lambda_reg: float = 1e-3,
+    ):
+        self.guide, self.preserve, self.lam = guide, tuple(preserve), lam
+        self.rounds, self.lambda_reg = rounds, lambda_reg
+        self.name = "rece"
+
+    def fit(
+        self, pipe, targets: tuple[str, ...], workdir: Path, resolution: int, settings: dict | None = None
+    ) -> list[Path]:
+        path = workdir / "rece" / f"{'+'.join(slug(t) for t in targets)}.safetensors"
+        if path.exists():
+            return [path]
+        defaults = {
+            "guide": self.guide, "preserve": list(self.preserve), "lam": self.lam,
+            "rounds": self.rounds, "lambda_reg": self.lambda_reg,
+        }  # fmt: skip
+        cfg = resolve_settings(self.name, defaults, settings)
+        if int(cfg["rounds"]) != cfg["rounds"] or cfg["rounds"] < 0:
+            raise ValueError(f"eraser 'rece': rounds must be a whole number >= 0, got {cfg['rounds']!r}")
+        erase = [token_embeddings(pipe, t) for t in targets]
+        guides = [token_embeddings(pipe, cfg["guide"], len(e)) for e in erase]
+        keep = [token_embeddings(pipe, p) for p in cfg["preserve"]]
+        c, g = torch.cat(erase), torch.cat(guides)
+        p = torch.cat(keep) if keep else c.new_zeros(0, c.shape[1])
+        layers = cross_attention_projections(pipe.unet)
+        weights = {name: layer.weight.detach().float() for name, layer in layers.items()}
+        device = next(iter(weights.values())).device
+        edited, _ = rece_edit(
+            weights, c.to(device), g.to(device), p.to(device), cfg["lam"], int(cfg["rounds"]), cfg["lambda_reg"]
+        )
+        deltas = {f"{name}.weight": edited[name] - w for name, w in weights.items()}
+        return [save_delta(path, deltas, method="rece", targets=list(targets), settings=cfg)]
+
+    def apply(self, pipe, artifacts: list[Path]):
+        return applied(pipe, artifacts)
+
+    def generate(self, handle, prompts: list[str], **kwargs):
+        return handle(prompts, **kwargs)
