@@ -149,7 +149,9 @@ def _judge(name: str, device: str, clip_model: str, classifier: str = DEFAULT_CL
 def run(
     app_name: str = typer.Option(..., "--app", help="application name (spmbench ls apps), or 'all'"),
     models_sel: str = typer.Option("toy", "--models", help="'all', 'toy', 'real' or comma-separated names"),
-    erasers_sel: str = typer.Option("none,spm,spm-noft", "--erasers", help="comma-separated eraser names"),
+    erasers_sel: str = typer.Option(
+        "none,spm,spm-noft", "--erasers", help="comma-separated eraser names, or 'all' (every built-in eraser)"
+    ),
     limit: int | None = typer.Option(None, help="at most this many prompts per prompt set (smoke runs)"),
     out: Path = typer.Option(Path("runs"), help="run directories go here"),
     reports: Path = typer.Option(Path("reports"), help="tables go to REPORTS/<app>/"),
@@ -162,6 +164,7 @@ def run(
     """Plan, fit, generate, score and report; a rerun computes only what is missing."""
     models, apps, _ = _registries()  # first: a malformed spec file is a one-line error
     from spmbench import report, runner
+    from spmbench.erasers import BUILTIN
     from spmbench.registry import UnknownName
     from spmbench.specs import select_models
 
@@ -175,7 +178,7 @@ def run(
         chosen_apps = [named] if named else [a for a in apps if a.world == world]
         if named and named.world != world:
             _fail(f"application {named.name} is for {named.world} models, but --models selected {world} ones")
-        erasers = [e.strip() for e in erasers_sel.split(",") if e.strip()]
+        erasers = list(BUILTIN) if erasers_sel == "all" else [e.strip() for e in erasers_sel.split(",") if e.strip()]
         for a in chosen_apps:
             cells = runner.plan(a, chosen_models, erasers)
             typer.echo(f"{a.name}: {len(cells)} cells")

@@ -23,6 +23,7 @@ ERASERS.add("esd-u", ESD("u"))
 ERASERS.add("ca", ConceptAblation())
 for _preset in PRESETS:
     ERASERS.add(f"sld-{_preset}", SLD(_preset))
+BUILTIN = tuple(ERASERS.names())  # what `--erasers all` runs; released checkpoints are named explicitly
 load_released(registry=ERASERS)  # YAML files: spmbench/erasers/released/, SPMBENCH_ERASERS
 
-__all__ = ["ERASERS", "Eraser"]
+__all__ = ["BUILTIN", "ERASERS", "Eraser"]
