@@ -27,10 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spm.train import encode
-from spmbench.erasers.base import resolve_settings
-from spmbench.erasers.delta import applied, save_delta
-from spmbench.erasers.esd import check_counts, finetune, fingerprint, latent_noise, predict, rollout
-from spmbench.erasers.spm import slug
+from spmbench.erasers.esd import FinetunedEraser, finetune, fingerprint, latent_noise, predict, rollout
 
 
 def key_value(name: str) -> bool:
@@ -56,7 +53,9 @@ def anchor_latents(
     return torch.cat(chunks)
 
 
-class ConceptAblation:
+class ConceptAblation(FinetunedEraser):
+    counts = ("iterations", "batch_size", "anchor_images", "sample_steps")
+
     def __init__(self):
         self.name = "ca"
         self.defaults = {
@@ -64,21 +63,6 @@ class ConceptAblation:
             "sample_steps": 50, "guidance_scale": 7.5, "seed": 0,
         }  # fmt: skip
         self.checkpoint_every = 100
-
-    def fit(
-        self, pipe, targets: tuple[str, ...], workdir: Path, resolution: int, settings: dict | None = None
-    ) -> list[Path]:
-        path = workdir / self.name / f"{'+'.join(slug(t) for t in targets)}.safetensors"
-        if path.exists():
-            return [path]
-        cfg = resolve_settings(self.name, self.defaults, settings)
-        check_counts(self.name, cfg, "iterations", "batch_size", "anchor_images", "sample_steps")
-        ckpt = path.with_name(path.name + ".ckpt.pt")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        deltas, losses = self.train(pipe, targets, resolution, cfg, ckpt)
-        save_delta(path, deltas, method=self.name, targets=list(targets), settings=cfg, losses=losses)
-        ckpt.unlink(missing_ok=True)
-        return [path]
 
     def train(
         self, pipe, targets: tuple[str, ...], resolution: int, cfg: dict, checkpoint: Path | None = None
@@ -110,9 +94,3 @@ class ConceptAblation:
             pipe, key_value, step_loss, int(cfg["iterations"]), cfg["lr"], gen, self.name,
             checkpoint, self.checkpoint_every, fingerprint(pipe, self.name, targets, cfg, resolution),
         )  # fmt: skip
-
-    def apply(self, pipe, artifacts: list[Path]):
-        return applied(pipe, artifacts)
-
-    def generate(self, handle, prompts: list[str], **kwargs):
-        return handle(prompts, **kwargs)

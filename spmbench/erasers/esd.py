@@ -143,7 +143,43 @@ def fingerprint(pipe, method: str, targets: tuple[str, ...], cfg: dict, resoluti
     return json.dumps([method, list(targets), cfg, resolution, str(pipe.name_or_path)], default=str)
 
 
-class ESD:
+class FinetunedEraser:
+    """What ESD and Concept Ablation share: fit = resumable fine-tuning (`train`) stored as a weight
+    delta; apply = that delta. Subclasses set `name`, `defaults`, `counts` (settings that count
+    something), `checkpoint_every` and implement `train`."""
+
+    counts: tuple[str, ...] = ("iterations",)
+
+    def fit(
+        self, pipe, targets: tuple[str, ...], workdir: Path, resolution: int, settings: dict | None = None
+    ) -> list[Path]:
+        path = workdir / self.name / f"{'+'.join(slug(t) for t in targets)}.safetensors"
+        if path.exists():
+            return [path]
+        cfg = resolve_settings(self.name, self.defaults, settings)
+        check_counts(self.name, cfg, *self.counts)
+        ckpt = path.with_name(path.name + ".ckpt.pt")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        deltas, losses = self.train(pipe, targets, resolution, cfg, ckpt)
+        save_delta(path, deltas, method=self.name, targets=list(targets), settings=cfg, losses=losses)
+        ckpt.unlink(missing_ok=True)
+        return [path]
+
+    def train(
+        self, pipe, targets: tuple[str, ...], resolution: int, cfg: dict, checkpoint: Path | None = None
+    ) -> tuple[dict[str, torch.Tensor], list[float]]:
+        raise NotImplementedError
+
+    def apply(self, pipe, artifacts: list[Path]):
+        return applied(pipe, artifacts)
+
+    def generate(self, handle, prompts: list[str], **kwargs):
+        return handle(prompts, **kwargs)
+
+
+class ESD(FinetunedEraser):
+    counts = ("iterations", "rollout_steps")
+
     def __init__(
         self,
         variant: str = "x",
@@ -162,21 +198,6 @@ class ESD:
             "rollout_steps": rollout_steps, "guidance_scale": guidance_scale, "seed": 0,
         }  # fmt: skip
         self.checkpoint_every = checkpoint_every
-
-    def fit(
-        self, pipe, targets: tuple[str, ...], workdir: Path, resolution: int, settings: dict | None = None
-    ) -> list[Path]:
-        path = workdir / self.name / f"{'+'.join(slug(t) for t in targets)}.safetensors"
-        if path.exists():
-            return [path]
-        cfg = resolve_settings(self.name, self.defaults, settings)
-        check_counts(self.name, cfg, "iterations", "rollout_steps")
-        ckpt = path.with_name(path.name + ".ckpt.pt")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        deltas, losses = self.train(pipe, targets, resolution, cfg, ckpt)
-        save_delta(path, deltas, method=self.name, targets=list(targets), settings=cfg, losses=losses)
-        ckpt.unlink(missing_ok=True)
-        return [path]
 
     def train(
         self, pipe, targets: tuple[str, ...], resolution: int, cfg: dict, checkpoint: Path | None = None
@@ -204,9 +225,3 @@ class ESD:
             pipe, VARIANTS[self.variant], step_loss, int(cfg["iterations"]), cfg["lr"], gen, self.name,
             checkpoint, self.checkpoint_every, fingerprint(pipe, self.name, targets, cfg, resolution),
         )  # fmt: skip
-
-    def apply(self, pipe, artifacts: list[Path]):
-        return applied(pipe, artifacts)
-
-    def generate(self, handle, prompts: list[str], **kwargs):
-        return handle(prompts, **kwargs)
