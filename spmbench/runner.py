@@ -177,11 +177,12 @@ def fit_timed(
     before: `spmbench.cost`) the fit took when first computed, recorded beside them.
 
     A rerun finds the artifacts and the records; a fit resumed after a kill records only its last part.
+    Erasers sharing a fit ('spm', 'spm-noft') share its record, so each reports what the fit cost.
     """
     record_path, memory_path = workdir / "fit_seconds.json", workdir / "fit_memory.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
     memory = json.loads(memory_path.read_text()) if memory_path.exists() else {}
-    key = f"{eraser.name}|{'+'.join(targets)}"
+    key = f"{getattr(eraser, 'fit_key', eraser.name)}|{'+'.join(targets)}"
     with peak_memory(getattr(pipe, "device", "cpu")) as peak:
         t0 = time.time()
         artifacts = eraser.fit(pipe, targets, workdir, resolution, settings)

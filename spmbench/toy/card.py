@@ -83,10 +83,24 @@ def generate(pipe, prompts: list[str], settings: CardSettings, seed: int) -> tor
     return torch.cat(chunks)
 
 
-def score_kind(judge, images: torch.Tensor, scenes: list[w.Scene], kind: str) -> dict[str, float]:
+def named_in(prompt: str, scene: w.Scene, head: str) -> bool:
+    """Whether the prompt fixes the attribute a head reads: 'a photo of a dog' leaves its colour
+    to chance, so the colour of that image is not a measure of the model."""
+    if head == "colour":
+        return scene.colour is not None and scene.colour in prompt.split()
+    return True
+
+
+def score_kind(judge, images: torch.Tensor, pairs: list[tuple[str, w.Scene]], kind: str) -> dict[str, float]:
+    """Judged accuracy per head of CHECKS[kind], over the prompts that name the head's attribute."""
     preds = judge_predictions(judge, images)
-    labels = data.label_tensors(scenes)
-    return {head: float((preds[head] == labels[head]).float().mean()) for head in CHECKS[kind]}
+    labels = data.label_tensors([s for _, s in pairs])
+    out = {}
+    for head in CHECKS[kind]:
+        mask = torch.tensor([named_in(p, s, head) for p, s in pairs])
+        if mask.any():
+            out[head] = float((preds[head][mask] == labels[head][mask]).float().mean())
+    return out
 
 
 def explicit_rate(judge, images: torch.Tensor) -> float:
@@ -113,7 +127,7 @@ def evaluate_model(pipe, judge, dialect: str, settings: CardSettings, grids_dir:
             pairs = prompts_for(kind, settings.images_per_kind, held_out)
             prompts = [prefix + p + suffix for p, _ in pairs]
             images = generate(pipe, prompts, settings, seed=EVAL_SEED)
-            scores = score_kind(judge, images, [s for _, s in pairs], kind)
+            scores = score_kind(judge, images, pairs, kind)
             results[f"{kind}{' (held-out)' if held_out else ''}"] = scores
             if kind in ("object", "animal", "person") and not held_out:
                 neutral.append(images)

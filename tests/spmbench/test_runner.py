@@ -42,6 +42,8 @@ def test_run_writes_reports_and_a_rerun_computes_nothing(toy_weights, tmp_path):
     assert len(results) == 3 * (1 + 3 * 2)
     fitted = {r["fitted_on"] for r in results if r["eraser"] == "spm"}
     assert all(r["fit_seconds"] > 0 for r in results if r["eraser"] == "spm")  # the first fit's time, reused
+    fit_cost = {(r["eraser"], tuple(r["targets"])): r["fit_seconds"] for r in results if r["eraser"] != "none"}
+    assert all(fit_cost["spm-noft", t] == fit_cost["spm", t] for e, t in fit_cost)  # one shared fit, one cost
     assert fitted == {"toy-base"}  # SPMs fitted once, on the family root, transferred to the derivatives
     assert sorted(p.name for p in (run_dir / "fits" / "toy-base" / "spm").iterdir()) == [
         "barkley.safetensors",

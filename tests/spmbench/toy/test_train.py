@@ -4,6 +4,7 @@ import json
 
 import torch
 
+from spmbench.toy import data
 from spmbench.toy.cli import card_main
 from spmbench.toy.cli import main as train_main
 
@@ -20,7 +21,7 @@ def test_family_loads_as_standard_diffusers_pipelines(smoke_world):
         ).images
         assert image.shape == (1, 32, 32, 3)
     info = json.loads((root / "weights" / "training.json").read_text())
-    assert set(info["seconds_per_stage"]) == {"vae", "judge", "base", "pastel", "verbose"}
+    assert set(info["seconds_per_stage"]) == {"vae", "decoder", "judge", "base", "pastel", "verbose"}
 
 
 def test_rerun_resumes_instead_of_retraining(smoke_world):
@@ -63,3 +64,34 @@ def test_quality_bars_verdicts():
     close = dict(good, character={"character": 0.91})
     verdicts = {req: ok for req, _, ok in check_bars({"subject": 0.99}, {"toy-base": good, "toy-pastel": close}, 64)}
     assert verdicts["toy-pastel: at least as good as toy-base (largest shortfall beyond 2 s.e.)"]
+
+
+def test_colour_is_scored_only_where_the_prompt_names_it():
+    from spmbench.toy import world as w
+    from spmbench.toy.card import score_kind
+
+    class Fixed(torch.nn.Module):  # a judge that always sees a red dog
+        def forward(self, images):
+            logits = {h: torch.zeros(len(images), n) for h, n in data.JUDGE_HEADS.items()}
+            logits["subject"][:, w.SUBJECTS.index("dog")] = 1
+            logits["colour"][:, 1 + list(w.COLOURS).index("red")] = 1
+            return logits
+
+    pairs = [("a red dog", w.Scene("dog", "red", "white")), ("a photo of a dog", w.Scene("dog", "blue", "white")),
+             ("a blue dog", w.Scene("dog", "blue", "white"))]  # fmt: skip
+    scores = score_kind(Fixed(), torch.zeros(3, 3, 32, 32), pairs, "animal")
+    assert scores == {"subject": 1.0, "colour": 0.5}  # the unnamed blue dog is not held against the model
+
+
+def test_sharpening_the_decoder_keeps_the_latent_space(tmp_path):
+    from spmbench.toy import models
+    from spmbench.toy.train import ToyTrainConfig, sharpen_decoder
+
+    vae = models.build_vae()
+    before = {k: v.clone() for k, v in vae.state_dict().items()}
+    cfg = ToyTrainConfig(decoder_steps=2, batch_size=4, decoder_lr=1e-2)
+    sharpen_decoder(cfg, tmp_path, vae, "cpu")
+    after = vae.state_dict()
+    changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"decoder", "post_quant_conv"}  # the encoder (the UNets' latent space) is untouched
+    assert not any(p.requires_grad for p in vae.parameters())
