@@ -23,7 +23,8 @@ from spmbench.toy import captions, data, models
 
 
 log = logging.getLogger(__name__)
-STAGES = ("tokenizer", "vae", "judge", "base", "pastel", "verbose")
+# Order of the list fixes each stage's RNG stream: new stages go at the end, wherever they run.
+STAGES = ("tokenizer", "vae", "judge", "base", "pastel", "verbose", "decoder")
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,8 @@ class ToyTrainConfig:
     judge_steps: int = 1500
     base_steps: int = 12000
     derivative_steps: int = 2000
+    decoder_steps: int = 3000
+    decoder_lr: float = 1e-4
     batch_size: int = 64
     lr: float = 3e-4
     pool_size: int = 40000
@@ -141,6 +144,40 @@ def train_vae(cfg: ToyTrainConfig, workdir: Path, device: str):
     return vae
 
 
+def _finite_differences(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return x[..., :, 1:] - x[..., :, :-1], x[..., 1:, :] - x[..., :-1, :]
+
+
+def sharpen_decoder(cfg: ToyTrainConfig, workdir: Path, vae, device: str):
+    """Fine-tune the VAE decoder alone, adding an L1 term on image gradients: pixel losses alone
+    draw soft edges (the judge read the shape of only 85 % of reconstructions), and the frozen
+    encoder keeps the latent space every UNet is trained in, so no UNet needs retraining."""
+    vae.requires_grad_(False)
+    params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=cfg.decoder_lr, weight_decay=0.0)
+
+    def step_fn(step, rng, gen):
+        for g in opt.param_groups:
+            g["lr"] = cfg.decoder_lr * _warmup(step, 100)
+        batch = data.sample_batch(rng, cfg.batch_size, dialect="pastel" if rng.random() < 0.3 else "base")
+        x = data.to_tensor([b[0] for b in batch]).to(device) * 2 - 1
+        with torch.no_grad():
+            posterior = vae.encode(x).latent_dist
+            z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(device)
+        rec = vae.decode(z).sample
+        edges = sum(F.l1_loss(r, t) for r, t in zip(_finite_differences(rec), _finite_differences(x)))
+        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + edges
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return {"rec": f"{F.mse_loss(rec, x).item():.4f}", "edges": f"{edges.item():.3f}"}
+
+    _loop("decoder", cfg, workdir, cfg.decoder_steps, {"vae": vae, "opt": opt}, step_fn)
+    return vae.requires_grad_(False).eval()
+
+
 def train_judge(cfg: ToyTrainConfig, workdir: Path, device: str):
     judge = models.Judge(data.JUDGE_HEADS).to(device)
     opt = torch.optim.AdamW(judge.parameters(), lr=1e-3, weight_decay=1e-4)
@@ -246,7 +283,8 @@ def train_world(
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
     tokenizer = train_tokenizer(workdir)
-    vae = train_vae(cfg, workdir, device).requires_grad_(False)
+    vae = train_vae(cfg, workdir, device)
+    vae = sharpen_decoder(cfg, workdir, vae, device)
     if "judge" in stages:
         models.save_judge(train_judge(cfg, workdir, device).cpu(), out / "judge")
     text_encoder = models.build_text_encoder(len(tokenizer)).to(device)

@@ -12,6 +12,8 @@ SMOKE_ARGS = [
     "2",
     "--derivative-steps",
     "1",
+    "--decoder-steps",
+    "1",
     "--pool-size",
     "256",
     "--ckpt-every",
