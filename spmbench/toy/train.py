@@ -34,7 +34,7 @@ class ToyTrainConfig:
     judge_steps: int = 1500
     base_steps: int = 12000
     derivative_steps: int = 2000
-    decoder_steps: int = 3000
+    decoder_steps: int = 2000
     decoder_lr: float = 1e-4
     batch_size: int = 64
     lr: float = 3e-4
@@ -144,14 +144,11 @@ def train_vae(cfg: ToyTrainConfig, workdir: Path, device: str):
     return vae
 
 
-def _finite_differences(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return x[..., :, 1:] - x[..., :, :-1], x[..., 1:, :] - x[..., :-1, :]
-
-
 def sharpen_decoder(cfg: ToyTrainConfig, workdir: Path, vae, device: str):
-    """Fine-tune the VAE decoder alone, adding an L1 term on image gradients: pixel losses alone
-    draw soft edges (the judge read the shape of only 85 % of reconstructions), and the frozen
-    encoder keeps the latent space every UNet is trained in, so no UNet needs retraining."""
+    """Fine-tune the VAE decoder alone, on the encoder's sampled latents: the VAE stage leaves it
+    short of converged (the judge read the shape of 85 % of reconstructions; 88 % after 1,000 more
+    decoder steps), and the frozen encoder keeps the latent space every UNet is trained in, so no
+    UNet needs retraining. (An extra L1 term on image gradients did not raise that rate.)"""
     vae.requires_grad_(False)
     params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
     for p in params:
@@ -167,15 +164,29 @@ def sharpen_decoder(cfg: ToyTrainConfig, workdir: Path, vae, device: str):
             posterior = vae.encode(x).latent_dist
             z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(device)
         rec = vae.decode(z).sample
-        edges = sum(F.l1_loss(r, t) for r, t in zip(_finite_differences(rec), _finite_differences(x)))
-        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + edges
+        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        return {"rec": f"{F.mse_loss(rec, x).item():.4f}", "edges": f"{edges.item():.3f}"}
+        return {"rec": f"{F.mse_loss(rec, x).item():.4f}"}
 
     _loop("decoder", cfg, workdir, cfg.decoder_steps, {"vae": vae, "opt": opt}, step_fn)
     return vae.requires_grad_(False).eval()
+
+
+def blur_augment(images: torch.Tensor, gen: torch.Generator, max_sigma: float = 1.5) -> torch.Tensor:
+    """A Gaussian blur of random width (0 to `max_sigma` px) per image. Generations come through a
+    VAE decoder that softens edges; a judge trained on crisp renders alone misread them (shape on
+    88 % of reconstructions; 94 % after 300 steps with this augmentation, crisp renders still 100 %)."""
+    n, c, h, w = images.shape
+    sigma = (torch.rand(n, generator=gen) * max_sigma).clamp(min=1e-3).to(images.device)
+    offsets = torch.arange(-3, 4, dtype=images.dtype, device=images.device)
+    kernel = torch.exp(-(offsets[None] ** 2) / (2 * sigma[:, None] ** 2))
+    kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(c, 0)  # one per image channel
+    x = images.reshape(1, n * c, h, w)
+    x = F.conv2d(F.pad(x, (3, 3, 0, 0), mode="replicate"), kernel.view(n * c, 1, 1, 7), groups=n * c)
+    x = F.conv2d(F.pad(x, (0, 0, 3, 3), mode="replicate"), kernel.view(n * c, 1, 7, 1), groups=n * c)
+    return x.reshape(n, c, h, w)
 
 
 def train_judge(cfg: ToyTrainConfig, workdir: Path, device: str):
@@ -186,7 +197,7 @@ def train_judge(cfg: ToyTrainConfig, workdir: Path, device: str):
         for g in opt.param_groups:
             g["lr"] = 1e-3 * _warmup(step, 100) * (0.1 if step > 0.8 * cfg.judge_steps else 1.0)
         batch = data.sample_batch(rng, 128, dialect="pastel" if rng.random() < 0.3 else "base")
-        logits = judge(data.to_tensor([b[0] for b in batch]).to(device))
+        logits = judge(blur_augment(data.to_tensor([b[0] for b in batch]).to(device), gen))
         targets = {k: v.to(device) for k, v in data.label_tensors([b[2] for b in batch]).items()}
         loss = sum(F.cross_entropy(logits[k], targets[k], ignore_index=data.IGNORE) for k in logits)
         opt.zero_grad()

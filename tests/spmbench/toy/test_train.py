@@ -37,7 +37,9 @@ def test_card_measures_and_writes_report(smoke_world, tmp_path):
     card_main(["--weights", str(root / "weights"), "--report", str(report), "--images-per-kind", "2",
                "--judge-images", "16", "--num-inference-steps", "2"])  # fmt: skip
     text = report.read_text()
-    assert "Judge accuracy" in text and "### toy-pastel" in text and "implicit" in text
+    assert (
+        "Judge accuracy" in text and "| through the VAE |" in text and "### toy-pastel" in text and "implicit" in text
+    )
     assert "## Quality bars" in text and "toy-verbose: at least as good as toy-base" in text
     assert (tmp_path / "toyworld" / "toy-base_character.png").exists()
 
@@ -95,3 +97,19 @@ def test_sharpening_the_decoder_keeps_the_latent_space(tmp_path):
     changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
     assert changed == {"decoder", "post_quant_conv"}  # the encoder (the UNets' latent space) is untouched
     assert not any(p.requires_grad for p in vae.parameters())
+
+
+def test_blur_augment_matches_a_per_image_gaussian_blur():
+    import torch.nn.functional as F
+
+    from spmbench.toy.train import blur_augment
+
+    images = torch.rand(3, 3, 12, 12)
+    blurred = blur_augment(images, torch.Generator().manual_seed(0))
+    sigma = torch.rand(3, generator=torch.Generator().manual_seed(0)) * 1.5  # the widths it drew
+    for image, s, out in zip(images, sigma, blurred):
+        taps = torch.exp(-(torch.arange(-3.0, 4.0) ** 2) / (2 * s**2))
+        kernel = (taps[:, None] * taps[None]) / taps.sum() ** 2  # the separable blur as one 7x7 kernel
+        padded = F.pad(image[:, None], (3, 3, 3, 3), mode="replicate")
+        assert torch.allclose(F.conv2d(padded, kernel[None, None])[:, 0], out, atol=1e-5)
+    assert torch.equal(blur_augment(images, torch.Generator(), max_sigma=0.0), images)  # zero width: unchanged
