@@ -2,7 +2,7 @@
 
 With eps_u, eps_p, eps_s the predictions for the empty, the user's and the safety-concept prompt:
 
-    scale  = where(eps_p - eps_s >= threshold, 0, clamp(sld_scale * (eps_p - eps_s), max=1))
+    scale  = where(eps_p - eps_s >= threshold, 0, clamp(sld_scale * |eps_p - eps_s|, max=1))
     g_safe = scale * (eps_s - eps_u) + momentum_scale * v;   v <- beta * v + (1 - beta) * g_safe
     eps    = eps_u + s * (eps_p - eps_u - [step >= warmup] * g_safe)
 
@@ -53,7 +53,9 @@ class SafetyGuidance:
     def safety_term(self, eps_u: torch.Tensor, eps_p: torch.Tensor, eps_s: torch.Tensor) -> torch.Tensor:
         """g_safe for this step (zero during warm-up), updating the momentum."""
         p = self.preset
-        scale = torch.clamp((eps_p - eps_s) * p.sld_scale, max=1.0)
+        # |.|: the scale is in [0, 1] (without it, elements far below the threshold got large
+        # negative scales that pushed every prompt, not just the concept's, off the image manifold)
+        scale = torch.clamp((eps_p - eps_s).abs() * p.sld_scale, max=1.0)
         scale = torch.where(eps_p - eps_s >= p.threshold, torch.zeros_like(scale), scale)
         guidance = (eps_s - eps_u) * scale
         momentum = torch.zeros_like(guidance) if self.momentum is None else self.momentum

@@ -97,7 +97,7 @@ def test_sld_step_matches_a_hand_computed_guidance(pipe, tmp_path):
         both = torch.cat([embed(""), embed("a photo of a dog")])
         e_u, e_p = pipe.unet(torch.cat([x, x]), 500, encoder_hidden_states=both).sample.chunk(2)
         e_s = pipe.unet(x, 500, encoder_hidden_states=embed("snoopy")).sample
-        scale = torch.clamp((e_p - e_s) * preset.sld_scale, max=1.0)
+        scale = torch.clamp((e_p - e_s).abs() * preset.sld_scale, max=1.0)  # SLD's mu, eq. 5: |.|, at most 1
         scale = torch.where(e_p - e_s >= preset.threshold, torch.zeros_like(scale), scale)
         g_safe = (e_s - e_u) * scale  # momentum starts at zero
         with eraser.apply(pipe, artifacts) as (_, guidance):
@@ -107,6 +107,8 @@ def test_sld_step_matches_a_hand_computed_guidance(pipe, tmp_path):
             ).sample
             torch.testing.assert_close(out[:1], e_u, rtol=1e-5, atol=1e-6)
             torch.testing.assert_close(out[1:], e_p - g_safe, rtol=1e-5, atol=1e-6)
+            # a scale in [0, 1]: the safety term never outgrows the concept's own guidance direction
+            assert ((e_p - out[1:]).abs() <= (e_s - e_u).abs() + 1e-6).all()
             assert guidance.step == 1 and torch.allclose(guidance.momentum, (1 - preset.momentum_beta) * g_safe)
             tuple_out = pipe.unet(
                 torch.cat([x, x]),
