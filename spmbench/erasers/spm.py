@@ -25,17 +25,20 @@ class SPMEraser:
     def fit(
         self, pipe, targets: tuple[str, ...], workdir: Path, resolution: int, settings: dict | None = None
     ) -> list[Path]:
-        """One SPM per target (SPMs combine without retuning). `settings`: spm.TrainConfig overrides."""
+        """One SPM per target (SPMs combine without retuning). `settings`: spm.TrainConfig overrides,
+        and `surrogate`, the concept the targets are replaced with (erase-to-replace; "" erases)."""
         paths = []
         for target in targets:
             path = workdir / "spm" / f"{slug(target)}.safetensors"
             if not path.exists():
                 path.parent.mkdir(parents=True, exist_ok=True)
-                known = {"resolutions": (resolution,)} | {
+                known = {"resolutions": (resolution,), "surrogate": ""} | {
                     f.name: getattr(spm.TrainConfig(), f.name) for f in fields(spm.TrainConfig)
                 }
-                cfg = spm.TrainConfig(**resolve_settings(self.name, known, settings))
-                trained = spm.train(pipe, [target], config=cfg, checkpoint=path.with_name(path.name + ".ckpt.pt"))
+                chosen = resolve_settings(self.name, known, settings)
+                surrogate = chosen.pop("surrogate")
+                checkpoint = path.with_name(path.name + ".ckpt.pt")
+                trained = spm.train(pipe, [target], surrogate, spm.TrainConfig(**chosen), checkpoint=checkpoint)
                 trained.save(path)
                 path.with_name(path.name + ".ckpt.pt").unlink(missing_ok=True)
             paths.append(path)

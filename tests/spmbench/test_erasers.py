@@ -136,3 +136,12 @@ def test_uce_settings_change_the_edit(pipe, tmp_path):
     to_empty = load_file(str(uce.fit(pipe, ("snoopy",), tmp_path / "a", 16)[0]))
     to_art = load_file(str(uce.fit(pipe, ("snoopy",), tmp_path / "b", 16, {"guide": "art", "lam": 0.1})[0]))
     assert any(not torch.allclose(to_empty[k], to_art[k]) for k in to_empty)
+
+
+def test_spm_surrogate_setting_reaches_training(pipe, tmp_path):
+    import spm
+
+    settings = FAST["spm"] | {"surrogate": "a dog"}
+    (path,) = ERASERS.get("spm").fit(pipe, ("snoopy",), tmp_path, 16, settings)
+    provenance = spm.SPM.load(path).provenance
+    assert provenance["surrogate"] == "a dog" and provenance["train_config"]["iterations"] == 3
