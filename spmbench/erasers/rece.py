@@ -25,7 +25,7 @@ import torch
 from spmbench.erasers.base import resolve_settings
 from spmbench.erasers.delta import applied, save_delta
 from spmbench.erasers.spm import slug
-from spmbench.erasers.uce import closed_form, cross_attention_projections, token_embeddings
+from spmbench.erasers.uce import closed_form, cross_attention_projections, edit_rows
 
 
 def adversarial_embedding(
@@ -89,11 +89,7 @@ class RECE:
         cfg = resolve_settings(self.name, defaults, settings)
         if int(cfg["rounds"]) != cfg["rounds"] or cfg["rounds"] < 0:
             raise ValueError(f"eraser 'rece': rounds must be a whole number >= 0, got {cfg['rounds']!r}")
-        erase = [token_embeddings(pipe, t) for t in targets]
-        guides = [token_embeddings(pipe, cfg["guide"], len(e)) for e in erase]
-        keep = [token_embeddings(pipe, p) for p in cfg["preserve"]]
-        c, g = torch.cat(erase), torch.cat(guides)
-        p = torch.cat(keep) if keep else c.new_zeros(0, c.shape[1])
+        c, g, p = edit_rows(pipe, targets, cfg["guide"], cfg["preserve"])
         layers = cross_attention_projections(pipe.unet)
         weights = {name: layer.weight.detach().float() for name, layer in layers.items()}
         device = next(iter(weights.values())).device

@@ -31,14 +31,37 @@ def cross_attention_projections(unet: nn.Module) -> dict[str, nn.Linear]:
 
 
 @torch.no_grad()
-def token_embeddings(pipe, prompt: str, length: int | None = None) -> torch.Tensor:
-    """The text encoder's outputs for the prompt's tokens and its end token, (n, d); `length` pads/cuts."""
+def _encode(pipe, prompt: str) -> tuple[torch.Tensor, int]:
+    """The text encoder's outputs over the whole padded context, (L, d), and the index of the
+    prompt's last word token (0, the start token, for an empty prompt)."""
     ids = pipe.tokenizer(
         prompt, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt"
     ).input_ids
     hidden = pipe.text_encoder(ids.to(pipe.text_encoder.device))[0][0].float()
-    end = int((ids[0] == pipe.tokenizer.eos_token_id).nonzero()[0]) + 1  # through the first end token
-    return hidden[1 : (length + 1 if length else end)]
+    first_end = int((ids[0] == pipe.tokenizer.eos_token_id).nonzero()[0])
+    return hidden, first_end - 1
+
+
+def aligned_embeddings(pipe, text: str, guide: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows UCE edits, as the authors' code picks them: from the last word token through every
+    end/padding token after it (they carry the whole prompt in a causal text encoder), with the
+    guide's rows aligned on the last word tokens. Returns (text rows, guide rows), (n, d) each;
+    `guide=None` maps the text to itself (a preserved concept)."""
+    h_text, last_text = _encode(pipe, text)
+    h_guide, last_guide = _encode(pipe, text if guide is None else guide)
+    farthest, length = max(last_text, last_guide), h_text.shape[0]
+    return (
+        h_text[last_text : length - (farthest - last_text)],
+        h_guide[last_guide : length - (farthest - last_guide)],
+    )
+
+
+def edit_rows(pipe, targets, guide: str, preserve) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Erased rows c, their guide rows g, and preserved rows p for the closed form."""
+    pairs = [aligned_embeddings(pipe, t, guide) for t in targets]
+    c, g = torch.cat([a for a, _ in pairs]), torch.cat([b for _, b in pairs])
+    keep = [aligned_embeddings(pipe, q)[0] for q in preserve]
+    return c, g, (torch.cat(keep) if keep else c.new_zeros(0, c.shape[1]))
 
 
 def closed_form(
@@ -66,11 +89,7 @@ class UCE:
             return [path]
         defaults = {"guide": self.guide, "preserve": list(self.preserve), "lam": self.lam}
         cfg = resolve_settings(self.name, defaults, settings)
-        erase = [token_embeddings(pipe, t) for t in targets]
-        guides = [token_embeddings(pipe, cfg["guide"], len(e)) for e in erase]
-        keep = [token_embeddings(pipe, p) for p in cfg["preserve"]]
-        c, g = torch.cat(erase), torch.cat(guides)
-        p = torch.cat(keep) if keep else c.new_zeros(0, c.shape[1])
+        c, g, p = edit_rows(pipe, targets, cfg["guide"], cfg["preserve"])
         deltas = {}
         for name, layer in cross_attention_projections(pipe.unet).items():
             w = layer.weight.detach().float()

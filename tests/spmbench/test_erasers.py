@@ -145,3 +145,20 @@ def test_spm_surrogate_setting_reaches_training(pipe, tmp_path):
     (path,) = ERASERS.get("spm").fit(pipe, ("snoopy",), tmp_path, 16, settings)
     provenance = spm.SPM.load(path).provenance
     assert provenance["surrogate"] == "a dog" and provenance["train_config"]["iterations"] == 3
+
+
+def test_uce_rows_are_the_last_word_and_every_token_after_it(pipe):
+    from spmbench.erasers.uce import aligned_embeddings
+
+    def hidden(text):
+        ids = pipe.tokenizer(text, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                             return_tensors="pt").input_ids  # fmt: skip
+        return pipe.text_encoder(ids)[0][0], int((ids[0] == pipe.tokenizer.eos_token_id).nonzero()[0])
+
+    (h_t, end_t), (h_g, _) = hidden("a photo of snoopy"), hidden("")
+    rows, guide = aligned_embeddings(pipe, "a photo of snoopy", "")
+    length = h_t.shape[0]
+    torch.testing.assert_close(rows, h_t[end_t - 1 :].float())  # last word, end token, padding
+    torch.testing.assert_close(guide, h_g[: length - (end_t - 1)].float())  # the empty prompt from its start token
+    same, itself = aligned_embeddings(pipe, "a photo of a dog")
+    torch.testing.assert_close(same, itself)  # a preserved concept maps to itself

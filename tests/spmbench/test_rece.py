@@ -6,7 +6,7 @@ from safetensors.torch import load_file
 
 from spmbench.erasers import ERASERS
 from spmbench.erasers.rece import RECE, adversarial_embedding, rece_edit
-from spmbench.erasers.uce import UCE, cross_attention_projections, token_embeddings
+from spmbench.erasers.uce import UCE, cross_attention_projections, edit_rows
 
 
 def test_adversarial_embedding_equals_a_direct_least_squares_solve():
@@ -24,9 +24,7 @@ def test_adversarial_embedding_equals_a_direct_least_squares_solve():
 
 
 def _problem(pipe):
-    c = token_embeddings(pipe, "snoopy")
-    g = token_embeddings(pipe, "", len(c))
-    p = token_embeddings(pipe, "a photo of a dog")
+    c, g, p = edit_rows(pipe, ["snoopy"], "", ["a photo of a dog"])
     weights = {n: layer.weight.detach().float() for n, layer in cross_attention_projections(pipe.unet).items()}
     return weights, c, g, p
 
