@@ -156,18 +156,29 @@ def eraser_settings(eraser, app: Application, fit_model: ModelSpec) -> dict:
 
 
 def check_fit_settings(workdir: Path, eraser, settings: dict) -> None:
-    """Record the settings an eraser is fitted with; refuse other settings for the same fits later."""
+    """Record the settings an eraser is fitted with; refuse other settings while fits made with the
+    old ones exist. Once they are deleted, the new settings (and new fit costs) replace the old."""
     path = workdir / "fit_settings.json"
     known = json.loads(path.read_text()) if path.exists() else {}
     key = getattr(eraser, "fit_key", eraser.name)
-    if key not in known:
-        workdir.mkdir(parents=True, exist_ok=True)
-        _write_json_atomic(path, known | {key: settings})
-    elif known[key] != settings:
+    if known.get(key, settings) != settings and (workdir / key).exists():
         raise FitSettingsChanged(
             f"{workdir / key} was fitted with settings {known[key]}, now {settings}: "
             f"delete {workdir / key} and the cells using it to refit, or use another --out"
         )
+    if known.get(key) != settings:
+        workdir.mkdir(parents=True, exist_ok=True)
+        _forget_fit_costs(workdir, key)
+        _write_json_atomic(path, known | {key: settings})
+
+
+def _forget_fit_costs(workdir: Path, key: str) -> None:
+    """Drop the recorded time and memory of fits that no longer exist (they are refitted)."""
+    for name in ("fit_seconds.json", "fit_memory.json"):
+        path = workdir / name
+        if path.exists():
+            records = json.loads(path.read_text())
+            _write_json_atomic(path, {k: v for k, v in records.items() if not k.startswith(f"{key}|")})
 
 
 def fit_timed(

@@ -1,6 +1,7 @@
 """`spmbench run` end to end on the smoke-trained toy world: every stage, resumability, reports."""
 
 import json
+import shutil
 
 import pytest
 import yaml
@@ -110,3 +111,10 @@ def test_a_fit_with_other_settings_is_not_reused(toy_weights, tmp_path):
     (specs / "toy-base.yaml").write_text(yaml.safe_dump(data))
     result = invoke(*args)
     assert result.exit_code == 2 and "fitted with settings" in result.output
+    # doing what the message says is enough: the rerun refits with the new settings
+    run_dir = tmp_path / "runs" / "toy-object"
+    shutil.rmtree(run_dir / "fits" / "toy-base" / "uce")
+    shutil.rmtree(run_dir / "cells" / "toy-base" / "uce")
+    assert invoke(*args).exit_code == 0
+    (result,) = [json.loads(p.read_text()) for p in run_dir.glob("cells/toy-base/uce/*/result.json")]
+    assert result["settings"]["fit"]["lam"] == 0.1
