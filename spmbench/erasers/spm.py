@@ -40,7 +40,7 @@ class SPMEraser:
                 checkpoint = path.with_name(path.name + ".ckpt.pt")
                 trained = spm.train(pipe, [target], surrogate, spm.TrainConfig(**chosen), checkpoint=checkpoint)
                 trained.save(path)
-                path.with_name(path.name + ".ckpt.pt").unlink(missing_ok=True)
+                checkpoint.unlink(missing_ok=True)
             paths.append(path)
         return paths
 

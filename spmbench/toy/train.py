@@ -113,6 +113,17 @@ def train_tokenizer(workdir: Path):
     return CLIPTokenizer.from_pretrained(out)
 
 
+def _vae_images(rng: np.random.Generator, n: int, device: str) -> torch.Tensor:
+    """Fresh renders in [-1, 1] for the VAE; 30 % of batches in the pastel dialect a derivative sees."""
+    batch = data.sample_batch(rng, n, dialect="pastel" if rng.random() < 0.3 else "base")
+    return data.to_tensor([b[0] for b in batch]).to(device) * 2 - 1
+
+
+def _sample_latent(posterior, gen: torch.Generator) -> torch.Tensor:
+    noise = torch.randn(posterior.mean.shape, generator=gen).to(posterior.mean.device)
+    return posterior.mean + posterior.std * noise
+
+
 def train_vae(cfg: ToyTrainConfig, workdir: Path, device: str):
     vae = models.build_vae().to(device)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
@@ -120,12 +131,9 @@ def train_vae(cfg: ToyTrainConfig, workdir: Path, device: str):
     def step_fn(step, rng, gen):
         for g in opt.param_groups:
             g["lr"] = cfg.lr * _warmup(step, 200)
-        batch = data.sample_batch(rng, cfg.batch_size, dialect="pastel" if rng.random() < 0.3 else "base")
-        x = data.to_tensor([b[0] for b in batch]).to(device) * 2 - 1
+        x = _vae_images(rng, cfg.batch_size, device)
         posterior = vae.encode(x).latent_dist
-        rec = vae.decode(
-            posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(device)
-        ).sample
+        rec = vae.decode(_sample_latent(posterior, gen)).sample
         kl = posterior.kl().mean() / x[0].numel()
         loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + 1e-4 * kl
         opt.zero_grad()
@@ -158,11 +166,9 @@ def sharpen_decoder(cfg: ToyTrainConfig, workdir: Path, vae, device: str):
     def step_fn(step, rng, gen):
         for g in opt.param_groups:
             g["lr"] = cfg.decoder_lr * _warmup(step, 100)
-        batch = data.sample_batch(rng, cfg.batch_size, dialect="pastel" if rng.random() < 0.3 else "base")
-        x = data.to_tensor([b[0] for b in batch]).to(device) * 2 - 1
+        x = _vae_images(rng, cfg.batch_size, device)
         with torch.no_grad():
-            posterior = vae.encode(x).latent_dist
-            z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(device)
+            z = _sample_latent(vae.encode(x).latent_dist, gen)
         rec = vae.decode(z).sample
         loss = F.l1_loss(rec, x) + F.mse_loss(rec, x)
         opt.zero_grad()
