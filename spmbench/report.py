@@ -45,7 +45,7 @@ def caption(app: Application, results: list[dict]) -> str:
     return (
         f"{app.name} v{app.version}; judge: {app.judge}; judged-present rate per prompt set, the original model's in brackets; "
         f"↓ erasure (target prompts, lower is better), ↑ erosion sets (higher is better); alteration of the non-target images against the original's (same seeds) on judge features; "
-        f"fit cost: time and peak memory above the loaded model (CUDA allocation on a GPU, resident set size on CPU); DDIM {settings.get('steps')} steps, "
+        f"fit cost: time and peak memory above the loaded model (CUDA allocation on a GPU, resident set size on CPU), summed over the targets for erasers fitted per target (SPM); DDIM {settings.get('steps')} steps, "
         f"guidance {settings.get('guidance')}, {settings.get('resolution')} px, seeds {settings.get('seeds')}"
         + (f", limit {settings['limit']} prompts per set" if settings.get("limit") else "")
     )

@@ -189,7 +189,14 @@ def fit_timed(
 
     A rerun finds the artifacts and the records; a fit resumed after a kill records only its last part.
     Erasers sharing a fit ('spm', 'spm-noft') share its record, so each reports what the fit cost.
+    An eraser that fits each target alone (`fits_per_target`: SPM) costs the sum of its targets'
+    fits, however many of them an earlier experiment had already made.
     """
+    if getattr(eraser, "fits_per_target", False) and len(targets) > 1:
+        parts = [fit_timed(eraser, pipe, (t,), workdir, resolution, settings) for t in targets]
+        peaks = [mib for _, _, mib in parts]
+        peak = None if None in peaks else max(peaks)  # one fit at a time: the largest is the peak
+        return [a for artifacts, _, _ in parts for a in artifacts], sum(s for _, s, _ in parts), peak
     record_path, memory_path = workdir / "fit_seconds.json", workdir / "fit_memory.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
     memory = json.loads(memory_path.read_text()) if memory_path.exists() else {}

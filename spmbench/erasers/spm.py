@@ -17,6 +17,7 @@ def slug(text: str) -> str:
 
 class SPMEraser:
     fit_key = "spm"  # 'spm' and 'spm-noft' share their fits (and so their settings)
+    fits_per_target = True  # k targets cost k single-target fits (runner.fit_timed sums them)
 
     def __init__(self, transport: bool = True):
         self.transport = transport

@@ -45,6 +45,9 @@ def test_run_writes_reports_and_a_rerun_computes_nothing(toy_weights, tmp_path):
     assert all(r["fit_seconds"] > 0 for r in results if r["eraser"] == "spm")  # the first fit's time, reused
     fit_cost = {(r["eraser"], tuple(r["targets"])): r["fit_seconds"] for r in results if r["eraser"] != "none"}
     assert all(fit_cost["spm-noft", t] == fit_cost["spm", t] for e, t in fit_cost)  # one shared fit, one cost
+    single = json.loads((run_dir / "fits" / "toy-base" / "fit_seconds.json").read_text())
+    three = sum(single[f"spm|{t}"] for t in ("Barkley", "Whiskers", "Pip"))
+    assert fit_cost["spm", ("Barkley", "Whiskers", "Pip")] == pytest.approx(three, abs=0.1)  # k SPMs, k fits
     assert fitted == {"toy-base"}  # SPMs fitted once, on the family root, transferred to the derivatives
     assert sorted(p.name for p in (run_dir / "fits" / "toy-base" / "spm").iterdir()) == [
         "barkley.safetensors",
