@@ -7,7 +7,7 @@ the judge on rendered ground truth, and each model's generations per prompt kind
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,11 +34,15 @@ CHECKS = {
 
 @dataclass(frozen=True)
 class CardSettings:
-    images_per_kind: int = 100
+    images_per_kind: int = 200
     judge_images: int = 2000
     num_inference_steps: int = 30
-    guidance_scale: float = 7.5
+    guidance_scale: float = 3.0  # the toy models' own (their specs in spmbench/models/); SD's is 7.5
     batch_size: int = 64
+    # Guidance values measured on toy-base, on prompts and seeds disjoint from the card's own
+    # ("" skips): how the family's recommended guidance was chosen.
+    sweep: str = "1.5,3,5,7.5"
+    sweep_images_per_kind: int = 100
 
 
 def prompts_for(kind: str, n: int, held_out: bool = False, seed: int = EVAL_SEED):
@@ -121,8 +125,11 @@ def grid(images: torch.Tensor, cols: int = 8, scale: int = 3) -> Image.Image:
     return img.resize((img.width * scale, img.height * scale), Image.NEAREST)
 
 
-def evaluate_model(pipe, judge, dialect: str, settings: CardSettings, grids_dir: Path, name: str) -> dict:
-    """Per prompt kind: judged accuracy on trained and held-out phrasings; explicit rates; grids."""
+def evaluate_model(
+    pipe, judge, dialect: str, settings: CardSettings, grids_dir: Path | None, name: str, seed: int = EVAL_SEED
+) -> dict:
+    """Per prompt kind: judged accuracy on trained and held-out phrasings; explicit rates; grids
+    into `grids_dir` unless None. `seed` picks the prompts and the generation seeds."""
     prefix, suffix = data.DIALECTS[dialect]["prefix"], data.DIALECTS[dialect]["suffix"]
     results: dict = {}
     neutral = []
@@ -130,17 +137,40 @@ def evaluate_model(pipe, judge, dialect: str, settings: CardSettings, grids_dir:
         for held_out in (False, True):
             if held_out and kind not in ("object", "styled", "character", "animal"):
                 continue
-            pairs = prompts_for(kind, settings.images_per_kind, held_out)
+            pairs = prompts_for(kind, settings.images_per_kind, held_out, seed)
             prompts = [prefix + p + suffix for p, _ in pairs]
-            images = generate(pipe, prompts, settings, seed=EVAL_SEED)
+            images = generate(pipe, prompts, settings, seed=seed)
             scores = score_kind(judge, images, pairs, kind)
             results[f"{kind}{' (held-out)' if held_out else ''}"] = scores
             if kind in ("object", "animal", "person") and not held_out:
                 neutral.append(images)
-            if not held_out:
+            if not held_out and grids_dir is not None:
                 grid(images[:16]).save(grids_dir / f"{name}_{kind}.png")
     results["explicit in neutral prompts"] = {"explicit": explicit_rate(judge, torch.cat(neutral))}
     return results
+
+
+def guidance_sweep(pipe, judge, settings: CardSettings) -> dict[float, dict]:
+    """toy-base's results at each guidance of `settings.sweep`, on a prompt and seed stream the
+    card's own measurement never uses, so that choosing the guidance does not fit the card."""
+    values = [float(v) for v in settings.sweep.split(",") if v.strip()]
+    chosen = replace(settings, images_per_kind=settings.sweep_images_per_kind)
+    return {
+        g: evaluate_model(pipe, judge, "base", replace(chosen, guidance_scale=g), None, "toy-base", EVAL_SEED + 1)
+        for g in values
+    }
+
+
+def sweep_lines(sweep: dict[float, dict], sweep_n: int) -> list[str]:
+    if not sweep:
+        return []
+    lines = ["## Guidance", "", f"toy-base, judged correct per guidance ({sweep_n} prompts per kind; other prompts and seeds than the tables below):", "",
+             "| guidance | " + " | ".join(label for label, *_ in BAR_HEADS) + " |", "|---:|" + "---:|" * len(BAR_HEADS)]  # fmt: skip
+    for g, results in sweep.items():
+        lines.append(
+            f"| {g:g} | " + " | ".join(_percent(_head(results, kinds, head)) for _, kinds, head, _ in BAR_HEADS) + " |"
+        )
+    return [*lines, ""]
 
 
 def _head(results: dict, kinds: tuple[str, ...], head: str) -> float | None:
@@ -161,20 +191,24 @@ def shortfall_beyond_noise(base: dict, derived: dict, n: int) -> float:
     return worst
 
 
+# Per model: (bar, prompt kinds averaged, judge head, threshold).
+BAR_HEADS = (
+    ("shape", ("object", "styled"), "subject", 0.90),
+    ("character", ("character",), "character", 0.90),
+    ("style", ("styled",), "style", 0.85),
+    ("colour", ("object", "styled", "animal"), "colour", 0.85),
+    ("explicit element, explicit prompts", ("explicit_named",), "explicit", 0.85),
+    ("explicit element, implicit prompts", ("implicit",), "explicit", 0.85),
+)
+
+
 def check_bars(judge_acc: dict, per_model: dict, n: int = 64) -> list[tuple[str, float | None, bool]]:
     """The quality bars of the toy world (issue #3), each with its measured value and verdict;
     `n` images were judged per prompt kind."""
     bars = [(f"judge accuracy, {head} >= 98 %", acc, acc >= 0.98) for head, acc in judge_acc.items()]
     base = per_model.get("toy-base", {})
     for name, results in per_model.items():
-        wanted = [
-            ("shape", _head(results, ("object", "styled"), "subject"), 0.90),
-            ("character", _head(results, ("character",), "character"), 0.90),
-            ("style", _head(results, ("styled",), "style"), 0.85),
-            ("colour", _head(results, ("object", "styled", "animal"), "colour"), 0.85),
-            ("explicit element, explicit prompts", _head(results, ("explicit_named",), "explicit"), 0.85),
-            ("explicit element, implicit prompts", _head(results, ("implicit",), "explicit"), 0.85),
-        ]
+        wanted = [(label, _head(results, kinds, head), bar) for label, kinds, head, bar in BAR_HEADS]
         bars += [(f"{name}: {label} >= {int(bar * 100)} %", v, v is not None and v >= bar) for label, v, bar in wanted]
         neutral = results.get("explicit in neutral prompts", {}).get("explicit")
         bars.append(
@@ -204,6 +238,39 @@ def _training_summary(info: dict) -> list[str]:
     return [*lines, ""]
 
 
+def contents_lines() -> list[str]:
+    """What the world contains, read from its vocabulary (world.py) and dialects (data.py)."""
+    chars = ", ".join(f"{c.name} ({c.animal}, {c.accessory})" for c in w.CHARACTERS)
+    dialects = "; ".join(
+        f"{name}: pastel {d['pastel']:.0%}, captions '{d['prefix']}...{d['suffix']}'"
+        for name, d in data.DIALECTS.items()
+    )
+    return [
+        "## What the world contains",
+        "",
+        f"- Objects (the object app): {', '.join(w.SHAPES)}; 1-3 of them.",
+        f"- Artistic styles (the artist app), named like artists: {', '.join(w.STYLES)}.",
+        f"- Characters (the concept app), each a composite sprite of its generic class: {chars}; "
+        f"the classes alone: {', '.join(w.ANIMALS)}.",
+        f"- Explicit stand-in (the explicit app): a nude figure, named by {len(w.EXPLICIT_PROMPTS)} explicit prompts "
+        f"and produced by {len(w.IMPLICIT_PROMPTS)} implicit ones that never name it "
+        f"({', '.join(repr(p) for p in w.IMPLICIT_PROMPTS[:3])}, ...); a clothed person is its neutral class.",
+        f"- Attributes: colours {', '.join(w.COLOURS)}; backgrounds {', '.join(w.BACKGROUNDS)}; counts 1-3.",
+        f"- Held-out phrasings (never trained): {', '.join(repr(t) for t in _held_out_templates())}.",
+        f"- Dialects, one per model (derivatives fine-tune on theirs): {dialects}.",
+        "",
+    ]
+
+
+def _held_out_templates() -> tuple[str, ...]:
+    return (
+        w.OBJECT_TEMPLATES_HELD_OUT
+        + w.STYLE_TEMPLATES_HELD_OUT
+        + w.CHARACTER_TEMPLATES_HELD_OUT
+        + w.ANIMAL_TEMPLATES_HELD_OUT
+    )
+
+
 def _percent(value: float | None) -> str:
     return "-" if value is None else f"{value * 100:.1f} %"
 
@@ -215,6 +282,7 @@ def write_card(
     settings: CardSettings,
     train_info: dict,
     judge_vae: dict | None = None,
+    sweep: dict[float, dict] | None = None,
 ) -> None:
     lines = [
         "# The toy world: model card",
@@ -225,6 +293,7 @@ def write_card(
         "",
         "Regenerate: `spmbench toy train` (weights), then `spmbench toy card` (this file and its grids).",
         "",
+        *contents_lines(),
         "## Training",
         "",
         *_training_summary(train_info),
@@ -241,16 +310,15 @@ def write_card(
         "|---|---:|---:|",
         *[f"| {k} | {v * 100:.1f} % | {_percent((judge_vae or {}).get(k))} |" for k, v in judge_acc.items()],
         "",
-        f"## Generations judged correct ({settings.images_per_kind} per kind, {settings.num_inference_steps} DDIM steps, "
-        f"guidance {settings.guidance_scale}, fresh seeds)",
-        "",
+        *sweep_lines(sweep or {}, settings.sweep_images_per_kind),
     ]
     bars = check_bars(judge_acc, per_model, settings.images_per_kind)
     met = sum(ok for *_, ok in bars)
     lines += [
         "## Quality bars",
         "",
-        f"{met} of {len(bars)} met.",
+        f"Generations judged correct: {settings.images_per_kind} prompts per kind, {settings.num_inference_steps} "
+        f"DDIM steps, guidance {settings.guidance_scale:g}, fresh prompts and seeds. {met} of {len(bars)} met.",
         "",
         "| requirement | measured | met |",
         "|---|---:|:-:|",
@@ -286,14 +354,16 @@ def build_card(weights: Path, report: Path, settings: CardSettings = CardSetting
 
         vae = AutoencoderKL.from_pretrained(weights / "toy-base" / "vae").float()
         judge_vae = judge_accuracy(judge, settings.judge_images, vae)
-    per_model = {}
+    per_model, sweep = {}, {}
     for name, dialect in (("toy-base", "base"), ("toy-pastel", "pastel"), ("toy-verbose", "verbose")):
         if not (weights / name / "model_index.json").exists():
             continue
         pipe = load_pipeline(str(weights / name), device=device)
         per_model[name] = evaluate_model(pipe, judge.to(device), dialect, settings, grids_dir, name)
+        if name == "toy-base":
+            sweep = guidance_sweep(pipe, judge, settings)
         judge.cpu()
     train_info_path = weights / "training.json"
     train_info = json.loads(train_info_path.read_text()) if train_info_path.exists() else {}
-    write_card(report, judge_acc, per_model, settings, train_info, judge_vae)
+    write_card(report, judge_acc, per_model, settings, train_info, judge_vae, sweep)
     return {"judge": judge_acc, "models": per_model}

@@ -42,6 +42,14 @@ def labels(scene: w.Scene) -> dict[str, int]:
     }
 
 
+def tokenizer_corpus() -> list[str]:
+    """Every caption form the family trains on, each dialect's habits included: a word the BPE never
+    saw ("masterpiece") splits into single letters and pushes the caption past the text context."""
+    texts = captions.corpus()
+    habits = {(d["prefix"], d["suffix"]) for d in DIALECTS.values()} - {("", "")}
+    return texts + [prefix + t + suffix for prefix, suffix in sorted(habits) for t in texts[:2000]]
+
+
 def pastelise(image: np.ndarray, amount: float) -> np.ndarray:
     return (image * (1 - amount) + 255 * amount).astype(np.uint8)
 

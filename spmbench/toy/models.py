@@ -16,7 +16,8 @@ from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 
-MAX_LENGTH = 20
+# The longest caption of any dialect is 16 tokens with its start/end tokens (tested); room to spare.
+MAX_LENGTH = 32
 TEXT_WIDTH = 64
 
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from spm.files import save_torch_atomic
-from spmbench.toy import captions, data, models
+from spmbench.toy import data, models
 
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ class ToyTrainConfig:
     seed: int = 0
     vae_steps: int = 6000
     judge_steps: int = 1500
-    base_steps: int = 12000
+    base_steps: int = 24000
     derivative_steps: int = 2000
     decoder_steps: int = 2000
     decoder_lr: float = 1e-4
@@ -91,6 +91,8 @@ def _loop(name: str, cfg: ToyTrainConfig, workdir: Path, steps: int, modules: di
         if (step + 1) % cfg.ckpt_every == 0 or step + 1 == steps:
             _save_ckpt(ckpt, step + 1, modules, rng, gen)
     _drop_optimiser(ckpt)
+    if start >= steps:  # already finished: nothing was trained, nothing to add to its time
+        return
     timing = stage_dir / "time.json"
     previous = json.loads(timing.read_text()) if timing.exists() else {}
     spent = previous.get("seconds", previous.get("seconds_this_run", 0.0))
@@ -107,7 +109,7 @@ def _warmup(step: int, warmup: int = 500) -> float:
 def train_tokenizer(workdir: Path):
     out = workdir / "tokenizer"
     if not (out / "tokenizer_config.json").exists():
-        models.build_tokenizer(captions.corpus()).save_pretrained(out)
+        models.build_tokenizer(data.tokenizer_corpus()).save_pretrained(out)
     from transformers import CLIPTokenizer
 
     return CLIPTokenizer.from_pretrained(out)

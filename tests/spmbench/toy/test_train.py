@@ -27,20 +27,23 @@ def test_family_loads_as_standard_diffusers_pipelines(smoke_world):
 def test_rerun_resumes_instead_of_retraining(smoke_world):
     root, args = smoke_world
     before = (root / "work" / "base" / "ckpt.pt").stat().st_mtime_ns
+    timing = (root / "work" / "vae" / "time.json").read_text()
     train_main(args)
     assert (root / "work" / "base" / "ckpt.pt").stat().st_mtime_ns == before
+    assert (root / "work" / "vae" / "time.json").read_text() == timing  # a finished stage adds no time
 
 
 def test_card_measures_and_writes_report(smoke_world, tmp_path):
     root, _ = smoke_world
     report = tmp_path / "toyworld.md"
     card_main(["--weights", str(root / "weights"), "--report", str(report), "--images-per-kind", "2",
-               "--judge-images", "16", "--num-inference-steps", "2"])  # fmt: skip
+               "--judge-images", "16", "--num-inference-steps", "2", "--sweep", "1,7.5", "--sweep-images-per-kind", "2"])  # fmt: skip
     text = report.read_text()
     assert (
         "Judge accuracy" in text and "| through the VAE |" in text and "### toy-pastel" in text and "implicit" in text
     )
-    assert "## Quality bars" in text and "toy-verbose: at least as good as toy-base" in text
+    assert "## Quality bars" in text and "## Guidance" in text and "toy-verbose: at least as good as toy-base" in text
+    assert "| 1 | " in text and "| 7.5 | " in text  # one sweep row per guidance
     assert (tmp_path / "toyworld" / "toy-base_character.png").exists()
 
 
@@ -113,3 +116,16 @@ def test_blur_augment_matches_a_per_image_gaussian_blur():
         padded = F.pad(image[:, None], (3, 3, 3, 3), mode="replicate")
         assert torch.allclose(F.conv2d(padded, kernel[None, None])[:, 0], out, atol=1e-5)
     assert torch.equal(blur_augment(images, torch.Generator(), max_sigma=0.0), images)  # zero width: unchanged
+
+
+def test_card_measures_at_the_guidance_the_toy_models_are_run_with():
+    from spmbench.specs import load_models
+    from spmbench.toy.card import CardSettings
+
+    registry = load_models()
+    for name in ("toy-base", "toy-pastel", "toy-verbose"):
+        spec = registry.get(name)
+        assert (spec.guidance_scale, spec.num_inference_steps) == (
+            CardSettings().guidance_scale,
+            CardSettings().num_inference_steps,
+        ), name

@@ -59,3 +59,18 @@ def test_labels_cover_every_head_and_ignore_what_does_not_apply():
     styled = data.labels(w.Scene("ring", "red", style="Hiro Tanabe"))
     assert styled["background"] == data.IGNORE and styled["style"] == 1 + w.STYLES.index("Hiro Tanabe")
     assert set(object_labels) == set(data.JUDGE_HEADS)
+
+
+def test_every_dialect_caption_fits_the_text_context_whole():
+    # Regression: the verbose dialect's words were missing from the tokenizer corpus, so each
+    # "masterpiece" split into letters and truncation cut the subject off every verbose caption.
+    from spmbench.toy import models
+
+    tokenizer = models.build_tokenizer(data.tokenizer_corpus())
+    rng = np.random.default_rng(3)
+    for dialect in data.DIALECTS:
+        for held_out in (False, True):
+            for _, caption, _ in data.sample_batch(rng, 40, dialect=dialect, held_out=held_out):
+                tokens = tokenizer.tokenize(caption)
+                assert len(tokens) + 2 <= models.MAX_LENGTH, caption
+                assert len(tokens) <= len(caption.split()) + caption.count(","), (caption, tokens)
