@@ -20,7 +20,8 @@ def tiny_tokenizer():
     """A CLIP BPE tokenizer trained on a few sentences (the same construction as the toy world's)."""
     from spmbench.toy.models import build_tokenizer
 
-    return build_tokenizer(CORPUS * 5, vocab_size=250)
+    # Its own 20-token context: the tests' fixtures stay fixed when the toy world's context changes.
+    return build_tokenizer(CORPUS * 5, vocab_size=250, max_length=20)
 
 
 def tiny_components(seed: int = 0, cross_dim: int = 16):

@@ -21,7 +21,7 @@ MAX_LENGTH = 32
 TEXT_WIDTH = 64
 
 
-def build_tokenizer(texts: list[str], vocab_size: int = 600) -> CLIPTokenizer:
+def build_tokenizer(texts: list[str], vocab_size: int = 600, max_length: int = MAX_LENGTH) -> CLIPTokenizer:
     """Train a CLIP-style BPE (`</w>` word ends, printable-ASCII base) on the caption corpus."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
@@ -37,7 +37,7 @@ def build_tokenizer(texts: list[str], vocab_size: int = 600) -> CLIPTokenizer:
     base = [chr(c) for c in range(33, 127)]
     tokens = base + [c + "</w>" for c in base] + [a + b for a, b in merges] + ["<|startoftext|>", "<|endoftext|>"]
     vocab = {t: i for i, t in enumerate(dict.fromkeys(tokens))}
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_LENGTH)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
 
 
 def build_text_encoder(vocab_size: int) -> CLIPTextModel:
