@@ -154,9 +154,17 @@ def guidance_sweep(pipe, judge, settings: CardSettings) -> dict[float, dict]:
     """toy-base's results at each guidance of `settings.sweep`, on a prompt and seed stream the
     card's own measurement never uses, so that choosing the guidance does not fit the card."""
     values = [float(v) for v in settings.sweep.split(",") if v.strip()]
-    chosen = replace(settings, images_per_kind=settings.sweep_images_per_kind)
+    n = settings.sweep_images_per_kind
     return {
-        g: evaluate_model(pipe, judge, "base", replace(chosen, guidance_scale=g), None, "toy-base", EVAL_SEED + 1)
+        g: evaluate_model(
+            pipe,
+            judge,
+            "base",
+            replace(settings, guidance_scale=g, images_per_kind=n),
+            None,
+            "toy-base",
+            EVAL_SEED + 1,
+        )
         for g in values
     }
 
