@@ -3,7 +3,7 @@
 # application on every toy model with every built-in eraser (SPM with and without Facilitated
 # Transport, and each baseline, against the original), writing the tables, plots and grids
 # committed in reports/<app>/. Rerun to resume. About 40 min on 2 CPU cores; SPM only
-# (`bash scripts/main.sh --erasers none,spm,spm-noft`) about 12.
+# (`bash scripts/main.sh --erasers none,spm,spm-rel,spm-noft`) about 12.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

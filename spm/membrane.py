@@ -56,7 +56,15 @@ class AttachedSPMs:
         >>> attached.detach()   # the pipeline is exactly as before
     """
 
-    def __init__(self, pipe, spms: Sequence[SPM], transport: bool, legacy: bool, weights: Sequence[float] | None):
+    def __init__(
+        self,
+        pipe,
+        spms: Sequence[SPM],
+        transport: bool,
+        legacy: bool,
+        weights: Sequence[float] | None,
+        similarity: str = "paper",
+    ):
         self.pipe, self.spms = pipe, list(spms)
         self.weights = torch.tensor(list(weights) if weights is not None else [1.0] * len(self.spms))
         if len(self.weights) != len(self.spms):
@@ -73,7 +81,9 @@ class AttachedSPMs:
         self.state.legacy = legacy
         self.state.default = self.weights[None]  # direct UNet/pipeline calls run at the fixed weights
         self.transport = (
-            Transport([s.targets for s in self.spms], pipe.tokenizer, pipe.text_encoder) if transport else None
+            Transport([s.targets for s in self.spms], pipe.tokenizer, pipe.text_encoder, similarity)
+            if transport
+            else None
         )
         self.paths = {kohya_name(p): p for p in membrane_targets(pipe.unet)}
         for name, layer in fits[0].items():
@@ -122,6 +132,7 @@ def attach(
     transport: bool = True,
     legacy: bool = False,
     weights: Sequence[float] | None = None,
+    similarity: str = "paper",
 ) -> AttachedSPMs:
     """Attach one or more SPMs to a Stable Diffusion pipeline (any with unet/tokenizer/text_encoder).
 
@@ -131,11 +142,13 @@ def attach(
         transport: Facilitated Transport on (per-prompt gamma) or off (gamma = weights).
         legacy: reproduce the released code's gamma^2 and factor-sum combination.
         weights: a fixed multiplier per SPM (default 1).
+        similarity: FT's prompt similarity: "paper" (the cosine of the padded hidden states) or
+            "relative" (that cosine rescaled so the empty prompt scores 0; see spm.transport).
 
     Raises:
         SPMMismatchError: an SPM does not cover exactly this UNet's membrane layers; nothing is attached.
     """
-    return AttachedSPMs(pipe, [spms] if isinstance(spms, SPM) else spms, transport, legacy, weights)
+    return AttachedSPMs(pipe, [spms] if isinstance(spms, SPM) else spms, transport, legacy, weights, similarity)
 
 
 class MergedSPMs:

@@ -3,6 +3,12 @@
 gamma_i(p) = max over c in C_i of max(s_cos(p, c), s_tok(p, c)), where s_cos is the cosine between
 the flattened, padded last hidden states of the text encoder, and s_tok the fraction of c's
 (non-special) tokens that p contains. Computed with the model's own tokenizer and text encoder.
+
+`similarity="relative"` (ours, an option) rescales s_cos so that the empty prompt scores 0 and the
+target itself 1: s_rel = (s_cos(p, c) - s_cos("", c)) / (1 - s_cos("", c)). The full padded
+sequences share their BOS and padding positions, so the paper's s_cos of an unrelated prompt is far
+above 0 (on the toy text encoder: the empty prompt 0.81, another character's name 0.91), and
+non-targets pass through the membrane at nearly full strength.
 """
 
 from __future__ import annotations
@@ -23,10 +29,15 @@ def encode_prompts(prompts: list[str], tokenizer, text_encoder) -> tuple[torch.T
     return hidden.flatten(1), token_sets
 
 
+SIMILARITIES = ("paper", "relative")
+
+
 class Transport:
     """Per-prompt permeabilities for a fixed list of SPMs, with their targets encoded once."""
 
-    def __init__(self, targets_per_spm: list[list[str]], tokenizer, text_encoder):
+    def __init__(self, targets_per_spm: list[list[str]], tokenizer, text_encoder, similarity: str = "paper"):
+        if similarity not in SIMILARITIES:
+            raise ValueError(f"unknown similarity {similarity!r}: choose one of {', '.join(SIMILARITIES)}")
         for i, targets in enumerate(targets_per_spm):
             if not targets:
                 raise ValueError(
@@ -39,11 +50,18 @@ class Transport:
         self.k = len(targets_per_spm)
         hidden, self.target_tokens = encode_prompts(flat, tokenizer, text_encoder)
         self.target_hidden = F.normalize(hidden, dim=1)
+        # s_cos of the empty prompt per target: 0 leaves the paper's cosine unchanged.
+        self.floor = torch.zeros(len(flat))
+        if similarity == "relative":
+            empty, _ = encode_prompts([""], tokenizer, text_encoder)
+            self.floor = (F.normalize(empty, dim=1) @ self.target_hidden.T)[0].cpu()
 
     def __call__(self, prompts: list[str]) -> torch.Tensor:
         """(len(prompts), k) permeabilities in [0, 1]."""
         hidden, tokens = encode_prompts(prompts, self.tokenizer, self.text_encoder)
         s_cos = F.normalize(hidden, dim=1) @ self.target_hidden.T.to(hidden.device)
+        floor = self.floor.to(s_cos.device)
+        s_cos = (s_cos - floor) / (1 - floor).clamp(min=1e-6)
         s_tok = torch.tensor(
             [[len(p & c) / max(len(c), 1) for c in self.target_tokens] for p in tokens], device=s_cos.device
         )

@@ -150,7 +150,7 @@ def run(
     app_name: str = typer.Option(..., "--app", help="application name (spmbench ls apps), or 'all'"),
     models_sel: str = typer.Option("toy", "--models", help="'all', 'toy', 'real' or comma-separated names"),
     erasers_sel: str = typer.Option(
-        "none,spm,spm-noft", "--erasers", help="comma-separated eraser names, or 'all' (every built-in eraser)"
+        "none,spm,spm-rel,spm-noft", "--erasers", help="comma-separated eraser names, or 'all' (every built-in eraser)"
     ),
     limit: int | None = typer.Option(None, help="at most this many prompts per prompt set (smoke runs)"),
     out: Path = typer.Option(Path("runs"), help="run directories go here"),

@@ -157,7 +157,7 @@ def tradeoff_svg(results: list[dict], width: int = 480, height: int = 360) -> st
     pad = 50
     sx = lambda v: pad + min(max(v, 0), 1.2) / 1.2 * (width - 2 * pad)  # noqa: E731
     sy = lambda v: height - pad - min(max(v, 0), 1.2) / 1.2 * (height - 2 * pad)  # noqa: E731
-    palette = {"spm": "#d62728", "spm-noft": "#1f77b4"}
+    palette = {"spm": "#d62728", "spm-rel": "#ff7f0e", "spm-noft": "#1f77b4"}
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">',
         f'<rect width="{width}" height="{height}" fill="white"/>',

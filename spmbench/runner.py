@@ -150,7 +150,7 @@ def measure_alteration(judge, rows: list[PromptRow], cell_dir: Path, original_di
 
 def eraser_settings(eraser, app: Application, fit_model: ModelSpec) -> dict:
     """The eraser's setting overrides: the application's (what to erase towards), then the fitted
-    model's (how long to train on it). 'spm' and 'spm-noft' share a fit, so they share a key."""
+    model's (how long to train on it). 'spm', 'spm-rel' and 'spm-noft' share a fit, so they share a key."""
     key = getattr(eraser, "fit_key", eraser.name)
     return {**app.eraser_settings.get(key, {}), **fit_model.eraser_settings.get(key, {})}
 
@@ -188,7 +188,7 @@ def fit_timed(
     before: `spmbench.cost`) the fit took when first computed, recorded beside them.
 
     A rerun finds the artifacts and the records; a fit resumed after a kill records only its last part.
-    Erasers sharing a fit ('spm', 'spm-noft') share its record, so each reports what the fit cost.
+    Erasers sharing a fit ('spm', 'spm-rel', 'spm-noft') share its record, so each reports what the fit cost.
     An eraser that fits each target alone (`fits_per_target`: SPM) costs the sum of its targets'
     fits, however many of them an earlier experiment had already made.
     """

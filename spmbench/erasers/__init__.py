@@ -14,6 +14,7 @@ from spmbench.erasers.uce import UCE
 
 ERASERS.add("none", Original())
 ERASERS.add("spm", SPMEraser(transport=True))
+ERASERS.add("spm-rel", SPMEraser(similarity="relative"))
 ERASERS.add("spm-noft", SPMEraser(transport=False))
 ERASERS.add("negprompt", NegativePrompt())
 ERASERS.add("uce", UCE())

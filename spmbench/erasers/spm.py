@@ -16,12 +16,13 @@ def slug(text: str) -> str:
 
 
 class SPMEraser:
-    fit_key = "spm"  # 'spm' and 'spm-noft' share their fits (and so their settings)
+    fit_key = "spm"  # 'spm', 'spm-rel' and 'spm-noft' share their fits (and so their settings)
     fits_per_target = True  # k targets cost k single-target fits (runner.fit_timed sums them)
 
-    def __init__(self, transport: bool = True):
-        self.transport = transport
-        self.name = "spm" if transport else "spm-noft"
+    def __init__(self, transport: bool = True, similarity: str = "paper"):
+        """transport: Facilitated Transport on; similarity: its prompt similarity (spm.attach)."""
+        self.transport, self.similarity = transport, similarity
+        self.name = "spm-noft" if not transport else "spm" if similarity == "paper" else f"spm-{similarity[:3]}"
 
     def fit(
         self, pipe, targets: tuple[str, ...], workdir: Path, resolution: int, settings: dict | None = None
@@ -47,7 +48,8 @@ class SPMEraser:
 
     @contextmanager
     def apply(self, pipe, artifacts: list[Path]):
-        attached = spm.attach(pipe, [spm.SPM.load(p) for p in artifacts], transport=self.transport)
+        spms = [spm.SPM.load(p) for p in artifacts]
+        attached = spm.attach(pipe, spms, transport=self.transport, similarity=self.similarity)
         try:
             yield attached
         finally:

@@ -32,6 +32,7 @@ class ToyTrainConfig:
     seed: int = 0
     vae_steps: int = 6000
     judge_steps: int = 1500
+    judge_vae_fraction: float = 0.5
     base_steps: int = 24000
     derivative_steps: int = 2000
     decoder_steps: int = 2000
@@ -197,7 +198,23 @@ def blur_augment(images: torch.Tensor, gen: torch.Generator, max_sigma: float = 
     return x.reshape(n, c, h, w)
 
 
-def train_judge(cfg: ToyTrainConfig, workdir: Path, device: str):
+def vae_augment(images: torch.Tensor, vae, gen: torch.Generator, fraction: float) -> torch.Tensor:
+    """Replace a random `fraction` of the images (in [0, 1]) by their VAE reconstructions. Every
+    generation is decoded by this VAE, which loses texture detail: on styled shapes a judge trained
+    on renders and blur alone read 98 % of the renders but 82 % of their reconstructions."""
+    pick = (torch.rand(len(images), generator=gen) < fraction).to(images.device)
+    if not pick.any():
+        return images
+    with torch.no_grad():
+        z = _sample_latent(vae.encode(images[pick] * 2 - 1).latent_dist, gen)
+        rec = (vae.decode(z).sample.clamp(-1, 1) + 1) / 2
+    out = images.clone()
+    out[pick] = rec
+    return out
+
+
+def train_judge(cfg: ToyTrainConfig, workdir: Path, device: str, vae=None):
+    """The judge CNN, on fresh renders; with `vae`, a share of each batch is its reconstructions."""
     judge = models.Judge(data.JUDGE_HEADS).to(device)
     opt = torch.optim.AdamW(judge.parameters(), lr=1e-3, weight_decay=1e-4)
 
@@ -205,7 +222,10 @@ def train_judge(cfg: ToyTrainConfig, workdir: Path, device: str):
         for g in opt.param_groups:
             g["lr"] = 1e-3 * _warmup(step, 100) * (0.1 if step > 0.8 * cfg.judge_steps else 1.0)
         batch = data.sample_batch(rng, 128, dialect="pastel" if rng.random() < 0.3 else "base")
-        logits = judge(blur_augment(data.to_tensor([b[0] for b in batch]).to(device), gen))
+        images = data.to_tensor([b[0] for b in batch]).to(device)
+        if vae is not None:
+            images = vae_augment(images, vae, gen, cfg.judge_vae_fraction)
+        logits = judge(blur_augment(images, gen))
         targets = {k: v.to(device) for k, v in data.label_tensors([b[2] for b in batch]).items()}
         loss = sum(F.cross_entropy(logits[k], targets[k], ignore_index=data.IGNORE) for k in logits)
         opt.zero_grad()
@@ -305,7 +325,7 @@ def train_world(
     vae = train_vae(cfg, workdir, device)
     vae = sharpen_decoder(cfg, workdir, vae, device)
     if "judge" in stages:
-        models.save_judge(train_judge(cfg, workdir, device).cpu(), out / "judge")
+        models.save_judge(train_judge(cfg, workdir, device, vae).cpu(), out / "judge")
     text_encoder = models.build_text_encoder(len(tokenizer)).to(device)
     base = train_unet("base", cfg, workdir, vae, tokenizer, text_encoder)
     save_pipeline(out / "toy-base", vae, text_encoder, tokenizer, base)

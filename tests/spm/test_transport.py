@@ -5,8 +5,9 @@ import torch
 from spm import Transport
 
 
-def reference_gamma(pipe, prompt, targets):
-    """An independent computation of the spec's formula, in numpy."""
+def reference_gamma(pipe, prompt, targets, relative=False):
+    """An independent computation of the spec's formula, in numpy; `relative` rescales each cosine
+    so that the empty prompt's is 0 and the target's own is 1."""
     tok = pipe.tokenizer
 
     def enc(text):
@@ -15,11 +16,17 @@ def reference_gamma(pipe, prompt, targets):
             hidden = pipe.text_encoder(ids).last_hidden_state[0].numpy().ravel().astype(np.float64)
         return hidden, {i for i in ids[0].tolist() if i not in tok.all_special_ids}
 
+    def cosine(a, b):
+        return a @ b / np.linalg.norm(a) / np.linalg.norm(b)
+
     hp, tp = enc(prompt)
     best = 0.0
     for target in targets:
         hc, tc = enc(target)
-        cos = hp @ hc / np.linalg.norm(hp) / np.linalg.norm(hc)
+        cos = cosine(hp, hc)
+        if relative:
+            floor = cosine(enc("")[0], hc)
+            cos = (cos - floor) / (1 - floor)
         best = max(best, cos, len(tp & tc) / len(tc))
     return min(best, 1.0)
 
@@ -28,11 +35,13 @@ def reference_gamma(pipe, prompt, targets):
     "prompt",
     ["snoopy the dog", "a photo of a cat", "mickey the mouse", "a red car on the road", "snoopy", ""],
 )
-def test_transport_matches_reference(pipe, prompt):
+@pytest.mark.parametrize("similarity", ["paper", "relative"])
+def test_transport_matches_reference(pipe, prompt, similarity):
     targets = [["snoopy"], ["mickey the mouse", "a red car"]]
-    gamma = Transport(targets, pipe.tokenizer, pipe.text_encoder)([prompt])
+    gamma = Transport(targets, pipe.tokenizer, pipe.text_encoder, similarity)([prompt])
     for i, t in enumerate(targets):
-        assert gamma[0, i].item() == pytest.approx(reference_gamma(pipe, prompt, t), abs=1e-5)
+        want = reference_gamma(pipe, prompt, t, relative=similarity == "relative")
+        assert gamma[0, i].item() == pytest.approx(want, abs=1e-5)
 
 
 def test_known_values(pipe):
@@ -41,6 +50,20 @@ def test_known_values(pipe):
     assert gamma[0, 0] == 1.0  # every target token present
     assert gamma[1, 1] == pytest.approx(1.0)  # the target itself
     assert 0 < gamma[2, 0] < 1 and 0 < gamma[2, 1] < 1  # unrelated: partial, never 0 (full-sequence cosine)
+
+
+def test_relative_similarity_lowers_unrelated_prompts_only(pipe):
+    prompts = ["snoopy the dog", "snoopy", "a photo of a cat", ""]
+    paper = Transport([["snoopy"]], pipe.tokenizer, pipe.text_encoder)(prompts)[:, 0]
+    relative = Transport([["snoopy"]], pipe.tokenizer, pipe.text_encoder, "relative")(prompts)[:, 0]
+    assert relative[:2].tolist() == pytest.approx([1.0, 1.0])  # the target's tokens: full strength
+    assert relative[2] < paper[2]
+    assert paper[3] > 0.3 and relative[3] == 0.0  # the empty prompt shares BOS and padding only
+
+
+def test_unknown_similarity_is_named(pipe):
+    with pytest.raises(ValueError, match="paper, relative"):
+        Transport([["snoopy"]], pipe.tokenizer, pipe.text_encoder, "pooled")
 
 
 def test_spm_without_targets_needs_them_for_transport(pipe):

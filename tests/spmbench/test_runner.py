@@ -101,7 +101,7 @@ def test_worlds_do_not_mix():
     result = invoke("run", "--app", "all", "--models", "sd14,toy-base", "--dry-run")
     assert result.exit_code == 2 and "mixes worlds" in result.output
     result = invoke("run", "--app", "all", "--models", "toy", "--dry-run")
-    assert result.exit_code == 0 and "toy-concept: 21 cells" in result.output and "real-" not in result.output
+    assert result.exit_code == 0 and "toy-concept: 30 cells" in result.output and "real-" not in result.output
 
 
 def test_a_fit_with_other_settings_is_not_reused(toy_weights, tmp_path):
