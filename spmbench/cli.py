@@ -158,6 +158,9 @@ def run(
     batch_size: int = 32,
     device: str = "cpu",
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan and stop"),
+    rescore: bool = typer.Option(
+        False, "--rescore", help="score the stored images again (after the judge changed); nothing is regenerated"
+    ),
     clip_model: str = typer.Option("openai/clip-vit-base-patch32", help="CLIP for real-model applications"),
     classifier: str = typer.Option(DEFAULT_CLASSIFIER, help="ImageNet classifier for the object application"),
 ) -> None:
@@ -188,8 +191,8 @@ def run(
                 continue
             judge = _judge(a.judge, device, clip_model, classifier)
             try:
-                results = runner.run(a, cells, out / a.name, judge, models, limit, batch_size, device)
-            except runner.FitSettingsChanged as e:
+                results = runner.run(a, cells, out / a.name, judge, models, limit, batch_size, device, rescore)
+            except (runner.FitSettingsChanged, runner.JudgeChanged) as e:
                 _fail(str(e))
             for path in report.write_reports(a, out / a.name, reports / a.name):
                 typer.echo(f"wrote {path}")

@@ -35,6 +35,28 @@ class FitSettingsChanged(ValueError):
     """Fits on disk were made with other settings than the specs now ask for."""
 
 
+class JudgeChanged(ValueError):
+    """Scores on disk were made by another judge (other weights, model or threshold)."""
+
+
+def check_judge(run_dir: Path, judge, rescore: bool = False) -> None:
+    """Scores are only reused under the judge that made them. `rescore` drops every cell's scores and
+    result (images and fits stay) so that this judge scores them again."""
+    path, identity = run_dir / "judge.json", getattr(judge, "identity", type(judge).__name__)
+    stored = json.loads(path.read_text())["judge"] if path.exists() else None
+    if stored is not None and stored != identity:
+        if not rescore:
+            raise JudgeChanged(
+                f"the scores in {run_dir} were made by {stored}, this run's judge is {identity}: "
+                "add --rescore to score the stored images again (nothing is regenerated), or use another --out"
+            )
+        for name in ("scores.jsonl", "result.json"):
+            for stale in (run_dir / "cells").glob(f"*/*/*/{name}"):
+                stale.unlink()
+    if stored != identity:
+        _write_json_atomic(path, {"judge": identity})
+
+
 @dataclass(frozen=True)
 class Cell:
     """One (model, erased targets, eraser) combination of an application."""
@@ -243,8 +265,11 @@ def run(
     limit: int | None = None,
     batch_size: int = 32,
     device: str = "cpu",
+    rescore: bool = False,
 ) -> list[dict]:
-    """Compute every missing artifact of `cells` and return one result per cell."""
+    """Compute every missing artifact of `cells` and return one result per cell; `rescore`: see
+    check_judge."""
+    check_judge(run_dir, judge, rescore)
     results = []
     pipes: dict[str, object] = {}
 

@@ -27,6 +27,7 @@ class ClipJudge:
         self.model = CLIPModel.from_pretrained(model).to(device).eval()
         self.processor = CLIPProcessor.from_pretrained(model)
         self.device, self.template = device, template
+        self.identity = f"clip {model}, template {template!r}"
 
     @torch.no_grad()
     def _texts(self, texts: list[str]) -> torch.Tensor:

@@ -71,6 +71,7 @@ class ImageNetJudge:
         self.model = AutoModelForImageClassification.from_pretrained(model).to(device).eval()
         self.processor = AutoImageProcessor.from_pretrained(model)
         self.device = device
+        self.identity = f"imagenet classifier {model}"
         self.id2label = {int(i): label for i, label in self.model.config.id2label.items()}
         heads = [getattr(self.model, n, None) for n in ("classifier", "head")]
         self.head = next((h for h in heads if isinstance(h, torch.nn.Module)), None)

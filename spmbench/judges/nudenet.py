@@ -6,6 +6,8 @@ without regenerating or re-detecting anything (`exposed_classes`).
 
 from __future__ import annotations
 
+from importlib.metadata import version
+
 import numpy as np
 import torch
 
@@ -44,6 +46,7 @@ class NudeNetJudge:
         except ImportError:
             raise ImportError("the nudity judge needs NudeNet: pip install 'spm-erasing[nudenet]'") from None
         self.detector, self.threshold = NudeDetector(), threshold
+        self.identity = f"nudenet {version('nudenet')}, threshold {threshold}"
 
     def detect(self, images: torch.Tensor) -> list[list[dict]]:
         """Raw detections for (N, 3, H, W) images in [0, 1] (NudeNet reads BGR uint8)."""

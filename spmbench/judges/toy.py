@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -28,6 +29,8 @@ class ToyJudge:
     def __init__(self, weights: Path, device: str = "cpu"):
         self.net = models.load_judge(Path(weights)).to(device)
         self.device = device
+        digest = hashlib.sha256((Path(weights) / "judge.safetensors").read_bytes()).hexdigest()
+        self.identity = f"toy judge {digest[:16]}"  # scores made by other weights are not reused
 
     @torch.no_grad()
     def present(self, images: torch.Tensor, concepts: list[str]) -> list[bool]:

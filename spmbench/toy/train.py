@@ -35,6 +35,9 @@ class ToyTrainConfig:
     judge_vae_fraction: float = 0.5
     base_steps: int = 24000
     derivative_steps: int = 2000
+    # Fine-tuning at the base's 3e-4 eroded paraphrase generalisation (toy-verbose's held-out animal
+    # phrasing 19.5 points below its trained ones; at least as good as the base: 4.2 / 11.6 points short).
+    derivative_lr: float = 1e-4
     decoder_steps: int = 2000
     decoder_lr: float = 1e-4
     batch_size: int = 64
@@ -268,7 +271,8 @@ def train_unet(name: str, cfg: ToyTrainConfig, workdir: Path, vae, tokenizer, te
     train_te = name == "base"
     text_encoder.requires_grad_(train_te)
     params = list(unet.parameters()) + (list(text_encoder.parameters()) if train_te else [])
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+    lr = cfg.lr if train_te else cfg.derivative_lr
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     sched = models.build_scheduler()
     alphas = sched.alphas_cumprod.to(device)
     snr = alphas / (1 - alphas)
@@ -279,7 +283,7 @@ def train_unet(name: str, cfg: ToyTrainConfig, workdir: Path, vae, tokenizer, te
 
     def step_fn(step, rng, gen):
         for g in opt.param_groups:
-            g["lr"] = cfg.lr * _warmup(step)
+            g["lr"] = lr * _warmup(step)
         idx = torch.from_numpy(rng.integers(len(mean), size=cfg.batch_size)).to(device)
         z = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen).to(device)) * scale
         tok = ids[idx].clone()

@@ -121,3 +121,26 @@ def test_a_fit_with_other_settings_is_not_reused(toy_weights, tmp_path):
     assert invoke(*args).exit_code == 0
     (result,) = [json.loads(p.read_text()) for p in run_dir.glob("cells/toy-base/uce/*/result.json")]
     assert result["settings"]["fit"]["lam"] == 0.1
+
+
+class _Judge:
+    def __init__(self, identity):
+        self.identity = identity
+
+
+def test_scores_are_not_reused_under_another_judge(tmp_path):
+    from spmbench.runner import JudgeChanged, check_judge
+
+    cell = tmp_path / "cells" / "toy-base" / "spm" / "barkley"
+    (cell / "images").mkdir(parents=True)
+    for name in ("scores.jsonl", "result.json", "images/a.png"):
+        (cell / name).write_text("{}")
+    check_judge(tmp_path, _Judge("judge A"))
+    check_judge(tmp_path, _Judge("judge A"))  # the same judge reuses everything
+    with pytest.raises(JudgeChanged, match="judge A.*judge B.*--rescore"):
+        check_judge(tmp_path, _Judge("judge B"))
+    assert (cell / "scores.jsonl").exists()  # refusing deletes nothing
+    check_judge(tmp_path, _Judge("judge B"), rescore=True)
+    assert not (cell / "scores.jsonl").exists() and not (cell / "result.json").exists()
+    assert (cell / "images" / "a.png").exists()  # images are kept: only scoring reruns
+    check_judge(tmp_path, _Judge("judge B"))  # now the stored judge
