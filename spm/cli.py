@@ -79,6 +79,9 @@ def generate(
         bool, typer.Option("--no-transport", help="fixed gamma = 1 instead of Facilitated Transport")
     ] = False,
     legacy: Annotated[bool, typer.Option(help="the released code's gamma^2 / factor-sum combination")] = False,
+    similarity: Annotated[
+        str, typer.Option(help="FT's prompt similarity: paper, or relative (the empty prompt scores 0)")
+    ] = "paper",
     seed: int = 0,
     num_images: int = 1,
     steps: int = 30,
@@ -98,7 +101,9 @@ def generate(
             _fail(str(e))
     pipe = _pipeline(model, device)
     try:
-        runner = spm.attach(pipe, spms, transport=not no_transport, legacy=legacy) if spms else None
+        runner = (
+            spm.attach(pipe, spms, transport=not no_transport, legacy=legacy, similarity=similarity) if spms else None
+        )
     except ValueError as e:
         _fail(str(e))
     out.mkdir(parents=True, exist_ok=True)
