@@ -131,6 +131,8 @@ class _Judge:
 def test_scores_are_not_reused_under_another_judge(tmp_path):
     from spmbench.runner import JudgeChanged, check_judge
 
+    check_judge(tmp_path / "new-run", _Judge("judge A"))  # a run directory not made yet
+    assert (tmp_path / "new-run" / "judge.json").exists()
     cell = tmp_path / "cells" / "toy-base" / "spm" / "barkley"
     (cell / "images").mkdir(parents=True)
     for name in ("scores.jsonl", "result.json", "images/a.png"):
