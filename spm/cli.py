@@ -42,6 +42,9 @@ def train(
     lr: float = 1e-4,
     anchor_weight: Annotated[float, typer.Option(help="lambda of Latent Anchoring")] = 1000.0,
     num_anchors: int = 4,
+    vocabulary_anchors: Annotated[
+        int, typer.Option(help="extra anchors per step from 1-3 vocabulary words (ours; the paper: 0)")
+    ] = 0,
     resolution: Annotated[list[int] | None, typer.Option(help="training size in px; repeat for a list")] = None,
     dtype: Annotated[str, typer.Option(help="float32 or bfloat16")] = "float32",
     seed: int = 0,
@@ -57,6 +60,7 @@ def train(
         _fail(f"--dtype must be float32 or bfloat16, got {dtype}")
     cfg = spm.TrainConfig(
         iterations=iterations, lr=lr, anchor_weight=anchor_weight, num_anchors=num_anchors,
+        vocabulary_anchors=vocabulary_anchors,
         resolutions=tuple(resolution) if resolution else None, dtype=dtype, seed=seed, checkpoint_every=checkpoint_every,
     )  # fmt: skip
     pipe = _pipeline(model, device)

@@ -32,6 +32,10 @@ class TrainConfig:
         eta: negative-guidance strength of the erasing target.
         anchor_weight: lambda, the weight of the Latent Anchoring loss.
         num_anchors: random anchor embeddings per step (the empty prompt is always added).
+        vocabulary_anchors: more anchors per step (ours, default 0: the paper has none), each a prompt
+            of 1-3 words drawn from the tokenizer's vocabulary, never the targets' own words. Random
+            directions in embedding space lie far from every real prompt; on the toy world they left
+            other characters' names unprotected.
         anchor_scale: rho range; anchors are rescaled to rho * ||c_tar||.
         rollout_steps: T of the DDIM schedule the x_t rollout is drawn from.
         rollout_guidance: CFG scale of that rollout.
@@ -51,6 +55,7 @@ class TrainConfig:
     eta: float = 1.0
     anchor_weight: float = 1000.0
     num_anchors: int = 4
+    vocabulary_anchors: int = 0
     anchor_scale: tuple[float, float] = (0.8, 1.2)
     rollout_steps: int = 30
     rollout_guidance: float = 3.0
@@ -87,6 +92,26 @@ def sample_anchors(c_tar: torch.Tensor, n: int, scale: tuple[float, float], gen:
         if keep:
             anchors.append(a / a.norm() * rho * target.norm())
     return torch.stack(anchors).view(n, *c_tar.shape).to(c_tar)
+
+
+def anchor_vocabulary(tokenizer, targets: list[str]) -> list[str]:
+    """Whole words of the tokenizer's vocabulary (letters only), without the targets' words. CLIP's
+    BPE marks a word's last piece with '</w>'; other tokenizers' tokens are read as they decode."""
+    taken = {w.lower() for t in targets for w in t.split()}
+    vocab = tokenizer.get_vocab()
+    words = {t[: -len("</w>")] for t in vocab if t.endswith("</w>")} or {
+        tokenizer.convert_tokens_to_string([t]).strip() for t in vocab
+    }
+    return sorted(w for w in words if w.isalpha() and len(w) > 1 and w.lower() not in taken)
+
+
+def sample_vocabulary_prompts(vocabulary: list[str], n: int, gen: torch.Generator) -> list[str]:
+    """`n` prompts of 1-3 words drawn uniformly from `vocabulary`."""
+    prompts = []
+    for _ in range(n):
+        length = int(torch.randint(1, 4, (), generator=gen))
+        prompts.append(" ".join(vocabulary[int(i)] for i in torch.randint(len(vocabulary), (length,), generator=gen)))
+    return prompts
 
 
 def _fingerprint(targets, surrogate, cfg: TrainConfig, pipe) -> str:
@@ -160,6 +185,7 @@ def _optimise(
     ddim.set_timesteps(cfg.rollout_steps)
     c_targets = encode(pipe, list(targets))
     c_neu, c_empty = encode(pipe, [surrogate]), encode(pipe, [""])
+    vocabulary = anchor_vocabulary(pipe.tokenizer, list(targets)) if cfg.vocabulary_anchors else []
     resolutions = cfg.resolved_resolutions(pipe)
     start = _resume(checkpoint, params, opt, sched, gen, _fingerprint(targets, surrogate, cfg, pipe))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16")
@@ -181,7 +207,10 @@ def _optimise(
                 uncond, cond = unet(x, t, torch.cat([c_empty, c_tar]), torch.ones(1, 1)).chunk(2)
                 x = ddim.step(uncond + cfg.rollout_guidance * (cond - uncond), t, x).prev_sample
         t = ddim.timesteps[k]
-        anchors = torch.cat([sample_anchors(c_tar[0], cfg.num_anchors, cfg.anchor_scale, gen), c_empty])
+        anchors = [sample_anchors(c_tar[0], cfg.num_anchors, cfg.anchor_scale, gen), c_empty]
+        if vocabulary:
+            anchors.append(encode(pipe, sample_vocabulary_prompts(vocabulary, cfg.vocabulary_anchors, gen)))
+        anchors = torch.cat(anchors)
         # 4. Frozen predictions (membrane closed), then the membrane's, with grad.
         with torch.no_grad():
             frozen = unet(x, t, torch.cat([c_neu, c_tar, anchors]), torch.zeros(1, 1))

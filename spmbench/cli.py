@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import typer
@@ -189,6 +190,7 @@ def run(
                 for cell in cells:
                     typer.echo(f"  {cell.key}")
                 continue
+            started = time.monotonic()
             judge = _judge(a.judge, device, clip_model, classifier)
             try:
                 results = runner.run(a, cells, out / a.name, judge, models, limit, batch_size, device, rescore)
@@ -197,6 +199,7 @@ def run(
             for path in report.write_reports(a, out / a.name, reports / a.name):
                 typer.echo(f"wrote {path}")
             typer.echo(report.markdown(a, results))
+            typer.echo(f"{a.name}: {len(cells)} cells in {(time.monotonic() - started) / 60:.1f} min (this run)")
     except UnknownName as e:
         _fail(str(e))
 

@@ -32,8 +32,9 @@ def table_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
             value, original = r["rates"].get(s), r["original_rates"].get(s)
             cells.append("-" if value is None else f"{value * 100:.0f} % ({original * 100:.0f} %)")
         alt = r.get("alteration") or {}
-        cells += [f"{alt['paired_feature_distance']:.3f}" if "paired_feature_distance" in alt else "-"]
-        cells += [f"{alt['fid_judge_features']:.3f}" if "fid_judge_features" in alt else "-"]
+        for key in ("paired_feature_distance", "fid_judge_features"):
+            # + 0.0: FID of two identical sets comes out as a rounding error's -0.000
+            cells += [f"{round(alt[key], 3) + 0.0:.3f}" if key in alt else "-"]
         cells += [f"{r.get('fit_seconds', 0):.0f}"]
         cells += ["-" if r.get("fit_peak_mib") is None else f"{r['fit_peak_mib']:.0f}"]  # older runs: not measured
         rows.append([r["model"], " + ".join(r["targets"]), r["eraser"], r["fitted_on"], *cells])

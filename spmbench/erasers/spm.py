@@ -22,7 +22,7 @@ class SPMEraser:
     def __init__(self, transport: bool = True, similarity: str = "paper"):
         """transport: Facilitated Transport on; similarity: its prompt similarity (spm.attach)."""
         self.transport, self.similarity = transport, similarity
-        self.name = "spm-noft" if not transport else "spm" if similarity == "paper" else f"spm-{similarity[:3]}"
+        self.name = {"paper": "spm", "relative": "spm-rel"}[similarity] if transport else "spm-noft"
 
     def fit(
         self, pipe, targets: tuple[str, ...], workdir: Path, resolution: int, settings: dict | None = None

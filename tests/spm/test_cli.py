@@ -13,7 +13,7 @@ def run(*args):
 def test_train_inspect_generate(tiny_dir, tmp_path):
     out = tmp_path / "snoopy.safetensors"
     result = run("train", "--model", tiny_dir, "--target", "snoopy", "--target", "snoopy the dog", "--iterations", 3,
-                 "--resolution", 16, "--checkpoint-every", 2, "--out", out)  # fmt: skip
+                 "--resolution", 16, "--vocabulary-anchors", 2, "--checkpoint-every", 2, "--out", out)  # fmt: skip
     assert result.exit_code == 0, result.output
     assert out.exists() and not (tmp_path / "snoopy.safetensors.ckpt.pt").exists()
     info = run("inspect", out)

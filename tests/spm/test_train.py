@@ -87,3 +87,34 @@ def test_surrogate_and_several_targets_are_recorded(pipe):
         progress=False,
     )
     assert trained.targets == ["snoopy", "snoopy the dog"] and trained.provenance["surrogate"] == "a dog"
+
+
+def test_vocabulary_anchors_are_words_other_than_the_targets(pipe):
+    from spm.train import anchor_vocabulary, sample_vocabulary_prompts
+
+    vocabulary = anchor_vocabulary(pipe.tokenizer, ["snoopy the dog"])
+    assert {"cat", "car", "red"} <= set(vocabulary)
+    assert not {"snoopy", "the", "dog"} & set(vocabulary) and all(w.isalpha() for w in vocabulary)
+    prompts = sample_vocabulary_prompts(vocabulary, 20, torch.Generator().manual_seed(0))
+    assert prompts == sample_vocabulary_prompts(vocabulary, 20, torch.Generator().manual_seed(0))
+    assert {len(p.split()) for p in prompts} == {1, 2, 3} and all(w in vocabulary for p in prompts for w in p.split())
+
+
+def test_vocabulary_anchors_hold_real_prompts_in_place(pipe):
+    """With anchors drawn from the vocabulary, the membrane moves an unrelated real prompt less,
+    relative to how much it moves the target, than with the paper's random directions alone."""
+    prompts = ["snoopy the dog", "a red car on the road"]
+
+    def selectivity(vocabulary_anchors):
+        cfg = spm.TrainConfig(iterations=50, vocabulary_anchors=vocabulary_anchors, **FAST)
+        attached = spm.attach(pipe, spm.train(pipe, ["snoopy the dog"], config=cfg, progress=False), transport=False)
+        try:
+            change = prediction(pipe, attached, prompts, torch.ones(1, 1)) - prediction(
+                pipe, attached, prompts, torch.zeros(1, 1)
+            )
+        finally:
+            attached.detach()
+        change = change.pow(2).mean(dim=(1, 2, 3))
+        return (change[1] / change[0]).item()
+
+    assert selectivity(4) < selectivity(0)

@@ -1,6 +1,7 @@
 """`spmbench run` end to end on the smoke-trained toy world: every stage, resumability, reports."""
 
 import json
+import re
 import shutil
 
 import pytest
@@ -37,6 +38,7 @@ def test_run_writes_reports_and_a_rerun_computes_nothing(toy_weights, tmp_path):
             "--out", tmp_path / "runs", "--reports", tmp_path / "reports"]  # fmt: skip
     result = invoke(*args)
     assert result.exit_code == 0, result.output
+    assert re.search(r"toy-concept: 21 cells in \d+\.\d min \(this run\)", result.output)
     run_dir = tmp_path / "runs" / "toy-concept"
     results = [json.loads(p.read_text()) for p in run_dir.glob("cells/*/*/*/result.json")]
     # 3 models x (original + 3 experiments x 2 SPM variants)
@@ -55,7 +57,7 @@ def test_run_writes_reports_and_a_rerun_computes_nothing(toy_weights, tmp_path):
         "whiskers.safetensors",
     ]
     table = (tmp_path / "reports" / "toy-concept" / "toy-concept.md").read_text()
-    assert "toy-concept v1" in table and "| toy-pastel | Barkley + Whiskers | spm | toy-base |" in table
+    assert "toy-concept v2" in table and "| toy-pastel | Barkley + Whiskers | spm | toy-base |" in table
     reports = tmp_path / "reports" / "toy-concept"
     assert r"\begin{tabular}" in (reports / "toy-concept.tex").read_text()
     plottable = [r for r in results if r["eraser"] != "none" and r["original_rates"]["target"] > 0]
