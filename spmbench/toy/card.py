@@ -63,9 +63,7 @@ def judge_accuracy(judge: models.Judge, n: int, vae=None) -> dict[str, float]:
     batch = data.sample_batch(rng, n // 2) + data.sample_batch(rng, n - n // 2, dialect="pastel")
     images = data.to_tensor([b[0] for b in batch])
     if vae is not None:
-        with torch.no_grad():
-            x = (images * 2 - 1).to(vae.device, vae.dtype)
-            images = ((vae.decode(vae.encode(x).latent_dist.mean).sample.float().cpu() + 1) / 2).clamp(0, 1)
+        images = models.reconstruct(vae, images).cpu()
     preds = judge_predictions(judge, images)
     labels = data.label_tensors([b[2] for b in batch])
     out = {}

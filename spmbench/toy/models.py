@@ -69,6 +69,20 @@ def build_vae() -> AutoencoderKL:
     )
 
 
+def sample_latent(posterior, gen: torch.Generator) -> torch.Tensor:
+    noise = torch.randn(posterior.mean.shape, generator=gen).to(posterior.mean.device)
+    return posterior.mean + posterior.std * noise
+
+
+@torch.no_grad()
+def reconstruct(vae: AutoencoderKL, images: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+    """Images in [0, 1] through the VAE and back, in [0, 1] on the VAE's device: decoded from the
+    latent mean, or with `gen` from a sample of the latent distribution."""
+    posterior = vae.encode((images * 2 - 1).to(vae.device, vae.dtype)).latent_dist
+    z = posterior.mean if gen is None else sample_latent(posterior, gen)
+    return (vae.decode(z).sample.float().clamp(-1, 1) + 1) / 2
+
+
 def build_unet() -> UNet2DConditionModel:
     return UNet2DConditionModel(
         sample_size=8,

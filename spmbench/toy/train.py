@@ -125,11 +125,6 @@ def _vae_images(rng: np.random.Generator, n: int, device: str) -> torch.Tensor:
     return data.to_tensor([b[0] for b in batch]).to(device) * 2 - 1
 
 
-def _sample_latent(posterior, gen: torch.Generator) -> torch.Tensor:
-    noise = torch.randn(posterior.mean.shape, generator=gen).to(posterior.mean.device)
-    return posterior.mean + posterior.std * noise
-
-
 def train_vae(cfg: ToyTrainConfig, workdir: Path, device: str):
     vae = models.build_vae().to(device)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
@@ -139,7 +134,7 @@ def train_vae(cfg: ToyTrainConfig, workdir: Path, device: str):
             g["lr"] = cfg.lr * _warmup(step, 200)
         x = _vae_images(rng, cfg.batch_size, device)
         posterior = vae.encode(x).latent_dist
-        rec = vae.decode(_sample_latent(posterior, gen)).sample
+        rec = vae.decode(models.sample_latent(posterior, gen)).sample
         kl = posterior.kl().mean() / x[0].numel()
         loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + 1e-4 * kl
         opt.zero_grad()
@@ -174,7 +169,7 @@ def sharpen_decoder(cfg: ToyTrainConfig, workdir: Path, vae, device: str):
             g["lr"] = cfg.decoder_lr * _warmup(step, 100)
         x = _vae_images(rng, cfg.batch_size, device)
         with torch.no_grad():
-            z = _sample_latent(vae.encode(x).latent_dist, gen)
+            z = models.sample_latent(vae.encode(x).latent_dist, gen)
         rec = vae.decode(z).sample
         loss = F.l1_loss(rec, x) + F.mse_loss(rec, x)
         opt.zero_grad()
@@ -208,11 +203,8 @@ def vae_augment(images: torch.Tensor, vae, gen: torch.Generator, fraction: float
     pick = (torch.rand(len(images), generator=gen) < fraction).to(images.device)
     if not pick.any():
         return images
-    with torch.no_grad():
-        z = _sample_latent(vae.encode(images[pick] * 2 - 1).latent_dist, gen)
-        rec = (vae.decode(z).sample.clamp(-1, 1) + 1) / 2
     out = images.clone()
-    out[pick] = rec
+    out[pick] = models.reconstruct(vae, images[pick], gen)
     return out
 
 
