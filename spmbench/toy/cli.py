@@ -56,5 +56,8 @@ def main(argv: list[str] | None = None) -> None:
     unknown = set(stages) - set(STAGES)
     if unknown:
         raise SystemExit(f"error: unknown stage(s) {sorted(unknown)}; choose from {', '.join(STAGES)}")
-    cfg = replace(ToyTrainConfig(), **{f.name: getattr(args, f.name) for f in fields(ToyTrainConfig)})
+    try:
+        cfg = replace(ToyTrainConfig(), **{f.name: getattr(args, f.name) for f in fields(ToyTrainConfig)})
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
     train_world(args.out, args.workdir, cfg, stages=stages, device=args.device)

@@ -25,6 +25,7 @@ from spmbench.toy import data, models
 log = logging.getLogger(__name__)
 # Order of the list fixes each stage's RNG stream: new stages go at the end, wherever they run.
 STAGES = ("tokenizer", "vae", "judge", "base", "pastel", "verbose", "decoder")
+TEXT_ENCODER_MODES = ("frozen", "embeddings", "full")
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,9 @@ class ToyTrainConfig:
     # Fine-tuning at the base's 3e-4 eroded paraphrase generalisation (toy-verbose's held-out animal
     # phrasing 19.5 points below its trained ones; at least as good as the base: 4.2 / 11.6 points short).
     derivative_lr: float = 1e-4
+    # What of the text encoder a derivative fine-tunes with its UNet: "frozen", "embeddings" (the
+    # token embedding table only) or "full". Each derivative ships its own copy.
+    derivative_text_encoder: str = "frozen"
     decoder_steps: int = 2000
     decoder_lr: float = 1e-4
     batch_size: int = 64
@@ -46,6 +50,13 @@ class ToyTrainConfig:
     caption_dropout: float = 0.1
     ema_decay: float = 0.999
     ckpt_every: int = 500
+
+    def __post_init__(self):
+        if self.derivative_text_encoder not in TEXT_ENCODER_MODES:
+            raise ValueError(
+                f"derivative_text_encoder must be one of {', '.join(TEXT_ENCODER_MODES)}, "
+                f"not {self.derivative_text_encoder!r}"
+            )
 
 
 # -- checkpoints ---------------------------------------------------------------------------------
@@ -250,6 +261,14 @@ def _latent_pool(cfg: ToyTrainConfig, vae, tokenizer, dialect: str, size: int):
     return torch.cat(means), torch.cat(stds), ids.to(vae.device), empty.to(vae.device)
 
 
+def _trained_text_encoder_params(text_encoder, mode: str) -> list:
+    if mode == "full":
+        return list(text_encoder.parameters())
+    if mode == "embeddings":
+        return [text_encoder.get_input_embeddings().weight]
+    return []
+
+
 def train_unet(name: str, cfg: ToyTrainConfig, workdir: Path, vae, tokenizer, text_encoder, init_unet=None):
     """Denoiser training (epsilon objective, min-SNR-5 weights); trains the text encoder only for the base."""
     dialect, steps = ("base", cfg.base_steps) if name == "base" else (name, cfg.derivative_steps)
@@ -260,16 +279,19 @@ def train_unet(name: str, cfg: ToyTrainConfig, workdir: Path, vae, tokenizer, te
     ema = torch.optim.swa_utils.AveragedModel(
         unet, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay)
     )
-    train_te = name == "base"
-    text_encoder.requires_grad_(train_te)
-    params = list(unet.parameters()) + (list(text_encoder.parameters()) if train_te else [])
-    lr = cfg.lr if train_te else cfg.derivative_lr
+    is_base = name == "base"
+    te_params = _trained_text_encoder_params(text_encoder, "full" if is_base else cfg.derivative_text_encoder)
+    text_encoder.requires_grad_(False)
+    for p in te_params:
+        p.requires_grad_(True)
+    params = list(unet.parameters()) + te_params
+    lr = cfg.lr if is_base else cfg.derivative_lr
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     sched = models.build_scheduler()
     alphas = sched.alphas_cumprod.to(device)
     snr = alphas / (1 - alphas)
     mean, std, ids, empty = _latent_pool(
-        cfg, vae, tokenizer, dialect, cfg.pool_size if train_te else cfg.pool_size // 2
+        cfg, vae, tokenizer, dialect, cfg.pool_size if is_base else cfg.pool_size // 2
     )
     scale = vae.config.scaling_factor
 
@@ -292,7 +314,7 @@ def train_unet(name: str, cfg: ToyTrainConfig, workdir: Path, vae, tokenizer, te
         ema.update_parameters(unet)
         return {"loss": f"{loss.item():.4f}"}
 
-    modules = {"unet": unet, "ema": ema, "opt": opt} | ({"text_encoder": text_encoder} if train_te else {})
+    modules = {"unet": unet, "ema": ema, "opt": opt} | ({"text_encoder": text_encoder} if te_params else {})
     _loop(name, cfg, workdir, steps, modules, step_fn)
     text_encoder.requires_grad_(False)
     return ema.module.eval()
@@ -327,8 +349,9 @@ def train_world(
     save_pipeline(out / "toy-base", vae, text_encoder, tokenizer, base)
     for name in ("pastel", "verbose"):
         if name in stages:
-            unet = train_unet(name, cfg, workdir, vae, tokenizer, text_encoder, init_unet=base)
-            save_pipeline(out / f"toy-{name}", vae, text_encoder, tokenizer, unet)
+            own_encoder = copy.deepcopy(text_encoder)  # trained in place when derivative_text_encoder
+            unet = train_unet(name, cfg, workdir, vae, tokenizer, own_encoder, init_unet=base)
+            save_pipeline(out / f"toy-{name}", vae, own_encoder, tokenizer, unet)
     write_training_info(out, workdir, cfg, device)
 
 

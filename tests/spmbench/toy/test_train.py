@@ -7,6 +7,7 @@ import torch
 from spmbench.toy import data
 from spmbench.toy.cli import card_main
 from spmbench.toy.cli import main as train_main
+from tests.spmbench.conftest import SMOKE_ARGS
 
 
 def test_family_loads_as_standard_diffusers_pipelines(smoke_world):
@@ -129,3 +130,47 @@ def test_card_measures_at_the_guidance_the_toy_models_are_run_with():
             CardSettings().guidance_scale,
             CardSettings().num_inference_steps,
         ), name
+
+
+def _text_encoder_weights(directory):
+    from safetensors.torch import load_file
+
+    return load_file(directory / "text_encoder" / "model.safetensors")
+
+
+def _same(a: dict, b: dict, keys=None) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in (keys or a))
+
+
+def test_derivatives_fine_tune_their_own_copy_of_the_text_encoder(smoke_world, tmp_path):
+    import shutil
+
+    root, _ = smoke_world
+    base = _text_encoder_weights(root / "weights" / "toy-base")
+    assert _same(base, _text_encoder_weights(root / "weights" / "toy-pastel"))  # "frozen", the default
+    encoders = {}
+    for mode, stages in (("full", "verbose"), ("full", "pastel,verbose"), ("embeddings", "verbose")):
+        work = tmp_path / mode / stages / "work"
+        shutil.copytree(root / "work", work)
+        for stage in ("pastel", "verbose"):
+            shutil.rmtree(work / stage)
+        out = tmp_path / mode / stages / "weights"
+        args = ["--out", str(out), "--workdir", str(work), *SMOKE_ARGS, "--stages", stages]
+        train_main([*args, "--derivative-text-encoder", mode, "--derivative-lr", "1.0"])
+        encoders[mode, stages] = {name: _text_encoder_weights(out / f"toy-{name}") for name in stages.split(",")}
+    verbose = encoders["full", "pastel,verbose"]["verbose"]
+    assert not _same(base, verbose)  # it was trained
+    # trained from the base's encoder, not from the one pastel trained before it
+    assert _same(encoders["full", "verbose"]["verbose"], verbose)
+    assert not _same(encoders["full", "pastel,verbose"]["pastel"], verbose)
+    embeddings_only = encoders["embeddings", "verbose"]["verbose"]
+    table = "embeddings.token_embedding.weight"
+    assert not _same(base, embeddings_only, [table])
+    assert _same(base, embeddings_only, [k for k in base if k != table])
+
+
+def test_an_unknown_text_encoder_mode_is_refused_in_one_line():
+    import pytest
+
+    with pytest.raises(SystemExit, match="derivative_text_encoder must be one of frozen, embeddings, full"):
+        train_main(["--derivative-text-encoder", "partly"])
