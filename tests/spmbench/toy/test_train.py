@@ -147,9 +147,9 @@ def test_derivatives_fine_tune_their_own_copy_of_the_text_encoder(smoke_world, t
 
     root, _ = smoke_world
     base = _text_encoder_weights(root / "weights" / "toy-base")
-    assert _same(base, _text_encoder_weights(root / "weights" / "toy-pastel"))  # "frozen", the default
     encoders = {}
-    for mode, stages in (("full", "verbose"), ("full", "pastel,verbose"), ("embeddings", "verbose")):
+    runs = (("full", "verbose"), ("full", "pastel,verbose"), ("embeddings", "verbose"), ("frozen", "verbose"))
+    for mode, stages in runs:
         work = tmp_path / mode / stages / "work"
         shutil.copytree(root / "work", work)
         for stage in ("pastel", "verbose"):
@@ -167,6 +167,7 @@ def test_derivatives_fine_tune_their_own_copy_of_the_text_encoder(smoke_world, t
     table = "embeddings.token_embedding.weight"
     assert not _same(base, embeddings_only, [table])
     assert _same(base, embeddings_only, [k for k in base if k != table])
+    assert _same(base, encoders["frozen", "verbose"]["verbose"])
 
 
 def test_an_unknown_text_encoder_mode_is_refused_in_one_line():
