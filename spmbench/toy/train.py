@@ -266,6 +266,7 @@ def _latent_pool(cfg: ToyTrainConfig, vae, tokenizer, dialect: str, size: int):
 
 
 def _trained_text_encoder_params(text_encoder, mode: str) -> list:
+    """The text encoder's parameters a stage trains, for one of TEXT_ENCODER_MODES."""
     if mode == "full":
         return list(text_encoder.parameters())
     if mode == "embeddings":
@@ -274,7 +275,8 @@ def _trained_text_encoder_params(text_encoder, mode: str) -> list:
 
 
 def train_unet(name: str, cfg: ToyTrainConfig, workdir: Path, vae, tokenizer, text_encoder, init_unet=None):
-    """Denoiser training (epsilon objective, min-SNR-5 weights); trains the text encoder only for the base."""
+    """Denoiser training (epsilon objective, min-SNR-5 weights). The base trains the whole text encoder;
+    a derivative what `cfg.derivative_text_encoder` says, in place on the `text_encoder` it is given."""
     dialect, steps = ("base", cfg.base_steps) if name == "base" else (name, cfg.derivative_steps)
     device = vae.device
     unet = models.build_unet().to(device)
