@@ -355,7 +355,7 @@ def train_world(
     save_pipeline(out / "toy-base", vae, text_encoder, tokenizer, base)
     for name in ("pastel", "verbose"):
         if name in stages:
-            own_encoder = copy.deepcopy(text_encoder)  # trained in place when derivative_text_encoder
+            own_encoder = copy.deepcopy(text_encoder)  # trained in place unless derivative_text_encoder is frozen
             unet = train_unet(name, cfg, workdir, vae, tokenizer, own_encoder, init_unet=base)
             save_pipeline(out / f"toy-{name}", vae, own_encoder, tokenizer, unet)
     write_training_info(out, workdir, cfg, device)
