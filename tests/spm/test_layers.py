@@ -108,3 +108,18 @@ def test_packed_factors_follow_in_place_edits():
     torch.testing.assert_close(
         layer(x), apply_dense(base, dense_reference(base, scaled, [1.0, 1.0]), x), rtol=1e-5, atol=1e-5
     )
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_every_new_permeability_is_used_not_a_cached_one(kind):
+    base, layer, state, branches = make_layer(kind)
+    x = torch.randn(4, 7, 6) if kind == "linear" else torch.randn(4, 6, 3, 3)
+    # One prompt (folded weight), two prompts (per-row branches), then one again, then none (all ones).
+    for gamma in ([[1.0, 0.0, 0.3]], [[1.0, 0.0, 0.3], [0.2, 0.9, 0.0]], [[0.0, 1.0, 0.5]], None):
+        state.gamma = None if gamma is None else torch.tensor(gamma)
+        rows = torch.ones(1, 3) if gamma is None else state.gamma
+        for _ in range(2):  # the second call of a permeability is served from the layer's caches
+            y = layer(x)
+            for row in range(4):
+                ref = apply_dense(base, dense_reference(base, branches, rows[row % len(rows)]), x[row : row + 1])
+                torch.testing.assert_close(y[row : row + 1], ref, rtol=1e-5, atol=1e-5)

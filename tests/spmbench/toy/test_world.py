@@ -74,3 +74,14 @@ def test_every_dialect_caption_fits_the_text_context_whole():
                 tokens = tokenizer.tokenize(caption)
                 assert len(tokens) + 2 <= models.MAX_LENGTH, caption
                 assert len(tokens) <= len(caption.split()) + caption.count(","), (caption, tokens)
+
+
+def test_batches_rendered_in_worker_processes_are_identical():
+    alone = data.sample_batch(np.random.default_rng(3), 12, "pastel")
+    data.use_render_workers(2)
+    try:
+        pooled = data.sample_batch(np.random.default_rng(3), 12, "pastel")
+    finally:
+        data.use_render_workers(0)
+    assert [c for _, c, _ in pooled] == [c for _, c, _ in alone]
+    assert all((a == b).all() for (a, _, _), (b, _, _) in zip(alone, pooled))
