@@ -22,6 +22,7 @@ class PermeabilityState:
     `gamma` is None (each branch at its fixed `default` weight, 1 unless set: a plain LoRA) or a
     (B, k) tensor, one row per prompt. A UNet batch of N = m * B rows (classifier-free guidance stacks [uncond; cond])
     reuses each prompt's row for all m copies, so a prompt's negative branch gets its gamma too.
+    Assign a new tensor to change it: layers cache what they derive from it until the next assignment.
     """
 
     def __init__(self) -> None:
@@ -85,7 +86,7 @@ class MembraneLayer(nn.Module):
         self.up = nn.ParameterList()
         self.scales: list[float] = []
         self._packed: tuple | None = None  # (key, down, up, owner, row_scale), see packed()
-        self._coeff: tuple | None = None  # (key, coeff, up scaled by coeff), see coefficients()
+        self._coeff: tuple | None = None  # (key, coeff, up scaled by coeff), see _coefficients()
 
     @property
     def is_conv(self) -> bool:
@@ -136,7 +137,7 @@ class MembraneLayer(nn.Module):
             return self.base_layer(x) + self._legacy_branch(x, gamma)
         down, up, owner, row_scale = self.packed()
         merged = self.state.uniform and not (torch.is_grad_enabled() and self.up[0].requires_grad)
-        coeff, scaled_up = self.coefficients(gamma, owner, row_scale, up, merged)
+        coeff, scaled_up = self._coefficients(gamma, owner, row_scale, up, merged)
         if merged:
             return self._merged_forward(x, scaled_up, down)
         y = self.base_layer(x)
@@ -149,7 +150,7 @@ class MembraneLayer(nn.Module):
         h = F.linear(x, down) * coeff.view(x.shape[0], *([1] * (x.dim() - 2)), -1)
         return torch.addmm(y.reshape(-1, y.shape[-1]), h.reshape(-1, h.shape[-1]), up.T).view_as(y)
 
-    def coefficients(self, gamma, owner, row_scale, up, merged: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _coefficients(self, gamma, owner, row_scale, up, merged: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Each row's weight per rank row, and with `merged` U diag(c) for the folded weight.
 
         Cached for the permeability of the current call, so the denoising steps of one generation
