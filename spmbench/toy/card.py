@@ -254,8 +254,8 @@ def _gpu_run_lines(gpu: dict, config: dict) -> list[str]:
     rates = gpu.get("steps_per_second", {})
     projected = {}
     for stage, steps_key, rate_of in [(s, f"{s}_steps", s) for s in rates] + [
-        ("pastel", "derivative_steps", "base"),
-        ("verbose", "derivative_steps", "base"),
+        ("pastel", "pastel_steps", "base"),
+        ("verbose", "verbose_steps", "base"),
     ]:
         if stage not in done and steps_key in config and rate_of in rates:
             projected[stage] = (config[steps_key] / rates[rate_of], rates[rate_of])

@@ -4,7 +4,7 @@ from spmbench.toy.card import _training_summary
 CPU_INFO = {
     "device": "cpu",
     "machine": "x86_64, 2 torch threads",
-    "config": {"vae_steps": 600, "base_steps": 1200, "derivative_steps": 120},
+    "config": {"vae_steps": 600, "base_steps": 1200, "pastel_steps": 120, "verbose_steps": 120},
     "seconds_per_stage": {"vae": 1800, "base": 5400},
 }
 

@@ -156,7 +156,8 @@ def test_derivatives_fine_tune_their_own_copy_of_the_text_encoder(smoke_world, t
             shutil.rmtree(work / stage)
         out = tmp_path / mode / stages / "weights"
         args = ["--out", str(out), "--workdir", str(work), *SMOKE_ARGS, "--stages", stages]
-        train_main([*args, "--derivative-text-encoder", mode, "--derivative-lr", "1.0"])
+        modes = ["--pastel-text-encoder", mode, "--verbose-text-encoder", mode]
+        train_main([*args, *modes, "--derivative-lr", "1.0"])
         encoders[mode, stages] = {name: _text_encoder_weights(out / f"toy-{name}") for name in stages.split(",")}
     verbose = encoders["full", "pastel,verbose"]["verbose"]
     assert not _same(base, verbose)  # it was trained
@@ -173,5 +174,5 @@ def test_derivatives_fine_tune_their_own_copy_of_the_text_encoder(smoke_world, t
 def test_an_unknown_text_encoder_mode_is_refused_in_one_line():
     import pytest
 
-    with pytest.raises(SystemExit, match="derivative_text_encoder must be one of frozen, embeddings, full"):
-        train_main(["--derivative-text-encoder", "partly"])
+    with pytest.raises(SystemExit, match="pastel_text_encoder must be one of frozen, embeddings, full, not 'partly'"):
+        train_main(["--pastel-text-encoder", "partly"])
