@@ -248,24 +248,21 @@ def _training_summary(info: dict) -> list[str]:
 
 
 def _gpu_run_lines(gpu: dict, config: dict) -> list[str]:
-    """A GPU run recorded in reports/toyworld/gpu_training.json; a stage it did not finish is
-    projected from its measured rate (a derivative from the base's), and said to be."""
-    done = gpu.get("seconds_per_stage", {})
-    rates = gpu.get("steps_per_second", {})
-    projected = {}
-    for stage, steps_key, rate_of in [(s, f"{s}_steps", s) for s in rates] + [
-        ("pastel", "pastel_steps", "base"),
-        ("verbose", "verbose_steps", "base"),
-    ]:
-        if stage not in done and steps_key in config and rate_of in rates:
-            projected[stage] = (config[steps_key] / rates[rate_of], rates[rate_of])
-    total = (sum(done.values()) + sum(t for t, _ in projected.values())) / 60
-    measured = ", ".join(f"{s} {t / 60:.1f}" for s, t in done.items())
-    guessed = ", ".join(f"{s} {t / 60:.0f} min at {r} steps/s" for s, (t, r) in projected.items())
+    """A GPU run recorded in reports/toyworld/gpu_training.json: what it measured, and the shipped
+    config's time projected from its measured steps/s (a derivative at the base's rate)."""
+    done, rates, ran = gpu.get("seconds_per_stage", {}), gpu.get("steps_per_second", {}), gpu.get("steps_run", {})
+    rate_of = {"pastel": "base", "verbose": "base"}
+    projected = {
+        stage: config[f"{stage}_steps"] / rates[rate_of.get(stage, stage)]
+        for stage in ("vae", "decoder", "judge", "base", "pastel", "verbose")
+        if f"{stage}_steps" in config and rate_of.get(stage, stage) in rates
+    }
+    measured = ", ".join(f"{s} {ran.get(s, '?')} steps in {t / 60:.1f} min" for s, t in done.items())
+    rate_text = ", ".join(f"{s} {r}" for s, r in rates.items())
     return [
-        f"GPU training time: about {total:.0f} min in all on {gpu.get('device', '?')} (torch {gpu.get('torch', '?')}, "
-        f"{gpu.get('date', '?')}): {sum(done.values()) / 60:.1f} min measured to the end ({measured} min), the rest "
-        f"projected from measured rates ({guessed}). {gpu.get('note', '')}".rstrip(),
+        f"GPU training time: about {sum(projected.values()) / 60:.0f} min for the settings below, projected "
+        f"from steps/s measured on {gpu.get('device', '?')} (torch {gpu.get('torch', '?')}, {gpu.get('date', '?')}; "
+        f"{rate_text}). Run to the end there: {measured}. {gpu.get('note', '')}".rstrip(),
     ]
 
 
