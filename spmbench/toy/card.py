@@ -248,7 +248,7 @@ def _training_summary(info: dict) -> list[str]:
 
 
 def _gpu_run_lines(gpu: dict, config: dict) -> list[str]:
-    """A GPU run recorded in reports/toyworld/gpu_training.json: what it measured, and the shipped
+    """A GPU run recorded in spmbench/toy/weights/gpu_training.json: what it measured, and the shipped
     config's time projected from its measured steps/s (a derivative at the base's rate)."""
     done, rates, ran = gpu.get("seconds_per_stage", {}), gpu.get("steps_per_second", {}), gpu.get("steps_run", {})
     rate_of = {"pastel": "base", "verbose": "base"}
@@ -393,7 +393,7 @@ def build_card(weights: Path, report: Path, settings: CardSettings = CardSetting
         judge.cpu()
     train_info_path = weights / "training.json"
     train_info = json.loads(train_info_path.read_text()) if train_info_path.exists() else {}
-    if (grids_dir / "gpu_training.json").exists():
-        train_info["gpu_run"] = json.loads((grids_dir / "gpu_training.json").read_text())
+    if (weights / "gpu_training.json").exists():  # a GPU run's measurements (not these weights' run)
+        train_info["gpu_run"] = json.loads((weights / "gpu_training.json").read_text())
     write_card(report, judge_acc, per_model, settings, train_info, judge_vae, sweep)
     return {"judge": judge_acc, "models": per_model}
