@@ -27,8 +27,8 @@ class PermeabilityState:
 
     def __init__(self) -> None:
         self.version = 0  # bumped on every change: layers key their per-call caches on it
-        self._default: torch.Tensor | None = None
         self.legacy = False
+        self._default: torch.Tensor | None = None
         self.gamma = None
 
     @property
@@ -38,8 +38,7 @@ class PermeabilityState:
     @default.setter
     def default(self, value: torch.Tensor | None) -> None:
         self._default = value
-        self._on_device = {}
-        self.version += 1
+        self._changed()
 
     @property
     def gamma(self) -> torch.Tensor | None:
@@ -48,12 +47,15 @@ class PermeabilityState:
     @gamma.setter
     def gamma(self, value: torch.Tensor | None) -> None:
         self._gamma = value
+        self._changed()
+
+    def _changed(self) -> None:
         # Host-to-device copies of the rows, made once per call, not once per layer: on CUDA each
         # copy from host memory waits for the queued kernels (151 % overhead on SD 1.5, H100, fp16).
         self._on_device: dict = {}
         self.version += 1
         # Decided once per call, on the host: layers then never sync with the device to check it.
-        rows = value if value is not None else self.default
+        rows = self.gamma if self.gamma is not None else self.default
         self.uniform = rows is None or bool((rows == rows[:1]).all())
 
     def for_batch(self, n: int, k: int, device, dtype) -> torch.Tensor:
@@ -111,6 +113,7 @@ class MembraneLayer(nn.Module):
         key = tuple((p.data_ptr(), p._version) for p in params)
         if self._packed is not None and self._packed[0] == key:
             return self._packed[1:]
+        self._coeff = None  # derived from the factors being rebuilt
         down, up = torch.cat(list(self.down)), torch.cat(list(self.up), dim=1)
         owner = torch.cat([torch.full((d.shape[0],), i) for i, d in enumerate(self.down)])
         row_scale = torch.tensor(self.scales, dtype=down.dtype)[owner].to(down.device)
@@ -156,13 +159,12 @@ class MembraneLayer(nn.Module):
         Cached for the permeability of the current call, so the denoising steps of one generation
         compute them once: on a GPU their tiny kernels cost more than the layer's own work.
         """
-        frozen = self._packed is not None and self._packed[2] is up  # packed() served its cache
-        key = (self.state.version, gamma.shape, gamma.dtype, gamma.device, merged, frozen and self._packed[0])
-        if frozen and self._coeff is not None and self._coeff[0] == key:
+        key = (self.state.version, gamma.shape, gamma.dtype, gamma.device, merged)
+        if self._coeff is not None and self._coeff[0] == key:
             return self._coeff[1:]
         coeff = gamma[:, owner] * row_scale.to(gamma.dtype)
         scaled_up = up.flatten(1) * coeff[0] if merged else None
-        if frozen:  # factors unchanged since packing: safe to keep until the permeability changes
+        if self._packed is not None:  # frozen factors: packed() drops this cache when they change
             self._coeff = (key, coeff, scaled_up)
         return coeff, scaled_up
 

@@ -239,11 +239,13 @@ def _training_summary(info: dict) -> list[str]:
     total = sum(seconds.values()) / 3600
     lines = [f"Trained on {info.get('device', '?')} ({info.get('machine', '?')}): {total:.1f} h in all, "
              "summed over resumed runs (settings and per-stage seconds below)."]  # fmt: skip
-    gpu = info.get("gpu_run")
-    if info.get("device", "cpu") == "cpu" and gpu:
-        lines += ["", *_gpu_run_lines(gpu, info.get("config", {}))]
-    elif info.get("device", "cpu") == "cpu":
-        lines.append("GPU training time: not measured yet (`spmbench toy train --device cuda` on a GPU).")
+    if info.get("device", "cpu") == "cpu":
+        gpu = info.get("gpu_run")
+        lines += (
+            ["", *_gpu_run_lines(gpu, info.get("config", {}))]
+            if gpu
+            else ["GPU training time: not measured yet (`spmbench toy train --device cuda` on a GPU)."]
+        )
     return [*lines, ""]
 
 
