@@ -16,6 +16,7 @@ from PIL import Image
 
 from spmbench.toy import captions, data, models
 from spmbench.toy import world as w
+from spmbench.toy.train import STAGES
 
 
 EVAL_SEED = 10_000  # training streams are seeded with small integers; this one is disjoint
@@ -250,21 +251,27 @@ def _training_summary(info: dict) -> list[str]:
 
 
 def _gpu_run_lines(gpu: dict, config: dict) -> list[str]:
-    """A GPU run recorded in spmbench/toy/weights/gpu_training.json: what it measured, and the shipped
-    config's time projected from its measured steps/s (a derivative at the base's rate)."""
-    done, rates, ran = gpu.get("seconds_per_stage", {}), gpu.get("steps_per_second", {}), gpu.get("steps_run", {})
-    rate_of = {"pastel": "base", "verbose": "base"}
-    projected = {
-        stage: config[f"{stage}_steps"] / rates[rate_of.get(stage, stage)]
-        for stage in ("vae", "decoder", "judge", "base", "pastel", "verbose")
-        if f"{stage}_steps" in config and rate_of.get(stage, stage) in rates
-    }
-    measured = ", ".join(f"{s} {ran.get(s, '?')} steps in {t / 60:.1f} min" for s, t in done.items())
-    rate_text = ", ".join(f"{s} {r}" for s, r in rates.items())
+    """A GPU run's training.json, kept beside the weights as gpu_training.json (it did not train them):
+    the time it measured for these settings, or, for a run short of them, their time projected from its
+    steps/s (a derivative's steps cost what the base's do)."""
+    seconds, steps = gpu.get("seconds_per_stage", {}), gpu.get("steps_per_stage", {})
+    where = f"{gpu.get('machine', '?')} (torch {gpu.get('torch', '?')}, {gpu.get('date', '?')})"
+    ran = ", ".join(f"{s} {steps.get(s, '?')} steps in {t / 60:.1f} min" for s, t in seconds.items())
+    planned = {s: config[f"{s}_steps"] for s in STAGES if f"{s}_steps" in config}
+    if gpu.get("config") == config and all(steps.get(s) == n for s, n in planned.items()):
+        total = sum(seconds.values()) / 60
+        return [f"GPU training time: {total:.0f} min in all for the settings below, measured on {where}, "
+                f"summed over resumed runs: {ran}."]  # fmt: skip
+    rates = {s: steps[s] / t for s, t in seconds.items() if t > 0 and steps.get(s)}
+    rate_of = {s: s if s in rates else "base" for s in planned}
+    projected = {s: n / rates[rate_of[s]] for s, n in planned.items() if rate_of[s] in rates}
+    unknown = sorted(set(planned) - set(projected))
+    rate_text = ", ".join(f"{s} {r:.1f}" for s, r in rates.items())
     return [
-        f"GPU training time: about {sum(projected.values()) / 60:.0f} min for the settings below, projected "
-        f"from steps/s measured on {gpu.get('device', '?')} (torch {gpu.get('torch', '?')}, {gpu.get('date', '?')}; "
-        f"{rate_text}). Run to the end there: {measured}. {gpu.get('note', '')}".rstrip(),
+        f"GPU training time: about {sum(projected.values()) / 60:.0f} min for the settings below"
+        + (f" (less {', '.join(unknown)}, not measured)" if unknown else "")
+        + f", projected from the steps/s of a run on {where}: {rate_text}. That run: {ran}. "
+        + gpu.get("note", ""),
     ]
 
 

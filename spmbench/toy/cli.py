@@ -11,10 +11,11 @@ from pathlib import Path
 import torch
 
 from spmbench.toy import data
-from spmbench.toy.train import STAGES, ToyTrainConfig, train_world
+from spmbench.toy.train import STAGES, TimeBudgetReached, ToyTrainConfig, train_world
 
 
 WEIGHTS = Path(__file__).parent / "weights"
+UNFINISHED = 75  # exit status when --max-minutes stopped the run: rerun the same command to resume
 DEFAULT_WORKDIR = Path(__file__).parent / "checkpoints"
 
 
@@ -27,6 +28,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--max-minutes", type=float, default=None,
+        help=f"stop at a checkpoint after this long (exit status {UNFINISHED}); the same command resumes",
+    )  # fmt: skip
     p.add_argument(
         "--render-workers", type=int, default=None,
         help="processes that render training images (default: 0 on a CPU, up to 8 spare cores on a GPU)",
@@ -70,4 +75,8 @@ def main(argv: list[str] | None = None) -> None:
     if workers is None:
         workers = 0 if args.device == "cpu" else max(0, min(8, (os.cpu_count() or 1) - 2))
     data.use_render_workers(workers)
-    train_world(args.out, args.workdir, cfg, stages=stages, device=args.device)
+    try:
+        train_world(args.out, args.workdir, cfg, stages=stages, device=args.device, max_minutes=args.max_minutes)
+    except TimeBudgetReached as stop:
+        print(f"{stop} (--max-minutes {args.max_minutes:g}); checkpoint saved: rerun the same command to resume")
+        raise SystemExit(UNFINISHED) from None

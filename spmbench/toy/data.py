@@ -72,6 +72,10 @@ def use_render_workers(workers: int) -> None:
     _render_pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn")) if workers > 0 else None
 
 
+def render_workers() -> int:
+    return _render_workers
+
+
 def _render_all(jobs: list[tuple[w.Scene, int]]) -> list[np.ndarray]:
     if _render_pool is None:
         return [render.render(scene, seed) for scene, seed in jobs]

@@ -69,8 +69,17 @@ def build_vae() -> AutoencoderKL:
     )
 
 
+def to_device(tensor: torch.Tensor, device: str | torch.device) -> torch.Tensor:
+    """A host tensor on `device`. To a GPU it goes through pinned memory without blocking: a copy
+    from pageable memory waits for every kernel queued before it, and a training step's few small
+    copies (random draws, labels) kept the host from queueing the next step's work ahead."""
+    if torch.device(device).type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def sample_latent(posterior, gen: torch.Generator) -> torch.Tensor:
-    noise = torch.randn(posterior.mean.shape, generator=gen).to(posterior.mean.device)
+    noise = to_device(torch.randn(posterior.mean.shape, generator=gen), posterior.mean.device)
     return posterior.mean + posterior.std * noise
 
 

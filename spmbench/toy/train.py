@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -101,27 +102,66 @@ def _load_ckpt(path: Path, modules: dict, rng: np.random.Generator, gen: torch.G
     return int(state["step"])
 
 
+class TimeBudgetReached(Exception):
+    """Training stopped at a checkpoint when its time budget ran out; rerunning resumes there."""
+
+
+_deadline: float | None = None  # time.monotonic() past which _loop checkpoints and stops
+PROGRESS_EVERY = 25  # steps between progress-bar readings: each reads a loss back from the device
+
+
 def _loop(name: str, cfg: ToyTrainConfig, workdir: Path, steps: int, modules: dict, step_fn) -> None:
-    """The shared resumable loop: step_fn(step, rng, gen) -> dict of floats for the progress bar."""
+    """The shared resumable loop: step_fn(step, rng, gen) -> dict of scalar tensors for the progress bar.
+    Checkpoints every `ckpt_every` steps with the time spent so far (summed over resumed runs)."""
     stage_dir = workdir / name
     stage_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([cfg.seed, STAGES.index(name)])
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + STAGES.index(name))
-    ckpt = stage_dir / "ckpt.pt"
+    ckpt, timing = stage_dir / "ckpt.pt", stage_dir / "time.json"
     start = _load_ckpt(ckpt, modules, rng, gen)
+    if start >= steps:  # already finished: nothing to train, nothing to add to its time
+        return
+    spent = json.loads(timing.read_text())["seconds"] if timing.exists() else 0.0
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=name)
     t0 = time.time()
     for step in bar:
-        bar.set_postfix(step_fn(step, rng, gen))
-        if (step + 1) % cfg.ckpt_every == 0 or step + 1 == steps:
+        shown = step_fn(step, rng, gen)
+        if (step + 1) % PROGRESS_EVERY == 0 or step + 1 == steps:
+            bar.set_postfix({k: f"{float(v):.4g}" for k, v in shown.items()})
+        out_of_time = _deadline is not None and time.monotonic() > _deadline
+        if (step + 1) % cfg.ckpt_every == 0 or step + 1 == steps or out_of_time:
             _save_ckpt(ckpt, step + 1, modules, rng, gen)
+            timing.write_text(json.dumps({"seconds": spent + time.time() - t0, "steps": step + 1}))
+        if out_of_time and step + 1 < steps:
+            bar.close()
+            raise TimeBudgetReached(f"time budget reached at {name} step {step + 1} of {steps}")
     _drop_optimiser(ckpt)
-    if start >= steps:  # already finished: nothing was trained, nothing to add to its time
-        return
-    timing = stage_dir / "time.json"
-    previous = json.loads(timing.read_text()) if timing.exists() else {}
-    spent = previous.get("seconds", previous.get("seconds_this_run", 0.0))
-    timing.write_text(json.dumps({"seconds": spent + time.time() - t0, "steps": steps}))  # summed over resumes
+
+
+class EMA(torch.optim.swa_utils.AveragedModel):
+    """torch's EMA AveragedModel without its GPU syncs: it reads its update count back from the
+    device twice per update. Same arithmetic, same state_dict (so checkpoints load either way)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        super().__init__(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay))
+        self.decay = decay
+        self._updates: int | None = None  # host copy of n_averaged, read once after (re)loading
+        self.register_load_state_dict_post_hook(lambda module, _: setattr(module, "_updates", None))
+
+    @torch.no_grad()
+    def update_parameters(self, model: torch.nn.Module) -> None:
+        if self._updates is None:
+            self._updates = int(self.n_averaged)
+        averaged, current = list(self.module.parameters()), [p.detach() for p in model.parameters()]
+        if self._updates == 0:
+            for a, c in zip(averaged, current, strict=True):
+                a.copy_(c)
+        else:
+            torch._foreach_lerp_(averaged, current, 1 - self.decay)
+        for b_averaged, b in zip(self.module.buffers(), model.buffers(), strict=True):
+            b_averaged.copy_(b)
+        self.n_averaged += 1
+        self._updates += 1
 
 
 def _warmup(step: int, warmup: int = 500) -> float:
@@ -143,7 +183,7 @@ def train_tokenizer(workdir: Path):
 def _vae_images(rng: np.random.Generator, n: int, device: str) -> torch.Tensor:
     """Fresh renders in [-1, 1] for the VAE; 30 % of batches in the pastel dialect a derivative sees."""
     batch = data.sample_batch(rng, n, dialect="pastel" if rng.random() < 0.3 else "base")
-    return data.to_tensor([b[0] for b in batch]).to(device) * 2 - 1
+    return models.to_device(data.to_tensor([b[0] for b in batch]), device) * 2 - 1
 
 
 def train_vae(cfg: ToyTrainConfig, workdir: Path, device: str):
@@ -161,7 +201,7 @@ def train_vae(cfg: ToyTrainConfig, workdir: Path, device: str):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        return {"rec": f"{F.mse_loss(rec, x).item():.4f}", "kl": f"{kl.item():.3f}"}
+        return {"rec": F.mse_loss(rec, x).detach(), "kl": kl.detach()}
 
     _loop("vae", cfg, workdir, cfg.vae_steps, {"vae": vae, "opt": opt}, step_fn)
     vae.eval()
@@ -196,7 +236,7 @@ def sharpen_decoder(cfg: ToyTrainConfig, workdir: Path, vae, device: str):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        return {"rec": f"{F.mse_loss(rec, x).item():.4f}"}
+        return {"rec": F.mse_loss(rec, x).detach()}
 
     _loop("decoder", cfg, workdir, cfg.decoder_steps, {"vae": vae, "opt": opt}, step_fn)
     return vae.requires_grad_(False).eval()
@@ -207,7 +247,7 @@ def blur_augment(images: torch.Tensor, gen: torch.Generator, max_sigma: float = 
     VAE decoder that softens edges; a judge trained on crisp renders alone misread them (shape on
     88 % of reconstructions; 94 % after 300 steps with this augmentation, crisp renders still 100 %)."""
     n, c, h, w = images.shape
-    sigma = (torch.rand(n, generator=gen) * max_sigma).clamp(min=1e-3).to(images.device)
+    sigma = models.to_device((torch.rand(n, generator=gen) * max_sigma).clamp(min=1e-3), images.device)
     offsets = torch.arange(-3, 4, dtype=images.dtype, device=images.device)
     kernel = torch.exp(-(offsets[None] ** 2) / (2 * sigma[:, None] ** 2))
     kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(c, 0)  # one per image channel
@@ -221,9 +261,10 @@ def vae_augment(images: torch.Tensor, vae, gen: torch.Generator, fraction: float
     """Replace a random `fraction` of the images (in [0, 1]) by their VAE reconstructions. Every
     generation is decoded by this VAE, which loses texture detail: on styled shapes a judge trained
     on renders and blur alone read 98 % of the renders but 82 % of their reconstructions."""
-    pick = (torch.rand(len(images), generator=gen) < fraction).to(images.device)
-    if not pick.any():
+    pick = (torch.rand(len(images), generator=gen) < fraction).nonzero().squeeze(1)  # on the host: no sync
+    if not len(pick):
         return images
+    pick = models.to_device(pick, images.device)
     out = images.clone()
     out[pick] = models.reconstruct(vae, images[pick], gen)
     return out
@@ -238,16 +279,16 @@ def train_judge(cfg: ToyTrainConfig, workdir: Path, device: str, vae=None):
         for g in opt.param_groups:
             g["lr"] = 1e-3 * _warmup(step, 100) * (0.1 if step > 0.8 * cfg.judge_steps else 1.0)
         batch = data.sample_batch(rng, 128, dialect="pastel" if rng.random() < 0.3 else "base")
-        images = data.to_tensor([b[0] for b in batch]).to(device)
+        images = models.to_device(data.to_tensor([b[0] for b in batch]), device)
         if vae is not None:
             images = vae_augment(images, vae, gen, cfg.judge_vae_fraction)
         logits = judge(blur_augment(images, gen))
-        targets = {k: v.to(device) for k, v in data.label_tensors([b[2] for b in batch]).items()}
+        targets = {k: models.to_device(v, device) for k, v in data.label_tensors([b[2] for b in batch]).items()}
         loss = sum(F.cross_entropy(logits[k], targets[k], ignore_index=data.IGNORE) for k in logits)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        return {"loss": f"{loss.item():.3f}"}
+        return {"loss": loss.detach()}
 
     _loop("judge", cfg, workdir, cfg.judge_steps, {"judge": judge, "opt": opt}, step_fn)
     return judge.eval()
@@ -288,9 +329,7 @@ def train_unet(name: str, cfg: ToyTrainConfig, workdir: Path, vae, tokenizer, te
     unet = models.build_unet().to(device)
     if init_unet is not None:
         unet.load_state_dict(init_unet.state_dict())
-    ema = torch.optim.swa_utils.AveragedModel(
-        unet, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay)
-    )
+    ema = EMA(unet, cfg.ema_decay)
     is_base = name == "base"
     te_params = _trained_text_encoder_params(text_encoder, "full" if is_base else getattr(cfg, f"{name}_text_encoder"))
     text_encoder.requires_grad_(False)
@@ -310,12 +349,15 @@ def train_unet(name: str, cfg: ToyTrainConfig, workdir: Path, vae, tokenizer, te
     def step_fn(step, rng, gen):
         for g in opt.param_groups:
             g["lr"] = lr * _warmup(step)
-        idx = torch.from_numpy(rng.integers(len(mean), size=cfg.batch_size)).to(device)
-        z = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen).to(device)) * scale
-        tok = ids[idx].clone()
-        tok[(torch.rand(len(idx), generator=gen) < cfg.caption_dropout).to(device)] = empty[0]
-        noise = torch.randn(z.shape, generator=gen).to(device)
-        t = torch.randint(0, len(alphas), (len(idx),), generator=gen).to(device)
+        # Every draw on the host, in a fixed order, then one non-blocking copy each: same numbers on any device.
+        idx = torch.from_numpy(rng.integers(len(mean), size=cfg.batch_size))
+        z_noise = torch.randn((len(idx), *mean.shape[1:]), generator=gen)
+        drop = torch.rand(len(idx), generator=gen) < cfg.caption_dropout
+        noise = torch.randn(z_noise.shape, generator=gen)
+        t = torch.randint(0, len(alphas), (len(idx),), generator=gen)
+        idx, z_noise, drop, noise, t = (models.to_device(x, device) for x in (idx, z_noise, drop, noise, t))
+        z = (mean[idx] + std[idx] * z_noise) * scale
+        tok = torch.where(drop[:, None], empty, ids[idx])  # caption dropout; a masked write would sync
         pred = unet(sched.add_noise(z, noise, t), t, encoder_hidden_states=text_encoder(tok).last_hidden_state).sample
         weight = torch.clamp(snr[t], max=5.0) / snr[t]
         loss = (weight * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
@@ -324,7 +366,7 @@ def train_unet(name: str, cfg: ToyTrainConfig, workdir: Path, vae, tokenizer, te
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         ema.update_parameters(unet)
-        return {"loss": f"{loss.item():.4f}"}
+        return {"loss": loss.detach()}
 
     modules = {"unet": unet, "ema": ema, "opt": opt} | ({"text_encoder": text_encoder} if te_params else {})
     _loop(name, cfg, workdir, steps, modules, step_fn)
@@ -345,9 +387,29 @@ def save_pipeline(out: Path, vae, text_encoder, tokenizer, unet) -> None:
 
 
 def train_world(
-    out: Path, workdir: Path, cfg: ToyTrainConfig = ToyTrainConfig(), stages=STAGES, device: str = "cpu"
+    out: Path,
+    workdir: Path,
+    cfg: ToyTrainConfig = ToyTrainConfig(),
+    stages=STAGES,
+    device: str = "cpu",
+    max_minutes: float | None = None,
 ) -> None:
-    """Train every stage in `stages` (resuming where a checkpoint exists) and write the shipped weights."""
+    """Train every stage in `stages` (resuming where a checkpoint exists) and write the shipped weights.
+    With `max_minutes`, stop at a checkpoint once that time has passed and raise TimeBudgetReached
+    (after writing the time measured so far to `out/training.json`): the same call then resumes."""
+    global _deadline
+    _deadline = None if max_minutes is None else time.monotonic() + 60 * max_minutes
+    try:
+        _train_stages(out, workdir, cfg, stages, device)
+    except TimeBudgetReached:
+        write_training_info(out, workdir, cfg, device)
+        raise
+    finally:
+        _deadline = None
+    write_training_info(out, workdir, cfg, device)
+
+
+def _train_stages(out: Path, workdir: Path, cfg: ToyTrainConfig, stages, device: str) -> None:
     torch.manual_seed(cfg.seed)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
@@ -364,24 +426,30 @@ def train_world(
             own_encoder = copy.deepcopy(text_encoder)  # trained in place unless its mode is frozen
             unet = train_unet(name, cfg, workdir, vae, tokenizer, own_encoder, init_unet=base)
             save_pipeline(out / f"toy-{name}", vae, own_encoder, tokenizer, unet)
-    write_training_info(out, workdir, cfg, device)
 
 
 def write_training_info(out: Path, workdir: Path, cfg: ToyTrainConfig, device: str) -> None:
     """Settings and measured time per stage (summed over resumed runs), for the model card."""
     import platform
 
-    seconds = {}
+    seconds, steps = {}, {}
     for stage in STAGES:
         timing = workdir / stage / "time.json"
         if timing.exists():
             record = json.loads(timing.read_text())
-            seconds[stage] = round(record.get("seconds", record.get("seconds_this_run", 0.0)))
+            seconds[stage], steps[stage] = round(record["seconds"], 1), record["steps"]
+    machine = f"{platform.machine()}, {torch.get_num_threads()} torch threads"
+    if torch.device(device).type == "cuda":
+        machine = f"{torch.cuda.get_device_name(device)}, {os.cpu_count()} CPU cores"
     info = {
         "config": asdict(cfg),
         "device": device,
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+        "machine": machine,
         "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "render_workers": data.render_workers(),
         "seconds_per_stage": seconds,
+        "steps_per_stage": steps,
     }
+    out.mkdir(parents=True, exist_ok=True)
     (out / "training.json").write_text(json.dumps(info, indent=1))

@@ -176,3 +176,58 @@ def test_an_unknown_text_encoder_mode_is_refused_in_one_line():
 
     with pytest.raises(SystemExit, match="pastel_text_encoder must be one of frozen, embeddings, full, not 'partly'"):
         train_main(["--pastel-text-encoder", "partly"])
+
+
+def test_a_run_stopped_by_its_time_budget_resumes_to_the_same_weights(tmp_path, capsys):
+    import pytest
+
+    from spmbench.toy.cli import UNFINISHED
+
+    def run(name, extra):
+        args = ["--out", str(tmp_path / name / "weights"), "--workdir", str(tmp_path / name / "work")]
+        return train_main([*args, *SMOKE_ARGS, "--stages", "base", "--ckpt-every", "2", *extra])
+
+    run("whole", [])
+    stops = 0
+    while True:  # no time at all: every call trains one step, checkpoints and stops
+        with pytest.raises(SystemExit) as stopped:
+            run("stopped", ["--max-minutes", "0"])
+            raise SystemExit(0)
+        if stopped.value.code != UNFINISHED:
+            break
+        stops += 1
+    assert stops == 2  # vae 2 steps, decoder 1, base 2: one stop within each stage of 2 steps
+    assert "checkpoint saved: rerun the same command to resume" in capsys.readouterr().out
+    for stage in ("vae", "decoder", "base"):
+        whole, stopped = (
+            torch.load(tmp_path / r / "work" / stage / "ckpt.pt", weights_only=True) for r in ("whole", "stopped")
+        )
+        for module in ("vae", "unet", "ema"):
+            if module in whole:
+                assert _same(whole[module], stopped[module]), (stage, module)
+    info = json.loads((tmp_path / "stopped" / "weights" / "training.json").read_text())
+    assert info["steps_per_stage"] == {"vae": 2, "decoder": 1, "base": 2}
+
+
+def test_ema_matches_torch_averaged_model_and_loads_its_checkpoints():
+    from spmbench.toy.train import EMA
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    reference = torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.9)
+    )
+    ema = EMA(model, 0.9)
+    for step in range(4):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(step)))
+        model(torch.randn(5, 3))  # moves the BatchNorm buffers, which are copied, not averaged
+        reference.update_parameters(model)
+        ema.update_parameters(model)
+        assert _same(reference.state_dict(), ema.state_dict())
+    resumed = EMA(model, 0.9)
+    resumed.load_state_dict(reference.state_dict())  # past its first update: it must average, not copy
+    model[0].weight.data.add_(1.0)
+    reference.update_parameters(model)
+    resumed.update_parameters(model)
+    assert _same(reference.state_dict(), resumed.state_dict())
