@@ -231,3 +231,51 @@ def test_ema_matches_torch_averaged_model_and_loads_its_checkpoints():
     reference.update_parameters(model)
     resumed.update_parameters(model)
     assert _same(reference.state_dict(), resumed.state_dict())
+
+
+def test_training_steps_read_nothing_back_from_the_device(tmp_path, monkeypatch):
+    """On a GPU every value read back to the host (`.item()`, `bool(tensor)`, a boolean mask) waits
+    for all queued work. Counted here on the CPU, by op, for every stage but the tokenizer."""
+    import traceback
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from spmbench.toy import train
+
+    class ReadBacks(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.__name__.split(".")[0]
+            masked = name in ("index", "index_put", "index_put_") and any(
+                isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1] if i is not None
+            )
+            if name in ("_local_scalar_dense", "is_nonzero") or masked:
+                stack = traceback.extract_stack()
+                # the optimiser's step counters live on the host, even when training on a GPU
+                if not any(f.filename.endswith("torch/optim/optimizer.py") for f in stack):
+                    caller = [f for f in stack if "/torch/" not in f.filename and f.filename != __file__][-1]
+                    self.seen.append(f"{name} at {caller.filename}:{caller.lineno}")
+            return func(*args, **(kwargs or {}))
+
+    seen = {}
+    real_loop = train._loop
+
+    def counting_loop(name, cfg, workdir, steps, modules, step_fn):
+        def counted(step, rng, gen):
+            if step == 0:  # the first step may read once (the EMA its update count): not every step
+                return step_fn(step, rng, gen)
+            with ReadBacks() as reads:
+                out = step_fn(step, rng, gen)
+            seen[name] = reads.seen
+            return out
+
+        return real_loop(name, cfg, workdir, steps, modules, counted)
+
+    monkeypatch.setattr(train, "_loop", counting_loop)
+    args = ["--out", str(tmp_path / "weights"), "--workdir", str(tmp_path / "work"), *SMOKE_ARGS, "--batch-size", "8"]
+    train_main([*args, "--stages", "judge,base,pastel", "--pastel-steps", "2", "--decoder-steps", "2"])
+    assert set(seen) == {"vae", "decoder", "judge", "base", "pastel"}
+    assert seen == dict.fromkeys(seen, [])
