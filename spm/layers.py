@@ -106,20 +106,21 @@ class MembraneLayer(nn.Module):
     def packed(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """All branches side by side: down (R, in...), up (out, R...), each rank row's branch index and scale.
 
-        Cached while the factors are unchanged (same storage, no in-place edit, no grad needed);
-        a device or dtype move or an edit rebuilds it.
+        Cached while the factors are frozen and unchanged (same storage, no in-place edit); a device
+        or dtype move, an edit or factors made trainable rebuild it (trainable ones on every call,
+        so gradients reach them).
         """
         params = [*self.down, *self.up]
         key = tuple((p.data_ptr(), p._version) for p in params)
-        if self._packed is not None and self._packed[0] == key:
+        trainable = any(p.requires_grad for p in params)
+        if self._packed is not None and self._packed[0] == key and not trainable:
             return self._packed[1:]
         self._coeff = None  # derived from the factors being rebuilt
         down, up = torch.cat(list(self.down)), torch.cat(list(self.up), dim=1)
         owner = torch.cat([torch.full((d.shape[0],), i) for i, d in enumerate(self.down)])
         row_scale = torch.tensor(self.scales, dtype=down.dtype)[owner].to(down.device)
         owner = owner.to(down.device)
-        if not any(p.requires_grad for p in params):
-            self._packed = (key, down, up, owner, row_scale)
+        self._packed = None if trainable else (key, down, up, owner, row_scale)
         return down, up, owner, row_scale
 
     def delta_weight(self, weights: list[float]) -> torch.Tensor:

@@ -110,6 +110,19 @@ def test_packed_factors_follow_in_place_edits():
     )
 
 
+def test_factors_made_trainable_after_a_cached_call_get_gradients():
+    _, layer, state, _ = make_layer("linear", k=2)
+    x = torch.randn(2, 6)
+    layer(x)  # frozen factors: packed and cached
+    for p in [*layer.down, *layer.up]:
+        p.requires_grad_(True)
+    for gamma in (None, torch.tensor([[1.0, 0.5], [0.0, 1.0]])):  # the folded and the per-row paths
+        state.gamma = gamma
+        layer(x).sum().backward()
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in [*layer.down, *layer.up]), gamma
+        layer.zero_grad(set_to_none=True)
+
+
 @pytest.mark.parametrize("kind", ["linear", "conv"])
 def test_every_new_permeability_is_used_not_a_cached_one(kind):
     base, layer, state, branches = make_layer(kind)
