@@ -66,9 +66,8 @@ class AttachedSPMs:
         similarity: str = "paper",
     ):
         self.pipe, self.spms = pipe, list(spms)
-        self.weights = torch.tensor(list(weights) if weights is not None else [1.0] * len(self.spms))
-        if len(self.weights) != len(self.spms):
-            raise ValueError(f"{len(self.weights)} weights given for {len(self.spms)} SPMs")
+        self.weights = torch.tensor(_weights_for(self.spms, weights))
+        self.detached = False
         if any(isinstance(m, MembraneLayer) for m in pipe.unet.modules()):
             raise ValueError(
                 "this pipeline already has SPMs attached: detach() them first, then attach all SPMs at once"
@@ -116,14 +115,30 @@ class AttachedSPMs:
 
     def __call__(self, prompt: str | list[str], num_images_per_prompt: int = 1, **pipe_kwargs):
         """Run the pipeline with each prompt's own permeability (and the same on its negative branch)."""
+        if self.detached:
+            raise RuntimeError("these SPMs were detached from the pipeline: attach() them again to use them")
         gamma = self.permeability(prompt).repeat_interleave(num_images_per_prompt, dim=0)
         with self.permeable(gamma):
             return self.pipe(prompt=prompt, num_images_per_prompt=num_images_per_prompt, **pipe_kwargs)
 
     def detach(self) -> None:
-        """Put the original layers back; the pipeline is exactly as before `attach`."""
+        """Put the original layers back; the pipeline is exactly as before `attach`. A second call does nothing."""
+        if self.detached:
+            return
         for name, layer in self.layers.items():
             _set_module(self.pipe.unet, self.paths[name], layer.base_layer)
+        self.detached = True
+
+
+def _weights_for(spms: Sequence[SPM], weights: Sequence[float] | None) -> list[float]:
+    """One weight per SPM (default 1), or a one-line error."""
+    if not spms:
+        raise ValueError("no SPMs given: pass at least one")
+    if weights is None:
+        return [1.0] * len(spms)
+    if len(weights) != len(spms):
+        raise ValueError(f"{len(weights)} weights given for {len(spms)} SPMs: give one weight per SPM")
+    return [float(w) for w in weights]
 
 
 def attach(
@@ -155,7 +170,7 @@ class MergedSPMs:
     """SPMs baked into the UNet weights (FT-free deployment); `undo()` restores the exact originals."""
 
     def __init__(self, unet: nn.Module, spms: Sequence[SPM], weights: Sequence[float] | None):
-        weights = list(weights) if weights is not None else [1.0] * len(spms)
+        weights = _weights_for(spms, weights)
         fits = [check_fit(s, unet, f"SPM #{i}") for i, s in enumerate(spms)]
         self.originals: dict[str, torch.Tensor] = {}
         with torch.no_grad():

@@ -66,6 +66,14 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 500
 
+    def __post_init__(self):
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be 'float32' or 'bfloat16', not {self.dtype!r}")
+        least = {"iterations": 1, "rank": 1, "rollout_steps": 2, "num_anchors": 0, "vocabulary_anchors": 0}
+        for name, minimum in least.items():
+            if getattr(self, name) < minimum:
+                raise ValueError(f"{name} must be at least {minimum}, not {getattr(self, name)}")
+
     def resolved_resolutions(self, pipe) -> tuple[int, ...]:
         if self.resolutions:
             return tuple(self.resolutions)
@@ -83,6 +91,8 @@ def encode(pipe, prompts: list[str]) -> torch.Tensor:
 
 def sample_anchors(c_tar: torch.Tensor, n: int, scale: tuple[float, float], gen: torch.Generator) -> torch.Tensor:
     """Latent Anchoring: random directions, kept with probability 1 - cos(a, c_tar), norm rho * ||c_tar||."""
+    if n == 0:
+        return c_tar.new_zeros((0, *c_tar.shape))
     anchors = []
     target = c_tar.flatten().float().cpu()
     while len(anchors) < n:
@@ -92,6 +102,14 @@ def sample_anchors(c_tar: torch.Tensor, n: int, scale: tuple[float, float], gen:
         if keep:
             anchors.append(a / a.norm() * rho * target.norm())
     return torch.stack(anchors).view(n, *c_tar.shape).to(c_tar)
+
+
+def _draw_size(resolutions: tuple[int, ...], gen: torch.Generator, vae_scale: int) -> tuple[int, int]:
+    """Latent height and width, each drawn from `resolutions` (non-square, as the released code). One
+    size needs one draw: seeded runs at a model's single native size stay as they were."""
+    height = resolutions[int(torch.randint(len(resolutions), (), generator=gen))]
+    width = resolutions[int(torch.randint(len(resolutions), (), generator=gen))] if len(resolutions) > 1 else height
+    return height // vae_scale, width // vae_scale
 
 
 def anchor_vocabulary(tokenizer, targets: list[str]) -> list[str]:
@@ -143,6 +161,11 @@ def train(
     """
     if not targets:
         raise ValueError("give at least one target concept to erase")
+    if pipe.unet.dtype != torch.float32:
+        raise ValueError(
+            f"train() needs the pipeline in float32 (its UNet is {pipe.unet.dtype}): load it with "
+            "dtype=torch.float32; for bfloat16 compute use TrainConfig(dtype='bfloat16')"
+        )
     cfg = config
     pipe.unet.requires_grad_(False)
     pipe.text_encoder.requires_grad_(False)
@@ -198,9 +221,12 @@ def _optimise(
     for step in bar:
         # 2. A target, a size, and the rollout depth k ~ U{1..T-1}.
         c_tar = c_targets[int(torch.randint(len(targets), (), generator=gen))][None]
-        size = resolutions[int(torch.randint(len(resolutions), (), generator=gen))] // pipe.vae_scale_factor
+        height, width = _draw_size(resolutions, gen, pipe.vae_scale_factor)
         k = int(torch.randint(1, cfg.rollout_steps, (), generator=gen))
-        x = torch.randn(1, pipe.unet.config.in_channels, size, size, generator=gen).to(device) * ddim.init_noise_sigma
+        x = (
+            torch.randn(1, pipe.unet.config.in_channels, height, width, generator=gen).to(device)
+            * ddim.init_noise_sigma
+        )
         # 3. x_t: k DDIM steps of the membrane-on model, CFG on c_tar.
         with torch.no_grad():
             for t in ddim.timesteps[:k]:

@@ -23,7 +23,8 @@ def encode_prompts(prompts: list[str], tokenizer, text_encoder) -> tuple[torch.T
     ids = tokenizer(
         prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
     ).input_ids
-    hidden = text_encoder(ids.to(text_encoder.device)).last_hidden_state.float()
+    # [0]: the states the pipeline conditions the UNet on (CLIP's last hidden state; a projection for some encoders)
+    hidden = text_encoder(ids.to(text_encoder.device))[0].float()
     special = set(tokenizer.all_special_ids)
     token_sets = [set(row.tolist()) - special for row in ids]
     return hidden.flatten(1), token_sets
@@ -38,6 +39,8 @@ class Transport:
     def __init__(self, targets_per_spm: list[list[str]], tokenizer, text_encoder, similarity: str = "paper"):
         if similarity not in SIMILARITIES:
             raise ValueError(f"unknown similarity {similarity!r}: choose one of {', '.join(SIMILARITIES)}")
+        if not targets_per_spm:
+            raise ValueError("Facilitated Transport needs at least one SPM")
         for i, targets in enumerate(targets_per_spm):
             if not targets:
                 raise ValueError(
@@ -58,6 +61,8 @@ class Transport:
 
     def __call__(self, prompts: list[str]) -> torch.Tensor:
         """(len(prompts), k) permeabilities in [0, 1]."""
+        if not prompts:
+            return torch.zeros(0, self.k)
         hidden, tokens = encode_prompts(prompts, self.tokenizer, self.text_encoder)
         s_cos = F.normalize(hidden, dim=1) @ self.target_hidden.T.to(hidden.device)
         floor = self.floor.to(s_cos.device)

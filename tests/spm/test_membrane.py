@@ -133,3 +133,22 @@ def test_attaching_twice_asks_to_detach_first(pipe):
     spm.attach(pipe, random_spm(pipe.unet))
     with pytest.raises(ValueError, match="detach"):
         spm.attach(pipe, random_spm(pipe.unet))
+
+
+def test_no_spms_or_a_weight_count_that_does_not_match_is_an_error(pipe):
+    one, two = random_spm(pipe.unet), random_spm(pipe.unet, ("mickey",), seed=1)
+    for combine in (spm.attach, spm.merge):
+        with pytest.raises(ValueError, match="no SPMs given"):
+            combine(pipe, [])
+        with pytest.raises(ValueError, match="1 weights given for 2 SPMs"):  # merge used to drop the second
+            combine(pipe, [one, two], weights=[1.0])
+    assert not any(isinstance(m, MembraneLayer) for m in pipe.unet.modules())
+
+
+def test_detached_spms_refuse_to_run_and_detach_twice_is_harmless(pipe):
+    attached = spm.attach(pipe, random_spm(pipe.unet))
+    attached.detach()
+    attached.detach()
+    with pytest.raises(RuntimeError, match="attach\\(\\) them again"):
+        attached("snoopy", **KW)
+    assert not any(isinstance(m, MembraneLayer) for m in pipe.unet.modules())

@@ -118,3 +118,36 @@ def test_vocabulary_anchors_hold_real_prompts_in_place(pipe):
         return (change[1] / change[0]).item()
 
     assert selectivity(4) < selectivity(0)
+
+
+def test_zero_random_anchors_leave_the_empty_prompt_anchor():
+    from spm.train import sample_anchors
+
+    c = torch.randn(5, 16)
+    assert sample_anchors(c, 0, (0.8, 1.2), torch.Generator()).shape == (0, 5, 16)
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [({"dtype": "float16"}, "dtype must be"), ({"iterations": 0}, "iterations must be at least 1"),
+     ({"num_anchors": -1}, "num_anchors must be at least 0"), ({"rollout_steps": 1}, "rollout_steps must be at least 2")],
+)  # fmt: skip
+def test_impossible_settings_are_refused_in_one_line(setting, message):
+    with pytest.raises(ValueError, match=message):
+        spm.TrainConfig(**setting)
+
+
+def test_a_half_precision_pipeline_is_refused_before_training(pipe):
+    pipe.to(torch.bfloat16)
+    with pytest.raises(ValueError, match="needs the pipeline in float32"):
+        spm.train(pipe, ["snoopy"], progress=False)
+
+
+def test_training_sizes_are_drawn_per_side():
+    from spm.train import _draw_size
+
+    gen = torch.Generator().manual_seed(0)
+    sizes = {_draw_size((256, 320, 384, 448), gen, 8) for _ in range(200)}
+    assert {h for h, _ in sizes} == {w for _, w in sizes} == {32, 40, 48, 56}
+    assert any(h != w for h, w in sizes)  # non-square, as the released code trains
+    assert {_draw_size((32,), gen, 8) for _ in range(5)} == {(4, 4)}

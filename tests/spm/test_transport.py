@@ -69,3 +69,10 @@ def test_unknown_similarity_is_named(pipe):
 def test_spm_without_targets_needs_them_for_transport(pipe):
     with pytest.raises(ValueError, match="targets"):
         Transport([[]], pipe.tokenizer, pipe.text_encoder)
+
+
+def test_no_prompts_give_no_rows_and_no_spms_are_an_error(pipe):
+    transport = Transport([["snoopy"], ["mickey"]], pipe.tokenizer, pipe.text_encoder)
+    assert transport([]).shape == (0, 2)
+    with pytest.raises(ValueError, match="at least one SPM"):
+        Transport([], pipe.tokenizer, pipe.text_encoder)
