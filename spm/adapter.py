@@ -108,7 +108,9 @@ class SPM:
                 raise ValueError(f"{path}: layer {name} has lora_down but no lora_up")
             layers[name] = (tensors[key].float(), tensors[up_key].float())
             alpha_key = f"{PREFIX}{name}.alpha"
-            alphas.add(float(tensors[alpha_key]) if alpha_key in tensors else float(metadata.get("alpha", 1.0)))
+            # no alpha anywhere: the LoRA convention, alpha = rank (scale 1)
+            rank = tensors[key].shape[0]
+            alphas.add(float(tensors[alpha_key]) if alpha_key in tensors else float(metadata.get("alpha", rank)))
         if not layers:
             raise ValueError(f"{path}: no '{PREFIX}*.lora_down.weight' keys: not an SPM/LoRA UNet file")
         if len(alphas) > 1:

@@ -65,7 +65,8 @@ def load_pipeline(model: str, device: str = "cpu", dtype: torch.dtype = torch.fl
     source = resolve_model(model)
     pipe = DiffusionPipeline.from_pretrained(source, dtype=dtype, safety_checker=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    # diffusers before `dtype=` (it was `torch_dtype=`) ignores it and loads what the files hold
+    return pipe.to(device) if pipe.unet.dtype == dtype else pipe.to(device, dtype)
 
 
 def native_resolution(pipe) -> int:

@@ -77,3 +77,13 @@ def test_save_is_atomic_and_leaves_no_temp(pipe, tmp_path):
     path = tmp_path / "s.safetensors"
     random_spm(pipe.unet).save(path)
     assert [p.name for p in tmp_path.iterdir()] == ["s.safetensors"]
+
+
+def test_a_file_without_alpha_takes_the_lora_convention_alpha_equals_rank(pipe, tmp_path):
+    spm = SPM.init(pipe.unet, ["snoopy"], rank=2)
+    tensors = {}
+    for name, (d, u) in spm.layers.items():
+        tensors[f"lora_unet_{name}.lora_down.weight"] = d
+        tensors[f"lora_unet_{name}.lora_up.weight"] = u
+    save_file(tensors, str(tmp_path / "plain.safetensors"))
+    assert SPM.load(tmp_path / "plain.safetensors").scale == 1.0  # as diffusers' LoRA loader applies it
