@@ -42,6 +42,9 @@ def train(
     lr: float = 1e-4,
     anchor_weight: Annotated[float, typer.Option(help="lambda of Latent Anchoring")] = 1000.0,
     num_anchors: int = 4,
+    legacy_anchors: Annotated[
+        bool, typer.Option(help="the released code's anchors: 2 random ones and the empty prompt twice")
+    ] = False,
     vocabulary_anchors: Annotated[
         int, typer.Option(help="extra anchors per step from 1-3 vocabulary words (ours; the paper: 0)")
     ] = 0,
@@ -56,13 +59,14 @@ def train(
 
     if out.suffix != ".safetensors":
         _fail(f"--out must end in .safetensors, got {out}")
-    if dtype not in ("float32", "bfloat16"):
-        _fail(f"--dtype must be float32 or bfloat16, got {dtype}")
-    cfg = spm.TrainConfig(
-        iterations=iterations, lr=lr, anchor_weight=anchor_weight, num_anchors=num_anchors,
-        vocabulary_anchors=vocabulary_anchors,
-        resolutions=tuple(resolution) if resolution else None, dtype=dtype, seed=seed, checkpoint_every=checkpoint_every,
-    )  # fmt: skip
+    try:
+        cfg = spm.TrainConfig(
+            iterations=iterations, lr=lr, anchor_weight=anchor_weight, num_anchors=num_anchors,
+            legacy_anchors=legacy_anchors, vocabulary_anchors=vocabulary_anchors,
+            resolutions=tuple(resolution) if resolution else None, dtype=dtype, seed=seed, checkpoint_every=checkpoint_every,
+        )  # fmt: skip
+    except ValueError as e:
+        _fail(f"{e} (option --{str(e).split()[0].replace('_', '-')})")
     pipe = _pipeline(model, device)
     out.parent.mkdir(parents=True, exist_ok=True)
     checkpoint = out.with_name(out.name + ".ckpt.pt")

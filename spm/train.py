@@ -32,6 +32,8 @@ class TrainConfig:
         eta: negative-guidance strength of the erasing target.
         anchor_weight: lambda, the weight of the Latent Anchoring loss.
         num_anchors: random anchor embeddings per step (the empty prompt is always added).
+        legacy_anchors: the released code's anchors instead: by a batching quirk, 2 random ones and the
+            empty prompt twice (so it weighs half the anchoring loss); num_anchors is then ignored.
         vocabulary_anchors: more anchors per step (ours, default 0: the paper has none), each a prompt
             of 1-3 words drawn from the tokenizer's vocabulary, never the targets' own words. Random
             directions in embedding space lie far from every real prompt; on the toy world they left
@@ -55,6 +57,7 @@ class TrainConfig:
     eta: float = 1.0
     anchor_weight: float = 1000.0
     num_anchors: int = 4
+    legacy_anchors: bool = False
     vocabulary_anchors: int = 0
     anchor_scale: tuple[float, float] = (0.8, 1.2)
     rollout_steps: int = 30
@@ -233,7 +236,8 @@ def _optimise(
                 uncond, cond = unet(x, t, torch.cat([c_empty, c_tar]), torch.ones(1, 1)).chunk(2)
                 x = ddim.step(uncond + cfg.rollout_guidance * (cond - uncond), t, x).prev_sample
         t = ddim.timesteps[k]
-        anchors = [sample_anchors(c_tar[0], cfg.num_anchors, cfg.anchor_scale, gen), c_empty]
+        random_anchors, empties = (2, 2) if cfg.legacy_anchors else (cfg.num_anchors, 1)
+        anchors = [sample_anchors(c_tar[0], random_anchors, cfg.anchor_scale, gen), c_empty.expand(empties, -1, -1)]
         if vocabulary:
             anchors.append(encode(pipe, sample_vocabulary_prompts(vocabulary, cfg.vocabulary_anchors, gen)))
         anchors = torch.cat(anchors)

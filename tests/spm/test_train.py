@@ -151,3 +151,19 @@ def test_training_sizes_are_drawn_per_side():
     assert {h for h, _ in sizes} == {w for _, w in sizes} == {32, 40, 48, 56}
     assert any(h != w for h, w in sizes)  # non-square, as the released code trains
     assert {_draw_size((32,), gen, 8) for _ in range(5)} == {(4, 4)}
+
+
+def test_legacy_anchors_are_two_random_ones_and_the_empty_prompt_twice(pipe):
+    from spm.train import encode
+
+    seen = []
+    pipe.unet.register_forward_pre_hook(
+        lambda _, args, kwargs: seen.append(kwargs["encoder_hidden_states"].detach()), with_kwargs=True
+    )
+    cfg = spm.TrainConfig(iterations=1, num_anchors=5, legacy_anchors=True, **FAST)
+    spm.train(pipe, ["snoopy"], config=cfg, progress=False)
+    trained = seen[-1]  # the membrane's prediction: the target, then the anchors
+    empty = encode(pipe, [""])[0]
+    assert len(trained) == 1 + 2 + 2
+    assert torch.equal(trained[3], empty) and torch.equal(trained[4], empty)
+    assert not torch.equal(trained[1], empty) and not torch.equal(trained[2], empty)
