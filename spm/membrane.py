@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -11,6 +12,10 @@ from torch import nn
 from spm.adapter import SPM, kohya_name
 from spm.layers import MembraneLayer, PermeabilityState, base_of, layer_shapes, membrane_targets
 from spm.transport import Transport
+
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
 
 
 class SPMMismatchError(ValueError):
@@ -58,7 +63,7 @@ class AttachedSPMs:
 
     def __init__(
         self,
-        pipe,
+        pipe: DiffusionPipeline,
         spms: Sequence[SPM],
         transport: bool,
         legacy: bool,
@@ -105,7 +110,7 @@ class AttachedSPMs:
         return self.transport(prompts) * self.weights
 
     @contextmanager
-    def permeable(self, gamma: torch.Tensor):
+    def permeable(self, gamma: torch.Tensor) -> Iterator[None]:
         """Within the block, every UNet call uses `gamma` (B, k), tiled over CFG copies."""
         previous, self.state.gamma = self.state.gamma, gamma
         try:
@@ -142,7 +147,7 @@ def _weights_for(spms: Sequence[SPM], weights: Sequence[float] | None) -> list[f
 
 
 def attach(
-    pipe,
+    pipe: DiffusionPipeline,
     spms: SPM | Sequence[SPM],
     transport: bool = True,
     legacy: bool = False,
@@ -189,7 +194,9 @@ class MergedSPMs:
                 base.weight.copy_(self.originals[name])
 
 
-def merge(pipe_or_unet, spms: SPM | Sequence[SPM], weights: Sequence[float] | None = None) -> MergedSPMs:
+def merge(
+    pipe_or_unet: DiffusionPipeline | nn.Module, spms: SPM | Sequence[SPM], weights: Sequence[float] | None = None
+) -> MergedSPMs:
     """W <- W + sum_i w_i s_i U_i D_i on every membrane layer; returns a handle whose `undo()` reverts it."""
     unet = getattr(pipe_or_unet, "unet", pipe_or_unet)
     return MergedSPMs(unet, [spms] if isinstance(spms, SPM) else spms, weights)

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
 
 
 # The toy world ships inside this distribution, beside `spm/`: a file path, not an import.
@@ -58,7 +63,7 @@ def resolve_model(model: str) -> str:
     )
 
 
-def load_pipeline(model: str, device: str = "cpu", dtype: torch.dtype = torch.float32):
+def load_pipeline(model: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> DiffusionPipeline:
     """Load a Stable Diffusion pipeline with its safety checker off (the protocol measures raw output)."""
     from diffusers import DiffusionPipeline
 
@@ -69,6 +74,6 @@ def load_pipeline(model: str, device: str = "cpu", dtype: torch.dtype = torch.fl
     return pipe.to(device) if pipe.unet.dtype == dtype else pipe.to(device, dtype)
 
 
-def native_resolution(pipe) -> int:
+def native_resolution(pipe: DiffusionPipeline) -> int:
     """The pixel size the UNet was trained at (512 for SD 1.x, 32 for the toy world)."""
     return int(pipe.unet.config.sample_size * pipe.vae_scale_factor)

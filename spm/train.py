@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,10 @@ from spm.adapter import SPM
 from spm.files import save_torch_atomic
 from spm.membrane import attach
 from spm.models import native_resolution
+
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
 
 
 log = logging.getLogger(__name__)
@@ -85,7 +90,7 @@ class TrainConfig:
 
 
 @torch.no_grad()
-def encode(pipe, prompts: list[str]) -> torch.Tensor:
+def encode(pipe: DiffusionPipeline, prompts: list[str]) -> torch.Tensor:
     ids = pipe.tokenizer(
         prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt"
     ).input_ids
@@ -140,7 +145,7 @@ def _fingerprint(targets, surrogate, cfg: TrainConfig, pipe) -> str:
 
 
 def train(
-    pipe,
+    pipe: DiffusionPipeline,
     targets: list[str],
     surrogate: str = "",
     config: TrainConfig = TrainConfig(),
