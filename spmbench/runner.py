@@ -146,6 +146,7 @@ def score_cell(judge, rows: list[PromptRow], cell_dir: Path, batch_size: int = 2
     scores_path = cell_dir / "scores.jsonl"
     done = {s["prompt_id"] for s in _read_jsonl(scores_path)}
     todo = [r for r in rows if r.prompt_id not in done]
+    _end_torn_line(scores_path)
     with open(scores_path, "a") as f:
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
@@ -155,7 +156,20 @@ def score_cell(judge, rows: list[PromptRow], cell_dir: Path, batch_size: int = 2
                 f.write(json.dumps(record) + "\n")  # raw judge output kept (detections, CLIP scores)
             f.flush()
     wanted = {r.prompt_id for r in rows}
-    return [s for s in _read_jsonl(scores_path) if s["prompt_id"] in wanted]
+    scores = [s for s in _read_jsonl(scores_path) if s["prompt_id"] in wanted]
+    if {s["prompt_id"] for s in scores} != wanted:
+        raise RuntimeError(f"{scores_path} lacks scores for some of its {len(wanted)} prompts: delete it to rescore")
+    return scores
+
+
+def _end_torn_line(path: Path) -> None:
+    """Close a last line torn by a kill: a record appended to it would be lost with it."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as f:
+        f.seek(-1, 2)
+        if f.read(1) != b"\n":
+            f.write(b"\n")
 
 
 def measure_alteration(judge, rows: list[PromptRow], cell_dir: Path, original_dir: Path) -> dict[str, float]:

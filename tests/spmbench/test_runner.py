@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 import spm.models
 import spmbench.specs
+from spmbench import runner
 from spmbench.cli import app
 
 
@@ -78,6 +79,8 @@ def test_run_writes_reports_and_a_rerun_computes_nothing(toy_weights, tmp_path):
     assert changed == [victim]
     stored = json.loads((cell / "result.json").read_text())
     assert len(stored["rates"]) == 3 and stored["alteration"]["paired_feature_distance"] >= 0
+    scored = {s["prompt_id"] for s in runner._read_jsonl(cell / "scores.jsonl")}
+    assert len(scored) == stored["rows"]  # the torn line's prompt scored again, on a line of its own
 
 
 def test_report_rebuilds_from_stored_results(toy_weights, tmp_path):
