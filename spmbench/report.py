@@ -7,6 +7,7 @@ import io
 import json
 from pathlib import Path
 
+from spm.files import write_text_atomic
 from spmbench.apps import ERASURE_SETS, Application
 
 
@@ -97,11 +98,11 @@ def write_reports(app: Application, run_dir: Path, out_dir: Path) -> list[Path]:
     results = load_results(run_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     md, table = out_dir / f"{app.name}.md", out_dir / f"{app.name}.csv"
-    md.write_text(markdown(app, results))
-    table.write_text(csv_text(results))
+    write_text_atomic(md, markdown(app, results))
+    write_text_atomic(table, csv_text(results))
     tex, plot = out_dir / f"{app.name}.tex", out_dir / f"{app.name}_tradeoff.svg"
-    tex.write_text(latex(app, results))
-    plot.write_text(tradeoff_svg(results))
+    write_text_atomic(tex, latex(app, results))
+    write_text_atomic(plot, tradeoff_svg(results))
     written = [md, table, tex, plot]
     erasers = sorted({r["eraser"] for r in results if r["eraser"] != "none"})
     for r in results:

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from spm.files import write_text_atomic
 from spmbench.apps import ERASURE_SETS, Application, PromptRow
 from spmbench.cost import peak_memory
 from spmbench.erasers import ERASERS
@@ -251,9 +252,7 @@ def fit_timed(
 
 def _write_json_atomic(path: Path, data) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(data, indent=1))
 
 
 def summarise(scores: list[dict]) -> dict[str, float]:

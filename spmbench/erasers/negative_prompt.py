@@ -6,6 +6,7 @@ import json
 from contextlib import contextmanager
 from pathlib import Path
 
+from spm.files import write_text_atomic
 from spmbench.erasers.spm import slug
 
 
@@ -18,7 +19,7 @@ class NegativePrompt:
         """Nothing to learn; the artifact records the negative prompt used, for provenance."""
         path = workdir / "negprompt" / f"{'+'.join(slug(t) for t in targets)}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"negative_prompt": ", ".join(targets)}))
+        write_text_atomic(path, json.dumps({"negative_prompt": ", ".join(targets)}))
         return [path]
 
     @contextmanager

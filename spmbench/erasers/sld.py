@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from spm.files import write_text_atomic
 from spmbench.erasers.spm import slug
 
 
@@ -98,7 +99,7 @@ class SLD:
         """Nothing to learn; the artifact records the safety concept and preset."""
         path = workdir / self.name / f"{'+'.join(slug(t) for t in targets)}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"safety_concept": ", ".join(targets), "preset": asdict(self.preset)}))
+        write_text_atomic(path, json.dumps({"safety_concept": ", ".join(targets), "preset": asdict(self.preset)}))
         return [path]
 
     @contextmanager

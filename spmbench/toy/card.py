@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from spm.files import write_text_atomic
 from spmbench.toy import captions, data, models
 from spmbench.toy import world as w
 from spmbench.toy.train import STAGES
@@ -374,7 +375,7 @@ def write_card(
             for head, value in scores.items():
                 lines.append(f"| {kind} | {head} | {value * 100:.1f} % |")
         lines += ["", f"Sample grids: `reports/toyworld/{name}_<kind>.png`", ""]
-    path.write_text("\n".join(lines) + "\n")
+    write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 def build_card(weights: Path, report: Path, settings: CardSettings = CardSettings(), device: str = "cpu") -> dict:

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from spmbench.toy import data
-from spmbench.toy.train import STAGES, TimeBudgetReached, ToyTrainConfig, train_world
+from spmbench.toy.train import STAGES, SettingsChanged, TimeBudgetReached, ToyTrainConfig, train_world
 
 
 WEIGHTS = Path(__file__).parent / "weights"
@@ -25,20 +25,37 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, default=WEIGHTS, help="where the shipped weights are written")
     p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="checkpoints; rerun to resume")
-    p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--stages", default=",".join(STAGES),
+        help="comma-separated; judge, pastel and verbose may be left out (tokenizer, vae, decoder and base "
+        "always run or resume: the others are built on them)",
+    )  # fmt: skip
+    p.add_argument("--threads", type=_at_least(1), default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--device", default="cpu")
     p.add_argument(
-        "--max-minutes", type=float, default=None,
+        "--max-minutes", type=_at_least(0, float), default=None,
         help=f"stop at a checkpoint after this long (exit status {UNFINISHED}); the same command resumes",
     )  # fmt: skip
     p.add_argument(
-        "--render-workers", type=int, default=None,
+        "--render-workers", type=_at_least(0), default=None,
         help="processes that render training images (default: 0 on a CPU, up to 8 spare cores on a GPU)",
     )  # fmt: skip
     for f in fields(ToyTrainConfig):
         p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
     return p
+
+
+def _at_least(minimum: float, kind: type = int):
+    """An argparse type: a number of `kind`, at least `minimum`."""
+
+    def parse(text: str):
+        value = kind(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names it in "invalid int value" errors
+    return parse
 
 
 def card_main(argv: list[str] | None = None) -> None:
@@ -77,6 +94,8 @@ def main(argv: list[str] | None = None) -> None:
     data.use_render_workers(workers)
     try:
         train_world(args.out, args.workdir, cfg, stages=stages, device=args.device, max_minutes=args.max_minutes)
+    except SettingsChanged as err:
+        raise SystemExit(f"error: {err}") from None
     except TimeBudgetReached as stop:
         print(f"{stop} (--max-minutes {args.max_minutes:g}); checkpoint saved: rerun the same command to resume")
         raise SystemExit(UNFINISHED) from None

@@ -15,6 +15,8 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from spm.files import write_text_atomic
+
 
 # The longest caption of any dialect is 16 tokens with its start/end tokens (tested); room to spare.
 MAX_LENGTH = 32
@@ -151,7 +153,7 @@ def save_judge(judge: Judge, directory: Path) -> None:
 
     directory.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in judge.state_dict().items()}, str(directory / "judge.safetensors"))
-    (directory / "judge.json").write_text(json.dumps({"heads": judge.head_sizes}, indent=1))
+    write_text_atomic(directory / "judge.json", json.dumps({"heads": judge.head_sizes}, indent=1))
 
 
 def load_judge(directory: Path) -> Judge:

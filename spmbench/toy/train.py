@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from spm.files import save_torch_atomic
+from spm.files import save_torch_atomic, write_text_atomic
 from spmbench.toy import data, models
 
 
@@ -64,6 +64,12 @@ class ToyTrainConfig:
     ckpt_every: int = 500
 
     def __post_init__(self):
+        for name in ("batch_size", "pool_size", "ckpt_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        for f in fields(self):
+            if f.name.endswith("_steps") and getattr(self, f.name) < 0:
+                raise ValueError(f"{f.name} must be at least 0, not {getattr(self, f.name)}")
         for name in ("pastel", "verbose"):
             mode = getattr(self, f"{name}_text_encoder")
             if mode not in TEXT_ENCODER_MODES:
@@ -102,6 +108,39 @@ def _load_ckpt(path: Path, modules: dict, rng: np.random.Generator, gen: torch.G
     return int(state["step"])
 
 
+class SettingsChanged(ValueError):
+    """A workdir holds stages trained with other settings than the ones asked for."""
+
+
+# Settings that concern only some stages; every other one (seed, batch size, ...) concerns them all.
+# Step counts and ckpt_every may change between runs: a stage then trains on, or stops, where asked.
+_STAGES_OF_SETTING = {
+    "judge_vae_fraction": ("judge",),
+    "decoder_lr": ("decoder",),
+    "derivative_lr": ("pastel", "verbose"),
+    "pastel_text_encoder": ("pastel",),
+    "verbose_text_encoder": ("verbose",),
+}
+
+
+def check_resumable(workdir: Path, cfg: ToyTrainConfig) -> None:
+    """Refuse to resume stages whose checkpoints were made with other settings (workdir/config.json)."""
+    recorded = workdir / "config.json"
+    if not recorded.exists():
+        return
+    old = json.loads(recorded.read_text())
+    for name, value in asdict(cfg).items():
+        if name.endswith("_steps") or name == "ckpt_every" or old.get(name, value) == value:
+            continue
+        trained = [s for s in _STAGES_OF_SETTING.get(name, STAGES[1:]) if (workdir / s / "ckpt.pt").exists()]
+        if trained:
+            raise SettingsChanged(
+                f"{workdir} holds {', '.join(trained)} trained with {name}={old[name]!r}, not {value!r}: "
+                f"delete {'those stage folders' if len(trained) > 1 else 'that stage folder'} to retrain, "
+                "or use another --workdir"
+            )
+
+
 class TimeBudgetReached(Exception):
     """Training stopped at a checkpoint when its time budget ran out; rerunning resumes there."""
 
@@ -131,7 +170,7 @@ def _loop(name: str, cfg: ToyTrainConfig, workdir: Path, steps: int, modules: di
         out_of_time = _deadline is not None and time.monotonic() > _deadline
         if (step + 1) % cfg.ckpt_every == 0 or step + 1 == steps or out_of_time:
             _save_ckpt(ckpt, step + 1, modules, rng, gen)
-            timing.write_text(json.dumps({"seconds": spent + time.time() - t0, "steps": step + 1}))
+            write_text_atomic(timing, json.dumps({"seconds": spent + time.time() - t0, "steps": step + 1}))
         if out_of_time and step + 1 < steps:
             bar.close()
             raise TimeBudgetReached(f"time budget reached at {name} step {step + 1} of {steps}")
@@ -411,8 +450,9 @@ def train_world(
 
 def _train_stages(out: Path, workdir: Path, cfg: ToyTrainConfig, stages, device: str) -> None:
     torch.manual_seed(cfg.seed)
+    check_resumable(workdir, cfg)
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    write_text_atomic(workdir / "config.json", json.dumps(asdict(cfg), indent=1))
     tokenizer = train_tokenizer(workdir)
     vae = train_vae(cfg, workdir, device)
     vae = sharpen_decoder(cfg, workdir, vae, device)
@@ -452,4 +492,4 @@ def write_training_info(out: Path, workdir: Path, cfg: ToyTrainConfig, device: s
         "steps_per_stage": steps,
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "training.json").write_text(json.dumps(info, indent=1))
+    write_text_atomic(out / "training.json", json.dumps(info, indent=1))

@@ -279,3 +279,36 @@ def test_training_steps_read_nothing_back_from_the_device(tmp_path, monkeypatch)
     train_main([*args, "--stages", "judge,base,pastel", "--pastel-steps", "2", "--decoder-steps", "2"])
     assert set(seen) == {"vae", "decoder", "judge", "base", "pastel"}
     assert seen == dict.fromkeys(seen, [])
+
+
+def test_resuming_with_other_settings_is_refused_unless_only_step_counts_change(smoke_world, tmp_path):
+    import shutil
+
+    import pytest
+
+    root, _ = smoke_world
+    work = tmp_path / "work"
+    shutil.copytree(root / "work", work)
+    args = ["--out", str(tmp_path / "weights"), "--workdir", str(work), *SMOKE_ARGS]
+    with pytest.raises(SystemExit, match="holds vae, judge, base, pastel, verbose, decoder trained with lr=0.0003"):
+        train_main([*args, "--lr", "0.5"])
+    with pytest.raises(SystemExit, match="holds pastel trained with pastel_text_encoder='frozen'"):
+        train_main([*args, "--pastel-text-encoder", "full"])
+    shutil.rmtree(work / "pastel")  # retraining that stage alone with the new setting is allowed
+    train_main([*args, "--pastel-text-encoder", "full", "--verbose-steps", "2"])  # and more steps
+    assert json.loads((work / "verbose" / "time.json").read_text())["steps"] == 2
+
+
+def test_impossible_training_settings_are_refused_in_one_line():
+    import pytest
+
+    for argv, message in (
+        (["--batch-size", "0"], "batch_size must be at least 1"),
+        (["--base-steps", "-1"], "base_steps must be at least 0"),
+    ):
+        with pytest.raises(SystemExit, match=message):
+            train_main(argv)
+    for argv in (["--threads", "0"], ["--max-minutes", "-1"], ["--render-workers", "-2"]):
+        with pytest.raises(SystemExit) as refused:  # argparse: "argument --threads: must be at least 1"
+            train_main(argv)
+        assert refused.value.code == 2
