@@ -7,7 +7,7 @@ the judge on rendered ground truth, and each model's generations per prompt kind
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +45,20 @@ class CardSettings:
     # ("" skips): how the family's recommended guidance was chosen.
     sweep: str = "1.5,3,5,7.5"
     sweep_images_per_kind: int = 100
+
+    def __post_init__(self):
+        for f in fields(self):
+            if f.name != "sweep" and getattr(self, f.name) <= 0:
+                raise ValueError(f"{f.name} must be positive, not {getattr(self, f.name)}")
+        try:
+            guidances = self.guidances()
+        except ValueError:
+            raise ValueError(f"sweep must be comma-separated numbers, not {self.sweep!r}") from None
+        if any(g <= 0 for g in guidances):
+            raise ValueError(f"sweep guidances must be positive, not {self.sweep!r}")
+
+    def guidances(self) -> list[float]:
+        return [float(v) for v in self.sweep.split(",") if v.strip()]
 
 
 def prompts_for(kind: str, n: int, held_out: bool = False, seed: int = EVAL_SEED):
@@ -153,7 +167,7 @@ def evaluate_model(
 def guidance_sweep(pipe, judge, settings: CardSettings) -> dict[float, dict]:
     """toy-base's results at each guidance of `settings.sweep`, on a prompt and seed stream the
     card's own measurement never uses, so that choosing the guidance does not fit the card."""
-    values = [float(v) for v in settings.sweep.split(",") if v.strip()]
+    values = settings.guidances()
     n = settings.sweep_images_per_kind
     return {
         g: evaluate_model(

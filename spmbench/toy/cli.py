@@ -68,7 +68,12 @@ def card_main(argv: list[str] | None = None) -> None:
     for f in fields(CardSettings):
         p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
     args = p.parse_args(argv)
-    settings = CardSettings(**{f.name: getattr(args, f.name) for f in fields(CardSettings)})
+    try:
+        settings = CardSettings(**{f.name: getattr(args, f.name) for f in fields(CardSettings)})
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    if args.report.suffix != ".md" or args.report.is_dir() or args.report.parent.is_file():
+        raise SystemExit(f"error: --report must be a .md file path (its folder is created), not {args.report}")
     if not (args.weights / "judge" / "judge.json").exists():
         raise SystemExit(f"error: no toy world in {args.weights}: run `spmbench toy train` first")
     build_card(args.weights, args.report, settings, args.device)

@@ -46,3 +46,19 @@ def test_a_gpu_run_of_the_shipped_settings_states_its_measured_time():
     assert "projected" not in text
     short = {**gpu, "steps_per_stage": {**steps, "verbose": 60}}  # stopped before the end: projected
     assert "projected" in "\n".join(_training_summary({**CPU_INFO, "gpu_run": short}))
+
+
+def test_card_settings_are_checked_before_anything_is_measured(tmp_path):
+    import pytest
+
+    from spmbench.toy.cli import card_main
+
+    (tmp_path / "afile").touch()
+    for argv, message in (
+        (["--sweep", "abc"], "sweep must be comma-separated numbers"),
+        (["--sweep", "0,3"], "sweep guidances must be positive"),
+        (["--judge-images", "0"], "judge_images must be positive"),
+        (["--report", str(tmp_path / "afile" / "x.md")], "--report must be a .md file path"),
+    ):
+        with pytest.raises(SystemExit, match=message):
+            card_main(["--weights", str(tmp_path / "none"), *argv])
