@@ -10,6 +10,7 @@ other set measures erosion (how often the judge sees its concept).
 from __future__ import annotations
 
 import hashlib
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -133,7 +134,23 @@ def _prompt_set(name: str, data, origin: str) -> PromptSet:
     templates = _require(data, "templates", list, where)
     if not templates or not all(isinstance(t, str) for t in templates):
         raise SpecError(f"{where}.templates must be a non-empty list of strings")
+    for template in templates:
+        _check_template(template, concepts, where)
     return PromptSet(name, concepts, tuple(templates))
+
+
+def _check_template(template: str, concepts, where: str) -> None:
+    """One `{}` where the concept goes; none only for a single concept (else its prompts, and ids, repeat)."""
+    try:
+        names = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as e:
+        raise SpecError(f"{where}: template {template!r}: {e} (write a literal brace as {{{{ or }}}})") from None
+    single = isinstance(concepts, tuple) and len(concepts) == 1
+    if names != [""] and not (names == [] and single):
+        raise SpecError(
+            f"{where}: template {template!r} must hold exactly one {{}} where the concept goes"
+            + ("" if single else " (a set of several concepts needs it: else their prompts are the same)")
+        )
 
 
 def parse_app(data, origin: str) -> Application:
@@ -175,5 +192,7 @@ def load_apps(directory: Path = CONCEPTS_DIR) -> Registry[Application]:
     registry: Registry[Application] = Registry("application")
     for path in sorted(directory.glob("*/*.yaml")):
         app = parse_app(read_yaml(path), str(path))
+        if app.name in registry:
+            raise SpecError(f"{path}: application name {app.name!r} is also used by {registry.get(app.name).path}")
         registry.add(app.name, app)
     return registry

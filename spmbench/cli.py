@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 
@@ -37,7 +40,7 @@ def toy_card(ctx: typer.Context) -> None:
     card_main(list(ctx.args))
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
 
@@ -91,36 +94,145 @@ def validate(
     classifier: str = typer.Option(DEFAULT_CLASSIFIER, help="ImageNet classifier whose labels 'imagenet' apps use"),
 ) -> None:
     """Load every model and application file and say what is wrong, if anything."""
-    from spmbench.judges.toy import concept_label
-
-    models, apps, _ = _registries()
-    labels = None
+    models, apps, erasers = _registries()
+    problems = [p for m in models if (p := _source_problem(m))]
+    problems += [p for e in erasers if (p := _released_problem(e))]
+    problems += _settings_problems(models, apps, erasers)
+    labels: dict[str, dict | None] = {}
     for a in apps:
-        if a.judge not in JUDGES:
-            _fail(f"{a.path}: unknown judge {a.judge!r}; available: {', '.join(JUDGES)}")
-        if a.world == "toy":
-            try:
-                for targets in a.erase:
-                    for row in a.rows(targets, limit=None):
-                        concept_label(row.concept)
-            except ValueError as e:
-                _fail(f"{a.path}: {e}")
-        if a.judge == "imagenet":
-            from spmbench.judges.imagenet import label_index
-
-            labels = labels if labels is not None else _classifier_labels(classifier)
-            if labels is None:
-                typer.echo(f"note: {classifier} is not on this machine; {a.name}'s classes were not checked")
-                continue
-            named = {t for e in a.erase for t in e} | {
-                c for ps in a.prompt_sets if isinstance(ps.concepts, tuple) for c in ps.concepts
-            }
-            try:
-                for concept in sorted(named):
-                    label_index(concept, labels)
-            except ValueError as e:
-                _fail(f"{a.path}: {e} (classifier {classifier})")
+        problems += _app_problems(a, classifier, labels)
+    for problem in dict.fromkeys(problems):
+        typer.echo(f"error: {problem}", err=True)
+    if problems:
+        raise typer.Exit(2)
     typer.echo(f"ok: {len(models)} models, {len(apps)} applications")
+
+
+def _source_problem(model) -> str | None:
+    """What loading the model would say of its source, without loading it."""
+    from spm.models import resolve_model
+
+    source = model.source
+    local = source.startswith(("/", ".", "~")) or "\\" in source or source.count("/") > 1  # hub ids: one '/'
+    if local or Path(source).exists():
+        if not (Path(source) / "model_index.json").is_file():
+            return f"{model.origin}: source {source} is not a diffusers model directory (no model_index.json there)"
+        return None
+    try:
+        resolve_model(source)
+    except ValueError as e:
+        return f"{model.origin}: {e}"
+    except FileNotFoundError:  # a toy model not trained yet: run says so, and how to train it
+        pass
+    return None
+
+
+def _released_problem(eraser) -> str | None:
+    from spmbench.erasers.released import Released
+
+    try:
+        if isinstance(eraser, Released):
+            eraser.components()  # finds the weight files; loads nothing
+    except (OSError, ValueError) as e:
+        return str(e)
+    return None
+
+
+class _Reached(BaseException):
+    """A fit got past its settings to real work (BaseException: no fit's own handler catches it)."""
+
+
+class _Probe:
+    """A pipeline stand-in: a fit checks its settings before it first touches the pipeline."""
+
+    def __getattr__(self, name: str):
+        raise _Reached
+
+
+def _settings_problems(models, apps, erasers) -> list[str]:
+    """Every spec's eraser_settings, checked by the eraser's own fit, as a run would check them."""
+    by_key: dict[str, object] = {}
+    for e in erasers:  # by name: 'spm' comes before 'spm-noft' and 'spm-rel', which share its settings
+        by_key.setdefault(getattr(e, "fit_key", e.name), e)
+    specs = [(m.origin, m.eraser_settings, m.resolution) for m in models]
+    specs += [(a.path, a.eraser_settings, 512) for a in apps]
+    problems = []
+    for origin, settings, resolution in specs:
+        for key, chosen in settings.items():
+            problem = (
+                _settings_problem(by_key[key], chosen, resolution) if key in by_key else _unknown_key(key, by_key)
+            )
+            if problem:
+                problems.append(f"{origin}: eraser_settings.{key}: {problem}")
+    return problems
+
+
+def _unknown_key(key: str, by_key: dict) -> str:
+    from spmbench.erasers import ERASERS
+
+    if key in ERASERS:
+        return f"{key} shares the settings of {ERASERS.get(key).fit_key!r}: put them there"
+    return f"no such eraser; use one of {', '.join(by_key)}"
+
+
+def _settings_problem(eraser, settings: dict, resolution: int) -> str | None:
+    import tempfile
+
+    targets = tuple(getattr(eraser, "targets", ("probe",)))  # a released checkpoint's own targets
+    with tempfile.TemporaryDirectory() as workdir:
+        try:
+            eraser.fit(_Probe(), targets, Path(workdir), resolution, settings)
+        except _Reached:
+            return None
+        except TypeError as e:
+            return f"{e} (a setting of the wrong type?)"
+        except (ValueError, OSError) as e:
+            return str(e)
+    return f"eraser {eraser.name!r} takes no settings" if settings else None
+
+
+def _app_problems(a, classifier: str, labels: dict) -> list[str]:
+    """The application's judge, prompt files and concepts; `labels` caches the classifier's."""
+    from spmbench.judges.toy import concept_label
+    from spmbench.prompts import check_source
+
+    problems = [] if a.judge in JUDGES else [f"{a.path}: unknown judge {a.judge!r}; available: {', '.join(JUDGES)}"]
+    for ps in [ps for ps in a.prompt_sets if ps.file]:
+        try:
+            check_source(ps.file)
+        except ValueError as e:
+            problems.append(f"{a.path}: prompts.{ps.name}: {e}")
+    if problems:
+        return problems
+    if a.world == "toy":
+        try:
+            for targets in a.erase:
+                for row in a.rows(targets, limit=None):
+                    concept_label(row.concept)
+        except ValueError as e:
+            return [f"{a.path}: {e}"]
+    if a.judge == "imagenet":
+        return _class_problems(a, classifier, labels)
+    return []
+
+
+def _class_problems(a, classifier: str, labels: dict) -> list[str]:
+    from spmbench.judges.imagenet import label_index
+
+    if classifier not in labels:
+        labels[classifier] = _classifier_labels(classifier)
+    if labels[classifier] is None:
+        typer.echo(f"note: {classifier} is not on this machine; {a.name}'s classes were not checked")
+        return []
+    named = {t for e in a.erase for t in e} | {
+        c for ps in a.prompt_sets if isinstance(ps.concepts, tuple) for c in ps.concepts
+    }
+    try:
+        for concept in sorted(named):
+            label_index(concept, labels[classifier])
+    except ValueError as e:
+        return [f"{a.path}: {e} (classifier {classifier})"]
+    return []
 
 
 def _judge(name: str, device: str, clip_model: str, classifier: str = DEFAULT_CLASSIFIER):
@@ -146,6 +258,40 @@ def _judge(name: str, device: str, clip_model: str, classifier: str = DEFAULT_CL
     return ToyJudge(TOY_WEIGHTS / "judge", device)
 
 
+def _check_device(device: str) -> None:
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        _fail(f"--device {device!r} is not a torch device: use cpu, cuda or cuda:N")
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        _fail(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
+        _fail(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+
+
+def _make_dir(path: Path, option: str) -> None:
+    """Make an output directory now: finding it unusable after hours of work loses them."""
+    if path.exists() and not path.is_dir():
+        _fail(f"{option} {path} is a file: give a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        _fail(f"{option} {path}: cannot make the directory ({e.strerror or e}); give one you can write to")
+    if not os.access(path, os.W_OK | os.X_OK):
+        _fail(f"{option} {path}: the directory is not writable; give one you can write to")
+
+
+def _selected_erasers(selector: str) -> list[str]:
+    from spmbench.erasers import BUILTIN
+
+    names = list(BUILTIN) if selector == "all" else [e.strip() for e in selector.split(",") if e.strip()]
+    if not names:
+        _fail("--erasers selected no eraser: give comma-separated names (spmbench ls erasers) or 'all'")
+    return list(dict.fromkeys(names))  # a name given twice runs once
+
+
 @app.command()
 def run(
     app_name: str = typer.Option(..., "--app", help="application name (spmbench ls apps), or 'all'"),
@@ -153,10 +299,10 @@ def run(
     erasers_sel: str = typer.Option(
         "none,spm,spm-rel,spm-noft", "--erasers", help="comma-separated eraser names, or 'all' (every built-in eraser)"
     ),
-    limit: int | None = typer.Option(None, help="at most this many prompts per prompt set (smoke runs)"),
+    limit: int | None = typer.Option(None, min=1, help="at most this many prompts per prompt set (smoke runs)"),
     out: Path = typer.Option(Path("runs"), help="run directories go here"),
     reports: Path = typer.Option(Path("reports"), help="tables go to REPORTS/<app>/"),
-    batch_size: int = 32,
+    batch_size: int = typer.Option(32, min=1, help="images generated at once"),
     device: str = "cpu",
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan and stop"),
     rescore: bool = typer.Option(
@@ -168,13 +314,20 @@ def run(
     """Plan, fit, generate, score and report; a rerun computes only what is missing."""
     models, apps, _ = _registries()  # first: a malformed spec file is a one-line error
     from spmbench import report, runner
-    from spmbench.erasers import BUILTIN
     from spmbench.registry import UnknownName
     from spmbench.specs import select_models
 
+    _check_device(device)
+    if not dry_run:
+        _make_dir(out, "--out")
+        _make_dir(reports, "--reports")
     try:
         named = None if app_name == "all" else apps.get(app_name)
         chosen_models = select_models(models, models_sel, world=named.world if named else "toy")
+        if not chosen_models:
+            _fail(
+                f"--models {models_sel!r} selected no model: give 'all', 'toy', 'real' or names (spmbench ls models)"
+            )
         worlds = {m.world for m in chosen_models}
         if len(worlds) != 1:
             _fail(f"--models mixes worlds {sorted(worlds)}: run the toy and the real models separately")
@@ -182,7 +335,7 @@ def run(
         chosen_apps = [named] if named else [a for a in apps if a.world == world]
         if named and named.world != world:
             _fail(f"application {named.name} is for {named.world} models, but --models selected {world} ones")
-        erasers = list(BUILTIN) if erasers_sel == "all" else [e.strip() for e in erasers_sel.split(",") if e.strip()]
+        erasers = _selected_erasers(erasers_sel)
         for a in chosen_apps:
             cells = runner.plan(a, chosen_models, erasers)
             typer.echo(f"{a.name}: {len(cells)} cells")
@@ -191,12 +344,14 @@ def run(
                     typer.echo(f"  {cell.key}")
                 continue
             started = time.monotonic()
-            judge = _judge(a.judge, device, clip_model, classifier)
+            # Expected failures (a spec, file or setting found bad mid-run) are one line; bugs keep their traceback.
             try:
+                judge = _judge(a.judge, device, clip_model, classifier)
                 results = runner.run(a, cells, out / a.name, judge, models, limit, batch_size, device, rescore)
-            except (runner.FitSettingsChanged, runner.JudgeChanged) as e:
+                written = report.write_reports(a, out / a.name, reports / a.name)
+            except (ValueError, OSError, KeyError) as e:
                 _fail(str(e))
-            for path in report.write_reports(a, out / a.name, reports / a.name):
+            for path in written:
                 typer.echo(f"wrote {path}")
             typer.echo(report.markdown(a, results))
             typer.echo(f"{a.name}: {len(cells)} cells in {(time.monotonic() - started) / 60:.1f} min (this run)")
@@ -204,16 +359,38 @@ def run(
         _fail(str(e))
 
 
+def _result_app(path: Path) -> str:
+    """The application a stored result belongs to; a torn or foreign file is a one-line error."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        _fail(f"{path}: not a readable result ({e}): delete it and rerun `spmbench run` to recompute it")
+    if not isinstance(data, dict) or not isinstance(data.get("app"), str):
+        _fail(f"{path}: not a result (no 'app' name): delete it and rerun `spmbench run` to recompute it")
+    return data["app"]
+
+
 @app.command("report")
 def report_cmd(run_dir: Path, reports: Path = typer.Option(Path("reports"))) -> None:
     """Rebuild the tables of RUN_DIR from its stored results (nothing is recomputed)."""
     from spmbench import report
+    from spmbench.registry import UnknownName
 
     _, apps, _ = _registries()
-    results = report.load_results(run_dir)
-    if not results:
+    paths = sorted((run_dir / "cells").glob("*/*/*/result.json"))
+    if not paths:
+        inner = sorted(p.parent for p in run_dir.glob("*/cells"))
+        if inner:
+            _fail(
+                f"{run_dir} holds the runs of {len(inner)} application(s): give one, e.g. `spmbench report {inner[0]}`"
+            )
         _fail(f"no results under {run_dir}/cells: run `spmbench run` first")
-    a = apps.get(results[0]["app"])
+    names = [_result_app(p) for p in paths]
+    try:
+        a = apps.get(names[0])
+    except UnknownName as e:
+        _fail(f"{paths[0]}: {e}")
+    _make_dir(reports, "--reports")
     for path in report.write_reports(a, run_dir, reports / a.name):
         typer.echo(f"wrote {path}")
 

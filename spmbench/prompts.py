@@ -70,11 +70,11 @@ def fetch(name: str, directory: Path | None = None, url: str | None = None) -> P
     """The verified local copy of a published prompt file, downloading it once if needed.
 
     Raises:
-        KeyError: `name` is not a published file we pin.
-        ValueError: the download (or a cached copy) does not match the pinned SHA-256.
+        ValueError: `name` is not a published file we pin, or the download (or a cached copy) does not
+            match the pinned SHA-256.
     """
     if name not in PUBLISHED:
-        raise KeyError(f"unknown prompt file {name!r}; published files: {', '.join(sorted(PUBLISHED))}")
+        raise _unknown(name)
     expected, source = PUBLISHED[name]
     path = (directory or cache_dir()) / name
     if path.exists() and sha256(path) == expected:
@@ -91,6 +91,19 @@ def fetch(name: str, directory: Path | None = None, url: str | None = None) -> P
         )
     tmp.replace(path)
     return path
+
+
+def check_source(source: str) -> None:
+    """Raise ValueError unless `source` is a local file or a published name (nothing is fetched)."""
+    if source not in PUBLISHED and not Path(source).is_file():
+        raise _unknown(source)
+
+
+def _unknown(source: str) -> ValueError:
+    published = ", ".join(sorted(PUBLISHED))
+    return ValueError(
+        f"unknown prompt file {source!r}: give a local CSV file or one of the published files: {published}"
+    )
 
 
 def resolve(source: str, data_dir: Path | None = None) -> Path:

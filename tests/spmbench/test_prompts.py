@@ -59,8 +59,16 @@ def test_fetch_verifies_and_caches_atomically(bench_dir, tmp_path):
     with pytest.raises(ValueError, match="does not match the pinned"):
         prompts.fetch("picasso_prompts.csv", tmp_path, url=corrupt.as_uri())
     assert not (tmp_path / "picasso_prompts.csv").exists() and not list(tmp_path.glob("*.part"))
-    with pytest.raises(KeyError, match="published files"):
+    with pytest.raises(ValueError, match="unknown prompt file 'nope.csv'.*published files: andy_warhol"):
         prompts.fetch("nope.csv", tmp_path)
+
+
+def test_check_source_accepts_local_and_published_files_only(tmp_path):
+    prompts.check_source("vangogh_prompts.csv")
+    (tmp_path / "mine.csv").write_text("")
+    prompts.check_source(str(tmp_path / "mine.csv"))
+    with pytest.raises(ValueError, match="unknown prompt file 'nope.csv'.*published files"):
+        prompts.check_source("nope.csv")
 
 
 def test_resolve_prefers_a_verified_local_copy(bench_dir):

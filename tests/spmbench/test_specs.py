@@ -1,6 +1,7 @@
 import pytest
 from typer.testing import CliRunner
 
+import spmbench.specs
 from spmbench.cli import app
 from spmbench.registry import Registry, UnknownName
 from spmbench.specs import SpecError, load_models, select_models
@@ -33,18 +34,46 @@ def test_shipped_models_load_with_their_families():
         ("name: x\nsource: a/b\nfamily: sdxl\nworld: real\n", "family 'sdxl' is not one of"),
         ("name: y\nsource: a/b\nfamily: sd1\nworld: real\n", "must match the file name"),
         ("name: x\nsource: a/b\nfamily: sd1\nworld: real\nderived_from: nope\n", "derived_from 'nope'"),
-        ("name: [x\n", "not valid YAML"),
+        ("name: [x\n", r"x.yaml:2:1: not valid YAML: expected ',' or '\]', but got '<stream end>'$"),
+        ("name: x\nsource: a/b\nfamily: sd1\nworld: real\nresolution: big\n", "resolution must be a whole number"),
+        ("name: x\nsource: a/b\nfamily: sd1\nworld: real\nguidance_scale: x\n", "guidance_scale must be a number"),
+        ("name: x\nsource: a/b\nfamily: sd1\nworld: real\nnum_inference_steps: -5\n", "must be at least 1, got -5"),
+        ("name: x\nsource: a/b\nfamily: sd1\nworld: real\nresolution: true\n", "resolution must be a whole number"),
+        ("name: x\nsource: 5\nfamily: sd1\nworld: real\n", "source must be text, got 5"),
+        ("name: x\nsource: a/b\nfamily: sd1\nworld: real\nderived_from: 3\n", "derived_from must be text or null"),
+        ("name: x\nsource: a/b\nfamily: toy\nworld: real\nderived_from: toy-base\n", "world and family must be toy"),
+        ("name: x\nsource: a/b\nfamily: sd1\nworld: real\nderived_from: x\n", "cycle through 'x'"),
     ],
 )
 def test_bad_model_files_say_what_is_wrong(tmp_path, text, message):
     (tmp_path / "x.yaml").write_text(text)
     with pytest.raises(SpecError, match=message):
-        load_models([tmp_path])
+        load_models([spmbench.specs.MODELS_DIR, tmp_path])
+
+
+def test_a_model_name_used_twice_names_both_files(tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "x.yaml").write_text("name: x\nsource: a/b\nfamily: sd1\nworld: real\n")
+    with pytest.raises(SpecError, match=r"b/x.yaml: model name 'x' is also used by .*a/x.yaml"):
+        load_models([tmp_path / "a", tmp_path / "b"])
+
+
+def test_an_application_name_used_twice_names_both_files(tmp_path):
+    from spmbench.apps import CONCEPTS_DIR, load_apps
+
+    for world in ("toy", "real"):
+        (tmp_path / world).mkdir()
+        (tmp_path / world / "concept.yaml").write_text((CONCEPTS_DIR / "toy" / "concept.yaml").read_text())
+    with pytest.raises(SpecError, match=r"toy/concept.yaml: application name 'toy-concept' is also used by .*real"):
+        load_apps(tmp_path)
 
 
 def test_user_models_folder_extends_the_registry(tmp_path, monkeypatch):
+    (tmp_path / "ft").mkdir()
+    (tmp_path / "ft" / "model_index.json").write_text("{}")
     (tmp_path / "my-finetune.yaml").write_text(
-        "name: my-finetune\nsource: /models/ft\nfamily: sd1\nworld: real\nderived_from: sd15\n"
+        f"name: my-finetune\nsource: {tmp_path / 'ft'}\nfamily: sd1\nworld: real\nderived_from: sd15\n"
     )
     monkeypatch.setenv("SPMBENCH_MODELS", str(tmp_path))
     result = CliRunner().invoke(app, ["ls", "models"])
@@ -85,6 +114,21 @@ def test_applications_validate_and_expand(monkeypatch):
         ({"target": {"concepts": ["a"], "templates": []}}, "non-empty list of strings"),
         ({"target": {"concepts": ["a"], "templates": ["{}"], "file": "x.csv"}}, "'file' or 'templates', not both"),
         ({"target": {"concepts": ["a"], "templets": ["{}"]}}, r"unknown field\(s\) \['templets'\]"),
+        (
+            {"target": {"concepts": ["a"], "templates": ["a red {0} {1}"]}},
+            r"x.yaml: prompts.target: template 'a red \{0\} \{1\}' must hold exactly one \{\}",
+        ),
+        (
+            {"target": {"concepts": ["a"], "templates": ["{shape}"]}},
+            r"template '\{shape\}' must hold exactly one \{\}",
+        ),
+        (
+            {"target": {"concepts": ["a"], "templates": ["{} and {}"]}},
+            r"template '\{\} and \{\}' must hold exactly one \{\}",
+        ),
+        ({"target": {"concepts": ["a"], "templates": ["a {"]}}, r"template 'a \{': Single '\{'"),
+        ({"target": {"concepts": ["a", "b"], "templates": ["a dog"]}}, "'a dog' must hold .* several concepts"),
+        ({"target": {"concepts": "{targets}", "templates": ["a dog"]}}, "'a dog' must hold .* several concepts"),
     ],
 )
 def test_bad_application_files_say_what_is_wrong(prompts, message):
@@ -101,3 +145,11 @@ def test_bad_application_files_say_what_is_wrong(prompts, message):
     }
     with pytest.raises(SpecError, match=message):
         parse_app(data, "x.yaml")
+
+
+def test_a_template_without_a_concept_is_fine_for_a_single_concept():
+    from spmbench.apps import parse_app
+
+    data = {"name": "x", "version": 1, "world": "toy", "judge": "toy", "erase": [["a"]], "seeds": [0],
+            "prompts": {"target": {"concepts": ["nudity"], "templates": ["a nude figure", "{}"]}}}  # fmt: skip
+    assert len(parse_app(data, "x.yaml").rows(("a",))) == 2

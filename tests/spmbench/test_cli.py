@@ -1,0 +1,152 @@
+"""The CLI's bad-input paths: one-line errors (exit 2) before any work, never a traceback."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from spmbench import apps as apps_module
+from spmbench import cli, runner
+from spmbench.cli import app
+from spmbench.erasers import ERASERS
+from spmbench.erasers.released import Released
+
+
+TOY_MODEL = "name: {name}\nsource: {source}\nfamily: toy\nworld: toy\n"
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def assert_one_line_error(result, *parts):
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)  # no traceback
+    assert all(p in result.output for p in parts), result.output
+
+
+@pytest.fixture()
+def user_models(tmp_path, monkeypatch):
+    """A SPMBENCH_MODELS folder; write(name, extra) adds a toy model spec to it."""
+    folder = tmp_path / "user-models"
+    folder.mkdir()
+    monkeypatch.setenv("SPMBENCH_MODELS", str(folder))
+
+    def write(name, extra="", source="toy-base"):
+        (folder / f"{name}.yaml").write_text(TOY_MODEL.format(name=name, source=source) + extra)
+        return folder / f"{name}.yaml"
+
+    return write
+
+
+@pytest.mark.parametrize("option", [["--limit", "0"], ["--limit", "-1"], ["--batch-size", "0"]])
+def test_counts_below_one_are_refused(option):
+    result = invoke("run", "--app", "toy-concept", "--dry-run", *option)
+    assert result.exit_code == 2 and "Invalid value" in result.output
+
+
+def test_unusable_output_directories_are_refused_before_any_work(tmp_path):
+    a_file = tmp_path / "afile"
+    a_file.write_text("")
+    base = ["run", "--app", "toy-concept", "--models", "toy-base", "--erasers", "none"]
+    assert_one_line_error(invoke(*base, "--out", a_file), "--out", "is a file")
+    assert_one_line_error(invoke(*base, "--out", tmp_path / "runs", "--reports", a_file), "--reports", "is a file")
+    assert_one_line_error(invoke(*base, "--out", a_file / "sub"), "--out", "cannot make the directory")
+    assert not list((tmp_path / "runs").iterdir())  # nothing was run
+
+
+def test_bad_devices_are_refused(tmp_path, monkeypatch):
+    base = ["run", "--app", "toy-concept", "--dry-run"]
+    assert_one_line_error(invoke(*base, "--device", "bogus"), "--device 'bogus' is not a torch device")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert_one_line_error(invoke(*base, "--device", "cuda"), "CUDA is not available")
+
+
+def test_expected_failures_mid_run_are_one_line_and_bugs_are_not(tmp_path, monkeypatch):
+    monkeypatch.setattr(cli, "_judge", lambda *a: object())
+
+    def fails(error):
+        def run(*args, **kwargs):
+            raise error
+
+        return run
+
+    args = ["run", "--app", "toy-concept", "--models", "toy-base", "--erasers", "none", "--out", tmp_path]
+    monkeypatch.setattr(runner, "run", fails(ValueError("unknown model '/gone/x/y'")))
+    assert_one_line_error(invoke(*args), "unknown model '/gone/x/y'")
+    monkeypatch.setattr(runner, "run", fails(FileNotFoundError("weights missing")))
+    assert_one_line_error(invoke(*args), "weights missing")
+    monkeypatch.setattr(runner, "run", fails(ZeroDivisionError("a bug")))
+    assert isinstance(invoke(*args).exception, ZeroDivisionError)  # a bug keeps its traceback
+
+
+def test_validate_checks_local_model_sources(user_models, tmp_path):
+    path = user_models("mine", source=str(tmp_path / "gone" / "model"))
+    assert_one_line_error(invoke("validate"), f"{path}: source", "no model_index.json")
+    (tmp_path / "gone" / "model").mkdir(parents=True)
+    (tmp_path / "gone" / "model" / "model_index.json").write_text("{}")
+    assert invoke("validate").exit_code == 0
+    user_models("mine", source="not-a-model")
+    assert_one_line_error(invoke("validate"), "unknown model 'not-a-model'")
+
+
+def test_validate_checks_eraser_settings_one_line_each(user_models):
+    extra = "derived_from: toy-base\neraser_settings:\n  spm: {iteratons: 5}\n  esd-x: {iterations: 0}\n"
+    path = user_models("mine", extra)
+    result = invoke("validate")
+    assert_one_line_error(result, f"{path}: eraser_settings.spm: eraser 'spm': unknown setting(s) ['iteratons']")
+    assert f"{path}: eraser_settings.esd-x: eraser 'esd-x': iterations must be" in result.output
+    user_models("mine", "eraser_settings:\n  spm: {iterations: 0}\n  spm-rel: {lr: 1.0}\n  spn: {}\n")
+    result = invoke("validate")
+    assert_one_line_error(result, "eraser_settings.spm: iterations must be at least 1, not 0")
+    assert "eraser_settings.spm-rel: spm-rel shares the settings of 'spm'" in result.output
+    assert "eraser_settings.spn: no such eraser" in result.output
+    user_models("mine", "eraser_settings:\n  negprompt: {strength: 2}\n")
+    assert_one_line_error(invoke("validate"), "eraser 'negprompt' takes no settings")
+
+
+def test_validate_checks_released_weights_exist(tmp_path, monkeypatch):
+    gone = Released("gone", ("nudity",), unet=str(tmp_path / "nowhere"), origin="gone.yaml")
+    monkeypatch.setitem(ERASERS._items, "gone", gone)
+    assert_one_line_error(invoke("validate"), "eraser 'gone' (gone.yaml): unet weights", "do not exist")
+
+
+def test_validate_names_an_unknown_prompt_file(tmp_path, monkeypatch):
+    folder = tmp_path / "concepts" / "toy"
+    folder.mkdir(parents=True)
+    (folder / "mine.yaml").write_text(
+        "name: mine\nversion: 1\nworld: toy\njudge: toy\nerase: [[Barkley]]\nseeds: [0]\n"
+        "prompts:\n  target: {concepts: [Barkley], templates: ['{}']}\n  near: {concepts: [dog], file: nope.csv}\n"
+    )
+    load = apps_module.load_apps
+    monkeypatch.setattr(apps_module, "load_apps", lambda: load(tmp_path / "concepts"))
+    result = invoke("validate")
+    assert_one_line_error(result, "mine.yaml: prompts.near: unknown prompt file 'nope.csv'", "vangogh_prompts.csv")
+
+
+def test_empty_selections_fail_and_duplicates_run_once():
+    assert_one_line_error(invoke("run", "--app", "toy-concept", "--models", ",", "--dry-run"), "selected no model")
+    assert_one_line_error(invoke("run", "--app", "toy-concept", "--erasers", "", "--dry-run"), "selected no eraser")
+    result = invoke("run", "--app", "toy-concept", "--models", "toy-base,toy-base", "--erasers", "none,spm,spm",
+                    "--dry-run")  # fmt: skip
+    assert result.exit_code == 0 and "toy-concept: 4 cells" in result.output  # 1 original + 3 experiments
+
+
+def _result(run_dir, app_name="toy-object"):
+    cell = run_dir / "cells" / "toy-base" / "none" / "original"
+    cell.mkdir(parents=True)
+    (cell / "result.json").write_text(json.dumps({"app": app_name}))
+    return cell / "result.json"
+
+
+def test_report_errors_name_the_file_or_the_directory_to_give(tmp_path):
+    path = _result(tmp_path / "runs" / "toy-object")
+    result = invoke("report", tmp_path / "runs", "--reports", tmp_path / "r")
+    assert_one_line_error(result, f"spmbench report {tmp_path / 'runs' / 'toy-object'}")
+    path.write_text('{"app": "toy-obj')  # torn by a kill
+    result = invoke("report", tmp_path / "runs" / "toy-object", "--reports", tmp_path / "r")
+    assert_one_line_error(result, f"{path}: not a readable result")
+    path.write_text(json.dumps({"app": "retired-app"}))
+    result = invoke("report", tmp_path / "runs" / "toy-object", "--reports", tmp_path / "r")
+    assert_one_line_error(result, f"{path}: unknown application 'retired-app'")
