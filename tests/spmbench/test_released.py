@@ -119,7 +119,7 @@ def test_missing_or_pickled_weights_are_refused(pipe, tmp_path):
 )
 def test_a_malformed_file_is_a_spec_error_naming_it(tmp_path, text, match):
     (tmp_path / "broken.yaml").write_text(text)
-    with pytest.raises(SpecError, match=rf"broken.yaml: .*{match}"):
+    with pytest.raises(SpecError, match=rf"broken.yaml:.*{match}"):
         load_released([tmp_path])
 
 
