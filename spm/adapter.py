@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -95,9 +95,12 @@ class SPM:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no SPM file at {path}")
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                metadata = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except SafetensorError as e:
+            raise ValueError(f"{path}: not a safetensors file ({e}); give an SPM .safetensors file") from None
         layers, alphas = {}, set()
         for key in tensors:
             if not (key.startswith(PREFIX) and key.endswith(".lora_down.weight")):
@@ -115,16 +118,28 @@ class SPM:
             raise ValueError(f"{path}: no '{PREFIX}*.lora_down.weight' keys: not an SPM/LoRA UNet file")
         if len(alphas) > 1:
             raise ValueError(f"{path}: layers disagree on alpha ({sorted(alphas)}); per-layer alpha is not supported")
-        stored = _parse_prompts(metadata.get("prompts", ""))
-        provenance = json.loads(metadata.get("spm_provenance", "{}"))
+        stored = _parse_prompts(path, metadata.get("prompts", ""))
+        provenance = _parse_provenance(path, metadata)
         return cls(list(targets) if targets is not None else stored, layers, alphas.pop(), provenance)
 
 
-def _parse_prompts(raw: str) -> list[str]:
+def _metadata_json(path: Path, field: str, raw: str):
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: metadata field {field!r} is not valid JSON ({e}); fix or remove it") from None
+
+
+def _parse_provenance(path: Path, metadata: dict) -> dict:
+    provenance = _metadata_json(path, "spm_provenance", metadata.get("spm_provenance", "{}"))
+    if not isinstance(provenance, dict):
+        raise ValueError(f"{path}: metadata field 'spm_provenance' is not a JSON object; fix or remove it")
+    return provenance
+
+
+def _parse_prompts(path: Path, raw: str) -> list[str]:
     """Ours is a JSON list; the released files store one comma-separated string."""
     raw = raw.strip()
-    if not raw:
-        return []
     if raw.startswith("["):
-        return [str(p) for p in json.loads(raw)]
+        return [str(p) for p in _metadata_json(path, "prompts", raw)]
     return [p.strip() for p in raw.split(",") if p.strip()]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -28,8 +29,57 @@ def _pipeline(model: str, device: str):
 
     try:
         return spm.load_pipeline(model, device=device)
-    except (ValueError, FileNotFoundError) as e:
-        _fail(str(e))
+    except (ValueError, OSError) as e:
+        _fail(" ".join(str(e).split()))  # hub errors span several lines
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        _fail(f"--device {device!r} is not a torch device: use cpu, cuda or cuda:N")
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        _fail(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+
+
+def _make_dir(path: Path, option: str) -> None:
+    """Make an output directory before any work: failing to write after it loses that work."""
+    if path.exists() and not path.is_dir():
+        _fail(f"{option} {path} is a file: give a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        _fail(f"{option} {path}: cannot make the directory ({e.strerror or e}); give one you can write to")
+    if not os.access(path, os.W_OK | os.X_OK):
+        _fail(f"{option} {path}: the directory is not writable; give one you can write to")
+
+
+def _check_train_inputs(target: list[str], resolution: list[int] | None, out: Path) -> None:
+    if out.suffix != ".safetensors":
+        _fail(f"--out must end in .safetensors, got {out}")
+    if out.is_dir():
+        _fail(f"--out {out} is a directory: give a .safetensors file path")
+    if any(not t.strip() for t in target):
+        _fail("--target is empty: give the concept to erase, e.g. -t 'Snoopy'")
+    for r in resolution or []:
+        if r <= 0 or r % 8:
+            _fail(f"--resolution {r}: give a positive multiple of 8 (the VAE's downsampling factor), e.g. 512")
+
+
+def _check_checkpoint(checkpoint: Path) -> None:
+    """A checkpoint left by a killed run must be one, or training would fail after loading the model."""
+    import torch
+
+    if not checkpoint.exists():
+        return
+    try:
+        state = torch.load(checkpoint, weights_only=True, map_location="cpu")
+    except Exception as e:  # pickle, zip and EOF errors: torch raises many kinds
+        state = e
+    if not (isinstance(state, dict) and "fingerprint" in state):
+        _fail(f"{checkpoint} is not a training checkpoint: delete it to start over")
 
 
 @app.command()
@@ -57,8 +107,7 @@ def train(
     """Train one SPM erasing the target concept(s); resumes from OUT.ckpt.pt if a run was killed."""
     import spm
 
-    if out.suffix != ".safetensors":
-        _fail(f"--out must end in .safetensors, got {out}")
+    _check_train_inputs(target, resolution, out)
     try:
         cfg = spm.TrainConfig(
             iterations=iterations, lr=lr, anchor_weight=anchor_weight, num_anchors=num_anchors,
@@ -67,10 +116,15 @@ def train(
         )  # fmt: skip
     except ValueError as e:
         _fail(f"{e} (option --{str(e).split()[0].replace('_', '-')})")
-    pipe = _pipeline(model, device)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    _check_device(device)
+    _make_dir(out.parent, "--out folder")
     checkpoint = out.with_name(out.name + ".ckpt.pt")
-    result = spm.train(pipe, target, surrogate=surrogate, config=cfg, checkpoint=checkpoint)
+    _check_checkpoint(checkpoint)
+    pipe = _pipeline(model, device)
+    try:
+        result = spm.train(pipe, target, surrogate=surrogate, config=cfg, checkpoint=checkpoint)
+    except ValueError as e:  # a checkpoint from other settings, found before the first step
+        _fail(str(e))
     result.provenance["base_model"] = model
     result.save(out)
     checkpoint.unlink(missing_ok=True)
@@ -91,8 +145,8 @@ def generate(
         str, typer.Option(help="FT's prompt similarity: paper, or relative (the empty prompt scores 0)")
     ] = "paper",
     seed: int = 0,
-    num_images: int = 1,
-    steps: int = 30,
+    num_images: Annotated[int, typer.Option(min=1)] = 1,
+    steps: Annotated[int, typer.Option(min=1)] = 30,
     guidance: float = 7.5,
     device: DeviceOpt = "cpu",
 ) -> None:
@@ -100,13 +154,18 @@ def generate(
     import torch
 
     import spm
+    from spm.transport import SIMILARITIES
 
+    if similarity not in SIMILARITIES:
+        _fail(f"unknown similarity {similarity!r}: choose one of {', '.join(SIMILARITIES)}")
+    _check_device(device)
     spms = []
     for path in spm_file or []:
         try:
             spms.append(spm.SPM.load(path))
-        except (ValueError, FileNotFoundError) as e:
+        except (ValueError, OSError) as e:
             _fail(str(e))
+    _make_dir(out, "--out")
     pipe = _pipeline(model, device)
     try:
         runner = (
@@ -114,7 +173,6 @@ def generate(
         )
     except ValueError as e:
         _fail(str(e))
-    out.mkdir(parents=True, exist_ok=True)
     for i, text in enumerate(prompt):
         gen = torch.Generator(device).manual_seed(seed + i)
         kwargs = dict(
@@ -134,7 +192,7 @@ def inspect(path: Path) -> None:
 
     try:
         s = spm.SPM.load(path)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:
         _fail(str(e))
     typer.echo(f"file:       {path}")
     typer.echo(f"targets:    {', '.join(s.targets) or '(none stored)'}")

@@ -42,8 +42,15 @@ SD1_UNET_CONFIG = {
 
 def resolve_model(model: str) -> str:
     """A local directory, a toy-world name, an alias from HUB_ALIASES, or a hub id ('org/name')."""
-    if Path(model).is_dir():
-        return str(model)
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise ValueError(f"{model} is not a diffusers pipeline directory (no model_index.json)")
+        return str(path)
+    if _looks_like_path(model):
+        if path.exists():
+            raise ValueError(f"{model} is a file, not a diffusers pipeline directory")
+        raise ValueError(f"no such directory: {model} (give a local diffusers pipeline directory)")
     if model in TOY_MODELS:
         path = TOY_WEIGHTS / model
         if not (path / "model_index.json").exists():
@@ -61,6 +68,11 @@ def resolve_model(model: str) -> str:
     raise ValueError(
         f"unknown model {model!r}: {hint}give a local diffusers directory, a hub id or one of {', '.join(known)}"
     )
+
+
+def _looks_like_path(model: str) -> bool:
+    # hub ids have exactly one '/'; anything else with a separator is meant as a local path
+    return model.startswith(("/", ".", "~")) or "\\" in model or model.count("/") > 1
 
 
 def load_pipeline(model: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> DiffusionPipeline:

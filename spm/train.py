@@ -77,6 +77,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be 'float32' or 'bfloat16', not {self.dtype!r}")
+        if not self.lr > 0:  # also refuses NaN
+            raise ValueError(f"lr must be greater than 0, not {self.lr}")
         least = {"iterations": 1, "rank": 1, "rollout_steps": 2, "num_anchors": 0, "vocabulary_anchors": 0}
         for name, minimum in least.items():
             if getattr(self, name) < minimum:

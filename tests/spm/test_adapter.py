@@ -87,3 +87,19 @@ def test_a_file_without_alpha_takes_the_lora_convention_alpha_equals_rank(pipe, 
         tensors[f"lora_unet_{name}.lora_up.weight"] = u
     save_file(tensors, str(tmp_path / "plain.safetensors"))
     assert SPM.load(tmp_path / "plain.safetensors").scale == 1.0  # as diffusers' LoRA loader applies it
+
+
+def test_a_garbage_file_or_bad_metadata_is_a_value_error_naming_the_file(tmp_path):
+    path = tmp_path / "x.safetensors"
+    path.write_bytes(b"garbage, not safetensors")
+    with pytest.raises(ValueError, match="x.safetensors: not a safetensors file"):
+        SPM.load(path)
+    tensors = {"lora_unet_a.lora_down.weight": torch.zeros(1, 2), "lora_unet_a.lora_up.weight": torch.zeros(2, 1)}
+    for metadata, problem in [
+        ({"prompts": "[x"}, "metadata field 'prompts' is not valid JSON"),
+        ({"spm_provenance": "{x"}, "metadata field 'spm_provenance' is not valid JSON"),
+        ({"spm_provenance": "[1]"}, "metadata field 'spm_provenance' is not a JSON object"),
+    ]:
+        save_file(tensors, str(path), metadata=metadata)
+        with pytest.raises(ValueError, match=f"x.safetensors: {problem}"):
+            SPM.load(path)

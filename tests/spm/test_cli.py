@@ -1,5 +1,9 @@
+import pytest
+import torch
+from safetensors.torch import save_file
 from typer.testing import CliRunner
 
+import spm
 from spm.cli import app
 
 
@@ -43,3 +47,83 @@ def test_helpful_errors(tiny_dir, tmp_path):
     assert result.exit_code == 2 and "unknown similarity 'pooled'" in result.output
     result = run("inspect", tmp_path / "missing.safetensors")
     assert result.exit_code == 2 and "no SPM file" in result.output
+
+
+def assert_one_line_error(result, *parts):
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)  # no traceback
+    assert all(p in result.output for p in parts), result.output
+
+
+@pytest.fixture()
+def no_load(monkeypatch):
+    """Bad input must be refused before the model loads: loading fails the test."""
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the model was loaded before the input was checked")
+
+    monkeypatch.setattr(spm, "load_pipeline", boom)
+
+
+def test_train_refuses_bad_input_before_loading(tiny_dir, tmp_path, no_load, monkeypatch):
+    (tmp_path / "dd.safetensors").mkdir()
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "s.safetensors.ckpt.pt").write_bytes(b"garbage")
+    ok = tmp_path / "ok.safetensors"
+    for extra, message in [
+        (["--out", tmp_path / "dd.safetensors"], "is a directory"),
+        (["--out", tmp_path / "afile" / "x.safetensors"], "afile is a file"),
+        (["--out", tmp_path / "s.safetensors"], "not a training checkpoint: delete it"),
+        (["--out", ok, "--lr", -1], "lr must be greater than 0, not -1.0 (option --lr)"),
+        (["--out", ok, "-t", " "], "--target is empty"),
+        (["--out", ok, "--resolution", 7], "--resolution 7: give a positive multiple of 8"),
+        (["--out", ok, "--resolution", 0], "--resolution 0"),
+        (["--out", ok, "--device", "bogus"], "not a torch device"),
+    ]:
+        assert_one_line_error(run("train", "--model", tiny_dir, "-t", "x", *extra), message)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result = run("train", "--model", tiny_dir, "-t", "x", "--out", ok, "--device", "cuda")
+    assert_one_line_error(result, "CUDA is not available")
+
+
+def test_train_refuses_a_checkpoint_from_other_settings(tiny_dir, tmp_path):
+    out = tmp_path / "s.safetensors"
+    torch.save({"fingerprint": "other settings"}, tmp_path / "s.safetensors.ckpt.pt")
+    result = run("train", "--model", tiny_dir, "-t", "x", "--iterations", 1, "--resolution", 16, "--out", out)
+    assert_one_line_error(result, "from other settings or targets: delete it")
+
+
+def test_generate_refuses_bad_input_before_loading(tiny_dir, tmp_path, no_load):
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "garbage.safetensors").write_bytes(b"garbage")
+    images = tmp_path / "images"
+    for extra, message in [
+        (["--steps", -3], "Invalid value for '--steps'"),
+        (["--steps", 0], "Invalid value for '--steps'"),
+        (["--num-images", 0], "Invalid value for '--num-images'"),
+        (["--out", tmp_path / "afile"], "afile is a file: give a directory"),
+        (["--spm", tmp_path / "garbage.safetensors"], "garbage.safetensors: not a safetensors file"),
+        (["--similarity", "bogus"], "unknown similarity 'bogus'"),
+        (["--device", "bogus"], "not a torch device"),
+    ]:
+        args = ["--out", images, *extra] if "--out" not in extra else extra
+        assert_one_line_error(run("generate", "--model", tiny_dir, "-p", "x", *args), message)
+
+
+def test_inspect_names_the_bad_file_and_field(tmp_path):
+    path = tmp_path / "badmeta.safetensors"
+    tensors = {"lora_unet_a.lora_down.weight": torch.zeros(1, 2), "lora_unet_a.lora_up.weight": torch.zeros(2, 1)}
+    for field in ("prompts", "spm_provenance"):
+        save_file(tensors, str(path), metadata={field: "[x"})
+        assert_one_line_error(run("inspect", path), str(path), f"metadata field '{field}' is not valid JSON")
+    path.write_bytes(b"garbage")
+    assert_one_line_error(run("inspect", path), f"{path}: not a safetensors file")
+
+
+def test_model_paths_that_are_not_pipelines(tmp_path):
+    (tmp_path / "empty").mkdir()
+    args = ["-p", "x", "--out", tmp_path / "images"]
+    result = run("generate", "--model", tmp_path / "empty", *args)
+    assert_one_line_error(result, "is not a diffusers pipeline directory (no model_index.json)")
+    result = run("generate", "--model", "/nonexistent/dir", *args)
+    assert_one_line_error(result, "no such directory: /nonexistent/dir")
