@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -19,6 +18,11 @@ ModelOpt = Annotated[
 DeviceOpt = Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda")]
 
 
+def _fail_on(problem: str | None) -> None:
+    if problem:
+        _fail(problem)
+
+
 def _fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
@@ -31,29 +35,6 @@ def _pipeline(model: str, device: str):
         return spm.load_pipeline(model, device=device)
     except (ValueError, OSError) as e:
         _fail(" ".join(str(e).split()))  # hub errors span several lines
-
-
-def _check_device(device: str) -> None:
-    import torch
-
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, ValueError):
-        _fail(f"--device {device!r} is not a torch device: use cpu, cuda or cuda:N")
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        _fail(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-
-
-def _make_dir(path: Path, option: str) -> None:
-    """Make an output directory before any work: failing to write after it loses that work."""
-    if path.exists() and not path.is_dir():
-        _fail(f"{option} {path} is a file: give a directory")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        _fail(f"{option} {path}: cannot make the directory ({e.strerror or e}); give one you can write to")
-    if not os.access(path, os.W_OK | os.X_OK):
-        _fail(f"{option} {path}: the directory is not writable; give one you can write to")
 
 
 def _check_train_inputs(target: list[str], resolution: list[int] | None, out: Path) -> None:
@@ -116,8 +97,11 @@ def train(
         )  # fmt: skip
     except ValueError as e:
         _fail(f"{e} (option --{str(e).split()[0].replace('_', '-')})")
-    _check_device(device)
-    _make_dir(out.parent, "--out folder")
+    from spm.files import output_dir_problem
+    from spm.models import device_problem
+
+    _fail_on(device_problem(device))
+    _fail_on(output_dir_problem(out.parent, "--out folder"))
     checkpoint = out.with_name(out.name + ".ckpt.pt")
     _check_checkpoint(checkpoint)
     pipe = _pipeline(model, device)
@@ -158,14 +142,17 @@ def generate(
 
     if similarity not in SIMILARITIES:
         _fail(f"unknown similarity {similarity!r}: choose one of {', '.join(SIMILARITIES)}")
-    _check_device(device)
+    from spm.files import output_dir_problem
+    from spm.models import device_problem
+
+    _fail_on(device_problem(device))
     spms = []
     for path in spm_file or []:
         try:
             spms.append(spm.SPM.load(path))
         except (ValueError, OSError) as e:
             _fail(str(e))
-    _make_dir(out, "--out")
+    _fail_on(output_dir_problem(out, "--out"))
     pipe = _pipeline(model, device)
     try:
         runner = (

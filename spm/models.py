@@ -89,3 +89,16 @@ def load_pipeline(model: str, device: str = "cpu", dtype: torch.dtype = torch.fl
 def native_resolution(pipe: DiffusionPipeline) -> int:
     """The pixel size the UNet was trained at (512 for SD 1.x, 32 for the toy world)."""
     return int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
+
+
+def device_problem(device: str) -> str | None:
+    """What is wrong with a --device value on this machine, or None."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        return f"--device {device!r} is not a torch device: use cpu, cuda or cuda:N"
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        return f"--device {device}: CUDA is not available on this machine; use --device cpu"
+    if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
+        return f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+    return None

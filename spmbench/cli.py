@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import NoReturn
@@ -38,6 +37,11 @@ def toy_card(ctx: typer.Context) -> None:
     from spmbench.toy.cli import card_main
 
     card_main(list(ctx.args))
+
+
+def _fail_on(problem: str | None) -> None:
+    if problem:
+        _fail(problem)
 
 
 def _fail(message: str) -> NoReturn:
@@ -258,31 +262,6 @@ def _judge(name: str, device: str, clip_model: str, classifier: str = DEFAULT_CL
     return ToyJudge(TOY_WEIGHTS / "judge", device)
 
 
-def _check_device(device: str) -> None:
-    import torch
-
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, ValueError):
-        _fail(f"--device {device!r} is not a torch device: use cpu, cuda or cuda:N")
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        _fail(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-    if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
-        _fail(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-
-
-def _make_dir(path: Path, option: str) -> None:
-    """Make an output directory now: finding it unusable after hours of work loses them."""
-    if path.exists() and not path.is_dir():
-        _fail(f"{option} {path} is a file: give a directory")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        _fail(f"{option} {path}: cannot make the directory ({e.strerror or e}); give one you can write to")
-    if not os.access(path, os.W_OK | os.X_OK):
-        _fail(f"{option} {path}: the directory is not writable; give one you can write to")
-
-
 def _selected_erasers(selector: str) -> list[str]:
     from spmbench.erasers import BUILTIN
 
@@ -313,14 +292,16 @@ def run(
 ) -> None:
     """Plan, fit, generate, score and report; a rerun computes only what is missing."""
     models, apps, _ = _registries()  # first: a malformed spec file is a one-line error
+    from spm.files import output_dir_problem
+    from spm.models import device_problem
     from spmbench import report, runner
     from spmbench.registry import UnknownName
     from spmbench.specs import select_models
 
-    _check_device(device)
+    _fail_on(device_problem(device))
     if not dry_run:
-        _make_dir(out, "--out")
-        _make_dir(reports, "--reports")
+        _fail_on(output_dir_problem(out, "--out"))
+        _fail_on(output_dir_problem(reports, "--reports"))
     try:
         named = None if app_name == "all" else apps.get(app_name)
         chosen_models = select_models(models, models_sel, world=named.world if named else "toy")
@@ -390,7 +371,9 @@ def report_cmd(run_dir: Path, reports: Path = typer.Option(Path("reports"))) -> 
         a = apps.get(names[0])
     except UnknownName as e:
         _fail(f"{paths[0]}: {e}")
-    _make_dir(reports, "--reports")
+    from spm.files import output_dir_problem
+
+    _fail_on(output_dir_problem(reports, "--reports"))
     for path in report.write_reports(a, run_dir, reports / a.name):
         typer.echo(f"wrote {path}")
 
