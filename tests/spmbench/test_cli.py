@@ -83,7 +83,9 @@ def test_expected_failures_mid_run_are_one_line_and_bugs_are_not(tmp_path, monke
 
 def test_validate_checks_local_model_sources(user_models, tmp_path):
     path = user_models("mine", source=str(tmp_path / "gone" / "model"))
-    assert_one_line_error(invoke("validate"), f"{path}: source", "no model_index.json")
+    assert_one_line_error(
+        invoke("validate"), f"{path}: no such directory", "give a local diffusers pipeline directory"
+    )
     (tmp_path / "gone" / "model").mkdir(parents=True)
     (tmp_path / "gone" / "model" / "model_index.json").write_text("{}")
     assert invoke("validate").exit_code == 0
