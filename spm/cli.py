@@ -51,16 +51,13 @@ def _check_train_inputs(target: list[str], resolution: list[int] | None, out: Pa
 
 def _check_checkpoint(checkpoint: Path) -> None:
     """A checkpoint left by a killed run must be one, or training would fail after loading the model."""
-    import torch
+    from spm.train import read_checkpoint
 
-    if not checkpoint.exists():
-        return
-    try:
-        state = torch.load(checkpoint, weights_only=True, map_location="cpu")
-    except Exception as e:  # pickle, zip and EOF errors: torch raises many kinds
-        state = e
-    if not (isinstance(state, dict) and "fingerprint" in state):
-        _fail(f"{checkpoint} is not a training checkpoint: delete it to start over")
+    if checkpoint.exists():
+        try:
+            read_checkpoint(checkpoint)
+        except ValueError as e:
+            _fail(str(e))
 
 
 @app.command()
@@ -138,13 +135,12 @@ def generate(
     import torch
 
     import spm
+    from spm.files import output_dir_problem
+    from spm.models import device_problem
     from spm.transport import SIMILARITIES
 
     if similarity not in SIMILARITIES:
         _fail(f"unknown similarity {similarity!r}: choose one of {', '.join(SIMILARITIES)}")
-    from spm.files import output_dir_problem
-    from spm.models import device_problem
-
     _fail_on(device_problem(device))
     spms = []
     for path in spm_file or []:

@@ -283,10 +283,21 @@ def _save_checkpoint(path: Path, step, params, opt, sched, gen, fingerprint: str
     save_torch_atomic(state, path)
 
 
+def read_checkpoint(path: Path) -> dict:
+    """A training checkpoint's state, or a ValueError saying the file is not one."""
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception:  # pickle, zip and EOF errors: torch raises many kinds
+        state = None
+    if not (isinstance(state, dict) and "fingerprint" in state):
+        raise ValueError(f"{path} is not a training checkpoint: delete it to start over")
+    return state
+
+
 def _resume(path: Path | None, params, opt, sched, gen, fingerprint: str) -> int:
     if path is None or not path.exists():
         return 0
-    state = torch.load(path, weights_only=True, map_location="cpu")
+    state = read_checkpoint(path)
     if state["fingerprint"] != fingerprint:
         raise ValueError(f"checkpoint {path} is from other settings or targets: delete it to start over")
     with torch.no_grad():

@@ -167,3 +167,10 @@ def test_legacy_anchors_are_two_random_ones_and_the_empty_prompt_twice(pipe):
     assert len(trained) == 1 + 2 + 2
     assert torch.equal(trained[3], empty) and torch.equal(trained[4], empty)
     assert not torch.equal(trained[1], empty) and not torch.equal(trained[2], empty)
+
+
+def test_a_file_that_is_not_a_checkpoint_is_refused_by_the_library_too(pipe, tmp_path):
+    ckpt = tmp_path / "s.ckpt.pt"
+    ckpt.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a training checkpoint: delete it"):
+        spm.train(pipe, ["snoopy"], config=spm.TrainConfig(iterations=1, **FAST), checkpoint=ckpt, progress=False)
