@@ -348,11 +348,12 @@ def _result_app(path: Path) -> str:
 @app.command("report")
 def report_cmd(run_dir: Path, reports: Path = typer.Option(Path("reports"))) -> None:
     """Rebuild the tables of RUN_DIR from its stored results (nothing is recomputed)."""
+    from spm.files import output_dir_problem
     from spmbench import report
     from spmbench.registry import UnknownName
 
     _, apps, _ = _registries()
-    paths = sorted((run_dir / "cells").glob("*/*/*/result.json"))
+    paths = report.result_paths(run_dir)
     if not paths:
         inner = sorted(p.parent for p in run_dir.glob("*/cells"))
         if inner:
@@ -365,8 +366,6 @@ def report_cmd(run_dir: Path, reports: Path = typer.Option(Path("reports"))) -> 
         a = apps.get(names[0])
     except UnknownName as e:
         _fail(f"{paths[0]}: {e}")
-    from spm.files import output_dir_problem
-
     _fail_on(output_dir_problem(reports, "--reports"))
     for path in report.write_reports(a, run_dir, reports / a.name):
         typer.echo(f"wrote {path}")

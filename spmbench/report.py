@@ -11,8 +11,13 @@ from spm.files import write_text_atomic
 from spmbench.apps import ERASURE_SETS, Application
 
 
+def result_paths(run_dir: Path) -> list[Path]:
+    """Every cell's stored result: cells/<model>/<eraser>/<targets>/result.json."""
+    return sorted((run_dir / "cells").glob("*/*/*/result.json"))
+
+
 def load_results(run_dir: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((run_dir / "cells").glob("*/*/*/result.json"))]
+    return [json.loads(p.read_text()) for p in result_paths(run_dir)]
 
 
 def _columns(results: list[dict]) -> list[str]:
