@@ -58,7 +58,9 @@ def test_relative_similarity_lowers_unrelated_prompts_only(pipe):
     relative = Transport([["snoopy"]], pipe.tokenizer, pipe.text_encoder, "relative")(prompts)[:, 0]
     assert relative[:2].tolist() == pytest.approx([1.0, 1.0])  # the target's tokens: full strength
     assert relative[2] < paper[2]
-    assert paper[3] > 0.3 and relative[3] == 0.0  # the empty prompt shares BOS and padding only
+    # The empty prompt shares BOS and padding only; encoded in a batch it may differ from the floor
+    # (encoded alone) by float rounding, so 0 up to that.
+    assert paper[3] > 0.3 and relative[3] == pytest.approx(0.0, abs=1e-5)
 
 
 def test_unknown_similarity_is_named(pipe):
