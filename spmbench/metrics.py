@@ -1,11 +1,66 @@
-"""Distribution and paired distances on a judge's features (alteration of non-target generations)."""
+"""Metrics and what they mean: each one's `MetricInfo` (table name, unit, direction) sits beside it.
+
+- Rates: how often the judge sees the concept; on erasure sets (target, implicit) lower is better,
+  on the others (erosion) higher.
+- Alteration of non-target generations against the original model's, same prompt and seed:
+  paired feature distance and FID, both on image features (the judge's, or the run's declared
+  feature source when the judge has none).
+- Fitting cost: time and peak memory (reported, not ranked).
+
+torch is imported where used, so that reading the metadata (the CLI, reports) stays light.
+"""
 
 from __future__ import annotations
 
-import torch
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """What a number in a table is: its column name, its unit, and which way is better.
+
+    `higher_is_better` None: a quantity reported for information (a cost), with no arrow.
+    """
+
+    name: str
+    unit: str = ""
+    higher_is_better: bool | None = None
+
+    @property
+    def arrow(self) -> str:
+        return {True: "↑", False: "↓", None: ""}[self.higher_is_better]
+
+    @property
+    def header(self) -> str:
+        """The column title: 'name (unit) arrow', each part only where there is one."""
+        unit = f" ({self.unit})" if self.unit else ""
+        return f"{self.name}{unit}" + (f" {self.arrow}" if self.arrow else "")
+
+
+ERASURE_RATE = MetricInfo("judged-present rate on an erasure set", "%", higher_is_better=False)
+EROSION_RATE = MetricInfo("judged-present rate on a kept set", "%", higher_is_better=True)
+PAIRED_DISTANCE = MetricInfo("paired dist.", higher_is_better=False)
+FID = MetricInfo("FID", higher_is_better=False)
+FIT_SECONDS = MetricInfo("fit", "s")
+FIT_MEMORY = MetricInfo("fit mem.", "MiB")
+
+# The keys under which a result stores its alteration measures, with what they are.
+ALTERATION: dict[str, MetricInfo] = {"paired_feature_distance": PAIRED_DISTANCE, "fid_judge_features": FID}
+
+
+def rate_info(prompt_set: str, erasure_sets: tuple[str, ...]) -> MetricInfo:
+    """A prompt set's judged-present rate: erasure sets want it low, the others high."""
+    return ERASURE_RATE if prompt_set in erasure_sets else EROSION_RATE
 
 
 def _sqrtm_psd(m: torch.Tensor) -> torch.Tensor:
+    import torch
+
     values, vectors = torch.linalg.eigh(m)
     return (vectors * values.clamp(min=0).sqrt()) @ vectors.T
 
@@ -15,6 +70,8 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
 
     Computed in float64 with symmetric eigendecompositions (no scipy); exact for PSD covariances.
     """
+    import torch
+
     a, b = a.double(), b.double()
     if len(a) < 2 or len(b) < 2:
         raise ValueError("FID needs at least 2 samples on each side")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from spm.files import write_text_atomic
 from spmbench.apps import ERASURE_SETS, Application
+from spmbench.metrics import ALTERATION, FIT_MEMORY, FIT_SECONDS, rate_info
 
 
 def result_paths(run_dir: Path) -> list[Path]:
@@ -29,8 +30,8 @@ def table_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
     """One row per (model, targets, eraser); a rate per prompt set, with the original's in brackets."""
     erased = [r for r in results if r["eraser"] != "none"]
     sets = _columns(erased)
-    header = ["model", "erased", "eraser", "fitted on"] + [f"{s} {'↓' if s in ERASURE_SETS else '↑'}" for s in sets]
-    header += ["paired dist. ↓", "FID ↓", "fit (s)", "fit mem. (MiB)"]
+    header = ["model", "erased", "eraser", "fitted on"] + [f"{s} {rate_info(s, ERASURE_SETS).arrow}" for s in sets]
+    header += [ALTERATION[key].header for key in ALTERATION] + [FIT_SECONDS.header, FIT_MEMORY.header]
     rows = []
     for r in sorted(erased, key=lambda r: (r["model"], len(r["targets"]), r["eraser"])):
         cells = []
@@ -38,7 +39,7 @@ def table_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
             value, original = r["rates"].get(s), r["original_rates"].get(s)
             cells.append("-" if value is None else f"{value * 100:.0f} % ({original * 100:.0f} %)")
         alt = r.get("alteration") or {}
-        for key in ("paired_feature_distance", "fid_judge_features"):
+        for key in ALTERATION:
             # + 0.0: FID of two identical sets comes out as a rounding error's -0.000
             cells += [f"{round(alt[key], 3) + 0.0:.3f}" if key in alt else "-"]
         cells += [f"{r.get('fit_seconds', 0):.0f}"]
