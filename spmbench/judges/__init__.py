@@ -1,1 +1,110 @@
-"""Judges: say whether a concept is present in generated images."""
+"""Judges: say whether a concept is present in generated images. One registry, by name.
+
+Adding a judge: a module with a `Judge` subclass (spmbench.judges.base) and one line in `JUDGES`.
+Entries are "module:Class" strings, imported on first use: heavy judges load torch models or
+NudeNet, and `spmbench --help` must stay fast. A judge's settings are its constructor's keyword
+arguments (their defaults are the judge's own); `device` is passed where the constructor takes it.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from spmbench.registry import Registry
+
+
+if TYPE_CHECKING:
+    from spmbench.judges.base import Judge
+
+
+JUDGES: Registry[str] = Registry("judge")
+JUDGES.add("toy", "spmbench.judges.toy:ToyJudge")
+JUDGES.add("clip", "spmbench.judges.clip:ClipJudge")
+JUDGES.add("nudenet", "spmbench.judges.nudenet:NudeNetJudge")
+JUDGES.add("imagenet", "spmbench.judges.imagenet:ImageNetJudge")
+
+# Per world, the judge whose image features measure alteration when the application's judge has
+# none (NudeNet only detects): CLIP image features on real models, the toy judge's on the toy world.
+ALTERATION_FEATURES = {"toy": "toy", "real": "clip"}
+
+_NOT_SETTINGS = ("self", "device")
+
+
+def judge_class(name: str) -> type[Judge]:
+    """The registered class; an unknown name raises UnknownName (did you mean..., available: ...)."""
+    module, _, attribute = JUDGES.get(name).partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def defaults(name: str) -> dict[str, Any]:
+    """The judge's settings with their defaults (None: chosen by the judge, e.g. the shipped weights)."""
+    parameters = inspect.signature(judge_class(name).__init__).parameters.values()
+    named = (p for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    return {p.name: None if p.default is p.empty else p.default for p in named if p.name not in _NOT_SETTINGS}
+
+
+def check_settings(name: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """`settings` checked against the judge's own, strings (from the command line) converted to their types.
+
+    Raises:
+        ValueError: an unknown setting (the known ones are named) or a value of the wrong type.
+    """
+    known = defaults(name)
+    unknown = sorted(set(settings) - set(known))
+    if unknown:
+        offered = ", ".join(known) or "none"
+        raise ValueError(f"judge {name!r} has no setting(s) {unknown}; its settings: {offered}")
+    return {key: _conform(name, key, value, known[key]) for key, value in settings.items()}
+
+
+def _conform(judge: str, key: str, value: Any, default: Any) -> Any:
+    """`value` as the type of the setting's default (a string where the default is None)."""
+    kind = str if default is None else type(default)
+    if isinstance(value, bool) != (kind is bool):  # True is an int to Python, not to a user
+        if not (isinstance(value, str) and kind is bool and value.lower() in ("true", "false")):
+            raise ValueError(f"judge {judge!r}: setting {key} must be a {kind.__name__}, not {value!r}")
+        return value.lower() == "true"
+    if isinstance(value, kind) or (kind is float and isinstance(value, int)):
+        return kind(value)
+    try:
+        if isinstance(value, str) and kind in (int, float):
+            return kind(value)
+    except ValueError:
+        pass
+    raise ValueError(f"judge {judge!r}: setting {key} must be a {kind.__name__}, not {value!r}")
+
+
+def check_concepts(name: str, concepts: Iterable[str], settings: Mapping[str, Any] | None = None) -> None:
+    """Raise ValueError in one line if the judge cannot judge some of `concepts` (loads no model)."""
+    judge_class(name).check_concepts(sorted(set(concepts)), **check_settings(name, settings or {}))
+
+
+def build(name: str, settings: Mapping[str, Any] | None = None, device: str = "cpu") -> Judge:
+    """The judge `name` with `settings` (checked first), on `device` where it runs on one."""
+    cls, chosen = judge_class(name), check_settings(name, settings or {})
+    if "device" in inspect.signature(cls.__init__).parameters:
+        chosen["device"] = device
+    return cls(**chosen)
+
+
+def alteration_features(
+    judge: Judge, world: str, settings: Mapping[str, Mapping[str, Any]] | None = None, device: str = "cpu"
+) -> Callable[[], Judge]:
+    """The judge whose `features` measure alteration: `judge` itself if it has features, else the
+    world's declared source (ALTERATION_FEATURES), built with its settings from `settings` (by judge
+    name) on first use only: an application without non-target prompts never loads it."""
+    if judge.has_features:
+        return lambda: judge
+    source = feature_source_name(judge, world)
+    return functools.cache(lambda: build(source, (settings or {}).get(source), device))
+
+
+def feature_source_name(judge: Judge, world: str) -> str:
+    """The registry name of the judge giving alteration features when `judge` has none."""
+    if world not in ALTERATION_FEATURES:
+        raise ValueError(f"no alteration feature source is declared for world {world!r} (ALTERATION_FEATURES)")
+    return ALTERATION_FEATURES[world]

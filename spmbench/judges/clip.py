@@ -8,11 +8,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 import torch.nn.functional as F
 
+from spmbench.judges.base import Judge
+from spmbench.metrics import MetricInfo
+
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
+CLIP_SCORE = MetricInfo("CLIP score", higher_is_better=True)  # agreement of the image with its concept's text
 
 
 def _projected(out) -> torch.Tensor:
@@ -20,7 +26,9 @@ def _projected(out) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 
-class ClipJudge:
+class ClipJudge(Judge):
+    metrics = {"clip_score": CLIP_SCORE}
+
     def __init__(self, model: str = DEFAULT_CLIP, device: str = "cpu", template: str = "a photo of {}"):
         from transformers import CLIPModel, CLIPProcessor
 
@@ -28,6 +36,10 @@ class ClipJudge:
         self.processor = CLIPProcessor.from_pretrained(model)
         self.device, self.template = device, template
         self.identity = f"clip {model}, template {template!r}"
+
+    @classmethod
+    def check_concepts(cls, concepts: Iterable[str], **settings) -> None:
+        """Any text is a concept to CLIP (open vocabulary): every concept is accepted."""
 
     @torch.no_grad()
     def _texts(self, texts: list[str]) -> torch.Tensor:

@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Iterable
 
 import torch
+
+from spmbench.judges.base import ConceptsUnchecked, Judge
 
 
 DEFAULT_CLASSIFIER = "microsoft/resnet-50"
@@ -64,7 +67,31 @@ def label_index(concept: str, id2label: dict) -> int:
     raise ValueError(f"the classifier has no class named {concept!r}{hint}")
 
 
-class ImageNetJudge:
+def classifier_labels(model: str) -> dict[int, str]:
+    """The classifier's id2label from its config, if that is on this machine (nothing is downloaded).
+
+    Raises:
+        ConceptsUnchecked: the config is not on this machine (or `model` names no classifier).
+    """
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(model, local_files_only=True)
+    except (OSError, ValueError):  # not cached, or not a valid name or folder
+        raise ConceptsUnchecked(f"{model} is not on this machine, so its classes were not checked") from None
+    return {int(i): str(label) for i, label in config.id2label.items()}
+
+
+class ImageNetJudge(Judge):
+    @classmethod
+    def check_concepts(cls, concepts: Iterable[str], model: str = DEFAULT_CLASSIFIER, **settings) -> None:
+        labels = classifier_labels(model)
+        for concept in concepts:
+            try:
+                label_index(concept, labels)
+            except ValueError as e:
+                raise ValueError(f"{e} (classifier {model})") from None
+
     def __init__(self, model: str = DEFAULT_CLASSIFIER, device: str = "cpu"):
         from transformers import AutoImageProcessor, AutoModelForImageClassification
 

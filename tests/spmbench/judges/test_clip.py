@@ -1,31 +1,9 @@
-"""The CLIP judge on a tiny random CLIP saved locally, against a hand computation."""
+"""The CLIP judge on a tiny random CLIP saved locally (the clip_dir fixture), against a hand computation."""
 
-import pytest
 import torch
 import torch.nn.functional as F
 
 from spmbench.judges.clip import ClipJudge
-from tests.tiny import tiny_tokenizer
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory):
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
-
-    torch.manual_seed(0)
-    tok = tiny_tokenizer()
-    config = CLIPConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         max_position_embeddings=tok.model_max_length, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id),
-        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8),
-        projection_dim=8,
-    )  # fmt: skip
-    path = tmp_path_factory.mktemp("tiny-clip")
-    CLIPModel(config).save_pretrained(path)
-    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    CLIPProcessor(image_processor=image_processor, tokenizer=tok).save_pretrained(path)
-    return path
 
 
 def test_score_and_accuracy_match_a_hand_computation(clip_dir):

@@ -5,57 +5,12 @@ import torch
 from typer.testing import CliRunner
 
 from spmbench.judges.imagenet import ImageNetJudge, label_index
-
-
-# ImageNet-style labels (comma-separated synonyms), with ImageNet's own traps: two classes named
-# just "crane", and "maillot" both a whole label and a synonym of another.
-LABELS = [
-    "tench, Tinca tinca",
-    "English springer, English springer spaniel",
-    "cassette player",
-    "chain saw, chainsaw",
-    "church, church building",
-    "French horn, horn",
-    "garbage truck, dustcart",
-    "gas pump, gasoline pump, petrol pump, island dispenser",
-    "golf ball",
-    "parachute, chute",
-    "crane",
-    "crane",
-    "maillot",
-    "maillot, tank suit",
-]
-ID2LABEL = dict(enumerate(LABELS))
-
-
-def _save(model, processor, path):
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+from tests.spmbench.judges.conftest import ID2LABEL, LABELS, save_tiny_classifier
 
 
 @pytest.fixture(scope="module", params=["vit", "resnet"])
 def classifier_dir(request, tmp_path_factory):
-    """A tiny ViT (the ViT processor) or ResNet (the ResNet-50 checkpoints' ConvNext processor)."""
-    from transformers import (
-        ConvNextImageProcessor,
-        ResNetConfig,
-        ResNetForImageClassification,
-        ViTConfig,
-        ViTForImageClassification,
-        ViTImageProcessor,
-    )
-
-    torch.manual_seed(0)
-    labels = dict(id2label=ID2LABEL, label2id={label: i for i, label in ID2LABEL.items()})
-    path = tmp_path_factory.mktemp(f"tiny-{request.param}")
-    if request.param == "vit":
-        config = ViTConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=32, patch_size=8, **labels)  # fmt: skip
-        return _save(ViTForImageClassification(config), ViTImageProcessor(size={"height": 32, "width": 32}), path)
-    config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic", **labels)
-    processor = ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=0.875)
-    return _save(ResNetForImageClassification(config), processor, path)
+    return save_tiny_classifier(tmp_path_factory.mktemp(f"tiny-{request.param}"), request.param)
 
 
 @pytest.fixture(scope="module")
@@ -168,21 +123,20 @@ def test_the_object_application_erases_each_imagenette_class_keeping_the_others(
             assert LABELS[label_index(row.concept, ID2LABEL)].lower().startswith(row.concept.lower())
 
 
-def test_the_cli_builds_the_judge_and_validates_classes_against_its_labels(classifier_dir, tmp_path):
+def test_the_registry_builds_the_judge_and_validate_checks_classes_against_its_labels(classifier_dir, tmp_path):
     from transformers import AutoConfig
 
-    from spmbench import cli
-    from spmbench.cli import _judge, app
-    from spmbench.judges import imagenet
+    from spmbench import judges
+    from spmbench.cli import app
 
-    assert cli.DEFAULT_CLASSIFIER == imagenet.DEFAULT_CLASSIFIER  # spelt twice so the CLI starts without torch
-    assert isinstance(_judge("imagenet", "cpu", "unused", str(classifier_dir)), ImageNetJudge)
-    result = CliRunner().invoke(app, ["validate", "--classifier", str(classifier_dir)])
-    assert result.exit_code == 0 and "ok:" in result.output and "not checked" not in result.output
+    assert isinstance(judges.build("imagenet", {"model": str(classifier_dir)}), ImageNetJudge)
+    for option in (["--classifier", str(classifier_dir)], ["-J", f"imagenet.model={classifier_dir}"]):
+        result = CliRunner().invoke(app, ["validate", *option])
+        assert result.exit_code == 0 and "ok:" in result.output and "not checked" not in result.output
     config = AutoConfig.from_pretrained(classifier_dir)
     config.id2label = {i: label for i, label in ID2LABEL.items() if not label.startswith("tench")}
     config.save_pretrained(tmp_path)
     result = CliRunner().invoke(app, ["validate", "--classifier", str(tmp_path)])
     assert result.exit_code == 2 and "object.yaml: the classifier has no class named 'tench'" in result.output
     result = CliRunner().invoke(app, ["validate", "--classifier", str(tmp_path / "absent")])
-    assert result.exit_code == 0 and "real-object's classes were not checked" in result.output
+    assert result.exit_code == 0 and "real-object: " in result.output and "classes were not checked" in result.output
