@@ -20,6 +20,7 @@ Smaller models override these in their spec (`eraser_settings`).
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spm.train import encode
+from spmbench.erasers.base import require_counts, require_positive
 from spmbench.erasers.esd import FinetunedEraser, finetune, fingerprint, latent_noise, predict, rollout
 
 
@@ -53,23 +55,42 @@ def anchor_latents(
     return torch.cat(chunks)
 
 
-class ConceptAblation(FinetunedEraser):
-    counts = ("iterations", "batch_size", "anchor_images", "sample_steps")
+@dataclass(frozen=True)
+class ConceptAblationSettings:
+    """anchor: the concept the targets are ablated to ("" = unconditional); anchor_images generated
+    by the original model with `sample_steps` DDIM steps at `guidance_scale`; batch_size per step."""
 
-    def __init__(self):
-        self.name = "ca"
-        self.defaults = {
-            "anchor": "", "iterations": 400, "lr": 2e-6, "batch_size": 8, "anchor_images": 200,
-            "sample_steps": 50, "guidance_scale": 7.5, "seed": 0,
-        }  # fmt: skip
-        self.checkpoint_every = 100
+    anchor: str = ""
+    iterations: int = 400
+    lr: float = 2e-6
+    batch_size: int = 8
+    anchor_images: int = 200
+    sample_steps: int = 50
+    guidance_scale: float = 7.5
+    seed: int = 0
+
+    def __post_init__(self):
+        require_counts(self, "iterations", "batch_size", "anchor_images", "sample_steps")
+        require_positive(self, "lr")
+
+
+class ConceptAblation(FinetunedEraser):
+    name = "ca"
+    Settings = ConceptAblationSettings
+    checkpoint_every = 100
 
     def train(
-        self, pipe, targets: tuple[str, ...], resolution: int, cfg: dict, checkpoint: Path | None = None
+        self,
+        pipe,
+        targets: tuple[str, ...],
+        resolution: int,
+        settings: ConceptAblationSettings,
+        checkpoint: Path | None = None,
     ) -> tuple[dict[str, torch.Tensor], list[float]]:
-        """The deltas and per-iteration losses of a Concept Ablation fit with the resolved settings `cfg`."""
+        """The deltas and per-iteration losses of a Concept Ablation fit."""
         from diffusers import DDIMScheduler
 
+        cfg = asdict(settings)
         gen = torch.Generator().manual_seed(int(cfg["seed"]))
         # Drawn before any resumed generator state, so a resumed fit regenerates the same images.
         x0 = anchor_latents(

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import copy
 import json
+from abc import abstractmethod
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -32,9 +34,8 @@ from tqdm.auto import tqdm
 
 from spm.files import save_torch_atomic
 from spm.train import encode
-from spmbench.erasers.base import resolve_settings
+from spmbench.erasers.base import Eraser, require_counts, require_positive
 from spmbench.erasers.delta import applied, save_delta
-from spmbench.erasers.spm import slug
 
 
 def cross_attention(name: str) -> bool:
@@ -131,80 +132,67 @@ def _resume(path: Path | None, params: dict, opt, gen: torch.Generator, fingerpr
     return int(state["step"]), list(state["losses"])
 
 
-def check_counts(eraser: str, cfg: dict, *keys: str) -> None:
-    """Settings that count something must be whole numbers >= 1 (a spec typo, not a silent no-op)."""
-    for key in keys:
-        if int(cfg[key]) != cfg[key] or cfg[key] < 1:
-            raise ValueError(f"eraser {eraser!r}: {key} must be a whole number >= 1, got {cfg[key]!r}")
-
-
 def fingerprint(pipe, method: str, targets: tuple[str, ...], cfg: dict, resolution: int) -> str:
     """What a checkpoint was trained for: resuming it under anything else would mix two fits."""
     return json.dumps([method, list(targets), cfg, resolution, str(pipe.name_or_path)], default=str)
 
 
-class FinetunedEraser:
+class FinetunedEraser(Eraser):
     """What ESD and Concept Ablation share: fit = resumable fine-tuning (`train`) stored as a weight
-    delta; apply = that delta. Subclasses set `name`, `defaults`, `counts` (settings that count
-    something), `checkpoint_every` and implement `train`."""
+    delta; apply = that delta. Subclasses set `name`, `Settings`, `checkpoint_every` and implement `train`."""
 
-    counts: tuple[str, ...] = ("iterations",)
+    checkpoint_every: int
 
-    def fit(
-        self, pipe, targets: tuple[str, ...], workdir: Path, resolution: int, settings: dict | None = None
-    ) -> list[Path]:
-        path = workdir / self.name / f"{'+'.join(slug(t) for t in targets)}.safetensors"
-        if path.exists():
-            return [path]
-        cfg = resolve_settings(self.name, self.defaults, settings)
-        check_counts(self.name, cfg, *self.counts)
+    def fit_one(self, pipe, targets: tuple[str, ...], path: Path, resolution: int, settings) -> None:
         ckpt = path.with_name(path.name + ".ckpt.pt")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        deltas, losses = self.train(pipe, targets, resolution, cfg, ckpt)
+        deltas, losses = self.train(pipe, targets, resolution, settings, ckpt)
+        cfg = asdict(settings)
         save_delta(path, deltas, method=self.name, targets=list(targets), settings=cfg, losses=losses)
         ckpt.unlink(missing_ok=True)
-        return [path]
 
+    @abstractmethod
     def train(
-        self, pipe, targets: tuple[str, ...], resolution: int, cfg: dict, checkpoint: Path | None = None
+        self, pipe, targets: tuple[str, ...], resolution: int, settings, checkpoint: Path | None = None
     ) -> tuple[dict[str, torch.Tensor], list[float]]:
-        raise NotImplementedError
+        """The deltas (trained minus original, by parameter name) and per-iteration losses."""
 
     def apply(self, pipe, artifacts: list[Path]):
         return applied(pipe, artifacts)
 
-    def generate(self, handle, prompts: list[str], **kwargs):
-        return handle(prompts, **kwargs)
+
+@dataclass(frozen=True)
+class ESDSettings:
+    """The paper's setting: 1000 iterations of Adam at lr 1e-5, eta (negative_guidance) 1, x_t from
+    up to `rollout_steps` DDIM steps guided at `guidance_scale`."""
+
+    iterations: int = 1000
+    lr: float = 1e-5
+    negative_guidance: float = 1.0
+    rollout_steps: int = 50
+    guidance_scale: float = 3.0
+    seed: int = 0
+
+    def __post_init__(self):
+        require_counts(self, "iterations", "rollout_steps")
+        require_positive(self, "lr")
 
 
 class ESD(FinetunedEraser):
-    counts = ("iterations", "rollout_steps")
+    Settings = ESDSettings
+    checkpoint_every = 200
 
-    def __init__(
-        self,
-        variant: str = "x",
-        iterations: int = 1000,
-        lr: float = 1e-5,
-        negative_guidance: float = 1.0,
-        rollout_steps: int = 50,
-        guidance_scale: float = 3.0,
-        checkpoint_every: int = 200,
-    ):
+    def __init__(self, variant: str = "x"):
         if variant not in VARIANTS:
             raise ValueError(f"ESD variant must be one of {sorted(VARIANTS)}, got {variant!r}")
         self.variant, self.name = variant, f"esd-{variant}"
-        self.defaults = {
-            "iterations": iterations, "lr": lr, "negative_guidance": negative_guidance,
-            "rollout_steps": rollout_steps, "guidance_scale": guidance_scale, "seed": 0,
-        }  # fmt: skip
-        self.checkpoint_every = checkpoint_every
 
     def train(
-        self, pipe, targets: tuple[str, ...], resolution: int, cfg: dict, checkpoint: Path | None = None
+        self, pipe, targets: tuple[str, ...], resolution: int, settings: ESDSettings, checkpoint: Path | None = None
     ) -> tuple[dict[str, torch.Tensor], list[float]]:
-        """The deltas and per-iteration losses of an ESD fit with the resolved settings `cfg`."""
+        """The deltas and per-iteration losses of an ESD fit."""
         from diffusers import DDIMScheduler
 
+        cfg = asdict(settings)
         gen = torch.Generator().manual_seed(int(cfg["seed"]))
         ddim = DDIMScheduler.from_config(pipe.scheduler.config)
         ddim.set_timesteps(int(cfg["rollout_steps"]))

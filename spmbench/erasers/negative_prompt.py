@@ -7,25 +7,18 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from spm.files import write_text_atomic
-from spmbench.erasers.spm import slug
+from spmbench.erasers.base import Eraser
 
 
-class NegativePrompt:
+class NegativePrompt(Eraser):
     name = "negprompt"
+    artifact_suffix = ".json"
 
-    def fit(
-        self, pipe, targets: tuple[str, ...], workdir: Path, resolution: int, settings: dict | None = None
-    ) -> list[Path]:
+    def fit_one(self, pipe, targets: tuple[str, ...], path: Path, resolution: int, settings) -> None:
         """Nothing to learn; the artifact records the negative prompt used, for provenance."""
-        path = workdir / "negprompt" / f"{'+'.join(slug(t) for t in targets)}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(path, json.dumps({"negative_prompt": ", ".join(targets)}))
-        return [path]
 
     @contextmanager
     def apply(self, pipe, artifacts: list[Path]):
-        yield pipe, json.loads(artifacts[0].read_text())["negative_prompt"]
-
-    def generate(self, handle, prompts: list[str], **kwargs):
-        pipe, negative = handle
-        return pipe(prompts, negative_prompt=[negative] * len(prompts), **kwargs)
+        negative = json.loads(artifacts[0].read_text())["negative_prompt"]
+        yield lambda prompts, **kwargs: pipe(prompts, negative_prompt=[negative] * len(prompts), **kwargs)

@@ -18,14 +18,14 @@ embedding is set by the edited weights rather than shrunk towards zero).
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from spmbench.erasers.base import resolve_settings
+from spmbench.erasers.base import Eraser, require_counts
 from spmbench.erasers.delta import applied, save_delta
-from spmbench.erasers.spm import slug
-from spmbench.erasers.uce import closed_form, cross_attention_projections, edit_rows
+from spmbench.erasers.uce import UCESettings, closed_form, cross_attention_projections, edit_rows
 
 
 def adversarial_embedding(
@@ -63,44 +63,31 @@ def rece_edit(
     return edited, found
 
 
-class RECE:
-    def __init__(
-        self,
-        guide: str = "",
-        preserve: tuple[str, ...] = (),
-        lam: float = 0.5,
-        rounds: int = 3,
-        lambda_reg: float = 1e-3,
-    ):
-        self.guide, self.preserve, self.lam = guide, tuple(preserve), lam
-        self.rounds, self.lambda_reg = rounds, lambda_reg
-        self.name = "rece"
+@dataclass(frozen=True)
+class RECESettings(UCESettings):
+    """UCE's settings, plus rounds of adversarial embeddings and the ridge that finds them."""
 
-    def fit(
-        self, pipe, targets: tuple[str, ...], workdir: Path, resolution: int, settings: dict | None = None
-    ) -> list[Path]:
-        path = workdir / "rece" / f"{'+'.join(slug(t) for t in targets)}.safetensors"
-        if path.exists():
-            return [path]
-        defaults = {
-            "guide": self.guide, "preserve": list(self.preserve), "lam": self.lam,
-            "rounds": self.rounds, "lambda_reg": self.lambda_reg,
-        }  # fmt: skip
-        cfg = resolve_settings(self.name, defaults, settings)
-        if int(cfg["rounds"]) != cfg["rounds"] or cfg["rounds"] < 0:
-            raise ValueError(f"eraser 'rece': rounds must be a whole number >= 0, got {cfg['rounds']!r}")
-        c, g, p = edit_rows(pipe, targets, cfg["guide"], cfg["preserve"])
+    rounds: int = 3
+    lambda_reg: float = 1e-3
+
+    def __post_init__(self):
+        require_counts(self, "rounds", least=0)
+
+
+class RECE(Eraser):
+    name = "rece"
+    Settings = RECESettings
+
+    def fit_one(self, pipe, targets: tuple[str, ...], path: Path, resolution: int, settings: RECESettings) -> None:
+        c, g, p = edit_rows(pipe, targets, settings.guide, settings.preserve)
         layers = cross_attention_projections(pipe.unet)
         weights = {name: layer.weight.detach().float() for name, layer in layers.items()}
         device = next(iter(weights.values())).device
         edited, _ = rece_edit(
-            weights, c.to(device), g.to(device), p.to(device), cfg["lam"], int(cfg["rounds"]), cfg["lambda_reg"]
+            weights, c.to(device), g.to(device), p.to(device), settings.lam, settings.rounds, settings.lambda_reg
         )
         deltas = {f"{name}.weight": edited[name] - w for name, w in weights.items()}
-        return [save_delta(path, deltas, method="rece", targets=list(targets), settings=cfg)]
+        save_delta(path, deltas, method="rece", targets=list(targets), settings=asdict(settings))
 
     def apply(self, pipe, artifacts: list[Path]):
         return applied(pipe, artifacts)
-
-    def generate(self, handle, prompts: list[str], **kwargs):
-        return handle(prompts, **kwargs)

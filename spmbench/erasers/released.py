@@ -21,15 +21,15 @@ import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
-from spmbench.erasers.base import resolve_settings
+from spmbench.erasers.base import Eraser
 from spmbench.registry import Registry
-from spmbench.specs import SpecError, read_yaml
+from spmbench.specs import SpecError, SpecKind, build, load
 
 
 RELEASED_DIR = Path(__file__).parent / "released"
@@ -40,7 +40,7 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")  # also a directory name in a 
 
 
 @dataclass(frozen=True)
-class Released:
+class Released(Eraser):
     """A released checkpoint: whole-component weights that replace the pipeline's own."""
 
     name: str
@@ -62,7 +62,7 @@ class Released:
     def fit(
         self, pipe, targets: tuple[str, ...], workdir: Path, resolution: int, settings: dict | None = None
     ) -> list[Path]:
-        resolve_settings(self.name, {}, settings)  # nothing to set: released weights are what they are
+        self.settings(settings)  # nothing to set: released weights are what they are
         known = {t.casefold() for t in self.targets}
         unknown = [t for t in targets if t.casefold() not in known]
         if unknown:
@@ -74,9 +74,6 @@ class Released:
 
     def apply(self, pipe, artifacts: list[Path]):
         return loaded(pipe, {path: component for component, path in self.components().items()}, artifacts)
-
-    def generate(self, handle, prompts: list[str], **kwargs):
-        return handle(prompts, **kwargs)
 
 
 def weight_file(path: Path, component: str, who: str) -> Path:
@@ -161,56 +158,36 @@ def loaded(pipe, components: dict[Path, str], artifacts: list[Path]) -> Iterator
 
 
 def parse_released(data, origin: str) -> Released:
-    if not isinstance(data, dict):
-        raise SpecError(f"{origin}: expected a mapping of fields, got {type(data).__name__}")
-    known = {f.name for f in fields(Released)} - {"origin"}
-    unknown = set(data) - known
-    if unknown:
-        raise SpecError(f"{origin}: unknown field(s) {sorted(unknown)}; allowed: {sorted(known)}")
-    if "name" not in data:
-        raise SpecError(f"{origin}: missing field 'name' (the eraser's name, e.g. advunlearn-nudity)")
-    if not isinstance(data["name"], str) or not NAME.fullmatch(data["name"]):
-        raise SpecError(f"{origin}: name {data['name']!r} must be letters, digits and . _ + - (a directory name)")
-    targets = data.get("targets")
-    if isinstance(targets, str):
-        targets = [targets]
-    if not isinstance(targets, list) or not targets or not all(isinstance(t, str) and t for t in targets):
+    if isinstance(data, dict) and isinstance(data.get("targets"), str):
+        data = {**data, "targets": [data["targets"]]}  # a single target needs no list
+    eraser = build(Released, data, origin, origin=origin)
+    if not NAME.fullmatch(eraser.name):
+        raise SpecError(f"{origin}: name {eraser.name!r} must be letters, digits and . _ + - (a directory name)")
+    if not eraser.targets or not all(eraser.targets):
         raise SpecError(f"{origin}: 'targets' must be a non-empty list of the concepts the checkpoint erases")
-    if not any(data.get(c) for c in COMPONENTS):
+    given = {c: getattr(eraser, c) for c in COMPONENTS if getattr(eraser, c) is not None}
+    if not any(given.values()):
         raise SpecError(f"{origin}: give at least one of {', '.join(COMPONENTS)} (a path to its weights)")
     paths = {}
-    for component in COMPONENTS:
-        value = data.get(component)
-        if value is None:
-            continue
-        if not isinstance(value, str) or not value:
+    for component, value in given.items():
+        if not value:
             raise SpecError(f"{origin}: {component} must be a path, got {value!r}")
         path = Path(os.path.expandvars(value)).expanduser()
         paths[component] = str(path if path.is_absolute() else Path(origin).parent / path)
-    note = data.get("note", "")
-    if not isinstance(note, str):
-        raise SpecError(f"{origin}: note must be text")
-    return Released(name=data["name"], targets=tuple(targets), note=note, origin=origin, **paths)
+    return replace(eraser, **paths)
 
 
-def released_dirs() -> list[Path]:
-    extra = [Path(p) for p in os.environ.get("SPMBENCH_ERASERS", "").split(os.pathsep) if p]
-    return [RELEASED_DIR, *extra]
+RELEASED = SpecKind("eraser", RELEASED_DIR, "SPMBENCH_ERASERS", parse_released)
 
 
 def load_released(dirs: list[Path] | None = None, registry: Registry | None = None) -> list[Released]:
     """Every released checkpoint defined in `dirs` (default: the shipped folder and SPMBENCH_ERASERS),
     added to `registry` when given; a malformed file or a name already taken is a SpecError naming it."""
-    out: dict[str, Released] = {}
-    for directory in released_dirs() if dirs is None else dirs:
-        for path in sorted([*Path(directory).glob("*.yaml"), *Path(directory).glob("*.yml")]):
-            eraser = parse_released(read_yaml(path), str(path))
-            if eraser.name in out:
-                raise SpecError(f"{path}: eraser name {eraser.name!r} is also used by {out[eraser.name].origin}")
-            if registry is not None and eraser.name in registry:
-                raise SpecError(f"{path}: eraser name {eraser.name!r} is already registered; choose another")
-            out[eraser.name] = eraser
+    found = list(load(RELEASED, dirs))
     if registry is not None:
-        for eraser in out.values():
+        for eraser in found:  # all checked before any is added
+            if eraser.name in registry:
+                raise SpecError(f"{eraser.origin}: eraser name {eraser.name!r} is already registered; choose another")
+        for eraser in found:
             registry.add(eraser.name, eraser)
-    return list(out.values())
+    return found

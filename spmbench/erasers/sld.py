@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from spm.files import write_text_atomic
-from spmbench.erasers.spm import slug
+from spm.train import encode
+from spmbench.erasers.base import Eraser
 
 
 @dataclass(frozen=True)
@@ -88,42 +89,33 @@ class SafetyGuidance:
         return output
 
 
-class SLD:
+class SLD(Eraser):
+    artifact_suffix = ".json"
+
     def __init__(self, preset: str = "medium"):
         self.preset = PRESETS[preset]
         self.name = f"sld-{preset}"
 
-    def fit(
-        self, pipe, targets: tuple[str, ...], workdir: Path, resolution: int, settings: dict | None = None
-    ) -> list[Path]:
+    def fit_one(self, pipe, targets: tuple[str, ...], path: Path, resolution: int, settings) -> None:
         """Nothing to learn; the artifact records the safety concept and preset."""
-        path = workdir / self.name / f"{'+'.join(slug(t) for t in targets)}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(path, json.dumps({"safety_concept": ", ".join(targets), "preset": asdict(self.preset)}))
-        return [path]
 
     @contextmanager
     def apply(self, pipe, artifacts: list[Path]):
         concept = json.loads(artifacts[0].read_text())["safety_concept"]
-        ids = pipe.tokenizer(
-            concept,
-            padding="max_length",
-            max_length=pipe.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids
         with torch.no_grad():
-            embeds = pipe.text_encoder(ids.to(pipe.text_encoder.device))[0]
+            embeds = encode(pipe, [concept])
         guidance = SafetyGuidance(self.preset, embeds)
         handle = pipe.unet.register_forward_hook(guidance.hook, with_kwargs=True)
+
+        def generate(prompts: list[str], **kwargs):
+            if kwargs.get("guidance_scale", 7.5) <= 1:
+                raise ValueError("SLD works through classifier-free guidance: use a guidance_scale above 1")
+            guidance.reset()  # a new generation: step count and momentum start over
+            return pipe(prompts, **kwargs)
+
+        generate.guidance = guidance  # the hook's state, for inspection
         try:
-            yield pipe, guidance
+            yield generate
         finally:
             handle.remove()
-
-    def generate(self, handle, prompts: list[str], **kwargs):
-        pipe, guidance = handle
-        if kwargs.get("guidance_scale", 7.5) <= 1:
-            raise ValueError("SLD works through classifier-free guidance: use a guidance_scale above 1")
-        guidance.reset()  # a new generation: step count and momentum start over
-        return pipe(prompts, **kwargs)

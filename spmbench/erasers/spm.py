@@ -2,49 +2,48 @@
 
 from __future__ import annotations
 
-import re
 from contextlib import contextmanager
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import spm
-from spmbench.erasers.base import resolve_settings
+from spmbench.erasers.base import Eraser
 
 
-def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+@dataclass(frozen=True)
+class SPMSettings(spm.TrainConfig):
+    """spm.TrainConfig (its checks included) plus what the eraser adds.
+
+    surrogate: the concept the targets are replaced with (erase-to-replace); "" erases.
+    `resolutions` None trains at the fitted model's own resolution.
+    """
+
+    surrogate: str = ""
+
+    def train_config(self, resolution: int) -> spm.TrainConfig:
+        chosen = {f.name: getattr(self, f.name) for f in fields(spm.TrainConfig)}
+        return spm.TrainConfig(**chosen | {"resolutions": self.resolutions or (resolution,)})
 
 
-class SPMEraser:
-    fit_key = "spm"  # 'spm', 'spm-rel' and 'spm-noft' share their fits (and so their settings)
-    fits_per_target = True  # k targets cost k single-target fits (runner.fit_timed sums them)
+class SPMEraser(Eraser):
+    Settings = SPMSettings
+    fits_per_target = True  # SPMs combine without retuning: k targets are k single-target fits
 
     def __init__(self, transport: bool = True, similarity: str = "paper"):
         """transport: Facilitated Transport on; similarity: its prompt similarity (spm.attach)."""
         self.transport, self.similarity = transport, similarity
         self.name = {"paper": "spm", "relative": "spm-rel"}[similarity] if transport else "spm-noft"
 
-    def fit(
-        self, pipe, targets: tuple[str, ...], workdir: Path, resolution: int, settings: dict | None = None
-    ) -> list[Path]:
-        """One SPM per target (SPMs combine without retuning). `settings`: spm.TrainConfig overrides,
-        and `surrogate`, the concept the targets are replaced with (erase-to-replace; "" erases)."""
-        paths = []
-        for target in targets:
-            path = workdir / "spm" / f"{slug(target)}.safetensors"
-            if not path.exists():
-                path.parent.mkdir(parents=True, exist_ok=True)
-                known = {"resolutions": (resolution,), "surrogate": ""} | {
-                    f.name: getattr(spm.TrainConfig(), f.name) for f in fields(spm.TrainConfig)
-                }
-                chosen = resolve_settings(self.name, known, settings)
-                surrogate = chosen.pop("surrogate")
-                checkpoint = path.with_name(path.name + ".ckpt.pt")
-                trained = spm.train(pipe, [target], surrogate, spm.TrainConfig(**chosen), checkpoint=checkpoint)
-                trained.save(path)
-                checkpoint.unlink(missing_ok=True)
-            paths.append(path)
-        return paths
+    @property
+    def fit_key(self) -> str:
+        return "spm"  # 'spm', 'spm-rel' and 'spm-noft' share their fits (and so their settings)
+
+    def fit_one(self, pipe, targets: tuple[str, ...], path: Path, resolution: int, settings: SPMSettings) -> None:
+        checkpoint = path.with_name(path.name + ".ckpt.pt")
+        config = settings.train_config(resolution)
+        trained = spm.train(pipe, list(targets), settings.surrogate, config, checkpoint=checkpoint)
+        trained.save(path)
+        checkpoint.unlink(missing_ok=True)
 
     @contextmanager
     def apply(self, pipe, artifacts: list[Path]):
@@ -54,6 +53,3 @@ class SPMEraser:
             yield attached
         finally:
             attached.detach()
-
-    def generate(self, handle, prompts: list[str], **kwargs):
-        return handle(prompts, **kwargs)

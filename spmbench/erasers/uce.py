@@ -11,14 +11,14 @@ The artifact is the weight delta W' - W (`delta.py`), so it also applies to othe
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from spmbench.erasers.base import resolve_settings
+from spmbench.erasers.base import Eraser
 from spmbench.erasers.delta import applied, save_delta
-from spmbench.erasers.spm import slug
 
 
 def cross_attention_projections(unet: nn.Module) -> dict[str, nn.Linear]:
@@ -76,29 +76,28 @@ def closed_form(
     return torch.linalg.solve(right, left.T).T.to(weight.dtype)  # left @ right^-1, right symmetric
 
 
-class UCE:
-    def __init__(self, guide: str = "", preserve: tuple[str, ...] = (), lam: float = 0.5):
-        self.guide, self.preserve, self.lam = guide, tuple(preserve), lam
-        self.name = "uce"
+@dataclass(frozen=True)
+class UCESettings:
+    """guide: what the targets are mapped to ("" = the empty prompt); preserve: prompts kept where
+    they are; lam: the pull towards the original weights."""
 
-    def fit(
-        self, pipe, targets: tuple[str, ...], workdir: Path, resolution: int, settings: dict | None = None
-    ) -> list[Path]:
-        path = workdir / "uce" / f"{'+'.join(slug(t) for t in targets)}.safetensors"
-        if path.exists():
-            return [path]
-        defaults = {"guide": self.guide, "preserve": list(self.preserve), "lam": self.lam}
-        cfg = resolve_settings(self.name, defaults, settings)
-        c, g, p = edit_rows(pipe, targets, cfg["guide"], cfg["preserve"])
+    guide: str = ""
+    preserve: tuple[str, ...] = ()
+    lam: float = 0.5
+
+
+class UCE(Eraser):
+    name = "uce"
+    Settings = UCESettings
+
+    def fit_one(self, pipe, targets: tuple[str, ...], path: Path, resolution: int, settings: UCESettings) -> None:
+        c, g, p = edit_rows(pipe, targets, settings.guide, settings.preserve)
         deltas = {}
         for name, layer in cross_attention_projections(pipe.unet).items():
             w = layer.weight.detach().float()
-            edited = closed_form(w, c.to(w.device), g.to(w.device), p.to(w.device), cfg["lam"])
+            edited = closed_form(w, c.to(w.device), g.to(w.device), p.to(w.device), settings.lam)
             deltas[f"{name}.weight"] = edited - w
-        return [save_delta(path, deltas, method="uce", targets=list(targets), settings=cfg)]
+        save_delta(path, deltas, method="uce", targets=list(targets), settings=asdict(settings))
 
     def apply(self, pipe, artifacts: list[Path]):
         return applied(pipe, artifacts)
-
-    def generate(self, handle, prompts: list[str], **kwargs):
-        return handle(prompts, **kwargs)

@@ -18,21 +18,21 @@ FAST = {
 }
 
 
-def gen(eraser, handle, prompt):
-    return eraser.generate(handle, [prompt], generator=[torch.Generator().manual_seed(0)], **KW).images
+def gen(generate, prompt):
+    return generate([prompt], generator=[torch.Generator().manual_seed(0)], **KW).images
 
 
 @pytest.mark.parametrize("name", ERASERS.names())
 def test_contract(name, pipe, tmp_path):
     eraser = ERASERS.get(name)
-    fast = FAST.get(getattr(eraser, "fit_key", name))
+    fast = FAST.get(eraser.fit_key)
     artifacts = eraser.fit(pipe, ("snoopy",), tmp_path, 16, fast)
     assert eraser.fit(pipe, ("snoopy",), tmp_path, 16, fast) == artifacts  # idempotent
     assert all(p.exists() for p in artifacts)
     kw = KW | {"num_inference_steps": 30} if name.startswith("sld") else KW  # well past every preset's warm-up
     original = pipe(["snoopy the dog"], generator=[torch.Generator().manual_seed(0)], **kw).images
-    with eraser.apply(pipe, artifacts) as handle:
-        erased = eraser.generate(handle, ["snoopy the dog"], generator=[torch.Generator().manual_seed(0)], **kw).images
+    with eraser.apply(pipe, artifacts) as generate:
+        erased = generate(["snoopy the dog"], generator=[torch.Generator().manual_seed(0)], **kw).images
     if name == "none":
         np.testing.assert_allclose(erased, original)
     else:
@@ -41,10 +41,44 @@ def test_contract(name, pipe, tmp_path):
     np.testing.assert_allclose(after, original)  # apply leaves the pipeline as it found it
 
 
+@pytest.mark.parametrize("name", ERASERS.names())
+def test_every_setting_is_checked_and_none_is_ignored(name, tmp_path):
+    eraser = ERASERS.get(name)
+    eraser.check_settings(FAST.get(eraser.fit_key))  # its own valid settings pass
+    with pytest.raises(ValueError, match=f"eraser '{name}': unknown setting.*'iteratons'"):
+        eraser.check_settings({"iteratons": 3})
+    with pytest.raises(ValueError, match="unknown setting"):
+        eraser.fit(None, ("snoopy",), tmp_path, 16, {"iteratons": 3})  # refused before the pipeline is used
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("name", "settings", "problem"),
+    [
+        ("spm", {"num_anchors": "four"}, "num_anchors must be int"),
+        ("spm", {"lr": float("nan")}, "lr must be a finite number"),
+        ("esd-x", {"iterations": 0}, "iterations must be a whole number >= 1"),
+        ("esd-u", {"lr": -1.0}, "lr must be a finite number greater than 0"),
+        ("ca", {"batch_size": 2.5}, "batch_size must be int"),
+        ("uce", {"preserve": "a dog"}, "preserve must be tuple"),
+        ("rece", {"rounds": -1}, "rounds must be a whole number >= 0"),
+    ],
+)
+def test_impossible_settings_are_one_line_errors(name, settings, problem):
+    with pytest.raises(ValueError, match=problem) as e:
+        ERASERS.get(name).check_settings(settings)
+    assert "\n" not in str(e.value)
+
+
+def test_yaml_lists_become_the_declared_tuples():
+    settings = ERASERS.get("uce").settings({"preserve": ["a dog", "a cat"]})
+    assert settings.preserve == ("a dog", "a cat")
+
+
 def test_negative_prompt_is_the_pipelines_negative_prompt(pipe, tmp_path):
     eraser = ERASERS.get("negprompt")
-    with eraser.apply(pipe, eraser.fit(pipe, ("snoopy", "mickey"), tmp_path, 16)) as handle:
-        ours = gen(eraser, handle, "a photo of a dog")
+    with eraser.apply(pipe, eraser.fit(pipe, ("snoopy", "mickey"), tmp_path, 16)) as generate:
+        ours = gen(generate, "a photo of a dog")
     direct = pipe(
         ["a photo of a dog"], negative_prompt=["snoopy, mickey"], generator=[torch.Generator().manual_seed(0)], **KW
     ).images
@@ -101,7 +135,8 @@ def test_sld_step_matches_a_hand_computed_guidance(pipe, tmp_path):
         scale = torch.clamp((e_p - e_s).abs() * preset.sld_scale, max=1.0)  # SLD's mu, eq. 5: |.|, at most 1
         scale = torch.where(e_p - e_s >= preset.threshold, torch.zeros_like(scale), scale)
         g_safe = (e_s - e_u) * scale  # momentum starts at zero
-        with eraser.apply(pipe, artifacts) as (_, guidance):
+        with eraser.apply(pipe, artifacts) as generate:
+            guidance = generate.guidance
             guidance.reset()
             out = pipe.unet(
                 torch.cat([x, x]), 500, encoder_hidden_states=torch.cat([embed(""), embed("a photo of a dog")])
@@ -122,12 +157,6 @@ def test_sld_step_matches_a_hand_computed_guidance(pipe, tmp_path):
         torch.cat([x, x]), 500, encoder_hidden_states=torch.cat([embed(""), embed("a photo of a dog")])
     ).sample
     torch.testing.assert_close(plain[1:], e_p)  # the hook is gone after apply
-
-
-@pytest.mark.parametrize("name", ["spm", "uce"])
-def test_an_unknown_setting_is_an_error_not_ignored(name, pipe, tmp_path):
-    with pytest.raises(ValueError, match="unknown setting.*'iteratons'"):
-        ERASERS.get(name).fit(pipe, ("snoopy",), tmp_path, 16, {"iteratons": 3})
 
 
 def test_uce_settings_change_the_edit(pipe, tmp_path):

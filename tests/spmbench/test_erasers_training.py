@@ -1,6 +1,7 @@
 """The training-based erasers (ESD-x, ESD-u, Concept Ablation) on the tiny pipeline: the loss falls,
 only the intended parameters move, the pipeline is left as it was, fits are reproducible and resume."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -9,7 +10,6 @@ import torch
 from safetensors import safe_open
 
 from spmbench.erasers import ERASERS
-from spmbench.erasers.base import resolve_settings
 
 
 # Enough iterations for a trend through the noise of random timesteps; lr per method (ESD-u trains
@@ -65,7 +65,7 @@ def test_an_unknown_setting_is_an_error(name, pipe, tmp_path):
 @pytest.mark.parametrize("name", list(SETTINGS))
 def test_same_seed_same_fit_and_a_resumed_fit_equals_an_uninterrupted_one(name, pipe, tmp_path):
     eraser = ERASERS.get(name)
-    cfg = resolve_settings(name, eraser.defaults, SETTINGS[name] | {"iterations": 4})
+    cfg = eraser.settings(SETTINGS[name] | {"iterations": 4})
     deltas, curve = eraser.train(pipe, ("snoopy", "mickey"), 16, cfg)
     again, _ = eraser.train(pipe, ("snoopy", "mickey"), 16, cfg)
     assert all(torch.equal(deltas[k], again[k]) for k in deltas)
@@ -80,4 +80,4 @@ def test_same_seed_same_fit_and_a_resumed_fit_equals_an_uninterrupted_one(name, 
     assert resumed_curve == pytest.approx(curve)
     assert all(torch.allclose(deltas[k], resumed[k]) for k in deltas)
     with pytest.raises(ValueError, match="other settings"):
-        eraser.train(pipe, ("snoopy", "mickey"), 16, cfg | {"seed": 1}, checkpoint)
+        eraser.train(pipe, ("snoopy", "mickey"), 16, dataclasses.replace(cfg, seed=1), checkpoint)
