@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterator
 from typing import Generic, TypeVar
 
 
 T = TypeVar("T")
+
+
+def slug(text: str) -> str:
+    """A name as a file name part: lowercase words joined by '-' (targets in run folders)."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
 class UnknownName(KeyError):

@@ -4,52 +4,59 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 
 from spm.files import write_text_atomic
 from spmbench.apps import ERASURE_SETS, Application
 from spmbench.metrics import ALTERATION, FIT_MEMORY, FIT_SECONDS, rate_info
+from spmbench.result import SCHEMA, Result, cell_key
 
 
 def result_paths(run_dir: Path) -> list[Path]:
     """Every cell's stored result: cells/<model>/<eraser>/<targets>/result.json."""
-    return sorted((run_dir / "cells").glob("*/*/*/result.json"))
+    return sorted((run_dir / "cells").glob("*/*/*/result.json"))  # the layout of cell_key
 
 
-def load_results(run_dir: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in result_paths(run_dir)]
+def load_results(run_dir: Path) -> list[Result]:
+    """The stored results; one that is torn or of another schema is a one-line error naming it."""
+    results = []
+    for path in result_paths(run_dir):
+        result = Result.load(path)
+        if result is None:
+            raise ValueError(f"{path}: not a readable result of schema {SCHEMA}: rerun `spmbench run` to recompute it")
+        results.append(result)
+    return results
 
 
-def _columns(results: list[dict]) -> list[str]:
-    sets = sorted({s for r in results for s in r["rates"]}, key=lambda s: (s not in ERASURE_SETS, s))
+def _columns(results: list[Result]) -> list[str]:
+    sets = sorted({s for r in results for s in r.rates}, key=lambda s: (s not in ERASURE_SETS, s))
     return sets
 
 
-def table_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
+def table_rows(results: list[Result]) -> tuple[list[str], list[list[str]]]:
     """One row per (model, targets, eraser); a rate per prompt set, with the original's in brackets."""
-    erased = [r for r in results if r["eraser"] != "none"]
+    erased = [r for r in results if r.eraser != "none"]
     sets = _columns(erased)
     header = ["model", "erased", "eraser", "fitted on"] + [f"{s} {rate_info(s, ERASURE_SETS).arrow}" for s in sets]
     header += [ALTERATION[key].header for key in ALTERATION] + [FIT_SECONDS.header, FIT_MEMORY.header]
     rows = []
-    for r in sorted(erased, key=lambda r: (r["model"], len(r["targets"]), r["eraser"])):
+    for r in sorted(erased, key=lambda r: (r.model, len(r.targets), r.eraser)):
         cells = []
         for s in sets:
-            value, original = r["rates"].get(s), r["original_rates"].get(s)
+            value, original = r.rates.get(s), r.original_rates.get(s)
             cells.append("-" if value is None else f"{value * 100:.0f} % ({original * 100:.0f} %)")
-        alt = r.get("alteration") or {}
+        alt = r.alteration or {}
         for key in ALTERATION:
             # + 0.0: FID of two identical sets comes out as a rounding error's -0.000
             cells += [f"{round(alt[key], 3) + 0.0:.3f}" if key in alt else "-"]
-        cells += [f"{r.get('fit_seconds', 0):.0f}"]
-        cells += ["-" if r.get("fit_peak_mib") is None else f"{r['fit_peak_mib']:.0f}"]  # older runs: not measured
-        rows.append([r["model"], " + ".join(r["targets"]), r["eraser"], r["fitted_on"], *cells])
+        cells += [f"{r.fit_seconds:.0f}"]
+        cells += ["-" if r.fit_peak_mib is None else f"{r.fit_peak_mib:.0f}"]
+        rows.append([r.model, " + ".join(r.targets), r.eraser, r.fitted_on, *cells])
     return header, rows
 
 
-def caption(app: Application, results: list[dict]) -> str:
-    settings = results[0]["settings"] if results else {}
+def caption(app: Application, results: list[Result]) -> str:
+    settings = results[0].settings if results else {}
     return (
         f"{app.name} v{app.version}; judge: {app.judge}; judged-present rate per prompt set, the original model's in brackets; "
         f"↓ erasure (target prompts, lower is better), ↑ erosion sets (higher is better); alteration of the non-target images against the original's (same seeds) on judge features; "
@@ -59,7 +66,7 @@ def caption(app: Application, results: list[dict]) -> str:
     )
 
 
-def markdown(app: Application, results: list[dict]) -> str:
+def markdown(app: Application, results: list[Result]) -> str:
     header, rows = table_rows(results)
     lines = [
         f"# {app.name}",
@@ -73,29 +80,29 @@ def markdown(app: Application, results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def csv_text(results: list[dict]) -> str:
+def csv_text(results: list[Result]) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["model", "targets", "eraser", "fitted_on", "measure", "value", "original_value"])
     for r in results:
-        if r["eraser"] == "none":
+        if r.eraser == "none":
             continue
-        for s, v in r["rates"].items():
+        for s, v in r.rates.items():
             writer.writerow(
                 [
-                    r["model"],
-                    "+".join(r["targets"]),
-                    r["eraser"],
-                    r["fitted_on"],
+                    r.model,
+                    "+".join(r.targets),
+                    r.eraser,
+                    r.fitted_on,
                     s,
                     f"{v:.4f}",
-                    f"{r['original_rates'].get(s, float('nan')):.4f}",
+                    f"{r.original_rates.get(s, float('nan')):.4f}",
                 ]
             )
         for measure in ("fit_seconds", "fit_peak_mib"):  # the fitting cost, no original value
-            if r.get(measure) is not None:
+            if getattr(r, measure) is not None:
                 writer.writerow(
-                    [r["model"], "+".join(r["targets"]), r["eraser"], r["fitted_on"], measure, r[measure], ""]
+                    [r.model, "+".join(r.targets), r.eraser, r.fitted_on, measure, getattr(r, measure), ""]
                 )
     return out.getvalue()
 
@@ -110,20 +117,20 @@ def write_reports(app: Application, run_dir: Path, out_dir: Path) -> list[Path]:
     write_text_atomic(tex, latex(app, results))
     write_text_atomic(plot, tradeoff_svg(results))
     written = [md, table, tex, plot]
-    erasers = sorted({r["eraser"] for r in results if r["eraser"] != "none"})
+    erasers = sorted({r.eraser for r in results if r.eraser != "none"})
     for r in results:
-        if not erasers or r["eraser"] != erasers[0]:  # one grid per (model, experiment)
+        if not erasers or r.eraser != erasers[0]:  # one grid per (model, experiment)
             continue
-        grid = image_grid(run_dir, r["model"], r["targets"], erasers, app, r["settings"]["limit"])
+        grid = image_grid(run_dir, r.model, r.targets, erasers, app, r.settings["limit"])
         if grid is not None:
-            path = out_dir / "grids" / f"{r['model']}_{'+'.join(t.replace(' ', '-') for t in r['targets'])}.png"
+            path = out_dir / "grids" / f"{r.model}_{'+'.join(t.replace(' ', '-') for t in r.targets)}.png"
             path.parent.mkdir(exist_ok=True)
             grid.save(path)
             written.append(path)
     return written
 
 
-def latex(app: Application, results: list[dict]) -> str:
+def latex(app: Application, results: list[Result]) -> str:
     header, rows = table_rows(results)
 
     def esc(text: str) -> str:
@@ -148,20 +155,16 @@ def latex(app: Application, results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def tradeoff_svg(results: list[dict], width: int = 480, height: int = 360) -> str:
+def tradeoff_svg(results: list[Result], width: int = 480, height: int = 360) -> str:
     """Erasure (target rate relative to the original) against erosion (kept accuracy on the other sets)."""
     points = []
     for r in results:
-        if r["eraser"] == "none" or not r["original_rates"].get("target"):
+        if r.eraser == "none" or not r.original_rates.get("target"):
             continue
-        erasure = r["rates"]["target"] / r["original_rates"]["target"]
-        kept = [
-            r["rates"][s] / r["original_rates"][s]
-            for s in r["rates"]
-            if s not in ERASURE_SETS and r["original_rates"].get(s)
-        ]
+        erasure = r.rates["target"] / r.original_rates["target"]
+        kept = [r.rates[s] / r.original_rates[s] for s in r.rates if s not in ERASURE_SETS and r.original_rates.get(s)]
         if kept:
-            points.append((erasure, sum(kept) / len(kept), f"{r['eraser']} {r['model']} {'+'.join(r['targets'])}"))
+            points.append((erasure, sum(kept) / len(kept), f"{r.eraser} {r.model} {'+'.join(r.targets)}"))
     pad = 50
     sx = lambda v: pad + min(max(v, 0), 1.2) / 1.2 * (width - 2 * pad)  # noqa: E731
     sy = lambda v: height - pad - min(max(v, 0), 1.2) / 1.2 * (height - 2 * pad)  # noqa: E731
@@ -199,16 +202,13 @@ def image_grid(
     """Rows: the original then each eraser; columns: the first prompts of each set, same seeds."""
     from PIL import Image
 
-    from spmbench.erasers.spm import slug
-
     rows = app.rows(tuple(targets), limit)
     columns = []
     for ps in app.prompt_sets:
         columns += [r for r in rows if r.set == ps.name][:per_set]
-    experiment = "+".join(slug(t) for t in targets)
     tiles = []
     for eraser in ["none", *erasers]:
-        cell = run_dir / "cells" / model / eraser / ("original" if eraser == "none" else experiment) / "images"
+        cell = run_dir / "cells" / cell_key(model, eraser, targets) / "images"
         row = [cell / f"{r.prompt_id}.png" for r in columns]
         if all(p.exists() for p in row):
             tiles.append([Image.open(p).convert("RGB") for p in row])

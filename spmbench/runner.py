@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,9 +25,10 @@ from spm.files import write_text_atomic
 from spmbench.apps import ERASURE_SETS, Application, PromptRow
 from spmbench.cost import peak_memory
 from spmbench.erasers import ERASERS
-from spmbench.erasers.spm import slug
+from spmbench.judges.base import Judge
 from spmbench.metrics import frechet_distance, paired_distance
-from spmbench.specs import ModelSpec
+from spmbench.models import ModelSpec
+from spmbench.result import Result, cell_key, run_meta
 
 
 log = logging.getLogger(__name__)
@@ -60,27 +62,57 @@ def check_judge(run_dir: Path, judge, rescore: bool = False) -> None:
 
 @dataclass(frozen=True)
 class Cell:
-    """One (model, erased targets, eraser) combination of an application."""
+    """One (model, erased targets, eraser) combination of an application, and where its stage files live:
+    run_dir/cells/<model>/<eraser>/<experiment>/ with images/<prompt_id>.png, scores.jsonl, result.json."""
 
     model: ModelSpec
     targets: tuple[str, ...]
     eraser: str
+    run_dir: Path
 
     @property
     def key(self) -> str:
-        experiment = "original" if self.eraser == "none" else "+".join(slug(t) for t in self.targets)
-        return f"{self.model.name}/{self.eraser}/{experiment}"
+        return cell_key(self.model.name, self.eraser, self.targets)
+
+    @property
+    def dir(self) -> Path:
+        return self.run_dir / "cells" / self.key
+
+    @property
+    def images(self) -> Path:
+        return self.dir / "images"
+
+    def image(self, row: PromptRow) -> Path:
+        return self.images / f"{row.prompt_id}.png"
+
+    @property
+    def scores(self) -> Path:
+        return self.dir / "scores.jsonl"
+
+    @property
+    def result(self) -> Path:
+        return self.dir / "result.json"
+
+    @property
+    def original(self) -> Cell:
+        """The same model's original cell, which every eraser's cell is compared with."""
+        return Cell(self.model, (), "none", self.run_dir)
 
 
-def plan(app: Application, models: list[ModelSpec], erasers: list[str]) -> list[Cell]:
+def fits_dir(run_dir: Path, fit_model: ModelSpec) -> Path:
+    """Where the erasers fitted on `fit_model` (a family root) keep their artifacts and records."""
+    return run_dir / "fits" / fit_model.name
+
+
+def plan(app: Application, models: list[ModelSpec], erasers: list[str], run_dir: Path) -> list[Cell]:
     """Every cell to compute; the original model gets one cell per model, shared by all experiments."""
     for name in erasers:
         ERASERS.get(name)  # unknown names fail before any work
     cells = []
     for model in models:
-        cells.append(Cell(model, (), "none"))
+        cells.append(Cell(model, (), "none", run_dir))
         for targets in app.erase:
-            cells += [Cell(model, targets, e) for e in erasers if e != "none"]
+            cells += [Cell(model, targets, e, run_dir) for e in erasers if e != "none"]
     return cells
 
 
@@ -111,27 +143,24 @@ def _save_png(image: Image.Image, path: Path) -> None:
     tmp.replace(path)
 
 
-def generate_cell(
-    pipe, eraser, artifacts: list[Path], rows: list[PromptRow], cell_dir: Path, model: ModelSpec, batch_size: int
-) -> None:
-    images_dir = cell_dir / "images"
-    images_dir.mkdir(parents=True, exist_ok=True)
-    todo = [r for r in rows if not (images_dir / f"{r.prompt_id}.png").exists()]
+def generate_cell(pipe, eraser, artifacts: list[Path], rows: list[PromptRow], cell: Cell, batch_size: int) -> None:
+    """Generate the rows' missing images with the eraser applied; each image is written atomically."""
+    cell.images.mkdir(parents=True, exist_ok=True)
+    todo = [r for r in rows if not cell.image(r).exists()]
     if not todo:
         return
-    with eraser.apply(pipe, artifacts) as handle:
-        for start in tqdm(
-            range(0, len(todo), batch_size), desc=f"generate {cell_dir.relative_to(cell_dir.parents[2])}", unit="batch"
-        ):
+    model = cell.model
+    with eraser.apply(pipe, artifacts) as generate:
+        for start in tqdm(range(0, len(todo), batch_size), desc=f"generate {cell.key}", unit="batch"):
             batch = todo[start : start + batch_size]
             prompts = [model.caption_prefix + r.prompt + model.caption_suffix for r in batch]
             generators = [torch.Generator().manual_seed(r.seed) for r in batch]
-            out = eraser.generate(
-                handle, prompts, num_inference_steps=model.num_inference_steps, guidance_scale=model.guidance_scale,
+            out = generate(
+                prompts, num_inference_steps=model.num_inference_steps, guidance_scale=model.guidance_scale,
                 generator=generators, height=model.resolution, width=model.resolution,
             )  # fmt: skip
             for row, image in zip(batch, out.images):
-                _save_png(image, images_dir / f"{row.prompt_id}.png")
+                _save_png(image, cell.image(row))
 
 
 def load_images(paths: list[Path]) -> torch.Tensor:
@@ -143,15 +172,16 @@ def load_images(paths: list[Path]) -> torch.Tensor:
     )
 
 
-def score_cell(judge, rows: list[PromptRow], cell_dir: Path, batch_size: int = 256) -> list[dict]:
-    scores_path = cell_dir / "scores.jsonl"
+def score_cell(judge, rows: list[PromptRow], cell: Cell, batch_size: int = 256) -> list[dict]:
+    """Judge the rows' images not scored yet, appending a line each to scores.jsonl; all rows' scores."""
+    scores_path = cell.scores
     done = {s["prompt_id"] for s in _read_jsonl(scores_path)}
     todo = [r for r in rows if r.prompt_id not in done]
     _end_torn_line(scores_path)
     with open(scores_path, "a") as f:
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
-            images = load_images([cell_dir / "images" / f"{r.prompt_id}.png" for r in batch])
+            images = load_images([cell.image(r) for r in batch])
             for row, verdict in zip(batch, judge.assess(images, [r.concept for r in batch])):
                 record = {"prompt_id": row.prompt_id, "set": row.set, "concept": row.concept, **verdict}
                 f.write(json.dumps(record) + "\n")  # raw judge output kept (detections, CLIP scores)
@@ -173,12 +203,16 @@ def _end_torn_line(path: Path) -> None:
             f.write(b"\n")
 
 
-def measure_alteration(judge, rows: list[PromptRow], cell_dir: Path, original_dir: Path) -> dict[str, float]:
-    """How much non-target generations moved: paired feature distance and FID vs the original model."""
+def measure_alteration(features: Callable[[], Judge], rows: list[PromptRow], cell: Cell) -> dict[str, float] | None:
+    """How much non-target generations moved: paired feature distance and FID vs the original model,
+    on the image features of `features()` (spmbench.judges.alteration_features: the judge's own, or
+    the world's declared source); None where the application has no non-target prompts (nothing to
+    measure, and the feature source is never loaded)."""
     kept = [r for r in rows if r.set not in ERASURE_SETS]
-    names = [f"{r.prompt_id}.png" for r in kept]
-    erased = judge.features(load_images([cell_dir / "images" / n for n in names]))
-    original = judge.features(load_images([original_dir / "images" / n for n in names]))
+    if not kept:
+        return None
+    erased = features().features(load_images([cell.image(r) for r in kept]))
+    original = features().features(load_images([cell.original.image(r) for r in kept]))
     out = {"paired_feature_distance": paired_distance(erased, original)}
     if len(kept) >= 2:
         out["fid_judge_features"] = frechet_distance(erased, original)
@@ -188,7 +222,7 @@ def measure_alteration(judge, rows: list[PromptRow], cell_dir: Path, original_di
 def eraser_settings(eraser, app: Application, fit_model: ModelSpec) -> dict:
     """The eraser's setting overrides: the application's (what to erase towards), then the fitted
     model's (how long to train on it). 'spm', 'spm-rel' and 'spm-noft' share a fit, so they share a key."""
-    key = getattr(eraser, "fit_key", eraser.name)
+    key = eraser.fit_key
     return {**app.eraser_settings.get(key, {}), **fit_model.eraser_settings.get(key, {})}
 
 
@@ -197,7 +231,7 @@ def check_fit_settings(workdir: Path, eraser, settings: dict) -> None:
     old ones exist. Once they are deleted, the new settings (and new fit costs) replace the old."""
     path = workdir / "fit_settings.json"
     known = json.loads(path.read_text()) if path.exists() else {}
-    key = getattr(eraser, "fit_key", eraser.name)
+    key = eraser.fit_key
     if known.get(key, settings) != settings and (workdir / key).exists():
         raise FitSettingsChanged(
             f"{workdir / key} was fitted with settings {known[key]}, now {settings}: "
@@ -229,7 +263,7 @@ def fit_timed(
     An eraser that fits each target alone (`fits_per_target`: SPM) costs the sum of its targets'
     fits, however many of them an earlier experiment had already made.
     """
-    if getattr(eraser, "fits_per_target", False) and len(targets) > 1:
+    if eraser.fits_per_target and len(targets) > 1:
         parts = [fit_timed(eraser, pipe, (t,), workdir, resolution, settings) for t in targets]
         peaks = [mib for _, _, mib in parts]
         peak = None if None in peaks else max(peaks)  # one fit at a time: the largest is the peak
@@ -237,7 +271,7 @@ def fit_timed(
     record_path, memory_path = workdir / "fit_seconds.json", workdir / "fit_memory.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
     memory = json.loads(memory_path.read_text()) if memory_path.exists() else {}
-    key = f"{getattr(eraser, 'fit_key', eraser.name)}|{'+'.join(targets)}"
+    key = f"{eraser.fit_key}|{'+'.join(targets)}"
     with peak_memory(getattr(pipe, "device", "cpu")) as peak:
         t0 = time.time()
         artifacts = eraser.fit(pipe, targets, workdir, resolution, settings)
@@ -270,6 +304,22 @@ def fit_model_for(model: ModelSpec, registry) -> ModelSpec:
     return model
 
 
+class Pipelines:
+    """Loaded pipelines, at most two: the family root (fits) and the model being generated, so that
+    alternating between them for a derivative's cells does not reload either from disk."""
+
+    def __init__(self, device: str):
+        self.device, self.loaded = device, {}
+
+    def __call__(self, model: ModelSpec):
+        if model.name not in self.loaded:
+            if len(self.loaded) == 2:
+                self.loaded.pop(next(iter(self.loaded)))
+            self.loaded[model.name] = model.load(self.device)
+        self.loaded[model.name] = self.loaded.pop(model.name)  # most recently used last
+        return self.loaded[model.name]
+
+
 def run(
     app: Application,
     cells: list[Cell],
@@ -280,59 +330,44 @@ def run(
     batch_size: int = 32,
     device: str = "cpu",
     rescore: bool = False,
-) -> list[dict]:
+    features: Callable[[], Judge] | None = None,
+) -> list[Result]:
     """Compute every missing artifact of `cells` and return one result per cell; `rescore`: see
-    check_judge."""
+    check_judge; `features`: the alteration feature source (default: the judge, which must have features)."""
+    features = features or (lambda: judge)
     check_judge(run_dir, judge, rescore)
-    results = []
-    pipes: dict[str, object] = {}
-
-    def pipe_for(model: ModelSpec):
-        # At most two in memory: the family root (fits) and the model being generated, so that
-        # alternating between them for a derivative's cells does not reload either from disk.
-        if model.name not in pipes:
-            if len(pipes) == 2:
-                pipes.pop(next(iter(pipes)))
-            pipes[model.name] = model.load(device)
-        pipes[model.name] = pipes.pop(model.name)  # most recently used last
-        return pipes[model.name]
-
+    pipes, results = Pipelines(device), []
     original_rows = all_rows(app, limit)
     for cell in cells:
         rows = original_rows if cell.eraser == "none" else app.rows(cell.targets, limit)
-        cell_dir = run_dir / "cells" / cell.key
         eraser = ERASERS.get(cell.eraser)
         fit_model = fit_model_for(cell.model, registry)
-        fits_dir, settings = run_dir / "fits" / fit_model.name, eraser_settings(eraser, app, fit_model)
-        check_fit_settings(fits_dir, eraser, settings)  # before reusing anything made with them
-        result_path = cell_dir / "result.json"
-        if result_path.exists() and json.loads(result_path.read_text()).get("rows") == len(rows):
-            results.append(json.loads(result_path.read_text()))
+        settings = eraser_settings(eraser, app, fit_model)
+        check_fit_settings(fits_dir(run_dir, fit_model), eraser, settings)  # before reusing anything made with them
+        stored = Result.load(cell.result)
+        if stored is not None and stored.rows == len(rows):
+            results.append(stored)
             continue
         artifacts, fit_seconds, fit_mib = fit_timed(
-            eraser, pipe_for(fit_model), cell.targets, fits_dir, fit_model.resolution, settings
+            eraser, pipes(fit_model), cell.targets, fits_dir(run_dir, fit_model), fit_model.resolution, settings
         )
         t0 = time.time()
-        generate_cell(pipe_for(cell.model), eraser, artifacts, rows, cell_dir, cell.model, batch_size)
+        generate_cell(pipes(cell.model), eraser, artifacts, rows, cell, batch_size)
         gen_seconds = time.time() - t0
-        rates = summarise(score_cell(judge, rows, cell_dir))
+        rates = summarise(score_cell(judge, rows, cell))
         ids = {r.prompt_id for r in rows}
-        original_scores = _read_jsonl(run_dir / "cells" / Cell(cell.model, (), "none").key / "scores.jsonl")
-        original_rates = summarise([s for s in original_scores if s["prompt_id"] in ids])
-        alteration = (
-            None
-            if cell.eraser == "none"
-            else measure_alteration(judge, rows, cell_dir, run_dir / "cells" / Cell(cell.model, (), "none").key)
-        )
-        result = {
-            "app": app.name, "app_version": app.version, "model": cell.model.name, "fitted_on": fit_model.name,
-            "eraser": cell.eraser, "targets": list(cell.targets), "rows": len(rows), "rates": rates, "original_rates": original_rates, "alteration": alteration,
-            "fit_seconds": round(fit_seconds, 1), "fit_peak_mib": None if fit_mib is None else round(fit_mib, 1),
-            "generate_seconds_this_run": round(gen_seconds, 1),
-            "settings": {"steps": cell.model.num_inference_steps, "guidance": cell.model.guidance_scale,
-                         "resolution": cell.model.resolution, "seeds": list(app.seeds), "limit": limit,
-                         "fit": settings},
-        }  # fmt: skip
-        _write_json_atomic(result_path, result)
+        original_rates = summarise([s for s in _read_jsonl(cell.original.scores) if s["prompt_id"] in ids])
+        alteration = None if cell.eraser == "none" else measure_alteration(features, rows, cell)
+        result = Result(
+            app=app.name, app_version=app.version, model=cell.model.name, fitted_on=fit_model.name,
+            eraser=cell.eraser, targets=cell.targets, rows=len(rows), rates=rates, original_rates=original_rates,
+            alteration=alteration, alteration_features=None if alteration is None else features().identity,
+            fit_seconds=round(fit_seconds, 1), fit_peak_mib=None if fit_mib is None else round(fit_mib, 1),
+            generate_seconds_this_run=round(gen_seconds, 1),
+            settings={"steps": cell.model.num_inference_steps, "guidance": cell.model.guidance_scale,
+                      "resolution": cell.model.resolution, "seeds": list(app.seeds), "limit": limit, "fit": settings},
+            meta=run_meta(),
+        )  # fmt: skip
+        result.save(cell.result)
         results.append(result)
     return results

@@ -1,12 +1,18 @@
 """Table rows from stored results (the runner's end-to-end test covers the written files)."""
 
-from spmbench.report import table_rows
+import pytest
+
+from spmbench.report import load_results, table_rows
+from spmbench.result import Result
 
 
 def result(eraser, rates, alteration=None):
-    return {"model": "toy-base", "targets": ["Barkley"], "eraser": eraser, "fitted_on": "toy-base",
-            "rates": rates, "original_rates": {"target": 1.0, "near": 0.8}, "alteration": alteration,
-            "fit_seconds": 61.2, "fit_peak_mib": None}  # fmt: skip
+    return Result(
+        app="toy-concept", app_version=2, model="toy-base", fitted_on="toy-base", eraser=eraser, targets=("Barkley",),
+        rows=2, rates=rates, original_rates={"target": 1.0, "near": 0.8}, alteration=alteration,
+        alteration_features="toy judge", fit_seconds=61.2, fit_peak_mib=None, generate_seconds_this_run=1.0,
+        settings={"limit": None},
+    )  # fmt: skip
 
 
 def test_rows_show_rates_with_the_originals_and_clean_zeros():
@@ -16,3 +22,14 @@ def test_rows_show_rates_with_the_originals_and_clean_zeros():
     assert rows == [
         ["toy-base", "Barkley", "spm-rel", "toy-base", "0 % (100 %)", "80 % (80 %)", "0.000", "0.000", "61", "-"]
     ]
+
+
+def test_results_round_trip_and_a_foreign_file_is_named(tmp_path):
+    stored = result("spm", {"target": 0.5})
+    path = tmp_path / "cells" / "toy-base" / "spm" / "barkley" / "result.json"
+    stored.save(path)
+    assert load_results(tmp_path) == [stored]
+    path.write_text('{"app": "toy-concept", "rates": {}}')  # an older schema: recomputed by a run, not read
+    assert Result.load(path) is None
+    with pytest.raises(ValueError, match=r"result.json: not a readable result of schema 1: rerun `spmbench run`"):
+        load_results(tmp_path)

@@ -1,0 +1,115 @@
+"""What a cell of a run measured: the versioned record the runner writes and `report` reads.
+
+`result.json` holds one Result. A file of another schema version (or a torn one) is not reused: the
+runner recomputes the result from the cell's stored images and scores, which costs seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+from dataclasses import asdict, dataclass, field, fields
+from functools import cache
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from spmbench.registry import slug
+
+
+SCHEMA = 1
+PACKAGES = ("spm-erasing", "torch", "diffusers", "transformers", "numpy")
+
+
+def cell_key(model: str, eraser: str, targets) -> str:
+    """A cell's folder under a run's cells/: <model>/<eraser>/<experiment>, "original" for the model itself."""
+    experiment = "original" if eraser == "none" else "+".join(slug(t) for t in targets)
+    return f"{model}/{eraser}/{experiment}"
+
+
+@dataclass(frozen=True)
+class Result:
+    """One cell: an eraser applied to a model for some targets, judged on the application's prompts.
+
+    rates / original_rates: judged-present rate per prompt set, of this cell and of the original
+    model on the same rows; alteration: feature distances of the non-target images to the original's
+    (None for the original itself or without non-target prompts), measured on `alteration_features`.
+    fit_seconds / fit_peak_mib: the fit's cost when first computed. settings: sampling settings and
+    the fitting overrides used. meta: the code version, package versions and machine that made it.
+    """
+
+    app: str
+    app_version: int
+    model: str
+    fitted_on: str
+    eraser: str
+    targets: tuple[str, ...]
+    rows: int
+    rates: dict[str, float]
+    original_rates: dict[str, float]
+    alteration: dict[str, float] | None
+    alteration_features: str | None
+    fit_seconds: float
+    fit_peak_mib: float | None
+    generate_seconds_this_run: float
+    settings: dict
+    meta: dict = field(default_factory=dict)
+    schema: int = SCHEMA
+
+    def save(self, path: Path) -> None:
+        from spm.files import write_text_atomic
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, json.dumps(asdict(self), indent=1))
+
+    @classmethod
+    def load(cls, path: Path) -> Result | None:
+        """The stored result, or None if it is missing, torn or of another schema (recompute it)."""
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return None
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA or set(data) != {f.name for f in fields(cls)}:
+            return None
+        return cls(**data | {"targets": tuple(data["targets"])})
+
+
+@cache
+def run_meta() -> dict:
+    """Where a result came from: git commit (and whether the tree had changes), package versions, machine."""
+    return {"code": _git_version(), "packages": _versions(), "machine": _machine()}
+
+
+def _git_version() -> str | None:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None  # an installed wheel: no repository
+    return commit + ("+changes" if dirty else "")
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def _machine() -> str:
+    import torch
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or platform.machine()
+    return f"{platform.system()} {platform.machine()}, {device}, {torch.get_num_threads()} torch threads"
