@@ -8,7 +8,6 @@ and applies them around generation (`apply` yields one callable: prompts -> pipe
 from __future__ import annotations
 
 import math
-import re
 import types
 import typing
 from abc import ABC, abstractmethod
@@ -18,16 +17,11 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
-from spmbench.registry import Registry
+from spmbench.registry import Registry, slug
 
 
 # What `apply` yields: called like a diffusers pipeline, `generate(prompts, **pipeline_kwargs)`.
 Generate = Callable[..., Any]
-
-
-def slug(text: str) -> str:
-    """A target as a file name part: lowercase words joined by '-'."""
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
 @dataclass(frozen=True)
