@@ -51,7 +51,8 @@ def _fail(message: str) -> NoReturn:
 
 def _registries():
     from spmbench.apps import load_apps
-    from spmbench.specs import SpecError, load_models
+    from spmbench.models import load_models
+    from spmbench.specs import SpecError
 
     try:
         from spmbench.erasers import ERASERS  # registers the released-checkpoint YAML files too
@@ -68,7 +69,7 @@ def ls(kind: str = typer.Argument(..., help="models, apps or erasers")) -> None:
     if kind == "models":
         for m in models:
             derived = f" (from {m.derived_from})" if m.derived_from else ""
-            typer.echo(f"{m.name:22s} {m.world:5s} {m.family:4s} {m.source}{derived}")
+            typer.echo(f"{m.name:22s} {m.world:5s} {m.family:4s} {_shown(m.source)}{derived}")
     elif kind == "apps":
         for a in apps:
             typer.echo(f"{a.name:16s} v{a.version} {a.world:5s} erase {' | '.join(' + '.join(e) for e in a.erase)}")
@@ -77,6 +78,12 @@ def ls(kind: str = typer.Argument(..., help="models, apps or erasers")) -> None:
             typer.echo(name)
     else:
         _fail(f"unknown registry {kind!r}: choose models, apps or erasers")
+
+
+def _shown(source: str) -> str:
+    """A source as `spm --model` takes it from here: a path under the working folder relative to it."""
+    path = Path(source)
+    return str(path.relative_to(Path.cwd())) if path.is_absolute() and path.is_relative_to(Path.cwd()) else source
 
 
 JUDGES = ("toy", "clip", "nudenet", "imagenet")
@@ -114,10 +121,8 @@ def validate(
 
 def _source_problem(model) -> str | None:
     """What loading the model would say of its source, without loading it."""
-    from spm.models import resolve_model
-
     try:
-        resolve_model(model.source)
+        model.resolve()
     except ValueError as e:
         return f"{model.origin}: {e}"
     except FileNotFoundError:  # a toy model not trained yet: run says so, and how to train it
@@ -234,8 +239,8 @@ def _class_problems(a, classifier: str, labels: dict) -> list[str]:
 
 
 def _judge(name: str, device: str, clip_model: str, classifier: str = DEFAULT_CLASSIFIER):
-    from spm.models import TOY_WEIGHTS
     from spmbench.judges.toy import ToyJudge
+    from spmbench.models import TOY_WEIGHTS
 
     if name == "nudenet":
         from spmbench.judges.nudenet import NudeNetJudge
@@ -289,8 +294,8 @@ def run(
     from spm.files import output_dir_problem
     from spm.models import device_problem
     from spmbench import report, runner
+    from spmbench.models import select_models
     from spmbench.registry import UnknownName
-    from spmbench.specs import select_models
 
     _fail_on(device_problem(device))
     if not dry_run:

@@ -1,7 +1,11 @@
-"""Declarative specs read from YAML: models (`spmbench/models/*.yaml`), one small file each.
+"""One loader for every kind of spec: folders of YAML files read into checked, frozen dataclasses.
 
-A user adds a model by dropping a file in that folder (or in a folder named by SPMBENCH_MODELS);
-no code changes. Every field is checked on load, and an error names the file and the field.
+A kind (models, applications, released erasers) is a `SpecKind`: the folder shipped inside the
+package, the environment variable that adds a user's folders (os.pathsep-separated) and a parse
+function from one file's mapping to its dataclass. `load` reads every `*.yaml`/`*.yml` file of each
+folder and of its subfolders one level down (e.g. one per world), refuses a name used twice and
+raises a one-line SpecError naming the file: `path:line:col: problem` for YAML syntax,
+`path: field ...` for fields.
 """
 
 from __future__ import annotations
@@ -9,17 +13,18 @@ from __future__ import annotations
 import os
 import types
 import typing
-from dataclasses import MISSING, dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 import yaml
 
 from spmbench.registry import Registry
 
 
-MODELS_DIR = Path(__file__).parent / "models"
-FAMILIES = ("toy", "sd1", "sd2")
-WORLDS = ("toy", "real")
+T = TypeVar("T")
+SUFFIXES = (".yaml", ".yml")
 
 
 class SpecError(ValueError):
@@ -27,134 +32,136 @@ class SpecError(ValueError):
 
 
 @dataclass(frozen=True)
-class ModelSpec:
-    """One model: where its weights are, which family it belongs to (what an SPM transfers within)."""
+class SpecKind(Generic[T]):
+    """A kind of spec: where its files are and how one file becomes a spec (with a `name`)."""
 
-    name: str
-    source: str  # a spm registry name, hub id or local diffusers directory
-    family: str
-    world: str
-    resolution: int = 512
-    num_inference_steps: int = 30
-    guidance_scale: float = 7.5
-    derived_from: str | None = None
-    caption_prefix: str = ""  # a derivative's own caption habits (toy world)
-    caption_suffix: str = ""
-    # Per-eraser overrides of its fitting settings, used when this model is the one fitted on
-    # (e.g. the toy world's small models learn a concept in hundreds of steps, not thousands).
-    eraser_settings: dict[str, dict] = field(default_factory=dict)
-    origin: str = field(default="", compare=False)  # the YAML file it was read from (not a field of it)
+    kind: str  # "model", "application", "eraser": the word messages and the registry use
+    shipped: Path  # the folder inside the package
+    env: str  # the environment variable naming the user's folders
+    parse: Callable[[Any, str], T]  # (the file's YAML data, its path) -> spec; raises SpecError
 
-    def load(self, device: str = "cpu"):
-        from spm import load_pipeline
-
-        return load_pipeline(self.source, device=device)
+    def folders(self) -> list[Path]:
+        extra = [Path(p).expanduser() for p in os.environ.get(self.env, "").split(os.pathsep) if p]
+        for folder in extra:
+            if not folder.is_dir():
+                raise SpecError(f"{self.env}: {folder} is not a folder (give folders of {self.kind} YAML files)")
+        return [self.shipped, *extra]
 
 
-def _check_fields(cls, data: dict, origin: str) -> None:
-    known = {f.name for f in fields(cls)} - {"origin"}
-    unknown = set(data) - known
-    if unknown:
-        raise SpecError(f"{origin}: unknown field(s) {sorted(unknown)}; allowed: {sorted(known)}")
-    missing = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING} - set(data)
-    if missing:
-        raise SpecError(f"{origin}: missing field(s) {sorted(missing)}")
-    hints = typing.get_type_hints(cls)
-    for name, value in data.items():
-        if not _has_type(value, hints[name]):
-            raise SpecError(f"{origin}: {name} must be {_type_name(hints[name])}, got {value!r}")
+def load(kind: SpecKind[T], folders: list[Path] | None = None) -> Registry[T]:
+    """Every spec of `kind` in `folders` (default: the shipped folder, then the user's), by name."""
+    registry: Registry[T] = Registry(kind.kind)
+    origins: dict[str, Path] = {}
+    for folder in dict.fromkeys(kind.folders() if folders is None else folders):  # a folder named twice: once
+        for path in spec_files(Path(folder)):
+            spec = kind.parse(read_yaml(path), str(path))
+            name = spec.name  # type: ignore[attr-defined]
+            if name in origins:
+                raise SpecError(f"{path}: {kind.kind} name {name!r} is also used by {origins[name]}")
+            origins[name] = path
+            registry.add(name, spec)
+    return registry
 
 
-def _has_type(value, hint) -> bool:
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return any(_has_type(value, h) for h in typing.get_args(hint))
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, typing.get_origin(hint) or hint)
+def spec_files(folder: Path) -> list[Path]:
+    """The YAML files of `folder` and of its subfolders one level down, in a stable order."""
+    candidates = [*folder.glob("*"), *folder.glob("*/*")]
+    return sorted(p for p in candidates if p.suffix in SUFFIXES and p.is_file())
 
 
-def _type_name(hint) -> str:
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(h) for h in typing.get_args(hint))
-    names = {str: "text", int: "a whole number", float: "a number", type(None): "null", dict: "a mapping"}
-    return names.get(typing.get_origin(hint) or hint, str(hint))
-
-
-def read_yaml(path: Path):
+def read_yaml(path: Path) -> Any:
     try:
         return yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         raise SpecError(f"{where}: not valid YAML: {getattr(e, 'problem', None) or e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(f"{path}: cannot be read: {e}") from None
 
 
-def parse_model(data: dict, origin: str) -> ModelSpec:
+def build(cls: type[T], data: Any, origin: str, /, **computed: Any) -> T:
+    """A `cls` from a file's mapping: its fields are the dataclass's, less those in `computed` (e.g. origin)."""
+    hints = typing.get_type_hints(cls)
+    settable = [f for f in fields(cls) if f.name not in computed]  # type: ignore[arg-type]
+    schema = {f.name: hints[f.name] for f in settable}
+    required = {f.name for f in settable if f.default is MISSING and f.default_factory is MISSING}
+    return cls(**check_fields(data, schema, required, origin), **computed)
+
+
+def check_fields(data: Any, schema: dict[str, Any], required: set[str], origin: str, where: str = "") -> dict:
+    """`data`'s fields: all known, the required ones present, each of its type (a list becomes a tuple
+    where a tuple is wanted). `where` prefixes field names in messages (e.g. 'prompts.target.')."""
     if not isinstance(data, dict):
-        raise SpecError(f"{origin}: expected a mapping of fields, got {type(data).__name__}")
-    _check_fields(ModelSpec, data, origin)
-    spec = ModelSpec(**data, origin=origin)
-    if not isinstance(spec.eraser_settings, dict) or not all(
-        isinstance(v, dict) for v in spec.eraser_settings.values()
-    ):
-        raise SpecError(f"{origin}: eraser_settings must map eraser names to mappings of settings")
-    if spec.family not in FAMILIES:
-        raise SpecError(f"{origin}: family {spec.family!r} is not one of {', '.join(FAMILIES)}")
-    if spec.world not in WORLDS:
-        raise SpecError(f"{origin}: world {spec.world!r} is not one of {', '.join(WORLDS)}")
-    for name in ("resolution", "num_inference_steps"):
-        if getattr(spec, name) < 1:
-            raise SpecError(f"{origin}: {name} must be at least 1, got {getattr(spec, name)}")
-    if spec.guidance_scale < 0:
-        raise SpecError(f"{origin}: guidance_scale must be at least 0, got {spec.guidance_scale}")
-    if Path(origin).stem != spec.name:
-        raise SpecError(f"{origin}: name {spec.name!r} must match the file name {Path(origin).stem!r}")
-    return spec
-
-
-def model_dirs() -> list[Path]:
-    extra = [Path(p) for p in os.environ.get("SPMBENCH_MODELS", "").split(os.pathsep) if p]
-    return [MODELS_DIR, *extra]
-
-
-def load_models(dirs: list[Path] | None = None) -> Registry[ModelSpec]:
-    registry: Registry[ModelSpec] = Registry("model")
-    for directory in dict.fromkeys(dirs or model_dirs()):  # a folder named twice is read once
-        for path in sorted(Path(directory).glob("*.yaml")):
-            spec = parse_model(read_yaml(path), str(path))
-            if spec.name in registry:
-                raise SpecError(f"{path}: model name {spec.name!r} is also used by {registry.get(spec.name).origin}")
-            registry.add(spec.name, spec)
-    for spec in registry:
-        _check_parent(spec, registry)
-    return registry
-
-
-def _check_parent(spec: ModelSpec, registry: Registry[ModelSpec]) -> None:
-    """A derivative reuses its root's fits (runner.fit_model_for): same world and family, no cycle."""
-    origin, seen, model = spec.origin, {spec.name}, spec
-    while model.derived_from:
-        if model.derived_from not in registry:
-            raise SpecError(f"{origin}: derived_from {model.derived_from!r} is not a registered model")
-        parent = registry.get(model.derived_from)
-        if parent.name in seen:
-            raise SpecError(f"{origin}: derived_from makes a cycle through {parent.name!r}")
-        if (parent.world, parent.family) != (spec.world, spec.family):
+        what = f"{where.rstrip('.')} must be" if where else "expected"
+        raise SpecError(f"{origin}: {what} a mapping of fields, got {type(data).__name__}")
+    unknown = sorted(set(data) - set(schema))
+    if unknown:
+        raise SpecError(f"{origin}: unknown field(s) {[where + u for u in unknown]}; allowed: {sorted(schema)}")
+    missing = sorted(required - set(data))
+    if missing:
+        raise SpecError(f"{origin}: missing field(s) {[where + m for m in missing]}")
+    out = {}
+    for name, value in data.items():
+        try:
+            out[name] = conform(value, schema[name])
+        except _Mismatch:
             raise SpecError(
-                f"{origin}: derived from {parent.name} ({parent.world}, {parent.family}), so world and family "
-                f"must be {parent.world} and {parent.family}, not {spec.world} and {spec.family}"
-            )
-        seen.add(parent.name)
-        model = parent
+                f"{origin}: {where}{name} must be {type_name(schema[name])}, got {value!r}"[:300]
+            ) from None
+    return out
 
 
-def select_models(registry: Registry[ModelSpec], selector: str, world: str = "toy") -> list[ModelSpec]:
-    """'all' = every model of `world`; 'toy' / 'real' = that world; else comma-separated names."""
-    if selector == "all":
-        return [m for m in registry if m.world == world]
-    if selector in WORLDS:
-        return [m for m in registry if m.world == selector]
-    names = dict.fromkeys(name.strip() for name in selector.split(",") if name.strip())  # no duplicates
-    return [registry.get(name) for name in names]
+class _Mismatch(Exception):
+    pass
+
+
+def conform(value: Any, hint: Any) -> Any:
+    """`value` as the type hint wants it (YAML lists become tuples where tuples are wanted), or _Mismatch."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        for option in args:
+            try:
+                return conform(value, option)
+            except _Mismatch:
+                pass
+        raise _Mismatch
+    if hint is Any:
+        return value
+    if hint in (int, float):  # YAML's true/false are not numbers; a whole number is a number
+        if isinstance(value, bool) or not isinstance(value, (int, float) if hint is float else int):
+            raise _Mismatch
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise _Mismatch
+        items = [conform(v, args[0]) for v in value] if args else list(value)
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _Mismatch
+        return {conform(k, args[0]): conform(v, args[1]) for k, v in value.items()}
+    if not isinstance(value, origin or hint):
+        raise _Mismatch
+    return value
+
+
+def type_name(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(type_name(h) for h in args)
+    if origin in (tuple, list) and args:
+        return f"a list of {_plural(type_name(args[0]))}"
+    if origin is dict and args:
+        return f"a mapping of {_plural(type_name(args[0]))} to {_plural(type_name(args[1]))}"
+    names = {str: "text", int: "a whole number", float: "a number", bool: "true or false", type(None): "null",
+             dict: "a mapping", list: "a list", tuple: "a list"}  # fmt: skip
+    return names.get(origin or hint, str(hint))
+
+
+def _plural(name: str) -> str:
+    if name.startswith("a list"):
+        return "lists" + name[len("a list") :]
+    if name.startswith(("a mapping", "a whole number", "a number")):
+        return name[2:] + "s"
+    return name

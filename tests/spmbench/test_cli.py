@@ -6,11 +6,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from spmbench import apps as apps_module
 from spmbench import cli, runner
 from spmbench.cli import app
 from spmbench.erasers import ERASERS
 from spmbench.erasers.released import Released
+from spmbench.models import TOY_WEIGHTS
 
 
 TOY_MODEL = "name: {name}\nsource: {source}\nfamily: toy\nworld: toy\n"
@@ -33,7 +33,7 @@ def user_models(tmp_path, monkeypatch):
     folder.mkdir()
     monkeypatch.setenv("SPMBENCH_MODELS", str(folder))
 
-    def write(name, extra="", source="toy-base"):
+    def write(name, extra="", source=str(TOY_WEIGHTS / "toy-base")):
         (folder / f"{name}.yaml").write_text(TOY_MODEL.format(name=name, source=source) + extra)
         return folder / f"{name}.yaml"
 
@@ -90,7 +90,7 @@ def test_validate_checks_local_model_sources(user_models, tmp_path):
     (tmp_path / "gone" / "model" / "model_index.json").write_text("{}")
     assert invoke("validate").exit_code == 0
     user_models("mine", source="not-a-model")
-    assert_one_line_error(invoke("validate"), "unknown model 'not-a-model'")
+    assert_one_line_error(invoke("validate"), "'not-a-model' is neither a local diffusers directory nor a hub id")
 
 
 def test_validate_checks_eraser_settings_one_line_each(user_models):
@@ -115,14 +115,13 @@ def test_validate_checks_released_weights_exist(tmp_path, monkeypatch):
 
 
 def test_validate_names_an_unknown_prompt_file(tmp_path, monkeypatch):
-    folder = tmp_path / "concepts" / "toy"
-    folder.mkdir(parents=True)
+    folder = tmp_path / "apps"
+    folder.mkdir()
     (folder / "mine.yaml").write_text(
         "name: mine\nversion: 1\nworld: toy\njudge: toy\nerase: [[Barkley]]\nseeds: [0]\n"
         "prompts:\n  target: {concepts: [Barkley], templates: ['{}']}\n  near: {concepts: [dog], file: nope.csv}\n"
     )
-    load = apps_module.load_apps
-    monkeypatch.setattr(apps_module, "load_apps", lambda: load(tmp_path / "concepts"))
+    monkeypatch.setenv("SPMBENCH_APPS", str(folder))
     result = invoke("validate")
     assert_one_line_error(result, "mine.yaml: prompts.near: unknown prompt file 'nope.csv'", "vangogh_prompts.csv")
 

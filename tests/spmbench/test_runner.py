@@ -1,5 +1,6 @@
 """`spmbench run` end to end on the smoke-trained toy world: every stage, resumability, reports."""
 
+import dataclasses
 import json
 import re
 import shutil
@@ -8,8 +9,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-import spm.models
-import spmbench.specs
+import spmbench.models
 from spmbench import runner
 from spmbench.cli import app
 
@@ -18,15 +18,17 @@ from spmbench.cli import app
 def toy_weights(smoke_world, monkeypatch, tmp_path):
     """The smoke-trained world, with model specs whose SPM fitting takes two steps."""
     root, _ = smoke_world
-    monkeypatch.setattr(spm.models, "TOY_WEIGHTS", root / "weights")
+    monkeypatch.setattr(spmbench.models, "TOY_WEIGHTS", root / "weights")  # where the toy judge is
     specs = tmp_path / "model-specs"
     specs.mkdir()
-    for path in spmbench.specs.MODELS_DIR.glob("*.yaml"):
+    for path in spmbench.models.MODELS_DIR.glob("*.yaml"):
         data = yaml.safe_load(path.read_text())
         if data.get("eraser_settings"):
             data["eraser_settings"] = {"spm": {"iterations": 2, "rollout_steps": 4}}
+        if data["world"] == "toy":
+            data["source"] = str(root / "weights" / data["name"])
         (specs / path.name).write_text(yaml.safe_dump(data))
-    monkeypatch.setattr(spmbench.specs, "MODELS_DIR", specs)
+    monkeypatch.setattr(spmbench.models, "MODELS", dataclasses.replace(spmbench.models.MODELS, shipped=specs))
     return root / "weights"
 
 
@@ -113,7 +115,7 @@ def test_a_fit_with_other_settings_is_not_reused(toy_weights, tmp_path):
     args = ["run", "--app", "toy-object", "--models", "toy-base", "--erasers", "uce", "--limit", "1",
             "--out", tmp_path / "runs", "--reports", tmp_path / "r"]  # fmt: skip
     assert invoke(*args).exit_code == 0
-    specs = spmbench.specs.MODELS_DIR
+    specs = tmp_path / "model-specs"
     data = yaml.safe_load((specs / "toy-base.yaml").read_text())
     data["eraser_settings"]["uce"] = {"lam": 0.1}
     (specs / "toy-base.yaml").write_text(yaml.safe_dump(data))

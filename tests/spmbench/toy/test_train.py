@@ -120,7 +120,7 @@ def test_blur_augment_matches_a_per_image_gaussian_blur():
 
 
 def test_card_measures_at_the_guidance_the_toy_models_are_run_with():
-    from spmbench.specs import load_models
+    from spmbench.models import load_models
     from spmbench.toy.card import CardSettings
 
     registry = load_models()

@@ -1,4 +1,5 @@
-"""Applications: versioned YAML files in `concepts/<world>/`, expanded into seeded prompt rows.
+"""Applications: versioned YAML files in `spmbench/apps/<world>/` (or a folder named by SPMBENCH_APPS),
+expanded into seeded prompt rows.
 
 An application names what to erase (`erase`: one list of targets per experiment, erased together)
 and prompt sets. A set's `concepts` (or "{targets}"; or "{others}": every target named in `erase`
@@ -13,12 +14,14 @@ import hashlib
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from spmbench.models import WORLDS
 from spmbench.registry import Registry
-from spmbench.specs import WORLDS, SpecError, read_yaml
+from spmbench.specs import SpecError, SpecKind, check_fields, load
 
 
-CONCEPTS_DIR = Path(__file__).resolve().parent.parent / "concepts"
+APPS_DIR = Path(__file__).resolve().parent  # one folder of YAML files per world
 ERASURE_SETS = ("target", "implicit")
 TARGETS = "{targets}"
 OTHERS = "{others}"
@@ -106,37 +109,35 @@ def _file_rows(ps: PromptSet, concepts, limit: int | None, data_dir: Path | None
     return rows
 
 
-def _require(data: dict, key: str, kind, origin: str):
-    if key not in data:
-        raise SpecError(f"{origin}: missing field {key!r}")
-    if not isinstance(data[key], kind):
-        raise SpecError(
-            f"{origin}: field {key!r} must be a {getattr(kind, '__name__', kind)}, got {type(data[key]).__name__}"
-        )
-    return data[key]
+PROMPT_SET_FIELDS = {"concepts": tuple[str, ...] | str, "templates": tuple[str, ...], "file": str}
+APP_FIELDS = {
+    "name": str,
+    "version": int,
+    "world": str,
+    "judge": str,
+    "erase": tuple[tuple[str, ...], ...],
+    "prompts": dict[str, Any],
+    "seeds": tuple[int, ...],
+    "eraser_settings": dict[str, dict],
+}
 
 
 def _prompt_set(name: str, data, origin: str) -> PromptSet:
-    where = f"{origin}: prompts.{name}"
-    if not isinstance(data, dict):
-        raise SpecError(f"{where} must be a mapping with 'concepts' and 'templates' (or 'file')")
-    unknown = set(data) - {"concepts", "templates", "file"}
-    if unknown:
-        raise SpecError(f"{where}: unknown field(s) {sorted(unknown)}")
-    concepts = _require(data, "concepts", (list, str), where)
+    where = f"prompts.{name}."
+    given = check_fields(data, PROMPT_SET_FIELDS, {"concepts"}, origin, where)
+    concepts = given["concepts"]
     if isinstance(concepts, str) and concepts not in (TARGETS, OTHERS):
-        raise SpecError(f"{where}.concepts must be a list or the string {TARGETS!r} or {OTHERS!r}")
-    concepts = concepts if isinstance(concepts, str) else tuple(map(str, concepts))
-    if "file" in data:
-        if "templates" in data:
-            raise SpecError(f"{where}: give 'file' or 'templates', not both")
-        return PromptSet(name, concepts, file=_require(data, "file", str, where))
-    templates = _require(data, "templates", list, where)
-    if not templates or not all(isinstance(t, str) for t in templates):
-        raise SpecError(f"{where}.templates must be a non-empty list of strings")
+        raise SpecError(f"{origin}: {where}concepts must be a list or the string {TARGETS!r} or {OTHERS!r}")
+    if "file" in given:
+        if "templates" in given:
+            raise SpecError(f"{origin}: prompts.{name}: give 'file' or 'templates', not both")
+        return PromptSet(name, concepts, file=given["file"])
+    templates = given.get("templates", ())
+    if not templates:
+        raise SpecError(f"{origin}: {where}templates must be a non-empty list of strings (or give a 'file')")
     for template in templates:
-        _check_template(template, concepts, where)
-    return PromptSet(name, concepts, tuple(templates))
+        _check_template(template, concepts, f"{origin}: prompts.{name}")
+    return PromptSet(name, concepts, templates)
 
 
 def _check_template(template: str, concepts, where: str) -> None:
@@ -154,45 +155,31 @@ def _check_template(template: str, concepts, where: str) -> None:
 
 
 def parse_app(data, origin: str) -> Application:
-    if not isinstance(data, dict):
-        raise SpecError(f"{origin}: expected a mapping of fields")
-    allowed = {"name", "version", "world", "judge", "erase", "prompts", "seeds", "eraser_settings"}
-    unknown = set(data) - allowed
-    if unknown:
-        raise SpecError(f"{origin}: unknown field(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
-    world = _require(data, "world", str, origin)
-    if world not in WORLDS:
-        raise SpecError(f"{origin}: world {world!r} is not one of {', '.join(WORLDS)}")
-    erase = _require(data, "erase", list, origin)
-    if not erase or not all(isinstance(e, list) and e and all(isinstance(t, str) for t in e) for e in erase):
+    given = check_fields(data, APP_FIELDS, set(APP_FIELDS) - {"eraser_settings"}, origin)
+    if given["world"] not in WORLDS:
+        raise SpecError(f"{origin}: world {given['world']!r} is not one of {', '.join(WORLDS)}")
+    if not given["erase"] or not all(given["erase"]):
         raise SpecError(f"{origin}: 'erase' must be a list of non-empty lists of target names")
-    prompts = _require(data, "prompts", dict, origin)
-    if "target" not in prompts:
+    if "target" not in given["prompts"]:
         raise SpecError(f"{origin}: prompts need a 'target' set (what erasure is measured on)")
-    seeds = _require(data, "seeds", list, origin)
-    if not seeds or not all(isinstance(s, int) for s in seeds):
+    if not given["seeds"]:
         raise SpecError(f"{origin}: 'seeds' must be a non-empty list of integers")
-    eraser_settings = data.get("eraser_settings", {})
-    if not isinstance(eraser_settings, dict) or not all(isinstance(v, dict) for v in eraser_settings.values()):
-        raise SpecError(f"{origin}: eraser_settings must map eraser names to mappings of settings")
     return Application(
-        name=_require(data, "name", str, origin),
-        version=_require(data, "version", int, origin),
-        world=world,
-        judge=_require(data, "judge", str, origin),
-        erase=tuple(tuple(e) for e in erase),
-        prompt_sets=tuple(_prompt_set(n, d, origin) for n, d in prompts.items()),
-        seeds=tuple(seeds),
+        name=given["name"],
+        version=given["version"],
+        world=given["world"],
+        judge=given["judge"],
+        erase=given["erase"],
+        prompt_sets=tuple(_prompt_set(n, d, origin) for n, d in given["prompts"].items()),
+        seeds=given["seeds"],
         path=origin,
-        eraser_settings=eraser_settings,
+        eraser_settings=given.get("eraser_settings", {}),
     )
 
 
-def load_apps(directory: Path = CONCEPTS_DIR) -> Registry[Application]:
-    registry: Registry[Application] = Registry("application")
-    for path in sorted(directory.glob("*/*.yaml")):
-        app = parse_app(read_yaml(path), str(path))
-        if app.name in registry:
-            raise SpecError(f"{path}: application name {app.name!r} is also used by {registry.get(app.name).path}")
-        registry.add(app.name, app)
-    return registry
+APPS = SpecKind("application", APPS_DIR, "SPMBENCH_APPS", parse_app)
+
+
+def load_apps(folders: list[Path] | None = None) -> Registry[Application]:
+    """Every application: the shipped ones (one folder per world) and those in SPMBENCH_APPS (or `folders`)."""
+    return load(APPS, folders)
