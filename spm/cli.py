@@ -12,9 +12,7 @@ import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Erase concepts from Stable Diffusion with SPMs.")
 
-ModelOpt = Annotated[
-    str, typer.Option("--model", "-m", help="registry name (e.g. toy-base, sd14), hub id or local diffusers dir")
-]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="local diffusers directory or hub id (org/name)")]
 DeviceOpt = Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda")]
 
 
@@ -51,7 +49,7 @@ def _check_train_inputs(target: list[str], resolution: list[int] | None, out: Pa
 
 def _check_checkpoint(checkpoint: Path) -> None:
     """A checkpoint left by a killed run must be one, or training would fail after loading the model."""
-    from spm.train import read_checkpoint
+    from spm.checkpoint import read_checkpoint
 
     if checkpoint.exists():
         try:

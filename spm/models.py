@@ -1,8 +1,7 @@
-"""Resolve a model name (registry alias, hub id or local diffusers directory) and load its pipeline."""
+"""Resolve a model (a local diffusers directory or a hub id) and load its pipeline."""
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,20 +11,6 @@ import torch
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
-
-# The toy world ships inside this distribution, beside `spm/`: a file path, not an import.
-TOY_WEIGHTS = Path(__file__).resolve().parent.parent / "spmbench" / "toy" / "weights"
-
-# Short names for the protocol's real models (SD 1.x family unless noted).
-HUB_ALIASES = {
-    "sd14": "CompVis/stable-diffusion-v1-4",
-    "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
-    "dreamshaper-8": "Lykon/dreamshaper-8",
-    "realistic-vision-5.1": "SG161222/Realistic_Vision_V5.1_noVAE",
-    "altdiffusion": "BAAI/AltDiffusion",
-    "sd21-base": "stabilityai/stable-diffusion-2-1-base",
-}
-TOY_MODELS = ("toy-base", "toy-pastel", "toy-verbose")
 
 # The SD 1.x UNet (diffusers UNet2DConditionModel arguments): build it on the meta device to count
 # an SPM's layers, or with random weights to time it, without downloading anything.
@@ -41,32 +26,21 @@ SD1_UNET_CONFIG = {
 
 
 def resolve_model(model: str) -> str:
-    """A local directory, a toy-world name, an alias from HUB_ALIASES, or a hub id ('org/name')."""
+    """A local diffusers directory or a hub id ('org/name'), as diffusers' from_pretrained takes it."""
     path = Path(model).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise ValueError(f"{model} is not a diffusers pipeline directory (no model_index.json)")
         return str(path)
+    if path.exists():
+        raise ValueError(f"{model} is a file, not a diffusers pipeline directory")
     if _looks_like_path(model):
-        if path.exists():
-            raise ValueError(f"{model} is a file, not a diffusers pipeline directory")
         raise ValueError(f"no such directory: {model} (give a local diffusers pipeline directory)")
-    if model in TOY_MODELS:
-        path = TOY_WEIGHTS / model
-        if not (path / "model_index.json").exists():
-            raise FileNotFoundError(
-                f"toy model {model!r} is not trained yet: run `spmbench toy train` (expected {path})"
-            )
-        return str(path)
-    if model in HUB_ALIASES:
-        return HUB_ALIASES[model]
-    if "/" in model and not Path(model).exists() and model.count("/") == 1:
+    if model.count("/") == 1 and all(model.split("/")):
         return model
-    known = list(TOY_MODELS) + list(HUB_ALIASES)
-    close = difflib.get_close_matches(model, known, n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
     raise ValueError(
-        f"unknown model {model!r}: {hint}give a local diffusers directory, a hub id or one of {', '.join(known)}"
+        f"{model!r} is neither a local diffusers directory nor a hub id (org/name): give one of those; "
+        "for a benchmark's model name, ask the registry that defines it for the model's source"
     )
 
 

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -24,3 +26,18 @@ def test_local_paths_that_are_not_pipelines_say_so(tiny_dir, tmp_path):
             spm.resolve_model(missing)
     assert spm.resolve_model("org/name") == "org/name"  # a hub id
     assert spm.resolve_model(str(tiny_dir)) == str(tiny_dir)
+
+
+@pytest.mark.parametrize("name", ["toy-base", "sd14", "org/"])
+def test_a_short_name_is_refused_in_one_line(name):
+    with pytest.raises(ValueError, match=r"neither a local diffusers directory nor a hub id \(org/name\)") as error:
+        spm.load_pipeline(name)
+    assert "ask the registry that defines it" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_nothing_in_spm_names_the_benchmark():
+    """spm resolves paths and hub ids only; benchmark model names belong to the benchmark's registry."""
+    root = Path(spm.__file__).parent
+    files = [*root.rglob("*.py"), *Path(__file__).parent.rglob("*.py")]
+    naming = [str(f) for f in files if "spm" + "bench" in f.read_text()]
+    assert len(files) > 10 and naming == []
