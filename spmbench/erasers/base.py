@@ -8,7 +8,6 @@ and applies them around generation (`apply` yields one callable: prompts -> pipe
 from __future__ import annotations
 
 import math
-import types
 import typing
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from spmbench.registry import Registry, slug
+from spmbench.specs import check_fields
 
 
 # What `apply` yields: called like a diffusers pipeline, `generate(prompts, **pipeline_kwargs)`.
@@ -46,63 +46,18 @@ def require_positive(settings, *names: str) -> None:
 
 
 def build_settings(cls: type, given: dict | None, eraser: str) -> Any:
-    """`cls(**given)` with one-line errors: unknown names, wrong types and non-finite numbers are
-    refused, and lists become tuples where the field is a tuple (YAML has no tuples)."""
-    given = dict(given or {})
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(given) - set(known))
-    if unknown:
-        hint = f"known: {', '.join(known)}" if known else "it takes no settings"
-        raise ValueError(f"eraser {eraser!r}: unknown setting(s) {unknown}; {hint}")
+    """`cls(**given)` with one-line errors: unknown names, wrong types (the spec files' own check: a
+    YAML list becomes a tuple where the field is one) and non-finite numbers are refused."""
     hints = typing.get_type_hints(cls)
-    for name, value in given.items():
-        value = _as_declared(value, hints[name])
-        if not _has_type(value, hints[name]):
-            raise ValueError(f"eraser {eraser!r}: setting {name} must be {_type_name(hints[name])}, got {value!r}")
+    schema = {f.name: hints[f.name] for f in fields(cls)}
+    chosen = check_fields(given or {}, schema, set(), f"eraser {eraser!r}")
+    for name, value in chosen.items():
         if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"eraser {eraser!r}: setting {name} must be a finite number, got {value!r}")
-        given[name] = value
+            raise ValueError(f"eraser {eraser!r}: {name} must be a finite number, got {value!r}")
     try:
-        return cls(**given)
+        return cls(**chosen)
     except (TypeError, ValueError) as e:
         raise ValueError(f"eraser {eraser!r}: {e}") from None
-
-
-def _as_declared(value, hint):
-    if isinstance(value, list) and _allows(hint, tuple):
-        return tuple(value)
-    return value
-
-
-def _allows(hint, kind: type) -> bool:
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return any(_allows(h, kind) for h in typing.get_args(hint))
-    return (typing.get_origin(hint) or hint) is kind
-
-
-def _has_type(value, hint) -> bool:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_has_type(value, h) for h in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if origin is tuple:
-        args = typing.get_args(hint)
-        if not isinstance(value, tuple):
-            return False
-        items = args[:1] * len(value) if len(args) == 2 and args[1] is Ellipsis else args
-        return len(items) == len(value) and all(_has_type(v, h) for v, h in zip(value, items))
-    return isinstance(value, origin or hint)
-
-
-def _type_name(hint) -> str:
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(h) for h in typing.get_args(hint))
-    return "None" if hint is type(None) else getattr(hint, "__name__", str(hint))
 
 
 class Eraser(ABC):

@@ -58,7 +58,7 @@ def test_fit_trains_only_the_intended_parameters_and_leaves_the_pipeline(name, p
 
 @pytest.mark.parametrize("name", list(SETTINGS))
 def test_an_unknown_setting_is_an_error(name, pipe, tmp_path):
-    with pytest.raises(ValueError, match="unknown setting.*'iteratons'"):
+    with pytest.raises(ValueError, match="unknown field.*'iteratons'"):
         ERASERS.get(name).fit(pipe, ("snoopy",), tmp_path, 16, {"iteratons": 3})
 
 
