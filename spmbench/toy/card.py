@@ -15,9 +15,9 @@ import torch
 from PIL import Image
 
 from spm.files import write_text_atomic
-from spmbench.toy import captions, data, models
+from spmbench.toy import captions, data, models, worlds
 from spmbench.toy import world as w
-from spmbench.toy.train import STAGES
+from spmbench.toy.train import stages_of_world
 
 
 EVAL_SEED = 10_000  # training streams are seeded with small integers; this one is disjoint
@@ -272,7 +272,8 @@ def _gpu_run_lines(gpu: dict, config: dict) -> list[str]:
     seconds, steps = gpu.get("seconds_per_stage", {}), gpu.get("steps_per_stage", {})
     where = f"{gpu.get('machine', '?')} (torch {gpu.get('torch', '?')}, {gpu.get('date', '?')})"
     ran = ", ".join(f"{s} {steps.get(s, '?')} steps in {t / 60:.1f} min" for s, t in seconds.items())
-    planned = {s: config[f"{s}_steps"] for s in STAGES if f"{s}_steps" in config}
+    world = worlds.get(config.get("world", worlds.DEFAULT_WORLD))
+    planned = {s: config[f"{s}_steps"] for s in stages_of_world(world) if f"{s}_steps" in config}
     if gpu.get("config") == config and all(steps.get(s) == n for s, n in planned.items()):
         total = sum(seconds.values()) / 60
         return [f"GPU training time: {total:.0f} min in all for the settings below, measured on {where}, "

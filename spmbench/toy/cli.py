@@ -5,30 +5,45 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from dataclasses import fields, replace
+from dataclasses import fields
 from pathlib import Path
 
 import torch
 
-from spmbench.toy import data
-from spmbench.toy.train import STAGES, SettingsChanged, TimeBudgetReached, ToyTrainConfig, train_world
+from spmbench.toy import data, worlds
+from spmbench.toy.train import (
+    WORLD_DEFAULTS,
+    SettingsChanged,
+    TimeBudgetReached,
+    ToyTrainConfig,
+    check_stages,
+    config_for_world,
+    stages_of_world,
+    train_world,
+)
 
 
-WEIGHTS = Path(__file__).parent / "weights"
+WEIGHTS = worlds.get(worlds.DEFAULT_WORLD).weights
 UNFINISHED = 75  # exit status when --max-minutes stopped the run: rerun the same command to resume
-DEFAULT_WORKDIR = Path(__file__).parent / "checkpoints"
+DEFAULT_WORKDIR = worlds.get(worlds.DEFAULT_WORLD).checkpoints
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="spmbench toy train", description="Retrain the toy world from nothing (resumable)."
     )
-    p.add_argument("--out", type=Path, default=WEIGHTS, help="where the shipped weights are written")
-    p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="checkpoints; rerun to resume")
     p.add_argument(
-        "--stages", default=",".join(STAGES),
-        help="comma-separated; judge, pastel and verbose may be left out (tokenizer, vae, decoder and base "
-        "always run or resume: the others are built on them)",
+        "--world", type=int, choices=sorted(worlds.WORLDS), default=worlds.DEFAULT_WORLD,
+        help="which toy world: 2 (shipped) or 3 (issue 19); it sets the default folders and settings",
+    )  # fmt: skip
+    p.add_argument(
+        "--out", type=Path, default=None, help="where the shipped weights are written (default: the world's)"
+    )
+    p.add_argument("--workdir", type=Path, default=None, help="checkpoints; rerun to resume (default: the world's)")
+    p.add_argument(
+        "--stages", default=None,
+        help="comma-separated (default: all of the world's); judge and the derivatives may be left out "
+        "(tokenizer, vae, decoder and base always run or resume: the others are built on them)",
     )  # fmt: skip
     p.add_argument("--threads", type=_at_least(1), default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--device", default="cpu")
@@ -41,7 +56,10 @@ def parser() -> argparse.ArgumentParser:
         help="processes that render training images (default: 0 on a CPU, up to 8 spare cores on a GPU)",
     )  # fmt: skip
     for f in fields(ToyTrainConfig):
-        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+        if f.name != "world":  # None: the world's default (WORLD_DEFAULTS, else the field's)
+            other = [f"world {v}: {d[f.name]}" for v, d in WORLD_DEFAULTS.items() if f.name in d]
+            help_text = f"default {f.default}" + (f" ({', '.join(other)})" if other else "")
+            p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None, help=help_text)
     return p
 
 
@@ -85,20 +103,25 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    stages = tuple(s.strip() for s in args.stages.split(","))
-    unknown = set(stages) - set(STAGES)
-    if unknown:
-        raise SystemExit(f"error: unknown stage(s) {sorted(unknown)}; choose from {', '.join(STAGES)}")
+    world = worlds.get(args.world)
+    given = {f.name: getattr(args, f.name) for f in fields(ToyTrainConfig) if getattr(args, f.name, None) is not None}
     try:
-        cfg = replace(ToyTrainConfig(), **{f.name: getattr(args, f.name) for f in fields(ToyTrainConfig)})
+        cfg = config_for_world(world.version, **given)
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
+    stages = stages_of_world(world) if args.stages is None else tuple(s.strip() for s in args.stages.split(","))
+    try:
+        check_stages(stages, cfg)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    out = args.out or world.weights
+    workdir = args.workdir or world.checkpoints
     workers = args.render_workers
     if workers is None:
         workers = 0 if args.device == "cpu" else max(0, min(8, (os.cpu_count() or 1) - 2))
     data.use_render_workers(workers)
     try:
-        train_world(args.out, args.workdir, cfg, stages=stages, device=args.device, max_minutes=args.max_minutes)
+        train_world(out, workdir, cfg, stages=stages, device=args.device, max_minutes=args.max_minutes)
     except SettingsChanged as err:
         raise SystemExit(f"error: {err}") from None
     except TimeBudgetReached as stop:

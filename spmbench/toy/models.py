@@ -148,12 +148,13 @@ class Judge(nn.Module):
         return {name: head(feats) for name, head in self.heads.items()}
 
 
-def save_judge(judge: Judge, directory: Path) -> None:
+def save_judge(judge: Judge, directory: Path, world: int = 2) -> None:
+    """The judge's weights, and its heads and the world version whose attributes they read."""
     from safetensors.torch import save_file
 
     directory.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in judge.state_dict().items()}, str(directory / "judge.safetensors"))
-    write_text_atomic(directory / "judge.json", json.dumps({"heads": judge.head_sizes}, indent=1))
+    write_text_atomic(directory / "judge.json", json.dumps({"heads": judge.head_sizes, "world": world}, indent=1))
 
 
 def load_judge(directory: Path) -> Judge:

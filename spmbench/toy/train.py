@@ -20,13 +20,17 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from spm.files import save_torch_atomic, write_text_atomic
-from spmbench.toy import data, models
+from spmbench.toy import models, worlds
+from spmbench.toy.data import render_workers
 
 
 log = logging.getLogger(__name__)
 # Order of the list fixes each stage's RNG stream: new stages go at the end, wherever they run.
-STAGES = ("tokenizer", "vae", "judge", "base", "pastel", "verbose", "decoder")
+# World 2 trains the first seven; world 3 all (see spmbench.toy.worlds). "merge" trains nothing.
+STAGES = ("tokenizer", "vae", "judge", "base", "pastel", "verbose", "decoder", "dreambooth", "newconcept", "continued",
+          "merge")  # fmt: skip
 TEXT_ENCODER_MODES = ("frozen", "embeddings", "full")
+FINE_TUNES = ("pastel", "verbose", "dreambooth", "newconcept", "continued")
 
 
 @dataclass(frozen=True)
@@ -62,18 +66,44 @@ class ToyTrainConfig:
     caption_dropout: float = 0.1
     ema_decay: float = 0.999
     ckpt_every: int = 500
+    # World 3 only (world 2 ignores them; see WORLD_DEFAULTS for world 3's other settings).
+    world: int = worlds.DEFAULT_WORLD
+    # DreamBooth-style: one character (with prior preservation) at the derivatives' lr; the
+    # character's name is a word the base knows, so the text encoder stays frozen.
+    dreambooth_steps: int = 2000
+    dreambooth_text_encoder: str = "frozen"
+    # A style the base never saw: its name's token embeddings are untrained, so it learns them.
+    newconcept_steps: int = 3000
+    newconcept_text_encoder: str = "embeddings"
+    # "v1.5-like": the base trained on (UNet and text encoder) on a fresh pool of the same world.
+    continued_steps: int = 6000
+    continued_text_encoder: str = "full"
+    continued_lr: float = 1e-4
 
     def __post_init__(self):
+        worlds.get(self.world)  # a one-line error for an unknown world
         for name in ("batch_size", "pool_size", "ckpt_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
         for f in fields(self):
             if f.name.endswith("_steps") and getattr(self, f.name) < 0:
                 raise ValueError(f"{f.name} must be at least 0, not {getattr(self, f.name)}")
-        for name in ("pastel", "verbose"):
+        for name in FINE_TUNES:
             mode = getattr(self, f"{name}_text_encoder")
             if mode not in TEXT_ENCODER_MODES:
                 raise ValueError(f"{name}_text_encoder must be one of {', '.join(TEXT_ENCODER_MODES)}, not {mode!r}")
+
+
+# World 3 has about twice world 2's concepts and many more phrasings: more base steps on a larger pool.
+# (v2's stage times on 2 idle cores: vae 6,084 s, judge 1,446, base 4,993 for 24,000 steps; at those
+# rates world 3's plan takes about 5.4 h with its larger pools.)
+WORLD_DEFAULTS = {2: {}, 3: {"world": 3, "base_steps": 32000, "pool_size": 64000, "judge_steps": 4000}}
+
+
+def config_for_world(version: int, **settings) -> ToyTrainConfig:
+    """World `version`'s default settings, with `settings` replacing some of them."""
+    worlds.get(version)
+    return ToyTrainConfig(**(WORLD_DEFAULTS[version] | settings))
 
 
 # -- checkpoints ---------------------------------------------------------------------------------
@@ -108,6 +138,11 @@ def _load_ckpt(path: Path, modules: dict, rng: np.random.Generator, gen: torch.G
     return int(state["step"])
 
 
+def _finished(path: Path, steps: int) -> bool:
+    """Whether the checkpoint at `path` has trained `steps` steps or more."""
+    return path.exists() and int(torch.load(path, weights_only=True, map_location="cpu")["step"]) >= steps
+
+
 class SettingsChanged(ValueError):
     """A workdir holds stages trained with other settings than the ones asked for."""
 
@@ -117,9 +152,13 @@ class SettingsChanged(ValueError):
 _STAGES_OF_SETTING = {
     "judge_vae_fraction": ("judge",),
     "decoder_lr": ("decoder",),
-    "derivative_lr": ("pastel", "verbose"),
+    "derivative_lr": ("pastel", "verbose", "dreambooth", "newconcept"),
     "pastel_text_encoder": ("pastel",),
     "verbose_text_encoder": ("verbose",),
+    "dreambooth_text_encoder": ("dreambooth",),
+    "newconcept_text_encoder": ("newconcept",),
+    "continued_text_encoder": ("continued",),
+    "continued_lr": ("continued",),
 }
 
 
@@ -210,19 +249,25 @@ def _warmup(step: int, warmup: int = 500) -> float:
 # -- stages --------------------------------------------------------------------------------------
 
 
-def train_tokenizer(workdir: Path):
+def train_tokenizer(workdir: Path, world: worlds.World):
     out = workdir / "tokenizer"
     if not (out / "tokenizer_config.json").exists():
-        models.build_tokenizer(data.tokenizer_corpus()).save_pretrained(out)
+        models.build_tokenizer(world.data.tokenizer_corpus(), world.tokenizer_vocab).save_pretrained(out)
     from transformers import CLIPTokenizer
 
     return CLIPTokenizer.from_pretrained(out)
 
 
-def _vae_images(rng: np.random.Generator, n: int, device: str) -> torch.Tensor:
-    """Fresh renders in [-1, 1] for the VAE; 30 % of batches in the pastel dialect a derivative sees."""
-    batch = data.sample_batch(rng, n, dialect="pastel" if rng.random() < 0.3 else "base")
-    return models.to_device(data.to_tensor([b[0] for b in batch]), device) * 2 - 1
+def _reader_dialect(rng: np.random.Generator, world: worlds.World) -> str:
+    """The dialect of one VAE or judge batch: 30 % in the pastel palette a derivative draws in."""
+    usual, pastel = world.reader_dialects
+    return pastel if rng.random() < 0.3 else usual
+
+
+def _vae_images(rng: np.random.Generator, n: int, device: str, world: worlds.World) -> torch.Tensor:
+    """Fresh renders in [-1, 1] for the VAE."""
+    batch = world.data.sample_batch(rng, n, dialect=_reader_dialect(rng, world))
+    return models.to_device(world.data.to_tensor([b[0] for b in batch]), device) * 2 - 1
 
 
 def train_vae(cfg: ToyTrainConfig, workdir: Path, device: str):
@@ -232,7 +277,7 @@ def train_vae(cfg: ToyTrainConfig, workdir: Path, device: str):
     def step_fn(step, rng, gen):
         for g in opt.param_groups:
             g["lr"] = cfg.lr * _warmup(step, 200)
-        x = _vae_images(rng, cfg.batch_size, device)
+        x = _vae_images(rng, cfg.batch_size, device, worlds.get(cfg.world))
         posterior = vae.encode(x).latent_dist
         rec = vae.decode(models.sample_latent(posterior, gen)).sample
         kl = posterior.kl().mean() / x[0].numel()
@@ -246,8 +291,10 @@ def train_vae(cfg: ToyTrainConfig, workdir: Path, device: str):
     vae.eval()
     # SD's latent scaling: unit-variance latents for the UNet.
     rng = np.random.default_rng(cfg.seed)
+    world = worlds.get(cfg.world)
     with torch.no_grad():
-        x = data.to_tensor([b[0] for b in data.sample_batch(rng, 512)]).to(device) * 2 - 1
+        batch = world.data.sample_batch(rng, 512, dialect=world.reader_dialects[0])
+        x = world.data.to_tensor([b[0] for b in batch]).to(device) * 2 - 1
         std = vae.encode(x).latent_dist.mean.std().item()
     vae.register_to_config(scaling_factor=1.0 / std)
     return vae
@@ -267,7 +314,7 @@ def sharpen_decoder(cfg: ToyTrainConfig, workdir: Path, vae, device: str):
     def step_fn(step, rng, gen):
         for g in opt.param_groups:
             g["lr"] = cfg.decoder_lr * _warmup(step, 100)
-        x = _vae_images(rng, cfg.batch_size, device)
+        x = _vae_images(rng, cfg.batch_size, device, worlds.get(cfg.world))
         with torch.no_grad():
             z = models.sample_latent(vae.encode(x).latent_dist, gen)
         rec = vae.decode(z).sample
@@ -311,13 +358,15 @@ def vae_augment(images: torch.Tensor, vae, gen: torch.Generator, fraction: float
 
 def train_judge(cfg: ToyTrainConfig, workdir: Path, device: str, vae=None):
     """The judge CNN, on fresh renders; with `vae`, a share of each batch is its reconstructions."""
+    world = worlds.get(cfg.world)
+    data = world.data
     judge = models.Judge(data.JUDGE_HEADS).to(device)
     opt = torch.optim.AdamW(judge.parameters(), lr=1e-3, weight_decay=1e-4)
 
     def step_fn(step, rng, gen):
         for g in opt.param_groups:
             g["lr"] = 1e-3 * _warmup(step, 100) * (0.1 if step > 0.8 * cfg.judge_steps else 1.0)
-        batch = data.sample_batch(rng, 128, dialect="pastel" if rng.random() < 0.3 else "base")
+        batch = data.sample_batch(rng, 128, dialect=_reader_dialect(rng, world))
         images = models.to_device(data.to_tensor([b[0] for b in batch]), device)
         if vae is not None:
             images = vae_augment(images, vae, gen, cfg.judge_vae_fraction)
@@ -335,6 +384,7 @@ def train_judge(cfg: ToyTrainConfig, workdir: Path, device: str, vae=None):
 
 def _latent_pool(cfg: ToyTrainConfig, vae, tokenizer, dialect: str, size: int):
     """Render, caption and VAE-encode a fixed pool once; training then only reads tensors."""
+    data = worlds.get(cfg.world).data
     rng = np.random.default_rng([cfg.seed, 99, list(data.DIALECTS).index(dialect)])
     means, stds, texts = [], [], []
     with torch.no_grad():
@@ -362,27 +412,32 @@ def _trained_text_encoder_params(text_encoder, mode: str) -> list:
 
 def train_unet(name: str, cfg: ToyTrainConfig, workdir: Path, vae, tokenizer, text_encoder, init_unet=None):
     """Denoiser training (epsilon objective, min-SNR-5 weights). The base trains the whole text encoder;
-    a derivative what its `<name>_text_encoder` setting says, in place on the `text_encoder` it is given."""
-    dialect, steps = ("base", cfg.base_steps) if name == "base" else (name, getattr(cfg, f"{name}_steps"))
+    a derivative what its `<name>_text_encoder` setting says, in place on the `text_encoder` it is given.
+    Every stage trains on its own dialect's pool (the base's and the continuation's are full size)."""
+    is_base = name == "base"
+    steps = cfg.base_steps if is_base else getattr(cfg, f"{name}_steps")
     device = vae.device
     unet = models.build_unet().to(device)
     if init_unet is not None:
         unet.load_state_dict(init_unet.state_dict())
     ema = EMA(unet, cfg.ema_decay)
-    is_base = name == "base"
     te_params = _trained_text_encoder_params(text_encoder, "full" if is_base else getattr(cfg, f"{name}_text_encoder"))
     text_encoder.requires_grad_(False)
     for p in te_params:
         p.requires_grad_(True)
     params = list(unet.parameters()) + te_params
-    lr = cfg.lr if is_base else cfg.derivative_lr
+    lr = {"base": cfg.lr, "continued": cfg.continued_lr}.get(name, cfg.derivative_lr)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     sched = models.build_scheduler()
     alphas = sched.alphas_cumprod.to(device)
     snr = alphas / (1 - alphas)
-    mean, std, ids, empty = _latent_pool(
-        cfg, vae, tokenizer, dialect, cfg.pool_size if is_base else cfg.pool_size // 2
-    )
+    full_pool = name in ("base", "continued")
+    if _finished(workdir / name / "ckpt.pt", steps):  # its pool would go unused: rendering it takes minutes
+        mean = std = ids = empty = None
+    else:
+        mean, std, ids, empty = _latent_pool(
+            cfg, vae, tokenizer, name, cfg.pool_size if full_pool else cfg.pool_size // 2
+        )
     scale = vae.config.scaling_factor
 
     def step_fn(step, rng, gen):
@@ -448,24 +503,62 @@ def train_world(
     write_training_info(out, workdir, cfg, device)
 
 
+def stages_of_world(world: worlds.World) -> tuple[str, ...]:
+    """The stages world `world` trains, in STAGES order."""
+    return ("tokenizer", "vae", "judge", "base", *world.derivatives, "decoder", *world.merges)
+
+
+def check_stages(stages, cfg: ToyTrainConfig) -> None:
+    """Refuse stages the world does not have, and merges without the fine-tunes they average."""
+    world = worlds.get(cfg.world)
+    unknown = [s for s in stages if s not in stages_of_world(world)]
+    if unknown:
+        raise ValueError(
+            f"world {world.version} has no stage(s) {', '.join(unknown)}; its stages: {', '.join(stages_of_world(world))}"
+        )
+    for merge, parts in world.merges.items():
+        missing = [p for p in parts if p not in stages]
+        if merge in stages and missing:
+            raise ValueError(f"stage {merge} averages {' and '.join(parts)}: add {', '.join(missing)} to the stages")
+
+
+def merge_models(first, second, weight: float = 0.5):
+    """The weight average of two models of one architecture (a community merge): a new module."""
+    merged = copy.deepcopy(first)
+    theirs = second.state_dict()
+    with torch.no_grad():
+        for key, value in merged.state_dict().items():
+            if value.is_floating_point():
+                value.copy_((1 - weight) * value + weight * theirs[key])
+    return merged
+
+
 def _train_stages(out: Path, workdir: Path, cfg: ToyTrainConfig, stages, device: str) -> None:
+    world = worlds.get(cfg.world)
+    check_stages(stages, cfg)
     torch.manual_seed(cfg.seed)
     check_resumable(workdir, cfg)
     workdir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(workdir / "config.json", json.dumps(asdict(cfg), indent=1))
-    tokenizer = train_tokenizer(workdir)
+    tokenizer = train_tokenizer(workdir, world)
     vae = train_vae(cfg, workdir, device)
     vae = sharpen_decoder(cfg, workdir, vae, device)
     if "judge" in stages:
-        models.save_judge(train_judge(cfg, workdir, device, vae).cpu(), out / "judge")
+        models.save_judge(train_judge(cfg, workdir, device, vae).cpu(), out / "judge", world.version)
     text_encoder = models.build_text_encoder(len(tokenizer)).to(device)
     base = train_unet("base", cfg, workdir, vae, tokenizer, text_encoder)
     save_pipeline(out / "toy-base", vae, text_encoder, tokenizer, base)
-    for name in ("pastel", "verbose"):
+    trained = {}
+    for name in world.derivatives:
         if name in stages:
             own_encoder = copy.deepcopy(text_encoder)  # trained in place unless its mode is frozen
             unet = train_unet(name, cfg, workdir, vae, tokenizer, own_encoder, init_unet=base)
             save_pipeline(out / f"toy-{name}", vae, own_encoder, tokenizer, unet)
+            trained[name] = unet, own_encoder
+    for name, (first, second) in world.merges.items():
+        if name in stages:
+            unet, encoder = (merge_models(a, b) for a, b in zip(trained[first], trained[second]))
+            save_pipeline(out / f"toy-{name}", vae, encoder, tokenizer, unet)
 
 
 def write_training_info(out: Path, workdir: Path, cfg: ToyTrainConfig, device: str) -> None:
@@ -482,12 +575,13 @@ def write_training_info(out: Path, workdir: Path, cfg: ToyTrainConfig, device: s
     if torch.device(device).type == "cuda":
         machine = f"{torch.cuda.get_device_name(device)}, {os.cpu_count()} CPU cores"
     info = {
+        "world": cfg.world,
         "config": asdict(cfg),
         "device": device,
         "machine": machine,
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d"),
-        "render_workers": data.render_workers(),
+        "render_workers": render_workers(),
         "seconds_per_stage": seconds,
         "steps_per_stage": steps,
     }

@@ -312,3 +312,74 @@ def test_impossible_training_settings_are_refused_in_one_line():
         with pytest.raises(SystemExit) as refused:  # argparse: "argument --threads: must be at least 1"
             train_main(argv)
         assert refused.value.code == 2
+
+
+V3_SMOKE_ARGS = [*SMOKE_ARGS, "--dreambooth-steps", "1", "--newconcept-steps", "1", "--continued-steps", "2"]
+
+
+def test_world_3_trains_seven_models_and_a_judge_in_its_own_folders(tmp_path):
+    import spm
+    from spmbench.toy.v3 import data as v3_data
+
+    out = tmp_path / "weights"
+    train_main(["--world", "3", "--out", str(out), "--workdir", str(tmp_path / "work"), *V3_SMOKE_ARGS])
+    names = ["toy-base", "toy-pastel", "toy-verbose", "toy-dreambooth", "toy-newconcept", "toy-continued", "toy-merge"]
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted([*names, "judge"])
+    judge = json.loads((out / "judge" / "judge.json").read_text())
+    assert judge == {"heads": v3_data.JUDGE_HEADS, "world": 3}
+    info = json.loads((out / "training.json").read_text())
+    assert info["world"] == 3 and info["config"]["base_steps"] == 2
+    assert set(info["seconds_per_stage"]) == {"vae", "decoder", "judge", "base", "pastel", "verbose", "dreambooth",
+                                              "newconcept", "continued"}  # fmt: skip
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    assert size < 80e6, size  # the shipped family at its real sizes (step counts do not change them)
+    unets = {n: _unet_weights(out / n) for n in names}
+    merged = {k: (unets["toy-pastel"][k].float() + unets["toy-verbose"][k].float()) / 2 for k in unets["toy-merge"]}
+    assert all(torch.allclose(unets["toy-merge"][k].float(), v, atol=2e-3) for k, v in merged.items())
+    assert not _same(unets["toy-merge"], unets["toy-pastel"])
+    for name in ("toy-continued", "toy-dreambooth", "toy-newconcept"):
+        assert not _same(unets[name], unets["toy-base"]), name
+    pipe = spm.load_pipeline(str(out / "toy-newconcept"))
+    image = pipe("a red heart, in the style of Nadia Petrova", num_inference_steps=2, output_type="np").images
+    assert image.shape == (1, 32, 32, 3)
+
+
+def _unet_weights(directory):
+    from safetensors.torch import load_file
+
+    return load_file(directory / "unet" / "diffusion_pytorch_model.safetensors")
+
+
+def test_world_3_stopped_by_its_time_budget_resumes_to_the_same_weights(tmp_path):
+    import pytest
+
+    from spmbench.toy.cli import UNFINISHED
+
+    def run(name, extra):
+        args = ["--world", "3", "--out", str(tmp_path / name / "weights"), "--workdir", str(tmp_path / name / "work")]
+        stages = ["--stages", "base,newconcept,continued", "--newconcept-steps", "2", "--ckpt-every", "2"]
+        return train_main([*args, *V3_SMOKE_ARGS, *stages, *extra])
+
+    run("whole", [])
+    for _ in range(10):  # no time at all: every call trains one step, checkpoints and stops
+        with pytest.raises(SystemExit) as stopped:
+            run("stopped", ["--max-minutes", "0"])
+            raise SystemExit(0)
+        if stopped.value.code != UNFINISHED:
+            break
+    for stage in ("vae", "decoder", "base", "newconcept", "continued"):
+        whole, stopped = (
+            torch.load(tmp_path / r / "work" / stage / "ckpt.pt", weights_only=True) for r in ("whole", "stopped")
+        )
+        for module in ("vae", "unet", "ema", "text_encoder"):
+            if module in whole:
+                assert _same(whole[module], stopped[module]), (stage, module)
+
+
+def test_stages_a_world_lacks_are_refused_in_one_line():
+    import pytest
+
+    with pytest.raises(SystemExit, match="world 2 has no stage.s. dreambooth"):
+        train_main(["--stages", "base,dreambooth"])
+    with pytest.raises(SystemExit, match="stage merge averages pastel and verbose: add verbose"):
+        train_main(["--world", "3", "--stages", "base,pastel,merge"])

@@ -85,3 +85,28 @@ def test_batches_rendered_in_worker_processes_are_identical():
         data.use_render_workers(0)
     assert [c for _, c, _ in pooled] == [c for _, c, _ in alone]
     assert all((a == b).all() for (a, _, _), (b, _, _) in zip(alone, pooled))
+
+
+def test_world_v2_captions_renders_labels_and_corpus_are_pinned():
+    """World v2 is what every committed table was measured with: its captions, pixels, labels and
+    tokenizer corpus must not move while world v3 grows beside it (digests taken before v3 existed)."""
+    import hashlib
+    import json
+
+    samples = hashlib.sha256()
+    for held in (False, True):
+        rng = np.random.default_rng([7, int(held)])
+        for _ in range(40):
+            caption, scene = captions.sample(rng, held_out=held)
+            samples.update(caption.encode())
+            samples.update(render.render(scene, 5).tobytes())
+            samples.update(json.dumps(data.labels(scene), sort_keys=True).encode())
+    batches = hashlib.sha256()
+    for dialect in data.DIALECTS:
+        for image, caption, _ in data.sample_batch(np.random.default_rng(11), 16, dialect=dialect):
+            batches.update(image.tobytes())
+            batches.update(caption.encode())
+    corpus = hashlib.sha256("\n".join(data.tokenizer_corpus()).encode())
+    assert samples.hexdigest() == "2d79cb253edff7f829e5c438206e80e243c4a3831f48ae52e3a2293864743d45"
+    assert batches.hexdigest() == "ba38229bf8062de5c4d81e90c2639c71bc91e7f5c54cfe39fb74ec90b49fd217"
+    assert corpus.hexdigest() == "4fb266b4fc73fb720c8e39104dcfa09d7f5aa6b39ba81395902d02bf2617e99c"

@@ -1,0 +1,48 @@
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from spmbench.toy.v3 import captions
+from spmbench.toy.v3 import world as w
+
+
+def test_captions_name_their_scene():
+    rng = np.random.default_rng(0)
+    for split in w.SPLITS:
+        for _ in range(300):
+            caption, scene = captions.sample(rng, split=split)
+            if scene.character:
+                assert scene.character in caption
+            elif scene.subject in w.SHAPES:
+                assert scene.colour in caption
+            if scene.style:
+                assert scene.style in caption
+
+
+def test_dev_and_test_captions_are_never_trained_and_never_shared():
+    made = {s: {captions.sample(np.random.default_rng([i, 1]), split=s)[0] for i in range(1500)} for s in w.SPLITS}
+    assert not made["dev"] & made["test"]
+    assert not made["train"] & (made["dev"] | made["test"])
+
+
+def test_mixes_draw_what_their_models_learn():
+    def scenes(mix, n=2000):
+        rng = np.random.default_rng(1)
+        return [captions.sample(rng, mix=mix)[1] for _ in range(n)]
+
+    assert not any(s.style == w.NEW_STYLE for s in scenes("base"))
+    new = Counter(s.style == w.NEW_STYLE for s in scenes("newconcept"))
+    assert 0.3 < new[True] / 2000 < 0.5
+    db = Counter(s.character == w.DREAMBOOTH_CHARACTER for s in scenes("dreambooth"))
+    assert 0.45 < db[True] / 2000 < 0.6
+    base = Counter(s.character for s in scenes("base", 6000) if s.character)
+    assert base[w.DREAMBOOTH_CHARACTER] < 0.5 * np.mean([base[n] for n in w.CHARACTER_NAMES])
+    assert any(s.style == w.NEW_STYLE for s in scenes("world"))
+
+
+def test_bad_splits_and_mixes_are_refused():
+    with pytest.raises(ValueError, match="split must be one of train, dev, test"):
+        captions.sample(np.random.default_rng(0), split="val")
+    with pytest.raises(ValueError, match="mix must be one of"):
+        captions.sample(np.random.default_rng(0), mix="all")
