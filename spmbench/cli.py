@@ -86,32 +86,67 @@ def _shown(source: str) -> str:
     return str(path.relative_to(Path.cwd())) if path.is_absolute() and path.is_relative_to(Path.cwd()) else source
 
 
-JUDGES = ("toy", "clip", "nudenet", "imagenet")
-DEFAULT_CLASSIFIER = "microsoft/resnet-50"  # spmbench.judges.imagenet.DEFAULT_CLASSIFIER, without importing torch
+def _judge_settings(given: list[str], clip_model: str | None, classifier: str | None) -> dict[str, dict]:
+    """--judge-setting JUDGE.NAME=VALUE (and the shorthands --clip-model, --classifier), by judge name,
+    checked against each judge's own settings before any work."""
+    from spmbench import judges
+    from spmbench.registry import UnknownName
+
+    settings: dict[str, dict] = {}
+    for item in given:
+        key, equals, value = item.partition("=")
+        judge, dot, name = key.strip().partition(".")
+        if not (equals and dot and judge and name):
+            _fail(f"--judge-setting {item!r}: write JUDGE.SETTING=VALUE, e.g. nudenet.threshold=0.5")
+        settings.setdefault(judge, {})[name] = value
+    for judge, name, value in (("clip", "model", clip_model), ("imagenet", "model", classifier)):
+        if value is not None:
+            settings.setdefault(judge, {})[name] = value
+    try:
+        return {judge: judges.check_settings(judge, chosen) for judge, chosen in settings.items()}
+    except (UnknownName, ValueError) as e:
+        _fail(f"--judge-setting: {e}")
 
 
-def _classifier_labels(classifier: str) -> dict | None:
-    """The classifier's id2label if its config is on this machine (validate downloads nothing)."""
-    from transformers import AutoConfig
+_JUDGE_SETTING_HELP = "a judge's setting, JUDGE.SETTING=VALUE (e.g. nudenet.threshold=0.5, clip.model=...); repeatable"
+_CLIP_HELP = "CLIP for real-model applications and alteration features (shorthand for -J clip.model=...)"
+_CLASSIFIER_HELP = "ImageNet classifier for the object application (shorthand for -J imagenet.model=...)"
+
+
+def _named_concepts(a) -> list[str]:
+    """Every concept the application's judge is asked about that the spec names (files are not read)."""
+    named = [t for e in a.erase for t in e]
+    return named + [c for ps in a.prompt_sets if isinstance(ps.concepts, tuple) for c in ps.concepts]
+
+
+def _concept_problem(a, settings: dict) -> str | None:
+    """The judge's concept check on the application (None also where it cannot be checked offline)."""
+    from spmbench import judges
+    from spmbench.judges.base import ConceptsUnchecked
+    from spmbench.registry import UnknownName
 
     try:
-        return AutoConfig.from_pretrained(classifier, local_files_only=True).id2label
-    except (OSError, ValueError):  # not cached (or not a valid name or folder)
-        return None
+        judges.check_concepts(a.judge, _named_concepts(a), settings.get(a.judge))
+    except ConceptsUnchecked as e:
+        typer.echo(f"note: {a.name}: {e}")
+    except (UnknownName, ValueError) as e:
+        return f"{a.path}: {e}"
+    return None
 
 
 @app.command()
 def validate(
-    classifier: str = typer.Option(DEFAULT_CLASSIFIER, help="ImageNet classifier whose labels 'imagenet' apps use"),
+    judge_setting: list[str] = typer.Option([], "--judge-setting", "-J", help=_JUDGE_SETTING_HELP),
+    classifier: str | None = typer.Option(None, help=_CLASSIFIER_HELP),
 ) -> None:
     """Load every model and application file and say what is wrong, if anything."""
     models, apps, erasers = _registries()
     problems = [p for m in models if (p := _source_problem(m))]
     problems += [p for e in erasers if (p := _released_problem(e))]
     problems += _settings_problems(models, apps, erasers)
-    labels: dict[str, dict | None] = {}
+    judge_settings = _judge_settings(judge_setting, None, classifier)
     for a in apps:
-        problems += _app_problems(a, classifier, labels)
+        problems += _app_problems(a, judge_settings)
     for problem in dict.fromkeys(problems):
         typer.echo(f"error: {problem}", err=True)
     if problems:
@@ -194,71 +229,29 @@ def _settings_problem(eraser, settings: dict, resolution: int) -> str | None:
     return f"eraser {eraser.name!r} takes no settings" if settings else None
 
 
-def _app_problems(a, classifier: str, labels: dict) -> list[str]:
-    """The application's judge, prompt files and concepts; `labels` caches the classifier's."""
-    from spmbench.judges.toy import concept_label
+def _app_problems(a, judge_settings: dict) -> list[str]:
+    """The application's prompt files, and its concepts checked by its judge."""
     from spmbench.prompts import check_source
 
-    problems = [] if a.judge in JUDGES else [f"{a.path}: unknown judge {a.judge!r}; available: {', '.join(JUDGES)}"]
+    problems = []
     for ps in [ps for ps in a.prompt_sets if ps.file]:
         try:
             check_source(ps.file)
         except ValueError as e:
             problems.append(f"{a.path}: prompts.{ps.name}: {e}")
-    if problems:
-        return problems
-    if a.world == "toy":
-        try:
-            for targets in a.erase:
-                for row in a.rows(targets, limit=None):
-                    concept_label(row.concept)
-        except ValueError as e:
-            return [f"{a.path}: {e}"]
-    if a.judge == "imagenet":
-        return _class_problems(a, classifier, labels)
-    return []
+    return problems or [p for p in [_concept_problem(a, judge_settings)] if p]
 
 
-def _class_problems(a, classifier: str, labels: dict) -> list[str]:
-    from spmbench.judges.imagenet import label_index
+def _judges_for(a, judge_settings: dict, device: str):
+    """The application's judge, and the source of its alteration features (said when it is another judge)."""
+    from spmbench import judges
 
-    if classifier not in labels:
-        labels[classifier] = _classifier_labels(classifier)
-    if labels[classifier] is None:
-        typer.echo(f"note: {classifier} is not on this machine; {a.name}'s classes were not checked")
-        return []
-    named = {t for e in a.erase for t in e} | {
-        c for ps in a.prompt_sets if isinstance(ps.concepts, tuple) for c in ps.concepts
-    }
-    try:
-        for concept in sorted(named):
-            label_index(concept, labels[classifier])
-    except ValueError as e:
-        return [f"{a.path}: {e} (classifier {classifier})"]
-    return []
-
-
-def _judge(name: str, device: str, clip_model: str, classifier: str = DEFAULT_CLASSIFIER):
-    from spmbench.judges.toy import ToyJudge
-    from spmbench.models import TOY_WEIGHTS
-
-    if name == "nudenet":
-        from spmbench.judges.nudenet import NudeNetJudge
-
-        return NudeNetJudge()
-    if name == "clip":
-        from spmbench.judges.clip import ClipJudge
-
-        return ClipJudge(clip_model, device)
-    if name == "imagenet":
-        from spmbench.judges.imagenet import ImageNetJudge
-
-        return ImageNetJudge(classifier, device)
-    if name != "toy":
-        _fail(f"unknown judge {name!r}; available: {', '.join(JUDGES)}")
-    if not (TOY_WEIGHTS / "judge" / "judge.json").exists():
-        _fail(f"the toy judge is not trained yet: run `spmbench toy train` (expected in {TOY_WEIGHTS / 'judge'})")
-    return ToyJudge(TOY_WEIGHTS / "judge", device)
+    judge = judges.build(a.judge, judge_settings.get(a.judge), device)
+    _fail_on(_concept_problem(a, judge_settings))  # again: a classifier downloaded just now is checked too
+    if not judge.has_features:
+        source = judges.feature_source_name(judge, a.world)
+        typer.echo(f"{a.name}: the {a.judge} judge gives no image features; alteration is measured on {source}'s")
+    return judge, judges.alteration_features(judge, a.world, judge_settings, device)
 
 
 def _selected_erasers(selector: str) -> list[str]:
@@ -286,8 +279,9 @@ def run(
     rescore: bool = typer.Option(
         False, "--rescore", help="score the stored images again (after the judge changed); nothing is regenerated"
     ),
-    clip_model: str = typer.Option("openai/clip-vit-base-patch32", help="CLIP for real-model applications"),
-    classifier: str = typer.Option(DEFAULT_CLASSIFIER, help="ImageNet classifier for the object application"),
+    judge_setting: list[str] = typer.Option([], "--judge-setting", "-J", help=_JUDGE_SETTING_HELP),
+    clip_model: str | None = typer.Option(None, help=_CLIP_HELP),
+    classifier: str | None = typer.Option(None, help=_CLASSIFIER_HELP),
 ) -> None:
     """Plan, fit, generate, score and report; a rerun computes only what is missing."""
     models, apps, _ = _registries()  # first: a malformed spec file is a one-line error
@@ -316,6 +310,9 @@ def run(
         if named and named.world != world:
             _fail(f"application {named.name} is for {named.world} models, but --models selected {world} ones")
         erasers = _selected_erasers(erasers_sel)
+        judge_settings = _judge_settings(judge_setting, clip_model, classifier)
+        for a in chosen_apps:  # every application's concepts, before any work
+            _fail_on(_concept_problem(a, judge_settings))
         for a in chosen_apps:
             cells = runner.plan(a, chosen_models, erasers)
             typer.echo(f"{a.name}: {len(cells)} cells")
@@ -326,10 +323,12 @@ def run(
             started = time.monotonic()
             # Expected failures (a spec, file or setting found bad mid-run) are one line; bugs keep their traceback.
             try:
-                judge = _judge(a.judge, device, clip_model, classifier)
-                results = runner.run(a, cells, out / a.name, judge, models, limit, batch_size, device, rescore)
+                judge, features = _judges_for(a, judge_settings, device)
+                results = runner.run(
+                    a, cells, out / a.name, judge, models, limit, batch_size, device, rescore, features=features
+                )
                 written = report.write_reports(a, out / a.name, reports / a.name)
-            except (ValueError, OSError, KeyError) as e:
+            except (ValueError, OSError, KeyError, ImportError) as e:
                 _fail(str(e))
             for path in written:
                 typer.echo(f"wrote {path}")

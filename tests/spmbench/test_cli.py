@@ -64,7 +64,7 @@ def test_bad_devices_are_refused(tmp_path, monkeypatch):
 
 
 def test_expected_failures_mid_run_are_one_line_and_bugs_are_not(tmp_path, monkeypatch):
-    monkeypatch.setattr(cli, "_judge", lambda *a: object())
+    monkeypatch.setattr(cli, "_judges_for", lambda *a: (object(), None))
 
     def fails(error):
         def run(*args, **kwargs):
