@@ -8,9 +8,17 @@ The public API:
     attached = spm.attach(pipe, [spm.SPM.load("barkley.safetensors")])   # Facilitated Transport on
     images = attached(["Barkley", "a photo of a dog"], num_inference_steps=30).images
     attached.detach()
+
+Building blocks for tools on top of it: `encode_prompts` (prompts -> the states the UNet is
+conditioned on, as the pipeline computes them) and `Checkpoint` (a resumable training loop's state,
+refused when made with other settings). Two modules are public for tools as well: `spm.files`
+(atomic writes, an output-folder check) and `spm.models` (pipeline loading, a --device check,
+`SD1_UNET_CONFIG`). Everything else is internal.
 """
 
 from spm.adapter import SPM
+from spm.checkpoint import Checkpoint, CheckpointError
+from spm.encoding import encode_prompts
 from spm.membrane import AttachedSPMs, MergedSPMs, SPMMismatchError, attach, merge
 from spm.models import load_pipeline, resolve_model
 from spm.train import TrainConfig, train
@@ -20,11 +28,14 @@ from spm.transport import Transport
 __all__ = [
     "SPM",
     "AttachedSPMs",
+    "Checkpoint",
+    "CheckpointError",
     "MergedSPMs",
     "SPMMismatchError",
     "TrainConfig",
     "Transport",
     "attach",
+    "encode_prompts",
     "load_pipeline",
     "merge",
     "resolve_model",

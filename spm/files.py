@@ -1,4 +1,8 @@
-"""Atomic file writes: a kill mid-write never leaves a torn file where a good one was expected."""
+"""Atomic file writes: a kill mid-write never leaves a torn file where a good one was expected.
+
+Public, for tools built on spm (the benchmark writes every result through these), with the check of
+an output folder that command lines run before any work.
+"""
 
 from __future__ import annotations
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -14,16 +12,14 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from spm.adapter import SPM
-from spm.files import save_torch_atomic
+from spm.checkpoint import Checkpoint
+from spm.encoding import encode_prompts
 from spm.membrane import attach
 from spm.models import native_resolution
 
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
-
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -91,14 +87,6 @@ class TrainConfig:
         return (256, 320, 384, 448) if native == 512 else (native,)
 
 
-@torch.no_grad()
-def encode(pipe: DiffusionPipeline, prompts: list[str]) -> torch.Tensor:
-    ids = pipe.tokenizer(
-        prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    ).input_ids
-    return pipe.text_encoder(ids.to(pipe.text_encoder.device))[0]
-
-
 def sample_anchors(c_tar: torch.Tensor, n: int, scale: tuple[float, float], gen: torch.Generator) -> torch.Tensor:
     """Latent Anchoring: random directions, kept with probability 1 - cos(a, c_tar), norm rho * ||c_tar||."""
     if n == 0:
@@ -142,8 +130,9 @@ def sample_vocabulary_prompts(vocabulary: list[str], n: int, gen: torch.Generato
     return prompts
 
 
-def _fingerprint(targets, surrogate, cfg: TrainConfig, pipe) -> str:
-    return json.dumps({"targets": targets, "surrogate": surrogate, "config": asdict(cfg), "model": pipe.name_or_path})
+def _run_settings(targets, surrogate, cfg: TrainConfig, pipe) -> dict:
+    """What a checkpoint of this run is tied to."""
+    return {"targets": targets, "surrogate": surrogate, "config": asdict(cfg), "model": pipe.name_or_path}
 
 
 def train(
@@ -216,11 +205,13 @@ def _optimise(
     gen = torch.Generator().manual_seed(cfg.seed)
     ddim = DDIMScheduler.from_config(pipe.scheduler.config)
     ddim.set_timesteps(cfg.rollout_steps)
-    c_targets = encode(pipe, list(targets))
-    c_neu, c_empty = encode(pipe, [surrogate]), encode(pipe, [""])
+    c_targets = encode_prompts(pipe, list(targets))
+    c_neu, c_empty = encode_prompts(pipe, [surrogate]), encode_prompts(pipe, [""])
     vocabulary = anchor_vocabulary(pipe.tokenizer, list(targets)) if cfg.vocabulary_anchors else []
     resolutions = cfg.resolved_resolutions(pipe)
-    start = _resume(checkpoint, params, opt, sched, gen, _fingerprint(targets, surrogate, cfg, pipe))
+    ckpt = Checkpoint(checkpoint, _run_settings(targets, surrogate, cfg, pipe), cfg.checkpoint_every)
+    state = {"params": params, "opt": opt, "sched": sched, "gen": gen}
+    start, _ = ckpt.resume(state)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16")
 
     def unet(x, t, cond, gamma):
@@ -246,7 +237,7 @@ def _optimise(
         random_anchors, empties = (2, 2) if cfg.legacy_anchors else (cfg.num_anchors, 1)
         anchors = [sample_anchors(c_tar[0], random_anchors, cfg.anchor_scale, gen), c_empty.expand(empties, -1, -1)]
         if vocabulary:
-            anchors.append(encode(pipe, sample_vocabulary_prompts(vocabulary, cfg.vocabulary_anchors, gen)))
+            anchors.append(encode_prompts(pipe, sample_vocabulary_prompts(vocabulary, cfg.vocabulary_anchors, gen)))
         anchors = torch.cat(anchors)
         # 4. Frozen predictions (membrane closed), then the membrane's, with grad.
         with torch.no_grad():
@@ -265,49 +256,8 @@ def _optimise(
         if callback:
             callback(step, logs)
         # 5. A resumable checkpoint.
-        if checkpoint and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
-            _save_checkpoint(
-                checkpoint, step + 1, params, opt, sched, gen, _fingerprint(targets, surrogate, cfg, pipe)
-            )
-
-
-def _save_checkpoint(path: Path, step, params, opt, sched, gen, fingerprint: str) -> None:
-    state = {
-        "step": step,
-        "params": [p.detach().cpu() for p in params],
-        "opt": opt.state_dict(),
-        "sched": sched.state_dict(),
-        "gen": gen.get_state(),
-        "fingerprint": fingerprint,
-    }
-    save_torch_atomic(state, path)
-
-
-def read_checkpoint(path: Path) -> dict:
-    """A training checkpoint's state, or a ValueError saying the file is not one."""
-    try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception:  # pickle, zip and EOF errors: torch raises many kinds
-        state = None
-    if not (isinstance(state, dict) and "fingerprint" in state):
-        raise ValueError(f"{path} is not a training checkpoint: delete it to start over")
-    return state
-
-
-def _resume(path: Path | None, params, opt, sched, gen, fingerprint: str) -> int:
-    if path is None or not path.exists():
-        return 0
-    state = read_checkpoint(path)
-    if state["fingerprint"] != fingerprint:
-        raise ValueError(f"checkpoint {path} is from other settings or targets: delete it to start over")
-    with torch.no_grad():
-        for p, saved in zip(params, state["params"]):
-            p.copy_(saved)
-    opt.load_state_dict(state["opt"])
-    sched.load_state_dict(state["sched"])
-    gen.set_state(state["gen"])
-    log.info("resumed SPM training from %s at step %d", path, state["step"])
-    return int(state["step"])
+        if ckpt.due(step + 1):
+            ckpt.save(step + 1, state)
 
 
 def _version() -> str:

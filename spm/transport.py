@@ -13,30 +13,33 @@ non-targets pass through the membrane at nearly full strength.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 
+from spm.encoding import encode_prompts
 
-@torch.no_grad()
-def encode_prompts(prompts: list[str], tokenizer, text_encoder) -> tuple[torch.Tensor, list[set[int]]]:
-    """Padded last hidden states (N, L*D) and each prompt's set of non-special token ids."""
-    ids = tokenizer(
-        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    ).input_ids
-    # [0]: the states the pipeline conditions the UNet on (CLIP's last hidden state; a projection for some encoders)
-    hidden = text_encoder(ids.to(text_encoder.device))[0].float()
-    special = set(tokenizer.all_special_ids)
-    token_sets = [set(row.tolist()) - special for row in ids]
-    return hidden.flatten(1), token_sets
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+
+def _encode(pipe, prompts: list[str]) -> tuple[torch.Tensor, list[set[int]]]:
+    """Flattened padded states (N, L*D) in float32 and each prompt's set of non-special token ids."""
+    states, ids = encode_prompts(pipe, prompts, return_ids=True)
+    special = set(pipe.tokenizer.all_special_ids)
+    return states.float().flatten(1), [set(row.tolist()) - special for row in ids]
 
 
 SIMILARITIES = ("paper", "relative")
 
 
 class Transport:
-    """Per-prompt permeabilities for a fixed list of SPMs, with their targets encoded once."""
+    """Per-prompt permeabilities for a fixed list of SPMs, with their targets encoded once by `pipe`'s
+    tokenizer and text encoder (a pipeline, or anything with those two)."""
 
-    def __init__(self, targets_per_spm: list[list[str]], tokenizer, text_encoder, similarity: str = "paper"):
+    def __init__(self, targets_per_spm: list[list[str]], pipe: DiffusionPipeline, similarity: str = "paper"):
         if similarity not in SIMILARITIES:
             raise ValueError(f"unknown similarity {similarity!r}: choose one of {', '.join(SIMILARITIES)}")
         if not targets_per_spm:
@@ -47,23 +50,23 @@ class Transport:
                     f"SPM #{i} has no target prompts, which Facilitated Transport needs: "
                     "pass targets=[...] when loading it, or attach with transport=False"
                 )
-        self.tokenizer, self.text_encoder = tokenizer, text_encoder
+        self.pipe = pipe
         flat = [t for targets in targets_per_spm for t in targets]
         self.owner = torch.tensor([i for i, targets in enumerate(targets_per_spm) for _ in targets])
         self.k = len(targets_per_spm)
-        hidden, self.target_tokens = encode_prompts(flat, tokenizer, text_encoder)
+        hidden, self.target_tokens = _encode(pipe, flat)
         self.target_hidden = F.normalize(hidden, dim=1)
         # s_cos of the empty prompt per target: 0 leaves the paper's cosine unchanged.
         self.floor = torch.zeros(len(flat))
         if similarity == "relative":
-            empty, _ = encode_prompts([""], tokenizer, text_encoder)
+            empty, _ = _encode(pipe, [""])
             self.floor = (F.normalize(empty, dim=1) @ self.target_hidden.T)[0].cpu()
 
     def __call__(self, prompts: list[str]) -> torch.Tensor:
         """(len(prompts), k) permeabilities in [0, 1]."""
         if not prompts:
             return torch.zeros(0, self.k)
-        hidden, tokens = encode_prompts(prompts, self.tokenizer, self.text_encoder)
+        hidden, tokens = _encode(self.pipe, prompts)
         s_cos = F.normalize(hidden, dim=1) @ self.target_hidden.T.to(hidden.device)
         floor = self.floor.to(s_cos.device)
         s_cos = (s_cos - floor) / (1 - floor).clamp(min=1e-6)

@@ -27,9 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spm.train import encode
+from spm import encode_prompts
 from spmbench.erasers.base import require_counts, require_positive
-from spmbench.erasers.esd import FinetunedEraser, finetune, fingerprint, latent_noise, predict, rollout
+from spmbench.erasers.esd import FinetunedEraser
+from spmbench.erasers.finetune import finetune, fit_settings, latent_noise, predict, rollout
 
 
 def key_value(name: str) -> bool:
@@ -45,7 +46,7 @@ def anchor_latents(
 
     ddim = DDIMScheduler.from_config(pipe.scheduler.config)
     ddim.set_timesteps(steps)
-    c_anchor, c_empty = encode(pipe, [anchor]), encode(pipe, [""])
+    c_anchor, c_empty = encode_prompts(pipe, [anchor]), encode_prompts(pipe, [""])
     chunks = []
     for start in range(0, n, batch):
         size = min(batch, n - start)
@@ -98,7 +99,7 @@ class ConceptAblation(FinetunedEraser):
             cfg["guidance_scale"], gen,
         )  # fmt: skip
         noise_schedule = DDIMScheduler.from_config(pipe.scheduler.config)  # add_noise: the training q(x_t | x_0)
-        c_targets, c_anchor = encode(pipe, list(targets)), encode(pipe, [cfg["anchor"]])
+        c_targets, c_anchor = encode_prompts(pipe, list(targets)), encode_prompts(pipe, [cfg["anchor"]])
         n, device = int(cfg["batch_size"]), x0.device
 
         def step_loss(trained: nn.Module, gen: torch.Generator) -> torch.Tensor:
@@ -113,5 +114,5 @@ class ConceptAblation(FinetunedEraser):
 
         return finetune(
             pipe, key_value, step_loss, int(cfg["iterations"]), cfg["lr"], gen, self.name,
-            checkpoint, self.checkpoint_every, fingerprint(pipe, self.name, targets, cfg, resolution),
+            checkpoint, self.checkpoint_every, fit_settings(pipe, self.name, targets, cfg, resolution),
         )  # fmt: skip

@@ -14,14 +14,11 @@ ESD-u every other UNet parameter. The paper's setting: 1000 iterations of Adam a
 The artifact is the weight delta W' - W over the trained parameters (`delta.py`), so it also
 applies to other models of the family; the loss of every iteration is in its metadata ("losses").
 
-`finetune` (the loop: trained copy, Adam, progress bar, resumable checkpoints) and `rollout` (the
-guided DDIM sampler) are shared with Concept Ablation.
+The fine-tuning loop and the guided DDIM sampler are shared with Concept Ablation (`finetune.py`).
 """
 
 from __future__ import annotations
 
-import copy
-import json
 from abc import abstractmethod
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -30,12 +27,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
-from spm.files import save_torch_atomic
-from spm.train import encode
+from spm import encode_prompts
 from spmbench.erasers.base import Eraser, require_counts, require_positive
 from spmbench.erasers.delta import applied, save_delta
+from spmbench.erasers.finetune import finetune, fit_settings, latent_noise, predict, rollout
 
 
 def cross_attention(name: str) -> bool:
@@ -52,89 +48,6 @@ VARIANTS: dict[str, Callable[[str], bool]] = {
     "x": cross_attention,  # ESD-x: the cross-attention layers only
     "u": unconditional_layers,  # ESD-u: the rest, but for time embedding and output
 }
-
-
-def predict(unet: nn.Module, x: torch.Tensor, t, cond: torch.Tensor) -> torch.Tensor:
-    """eps(x, t, cond) in float32, whatever the UNet's dtype; `x` is broadcast over the conditions."""
-    x = x.expand(len(cond), -1, -1, -1) if len(x) == 1 else x
-    return unet(x.to(unet.dtype), t, encoder_hidden_states=cond.to(unet.dtype)).sample.float()
-
-
-@torch.no_grad()
-def rollout(
-    unet: nn.Module, ddim, x: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor, guidance: float, steps: int
-) -> torch.Tensor:
-    """The first `steps` of `ddim`'s timesteps of classifier-free guided DDIM sampling from x."""
-    for t in ddim.timesteps[:steps]:
-        e_u, e_c = predict(unet, torch.cat([x, x]), t, torch.cat([uncond, cond])).chunk(2)
-        x = ddim.step(e_u + guidance * (e_c - e_u), t, x).prev_sample
-    return x
-
-
-def latent_noise(pipe, n: int, resolution: int, gen: torch.Generator) -> torch.Tensor:
-    """Pure noise latents for `resolution`-pixel images, drawn on the CPU (reproducible on any device)."""
-    size = resolution // pipe.vae_scale_factor
-    return torch.randn(n, pipe.unet.config.in_channels, size, size, generator=gen).to(pipe.unet.device)
-
-
-def finetune(
-    pipe,
-    trainable: Callable[[str], bool],
-    step_loss: Callable[[nn.Module, torch.Generator], torch.Tensor],
-    iterations: int,
-    lr: float,
-    gen: torch.Generator,
-    desc: str,
-    checkpoint: Path | None = None,
-    checkpoint_every: int = 0,
-    fingerprint: str = "",
-) -> tuple[dict[str, torch.Tensor], list[float]]:
-    """Adam on the `trainable` parameters of a float32 copy of `pipe.unet` (so `pipe` is never
-    touched), one `step_loss(trained_unet, gen)` per iteration. Returns the deltas (trained minus
-    original, by parameter name) and the losses. A checkpoint from the same `fingerprint` is resumed."""
-    trained = copy.deepcopy(pipe.unet).float().requires_grad_(False)
-    params = {name: p for name, p in trained.named_parameters() if trainable(name)}
-    if not params:
-        raise ValueError(f"{desc}: no UNet parameter is selected for training")
-    for p in params.values():
-        p.requires_grad_(True)
-    opt = torch.optim.Adam(params.values(), lr=float(lr))
-    start, losses = _resume(checkpoint, params, opt, gen, fingerprint)
-    bar = tqdm(range(start, iterations), initial=start, total=iterations, desc=desc)
-    for step in bar:
-        loss = step_loss(trained, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.4g}")
-        if checkpoint and checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < iterations:
-            state = {"step": step + 1, "params": [p.detach().cpu() for p in params.values()], "opt": opt.state_dict()}
-            save_torch_atomic(
-                state | {"gen": gen.get_state(), "losses": losses, "fingerprint": fingerprint}, checkpoint
-            )
-    originals = dict(pipe.unet.named_parameters())
-    deltas = {name: p.detach() - originals[name].detach().float() for name, p in params.items()}
-    return deltas, losses
-
-
-def _resume(path: Path | None, params: dict, opt, gen: torch.Generator, fingerprint: str) -> tuple[int, list[float]]:
-    if path is None or not path.exists():
-        return 0, []
-    state = torch.load(path, weights_only=True, map_location="cpu")
-    if state["fingerprint"] != fingerprint:
-        raise ValueError(f"checkpoint {path} is from other settings or targets: delete it to start over")
-    with torch.no_grad():
-        for p, saved in zip(params.values(), state["params"], strict=True):
-            p.copy_(saved)
-    opt.load_state_dict(state["opt"])
-    gen.set_state(state["gen"])
-    return int(state["step"]), list(state["losses"])
-
-
-def fingerprint(pipe, method: str, targets: tuple[str, ...], cfg: dict, resolution: int) -> str:
-    """What a checkpoint was trained for: resuming it under anything else would mix two fits."""
-    return json.dumps([method, list(targets), cfg, resolution, str(pipe.name_or_path)], default=str)
 
 
 class FinetunedEraser(Eraser):
@@ -196,7 +109,7 @@ class ESD(FinetunedEraser):
         gen = torch.Generator().manual_seed(int(cfg["seed"]))
         ddim = DDIMScheduler.from_config(pipe.scheduler.config)
         ddim.set_timesteps(int(cfg["rollout_steps"]))
-        c_targets, c_empty = encode(pipe, list(targets)), encode(pipe, [""])
+        c_targets, c_empty = encode_prompts(pipe, list(targets)), encode_prompts(pipe, [""])
         eta, guidance = cfg["negative_guidance"], cfg["guidance_scale"]
 
         def step_loss(trained: nn.Module, gen: torch.Generator) -> torch.Tensor:
@@ -211,5 +124,5 @@ class ESD(FinetunedEraser):
 
         return finetune(
             pipe, VARIANTS[self.variant], step_loss, int(cfg["iterations"]), cfg["lr"], gen, self.name,
-            checkpoint, self.checkpoint_every, fingerprint(pipe, self.name, targets, cfg, resolution),
+            checkpoint, self.checkpoint_every, fit_settings(pipe, self.name, targets, cfg, resolution),
         )  # fmt: skip

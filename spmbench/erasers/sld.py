@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
+from spm import encode_prompts
 from spm.files import write_text_atomic
-from spm.train import encode
 from spmbench.erasers.base import Eraser
 
 
@@ -104,7 +104,7 @@ class SLD(Eraser):
     def apply(self, pipe, artifacts: list[Path]):
         concept = json.loads(artifacts[0].read_text())["safety_concept"]
         with torch.no_grad():
-            embeds = encode(pipe, [concept])
+            embeds = encode_prompts(pipe, [concept])
         guidance = SafetyGuidance(self.preset, embeds)
         handle = pipe.unet.register_forward_hook(guidance.hook, with_kwargs=True)
 

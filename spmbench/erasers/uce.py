@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from spm import encode_prompts
 from spmbench.erasers.base import Eraser
 from spmbench.erasers.delta import applied, save_delta
 
@@ -34,10 +35,8 @@ def cross_attention_projections(unet: nn.Module) -> dict[str, nn.Linear]:
 def _encode(pipe, prompt: str) -> tuple[torch.Tensor, int]:
     """The text encoder's outputs over the whole padded context, (L, d), and the index of the
     prompt's last word token (0, the start token, for an empty prompt)."""
-    ids = pipe.tokenizer(
-        prompt, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    ).input_ids
-    hidden = pipe.text_encoder(ids.to(pipe.text_encoder.device))[0][0].float()
+    states, ids = encode_prompts(pipe, prompt, return_ids=True)
+    hidden = states[0].float()
     first_end = int((ids[0] == pipe.tokenizer.eos_token_id).nonzero()[0])
     return hidden, first_end - 1
 

@@ -88,7 +88,7 @@ def test_train_refuses_bad_input_before_loading(tiny_dir, tmp_path, no_load, mon
 
 def test_train_refuses_a_checkpoint_from_other_settings(tiny_dir, tmp_path):
     out = tmp_path / "s.safetensors"
-    torch.save({"fingerprint": "other settings"}, tmp_path / "s.safetensors.ckpt.pt")
+    torch.save({"step": 1, "fingerprint": "other settings"}, tmp_path / "s.safetensors.ckpt.pt")
     result = run("train", "--model", tiny_dir, "-t", "x", "--iterations", 1, "--resolution", 16, "--out", out)
     assert_one_line_error(result, "from other settings or targets: delete it")
 

@@ -154,8 +154,6 @@ def test_training_sizes_are_drawn_per_side():
 
 
 def test_legacy_anchors_are_two_random_ones_and_the_empty_prompt_twice(pipe):
-    from spm.train import encode
-
     seen = []
     pipe.unet.register_forward_pre_hook(
         lambda _, args, kwargs: seen.append(kwargs["encoder_hidden_states"].detach()), with_kwargs=True
@@ -163,7 +161,7 @@ def test_legacy_anchors_are_two_random_ones_and_the_empty_prompt_twice(pipe):
     cfg = spm.TrainConfig(iterations=1, num_anchors=5, legacy_anchors=True, **FAST)
     spm.train(pipe, ["snoopy"], config=cfg, progress=False)
     trained = seen[-1]  # the membrane's prediction: the target, then the anchors
-    empty = encode(pipe, [""])[0]
+    empty = spm.encode_prompts(pipe, [""])[0]
     assert len(trained) == 1 + 2 + 2
     assert torch.equal(trained[3], empty) and torch.equal(trained[4], empty)
     assert not torch.equal(trained[1], empty) and not torch.equal(trained[2], empty)

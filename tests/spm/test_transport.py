@@ -38,14 +38,14 @@ def reference_gamma(pipe, prompt, targets, relative=False):
 @pytest.mark.parametrize("similarity", ["paper", "relative"])
 def test_transport_matches_reference(pipe, prompt, similarity):
     targets = [["snoopy"], ["mickey the mouse", "a red car"]]
-    gamma = Transport(targets, pipe.tokenizer, pipe.text_encoder, similarity)([prompt])
+    gamma = Transport(targets, pipe, similarity)([prompt])
     for i, t in enumerate(targets):
         want = reference_gamma(pipe, prompt, t, relative=similarity == "relative")
         assert gamma[0, i].item() == pytest.approx(want, abs=1e-5)
 
 
 def test_known_values(pipe):
-    ft = Transport([["snoopy"], ["mickey the mouse"]], pipe.tokenizer, pipe.text_encoder)
+    ft = Transport([["snoopy"], ["mickey the mouse"]], pipe)
     gamma = ft(["snoopy the dog", "mickey the mouse", "a photo of a cat"])
     assert gamma[0, 0] == 1.0  # every target token present
     assert gamma[1, 1] == pytest.approx(1.0)  # the target itself
@@ -54,8 +54,8 @@ def test_known_values(pipe):
 
 def test_relative_similarity_lowers_unrelated_prompts_only(pipe):
     prompts = ["snoopy the dog", "snoopy", "a photo of a cat", ""]
-    paper = Transport([["snoopy"]], pipe.tokenizer, pipe.text_encoder)(prompts)[:, 0]
-    relative = Transport([["snoopy"]], pipe.tokenizer, pipe.text_encoder, "relative")(prompts)[:, 0]
+    paper = Transport([["snoopy"]], pipe)(prompts)[:, 0]
+    relative = Transport([["snoopy"]], pipe, "relative")(prompts)[:, 0]
     assert relative[:2].tolist() == pytest.approx([1.0, 1.0])  # the target's tokens: full strength
     assert relative[2] < paper[2]
     # The empty prompt shares BOS and padding only; encoded in a batch it may differ from the floor
@@ -65,16 +65,16 @@ def test_relative_similarity_lowers_unrelated_prompts_only(pipe):
 
 def test_unknown_similarity_is_named(pipe):
     with pytest.raises(ValueError, match="paper, relative"):
-        Transport([["snoopy"]], pipe.tokenizer, pipe.text_encoder, "pooled")
+        Transport([["snoopy"]], pipe, "pooled")
 
 
 def test_spm_without_targets_needs_them_for_transport(pipe):
     with pytest.raises(ValueError, match="targets"):
-        Transport([[]], pipe.tokenizer, pipe.text_encoder)
+        Transport([[]], pipe)
 
 
 def test_no_prompts_give_no_rows_and_no_spms_are_an_error(pipe):
-    transport = Transport([["snoopy"], ["mickey"]], pipe.tokenizer, pipe.text_encoder)
+    transport = Transport([["snoopy"], ["mickey"]], pipe)
     assert transport([]).shape == (0, 2)
     with pytest.raises(ValueError, match="at least one SPM"):
-        Transport([], pipe.tokenizer, pipe.text_encoder)
+        Transport([], pipe)

@@ -1,0 +1,47 @@
+"""Prompts -> the states a Stable Diffusion pipeline conditions its UNet on.
+
+The one tokenize-and-encode of `spm` and the tools built on it: training, Facilitated Transport and
+the baselines all condition on exactly what the pipeline itself would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+
+@torch.no_grad()
+def encode_prompts(
+    pipe: DiffusionPipeline, prompts: str | Sequence[str], return_ids: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """The text encoder's conditioning states for `prompts`, as the pipeline computes them.
+
+    Args:
+        pipe: a Stable Diffusion pipeline, or anything with its `tokenizer` and `text_encoder`.
+        prompts: one prompt or several; each is padded (and truncated) to the tokenizer's context.
+        return_ids: also return the token ids.
+
+    Returns:
+        The states (N, L, D), on the text encoder's device and in its dtype; with `return_ids`, the
+        pair (states, ids), the ids (N, L) on the CPU.
+    """
+    tokenizer, text_encoder = pipe.tokenizer, pipe.text_encoder
+    tokens = tokenizer(
+        prompts if isinstance(prompts, str) else list(prompts),
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    )
+    # Masked only where the encoder asks for it, as diffusers' pipelines do (CLIP is not).
+    mask = tokens.attention_mask if getattr(text_encoder.config, "use_attention_mask", False) else None
+    device = text_encoder.device
+    # [0]: the states the UNet is conditioned on (CLIP's last hidden state; a projection for some encoders)
+    states = text_encoder(tokens.input_ids.to(device), attention_mask=None if mask is None else mask.to(device))[0]
+    return (states, tokens.input_ids) if return_ids else states
