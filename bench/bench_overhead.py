@@ -17,38 +17,23 @@ from pathlib import Path
 import torch
 
 import spm
-from spm.layers import MembraneLayer, PermeabilityState, membrane_targets
+from spm.models import SD1_UNET_CONFIG
 
 
 def sd15_unet(device: str, dtype: torch.dtype):
     from diffusers import UNet2DConditionModel
 
-    from spm.models import SD1_UNET_CONFIG
-
     unet = UNet2DConditionModel(**SD1_UNET_CONFIG)
     return unet.to(device, dtype).eval()
 
 
-def wrap(unet, k: int, state: PermeabilityState) -> None:
-    """Attach k random SPMs directly (no pipeline needed: the bench has no text encoder)."""
+def attach_random(unet, k: int) -> spm.AttachedSPMs:
+    """k random SPMs on the bare UNet at fixed gammas (the bench has no text encoder); non-zero up
+    factors, as trained ones are."""
     spms = [spm.SPM.init(unet, [f"concept {i}"], seed=i) for i in range(k)]
-    from spm.adapter import kohya_name
-    from spm.membrane import _set_module
-
-    for path, layer in membrane_targets(unet).items():
-        wrapper = MembraneLayer(layer, state)
-        for s in spms:
-            down, up = s.layers[kohya_name(path)]
-            wrapper.add_branch(down, torch.randn_like(up) * 0.01, s.scale)
-        _set_module(unet, path, wrapper)
-
-
-def unwrap(unet) -> None:
-    from spm.membrane import _set_module
-
-    for path, layer in membrane_targets(unet).items():
-        if isinstance(layer, MembraneLayer):
-            _set_module(unet, path, layer.base_layer)
+    for s in spms:
+        s.layers = {name: (down, torch.randn_like(up) * 0.01) for name, (down, up) in s.layers.items()}
+    return spm.attach(unet, spms, transport=False)
 
 
 @torch.no_grad()
@@ -86,12 +71,13 @@ def main() -> None:
     times: dict[int, list[float]] = {k: [] for k in ks}
     for _ in range(args.repeats):  # rounds interleave the settings, so drift hits all of them alike
         for k in ks:
-            state = PermeabilityState()
-            if k:
-                wrap(unet, k, state)
-                state.gamma = torch.rand(args.prompts, k)  # a row per prompt, tiled over [uncond; cond]
-            times[k].append(time_forward(unet, x, 500, cond, 1))
-            unwrap(unet)
+            if not k:
+                times[k].append(time_forward(unet, x, 500, cond, 1))
+                continue
+            attached = attach_random(unet, k)
+            with attached.permeable(torch.rand(args.prompts, k)):  # a row per prompt, tiled over [uncond; cond]
+                times[k].append(time_forward(unet, x, 500, cond, 1))
+            attached.detach()
     bare = statistics.median(times[0])
     rows = [(k, statistics.median(times[k]), min(times[k]), max(times[k])) for k in ks]
     for k, seconds, _, _ in rows:

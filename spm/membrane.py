@@ -63,44 +63,44 @@ class AttachedSPMs:
 
     def __init__(
         self,
-        pipe: DiffusionPipeline,
+        pipe: DiffusionPipeline | nn.Module,
         spms: Sequence[SPM],
         transport: bool,
         legacy: bool,
         weights: Sequence[float] | None,
         similarity: str = "paper",
     ):
-        self.pipe, self.spms = pipe, list(spms)
+        # A bare UNet (no text side) takes SPMs at fixed weights: timing or merging needs no pipeline.
+        self.pipe, self.unet, self.spms = pipe, getattr(pipe, "unet", pipe), list(spms)
         self.weights = torch.tensor(_weights_for(self.spms, weights))
         self.detached = False
-        if any(isinstance(m, MembraneLayer) for m in pipe.unet.modules()):
+        if transport and not hasattr(pipe, "text_encoder"):
+            raise ValueError(
+                "Facilitated Transport needs the pipeline's text encoder: pass the pipeline, not its UNet"
+            )
+        if any(isinstance(m, MembraneLayer) for m in self.unet.modules()):
             raise ValueError(
                 "this pipeline already has SPMs attached: detach() them first, then attach all SPMs at once"
             )
         fits = [
-            check_fit(s, pipe.unet, f"SPM #{i} ({', '.join(s.targets) or 'no targets'})")
+            check_fit(s, self.unet, f"SPM #{i} ({', '.join(s.targets) or 'no targets'})")
             for i, s in enumerate(self.spms)
         ]
         self.state = PermeabilityState()
         self.state.legacy = legacy
         self.state.default = self.weights[None]  # direct UNet/pipeline calls run at the fixed weights
-        self.transport = (
-            Transport([s.targets for s in self.spms], pipe.tokenizer, pipe.text_encoder, similarity)
-            if transport
-            else None
-        )
-        self.paths = {kohya_name(p): p for p in membrane_targets(pipe.unet)}
+        self.transport = Transport([s.targets for s in self.spms], pipe, similarity) if transport else None
+        self.paths = {kohya_name(p): p for p in membrane_targets(self.unet)}
         for name, layer in fits[0].items():
             wrapper = MembraneLayer(base_of(layer), self.state)
             for spm in self.spms:
                 down, up = spm.layers[name]
                 wrapper.add_branch(down, up, spm.scale)
-            _set_module(pipe.unet, self.paths[name], wrapper)
+            _set_module(self.unet, self.paths[name], wrapper)
 
     @property
     def layers(self) -> dict[str, MembraneLayer]:
-        unet = self.pipe.unet
-        return {name: unet.get_submodule(path) for name, path in self.paths.items()}
+        return {name: self.unet.get_submodule(path) for name, path in self.paths.items()}
 
     def permeability(self, prompts: str | list[str]) -> torch.Tensor:
         """(B, k) gammas: Facilitated Transport times the weights, or the weights alone without FT."""
@@ -122,6 +122,8 @@ class AttachedSPMs:
         """Run the pipeline with each prompt's own permeability (and the same on its negative branch)."""
         if self.detached:
             raise RuntimeError("these SPMs were detached from the pipeline: attach() them again to use them")
+        if self.pipe is self.unet:
+            raise TypeError("these SPMs are attached to a bare UNet: call the UNet itself, within permeable(gamma)")
         gamma = self.permeability(prompt).repeat_interleave(num_images_per_prompt, dim=0)
         with self.permeable(gamma):
             return self.pipe(prompt=prompt, num_images_per_prompt=num_images_per_prompt, **pipe_kwargs)
@@ -131,7 +133,7 @@ class AttachedSPMs:
         if self.detached:
             return
         for name, layer in self.layers.items():
-            _set_module(self.pipe.unet, self.paths[name], layer.base_layer)
+            _set_module(self.unet, self.paths[name], layer.base_layer)
         self.detached = True
 
 
@@ -147,7 +149,7 @@ def _weights_for(spms: Sequence[SPM], weights: Sequence[float] | None) -> list[f
 
 
 def attach(
-    pipe: DiffusionPipeline,
+    pipe: DiffusionPipeline | nn.Module,
     spms: SPM | Sequence[SPM],
     transport: bool = True,
     legacy: bool = False,
@@ -157,7 +159,8 @@ def attach(
     """Attach one or more SPMs to a Stable Diffusion pipeline (any with unet/tokenizer/text_encoder).
 
     Args:
-        pipe: a diffusers pipeline.
+        pipe: a diffusers pipeline; or a bare UNet with `transport=False`, called directly within
+            `permeable(gamma)` (a benchmark of the UNet forward needs no text side).
         spms: the SPMs; each keeps its own branch (gamma_i s_i U_i D_i x).
         transport: Facilitated Transport on (per-prompt gamma) or off (gamma = weights).
         legacy: reproduce the released code's gamma^2 and factor-sum combination.

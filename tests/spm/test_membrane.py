@@ -21,10 +21,7 @@ def random_spm(unet, targets=("snoopy",), seed=0, scale=0.5):
 
 
 def unet_out(pipe, prompts, seed=0):
-    ids = pipe.tokenizer(
-        prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length, return_tensors="pt"
-    ).input_ids
-    cond = pipe.text_encoder(ids)[0]
+    cond = spm.encode_prompts(pipe, prompts)
     x = torch.randn(len(prompts), 4, 8, 8, generator=torch.Generator().manual_seed(seed))
     return pipe.unet(x, 500, encoder_hidden_states=cond).sample
 
@@ -52,10 +49,7 @@ def test_per_sample_gamma_in_a_batch_equals_one_prompt_at_a_time(pipe):
     x = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     for i, p in enumerate(prompts):
         with attached.permeable(gamma[i : i + 1]):
-            ids = pipe.tokenizer(
-                [p], padding="max_length", max_length=pipe.tokenizer.model_max_length, return_tensors="pt"
-            ).input_ids
-            single = pipe.unet(x[i : i + 1], 500, encoder_hidden_states=pipe.text_encoder(ids)[0]).sample
+            single = pipe.unet(x[i : i + 1], 500, encoder_hidden_states=spm.encode_prompts(pipe, [p])).sample
         torch.testing.assert_close(batch[i : i + 1], single, rtol=1e-4, atol=1e-5)
     with attached.permeable(torch.ones(1, 2)):
         assert not torch.allclose(unet_out(pipe, prompts), batch)
@@ -152,3 +146,23 @@ def test_detached_spms_refuse_to_run_and_detach_twice_is_harmless(pipe):
     with pytest.raises(RuntimeError, match="attach\\(\\) them again"):
         attached("snoopy", **KW)
     assert not any(isinstance(m, MembraneLayer) for m in pipe.unet.modules())
+
+
+def test_a_bare_unet_takes_spms_at_given_gammas(pipe):
+    """What a benchmark of the UNet forward needs: no text side, gammas set with permeable()."""
+    s, prompts, gamma = random_spm(pipe.unet), ["snoopy the dog", "a photo of a cat"], torch.tensor([[1.0], [0.25]])
+    bare_output = unet_out(pipe, prompts)
+    through_pipeline = spm.attach(pipe, s, transport=False)
+    with through_pipeline.permeable(gamma):
+        expected = unet_out(pipe, prompts)
+    through_pipeline.detach()
+    attached = spm.attach(pipe.unet, s, transport=False)
+    with attached.permeable(gamma):
+        output = unet_out(pipe, prompts)
+    assert torch.equal(output, expected) and not torch.equal(output, bare_output)
+    with pytest.raises(TypeError, match="bare UNet: call the UNet itself"):
+        attached(prompts)
+    attached.detach()
+    assert torch.equal(unet_out(pipe, prompts), bare_output)
+    with pytest.raises(ValueError, match="Facilitated Transport needs the pipeline's text encoder"):
+        spm.attach(pipe.unet, s)
