@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import torch
 
 
@@ -16,12 +18,30 @@ CORPUS = [
 ]
 
 
-def tiny_tokenizer():
-    """A CLIP BPE tokenizer trained on a few sentences (the same construction as the toy world's)."""
-    from spmbench.toy.models import build_tokenizer
+def bpe_tokenizer(texts: list[str], vocab_size: int, max_length: int):
+    """A CLIP-style BPE tokenizer (`</w>` word ends, printable-ASCII base) trained on `texts`. The
+    library's tests build their own: spm and its tests never depend on the benchmark's toy world."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import CLIPTokenizer
 
-    # Its own 20-token context: the tests' fixtures stay fixed when the toy world's context changes.
-    return build_tokenizer(CORPUS * 5, vocab_size=250, max_length=20)
+    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
+    bpe.normalizer = normalizers.Lowercase()
+    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
+    bpe.train_from_iterator(
+        texts, trainers.BpeTrainer(vocab_size=vocab_size, end_of_word_suffix="</w>", show_progress=False)
+    )
+    merges = [
+        tuple(m) if not isinstance(m, str) else tuple(m.split()) for m in json.loads(bpe.to_str())["model"]["merges"]
+    ]
+    base = [chr(c) for c in range(33, 127)]
+    tokens = base + [c + "</w>" for c in base] + [a + b for a, b in merges] + ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {t: i for i, t in enumerate(dict.fromkeys(tokens))}
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
+
+
+def tiny_tokenizer():
+    """A CLIP BPE tokenizer trained on a few sentences, with a 20-token context."""
+    return bpe_tokenizer(CORPUS * 5, vocab_size=250, max_length=20)
 
 
 def tiny_components(seed: int = 0, cross_dim: int = 16):
