@@ -176,30 +176,16 @@ def _released_problem(eraser) -> str | None:
     return None
 
 
-class _Reached(BaseException):
-    """A fit got past its settings to real work (BaseException: no fit's own handler catches it)."""
-
-
-class _Probe:
-    """A pipeline stand-in: a fit checks its settings before it first touches the pipeline."""
-
-    def __getattr__(self, name: str):
-        raise _Reached
-
-
 def _settings_problems(models, apps, erasers) -> list[str]:
-    """Every spec's eraser_settings, checked by the eraser's own fit, as a run would check them."""
+    """Every spec's eraser_settings, checked by the eraser as a run would check them."""
     by_key: dict[str, object] = {}
     for e in erasers:  # by name: 'spm' comes before 'spm-noft' and 'spm-rel', which share its settings
-        by_key.setdefault(getattr(e, "fit_key", e.name), e)
-    specs = [(m.origin, m.eraser_settings, m.resolution) for m in models]
-    specs += [(a.path, a.eraser_settings, 512) for a in apps]
+        by_key.setdefault(e.fit_key, e)
+    specs = [(m.origin, m.eraser_settings) for m in models] + [(a.path, a.eraser_settings) for a in apps]
     problems = []
-    for origin, settings, resolution in specs:
+    for origin, settings in specs:
         for key, chosen in settings.items():
-            problem = (
-                _settings_problem(by_key[key], chosen, resolution) if key in by_key else _unknown_key(key, by_key)
-            )
+            problem = _settings_problem(by_key[key], chosen) if key in by_key else _unknown_key(key, by_key)
             if problem:
                 problems.append(f"{origin}: eraser_settings.{key}: {problem}")
     return problems
@@ -213,20 +199,12 @@ def _unknown_key(key: str, by_key: dict) -> str:
     return f"no such eraser; use one of {', '.join(by_key)}"
 
 
-def _settings_problem(eraser, settings: dict, resolution: int) -> str | None:
-    import tempfile
-
-    targets = tuple(getattr(eraser, "targets", ("probe",)))  # a released checkpoint's own targets
-    with tempfile.TemporaryDirectory() as workdir:
-        try:
-            eraser.fit(_Probe(), targets, Path(workdir), resolution, settings)
-        except _Reached:
-            return None
-        except TypeError as e:
-            return f"{e} (a setting of the wrong type?)"
-        except (ValueError, OSError) as e:
-            return str(e)
-    return f"eraser {eraser.name!r} takes no settings" if settings else None
+def _settings_problem(eraser, settings: dict) -> str | None:
+    try:
+        eraser.check_settings(settings)
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 def _app_problems(a, judge_settings: dict) -> list[str]:
@@ -314,7 +292,7 @@ def run(
         for a in chosen_apps:  # every application's concepts, before any work
             _fail_on(_concept_problem(a, judge_settings))
         for a in chosen_apps:
-            cells = runner.plan(a, chosen_models, erasers)
+            cells = runner.plan(a, chosen_models, erasers, out / a.name)
             typer.echo(f"{a.name}: {len(cells)} cells")
             if dry_run:
                 for cell in cells:

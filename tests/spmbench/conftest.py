@@ -1,4 +1,7 @@
+import dataclasses
+
 import pytest
+import yaml
 
 from spmbench.toy.cli import main as train_main
 
@@ -30,3 +33,32 @@ def smoke_world(tmp_path_factory):
     args = ["--out", str(root / "weights"), "--workdir", str(root / "work"), *SMOKE_ARGS]
     train_main(args)
     return root, args
+
+
+# Fits of a few steps, for runs on stand-in models: every line of every fit runs, nothing is erased.
+FAST_FITS = {
+    "spm": {"iterations": 2, "rollout_steps": 4, "warmup_steps": 1},
+    "esd-x": {"iterations": 2, "rollout_steps": 4},
+    "esd-u": {"iterations": 2, "rollout_steps": 4},
+    "ca": {"iterations": 2, "batch_size": 2, "anchor_images": 2, "sample_steps": 2},
+}
+
+
+@pytest.fixture()
+def toy_weights(smoke_world, monkeypatch, tmp_path):
+    """The smoke-trained world in place of the shipped one, with model specs whose fits take two steps."""
+    import spmbench.models
+
+    root, _ = smoke_world
+    monkeypatch.setattr(spmbench.models, "TOY_WEIGHTS", root / "weights")  # where the toy judge is
+    specs = tmp_path / "model-specs"
+    specs.mkdir()
+    for path in spmbench.models.MODELS_DIR.glob("*.yaml"):
+        data = yaml.safe_load(path.read_text())
+        if data.get("eraser_settings"):
+            data["eraser_settings"] = FAST_FITS
+        if data["world"] == "toy":
+            data["source"] = str(root / "weights" / data["name"])
+        (specs / path.name).write_text(yaml.safe_dump(data))
+    monkeypatch.setattr(spmbench.models, "MODELS", dataclasses.replace(spmbench.models.MODELS, shipped=specs))
+    return root / "weights"

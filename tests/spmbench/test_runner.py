@@ -1,6 +1,5 @@
 """`spmbench run` end to end on the smoke-trained toy world: every stage, resumability, reports."""
 
-import dataclasses
 import json
 import re
 import shutil
@@ -9,27 +8,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-import spmbench.models
 from spmbench import runner
 from spmbench.cli import app
-
-
-@pytest.fixture()
-def toy_weights(smoke_world, monkeypatch, tmp_path):
-    """The smoke-trained world, with model specs whose SPM fitting takes two steps."""
-    root, _ = smoke_world
-    monkeypatch.setattr(spmbench.models, "TOY_WEIGHTS", root / "weights")  # where the toy judge is
-    specs = tmp_path / "model-specs"
-    specs.mkdir()
-    for path in spmbench.models.MODELS_DIR.glob("*.yaml"):
-        data = yaml.safe_load(path.read_text())
-        if data.get("eraser_settings"):
-            data["eraser_settings"] = {"spm": {"iterations": 2, "rollout_steps": 4}}
-        if data["world"] == "toy":
-            data["source"] = str(root / "weights" / data["name"])
-        (specs / path.name).write_text(yaml.safe_dump(data))
-    monkeypatch.setattr(spmbench.models, "MODELS", dataclasses.replace(spmbench.models.MODELS, shipped=specs))
-    return root / "weights"
 
 
 def invoke(*args):
