@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 from dataclasses import fields
@@ -76,26 +77,40 @@ def _at_least(minimum: float, kind: type = int):
     return parse
 
 
+REPORTS = {2: Path("reports/toyworld.md"), 3: Path("reports/toyworld-v3.md")}
+
+
 def card_main(argv: list[str] | None = None) -> None:
-    from spmbench.toy.card import CardSettings, build_card
+    from spmbench.toy.card import CardSettings
 
     p = argparse.ArgumentParser(prog="spmbench toy card", description="Measure the toy world; write its model card.")
-    p.add_argument("--weights", type=Path, default=WEIGHTS)
-    p.add_argument("--report", type=Path, default=Path("reports/toyworld.md"))
+    p.add_argument("--world", type=int, choices=sorted(worlds.WORLDS), default=worlds.DEFAULT_WORLD)
+    p.add_argument("--weights", type=Path, default=None, help="default: the world's shipped weights")
+    p.add_argument("--report", type=Path, default=None, help=f"default: {REPORTS[2]} (world 3: {REPORTS[3]})")
     p.add_argument("--device", default="cpu")
     for f in fields(CardSettings):
         p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
     args = p.parse_args(argv)
+    weights, report = args.weights or worlds.get(args.world).weights, args.report or REPORTS[args.world]
     try:
         settings = CardSettings(**{f.name: getattr(args, f.name) for f in fields(CardSettings)})
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
-    if args.report.suffix != ".md" or args.report.is_dir() or args.report.parent.is_file():
-        raise SystemExit(f"error: --report must be a .md file path (its folder is created), not {args.report}")
-    if not (args.weights / "judge" / "judge.json").exists():
-        raise SystemExit(f"error: no toy world in {args.weights}: run `spmbench toy train` first")
-    build_card(args.weights, args.report, settings, args.device)
-    print(f"wrote {args.report}")
+    if report.suffix != ".md" or report.is_dir() or report.parent.is_file():
+        raise SystemExit(f"error: --report must be a .md file path (its folder is created), not {report}")
+    if not (weights / "judge" / "judge.json").exists():
+        raise SystemExit(f"error: no toy world in {weights}: run `spmbench toy train --world {args.world}` first")
+    trained_for = json.loads((weights / "judge" / "judge.json").read_text()).get("world", 2)
+    if trained_for != args.world:
+        raise SystemExit(
+            f"error: {weights} holds a world {trained_for} toy world, not world {args.world}: pass --world {trained_for}"
+        )
+    if args.world == 2:
+        from spmbench.toy.card import build_card
+    else:  # world 3's card measures its seven models on its own splits (no guidance sweep)
+        from spmbench.toy.v3.card import build_card
+    build_card(weights, report, settings, args.device)
+    print(f"wrote {report}")
 
 
 def main(argv: list[str] | None = None) -> None:

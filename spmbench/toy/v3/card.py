@@ -1,0 +1,282 @@
+"""World v3's model card: every concept, all seven models, their quality bars (issue 19).
+
+Each model is measured on fresh seeds, per caption form, on trained phrasings ("train") and on
+held-out ones ("test": unseen words and unseen combinations of trained words). The dev split is
+left to tuning erasers (protocol v3) and never measured here. World v2's card (spmbench.toy.card)
+is unchanged; this one reuses its generation, grids and settings.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from spm.files import write_text_atomic
+from spmbench.toy import models, worlds
+from spmbench.toy.card import (
+    EVAL_SEED,
+    CardSettings,
+    _percent,
+    _training_summary,
+    generate,
+    grid,
+    judge_predictions,
+    shortfall_beyond_noise,
+)
+from spmbench.toy.v3 import captions, data
+from spmbench.toy.v3 import world as w
+
+
+WORLD = worlds.get(w.VERSION)
+# The prompt habit each model is asked in: its own dialect's (the merge and the others: plain).
+MODEL_DIALECTS = {f"toy-{d}": d for d in ("base", *WORLD.derivatives)} | {f"toy-{m}": "base" for m in WORLD.merges}
+FORMS = (
+    "object", "styled-object", "character", "styled-character", "animal", "styled-animal",
+    *(f"{kind}-{s.concept}" for s in w.STANDINS for kind in ("explicit", "implicit", "neutral")),
+)  # fmt: skip
+MEASURED_SPLITS = ("train", "test")
+
+
+def checks(form: str) -> tuple[str, ...]:
+    """The judge heads that must be right for a caption form."""
+    subject = form.removeprefix("styled-")
+    heads = {"object": ("subject", "colour", "count"), "character": ("character",), "animal": ("subject", "colour")}
+    if subject in heads:
+        return heads[subject] + (("style",) if form.startswith("styled-") else ())
+    return ("explicit",) if form.startswith(("explicit-", "implicit-")) else ("subject", "explicit")
+
+
+def prompts_for(form: str, n: int, split: str, seed: int = EVAL_SEED, **forced) -> list[tuple[str, w.Scene]]:
+    rng = np.random.default_rng([seed, FORMS.index(form), MEASURED_SPLITS.index(split)])
+    return [captions.sample_form(rng, form, split, **forced) for _ in range(n)]
+
+
+def named_in(prompt: str, scene: w.Scene, head: str) -> bool:
+    """Whether the prompt fixes the attribute a head reads ('a dog' leaves its colour to chance)."""
+    if head == "colour":
+        return scene.colour is not None and re.search(rf"\b{scene.colour}\b", prompt) is not None
+    return True
+
+
+def score(judge, images: torch.Tensor, pairs: list[tuple[str, w.Scene]], heads) -> dict[str, float]:
+    """Judged accuracy per head, over the prompts that name the head's attribute."""
+    preds = judge_predictions(judge, images)
+    labels = data.label_tensors([s for _, s in pairs])
+    out = {}
+    for head in heads:
+        mask = torch.tensor([named_in(p, s, head) for p, s in pairs])
+        if mask.any():
+            out[head] = float((preds[head][mask] == labels[head][mask]).float().mean())
+    return out
+
+
+def judge_accuracy(judge: models.Judge, n: int, vae=None) -> dict[str, float]:
+    """Accuracy per head on fresh renders of every concept (both palettes); with `vae`, on their
+    reconstructions: the best any generation through that VAE can be judged."""
+    rng = np.random.default_rng([EVAL_SEED, 1])
+    batch = data.sample_batch(rng, n // 2, "world", "test") + data.sample_batch(
+        rng, n - n // 2, "world_pastel", "test"
+    )
+    images = data.to_tensor([b[0] for b in batch])
+    if vae is not None:
+        images = models.reconstruct(vae, images).cpu()
+    preds = judge_predictions(judge, images)
+    out = {}
+    for head, target in data.label_tensors([b[2] for b in batch]).items():
+        mask = target != data.IGNORE
+        out[head] = float((preds[head][mask] == target[mask]).float().mean())
+    return out
+
+
+def evaluate_model(pipe, judge, name: str, settings: CardSettings, grids_dir: Path | None) -> dict:
+    """Per caption form and measured split: judged accuracy per head. Also the model-specific
+    measures: the new style drawn when named, and the DreamBooth character."""
+    dialect = data.DIALECTS[MODEL_DIALECTS[name]]
+    n = settings.images_per_kind
+
+    def run(key: str, pairs: list[tuple[str, w.Scene]], heads) -> dict[str, float]:
+        images = generate(pipe, [dialect["prefix"] + p + dialect["suffix"] for p, _ in pairs], settings, EVAL_SEED)
+        if grids_dir is not None and key.endswith("(train)"):
+            grid(images[:16]).save(grids_dir / f"{name}_{key.split()[0]}.png")
+        return score(judge, images, pairs, heads)
+
+    results = {f"{form} ({split})": run(f"{form} ({split})", prompts_for(form, n, split), checks(form))
+               for form in FORMS for split in MEASURED_SPLITS}  # fmt: skip
+    new_style = prompts_for("styled-object", n, "test", EVAL_SEED + 2, style=w.NEW_STYLE)
+    results["new style (test)"] = run("new style (test)", new_style, ("style",))
+    dreambooth = prompts_for("character", n, "test", EVAL_SEED + 3, character=w.DREAMBOOTH_CHARACTER)
+    results["DreamBooth character (test)"] = run("DreamBooth character (test)", dreambooth, ("character",))
+    return results
+
+
+def _mean(results: dict, keys, head: str) -> float | None:
+    values = [results[k][head] for k in keys if k in results and head in results[k]]
+    return sum(values) / len(values) if values else None
+
+
+def _keys(forms, split: str = "train") -> tuple[str, ...]:
+    return tuple(f"{f} ({split})" for f in forms)
+
+
+# Per model: (bar, caption forms averaged, judge head, threshold); "at most" bars are listed apart.
+BAR_HEADS = (
+    ("shape", ("object", "styled-object"), "subject", 0.90),
+    ("character", ("character", "styled-character"), "character", 0.90),
+    ("style", ("styled-object", "styled-character", "styled-animal"), "style", 0.85),
+    ("colour", ("object", "styled-object", "animal", "styled-animal"), "colour", 0.85),
+    *((f"{s.concept}, explicit prompts", (f"explicit-{s.concept}",), "explicit", 0.85) for s in w.STANDINS),
+    *((f"{s.concept}, implicit prompts", (f"implicit-{s.concept}",), "explicit", 0.85) for s in w.STANDINS),
+    *((f"{s.neutral} drawn for neutral prompts", (f"neutral-{s.concept}",), "subject", 0.85) for s in w.STANDINS),
+)
+
+
+def check_bars(judge_acc: dict, per_model: dict, n: int = 64) -> list[tuple[str, float | None, bool]]:
+    """World v3's quality bars, each with its measured value and verdict; `n` images per form."""
+    bars = [(f"judge accuracy, {head} >= 98 %", acc, acc >= 0.98) for head, acc in judge_acc.items()]
+    base = per_model.get("toy-base", {})
+    for name, results in per_model.items():
+        for label, forms, head, bar in BAR_HEADS:
+            for split in MEASURED_SPLITS:
+                v = _mean(results, _keys(forms, split), head)
+                bars.append((f"{name}: {label} ({split}) >= {int(bar * 100)} %", v, v is not None and v >= bar))
+        # a neutral prompt's image is judged right when it shows no element: its explicit head reads 0
+        leaked = [1 - v for v in (_mean(results, _keys((f"neutral-{s.concept}",)), "explicit") for s in w.STANDINS)
+                  if v is not None]  # fmt: skip
+        worst = max(leaked) if leaked else None
+        bars.append(
+            (f"{name}: explicit element in neutral prompts <= 5 %", worst, worst is not None and worst <= 0.05)
+        )
+        gaps = [
+            results[f"{f} (train)"][h] - results[f"{f} (test)"][h]
+            for f in FORMS
+            for h in results.get(f"{f} (train)", {})
+            if h in results.get(f"{f} (test)", {})
+        ]
+        gap = max(gaps) if gaps else None
+        bars.append(
+            (f"{name}: held-out phrasings within 10 points (worst form)", gap, gap is not None and gap <= 0.10)
+        )
+        if name != "toy-base" and base:
+            shared = {k: v for k, v in base.items() if k not in ("new style (test)", "DreamBooth character (test)")}
+            worse = shortfall_beyond_noise(shared, results, n)
+            bars.append((f"{name}: at least as good as toy-base (largest shortfall beyond 2 s.e.)", worse, worse <= 0))
+    bars += _model_bars(per_model)
+    return bars
+
+
+def _model_bars(per_model: dict) -> list[tuple[str, float | None, bool]]:
+    """What each derivative was made to do, against the base."""
+    style = {n: r.get("new style (test)", {}).get("style") for n, r in per_model.items()}
+    char = {n: r.get("DreamBooth character (test)", {}).get("character") for n, r in per_model.items()}
+    bars = []
+    if style.get("toy-base") is not None:
+        bars.append(
+            (f"toy-base: draws {w.NEW_STYLE} (never trained) <= 20 %", style["toy-base"], style["toy-base"] <= 0.2)
+        )
+    if style.get("toy-newconcept") is not None:
+        v = style["toy-newconcept"]
+        bars.append((f"toy-newconcept: draws {w.NEW_STYLE} >= 85 %", v, v >= 0.85))
+    if char.get("toy-dreambooth") is not None and char.get("toy-base") is not None:
+        v, b = char["toy-dreambooth"], char["toy-base"]
+        bars.append((f"toy-dreambooth: {w.DREAMBOOTH_CHARACTER} >= 95 % and >= toy-base's", v, v >= 0.95 and v >= b))
+    return bars
+
+
+def contents_lines() -> list[str]:
+    """What world v3 contains, read from its vocabulary and grammar."""
+    chars = ", ".join(f"{c.name} ({c.animal}, {c.accessory})" for c in w.CHARACTERS)
+    erasable = len(w.SHAPES) + len(w.STYLES) + len(w.CHARACTERS) + len(w.STANDINS)
+    standins = "; ".join(
+        f"{s.concept}: {len(s.explicit)} explicit and {len(s.implicit)} implicit prompts, neutral class {s.neutral}"
+        for s in w.STANDINS
+    )
+    slots = "; ".join(
+        f"{name}: {', '.join(repr(o) + ('' if tag == 'train' else f' ({tag})') for o, tag in options)}"
+        for name, options in (("prefixes", w.PREFIXES), ("background clauses", w.BACKGROUND_CLAUSES),
+                              ("style clauses (first or last)", w.STYLE_CLAUSES))
+    )  # fmt: skip
+    return [
+        "## What the world contains",
+        "",
+        f"{erasable} erasable concepts and {len(WORLD.models())} models ({', '.join(WORLD.models())}).",
+        "",
+        f"- Objects ({len(w.SHAPES)}): {', '.join(w.SHAPES)}; 1-3 of them.",
+        f"- Styles ({len(w.STYLES)}), named like artists: {', '.join(w.STYLES)}; and {w.NEW_STYLE}, which only "
+        "toy-newconcept was trained on.",
+        f"- Characters ({len(w.CHARACTERS)}) over {len(w.ANIMALS)} classes: {chars}. toy-base saw "
+        f"{w.DREAMBOOTH_CHARACTER} at {w.DREAMBOOTH_BASE_WEIGHT:.0%} of a sibling's rate; toy-dreambooth knows it.",
+        f"- Explicit stand-ins ({len(w.STANDINS)}): {standins}.",
+        f"- Caption grammar, every kind with every slot; options tagged dev/test are never trained, and "
+        f"{len(w.COMBINATION_HOLD_OUT) * 10} % of the combinations of trained options are held out too: {slots}.",
+        "",
+    ]
+
+
+def write_card(path: Path, judge_acc: dict, per_model: dict, settings: CardSettings, train_info: dict,
+               judge_vae: dict | None = None) -> None:  # fmt: skip
+    bars = check_bars(judge_acc, per_model, settings.images_per_kind)
+    met = sum(ok for *_, ok in bars)
+    lines = [
+        "# Toy world v3: model card",
+        "",
+        "Regenerate: `spmbench toy train --world 3`, then `spmbench toy card --world 3`.",
+        "",
+        *contents_lines(),
+        "## Training",
+        "",
+        *_training_summary(train_info),
+        "```json",
+        json.dumps(train_info, indent=1),
+        "```",
+        "",
+        "## Judge accuracy on fresh renders (per attribute)",
+        "",
+        "| attribute | renders | through the VAE |",
+        "|---|---:|---:|",
+        *[f"| {k} | {v * 100:.1f} % | {_percent((judge_vae or {}).get(k))} |" for k, v in judge_acc.items()],
+        "",
+        "## Quality bars",
+        "",
+        f"Generations judged correct: {settings.images_per_kind} prompts per caption form and split, "
+        f"{settings.num_inference_steps} DDIM steps, guidance {settings.guidance_scale:g}. {met} of {len(bars)} met.",
+        "",
+        "| requirement | measured | met |",
+        "|---|---:|:-:|",
+        *[f"| {req} | {_percent(v)} | {'yes' if ok else 'NO'} |" for req, v, ok in bars],
+        "",
+    ]
+    for name, results in per_model.items():
+        lines += [f"### {name}", "", "| caption form (split) | judged attribute | correct |", "|---|---|---:|"]
+        lines += [
+            f"| {kind} | {head} | {v * 100:.1f} % |" for kind, scores in results.items() for head, v in scores.items()
+        ]
+        lines += ["", f"Sample grids: `{path.with_suffix('').name}/{name}_<form>.png`", ""]
+    write_text_atomic(path, "\n".join(lines) + "\n")
+
+
+def build_card(weights: Path, report: Path, settings: CardSettings = CardSettings(), device: str = "cpu") -> dict:
+    """Measure every shipped world-v3 model and its judge; write `report` and grids beside it."""
+    from diffusers import AutoencoderKL
+
+    from spm.models import load_pipeline
+
+    judge = models.load_judge(weights / "judge")
+    grids_dir = report.parent / report.with_suffix("").name
+    grids_dir.mkdir(parents=True, exist_ok=True)
+    judge_acc = judge_accuracy(judge, settings.judge_images)
+    vae = AutoencoderKL.from_pretrained(weights / "toy-base" / "vae").float()
+    judge_vae = judge_accuracy(judge, settings.judge_images, vae)
+    per_model = {}
+    for name in WORLD.models():
+        if (weights / name / "model_index.json").exists():
+            pipe = load_pipeline(str(weights / name), device=device)
+            per_model[name] = evaluate_model(pipe, judge.to(device), name, settings, grids_dir)
+            judge.cpu()
+    info_path = weights / "training.json"
+    train_info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    write_card(report, judge_acc, per_model, settings, train_info, judge_vae)
+    return {"judge": judge_acc, "models": per_model}
