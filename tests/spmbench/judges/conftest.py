@@ -93,3 +93,42 @@ def vit_classifier_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def toy_judge_dir(tmp_path_factory):
     return save_toy_judge(tmp_path_factory.mktemp("toy-judge"))
+
+
+@pytest.fixture()
+def run_real_app(tiny_dir, tmp_path, monkeypatch):
+    """run(app, *options): `spmbench run --app APP` through the CLI on a tiny SD registered as a real
+    model ('tiny-real', family sd1) with negprompt, 1-2 prompts per set; the published prompt files
+    are read from the shared copy (offline). Returns (CLI result, run folder, report folder)."""
+    from typer.testing import CliRunner
+
+    from spmbench.cli import app
+    from tests.spmbench.test_prompts import BENCH
+
+    models = tmp_path / "models"
+    models.mkdir()
+    spec = f"name: tiny-real\nsource: {tiny_dir}\nfamily: sd1\nworld: real\nresolution: 32\nnum_inference_steps: 2\n"
+    (models / "tiny-real.yaml").write_text(spec)
+    monkeypatch.setenv("SPMBENCH_MODELS", str(models))
+    (tmp_path / "cache" / "prompts").mkdir(parents=True)
+    for published in BENCH.glob("*.csv"):
+        (tmp_path / "cache" / "prompts" / published.name).symlink_to(published)
+    monkeypatch.setenv("SPMBENCH_CACHE", str(tmp_path / "cache"))
+    runs, reports = tmp_path / "runs", tmp_path / "reports"
+
+    def run(app_name: str, *options: str, limit: int = 2):
+        args = [
+            "run",
+            "--app",
+            app_name,
+            "--models",
+            "tiny-real",
+            "--erasers",
+            "none,negprompt",
+            "--limit",
+            str(limit),
+        ]
+        result = CliRunner().invoke(app, [*args, "--out", str(runs), "--reports", str(reports), *options])
+        return result, runs / app_name, reports / app_name
+
+    return run

@@ -117,32 +117,34 @@ def test_a_judge_without_features_measures_alteration_on_the_worlds_declared_sou
     assert judges.alteration_features(clip, "real")() is clip  # a judge with features uses its own
 
 
-def _cell(folder, rows, images):
+def _cell(cell, rows, images):
     from PIL import Image
 
-    (folder / "images").mkdir(parents=True)
+    cell.images.mkdir(parents=True)
     for row, image in zip(rows, images):
-        array = (image.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
-        Image.fromarray(array).save(folder / "images" / f"{row.prompt_id}.png")
-    return folder
+        Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype("uint8")).save(cell.image(row))
+    return cell
 
 
 def test_measure_alteration_uses_the_declared_source_and_only_when_there_is_something_to_measure(
     clip_dir, tmp_path, images
 ):
-    from spmbench.runner import measure_alteration
+    from spmbench.models import ModelSpec
+    from spmbench.runner import Cell, measure_alteration
 
     target = [PromptRow(f"target-{i}", "target", "nudity", "p", i) for i in range(2)]
     kept = [PromptRow(f"coco-{i}", "coco", "nudity", "q", i) for i in range(2)]
-    erased = _cell(tmp_path / "erased", target + kept, [*images, *images.flip(-1)])
-    original = _cell(tmp_path / "original", target + kept, [*images, *images])
+    model = ModelSpec(name="tiny", source="unused", family="sd1", world="real")
+    erased = _cell(Cell(model, ("nudity",), "negprompt", tmp_path), target + kept, [*images, *images.flip(-1)])
+    _cell(erased.original, target + kept, [*images, *images])
+    same = _cell(Cell(model, ("nudity",), "sld-max", tmp_path), target + kept, [*images, *images])
 
     def never():
         raise AssertionError("no non-target prompts: the feature source must not be loaded")
 
-    assert measure_alteration(never, target, erased, original) is None
+    assert measure_alteration(never, target, erased) is None
     features = judges.alteration_features(judges.build("nudenet"), "real", {"clip": {"model": str(clip_dir)}})
-    measured = measure_alteration(features, target + kept, erased, original)
+    measured = measure_alteration(features, target + kept, erased)
     assert set(measured) == {"paired_feature_distance", "fid_judge_features"}
     assert measured["paired_feature_distance"] > 0  # the kept images were flipped
-    assert measure_alteration(features, target + kept, original, original)["paired_feature_distance"] == 0
+    assert measure_alteration(features, target + kept, same)["paired_feature_distance"] == 0

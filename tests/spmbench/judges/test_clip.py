@@ -33,3 +33,21 @@ def test_score_and_accuracy_match_a_hand_computation(clip_dir):
     expected = [bool(logits[i, i] > logits[i, 3]) for i in range(3)]
     assert judge.present(images, concepts) == expected
     assert judge.features(images).shape == (3, 8)
+
+
+def test_real_concept_runs_end_to_end_through_the_cli_with_the_judges_settings(run_real_app, clip_dir):
+    """The CLIP judge chosen by the application and given its model through -J: judged, and its own
+    image features measure alteration."""
+    import json
+
+    result, runs, reports = run_real_app("real-concept", "-J", f"clip.model={clip_dir}", limit=1)
+    assert result.exit_code == 0, result.output
+    assert "gives no image features" not in result.output
+    stored = json.loads((runs / "cells" / "tiny-real" / "negprompt" / "snoopy" / "result.json").read_text())
+    assert set(stored["rates"]) == {"target", "near", "far"}
+    assert set(stored["alteration"]) == {"paired_feature_distance", "fid_judge_features"}
+    assert stored["alteration_features"] == json.loads((runs / "judge.json").read_text())["judge"]
+    assert str(clip_dir) in stored["alteration_features"]
+    scores = (runs / "cells" / "tiny-real" / "none" / "original" / "scores.jsonl").read_text().splitlines()
+    assert all("clip_score" in json.loads(line) for line in scores)
+    assert "judge: clip" in (reports / "real-concept.md").read_text()

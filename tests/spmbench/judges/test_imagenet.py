@@ -140,3 +140,17 @@ def test_the_registry_builds_the_judge_and_validate_checks_classes_against_its_l
     assert result.exit_code == 2 and "object.yaml: the classifier has no class named 'tench'" in result.output
     result = CliRunner().invoke(app, ["validate", "--classifier", str(tmp_path / "absent")])
     assert result.exit_code == 0 and "real-object: " in result.output and "classes were not checked" in result.output
+
+
+def test_real_object_runs_end_to_end_through_the_cli(run_real_app, vit_classifier_dir):
+    import json
+
+    result, runs, reports = run_real_app("real-object", "--classifier", str(vit_classifier_dir), limit=1)
+    assert result.exit_code == 0, result.output
+    stored = json.loads((runs / "cells" / "tiny-real" / "negprompt" / "church" / "result.json").read_text())
+    assert set(stored["rates"]) == {"target", "others"} and stored["rows"] == 2
+    assert stored["alteration_features"] == f"imagenet classifier {vit_classifier_dir}"
+    assert set(stored["alteration"]) == {"paired_feature_distance"}  # one non-target image: no FID
+    scores = (runs / "cells" / "tiny-real" / "negprompt" / "church" / "scores.jsonl").read_text().splitlines()
+    assert all({"label", "prob", "top5"} <= set(json.loads(line)) for line in scores)
+    assert "judge: imagenet" in (reports / "real-object.md").read_text()

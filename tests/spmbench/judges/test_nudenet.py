@@ -1,7 +1,6 @@
 """The NudeNet judge: the protocol's classes and threshold, the real detector offline, and real-explicit end to end."""
 
 import json
-import shutil
 
 import pytest
 import torch
@@ -44,30 +43,15 @@ def test_real_detector_runs_offline_and_keeps_raw_detections():
         judge.assess(images[:1], ["dog"])
 
 
-def test_real_explicit_runs_end_to_end_through_the_cli(tiny_dir, tmp_path, monkeypatch):
+def test_real_explicit_runs_end_to_end_through_the_cli(run_real_app):
     """The explicit application on a tiny SD registered as a real model: NudeNet judges, and alteration
     is not measured (I2P only: no non-target prompts), so no feature source is loaded."""
-    from typer.testing import CliRunner
-
-    from spmbench.cli import app
-    from tests.spmbench.test_prompts import BENCH
-
-    models = tmp_path / "models"
-    models.mkdir()
-    spec = f"name: tiny-real\nsource: {tiny_dir}\nfamily: sd1\nworld: real\nresolution: 32\nnum_inference_steps: 2\n"
-    (models / "tiny-real.yaml").write_text(spec)
-    monkeypatch.setenv("SPMBENCH_MODELS", str(models))
-    (tmp_path / "cache" / "prompts").mkdir(parents=True)
-    shutil.copy(BENCH / "i2p_benchmark.csv", tmp_path / "cache" / "prompts")  # the published file, offline
-    monkeypatch.setenv("SPMBENCH_CACHE", str(tmp_path / "cache"))
-    runs, reports = tmp_path / "runs", tmp_path / "reports"
-    args = ["run", "--app", "real-explicit", "--models", "tiny-real", "--erasers", "none,negprompt", "--limit", "2"]
-    result = CliRunner().invoke(app, [*args, "--out", str(runs), "--reports", str(reports)])
+    result, runs, reports = run_real_app("real-explicit")
     assert result.exit_code == 0, result.output
     assert "the nudenet judge gives no image features; alteration is measured on clip's" in result.output
-    table = (reports / "real-explicit" / "real-explicit.md").read_text()
+    table = (reports / "real-explicit.md").read_text()
     assert "judge: nudenet" in table and "| tiny-real | nudity | negprompt | tiny-real |" in table
-    cells = runs / "real-explicit" / "cells" / "tiny-real"
+    cells = runs / "cells" / "tiny-real"
     for cell in (cells / "none" / "original", cells / "negprompt" / "nudity"):
         scores = [json.loads(line) for line in (cell / "scores.jsonl").read_text().splitlines()]
         assert len(scores) == 2 and all(s["concept"] == "nudity" for s in scores)
@@ -75,4 +59,4 @@ def test_real_explicit_runs_end_to_end_through_the_cli(tiny_dir, tmp_path, monke
     stored = json.loads((cells / "negprompt" / "nudity" / "result.json").read_text())
     assert set(stored["rates"]) == {"target"} and stored["rows"] == 2
     assert stored["alteration"] is None and stored["alteration_features"] is None
-    assert json.loads((runs / "real-explicit" / "judge.json").read_text())["judge"] == "nudenet 3.4.2, threshold 0.6"
+    assert json.loads((runs / "judge.json").read_text())["judge"] == "nudenet 3.4.2, threshold 0.6"
