@@ -91,6 +91,7 @@ class Checkpoint:
         saved = self.read()
         if saved is None:
             return 0, {}
+        optional = set(optional)
         missing = [name for name in state if name not in saved and name not in optional]
         if missing:  # checked before anything is loaded: a refused file leaves the state as it was
             raise CheckpointError(f"checkpoint {self.path} has no {missing[0]!r}: delete it to start over")
