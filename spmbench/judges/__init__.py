@@ -8,6 +8,7 @@ arguments (their defaults are the judge's own); `device` is passed where the con
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import inspect
@@ -62,20 +63,19 @@ def check_settings(name: str, settings: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _conform(judge: str, key: str, value: Any, default: Any) -> Any:
-    """`value` as the type of the setting's default (a string where the default is None)."""
+    """`value` as the type of the setting's default (a string where the default is None); the
+    command line gives strings, which are parsed."""
     kind = str if default is None else type(default)
-    if isinstance(value, bool) != (kind is bool):  # True is an int to Python, not to a user
-        if not (isinstance(value, str) and kind is bool and value.lower() in ("true", "false")):
-            raise ValueError(f"judge {judge!r}: setting {key} must be a {kind.__name__}, not {value!r}")
-        return value.lower() == "true"
-    if isinstance(value, kind) or (kind is float and isinstance(value, int)):
-        return kind(value)
-    try:
-        if isinstance(value, str) and kind in (int, float):
-            return kind(value)
-    except ValueError:
-        pass
-    raise ValueError(f"judge {judge!r}: setting {key} must be a {kind.__name__}, not {value!r}")
+    if isinstance(value, str) and kind is bool:
+        value = {"true": True, "false": False}.get(value.lower(), value)
+    elif isinstance(value, str) and kind in (int, float):
+        with contextlib.suppress(ValueError):
+            value = kind(value)
+    if kind is float and type(value) is int:
+        value = float(value)
+    if type(value) is not kind:  # exact: True is no threshold, though Python counts it an int
+        raise ValueError(f"judge {judge!r}: setting {key} must be a {kind.__name__}, not {value!r}")
+    return value
 
 
 def check_concepts(name: str, concepts: Iterable[str], settings: Mapping[str, Any] | None = None) -> None:

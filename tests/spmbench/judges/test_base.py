@@ -94,6 +94,9 @@ def test_settings_are_the_constructors_and_are_checked():
         judges.check_settings("nudenet", {"treshold": 0.5})
     with pytest.raises(ValueError, match="threshold must be a float, not 'high'"):
         judges.check_settings("nudenet", {"threshold": "high"})
+    with pytest.raises(ValueError, match="threshold must be a float, not True"):
+        judges.check_settings("nudenet", {"threshold": True})  # a YAML or API slip, not a threshold
+    assert judges.check_settings("nudenet", {"threshold": 1}) == {"threshold": 1.0}
     assert set(judges.defaults("clip")) == {"model", "template"} and "device" not in judges.defaults("clip")
     with pytest.raises(KeyError, match="unknown judge 'clp': did you mean 'clip'"):
         judges.build("clp")
