@@ -8,12 +8,9 @@ FAST = dict(lr=3e-3, warmup_steps=1, rollout_steps=6, anchor_weight=10.0, checkp
 
 
 def prediction(pipe, attached, prompts, gamma):
-    ids = pipe.tokenizer(
-        prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length, return_tensors="pt"
-    ).input_ids
     x = torch.randn(len(prompts), 4, 8, 8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad(), attached.permeable(gamma):
-        return pipe.unet(x, 500, encoder_hidden_states=pipe.text_encoder(ids)[0]).sample
+        return pipe.unet(x, 500, encoder_hidden_states=spm.encode_prompts(pipe, prompts)).sample
 
 
 def test_training_lowers_the_erase_loss_and_acts_on_the_target(pipe):
