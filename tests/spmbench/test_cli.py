@@ -97,7 +97,7 @@ def test_validate_checks_eraser_settings_one_line_each(user_models):
     extra = "derived_from: toy-base\neraser_settings:\n  spm: {iteratons: 5}\n  esd-x: {iterations: 0}\n"
     path = user_models("mine", extra)
     result = invoke("validate")
-    assert_one_line_error(result, f"{path}: eraser_settings.spm: eraser 'spm': unknown setting(s) ['iteratons']")
+    assert_one_line_error(result, f"{path}: eraser_settings.spm: eraser 'spm': unknown field(s) ['iteratons']")
     assert f"{path}: eraser_settings.esd-x: eraser 'esd-x': iterations must be" in result.output
     user_models("mine", "eraser_settings:\n  spm: {iterations: 0}\n  spm-rel: {lr: 1.0}\n  spn: {}\n")
     result = invoke("validate")

@@ -72,7 +72,7 @@ def test_zero_rounds_is_uce_exactly_and_rounds_change_the_edit(pipe, tmp_path):
 
 
 def test_bad_settings_are_errors(pipe, tmp_path):
-    with pytest.raises(ValueError, match="unknown setting.*'round'"):
+    with pytest.raises(ValueError, match="unknown field.*'round'"):
         RECE().fit(pipe, ("snoopy",), tmp_path, 16, {"round": 2})
     with pytest.raises(ValueError, match="rounds must be"):
         RECE().fit(pipe, ("snoopy",), tmp_path, 16, {"rounds": -1})
