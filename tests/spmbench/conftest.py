@@ -62,3 +62,43 @@ def toy_weights(smoke_world, monkeypatch, tmp_path):
         (specs / path.name).write_text(yaml.safe_dump(data))
     monkeypatch.setattr(spmbench.models, "MODELS", dataclasses.replace(spmbench.models.MODELS, shipped=specs))
     return root / "weights"
+
+
+@pytest.fixture()
+def run_real_app(tiny_dir, tmp_path, monkeypatch):
+    """run(app, *options): `spmbench run --app APP` through the CLI on a tiny SD registered as a real
+    model ('tiny-real', family sd1, fits of a few steps) with `erasers`, 1-2 prompts per set; the
+    published prompt files are read from the shared copy (offline). Returns (CLI result, run folder, report folder)."""
+    from typer.testing import CliRunner
+
+    from spmbench.cli import app
+    from tests.spmbench.test_prompts import BENCH
+
+    models = tmp_path / "models"
+    models.mkdir()
+    spec = dict(name="tiny-real", source=str(tiny_dir), family="sd1", world="real", resolution=32,
+                num_inference_steps=2, eraser_settings=FAST_FITS)  # fmt: skip
+    (models / "tiny-real.yaml").write_text(yaml.safe_dump(spec))
+    monkeypatch.setenv("SPMBENCH_MODELS", str(models))
+    (tmp_path / "cache" / "prompts").mkdir(parents=True)
+    for published in BENCH.glob("*.csv"):
+        (tmp_path / "cache" / "prompts" / published.name).symlink_to(published)
+    monkeypatch.setenv("SPMBENCH_CACHE", str(tmp_path / "cache"))
+    runs, reports = tmp_path / "runs", tmp_path / "reports"
+
+    def run(app_name: str, *options: str, limit: int = 2, erasers: str = "none,negprompt"):
+        args = [
+            "run",
+            "--app",
+            app_name,
+            "--models",
+            "tiny-real",
+            "--erasers",
+            erasers,
+            "--limit",
+            str(limit),
+        ]
+        result = CliRunner().invoke(app, [*args, "--out", str(runs), "--reports", str(reports), *options])
+        return result, runs / app_name, reports / app_name
+
+    return run
