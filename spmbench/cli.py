@@ -289,10 +289,12 @@ def run(
             _fail(f"application {named.name} is for {named.world} models, but --models selected {world} ones")
         erasers = _selected_erasers(erasers_sel)
         judge_settings = _judge_settings(judge_setting, clip_model, classifier)
-        for a in chosen_apps:  # every application's concepts, before any work
+        plans = {a.name: runner.plan(a, chosen_models, erasers, out / a.name) for a in chosen_apps}
+        for a in chosen_apps:  # every application's concepts and fitting settings, before any work (dry run too)
             _fail_on(_concept_problem(a, judge_settings))
+            _fail_on(runner.settings_problem(a, plans[a.name], models))
         for a in chosen_apps:
-            cells = runner.plan(a, chosen_models, erasers, out / a.name)
+            cells = plans[a.name]
             typer.echo(f"{a.name}: {len(cells)} cells")
             if dry_run:
                 for cell in cells:

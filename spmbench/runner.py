@@ -226,6 +226,18 @@ def eraser_settings(eraser, app: Application, fit_model: ModelSpec) -> dict:
     return {**app.eraser_settings.get(key, {}), **fit_model.eraser_settings.get(key, {})}
 
 
+def settings_problem(app: Application, cells: list[Cell], registry) -> str | None:
+    """What a run of `cells` would refuse in its erasers' fitting settings (one line), before any work."""
+    for cell in cells:
+        eraser = ERASERS.get(cell.eraser)
+        fit_model = fit_model_for(cell.model, registry)
+        try:
+            eraser.check_settings(eraser_settings(eraser, app, fit_model))
+        except ValueError as e:
+            return f"{e} (eraser_settings.{eraser.fit_key} of {app.path} and {fit_model.origin})"
+    return None
+
+
 def check_fit_settings(workdir: Path, eraser, settings: dict) -> None:
     """Record the settings an eraser is fitted with; refuse other settings while fits made with the
     old ones exist. Once they are deleted, the new settings (and new fit costs) replace the old."""

@@ -151,3 +151,10 @@ def test_report_errors_name_the_file_or_the_directory_to_give(tmp_path):
     path.write_text(json.dumps({"app": "retired-app"}))
     result = invoke("report", tmp_path / "runs" / "toy-object", "--reports", tmp_path / "r")
     assert_one_line_error(result, f"{path}: unknown application 'retired-app'")
+
+
+def test_dry_run_refuses_the_fitting_settings_a_run_would_refuse(user_models):
+    user_models("mine", 'eraser_settings:\n  spm: {num_anchors: "four"}\n')
+    result = invoke("run", "--app", "toy-object", "--models", "mine", "--erasers", "none,spm-rel", "--dry-run")
+    assert_one_line_error(result, "eraser 'spm-rel': num_anchors must be a whole number, got 'four'")
+    assert "mine.yaml" in result.output and "cells" not in result.output  # before the plan is printed
