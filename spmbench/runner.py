@@ -316,6 +316,14 @@ def fit_model_for(model: ModelSpec, registry) -> ModelSpec:
     return model
 
 
+def _reusable(stored: Result | None, rows: int, features: Callable[[], Judge]) -> bool:
+    """A stored result counts if it covers the same rows and measured alteration on this run's features
+    (another --clip-model, say, recomputes it from the stored images)."""
+    if stored is None or stored.rows != rows:
+        return False
+    return stored.alteration_features is None or stored.alteration_features == features().identity
+
+
 class Pipelines:
     """Loaded pipelines, at most two: the family root (fits) and the model being generated, so that
     alternating between them for a derivative's cells does not reload either from disk."""
@@ -357,7 +365,7 @@ def run(
         settings = eraser_settings(eraser, app, fit_model)
         check_fit_settings(fits_dir(run_dir, fit_model), eraser, settings)  # before reusing anything made with them
         stored = Result.load(cell.result)
-        if stored is not None and stored.rows == len(rows):
+        if _reusable(stored, len(rows), features):
             results.append(stored)
             continue
         artifacts, fit_seconds, fit_mib = fit_timed(

@@ -1,5 +1,6 @@
 """`spmbench run` end to end on the smoke-trained toy world: every stage, resumability, reports."""
 
+import dataclasses
 import json
 import re
 import shutil
@@ -133,3 +134,18 @@ def test_scores_are_not_reused_under_another_judge(tmp_path):
     assert not (cell / "scores.jsonl").exists() and not (cell / "result.json").exists()
     assert (cell / "images" / "a.png").exists()  # images are kept: only scoring reruns
     check_judge(tmp_path, _Judge("judge B"))  # now the stored judge
+
+
+def test_a_stored_result_is_reused_only_for_the_same_rows_and_alteration_features():
+    from types import SimpleNamespace
+
+    from tests.spmbench.test_report import result
+
+    clip_a = lambda: SimpleNamespace(identity="clip A")  # noqa: E731
+    measured_on_a = dataclasses.replace(result("spm", {"target": 0.5}), alteration_features="clip A")
+    assert runner._reusable(measured_on_a, 2, clip_a)
+    assert not runner._reusable(measured_on_a, 3, clip_a)  # other rows (another --limit)
+    assert not runner._reusable(measured_on_a, 2, lambda: SimpleNamespace(identity="clip B"))  # another CLIP
+    original = dataclasses.replace(measured_on_a, alteration_features=None)
+    assert runner._reusable(original, 2, lambda: 1 / 0)  # nothing measured: the source is never built
+    assert not runner._reusable(None, 2, clip_a)
