@@ -38,6 +38,10 @@ class FitSettingsChanged(ValueError):
     """Fits on disk were made with other settings than the specs now ask for."""
 
 
+class StateFileError(ValueError):
+    """A run's state file is damaged (torn, emptied, edited); the message names it and what to delete."""
+
+
 class JudgeChanged(ValueError):
     """Scores on disk were made by another judge (other weights, model or threshold)."""
 
@@ -46,7 +50,7 @@ def check_judge(run_dir: Path, judge, rescore: bool = False) -> None:
     """Scores are only reused under the judge that made them. `rescore` drops every cell's scores and
     result (images and fits stay) so that this judge scores them again."""
     path, identity = run_dir / "judge.json", getattr(judge, "identity", type(judge).__name__)
-    stored = json.loads(path.read_text())["judge"] if path.exists() else None
+    stored = _read_state(path, "delete it and add --rescore to score the stored images again").get("judge")
     if stored is not None and stored != identity:
         if not rescore:
             raise JudgeChanged(
@@ -126,15 +130,33 @@ def all_rows(app: Application, limit: int | None) -> list[PromptRow]:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
+    """A cell's score records; a line torn by a kill is skipped (its image is scored again), any other
+    line that is not a record is a one-line error naming the file."""
     if not path.exists():
         return []
     rows = []
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a line torn by a kill: recomputed
+            record = json.loads(line)
+        except json.JSONDecodeError:
             continue
+        if not (isinstance(record, dict) and isinstance(record.get("prompt_id"), str)):
+            raise StateFileError(f"{path}:{number}: not a score record: delete {path.name} to score the cell again")
+        rows.append(record)
     return rows
+
+
+def _read_state(path: Path, fix: str) -> dict:
+    """A run's JSON state file (judge.json, fit records), {} if absent; damaged: one line naming it and `fix`."""
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise StateFileError(f"{path}: damaged ({e}): {fix}") from None
+    if not isinstance(data, dict):
+        raise StateFileError(f"{path}: damaged (not a JSON object): {fix}")
+    return data
 
 
 def _save_png(image: Image.Image, path: Path) -> None:
@@ -242,7 +264,7 @@ def check_fit_settings(workdir: Path, eraser, settings: dict) -> None:
     """Record the settings an eraser is fitted with; refuse other settings while fits made with the
     old ones exist. Once they are deleted, the new settings (and new fit costs) replace the old."""
     path = workdir / "fit_settings.json"
-    known = json.loads(path.read_text()) if path.exists() else {}
+    known = _read_state(path, f"delete it and {workdir} to fit again")
     key = eraser.fit_key
     if known.get(key, settings) != settings and (workdir / key).exists():
         raise FitSettingsChanged(
@@ -260,7 +282,7 @@ def _forget_fit_costs(workdir: Path, key: str) -> None:
     for name in ("fit_seconds.json", "fit_memory.json"):
         path = workdir / name
         if path.exists():
-            records = json.loads(path.read_text())
+            records = _read_state(path, "delete it (the fits' costs are then measured again when refitted)")
             _write_json_atomic(path, {k: v for k, v in records.items() if not k.startswith(f"{key}|")})
 
 
@@ -281,8 +303,8 @@ def fit_timed(
         peak = None if None in peaks else max(peaks)  # one fit at a time: the largest is the peak
         return [a for artifacts, _, _ in parts for a in artifacts], sum(s for _, s, _ in parts), peak
     record_path, memory_path = workdir / "fit_seconds.json", workdir / "fit_memory.json"
-    record = json.loads(record_path.read_text()) if record_path.exists() else {}
-    memory = json.loads(memory_path.read_text()) if memory_path.exists() else {}
+    forget = f"delete it and the fits in {workdir} whose cost the table should give (they are refitted)"
+    record, memory = _read_state(record_path, forget), _read_state(memory_path, forget)
     key = f"{eraser.fit_key}|{'+'.join(targets)}"
     with peak_memory(getattr(pipe, "device", "cpu")) as peak:
         t0 = time.time()

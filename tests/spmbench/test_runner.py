@@ -149,3 +149,30 @@ def test_a_stored_result_is_reused_only_for_the_same_rows_and_alteration_feature
     original = dataclasses.replace(measured_on_a, alteration_features=None)
     assert runner._reusable(original, 2, lambda: 1 / 0)  # nothing measured: the source is never built
     assert not runner._reusable(None, 2, clip_a)
+
+
+@pytest.mark.parametrize("content", ["", '{"judge": "toy', "[1, 2]"])
+def test_damaged_state_files_are_one_line_errors_naming_file_and_fix(tmp_path, content):
+    from types import SimpleNamespace
+
+    (tmp_path / "judge.json").write_text(content)
+    with pytest.raises(runner.StateFileError, match=r"judge\.json: damaged .*: delete it and add --rescore") as e:
+        runner.check_judge(tmp_path, SimpleNamespace(identity="toy judge"))
+    assert "\n" not in str(e.value)
+    fits = tmp_path / "fits"
+    fits.mkdir()
+    (fits / "fit_settings.json").write_text(content)
+    eraser = SimpleNamespace(fit_key="spm")
+    with pytest.raises(
+        runner.StateFileError, match=r"fit_settings\.json: damaged .*: delete it and .*fits to fit again"
+    ):
+        runner.check_fit_settings(fits, eraser, {})
+
+
+def test_a_score_line_that_is_not_a_record_is_named_and_a_torn_one_is_skipped(tmp_path):
+    scores = tmp_path / "scores.jsonl"
+    scores.write_text('{"prompt_id": "a", "present": true}\n{"prompt_id": "b", "pres')  # torn by a kill
+    assert [s["prompt_id"] for s in runner._read_jsonl(scores)] == ["a"]
+    scores.write_text('{"prompt_id": "a", "present": true}\n42\n')
+    with pytest.raises(runner.StateFileError, match=r"scores\.jsonl:2: not a score record: delete scores\.jsonl"):
+        runner._read_jsonl(scores)
