@@ -41,3 +41,22 @@ def test_no_gradient_is_recorded(pipe):
 def test_the_states_keep_the_encoders_dtype(pipe):
     pipe.text_encoder.to(torch.bfloat16)
     assert spm.encode_prompts(pipe, PROMPTS).dtype == torch.bfloat16
+
+
+def test_a_prompt_longer_than_the_context_is_cut_with_one_warning_saying_what_was_kept(pipe, caplog):
+    long = "a painting of a lighthouse on a cliff at dusk " * 6  # 60 words, far over the tiny 20-token context
+    with caplog.at_level("WARNING", logger="spm.encoding"):
+        states, ids = spm.encode_prompts(pipe, ["snoopy the dog", long], return_ids=True)
+        spm.encode_prompts(pipe, [long, "a cat"])  # the same prompt again: no second warning
+    cut = [r.getMessage() for r in caplog.records if "longer than the text encoder's 20" in r.getMessage()]
+    assert len(cut) == 1, caplog.text
+    kept = pipe.tokenizer.decode(ids[1], skip_special_tokens=True)
+    assert "a painting of a lighthouse" in cut[0] and "first 18 tokens are used" in cut[0] and kept[-40:] in cut[0]
+    assert states.shape[1] == 20  # still cut: the warning changes nothing else
+
+
+def test_prompts_that_fit_the_context_give_no_warning(pipe, caplog):
+    fits = " ".join(["dog"] * (pipe.tokenizer.model_max_length - 2))  # exactly the context, with BOS and EOS
+    with caplog.at_level("WARNING", logger="spm.encoding"):
+        spm.encode_prompts(pipe, [fits, "snoopy the dog", ""])
+    assert not caplog.records, caplog.text
