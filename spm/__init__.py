@@ -21,7 +21,7 @@ from spm.checkpoint import Checkpoint, CheckpointError
 from spm.encoding import encode_prompts
 from spm.membrane import AttachedSPMs, MergedSPMs, SPMMismatchError, attach, merge
 from spm.models import load_pipeline, resolve_model
-from spm.train import TrainConfig, train
+from spm.train import NonFiniteLoss, TrainConfig, train
 from spm.transport import Transport
 
 
@@ -31,6 +31,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointError",
     "MergedSPMs",
+    "NonFiniteLoss",
     "SPMMismatchError",
     "TrainConfig",
     "Transport",

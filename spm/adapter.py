@@ -9,6 +9,7 @@ Facilitated Transport), rank, alpha and our provenance.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,14 @@ from spm.layers import init_down, layer_shapes, membrane_targets
 
 FORMAT_VERSION = "1"
 PREFIX = "lora_unet_"
+
+
+def first_nonfinite(tensors: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first tensor holding a NaN or an infinity, or None: such weights turn every image black."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
 
 
 def kohya_name(module_path: str) -> str:
@@ -101,6 +110,9 @@ class SPM:
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
         except SafetensorError as e:
             raise ValueError(f"{path}: not a safetensors file ({e}); give an SPM .safetensors file") from None
+        bad = first_nonfinite(tensors)
+        if bad is not None:
+            raise ValueError(f"{path}: tensor {bad} holds NaN or infinite values (a diverged training?): retrain it")
         layers, alphas = {}, set()
         for key in tensors:
             if not (key.startswith(PREFIX) and key.endswith(".lora_down.weight")):
@@ -116,6 +128,8 @@ class SPM:
             alphas.add(float(tensors[alpha_key]) if alpha_key in tensors else float(metadata.get("alpha", rank)))
         if not layers:
             raise ValueError(f"{path}: no '{PREFIX}*.lora_down.weight' keys: not an SPM/LoRA UNet file")
+        if not all(math.isfinite(a) for a in alphas):
+            raise ValueError(f"{path}: alpha is {sorted(alphas)}, not a finite number; fix the file's alpha")
         if len(alphas) > 1:
             raise ValueError(f"{path}: layers disagree on alpha ({sorted(alphas)}); per-layer alpha is not supported")
         stored = _parse_prompts(path, metadata.get("prompts", ""))

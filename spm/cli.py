@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -102,7 +103,7 @@ def train(
     pipe = _pipeline(model, device)
     try:
         result = spm.train(pipe, target, surrogate=surrogate, config=cfg, checkpoint=checkpoint)
-    except ValueError as e:  # a checkpoint from other settings, found before the first step
+    except ValueError as e:  # a checkpoint from other settings, or a diverged run (NonFiniteLoss): nothing written
         _fail(str(e))
     result.provenance["base_model"] = model
     result.save(out)
@@ -139,6 +140,8 @@ def generate(
 
     if similarity not in SIMILARITIES:
         _fail(f"unknown similarity {similarity!r}: choose one of {', '.join(SIMILARITIES)}")
+    if not math.isfinite(guidance):
+        _fail(f"--guidance {guidance}: give a finite number, e.g. 7.5")
     _fail_on(device_problem(device))
     spms = []
     for path in spm_file or []:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -9,7 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from spm.adapter import SPM, kohya_name
+from spm.adapter import SPM, first_nonfinite, kohya_name
 from spm.layers import MembraneLayer, PermeabilityState, base_of, layer_shapes, membrane_targets
 from spm.transport import Transport
 
@@ -25,8 +26,11 @@ class SPMMismatchError(ValueError):
 def check_fit(spm: SPM, unet: nn.Module, label: str = "SPM") -> dict[str, nn.Module]:
     """The model's membrane layers by kohya name, after checking `spm` covers exactly them.
 
-    Raises SPMMismatchError naming the first mismatching layer; nothing is modified.
+    Raises SPMMismatchError naming the first mismatching layer, ValueError naming the first layer with
+    NaN or infinite weights; nothing is modified.
     """
+    if not math.isfinite(spm.alpha):
+        raise ValueError(f"{label} has alpha {spm.alpha}: give a finite alpha")
     layers = {kohya_name(p): layer for p, layer in membrane_targets(unet).items()}
     for name in sorted(set(layers) | set(spm.layers)):
         if name not in layers:
@@ -44,6 +48,11 @@ def check_fit(spm: SPM, unet: nn.Module, label: str = "SPM") -> dict[str, nn.Mod
                 f"{label} layer '{name}' has shapes down {tuple(down.shape)} / up {tuple(up.shape)}, "
                 f"the model needs {want_down} / {want_up}"
             )
+    bad = first_nonfinite(
+        {f"{name}.{side}": t for name, pair in spm.layers.items() for side, t in zip(("down", "up"), pair)}
+    )
+    if bad is not None:
+        raise ValueError(f"{label} layer '{bad}' holds NaN or infinite weights (a diverged training?): retrain it")
     return layers
 
 
@@ -145,7 +154,10 @@ def _weights_for(spms: Sequence[SPM], weights: Sequence[float] | None) -> list[f
         return [1.0] * len(spms)
     if len(weights) != len(spms):
         raise ValueError(f"{len(weights)} weights given for {len(spms)} SPMs: give one weight per SPM")
-    return [float(w) for w in weights]
+    weights = [float(w) for w in weights]
+    if not all(math.isfinite(w) for w in weights):
+        raise ValueError(f"weights {weights}: give a finite weight per SPM")
+    return weights
 
 
 def attach(

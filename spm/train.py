@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from spm.adapter import SPM
-from spm.checkpoint import Checkpoint
+from spm.checkpoint import Checkpoint, CheckpointError
 from spm.encoding import encode_prompts
 from spm.membrane import attach
 from spm.models import native_resolution
@@ -20,6 +21,10 @@ from spm.models import native_resolution
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
+
+
+class NonFiniteLoss(ValueError):
+    """Training diverged: a loss (or the factors) became NaN or infinite. The last checkpoint is kept."""
 
 
 @dataclass(frozen=True)
@@ -71,20 +76,56 @@ class TrainConfig:
     checkpoint_every: int = 500
 
     def __post_init__(self):
+        # Each message starts with the field's name: the CLI turns it into the option's name.
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be 'float32' or 'bfloat16', not {self.dtype!r}")
-        if not self.lr > 0:  # also refuses NaN
+        for name in ("lr", "weight_decay", "eta", "anchor_weight", "rollout_guidance", "alpha"):
+            _check_number(name, getattr(self, name), integer=False)
+        if self.lr <= 0:
             raise ValueError(f"lr must be greater than 0, not {self.lr}")
-        least = {"iterations": 1, "rank": 1, "rollout_steps": 2, "num_anchors": 0, "vocabulary_anchors": 0}
+        if self.alpha <= 0:
+            raise ValueError(f"alpha must be greater than 0, not {self.alpha} (the membrane's scale is alpha / rank)")
+        least = {
+            "iterations": 1, "rank": 1, "rollout_steps": 2, "num_anchors": 0, "vocabulary_anchors": 0,
+            "warmup_steps": 0, "restarts": 0, "checkpoint_every": 0,
+            "weight_decay": 0, "eta": 0, "anchor_weight": 0,
+        }  # fmt: skip
         for name, minimum in least.items():
+            _check_number(name, getattr(self, name), integer=name not in ("weight_decay", "eta", "anchor_weight"))
             if getattr(self, name) < minimum:
                 raise ValueError(f"{name} must be at least {minimum}, not {getattr(self, name)}")
+        scale = tuple(self.anchor_scale) if isinstance(self.anchor_scale, (list, tuple)) else ()
+        if (
+            len(scale) != 2
+            or not all(_is_number(v) and math.isfinite(v) for v in scale)
+            or not 0 < scale[0] <= scale[1]
+        ):
+            raise ValueError(
+                f"anchor_scale must be two finite numbers (low, high) with 0 < low <= high, not {self.anchor_scale}"
+            )
+        for size in self.resolutions or ():
+            if not (_is_number(size, integer=True) and size > 0):
+                raise ValueError(f"resolutions must be positive whole numbers of pixels, not {self.resolutions}")
 
     def resolved_resolutions(self, pipe) -> tuple[int, ...]:
         if self.resolutions:
             return tuple(self.resolutions)
         native = native_resolution(pipe)
         return (256, 320, 384, 448) if native == 512 else (native,)
+
+
+def _is_number(value, integer: bool = False) -> bool:
+    kinds = (int,) if integer else (int, float)
+    return isinstance(value, kinds) and not isinstance(value, bool)
+
+
+def _check_number(name: str, value, integer: bool) -> None:
+    """A setting that is a finite number: NaN or infinity would turn the whole SPM into NaN, and the
+    optimiser refuses a value beyond float32's range only mid-step, with a traceback."""
+    if not _is_number(value, integer):
+        raise ValueError(f"{name} must be {'a whole number' if integer else 'a number'}, not {value!r}")
+    if not (math.isfinite(value) and abs(value) <= torch.finfo(torch.float32).max):
+        raise ValueError(f"{name} must be a finite number, not {value}")
 
 
 def sample_anchors(c_tar: torch.Tensor, n: int, scale: tuple[float, float], gen: torch.Generator) -> torch.Tensor:
@@ -157,6 +198,10 @@ def train(
 
     Returns:
         The trained SPM, with provenance (model, settings) in its metadata.
+
+    Raises:
+        NonFiniteLoss: the loss or the factors became NaN or infinite (the step is named); the last
+            checkpoint is kept, nothing is returned.
     """
     if not targets:
         raise ValueError("give at least one target concept to erase")
@@ -212,6 +257,9 @@ def _optimise(
     ckpt = Checkpoint(checkpoint, _run_settings(targets, surrogate, cfg, pipe), cfg.checkpoint_every)
     state = {"params": params, "opt": opt, "sched": sched, "gen": gen}
     start, _ = ckpt.resume(state)
+    saved = start  # the step of the checkpoint on disk (0: none): a diverged run names it
+    if start and not _finite(params):  # left by a diverged run (before these checks): it cannot be resumed
+        raise CheckpointError(f"checkpoint {checkpoint} holds NaN or infinite weights: delete it to start over")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16")
 
     def unet(x, t, cond, gamma):
@@ -249,15 +297,41 @@ def _optimise(
         loss = loss_erase + cfg.anchor_weight * loss_anchor
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        # The loss terms are read on the host every step anyway (the callback and the progress bar take
+        # floats), so checking them costs no extra device sync; they are read before opt.step, so a
+        # non-finite loss never reaches the factors, and no checkpoint is written after it.
+        erase, anchor = loss_erase.item(), loss_anchor.item()
+        for value in (erase, anchor):
+            if not math.isfinite(value):
+                raise NonFiniteLoss(_diverged(f"loss became {value}", step + 1, cfg, ckpt, saved))
         opt.step()
         sched.step()
-        logs = {"erase": loss_erase.item(), "anchor": loss_anchor.item(), "lr": sched.get_last_lr()[0]}
+        logs = {"erase": erase, "anchor": anchor, "lr": sched.get_last_lr()[0]}
         bar.set_postfix(erase=f"{logs['erase']:.4g}", anchor=f"{logs['anchor']:.3g}")
         if callback:
             callback(step, logs)
         # 5. A resumable checkpoint.
         if ckpt.due(step + 1):
+            _check_factors(params, step + 1, cfg, ckpt, saved)
             ckpt.save(step + 1, state)
+            saved = step + 1
+    _check_factors(params, cfg.iterations, cfg, ckpt, saved)
+
+
+def _check_factors(params: list[torch.Tensor], step: int, cfg: TrainConfig, ckpt: Checkpoint, saved: int) -> None:
+    """Finite losses can still overflow the gradients into the factors: checked before every checkpoint
+    and at the end, in one device sync each (every step would sync the device for 2 * layers tensors)."""
+    if not _finite(params):
+        raise NonFiniteLoss(_diverged("the weights became NaN or infinite", step, cfg, ckpt, saved))
+
+
+def _finite(params: list[torch.Tensor]) -> bool:
+    return bool(torch.stack([torch.isfinite(p).all() for p in params]).all())
+
+
+def _diverged(what: str, step: int, cfg: TrainConfig, ckpt: Checkpoint, saved: int) -> str:
+    kept = f"the checkpoint at step {saved} is kept" if ckpt.path is not None and saved else "no checkpoint was saved"
+    return f"{what} at step {step}: lower lr (now {cfg.lr}) or anchor_weight (now {cfg.anchor_weight}); {kept}"
 
 
 def _version() -> str:

@@ -103,3 +103,25 @@ def test_a_garbage_file_or_bad_metadata_is_a_value_error_naming_the_file(tmp_pat
         save_file(tensors, str(path), metadata=metadata)
         with pytest.raises(ValueError, match=f"x.safetensors: {problem}"):
             SPM.load(path)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_file_with_a_non_finite_tensor_is_refused_naming_the_tensor_and_the_file(pipe, tmp_path, bad):
+    spm = random_spm(pipe.unet)
+    name = sorted(spm.layers)[3]
+    spm.layers[name][1][0, 0] = bad
+    path = tmp_path / "diverged.safetensors"
+    spm.save(path)
+    with pytest.raises(ValueError, match="NaN or infinite") as caught:
+        SPM.load(path)
+    message = str(caught.value)
+    assert str(path) in message and f"lora_unet_{name}.lora_up.weight" in message and "\n" not in message
+
+
+def test_a_non_finite_alpha_is_refused(pipe, tmp_path):
+    spm = random_spm(pipe.unet)
+    spm.alpha = float("inf")
+    path = tmp_path / "s.safetensors"
+    spm.save(path)
+    with pytest.raises(ValueError, match=f"{path}: tensor .*alpha holds NaN or infinite"):
+        SPM.load(path)

@@ -79,6 +79,13 @@ def test_train_refuses_bad_input_before_loading(tiny_dir, tmp_path, no_load, mon
         (["--out", ok, "--resolution", 7], "--resolution 7: give a positive multiple of 8"),
         (["--out", ok, "--resolution", 0], "--resolution 0"),
         (["--out", ok, "--device", "bogus"], "not a torch device"),
+        (["--out", ok, "--lr", "inf"], "lr must be a finite number, not inf (option --lr)"),
+        (["--out", ok, "--lr", "nan"], "lr must be a finite number, not nan (option --lr)"),
+        (
+            ["--out", ok, "--checkpoint-every", -1],
+            "checkpoint_every must be at least 0, not -1 (option --checkpoint-every)",
+        ),
+        (["--out", ok, "--anchor-weight", -1], "anchor_weight must be at least 0, not -1.0 (option --anchor-weight)"),
     ]:
         assert_one_line_error(run("train", "--model", tiny_dir, "-t", "x", *extra), message)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -93,6 +100,18 @@ def test_train_refuses_a_checkpoint_from_other_settings(tiny_dir, tmp_path):
     assert_one_line_error(result, "from other settings or targets: delete it")
 
 
+def test_a_diverging_training_exits_non_zero_in_one_line_writes_nothing_and_keeps_the_checkpoint(tiny_dir, tmp_path):
+    out = tmp_path / "big.safetensors"
+    result = run("train", "--model", tiny_dir, "-t", "star", "--iterations", 5, "--lr", 1e6, "--resolution", 16,
+                 "--checkpoint-every", 1, "--out", out)  # fmt: skip
+    # the loss or, one step earlier, the factors (checked before each checkpoint) become NaN
+    assert_one_line_error(result, "error: ", " became ", " at step ", "lower lr (now 1000000.0)", "is kept")
+    assert "wrote" not in result.output and not out.exists()
+    saved = torch.load(tmp_path / "big.safetensors.ckpt.pt", weights_only=True)
+    assert f"the checkpoint at step {saved['step']} is kept" in result.output
+    assert all(torch.isfinite(p).all() for p in saved["params"])
+
+
 def test_generate_refuses_bad_input_before_loading(tiny_dir, tmp_path, no_load):
     (tmp_path / "afile").write_text("x")
     (tmp_path / "garbage.safetensors").write_bytes(b"garbage")
@@ -105,6 +124,8 @@ def test_generate_refuses_bad_input_before_loading(tiny_dir, tmp_path, no_load):
         (["--spm", tmp_path / "garbage.safetensors"], "garbage.safetensors: not a safetensors file"),
         (["--similarity", "bogus"], "unknown similarity 'bogus'"),
         (["--device", "bogus"], "not a torch device"),
+        (["--guidance", "nan"], "--guidance nan: give a finite number"),
+        (["--guidance", "inf"], "--guidance inf: give a finite number"),
     ]:
         args = ["--out", images, *extra] if "--out" not in extra else extra
         assert_one_line_error(run("generate", "--model", tiny_dir, "-p", "x", *args), message)

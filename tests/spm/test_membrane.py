@@ -139,6 +139,21 @@ def test_no_spms_or_a_weight_count_that_does_not_match_is_an_error(pipe):
     assert not any(isinstance(m, MembraneLayer) for m in pipe.unet.modules())
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("-inf")])
+def test_spms_with_non_finite_weights_are_refused_and_nothing_changes(pipe, bad):
+    good, broken = random_spm(pipe.unet), random_spm(pipe.unet, ("mickey",), seed=1)
+    name = sorted(broken.layers)[5]
+    broken.layers[name][0][0, 0] = bad
+    weights = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    for combine in (spm.attach, spm.merge):
+        with pytest.raises(ValueError, match=f"SPM #1 .*layer '{name}.down' holds NaN or infinite weights"):
+            combine(pipe, [good, broken])
+        with pytest.raises(ValueError, match="give a finite weight per SPM"):
+            combine(pipe, [good], weights=[bad])
+    assert not any(isinstance(m, MembraneLayer) for m in pipe.unet.modules())
+    assert all(torch.equal(v, weights[k]) for k, v in pipe.unet.state_dict().items())
+
+
 def test_detached_spms_refuse_to_run_and_detach_twice_is_harmless(pipe):
     attached = spm.attach(pipe, random_spm(pipe.unet))
     attached.detach()

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 
@@ -124,14 +126,75 @@ def test_zero_random_anchors_leave_the_empty_prompt_anchor():
     assert sample_anchors(c, 0, (0.8, 1.2), torch.Generator()).shape == (0, 5, 16)
 
 
+NAN, INF = float("nan"), float("inf")
+
+
 @pytest.mark.parametrize(
     "setting, message",
     [({"dtype": "float16"}, "dtype must be"), ({"iterations": 0}, "iterations must be at least 1"),
-     ({"num_anchors": -1}, "num_anchors must be at least 0"), ({"rollout_steps": 1}, "rollout_steps must be at least 2")],
+     ({"num_anchors": -1}, "num_anchors must be at least 0"), ({"rollout_steps": 1}, "rollout_steps must be at least 2"),
+     ({"lr": NAN}, "lr must be a finite number, not nan"), ({"lr": INF}, "lr must be a finite number, not inf"),
+     ({"lr": 0.0}, "lr must be greater than 0"), ({"eta": NAN}, "eta must be a finite number"),
+     ({"eta": -1.0}, "eta must be at least 0"), ({"anchor_weight": -1.0}, "anchor_weight must be at least 0"),
+     ({"anchor_weight": INF}, "anchor_weight must be a finite number"), ({"checkpoint_every": -1}, "checkpoint_every must be at least 0"),
+     ({"rollout_guidance": NAN}, "rollout_guidance must be a finite number"), ({"alpha": INF}, "alpha must be a finite number"),
+     ({"alpha": 0.0}, "alpha must be greater than 0"), ({"weight_decay": -0.1}, "weight_decay must be at least 0"),
+     ({"warmup_steps": -1}, "warmup_steps must be at least 0"), ({"iterations": 2.5}, "iterations must be a whole number"),
+     ({"num_anchors": "four"}, "num_anchors must be a whole number, not 'four'"),
+     ({"anchor_scale": (0.8, NAN)}, "anchor_scale must be two finite numbers"),
+     ({"anchor_scale": (1.2, 0.8)}, "anchor_scale must be two finite numbers"), ({"anchor_scale": (0.0, 1.0)}, "anchor_scale"),
+     ({"resolutions": (16, -8)}, "resolutions must be positive whole numbers")],
 )  # fmt: skip
 def test_impossible_settings_are_refused_in_one_line(setting, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=re.escape(message)) as caught:
         spm.TrainConfig(**setting)
+    assert "\n" not in str(caught.value) and str(caught.value).startswith(
+        next(iter(setting))
+    )  # the CLI names the option
+
+
+def test_valid_settings_from_files_are_accepted():
+    cfg = spm.TrainConfig(anchor_scale=[1.0, 1.0], resolutions=[16], eta=0, anchor_weight=0, lr=1, checkpoint_every=0)
+    assert cfg.anchor_scale == [1.0, 1.0]  # as given: a YAML list is a range too
+
+
+def test_training_stops_at_the_first_non_finite_loss_and_keeps_the_last_good_checkpoint(pipe, tmp_path):
+    ckpt, steps = tmp_path / "run.ckpt.pt", []
+    # Step 1 runs at lr 0 (warm-up); the step-2 update at lr 1e6 makes the step-3 loss NaN.
+    cfg = spm.TrainConfig(iterations=8, seed=3, resolutions=(16,), **(FAST | {"lr": 1e6, "checkpoint_every": 2}))
+    with pytest.raises(spm.NonFiniteLoss) as caught:
+        spm.train(pipe, ["snoopy"], config=cfg, checkpoint=ckpt, progress=False, callback=lambda s, _: steps.append(s))
+    message = str(caught.value)
+    assert message == (
+        "loss became nan at step 3: lower lr (now 1000000.0) or anchor_weight (now 10.0); the checkpoint at step 2 is kept"
+    )
+    assert steps == [0, 1]  # the bad step reached neither the callback nor the factors
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["step"] == 2 and all(torch.isfinite(p).all() for p in saved["params"])
+
+
+def test_factors_that_overflow_on_a_finite_loss_are_caught_before_a_checkpoint():
+    from spm.checkpoint import Checkpoint
+    from spm.train import _check_factors
+
+    params = [torch.zeros(2), torch.tensor([1.0, float("inf")])]
+    ckpt = Checkpoint("run.ckpt.pt", {}, 2)
+    with pytest.raises(
+        spm.NonFiniteLoss, match="the weights became NaN or infinite at step 4: .*checkpoint at step 2 is kept"
+    ):
+        _check_factors(params, 4, spm.TrainConfig(), ckpt, saved=2)
+    _check_factors(params[:1], 4, spm.TrainConfig(), ckpt, saved=2)  # finite: nothing to say
+
+
+def test_a_checkpoint_with_non_finite_weights_is_refused_on_resume(pipe, tmp_path):
+    ckpt = tmp_path / "run.ckpt.pt"
+    cfg = spm.TrainConfig(iterations=2, resolutions=(16,), **(FAST | {"checkpoint_every": 2}))
+    spm.train(pipe, ["snoopy"], config=cfg, checkpoint=ckpt, progress=False)
+    saved = torch.load(ckpt, weights_only=True)
+    saved["params"][0][0, 0] = float("nan")  # as a diverged run wrote it before training checked its losses
+    torch.save(saved, ckpt)
+    with pytest.raises(spm.CheckpointError, match="holds NaN or infinite weights: delete it"):
+        spm.train(pipe, ["snoopy"], config=cfg, checkpoint=ckpt, progress=False)
 
 
 def test_a_half_precision_pipeline_is_refused_before_training(pipe):
