@@ -50,6 +50,8 @@ def build_settings(cls: type, given: dict | None, eraser: str) -> Any:
     YAML list becomes a tuple where the field is one) and non-finite numbers are refused."""
     hints = typing.get_type_hints(cls)
     schema = {f.name: hints[f.name] for f in fields(cls)}
+    if given and not schema:
+        raise ValueError(f"eraser {eraser!r} takes no settings, got {sorted(given)}: remove them")
     chosen = check_fields(given or {}, schema, set(), f"eraser {eraser!r}")
     for name, value in chosen.items():
         if isinstance(value, float) and not math.isfinite(value):

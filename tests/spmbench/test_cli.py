@@ -101,7 +101,7 @@ def test_validate_checks_eraser_settings_one_line_each(user_models):
     assert f"{path}: eraser_settings.esd-x: eraser 'esd-x': iterations must be" in result.output
     user_models("mine", "eraser_settings:\n  spm: {iterations: 0}\n  spm-rel: {lr: 1.0}\n  spn: {}\n")
     result = invoke("validate")
-    assert_one_line_error(result, "eraser_settings.spm: iterations must be at least 1, not 0")
+    assert_one_line_error(result, "eraser_settings.spm: eraser 'spm': iterations must be at least 1, not 0")
     assert "eraser_settings.spm-rel: spm-rel shares the settings of 'spm'" in result.output
     assert "eraser_settings.spn: no such eraser" in result.output
     user_models("mine", "eraser_settings:\n  negprompt: {strength: 2}\n")
