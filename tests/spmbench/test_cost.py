@@ -1,12 +1,16 @@
 """The fitting cost: peak memory measured, recorded beside the fit time, shown in the tables."""
 
+import dataclasses
 import json
 import time
+from contextlib import nullcontext
 
 import pytest
 import torch
 
 from spmbench.cost import peak_memory
+from spmbench.erasers.base import Eraser
+from tests.spmbench.test_report import result
 
 
 def test_a_200_mb_allocation_shows_and_nothing_shows_little():
@@ -28,18 +32,19 @@ def test_cuda_peak():
     assert 190 <= peak.mib < 210
 
 
-class Allocating:
+class Allocating(Eraser):
+    """An eraser whose fit holds 100 MiB for a moment and writes nothing."""
+
     name = "alloc"
 
-    def __init__(self):
-        self.calls = 0
-
     def fit(self, pipe, targets, workdir, resolution, settings=None):
-        self.calls += 1
         x = torch.ones(25 * 2**20)  # 100 MiB
         time.sleep(0.15)
         del x
         return []
+
+    def apply(self, pipe, artifacts):
+        return nullcontext(pipe)
 
 
 def test_fit_timed_records_time_and_memory_once(tmp_path):
@@ -57,9 +62,9 @@ def test_fit_timed_records_time_and_memory_once(tmp_path):
 def test_tables_show_fit_memory_next_to_fit_time():
     from spmbench.report import csv_text, table_rows
 
-    base = {"model": "m", "fitted_on": "m", "targets": ["snoopy"], "rates": {"target": 0.1},
-            "original_rates": {"target": 0.9}, "alteration": None, "fit_seconds": 12.0}  # fmt: skip
-    results = [base | {"eraser": "uce", "fit_peak_mib": 345.6}, base | {"eraser": "old"}]
+    base = dataclasses.replace(result("uce", {"target": 0.1}), model="m", fitted_on="m", targets=("snoopy",),
+                               original_rates={"target": 0.9}, fit_seconds=12.0)  # fmt: skip
+    results = [dataclasses.replace(base, fit_peak_mib=345.6), dataclasses.replace(base, eraser="old")]
     header, rows = table_rows(results)
     at = header.index("fit mem. (MiB)")
     assert header[at - 1] == "fit (s)"
