@@ -173,7 +173,12 @@ def sample_vocabulary_prompts(vocabulary: list[str], n: int, gen: torch.Generato
 
 def _run_settings(targets, surrogate, cfg: TrainConfig, pipe) -> dict:
     """What a checkpoint of this run is tied to."""
-    return {"targets": targets, "surrogate": surrogate, "config": asdict(cfg), "model": pipe.name_or_path}
+    return {"targets": targets, "surrogate": surrogate, "config": asdict(cfg), "model": _model_name(pipe)}
+
+
+def _model_name(pipe) -> str:
+    # A pipeline loaded with from_pretrained(pathlib.Path(...)) keeps the Path, which JSON cannot encode.
+    return str(pipe.name_or_path)
 
 
 def train(
@@ -226,7 +231,7 @@ def train(
     finally:
         attached.detach()
     provenance = {
-        "base_model": pipe.name_or_path,
+        "base_model": _model_name(pipe),
         "surrogate": surrogate,
         "train_config": asdict(cfg),
         "spm_version": _version(),

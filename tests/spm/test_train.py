@@ -232,3 +232,21 @@ def test_a_file_that_is_not_a_checkpoint_is_refused_by_the_library_too(pipe, tmp
     ckpt.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a training checkpoint: delete it"):
         spm.train(pipe, ["snoopy"], config=spm.TrainConfig(iterations=1, **FAST), checkpoint=ckpt, progress=False)
+
+
+def test_a_pipeline_loaded_from_a_path_object_trains_checkpoints_saves_and_loads(tiny_dir, tmp_path):
+    from pathlib import Path
+
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(Path(tiny_dir), safety_checker=None, requires_safety_checker=False)
+    cfg = spm.TrainConfig(iterations=2, resolutions=(16,), **(FAST | {"checkpoint_every": 1}))
+    ckpt, out = tmp_path / "run.ckpt.pt", tmp_path / "s.safetensors"
+    trained = spm.train(pipe, ["snoopy"], config=cfg, checkpoint=ckpt, progress=False)
+    assert ckpt.exists() and trained.provenance["base_model"] == str(tiny_dir)
+    trained.save(out)  # was: TypeError, PosixPath is not JSON serializable
+    loaded = spm.SPM.load(out)
+    assert loaded.provenance["base_model"] == str(tiny_dir)
+    assert all(torch.equal(loaded.layers[name][1], u) for name, (_, u) in trained.layers.items())
+    resumed = spm.train(pipe, ["snoopy"], config=cfg, checkpoint=ckpt, progress=False)  # the same run's file
+    assert all(torch.equal(resumed.layers[name][1], u) for name, (_, u) in trained.layers.items())
