@@ -200,8 +200,6 @@ def image_grid(
     scale: int = 3,
 ):
     """Rows: the original then each eraser; columns: the first prompts of each set, same seeds."""
-    from PIL import Image
-
     rows = app.rows(tuple(targets), limit)
     columns = []
     for ps in app.prompt_sets:
@@ -211,11 +209,18 @@ def image_grid(
         cell = run_dir / "cells" / cell_key(model, eraser, targets) / "images"
         row = [cell / f"{r.prompt_id}.png" for r in columns]
         if all(p.exists() for p in row):
-            tiles.append([Image.open(p).convert("RGB") for p in row])
-    if not tiles:
-        return None
+            tiles.append(row)
+    return tile_grid(tiles, scale) if tiles else None
+
+
+def tile_grid(rows: list[list[Path]], scale: int = 3):
+    """The images at `rows` (paths, rows of equal length) side by side, enlarged `scale` times (nearest
+    neighbour: the toy world's 32 px stay sharp)."""
+    from PIL import Image
+
+    tiles = [[Image.open(p).convert("RGB") for p in row] for row in rows]
     w, h = tiles[0][0].size
-    canvas = Image.new("RGB", (w * len(columns), h * len(tiles)), "white")
+    canvas = Image.new("RGB", (w * len(tiles[0]), h * len(tiles)), "white")
     for i, row in enumerate(tiles):
         for j, tile in enumerate(row):
             canvas.paste(tile, (j * w, i * h))
