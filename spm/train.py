@@ -40,6 +40,10 @@ class TrainConfig:
         num_anchors: random anchor embeddings per step (the empty prompt is always added).
         legacy_anchors: the released code's anchors instead: by a batching quirk, 2 random ones and the
             empty prompt twice (so it weighs half the anchoring loss); num_anchors is then ignored.
+        legacy_schedule: the released code's trajectory instead: the rollout on DDIM's 'leading' grid
+            without offset (900, 800, ..., 0 at T = 10) rather than the pipeline scheduler's, and the UNet
+            queried at timestep 999 - floor(k * 1000 / T) after k rollout steps (noisier than the latent
+            is) rather than at the latent's own timestep.
         vocabulary_anchors: more anchors per step (ours, default 0: the paper has none), each a prompt
             of 1-3 words drawn from the tokenizer's vocabulary, never the targets' own words. Random
             directions in embedding space lie far from every real prompt; on the toy world they left
@@ -64,6 +68,7 @@ class TrainConfig:
     anchor_weight: float = 1000.0
     num_anchors: int = 4
     legacy_anchors: bool = False
+    legacy_schedule: bool = False
     vocabulary_anchors: int = 0
     anchor_scale: tuple[float, float] = (0.8, 1.2)
     rollout_steps: int = 30
@@ -77,6 +82,9 @@ class TrainConfig:
 
     def __post_init__(self):
         # Each message starts with the field's name: the CLI turns it into the option's name.
+        for name in ("legacy_anchors", "legacy_schedule"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, not {getattr(self, name)!r}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be 'float32' or 'bfloat16', not {self.dtype!r}")
         for name in ("lr", "weight_decay", "eta", "anchor_weight", "rollout_guidance", "alpha"):
@@ -173,12 +181,31 @@ def sample_vocabulary_prompts(vocabulary: list[str], n: int, gen: torch.Generato
 
 def _run_settings(targets, surrogate, cfg: TrainConfig, pipe) -> dict:
     """What a checkpoint of this run is tied to."""
-    return {"targets": targets, "surrogate": surrogate, "config": asdict(cfg), "model": _model_name(pipe)}
+    config = asdict(cfg)
+    if not cfg.legacy_schedule:  # off, it changes nothing: checkpoints from before it existed stay resumable
+        del config["legacy_schedule"]
+    return {"targets": targets, "surrogate": surrogate, "config": config, "model": _model_name(pipe)}
 
 
 def _model_name(pipe) -> str:
     # A pipeline loaded with from_pretrained(pathlib.Path(...)) keeps the Path, which JSON cannot encode.
     return str(pipe.name_or_path)
+
+
+def _rollout_schedule(pipe, cfg: TrainConfig) -> tuple:
+    """The DDIM scheduler the x_t rollout steps with, and the UNet's query timestep after k of its steps."""
+    from diffusers import DDIMScheduler
+
+    if not cfg.legacy_schedule:
+        ddim = DDIMScheduler.from_config(pipe.scheduler.config)
+        ddim.set_timesteps(cfg.rollout_steps)
+        return ddim, lambda k: ddim.timesteps[k]
+    # The released code builds its DDIM with the library's defaults (no offset) and reads the query
+    # timestep off a 1000-step grid: 999 - floor(k * 1000 / T) for SD's 1000 training timesteps.
+    ddim = DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing="leading", steps_offset=0)
+    ddim.set_timesteps(cfg.rollout_steps)
+    n = ddim.config.num_train_timesteps
+    return ddim, lambda k: torch.tensor(n - 1 - k * n // cfg.rollout_steps)
 
 
 def train(
@@ -242,7 +269,6 @@ def train(
 def _optimise(
     pipe, attached, targets, surrogate, cfg: TrainConfig, checkpoint: Path | None, progress: bool, callback
 ) -> None:
-    from diffusers import DDIMScheduler
     from diffusers.optimization import get_cosine_with_hard_restarts_schedule_with_warmup
 
     # 1. Trainable factors, optimiser, schedule, one generator for every random draw.
@@ -253,8 +279,7 @@ def _optimise(
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = get_cosine_with_hard_restarts_schedule_with_warmup(opt, cfg.warmup_steps, cfg.iterations, cfg.restarts)
     gen = torch.Generator().manual_seed(cfg.seed)
-    ddim = DDIMScheduler.from_config(pipe.scheduler.config)
-    ddim.set_timesteps(cfg.rollout_steps)
+    ddim, query_timestep = _rollout_schedule(pipe, cfg)
     c_targets = encode_prompts(pipe, list(targets))
     c_neu, c_empty = encode_prompts(pipe, [surrogate]), encode_prompts(pipe, [""])
     vocabulary = anchor_vocabulary(pipe.tokenizer, list(targets)) if cfg.vocabulary_anchors else []
@@ -286,7 +311,7 @@ def _optimise(
             for t in ddim.timesteps[:k]:
                 uncond, cond = unet(x, t, torch.cat([c_empty, c_tar]), torch.ones(1, 1)).chunk(2)
                 x = ddim.step(uncond + cfg.rollout_guidance * (cond - uncond), t, x).prev_sample
-        t = ddim.timesteps[k]
+        t = query_timestep(k)
         random_anchors, empties = (2, 2) if cfg.legacy_anchors else (cfg.num_anchors, 1)
         anchors = [sample_anchors(c_tar[0], random_anchors, cfg.anchor_scale, gen), c_empty.expand(empties, -1, -1)]
         if vocabulary:

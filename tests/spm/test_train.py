@@ -143,7 +143,9 @@ NAN, INF = float("nan"), float("inf")
      ({"num_anchors": "four"}, "num_anchors must be a whole number, not 'four'"),
      ({"anchor_scale": (0.8, NAN)}, "anchor_scale must be two finite numbers"),
      ({"anchor_scale": (1.2, 0.8)}, "anchor_scale must be two finite numbers"), ({"anchor_scale": (0.0, 1.0)}, "anchor_scale"),
-     ({"resolutions": (16, -8)}, "resolutions must be positive whole numbers")],
+     ({"resolutions": (16, -8)}, "resolutions must be positive whole numbers"),
+     ({"legacy_schedule": "yes"}, "legacy_schedule must be true or false, not 'yes'"),
+     ({"legacy_anchors": 1}, "legacy_anchors must be true or false, not 1")],
 )  # fmt: skip
 def test_impossible_settings_are_refused_in_one_line(setting, message):
     with pytest.raises(ValueError, match=re.escape(message)) as caught:
@@ -250,3 +252,57 @@ def test_a_pipeline_loaded_from_a_path_object_trains_checkpoints_saves_and_loads
     assert all(torch.equal(loaded.layers[name][1], u) for name, (_, u) in trained.layers.items())
     resumed = spm.train(pipe, ["snoopy"], config=cfg, checkpoint=ckpt, progress=False)  # the same run's file
     assert all(torch.equal(resumed.layers[name][1], u) for name, (_, u) in trained.layers.items())
+
+
+@pytest.mark.parametrize(
+    "legacy, grid, query",
+    [
+        (False, [901, 801, 701, 601, 501, 401, 301, 201, 101, 1], lambda k: 1 + 100 * (9 - k)),  # the scheduler's
+        (True, [900, 800, 700, 600, 500, 400, 300, 200, 100, 0], lambda k: 999 - k * 1000 // 10),  # the released
+    ],
+)
+def test_the_rollout_grid_and_query_timestep_follow_the_released_code_under_legacy_schedule(pipe, legacy, grid, query):
+    calls = []  # (batch, timestep) of every UNet forward
+    pipe.unet.register_forward_pre_hook(
+        lambda _, args, kwargs: calls.append((len(kwargs["encoder_hidden_states"]), int(args[1]))), with_kwargs=True
+    )
+    cfg = spm.TrainConfig(iterations=6, resolutions=(16,), legacy_schedule=legacy, **(FAST | {"rollout_steps": 10}))
+    spm.train(pipe, ["snoopy"], config=cfg, progress=False)
+    depths = []
+    while calls:  # per step: k rollout forwards (batch 2), the frozen one (batch 7), the membrane's (batch 6)
+        k = next(i for i, (batch, _) in enumerate(calls) if batch != 2)
+        assert [t for _, t in calls[:k]] == grid[:k]
+        assert calls[k] == (7, query(k)) and calls[k + 1] == (6, query(k))
+        depths.append(k)
+        del calls[: k + 2]
+    assert len(depths) == 6 and len(set(depths)) > 2
+
+
+@pytest.mark.parametrize(
+    "extra, digest",
+    [
+        ({}, "ccee567f39689c2ff195302238c3b17e5a66e5fdf58aa6bc5f2c662c739215fb"),
+        ({"legacy_anchors": True}, "0504433fb813f2bc5d6cde6dd97852afac0a9608152601689f6eb51b3807b378"),
+    ],
+)
+def test_fits_without_legacy_schedule_are_unchanged(pipe, extra, digest):
+    """Digests of fits made (CPU, float32) before legacy_schedule existed: off, it changes nothing."""
+    import hashlib
+
+    cfg = spm.TrainConfig(iterations=3, seed=3, resolutions=(16,), **FAST, **extra)
+    trained = spm.train(pipe, ["snoopy"], config=cfg, progress=False)
+    h = hashlib.sha256()
+    for name in sorted(trained.layers):
+        for tensor in trained.layers[name]:
+            h.update(name.encode())
+            h.update(tensor.contiguous().numpy().tobytes())
+    assert h.hexdigest() == digest
+    assert spm.TrainConfig(legacy_schedule=True) != spm.TrainConfig()
+
+
+def test_a_checkpoint_from_before_legacy_schedule_is_still_resumed(pipe):
+    from spm.train import _run_settings
+
+    settings = _run_settings(["snoopy"], "", spm.TrainConfig(), pipe)
+    assert "legacy_schedule" not in settings["config"]  # the fingerprint of a run made before the switch
+    assert _run_settings(["snoopy"], "", spm.TrainConfig(legacy_schedule=True), pipe)["config"]["legacy_schedule"]
