@@ -11,14 +11,17 @@ import json
 import logging
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from spm import Checkpoint
 from spm.files import save_torch_atomic, write_text_atomic
 from spmbench.toy import models, worlds
 from spmbench.toy.data import render_workers
@@ -107,48 +110,16 @@ def config_for_world(version: int, **settings) -> ToyTrainConfig:
 
 
 # -- checkpoints ---------------------------------------------------------------------------------
-
-
-def _save_ckpt(path: Path, step: int, modules: dict, rng: np.random.Generator, gen: torch.Generator) -> None:
-    state = {name: m.state_dict() for name, m in modules.items()}
-    state.update(step=step, np_rng=json.dumps(rng.bit_generator.state), torch_rng=gen.get_state())
-    save_torch_atomic(state, path)
-
-
-def _drop_optimiser(path: Path) -> None:
-    """A finished stage's checkpoint keeps the weights only: half the size, for committing."""
-    state = torch.load(path, weights_only=True, map_location="cpu")
-    if "opt" in state:
-        del state["opt"]
-        save_torch_atomic(state, path)
-
-
-def _load_ckpt(path: Path, modules: dict, rng: np.random.Generator, gen: torch.Generator) -> int:
-    if not path.exists():
-        return 0
-    state = torch.load(path, weights_only=True, map_location="cpu")
-    for name, m in modules.items():
-        if name in state:
-            m.load_state_dict(state[name])
-        else:  # a finished stage keeps no optimiser state; extending it restarts the optimiser
-            log.warning("checkpoint %s has no %r: starting it fresh", path, name)
-    rng.bit_generator.state = json.loads(state["np_rng"])
-    gen.set_state(state["torch_rng"])
-    log.info("resumed %s at step %d", path.parent.name, state["step"])
-    return int(state["step"])
-
-
-def _finished(path: Path, steps: int) -> bool:
-    """Whether the checkpoint at `path` has trained `steps` steps or more."""
-    return path.exists() and int(torch.load(path, weights_only=True, map_location="cpu")["step"]) >= steps
+# Each stage's loop state is one spm.Checkpoint at workdir/<stage>/ckpt.pt: its modules' state dicts
+# under their names ("vae", "opt", "unet", ...), "np_rng", "torch_rng", "step" and a fingerprint of
+# the stage's settings (stage_settings), which also names the setting that changed when one is refused.
 
 
 class SettingsChanged(ValueError):
-    """A workdir holds stages trained with other settings than the ones asked for."""
+    """A workdir holds checkpoints this run must not resume: made with other settings, or not checkpoints."""
 
 
 # Settings that concern only some stages; every other one (seed, batch size, ...) concerns them all.
-# Step counts and ckpt_every may change between runs: a stage then trains on, or stops, where asked.
 _STAGES_OF_SETTING = {
     "judge_vae_fraction": ("judge",),
     "decoder_lr": ("decoder",),
@@ -162,22 +133,99 @@ _STAGES_OF_SETTING = {
 }
 
 
+def stage_settings(stage: str, values: Mapping[str, Any]) -> dict:
+    """The settings among `values` (a ToyTrainConfig as a dict) that `stage`'s checkpoint is tied to.
+    Step counts and ckpt_every are not: a stage may train on, or stop, where a later run asks."""
+    return {
+        f.name: values[f.name]
+        for f in fields(ToyTrainConfig)
+        if f.name in values
+        and not f.name.endswith("_steps")
+        and f.name != "ckpt_every"
+        and stage in _STAGES_OF_SETTING.get(f.name, STAGES[1:])
+    }
+
+
+def stage_checkpoint(workdir: Path, stage: str, cfg: ToyTrainConfig) -> Checkpoint:
+    """Where `stage` keeps its loop state, tied to its settings in `cfg`."""
+    return Checkpoint(workdir / stage / "ckpt.pt", stage_settings(stage, asdict(cfg)), every=cfg.ckpt_every)
+
+
+class _NumpyRNG:
+    """A numpy generator as a state spm.Checkpoint saves: its bit generator's state as JSON text, the
+    layout every toy checkpoint has always had."""
+
+    def __init__(self, rng: np.random.Generator):
+        self.rng = rng
+
+    def state_dict(self) -> str:
+        return json.dumps(self.rng.bit_generator.state)
+
+    def load_state_dict(self, state: str) -> None:
+        self.rng.bit_generator.state = json.loads(state)
+
+
 def check_resumable(workdir: Path, cfg: ToyTrainConfig) -> None:
-    """Refuse to resume stages whose checkpoints were made with other settings (workdir/config.json)."""
-    recorded = workdir / "config.json"
-    if not recorded.exists():
-        return
-    old = json.loads(recorded.read_text())
-    for name, value in asdict(cfg).items():
-        if name.endswith("_steps") or name == "ckpt_every" or old.get(name, value) == value:
-            continue
-        trained = [s for s in _STAGES_OF_SETTING.get(name, STAGES[1:]) if (workdir / s / "ckpt.pt").exists()]
+    """Before anything trains, refuse stages whose checkpoints were made with other settings, naming the
+    first such setting; then tie every checkpoint kept to this run's settings (one of the old format,
+    or one that predates a setting added since: a setting a checkpoint does not record is its default)."""
+    current = asdict(cfg)
+    recorded = {
+        stage: _recorded_settings(workdir, stage) for stage in STAGES[1:] if (workdir / stage / "ckpt.pt").exists()
+    }
+    for name, value in current.items():
+        trained = [stage for stage, settings in recorded.items() if settings.get(name, value) != value]
         if trained:
             raise SettingsChanged(
-                f"{workdir} holds {', '.join(trained)} trained with {name}={old[name]!r}, not {value!r}: "
-                f"delete {'those stage folders' if len(trained) > 1 else 'that stage folder'} to retrain, "
-                "or use another --workdir"
+                f"{workdir} holds {', '.join(trained)} trained with {name}={recorded[trained[0]][name]!r}, "
+                f"not {value!r}: delete {'those stage folders' if len(trained) > 1 else 'that stage folder'} "
+                "to retrain, or use another --workdir"
             )
+    for stage in recorded:
+        checkpoint = stage_checkpoint(workdir, stage, cfg)
+        saved = _read_checkpoint(checkpoint.path)
+        if saved.get("fingerprint") != checkpoint.fingerprint:
+            save_torch_atomic(dict(saved) | {"fingerprint": checkpoint.fingerprint}, checkpoint.path)
+
+
+def _read_checkpoint(path: Path) -> dict:
+    # mmap: only the small entries are read from a file of hundreds of MB
+    try:
+        saved = torch.load(path, weights_only=True, map_location="cpu", mmap=True)
+    except Exception:  # pickle, zip and EOF errors: torch raises many kinds
+        saved = None
+    if not (isinstance(saved, dict) and "step" in saved):
+        raise SettingsChanged(f"{path} is not a training checkpoint: delete it to start over")
+    return saved
+
+
+def _recorded_settings(workdir: Path, stage: str) -> dict:
+    """The settings `stage`'s checkpoint was made with: its fingerprint's, or an old-format one's."""
+    path = workdir / stage / "ckpt.pt"
+    saved = _read_checkpoint(path)
+    if "fingerprint" in saved:
+        return json.loads(saved["fingerprint"])
+    return stage_settings(stage, _old_format_settings(workdir, path))
+
+
+# -- the checkpoint format before spm.Checkpoint -------------------------------------------------
+# Until issue 15 each stage saved its own layout: the keys above without "fingerprint" (each module's
+# state_dict under its name, "step", "np_rng" as JSON text, "torch_rng"); the settings were only in
+# workdir/config.json, written at the start of every run. The world 2 checkpoints and the world 3 run's
+# (spmbench/toy/checkpoints/, spmbench/toy/v3/checkpoints/) were saved so. check_resumable reads such a
+# file's settings here, before this run rewrites config.json, and adds the fingerprint: the file is then
+# a Checkpoint's. Delete this once no old-format checkpoint is left in the tree.
+
+
+def _old_format_settings(workdir: Path, path: Path) -> dict:
+    """The settings an old-format checkpoint was made with: the workdir's config.json."""
+    recorded = workdir / "config.json"
+    if not recorded.exists():
+        raise SettingsChanged(
+            f"{path} has no fingerprint (saved before spm.Checkpoint) and {recorded}, which holds its settings, "
+            "is missing: restore it, or delete that stage folder to retrain"
+        )
+    return json.loads(recorded.read_text())
 
 
 class TimeBudgetReached(Exception):
@@ -191,12 +239,13 @@ PROGRESS_EVERY = 25  # steps between progress-bar readings: each reads a loss ba
 def _loop(name: str, cfg: ToyTrainConfig, workdir: Path, steps: int, modules: dict, step_fn) -> None:
     """The shared resumable loop: step_fn(step, rng, gen) -> dict of scalar tensors for the progress bar.
     Checkpoints every `ckpt_every` steps with the time spent so far (summed over resumed runs)."""
-    stage_dir = workdir / name
-    stage_dir.mkdir(parents=True, exist_ok=True)
+    (workdir / name).mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([cfg.seed, STAGES.index(name)])
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + STAGES.index(name))
-    ckpt, timing = stage_dir / "ckpt.pt", stage_dir / "time.json"
-    start = _load_ckpt(ckpt, modules, rng, gen)
+    state = modules | {"np_rng": _NumpyRNG(rng), "torch_rng": gen}
+    checkpoint, timing = stage_checkpoint(workdir, name, cfg), workdir / name / "time.json"
+    # A finished stage keeps no optimiser state: training it on restarts the optimiser.
+    start, _ = checkpoint.resume(state, optional=("opt",))
     if start >= steps:  # already finished: nothing to train, nothing to add to its time
         return
     spent = json.loads(timing.read_text())["seconds"] if timing.exists() else 0.0
@@ -207,13 +256,13 @@ def _loop(name: str, cfg: ToyTrainConfig, workdir: Path, steps: int, modules: di
         if (step + 1) % PROGRESS_EVERY == 0 or step + 1 == steps:
             bar.set_postfix({k: f"{float(v):.4g}" for k, v in shown.items()})
         out_of_time = _deadline is not None and time.monotonic() > _deadline
-        if (step + 1) % cfg.ckpt_every == 0 or step + 1 == steps or out_of_time:
-            _save_ckpt(ckpt, step + 1, modules, rng, gen)
+        if checkpoint.due(step + 1) or step + 1 == steps or out_of_time:
+            checkpoint.save(step + 1, state)
             write_text_atomic(timing, json.dumps({"seconds": spent + time.time() - t0, "steps": step + 1}))
         if out_of_time and step + 1 < steps:
             bar.close()
             raise TimeBudgetReached(f"time budget reached at {name} step {step + 1} of {steps}")
-    _drop_optimiser(ckpt)
+    checkpoint.drop("opt")  # a finished stage's checkpoint keeps the weights only: half the size, for committing
 
 
 class EMA(torch.optim.swa_utils.AveragedModel):
@@ -432,7 +481,8 @@ def train_unet(name: str, cfg: ToyTrainConfig, workdir: Path, vae, tokenizer, te
     alphas = sched.alphas_cumprod.to(device)
     snr = alphas / (1 - alphas)
     full_pool = name in ("base", "continued")
-    if _finished(workdir / name / "ckpt.pt", steps):  # its pool would go unused: rendering it takes minutes
+    # A finished stage's pool would go unused: rendering it takes minutes.
+    if stage_checkpoint(workdir, name, cfg).saved_step() >= steps:
         mean = std = ids = empty = None
     else:
         mean, std, ids, empty = _latent_pool(
