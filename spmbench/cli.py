@@ -177,18 +177,34 @@ def _released_problem(eraser) -> str | None:
 
 
 def _settings_problems(models, apps, erasers) -> list[str]:
-    """Every spec's eraser_settings, checked by the eraser as a run would check them."""
+    """The fitting settings, checked as `run` checks them (runner.settings_problem): every application
+    with every model of its world and one eraser per settings key; and settings a run ignores silently."""
+    from spmbench import runner
+
     by_key: dict[str, object] = {}
     for e in erasers:  # by name: 'spm' comes before 'spm-noft' and 'spm-rel', which share its settings
         by_key.setdefault(e.fit_key, e)
     specs = [(m.origin, m.eraser_settings) for m in models] + [(a.path, a.eraser_settings) for a in apps]
-    problems = []
-    for origin, settings in specs:
-        for key, chosen in settings.items():
-            problem = _settings_problem(by_key[key], chosen) if key in by_key else _unknown_key(key, by_key)
-            if problem:
-                problems.append(f"{origin}: eraser_settings.{key}: {problem}")
+    problems = [f"{origin}: eraser_settings.{key}: {_unknown_key(key, by_key)}"
+                for origin, settings in specs for key in settings if key not in by_key]  # fmt: skip
+    problems += [p for m in models if (p := _unread_model_settings(m, models))]
+    for a in apps:
+        cells = runner.plan(a, [m for m in models if m.world == a.world], [e.name for e in by_key.values()], Path())
+        problems += [p for cell in cells if (p := runner.settings_problem(a, [cell], models))]
     return problems
+
+
+def _unread_model_settings(model, models) -> str | None:
+    """A derived model's eraser_settings, which no run reads: its erasers are fitted on its family's root."""
+    from spmbench.runner import fit_model_for
+
+    root = fit_model_for(model, models)
+    if not model.eraser_settings or root is model:
+        return None
+    return (
+        f"{model.origin}: eraser_settings are never read: {model.name} reuses the fits of {root.name}, "
+        f"made with the settings in {root.origin}: move them there"
+    )
 
 
 def _unknown_key(key: str, by_key: dict) -> str:
@@ -197,14 +213,6 @@ def _unknown_key(key: str, by_key: dict) -> str:
     if key in ERASERS:
         return f"{key} shares the settings of {ERASERS.get(key).fit_key!r}: put them there"
     return f"no such eraser; use one of {', '.join(by_key)}"
-
-
-def _settings_problem(eraser, settings: dict) -> str | None:
-    try:
-        eraser.check_settings(settings)
-    except ValueError as e:
-        return str(e)
-    return None
 
 
 def _app_problems(a, judge_settings: dict) -> list[str]:

@@ -93,19 +93,23 @@ def test_validate_checks_local_model_sources(user_models, tmp_path):
     assert_one_line_error(invoke("validate"), "'not-a-model' is neither a local diffusers directory nor a hub id")
 
 
-def test_validate_checks_eraser_settings_one_line_each(user_models):
-    extra = "derived_from: toy-base\neraser_settings:\n  spm: {iteratons: 5}\n  esd-x: {iterations: 0}\n"
-    path = user_models("mine", extra)
+def test_validate_checks_eraser_settings_as_a_run_would(user_models):
+    path = user_models("mine", "eraser_settings:\n  spm: {iteratons: 5}\n  esd-x: {iterations: 0}\n")
     result = invoke("validate")
-    assert_one_line_error(result, f"{path}: eraser_settings.spm: eraser 'spm': unknown field(s) ['iteratons']")
-    assert f"{path}: eraser_settings.esd-x: eraser 'esd-x': iterations must be" in result.output
+    # the settings a run would fit with: the application's, then the model's (runner.settings_problem)
+    assert_one_line_error(result, "eraser 'spm': unknown field(s) ['iteratons']", "(eraser_settings.spm of ")
+    assert "eraser 'esd-x': iterations must be" in result.output and "(eraser_settings.esd-x of " in result.output
+    assert f"concept.yaml and {path})" in result.output  # one line per application the model runs in
     user_models("mine", "eraser_settings:\n  spm: {iterations: 0}\n  spm-rel: {lr: 1.0}\n  spn: {}\n")
     result = invoke("validate")
-    assert_one_line_error(result, "eraser_settings.spm: eraser 'spm': iterations must be at least 1, not 0")
+    assert_one_line_error(result, "eraser 'spm': iterations must be at least 1, not 0")
     assert "eraser_settings.spm-rel: spm-rel shares the settings of 'spm'" in result.output
     assert "eraser_settings.spn: no such eraser" in result.output
     user_models("mine", "eraser_settings:\n  negprompt: {strength: 2}\n")
     assert_one_line_error(invoke("validate"), "eraser 'negprompt' takes no settings")
+    user_models("mine", "derived_from: toy-base\neraser_settings:\n  spm: {iterations: 5}\n")
+    never_read = f"{path}: eraser_settings are never read: mine reuses the fits of toy-base"
+    assert_one_line_error(invoke("validate"), never_read)
 
 
 def test_validate_checks_released_weights_exist(tmp_path, monkeypatch):
