@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import nn
 
+from spm.files import save_safetensors_atomic
 from spm.layers import init_down, layer_shapes, membrane_targets
 
 
@@ -80,7 +80,8 @@ class SPM:
         return cls(list(targets), layers, alpha)
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write atomically as safetensors (kohya keys, fp32 unless the factors are another dtype)."""
+        """Write atomically and byte-reproducibly as safetensors (kohya keys, fp32 unless the factors are another
+        dtype); spm.files.DiskFullError when it does not fit."""
         tensors = {}
         for name, (down, up) in self.layers.items():
             tensors[f"{PREFIX}{name}.lora_down.weight"] = down.detach().contiguous().cpu()
@@ -93,10 +94,7 @@ class SPM:
             "spm_format_version": FORMAT_VERSION,
             "spm_provenance": json.dumps(self.provenance),
         }
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata=metadata)
-        tmp.replace(path)
+        save_safetensors_atomic(tensors, path, metadata)
 
     @classmethod
     def load(cls, path: str | os.PathLike, targets: list[str] | None = None) -> SPM:

@@ -1,29 +1,118 @@
-"""Atomic file writes: a kill mid-write never leaves a torn file where a good one was expected.
+"""Atomic file writes: a kill mid-write never leaves a torn file where a good one was expected, and a
+full disk is one line naming the file and the bytes it needed, never a half-written file.
 
-Public, for tools built on spm (the benchmark writes every result through these), with the check of
-an output folder that command lines run before any work.
+Every writer serialises in memory first, then `write_bytes_atomic` writes a temporary sibling and
+renames it over the target (atomic on POSIX). Public, for tools built on spm (the benchmark writes
+every result, image and fit through these), with the check of an output folder that command lines
+run before any work.
 """
 
 from __future__ import annotations
 
+import errno
+import io
+import json
 import os
+import shutil
+import struct
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Path.write_text to a temporary sibling, then rename (atomic on POSIX)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+if TYPE_CHECKING:
+    from PIL import Image
 
 
-def save_torch_atomic(state: dict, path: Path) -> None:
-    """torch.save to a temporary sibling, then rename (atomic on POSIX). Load back with weights_only=True."""
+class DiskFullError(OSError):
+    """A write that did not fit on its disk: nothing was written under the target's name."""
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to a temporary sibling, then rename it to `path`; DiskFullError when it does not fit."""
+    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    try:
+        with _open_for_write(tmp) as f:
+            f.write(data)
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(e.errno, _disk_full_message(path, len(data))) from None
+        raise
+
+
+def _open_for_write(path: Path):
+    # one place that opens for writing: the tests point it at /dev/full to get a real ENOSPC
+    return open(path, "wb")
+
+
+def _disk_full_message(path: Path, needed: int) -> str:
+    try:
+        free = f", {_size(shutil.disk_usage(path.parent).free)} free"
+    except OSError:
+        free = ""
+    return f"cannot write {path}: no space left on its disk (it needs {_size(needed)}{free}); free space and rerun"
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Path.write_text, atomically."""
+    write_bytes_atomic(path, text.encode())
+
+
+def save_torch_atomic(state: dict, path: str | os.PathLike) -> None:
+    """torch.save, atomically. Load back with weights_only=True."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def save_image_atomic(image: Image.Image, path: str | os.PathLike) -> None:
+    """PIL's Image.save (the format from the suffix), atomically: a failed write leaves no empty image."""
+    buffer = io.BytesIO()
+    image.save(buffer, format=_image_format(path))
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def _image_format(path: str | os.PathLike) -> str:
+    from PIL import Image
+
+    Image.init()
+    suffix = Path(path).suffix.lower()
+    if suffix not in Image.EXTENSION:
+        raise ValueError(f"{path}: unknown image suffix {suffix!r}; use .png")
+    return Image.EXTENSION[suffix]
+
+
+def save_safetensors_atomic(
+    tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]
+) -> None:
+    """safetensors' save_file, atomically and byte-reproducibly: safetensors writes the metadata in a
+    hash map's random order, so equal tensors and metadata would give different files; the header is
+    rewritten with sorted metadata keys (the format allows any order)."""
+    from safetensors.torch import save
+
+    write_bytes_atomic(path, _sorted_header(save(tensors, metadata=metadata)))
+
+
+def _sorted_header(data: bytes) -> bytes:
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + length])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)  # the tensor data stays 8-byte aligned, as safetensors writes it
+    return struct.pack("<Q", len(text)) + text + data[8 + length :]
 
 
 def output_dir_problem(path: Path, option: str) -> str | None:

@@ -21,13 +21,15 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from spm.files import write_text_atomic
+from spm.files import save_image_atomic, write_text_atomic
 from spmbench.apps import ERASURE_SETS, Application, PromptRow
-from spmbench.cost import peak_memory
+from spmbench.cost import peak_memory, release_freed_memory
 from spmbench.erasers import ERASERS
 from spmbench.judges.base import Judge
+from spmbench.locks import holding
 from spmbench.metrics import frechet_distance, paired_distance
 from spmbench.models import ModelSpec
+from spmbench.registry import slug
 from spmbench.result import Result, cell_key, run_meta
 
 
@@ -49,19 +51,22 @@ class JudgeChanged(ValueError):
 def check_judge(run_dir: Path, judge, rescore: bool = False) -> None:
     """Scores are only reused under the judge that made them. `rescore` drops every cell's scores and
     result (images and fits stay) so that this judge scores them again."""
-    path, identity = run_dir / "judge.json", getattr(judge, "identity", type(judge).__name__)
-    stored = _read_state(path, "delete it and add --rescore to score the stored images again").get("judge")
-    if stored is not None and stored != identity:
-        if not rescore:
-            raise JudgeChanged(
-                f"the scores in {run_dir} were made by {stored}, this run's judge is {identity}: "
-                "add --rescore to score the stored images again (nothing is regenerated), or use another --out"
-            )
-        for name in ("scores.jsonl", "result.json"):
-            for stale in (run_dir / "cells").glob(f"*/*/*/{name}"):
-                stale.unlink()
-    if stored != identity:
-        _write_json_atomic(path, {"judge": identity})
+    identity = getattr(judge, "identity", type(judge).__name__)
+
+    def record(known: dict) -> dict:
+        stored = known.get("judge")
+        if stored is not None and stored != identity:
+            if not rescore:
+                raise JudgeChanged(
+                    f"the scores in {run_dir} were made by {stored}, this run's judge is {identity}: "
+                    "add --rescore to score the stored images again (nothing is regenerated), or use another --out"
+                )
+            for name in ("scores.jsonl", "result.json"):
+                for stale in (run_dir / "cells").glob(f"*/*/*/{name}"):
+                    stale.unlink()
+        return {"judge": identity}
+
+    update_state(run_dir / "judge.json", "delete it and add --rescore to score the stored images again", record)
 
 
 @dataclass(frozen=True)
@@ -159,12 +164,6 @@ def _read_state(path: Path, fix: str) -> dict:
     return data
 
 
-def _save_png(image: Image.Image, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp.png")
-    image.save(tmp)
-    tmp.replace(path)
-
-
 def generate_cell(pipe, eraser, artifacts: list[Path], rows: list[PromptRow], cell: Cell, batch_size: int) -> None:
     """Generate the rows' missing images with the eraser applied; each image is written atomically."""
     cell.images.mkdir(parents=True, exist_ok=True)
@@ -182,7 +181,7 @@ def generate_cell(pipe, eraser, artifacts: list[Path], rows: list[PromptRow], ce
                 generator=generators, height=model.resolution, width=model.resolution,
             )  # fmt: skip
             for row, image in zip(batch, out.images):
-                _save_png(image, cell.image(row))
+                save_image_atomic(image, cell.image(row))
 
 
 def load_images(paths: list[Path]) -> torch.Tensor:
@@ -263,27 +262,38 @@ def settings_problem(app: Application, cells: list[Cell], registry) -> str | Non
 def check_fit_settings(workdir: Path, eraser, settings: dict) -> None:
     """Record the settings an eraser is fitted with; refuse other settings while fits made with the
     old ones exist. Once they are deleted, the new settings (and new fit costs) replace the old."""
-    path = workdir / "fit_settings.json"
-    known = _read_state(path, f"delete it and {workdir} to fit again")
     key = eraser.fit_key
-    if known.get(key, settings) != settings and (workdir / key).exists():
-        raise FitSettingsChanged(
-            f"{workdir / key} was fitted with settings {known[key]}, now {settings}: "
-            f"delete {workdir / key} and the cells using it to refit, or use another --out"
-        )
-    if known.get(key) != settings:
-        workdir.mkdir(parents=True, exist_ok=True)
-        _forget_fit_costs(workdir, key)
-        _write_json_atomic(path, known | {key: settings})
+
+    def record(known: dict) -> dict:
+        if known.get(key, settings) != settings and (workdir / key).exists():
+            raise FitSettingsChanged(
+                f"{workdir / key} was fitted with settings {known[key]}, now {settings}: "
+                f"delete {workdir / key} and the cells using it to refit, or use another --out"
+            )
+        if known.get(key) != settings:  # the fits they cost are gone: they are measured again when refitted
+            forget = _fit_costs_fix(workdir)
+            for name in ("fit_seconds.json", "fit_memory.json"):
+                update_state(
+                    workdir / name, forget, lambda costs: {k: v for k, v in costs.items() if k.split("|")[0] != key}
+                )
+        return known | {key: settings}
+
+    update_state(workdir / "fit_settings.json", f"delete it and {workdir} to fit again", record)
 
 
-def _forget_fit_costs(workdir: Path, key: str) -> None:
-    """Drop the recorded time and memory of fits that no longer exist (they are refitted)."""
-    for name in ("fit_seconds.json", "fit_memory.json"):
-        path = workdir / name
-        if path.exists():
-            records = _read_state(path, "delete it (the fits' costs are then measured again when refitted)")
-            _write_json_atomic(path, {k: v for k, v in records.items() if not k.startswith(f"{key}|")})
+def _fit_costs_fix(workdir: Path) -> str:
+    return f"delete it and the fits in {workdir} whose cost the table should give (they are refitted)"
+
+
+def update_state(path: Path, fix: str, change: Callable[[dict], dict]) -> None:
+    """Read a JSON state file ({} if absent; damaged: StateFileError naming it and `fix`), apply
+    `change` and write the outcome back if it differs, holding the file's lock throughout, so that two
+    processes sharing a run folder never lose each other's records."""
+    with holding(path):
+        known = _read_state(path, fix)
+        changed = change(dict(known))
+        if changed != known:
+            _write_json_atomic(path, changed)
 
 
 def fit_timed(
@@ -303,19 +313,31 @@ def fit_timed(
         peak = None if None in peaks else max(peaks)  # one fit at a time: the largest is the peak
         return [a for artifacts, _, _ in parts for a in artifacts], sum(s for _, s, _ in parts), peak
     record_path, memory_path = workdir / "fit_seconds.json", workdir / "fit_memory.json"
-    forget = f"delete it and the fits in {workdir} whose cost the table should give (they are refitted)"
-    record, memory = _read_state(record_path, forget), _read_state(memory_path, forget)
-    key = f"{eraser.fit_key}|{'+'.join(targets)}"
-    with peak_memory(getattr(pipe, "device", "cpu")) as peak:
-        t0 = time.time()
-        artifacts = eraser.fit(pipe, targets, workdir, resolution, settings)
-        seconds = time.time() - t0
-    if key not in record:
-        record[key], memory[key] = seconds, peak.mib
-        workdir.mkdir(parents=True, exist_ok=True)
-        _write_json_atomic(record_path, record)
-        _write_json_atomic(memory_path, memory)
-    return artifacts, record[key], memory.get(key)  # no memory record: a fit from before it was measured
+    key, forget = f"{eraser.fit_key}|{'+'.join(targets)}", _fit_costs_fix(workdir)
+    # Held from the check to the record: a process that waited for another's fit measures nothing.
+    with holding(workdir / f"{eraser.fit_key}-{'+'.join(slug(t) for t in targets)}"):
+        first = key not in _read_state(record_path, forget)
+        if first:
+            _settle(pipe, resolution)
+        with peak_memory(getattr(pipe, "device", "cpu")) as peak:
+            t0 = time.time()
+            artifacts = eraser.fit(pipe, targets, workdir, resolution, settings)
+            seconds = time.time() - t0
+        if first:
+            update_state(record_path, forget, lambda record: record | {key: seconds})
+            update_state(memory_path, forget, lambda memory: memory | {key: peak.mib})
+    # no memory record: a fit from before memory was measured
+    return artifacts, _read_state(record_path, forget)[key], _read_state(memory_path, forget).get(key)
+
+
+def _settle(pipe, resolution: int) -> None:
+    """Bring the process to the same state before every measured fit, whatever ran before it in this
+    process: a one-step generation initialises what a model's first call does (an original cell
+    generated just before a fit did that; skipped, the fit measured it, 79 MiB against 18-20), then
+    freed heap memory goes back to the OS."""
+    if hasattr(pipe, "unet"):  # stand-in pipes in tests have no model to warm
+        pipe("", num_inference_steps=1, height=resolution, width=resolution, output_type="latent")
+    release_freed_memory()
 
 
 def _write_json_atomic(path: Path, data) -> None:
@@ -378,9 +400,10 @@ def run(
     check_judge; `features`: the alteration feature source (default: the judge, which must have features)."""
     features = features or (lambda: judge)
     check_judge(run_dir, judge, rescore)
-    pipes, results = Pipelines(device), []
+    pipes = Pipelines(device)
     original_rows = all_rows(app, limit)
-    for cell in cells:
+
+    def compute(cell: Cell) -> Result:
         rows = original_rows if cell.eraser == "none" else app.rows(cell.targets, limit)
         eraser = ERASERS.get(cell.eraser)
         fit_model = fit_model_for(cell.model, registry)
@@ -388,8 +411,10 @@ def run(
         check_fit_settings(fits_dir(run_dir, fit_model), eraser, settings)  # before reusing anything made with them
         stored = Result.load(cell.result)
         if _reusable(stored, len(rows), features):
-            results.append(stored)
-            continue
+            return stored
+        if cell.eraser != "none":  # compared with the original's images and scores: they must be complete
+            with holding(cell.original.dir):
+                compute(cell.original)
         artifacts, fit_seconds, fit_mib = fit_timed(
             eraser, pipes(fit_model), cell.targets, fits_dir(run_dir, fit_model), fit_model.resolution, settings
         )
@@ -411,5 +436,23 @@ def run(
             meta=run_meta(),
         )  # fmt: skip
         result.save(cell.result)
-        results.append(result)
-    return results
+        return result
+
+    return in_turn(cells, compute)
+
+
+def in_turn(cells: list[Cell], compute: Callable[[Cell], Result]) -> list[Result]:
+    """`compute` each cell holding its lock, so that processes sharing a run folder never compute a
+    cell twice: a cell another process holds is put off until the others are done, then waited for
+    (its stored result is then read back, not recomputed)."""
+    results, later = {}, []
+    for cell in cells:
+        with holding(cell.dir, wait=False) as held:
+            if held:
+                results[cell.key] = compute(cell)
+            else:
+                later.append(cell)
+    for cell in later:
+        with holding(cell.dir):
+            results[cell.key] = compute(cell)
+    return [results[cell.key] for cell in cells]

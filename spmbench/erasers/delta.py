@@ -13,17 +13,16 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+
+from spm.files import save_safetensors_atomic
 
 
 def save_delta(path: Path, deltas: dict[str, torch.Tensor], component: str = "unet", **metadata) -> Path:
     """Write `deltas` (parameter name -> difference) for `pipe.<component>` atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     tensors = {name: d.detach().float().cpu().contiguous() for name, d in deltas.items()}
     meta = {"component": component, **{k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}}
-    save_file(tensors, str(tmp), metadata=meta)
-    tmp.replace(path)
+    save_safetensors_atomic(tensors, path, meta)
     return path
 
 

@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 import torch
@@ -125,3 +126,17 @@ def test_a_non_finite_alpha_is_refused(pipe, tmp_path):
     spm.save(path)
     with pytest.raises(ValueError, match=f"{path}: tensor .*alpha holds NaN or infinite"):
         SPM.load(path)
+
+
+def test_saving_twice_gives_the_same_bytes(pipe, tmp_path):
+    """The same SPM is the same file (safetensors alone orders the metadata at random), mode 0644."""
+    spm = random_spm(pipe.unet)
+    spm.provenance = {"base_model": "tiny", "train_config": {"iterations": 3}}
+    old = os.umask(0o022)
+    try:
+        for name in ("a", "b", "c"):
+            spm.save(tmp_path / f"{name}.safetensors")
+    finally:
+        os.umask(old)
+    assert len({(tmp_path / f"{n}.safetensors").read_bytes() for n in "abc"}) == 1
+    assert (tmp_path / "a.safetensors").stat().st_mode & 0o777 == 0o644
