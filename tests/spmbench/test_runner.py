@@ -4,6 +4,7 @@ import dataclasses
 import json
 import re
 import shutil
+import time
 
 import pytest
 import yaml
@@ -11,6 +12,7 @@ from typer.testing import CliRunner
 
 from spmbench import runner
 from spmbench.cli import app
+from tests.spmbench.conftest import FAST_FITS
 
 
 def invoke(*args):
@@ -176,3 +178,73 @@ def test_a_score_line_that_is_not_a_record_is_named_and_a_torn_one_is_skipped(tm
     scores.write_text('{"prompt_id": "a", "present": true}\n42\n')
     with pytest.raises(runner.StateFileError, match=r"scores\.jsonl:2: not a score record: delete scores\.jsonl"):
         runner._read_jsonl(scores)
+
+
+def test_in_turn_puts_off_a_cell_another_process_holds(tmp_path):
+    """A held cell is done last, after waiting for its holder: here the holder lets go once the other
+    cells are done (another process finishing it); the cell is still computed, and only once."""
+    from types import SimpleNamespace
+
+    from filelock import FileLock
+
+    from spmbench.locks import lock_path
+
+    cells = [SimpleNamespace(key=k, dir=tmp_path / k) for k in "abc"]
+    other_process = FileLock(lock_path(cells[1].dir))  # its own descriptor: to flock, another holder
+    other_process.acquire()
+    order = []
+
+    def compute(cell):
+        order.append(cell.key)
+        if cell.key == "c":
+            other_process.release()
+        return cell.key
+
+    assert runner.in_turn(cells, compute) == ["a", "b", "c"]
+    assert order == ["a", "c", "b"]
+
+
+def test_two_processes_on_one_run_folder_compute_each_cell_once(tmp_path):
+    """Two `spmbench run` on the same --out, on the shipped toy-base with two-step fits: every cell is
+    generated and scored by one of them, every fit made and recorded once, and both report all cells.
+    Both start while the original cell is held, so they overlap on every cell after it."""
+    import os
+    import subprocess
+    import sys
+
+    from filelock import FileLock
+
+    from spmbench.locks import lock_path
+    from spmbench.models import MODELS_DIR
+
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    spec = yaml.safe_load((MODELS_DIR / "toy-base.yaml").read_text())
+    spec |= {"name": "toy-fast", "source": str((MODELS_DIR / spec["source"]).resolve()), "eraser_settings": FAST_FITS}
+    (specs / "toy-fast.yaml").write_text(yaml.safe_dump(spec))
+    env = os.environ | {"SPMBENCH_MODELS": str(specs), "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "runs"
+    command = [sys.executable, "-c", "from spmbench.cli import main; main()", "run", "--app", "toy-object",
+               "--models", "toy-fast", "--erasers", "none,spm,negprompt", "--limit", "1", "--out", str(out),
+               "--reports", str(tmp_path / "reports")]  # fmt: skip
+    original = out / "toy-object" / "cells" / "toy-fast" / "none" / "original"
+    held = FileLock(lock_path(original))
+    held.acquire()
+    procs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)]
+    procs.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    time.sleep(15)  # both load the model and reach the held cell
+    held.release()
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    run_dir = out / "toy-object"
+    cells = sorted(p.parent for p in run_dir.glob("cells/*/*/*/result.json"))
+    assert len(cells) == 3  # the original, spm and negprompt
+    for cell in cells:
+        assert sum(f"generate {cell.relative_to(run_dir / 'cells')}" in o for o in outputs) == 1, cell
+        ids = [json.loads(line)["prompt_id"] for line in (cell / "scores.jsonl").read_text().splitlines()]
+        assert len(ids) == len(set(ids)) == json.loads((cell / "result.json").read_text())["rows"]
+    assert sorted(json.loads((run_dir / "fits" / "toy-fast" / "fit_seconds.json").read_text())) == [
+        "negprompt|star",
+        "none|",
+        "spm|star",
+    ]
