@@ -81,29 +81,22 @@ def markdown(app: Application, results: list[Result]) -> str:
 
 
 def csv_text(results: list[Result]) -> str:
+    """Every measured number in long form, one row each: the rates with the original model's, then
+    the alteration (paired feature distance, FID) and the fitting cost, which have no original value."""
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["model", "targets", "eraser", "fitted_on", "measure", "value", "original_value"])
     for r in results:
         if r.eraser == "none":
             continue
+        cell = [r.model, "+".join(r.targets), r.eraser, r.fitted_on]
         for s, v in r.rates.items():
-            writer.writerow(
-                [
-                    r.model,
-                    "+".join(r.targets),
-                    r.eraser,
-                    r.fitted_on,
-                    s,
-                    f"{v:.4f}",
-                    f"{r.original_rates.get(s, float('nan')):.4f}",
-                ]
-            )
-        for measure in ("fit_seconds", "fit_peak_mib"):  # the fitting cost, no original value
+            writer.writerow(cell + [s, f"{v:.4f}", f"{r.original_rates.get(s, float('nan')):.4f}"])
+        for measure, value in (r.alteration or {}).items():
+            writer.writerow(cell + [measure, f"{value:.4f}", ""])
+        for measure in ("fit_seconds", "fit_peak_mib"):
             if getattr(r, measure) is not None:
-                writer.writerow(
-                    [r.model, "+".join(r.targets), r.eraser, r.fitted_on, measure, getattr(r, measure), ""]
-                )
+                writer.writerow(cell + [measure, getattr(r, measure), ""])
     return out.getvalue()
 
 

@@ -1,8 +1,11 @@
 """Table rows from stored results (the runner's end-to-end test covers the written files)."""
 
+import csv
+import io
+
 import pytest
 
-from spmbench.report import load_results, table_rows
+from spmbench.report import csv_text, load_results, table_rows
 from spmbench.result import Result
 
 
@@ -33,3 +36,16 @@ def test_results_round_trip_and_a_foreign_file_is_named(tmp_path):
     assert Result.load(path) is None
     with pytest.raises(ValueError, match=r"result.json: not a readable result of schema 1: rerun `spmbench run`"):
         load_results(tmp_path)
+
+
+def test_the_csv_has_every_number_the_markdown_has():
+    erased = result("spm", {"target": 0.0, "near": 1.0}, {"paired_feature_distance": 0.25, "fid_judge_features": 1.5})
+    rows = list(csv.reader(io.StringIO(csv_text([result("none", {"target": 1.0}), erased]))))
+    measures = {row[4]: (row[5], row[6]) for row in rows[1:]}
+    assert measures == {
+        "target": ("0.0000", "1.0000"),
+        "near": ("1.0000", "0.8000"),
+        "paired_feature_distance": ("0.2500", ""),
+        "fid_judge_features": ("1.5000", ""),
+        "fit_seconds": ("61.2", ""),
+    }
