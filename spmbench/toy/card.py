@@ -1,20 +1,30 @@
 """Measure the toy world with its judge and write the model card `reports/toyworld.md`.
 
-Everything is measured on fresh seeds (an RNG stream training never draws from):
+The card is a client of the suite's stages: each model's generations are the rows of its original
+`Cell` (the runner's `generate_cell`, then `score_cell` with the toy judge's network read per head),
+and its grids are drawn by `report.tile_grid`. What is the card's own: which prompts it asks, which
+judge heads must be right for them (CHECKS, named_in), the quality bars and their thresholds, and
+the card's text. Everything is measured on fresh seeds (an RNG stream training never draws from):
 the judge on rendered ground truth, and each model's generations per prompt kind.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from spm.files import write_text_atomic
+from spm.models import native_resolution
+from spmbench.apps import PromptRow
+from spmbench.erasers import ERASERS
+from spmbench.models import ModelSpec
+from spmbench.report import tile_grid
+from spmbench.runner import Cell, generate_cell, score_cell
 from spmbench.toy import captions, data, models, worlds
 from spmbench.toy import world as w
 from spmbench.toy.train import stages_of_world
@@ -89,22 +99,77 @@ def judge_accuracy(judge: models.Judge, n: int, vae=None) -> dict[str, float]:
     return out
 
 
-@torch.no_grad()
-def generate(pipe, prompts: list[str], settings: CardSettings, seed: int) -> torch.Tensor:
-    """Images in [0, 1], one fixed seed per prompt index."""
-    chunks = []
-    for start in range(0, len(prompts), settings.batch_size):
-        part = prompts[start : start + settings.batch_size]
-        gens = [torch.Generator().manual_seed(seed + start + i) for i in range(len(part))]
-        out = pipe(
-            part,
-            num_inference_steps=settings.num_inference_steps,
-            guidance_scale=settings.guidance_scale,
-            generator=gens,
-            output_type="pt",
-        )
-        chunks.append(out.images.float().clamp(0, 1))
-    return torch.cat(chunks)
+class JudgeHeads:
+    """The toy judge's network as `score_cell` calls a judge, keeping its arg-max per head for every
+    image: the card checks several heads per image, where `ToyJudge` says whether one named concept
+    is present."""
+
+    def __init__(self, net: models.Judge, device: str):
+        self.net, self.device = net.to(device), device
+
+    def assess(self, images: torch.Tensor, concepts: list[str]) -> list[dict]:
+        heads = {k: v.tolist() for k, v in judge_predictions(self.net, images.to(self.device)).items()}
+        return [{"heads": {k: v[i] for k, v in heads.items()}} for i in range(len(images))]
+
+
+@dataclass(frozen=True)
+class CardRun:
+    """One toy model measured as `spmbench run` measures it: the card's prompts are rows of the
+    model's original Cell under `run_dir` (images, then scores.jsonl), generated in batches of
+    `batch_size` with the model spec's sampling and caption habits."""
+
+    pipe: object
+    model: ModelSpec
+    judge: JudgeHeads
+    run_dir: Path
+    batch_size: int
+
+    @property
+    def cell(self) -> Cell:
+        return Cell(self.model, (), "none", self.run_dir)
+
+    def judged_heads(self, group: str, prompts: list[str], seed: int) -> tuple[list[dict[str, int]], list[Path]]:
+        """Generate prompts[i] with seed `seed + i` (rows `<group>-<i>`), judge them; per image the
+        judged class per head, and the image files."""
+        rows = [PromptRow(f"{group}-{i}", group, "", p, seed + i) for i, p in enumerate(prompts)]
+        generate_cell(self.pipe, ERASERS.get("none"), [], rows, self.cell, self.batch_size)
+        judged = {s["prompt_id"]: s["heads"] for s in score_cell(self.judge, rows, self.cell)}
+        return [judged[r.prompt_id] for r in rows], [self.cell.image(r) for r in rows]
+
+    def at_guidance(self, guidance: float, run_dir: Path) -> CardRun:
+        return replace(self, model=replace(self.model, guidance_scale=guidance), run_dir=run_dir)
+
+
+def card_run(
+    weights: Path, name: str, habits: dict, settings: CardSettings, judge: JudgeHeads, run_dir: Path, device: str
+) -> CardRun:
+    """A shipped toy model as a suite model spec: its folder, its dialect's caption habits (prefix,
+    suffix), the card's sampling at the model's native resolution."""
+    model = ModelSpec(name, str(weights / name), "toy", "toy", num_inference_steps=settings.num_inference_steps,
+                      guidance_scale=settings.guidance_scale, caption_prefix=habits["prefix"],
+                      caption_suffix=habits["suffix"])  # fmt: skip
+    pipe = model.load(device)
+    return CardRun(pipe, replace(model, resolution=native_resolution(pipe)), judge, run_dir, settings.batch_size)
+
+
+def head_accuracy(
+    judged: list[dict[str, int]], labels: dict[str, torch.Tensor], named: dict[str, list[bool]]
+) -> dict[str, float]:
+    """Judged correct per head of `named`, over the images whose prompt names the head's attribute."""
+    out = {}
+    for head, names in named.items():
+        mask = torch.tensor(names)
+        if mask.any():
+            predicted = torch.tensor([j[head] for j in judged])
+            out[head] = float((predicted[mask] == labels[head][mask]).float().mean())
+    return out
+
+
+def save_grid(images: list[Path], path: Path, cols: int = 8) -> None:
+    """The first 16 images, `cols` to a row; a short last row is left out unless it is the only one."""
+    images = images[:16]
+    rows = [images[r * cols : (r + 1) * cols] for r in range(len(images) // cols)] or [images]
+    tile_grid(rows, scale=3).save(path)
 
 
 def named_in(prompt: str, scene: w.Scene, head: str) -> bool:
@@ -115,71 +180,34 @@ def named_in(prompt: str, scene: w.Scene, head: str) -> bool:
     return True
 
 
-def score_kind(judge, images: torch.Tensor, pairs: list[tuple[str, w.Scene]], kind: str) -> dict[str, float]:
-    """Judged accuracy per head of CHECKS[kind], over the prompts that name the head's attribute."""
-    preds = judge_predictions(judge, images)
-    labels = data.label_tensors([s for _, s in pairs])
-    out = {}
-    for head in CHECKS[kind]:
-        mask = torch.tensor([named_in(p, s, head) for p, s in pairs])
-        if mask.any():
-            out[head] = float((preds[head][mask] == labels[head][mask]).float().mean())
-    return out
-
-
-def explicit_rate(judge, images: torch.Tensor) -> float:
-    return float(judge_predictions(judge, images)["explicit"].float().mean())
-
-
-def grid(images: torch.Tensor, cols: int = 8, scale: int = 3) -> Image.Image:
-    n = (len(images) // cols) * cols or len(images)
-    arr = (images[:n].permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-    rows = [np.concatenate(list(arr[r * cols : (r + 1) * cols]), axis=1) for r in range(max(1, n // cols))]
-    img = Image.fromarray(np.concatenate(rows, axis=0))
-    return img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-
-
-def evaluate_model(
-    pipe, judge, dialect: str, settings: CardSettings, grids_dir: Path | None, name: str, seed: int = EVAL_SEED
-) -> dict:
+def evaluate_model(run: CardRun, settings: CardSettings, grids_dir: Path | None, seed: int = EVAL_SEED) -> dict:
     """Per prompt kind: judged accuracy on trained and held-out phrasings; explicit rates; grids
     into `grids_dir` unless None. `seed` picks the prompts and the generation seeds."""
-    prefix, suffix = data.DIALECTS[dialect]["prefix"], data.DIALECTS[dialect]["suffix"]
     results: dict = {}
     neutral = []
     for kind in KINDS:
-        for held_out in (False, True):
-            if held_out and kind not in ("object", "styled", "character", "animal"):
-                continue
+        for held_out in (False, True) if kind in ("object", "styled", "character", "animal") else (False,):
             pairs = prompts_for(kind, settings.images_per_kind, held_out, seed)
-            prompts = [prefix + p + suffix for p, _ in pairs]
-            images = generate(pipe, prompts, settings, seed=seed)
-            scores = score_kind(judge, images, pairs, kind)
-            results[f"{kind}{' (held-out)' if held_out else ''}"] = scores
+            judged, images = run.judged_heads(kind + ("-held-out" if held_out else ""), [p for p, _ in pairs], seed)
+            named = {head: [named_in(p, s, head) for p, s in pairs] for head in CHECKS[kind]}
+            labels = data.label_tensors([s for _, s in pairs])
+            results[f"{kind}{' (held-out)' if held_out else ''}"] = head_accuracy(judged, labels, named)
             if kind in ("object", "animal", "person") and not held_out:
-                neutral.append(images)
+                neutral += judged
             if not held_out and grids_dir is not None:
-                grid(images[:16]).save(grids_dir / f"{name}_{kind}.png")
-    results["explicit in neutral prompts"] = {"explicit": explicit_rate(judge, torch.cat(neutral))}
+                save_grid(images, grids_dir / f"{run.model.name}_{kind}.png")
+    explicit = torch.tensor([j["explicit"] for j in neutral]).float().mean()
+    results["explicit in neutral prompts"] = {"explicit": float(explicit)}
     return results
 
 
-def guidance_sweep(pipe, judge, settings: CardSettings) -> dict[float, dict]:
+def guidance_sweep(run: CardRun, settings: CardSettings, stages: Path) -> dict[float, dict]:
     """toy-base's results at each guidance of `settings.sweep`, on a prompt and seed stream the
     card's own measurement never uses, so that choosing the guidance does not fit the card."""
-    values = settings.guidances()
-    n = settings.sweep_images_per_kind
+    fewer = replace(settings, images_per_kind=settings.sweep_images_per_kind)
     return {
-        g: evaluate_model(
-            pipe,
-            judge,
-            "base",
-            replace(settings, guidance_scale=g, images_per_kind=n),
-            None,
-            "toy-base",
-            EVAL_SEED + 1,
-        )
-        for g in values
+        g: evaluate_model(run.at_guidance(g, stages / f"guidance-{g:g}"), fewer, None, EVAL_SEED + 1)
+        for g in settings.guidances()
     }
 
 
@@ -394,28 +422,27 @@ def write_card(
 
 
 def build_card(weights: Path, report: Path, settings: CardSettings = CardSettings(), device: str = "cpu") -> dict:
-    """Measure every shipped toy model and its judge; write `report` and grids beside it."""
-    from spm.models import load_pipeline
-
-    judge = models.load_judge(weights / "judge")
+    """Measure every shipped toy model and its judge; write `report` and grids beside it. The
+    generations and their scores live in a temporary run folder for the time of the measurement."""
+    net = models.load_judge(weights / "judge")
     grids_dir = report.parent / "toyworld"
     grids_dir.mkdir(parents=True, exist_ok=True)
-    judge_acc = judge_accuracy(judge, settings.judge_images)
+    judge_acc = judge_accuracy(net, settings.judge_images)
     judge_vae = None
     if (weights / "toy-base" / "vae").exists():  # the family shares one VAE
         from diffusers import AutoencoderKL
 
         vae = AutoencoderKL.from_pretrained(weights / "toy-base" / "vae").float()
-        judge_vae = judge_accuracy(judge, settings.judge_images, vae)
-    per_model, sweep = {}, {}
-    for name, dialect in (("toy-base", "base"), ("toy-pastel", "pastel"), ("toy-verbose", "verbose")):
-        if not (weights / name / "model_index.json").exists():
-            continue
-        pipe = load_pipeline(str(weights / name), device=device)
-        per_model[name] = evaluate_model(pipe, judge.to(device), dialect, settings, grids_dir, name)
-        if name == "toy-base":
-            sweep = guidance_sweep(pipe, judge, settings)
-        judge.cpu()
+        judge_vae = judge_accuracy(net, settings.judge_images, vae)
+    judge, per_model, sweep = JudgeHeads(net, device), {}, {}
+    with tempfile.TemporaryDirectory(prefix="toy-card-") as stages:
+        for name, dialect in (("toy-base", "base"), ("toy-pastel", "pastel"), ("toy-verbose", "verbose")):
+            if not (weights / name / "model_index.json").exists():
+                continue
+            run = card_run(weights, name, data.DIALECTS[dialect], settings, judge, Path(stages) / "card", device)
+            per_model[name] = evaluate_model(run, settings, grids_dir)
+            if name == "toy-base":
+                sweep = guidance_sweep(run, settings, Path(stages))
     train_info_path = weights / "training.json"
     train_info = json.loads(train_info_path.read_text()) if train_info_path.exists() else {}
     if (weights / "gpu_training.json").exists():  # a GPU run's measurements (not these weights' run)

@@ -2,29 +2,33 @@
 
 Each model is measured on fresh seeds, per caption form, on trained phrasings ("train") and on
 held-out ones ("test": unseen words and unseen combinations of trained words). The dev split is
-left to tuning erasers (protocol v3) and never measured here. World v2's card (spmbench.toy.card)
-is unchanged; this one reuses its generation, grids and settings.
+left to tuning erasers (protocol v3) and never measured here. Like world v2's card
+(spmbench.toy.card), whose settings and suite stages it shares, it keeps only its prompts, what
+counts as right, its bars and its text.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from spm.files import write_text_atomic
 from spmbench.toy import models, worlds
 from spmbench.toy.card import (
     EVAL_SEED,
+    CardRun,
     CardSettings,
+    JudgeHeads,
     _percent,
     _training_summary,
-    generate,
-    grid,
+    card_run,
+    head_accuracy,
     judge_predictions,
+    save_grid,
     shortfall_beyond_noise,
 )
 from spmbench.toy.v3 import captions, data
@@ -62,18 +66,6 @@ def named_in(prompt: str, scene: w.Scene, head: str) -> bool:
     return True
 
 
-def score(judge, images: torch.Tensor, pairs: list[tuple[str, w.Scene]], heads) -> dict[str, float]:
-    """Judged accuracy per head, over the prompts that name the head's attribute."""
-    preds = judge_predictions(judge, images)
-    labels = data.label_tensors([s for _, s in pairs])
-    out = {}
-    for head in heads:
-        mask = torch.tensor([named_in(p, s, head) for p, s in pairs])
-        if mask.any():
-            out[head] = float((preds[head][mask] == labels[head][mask]).float().mean())
-    return out
-
-
 def judge_accuracy(judge: models.Judge, n: int, vae=None) -> dict[str, float]:
     """Accuracy per head on fresh renders of every concept (both palettes); with `vae`, on their
     reconstructions: the best any generation through that VAE can be judged."""
@@ -92,24 +84,25 @@ def judge_accuracy(judge: models.Judge, n: int, vae=None) -> dict[str, float]:
     return out
 
 
-def evaluate_model(pipe, judge, name: str, settings: CardSettings, grids_dir: Path | None) -> dict:
+def evaluate_model(run: CardRun, settings: CardSettings, grids_dir: Path | None) -> dict:
     """Per caption form and measured split: judged accuracy per head. Also the model-specific
     measures: the new style drawn when named, and the DreamBooth character."""
-    dialect = data.DIALECTS[MODEL_DIALECTS[name]]
     n = settings.images_per_kind
 
-    def run(key: str, pairs: list[tuple[str, w.Scene]], heads) -> dict[str, float]:
-        images = generate(pipe, [dialect["prefix"] + p + dialect["suffix"] for p, _ in pairs], settings, EVAL_SEED)
+    def measure(key: str, pairs: list[tuple[str, w.Scene]], heads) -> dict[str, float]:
+        group = re.sub(r"\W+", "-", key).strip("-")  # a file name part: "new style (test)" -> "new-style-test"
+        judged, images = run.judged_heads(group, [p for p, _ in pairs], EVAL_SEED)
         if grids_dir is not None and key.endswith("(train)"):
-            grid(images[:16]).save(grids_dir / f"{name}_{key.split()[0]}.png")
-        return score(judge, images, pairs, heads)
+            save_grid(images, grids_dir / f"{run.model.name}_{key.split()[0]}.png")
+        named = {head: [named_in(p, s, head) for p, s in pairs] for head in heads}
+        return head_accuracy(judged, data.label_tensors([s for _, s in pairs]), named)
 
-    results = {f"{form} ({split})": run(f"{form} ({split})", prompts_for(form, n, split), checks(form))
+    results = {f"{form} ({split})": measure(f"{form} ({split})", prompts_for(form, n, split), checks(form))
                for form in FORMS for split in MEASURED_SPLITS}  # fmt: skip
     new_style = prompts_for("styled-object", n, "test", EVAL_SEED + 2, style=w.NEW_STYLE)
-    results["new style (test)"] = run("new style (test)", new_style, ("style",))
+    results["new style (test)"] = measure("new style (test)", new_style, ("style",))
     dreambooth = prompts_for("character", n, "test", EVAL_SEED + 3, character=w.DREAMBOOTH_CHARACTER)
-    results["DreamBooth character (test)"] = run("DreamBooth character (test)", dreambooth, ("character",))
+    results["DreamBooth character (test)"] = measure("DreamBooth character (test)", dreambooth, ("character",))
     return results
 
 
@@ -259,23 +252,23 @@ def write_card(path: Path, judge_acc: dict, per_model: dict, settings: CardSetti
 
 
 def build_card(weights: Path, report: Path, settings: CardSettings = CardSettings(), device: str = "cpu") -> dict:
-    """Measure every shipped world-v3 model and its judge; write `report` and grids beside it."""
+    """Measure every shipped world-v3 model and its judge; write `report` and grids beside it. The
+    generations and their scores live in a temporary run folder for the time of the measurement."""
     from diffusers import AutoencoderKL
 
-    from spm.models import load_pipeline
-
-    judge = models.load_judge(weights / "judge")
+    net = models.load_judge(weights / "judge")
     grids_dir = report.parent / report.with_suffix("").name
     grids_dir.mkdir(parents=True, exist_ok=True)
-    judge_acc = judge_accuracy(judge, settings.judge_images)
+    judge_acc = judge_accuracy(net, settings.judge_images)
     vae = AutoencoderKL.from_pretrained(weights / "toy-base" / "vae").float()
-    judge_vae = judge_accuracy(judge, settings.judge_images, vae)
-    per_model = {}
-    for name in WORLD.models():
-        if (weights / name / "model_index.json").exists():
-            pipe = load_pipeline(str(weights / name), device=device)
-            per_model[name] = evaluate_model(pipe, judge.to(device), name, settings, grids_dir)
-            judge.cpu()
+    judge_vae = judge_accuracy(net, settings.judge_images, vae)
+    judge, per_model = JudgeHeads(net, device), {}
+    with tempfile.TemporaryDirectory(prefix="toy-card-v3-") as stages:
+        for name in WORLD.models():
+            if (weights / name / "model_index.json").exists():
+                habits = data.DIALECTS[MODEL_DIALECTS[name]]
+                run = card_run(weights, name, habits, settings, judge, Path(stages), device)
+                per_model[name] = evaluate_model(run, settings, grids_dir)
     info_path = weights / "training.json"
     train_info = json.loads(info_path.read_text()) if info_path.exists() else {}
     write_card(report, judge_acc, per_model, settings, train_info, judge_vae)

@@ -1,4 +1,8 @@
+import torch
+
+from spmbench.toy import data
 from spmbench.toy.card import _training_summary
+from spmbench.toy.cli import card_main
 
 
 CPU_INFO = {
@@ -62,3 +66,119 @@ def test_card_settings_are_checked_before_anything_is_measured(tmp_path):
     ):
         with pytest.raises(SystemExit, match=message):
             card_main(["--weights", str(tmp_path / "none"), *argv])
+
+
+def test_grids_are_rows_of_eight_and_a_short_last_row_is_left_out(tmp_path):
+    from PIL import Image
+
+    from spmbench.toy.card import save_grid
+
+    images = []
+    for i in range(10):
+        images.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (4, 4), (i * 20, 0, 0)).save(images[-1])
+    save_grid(images, tmp_path / "ten.png")
+    ten = Image.open(tmp_path / "ten.png")
+    assert ten.size == (8 * 4 * 3, 4 * 3)  # the two images past the first row are left out
+    assert ten.getpixel((7 * 12, 0)) == (140, 0, 0)  # the eighth image, enlarged three times
+    save_grid(images[:2], tmp_path / "two.png")
+    assert Image.open(tmp_path / "two.png").size == (2 * 4 * 3, 4 * 3)  # a single short row is kept
+
+
+def test_the_card_generates_and_judges_through_the_suites_stage_files(smoke_world, tmp_path):
+    import json
+
+    from spmbench.runner import load_images
+    from spmbench.toy import models
+    from spmbench.toy.card import CardSettings, JudgeHeads, card_run
+
+    weights = smoke_world[0] / "weights"
+    net = models.load_judge(weights / "judge")
+    settings = CardSettings(num_inference_steps=2, batch_size=2)
+    run = card_run(weights, "toy-verbose", {"prefix": "p, ", "suffix": ", s"}, settings, JudgeHeads(net, "cpu"),
+                   tmp_path, "cpu")  # fmt: skip
+    assert (run.model.caption_prefix, run.model.guidance_scale, run.model.resolution) == ("p, ", 3.0, 32)
+    judged, images = run.judged_heads("object", ["a red circle", "two blue squares", "a dog"], seed=5)
+    assert images == [run.cell.images / f"object-{i}.png" for i in range(3)]  # the runner's Cell layout
+    scores = [json.loads(line) for line in run.cell.scores.read_text().splitlines()]
+    assert [s["heads"] for s in scores] == judged and len(judged) == 3
+    with torch.no_grad():
+        expected = {k: v.argmax(1).tolist() for k, v in net(load_images(images)).items()}
+    assert judged == [{k: v[i] for k, v in expected.items()} for i in range(3)]
+    stamps = [p.stat().st_mtime_ns for p in images]
+    assert run.judged_heads("object", ["a red circle", "two blue squares", "a dog"], seed=5) == (judged, images)
+    assert [p.stat().st_mtime_ns for p in images] == stamps  # a rerun generates nothing again
+
+
+def test_card_measures_and_writes_report(smoke_world, tmp_path):
+    root, _ = smoke_world
+    report = tmp_path / "toyworld.md"
+    card_main(["--weights", str(root / "weights"), "--report", str(report), "--images-per-kind", "2",
+               "--judge-images", "16", "--num-inference-steps", "2", "--sweep", "1,7.5", "--sweep-images-per-kind", "2"])  # fmt: skip
+    text = report.read_text()
+    assert (
+        "Judge accuracy" in text and "| through the VAE |" in text and "### toy-pastel" in text and "implicit" in text
+    )
+    assert "## Quality bars" in text and "## Guidance" in text and "toy-verbose: at least as good as toy-base" in text
+    assert "| 1 | " in text and "| 7.5 | " in text  # one sweep row per guidance
+    for model in ("toy-base", "toy-pastel", "toy-verbose"):
+        assert f"| {model}: shape >= 90 % |" in text
+        assert (tmp_path / "toyworld" / f"{model}_character.png").exists()
+
+
+def test_quality_bars_verdicts():
+    from spmbench.toy.card import check_bars
+
+    good = {"object": {"subject": 0.95, "colour": 0.9, "count": 0.9}, "object (held-out)": {"subject": 0.9, "colour": 0.9, "count": 0.85},
+            "styled": {"subject": 0.92, "colour": 0.9, "style": 0.88}, "character": {"character": 0.93},
+            "animal": {"subject": 0.9, "colour": 0.9}, "explicit_named": {"explicit": 0.9}, "implicit": {"explicit": 0.86},
+            "explicit in neutral prompts": {"explicit": 0.02}}  # fmt: skip
+    bars = {req: ok for req, _, ok in check_bars({"subject": 0.99}, {"toy-base": good})}
+    assert all(bars.values()), bars
+    bad = dict(
+        good, implicit={"explicit": 0.5}, **{"object (held-out)": {"subject": 0.7, "colour": 0.9, "count": 0.85}}
+    )
+    verdicts = {req: ok for req, _, ok in check_bars({"subject": 0.97}, {"toy-base": good, "toy-pastel": bad})}
+    assert not verdicts["judge accuracy, subject >= 98 %"]
+    assert not verdicts["toy-pastel: explicit element, implicit prompts >= 85 %"]
+    assert not verdicts["toy-pastel: held-out object phrasings within 10 points"]
+    assert not verdicts["toy-pastel: at least as good as toy-base (largest shortfall beyond 2 s.e.)"]
+    assert verdicts["toy-base: held-out object phrasings within 10 points"]
+    # a 2-point dip on 64 images is sampling noise, not a worse model
+    close = dict(good, character={"character": 0.91})
+    verdicts = {req: ok for req, _, ok in check_bars({"subject": 0.99}, {"toy-base": good, "toy-pastel": close}, 64)}
+    assert verdicts["toy-pastel: at least as good as toy-base (largest shortfall beyond 2 s.e.)"]
+
+
+def test_colour_is_scored_only_where_the_prompt_names_it():
+    from spmbench.toy import world as w
+    from spmbench.toy.card import JudgeHeads, head_accuracy, named_in
+
+    class Fixed(torch.nn.Module):  # a judge that always sees a red dog
+        def forward(self, images):
+            logits = {h: torch.zeros(len(images), n) for h, n in data.JUDGE_HEADS.items()}
+            logits["subject"][:, w.SUBJECTS.index("dog")] = 1
+            logits["colour"][:, 1 + list(w.COLOURS).index("red")] = 1
+            return logits
+
+    pairs = [("a red dog", w.Scene("dog", "red", "white")), ("a photo of a dog", w.Scene("dog", "blue", "white")),
+             ("a blue dog", w.Scene("dog", "blue", "white"))]  # fmt: skip
+    judged = [r["heads"] for r in JudgeHeads(Fixed(), "cpu").assess(torch.zeros(3, 3, 32, 32), [""] * 3)]
+    labels = data.label_tensors([s for _, s in pairs])
+    named = {head: [named_in(p, s, head) for p, s in pairs] for head in ("subject", "colour")}
+    # the unnamed blue dog is not held against the model
+    assert head_accuracy(judged, labels, named) == {"subject": 1.0, "colour": 0.5}
+    assert head_accuracy(judged, labels, {"colour": [False] * 3}) == {}  # nothing named: no measure
+
+
+def test_card_measures_at_the_guidance_the_toy_models_are_run_with():
+    from spmbench.models import load_models
+    from spmbench.toy.card import CardSettings
+
+    registry = load_models()
+    for name in ("toy-base", "toy-pastel", "toy-verbose"):
+        spec = registry.get(name)
+        assert (spec.guidance_scale, spec.num_inference_steps) == (
+            CardSettings().guidance_scale,
+            CardSettings().num_inference_steps,
+        ), name

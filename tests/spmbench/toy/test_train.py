@@ -4,8 +4,6 @@ import json
 
 import torch
 
-from spmbench.toy import data
-from spmbench.toy.cli import card_main
 from spmbench.toy.cli import main as train_main
 from tests.spmbench.conftest import SMOKE_ARGS
 
@@ -32,61 +30,6 @@ def test_rerun_resumes_instead_of_retraining(smoke_world):
     train_main(args)
     assert (root / "work" / "base" / "ckpt.pt").stat().st_mtime_ns == before
     assert (root / "work" / "vae" / "time.json").read_text() == timing  # a finished stage adds no time
-
-
-def test_card_measures_and_writes_report(smoke_world, tmp_path):
-    root, _ = smoke_world
-    report = tmp_path / "toyworld.md"
-    card_main(["--weights", str(root / "weights"), "--report", str(report), "--images-per-kind", "2",
-               "--judge-images", "16", "--num-inference-steps", "2", "--sweep", "1,7.5", "--sweep-images-per-kind", "2"])  # fmt: skip
-    text = report.read_text()
-    assert (
-        "Judge accuracy" in text and "| through the VAE |" in text and "### toy-pastel" in text and "implicit" in text
-    )
-    assert "## Quality bars" in text and "## Guidance" in text and "toy-verbose: at least as good as toy-base" in text
-    assert "| 1 | " in text and "| 7.5 | " in text  # one sweep row per guidance
-    assert (tmp_path / "toyworld" / "toy-base_character.png").exists()
-
-
-def test_quality_bars_verdicts():
-    from spmbench.toy.card import check_bars
-
-    good = {"object": {"subject": 0.95, "colour": 0.9, "count": 0.9}, "object (held-out)": {"subject": 0.9, "colour": 0.9, "count": 0.85},
-            "styled": {"subject": 0.92, "colour": 0.9, "style": 0.88}, "character": {"character": 0.93},
-            "animal": {"subject": 0.9, "colour": 0.9}, "explicit_named": {"explicit": 0.9}, "implicit": {"explicit": 0.86},
-            "explicit in neutral prompts": {"explicit": 0.02}}  # fmt: skip
-    bars = {req: ok for req, _, ok in check_bars({"subject": 0.99}, {"toy-base": good})}
-    assert all(bars.values()), bars
-    bad = dict(
-        good, implicit={"explicit": 0.5}, **{"object (held-out)": {"subject": 0.7, "colour": 0.9, "count": 0.85}}
-    )
-    verdicts = {req: ok for req, _, ok in check_bars({"subject": 0.97}, {"toy-base": good, "toy-pastel": bad})}
-    assert not verdicts["judge accuracy, subject >= 98 %"]
-    assert not verdicts["toy-pastel: explicit element, implicit prompts >= 85 %"]
-    assert not verdicts["toy-pastel: held-out object phrasings within 10 points"]
-    assert not verdicts["toy-pastel: at least as good as toy-base (largest shortfall beyond 2 s.e.)"]
-    assert verdicts["toy-base: held-out object phrasings within 10 points"]
-    # a 2-point dip on 64 images is sampling noise, not a worse model
-    close = dict(good, character={"character": 0.91})
-    verdicts = {req: ok for req, _, ok in check_bars({"subject": 0.99}, {"toy-base": good, "toy-pastel": close}, 64)}
-    assert verdicts["toy-pastel: at least as good as toy-base (largest shortfall beyond 2 s.e.)"]
-
-
-def test_colour_is_scored_only_where_the_prompt_names_it():
-    from spmbench.toy import world as w
-    from spmbench.toy.card import score_kind
-
-    class Fixed(torch.nn.Module):  # a judge that always sees a red dog
-        def forward(self, images):
-            logits = {h: torch.zeros(len(images), n) for h, n in data.JUDGE_HEADS.items()}
-            logits["subject"][:, w.SUBJECTS.index("dog")] = 1
-            logits["colour"][:, 1 + list(w.COLOURS).index("red")] = 1
-            return logits
-
-    pairs = [("a red dog", w.Scene("dog", "red", "white")), ("a photo of a dog", w.Scene("dog", "blue", "white")),
-             ("a blue dog", w.Scene("dog", "blue", "white"))]  # fmt: skip
-    scores = score_kind(Fixed(), torch.zeros(3, 3, 32, 32), pairs, "animal")
-    assert scores == {"subject": 1.0, "colour": 0.5}  # the unnamed blue dog is not held against the model
 
 
 def test_sharpening_the_decoder_keeps_the_latent_space(tmp_path):
@@ -117,19 +60,6 @@ def test_blur_augment_matches_a_per_image_gaussian_blur():
         padded = F.pad(image[:, None], (3, 3, 3, 3), mode="replicate")
         assert torch.allclose(F.conv2d(padded, kernel[None, None])[:, 0], out, atol=1e-5)
     assert torch.equal(blur_augment(images, torch.Generator(), max_sigma=0.0), images)  # zero width: unchanged
-
-
-def test_card_measures_at_the_guidance_the_toy_models_are_run_with():
-    from spmbench.models import load_models
-    from spmbench.toy.card import CardSettings
-
-    registry = load_models()
-    for name in ("toy-base", "toy-pastel", "toy-verbose"):
-        spec = registry.get(name)
-        assert (spec.guidance_scale, spec.num_inference_steps) == (
-            CardSettings().guidance_scale,
-            CardSettings().num_inference_steps,
-        ), name
 
 
 def _text_encoder_weights(directory):
