@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import logging
 import math
+import re
+import types
+import typing
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
+import yaml
+
+from spm.train import TrainConfig
 
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Erase concepts from Stable Diffusion with SPMs.")
@@ -36,16 +46,13 @@ def _pipeline(model: str, device: str):
         _fail(" ".join(str(e).split()))  # hub errors span several lines
 
 
-def _check_train_inputs(target: list[str], resolution: list[int] | None, out: Path) -> None:
+def _check_train_inputs(target: list[str], out: Path) -> None:
     if out.suffix != ".safetensors":
         _fail(f"--out must end in .safetensors, got {out}")
     if out.is_dir():
         _fail(f"--out {out} is a directory: give a .safetensors file path")
     if any(not t.strip() for t in target):
         _fail("--target is empty: give the concept to erase, e.g. -t 'Snoopy'")
-    for r in resolution or []:
-        if r <= 0 or r % 8:
-            _fail(f"--resolution {r}: give a positive multiple of 8 (the VAE's downsampling factor), e.g. 512")
 
 
 def _check_checkpoint(checkpoint: Path) -> None:
@@ -59,56 +66,195 @@ def _check_checkpoint(checkpoint: Path) -> None:
             _fail(str(e))
 
 
-@app.command()
+# --- Every TrainConfig field is an option of `spm train`, made from the dataclass (names, types, help) so
+# that the command line can never fall behind the library. Options default to None ("not given"), so a
+# --config file's value stands unless the option is given.
+
+_FLAG_NAMES = {"resolutions": ("--resolution", "--resolutions")}  # the name it had before it was generated
+
+
+def _flag(name: str) -> str:
+    return _FLAG_NAMES.get(name, (f"--{name.replace('_', '-')}",))[0]
+
+
+def _field_help() -> dict[str, str]:
+    """Each field's text in TrainConfig's 'Attributes:' docstring section ('a, b: text' serves both)."""
+    section = inspect.cleandoc(TrainConfig.__doc__).split("Attributes:", 1)[1]
+    helps = {}
+    for names, text in re.findall(r"^    (\w+(?:, \w+)*): (.*?)(?=^    \w|\Z)", section, flags=re.M | re.S):
+        for name in names.split(", "):
+            helps[name] = " ".join(text.split())
+    return helps
+
+
+def _option_type(hint) -> type:
+    """The option's type for a field's type: `tuple[int, ...]` is a repeatable option, always optional."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
+        hint = args[0]
+    if typing.get_origin(hint) is tuple and typing.get_args(hint)[1:] == (Ellipsis,):
+        hint = list[typing.get_args(hint)[0]]
+    return hint | None
+
+
+def _train_options() -> list[inspect.Parameter]:
+    helps, hints = _field_help(), typing.get_type_hints(TrainConfig)
+    options = []
+    for field in dataclasses.fields(TrainConfig):
+        default = " ".join(map(str, field.default)) if isinstance(field.default, tuple) else str(field.default)
+        default = default if field.default is not None else False  # the help says what None means
+        option = typer.Option(
+            *_FLAG_NAMES.get(field.name, ()), help=helps.get(field.name, ""), show_default=default,
+            rich_help_panel="Training settings (spm.TrainConfig; also from --config)",
+        )  # fmt: skip
+        kind = _option_type(hints[field.name])
+        if typing.get_origin(typing.get_args(kind)[0]) is list:
+            option.help += " Repeat the option for several."
+        annotation = Annotated[kind, option]
+        options.append(
+            inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
+        )
+    return options
+
+
+class _YAMLLoader(yaml.SafeLoader):
+    """YAML 1.1 reads 1e-4 (no dot) as a string; training settings are written that way."""
+
+
+_YAMLLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+
+
+def _read_config_file(path: Path) -> dict:
+    try:
+        values = yaml.load(path.read_text(), Loader=_YAMLLoader)
+    except OSError as e:
+        _fail(f"--config {path}: cannot read it ({e.strerror or e}); give a YAML file of training settings")
+    except yaml.YAMLError as e:
+        _fail(f"--config {path} is not valid YAML ({' '.join(str(e).split())}): fix it")
+    if values is None:  # an empty file: no settings
+        return {}
+    if not isinstance(values, dict):
+        _fail(f"--config {path} must be a mapping of training settings (name: value), not a {type(values).__name__}")
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    for key in values:
+        if key not in names:
+            _fail(f"--config {path}: unknown setting {key!r}; the settings are {', '.join(names)}")
+    return values
+
+
+def _train_config(config: Path | None, flags: dict) -> TrainConfig:
+    """The --config file's settings, overridden by the options given; a bad one is named with its source."""
+    values = _read_config_file(config) if config else {}
+    given = {name: tuple(v) if isinstance(v, list) else v for name, v in flags.items() if v is not None}
+    source = {name: f"in --config {config}" for name in values} | {name: f"option {_flag(name)}" for name in given}
+    values |= given
+    sizes = values.get("resolutions")
+    for r in sizes if isinstance(sizes, (list, tuple)) else ():  # anything else: TrainConfig says what is wrong
+        if isinstance(r, int) and (r <= 0 or r % 8):
+            where = "--resolution" if "resolutions" in given else f"resolutions in --config {config}:"
+            _fail(f"{where} {r}: give a positive multiple of 8 (the VAE's downsampling factor), e.g. 512")
+    try:
+        return TrainConfig(**values)
+    except ValueError as e:
+        _fail(f"{e} ({source.get(str(e).split()[0], 'a default')})")
+
+
+@contextmanager
+def _output_dir(path: Path, option: str) -> Iterator[None]:
+    """Make an output folder before any work; when the command then fails, remove the folders it made if
+    they are still empty (rmdir never removes a file, nor a folder that was there before)."""
+    from spm.files import output_dir_problem
+
+    made = []
+    missing = path.absolute()
+    while not missing.exists():
+        made.append(missing)
+        missing = missing.parent
+    try:
+        _fail_on(output_dir_problem(path, option))
+        yield
+    except BaseException:
+        for folder in made:  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (an image or a checkpoint was written): kept, and its parents too
+                break
+        raise
+
+
 def train(
     model: ModelOpt,
     target: Annotated[list[str], typer.Option("--target", "-t", help="concept to erase; repeat for several")],
     out: Annotated[Path, typer.Option(help="output .safetensors file")],
     surrogate: Annotated[str, typer.Option(help="replace the targets with this concept instead of erasing")] = "",
-    iterations: int = 3000,
-    lr: float = 1e-4,
-    anchor_weight: Annotated[float, typer.Option(help="lambda of Latent Anchoring")] = 1000.0,
-    num_anchors: int = 4,
-    legacy_anchors: Annotated[
-        bool, typer.Option(help="the released code's anchors: 2 random ones and the empty prompt twice")
-    ] = False,
-    vocabulary_anchors: Annotated[
-        int, typer.Option(help="extra anchors per step from 1-3 vocabulary words (ours; the paper: 0)")
-    ] = 0,
-    resolution: Annotated[list[int] | None, typer.Option(help="training size in px; repeat for a list")] = None,
-    dtype: Annotated[str, typer.Option(help="float32 or bfloat16")] = "float32",
-    seed: int = 0,
-    checkpoint_every: int = 500,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML file of training settings (name: value); the options override it")
+    ] = None,
     device: DeviceOpt = "cpu",
+    **settings,
 ) -> None:
-    """Train one SPM erasing the target concept(s); resumes from OUT.ckpt.pt if a run was killed."""
-    import spm
+    """Train one SPM erasing the target concept(s); resumes from OUT.ckpt.pt if a run was killed.
 
-    _check_train_inputs(target, resolution, out)
-    try:
-        cfg = spm.TrainConfig(
-            iterations=iterations, lr=lr, anchor_weight=anchor_weight, num_anchors=num_anchors,
-            legacy_anchors=legacy_anchors, vocabulary_anchors=vocabulary_anchors,
-            resolutions=tuple(resolution) if resolution else None, dtype=dtype, seed=seed, checkpoint_every=checkpoint_every,
-        )  # fmt: skip
-    except ValueError as e:
-        _fail(f"{e} (option --{str(e).split()[0].replace('_', '-')})")
-    from spm.files import output_dir_problem
+    Every spm.TrainConfig setting is an option; --config FILE.yaml gives them as a mapping of the same names
+    (lr: 1e-2, resolutions: [32]), and the options given override it.
+    """
+    import spm
     from spm.models import device_problem
 
+    _check_train_inputs(target, out)
+    cfg = _train_config(config, settings)
     _fail_on(device_problem(device))
-    _fail_on(output_dir_problem(out.parent, "--out folder"))
-    checkpoint = out.with_name(out.name + ".ckpt.pt")
-    _check_checkpoint(checkpoint)
-    pipe = _pipeline(model, device)
-    try:
-        result = spm.train(pipe, target, surrogate=surrogate, config=cfg, checkpoint=checkpoint)
-    except ValueError as e:  # a checkpoint from other settings, or a diverged run (NonFiniteLoss): nothing written
-        _fail(str(e))
-    result.provenance["base_model"] = model
-    result.save(out)
+    with _output_dir(out.parent, "--out folder"):
+        checkpoint = out.with_name(out.name + ".ckpt.pt")
+        _check_checkpoint(checkpoint)
+        pipe = _pipeline(model, device)
+        try:
+            result = spm.train(pipe, target, surrogate=surrogate, config=cfg, checkpoint=checkpoint)
+        except ValueError as e:  # a checkpoint from other settings, or a diverged run (NonFiniteLoss): nothing written
+            _fail(str(e))
+        result.provenance["base_model"] = model
+        result.save(out)
     checkpoint.unlink(missing_ok=True)
     typer.echo(f"wrote {out} ({len(result.layers)} layers, {result.num_parameters:,} parameters)")
+
+
+_fixed = [p for p in inspect.signature(train, eval_str=True).parameters.values() if p.kind != p.VAR_KEYWORD]
+train.__signature__ = inspect.Signature([*_fixed, *_train_options()])
+app.command()(train)
+
+
+# A pipeline folder may declare how it samples (the toy models run at guidance 3, not SD's 7.5): spm reads
+# this file, so a benchmark's model registry need not be named here.
+GENERATION_DEFAULTS = "generation_config.json"
+
+
+def _generation_defaults(model: str) -> dict:
+    """The model's own sampling settings, from GENERATION_DEFAULTS in its local folder, else SD's (7.5, 30 steps)."""
+    path = Path(model).expanduser() / GENERATION_DEFAULTS
+    defaults = {"guidance_scale": 7.5, "num_inference_steps": 30}
+    if not path.is_file():
+        return defaults
+    try:
+        declared = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        _fail(f"{path} is not valid JSON ({e}): fix or remove it")
+    if not isinstance(declared, dict):
+        _fail(f"{path} must be a JSON object, e.g. {json.dumps(defaults)}: fix or remove it")
+    for key, option, integer in (("guidance_scale", "--guidance", False), ("num_inference_steps", "--steps", True)):
+        value = declared.get(key, defaults[key])
+        if not _is_setting(value, integer):
+            kind = "a positive whole number" if integer else "a finite number"
+            _fail(f"{path}: {key} must be {kind}, not {value!r}: fix the file, or give {option}")
+        defaults[key] = value
+    return defaults
+
+
+def _is_setting(value, integer: bool) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+        return False
+    return value >= 1 if integer else math.isfinite(value)
 
 
 @app.command()
@@ -126,21 +272,26 @@ def generate(
     ] = "paper",
     seed: int = 0,
     num_images: Annotated[int, typer.Option(min=1)] = 1,
-    steps: Annotated[int, typer.Option(min=1)] = 30,
-    guidance: float = 7.5,
+    steps: Annotated[
+        int | None, typer.Option(min=1, help=f"sampling steps; default: the model's {GENERATION_DEFAULTS}, else 30")
+    ] = None,
+    guidance: Annotated[
+        float | None, typer.Option(help=f"CFG scale; default: the model's {GENERATION_DEFAULTS}, else 7.5")
+    ] = None,
     device: DeviceOpt = "cpu",
 ) -> None:
-    """Generate images, with any number of SPMs attached."""
-    import torch
+    """Generate images, with any number of SPMs attached.
 
+    A local model folder may declare its sampling defaults in generation_config.json next to model_index.json,
+    e.g. {"guidance_scale": 3.0, "num_inference_steps": 30}; --guidance and --steps override them.
+    """
     import spm
-    from spm.files import output_dir_problem
     from spm.models import device_problem
     from spm.transport import SIMILARITIES
 
     if similarity not in SIMILARITIES:
         _fail(f"unknown similarity {similarity!r}: choose one of {', '.join(SIMILARITIES)}")
-    if not math.isfinite(guidance):
+    if guidance is not None and not math.isfinite(guidance):
         _fail(f"--guidance {guidance}: give a finite number, e.g. 7.5")
     _fail_on(device_problem(device))
     spms = []
@@ -149,21 +300,27 @@ def generate(
             spms.append(spm.SPM.load(path))
         except (ValueError, OSError) as e:
             _fail(str(e))
-    _fail_on(output_dir_problem(out, "--out"))
-    pipe = _pipeline(model, device)
-    try:
-        runner = (
-            spm.attach(pipe, spms, transport=not no_transport, legacy=legacy, similarity=similarity) if spms else None
-        )
-    except ValueError as e:
-        _fail(str(e))
-    for i, text in enumerate(prompt):
+    defaults = _generation_defaults(model)
+    sampling = {
+        "guidance_scale": defaults["guidance_scale"] if guidance is None else guidance,
+        "num_inference_steps": defaults["num_inference_steps"] if steps is None else steps,
+    }
+    with _output_dir(out, "--out"):
+        pipe = _pipeline(model, device)
+        try:
+            if spms:
+                pipe = spm.attach(pipe, spms, transport=not no_transport, legacy=legacy, similarity=similarity)
+        except ValueError as e:
+            _fail(str(e))
+        _generate_images(pipe, prompt, out, seed, num_images, sampling, device)
+
+
+def _generate_images(generate, prompts: list[str], out: Path, seed: int, num_images: int, sampling: dict, device):
+    import torch
+
+    for i, text in enumerate(prompts):
         gen = torch.Generator(device).manual_seed(seed + i)
-        kwargs = dict(
-            num_images_per_prompt=num_images, num_inference_steps=steps, guidance_scale=guidance, generator=gen
-        )
-        images = (runner(text, **kwargs) if runner else pipe(prompt=text, **kwargs)).images
-        for j, image in enumerate(images):
+        for j, image in enumerate(generate(text, num_images_per_prompt=num_images, generator=gen, **sampling).images):
             path = out / f"{i:03d}_{j:02d}_seed{seed + i}.png"
             image.save(path)
             typer.echo(str(path))

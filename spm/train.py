@@ -102,6 +102,9 @@ class TrainConfig:
             _check_number(name, getattr(self, name), integer=name not in ("weight_decay", "eta", "anchor_weight"))
             if getattr(self, name) < minimum:
                 raise ValueError(f"{name} must be at least {minimum}, not {getattr(self, name)}")
+        _check_number("seed", self.seed, integer=True)
+        if not -(2**63) <= self.seed < 2**64:  # what torch.Generator.manual_seed takes
+            raise ValueError(f"seed must be between -2**63 and 2**64 - 1, not {self.seed}")
         scale = tuple(self.anchor_scale) if isinstance(self.anchor_scale, (list, tuple)) else ()
         if (
             len(scale) != 2
@@ -110,6 +113,10 @@ class TrainConfig:
         ):
             raise ValueError(
                 f"anchor_scale must be two finite numbers (low, high) with 0 < low <= high, not {self.anchor_scale}"
+            )
+        if self.resolutions is not None and not isinstance(self.resolutions, (list, tuple)):
+            raise ValueError(
+                f"resolutions must be a list of sizes in pixels, e.g. [256, 320], not {self.resolutions!r}"
             )
         for size in self.resolutions or ():
             if not (_is_number(size, integer=True) and size > 0):

@@ -1,5 +1,10 @@
+import dataclasses
+import json
+import shutil
+
 import pytest
 import torch
+import typer.main
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
@@ -148,3 +153,136 @@ def test_model_paths_that_are_not_pipelines(tmp_path):
     assert_one_line_error(result, "is not a diffusers pipeline directory (no model_index.json)")
     result = run("generate", "--model", "/nonexistent/dir", *args)
     assert_one_line_error(result, "no such directory: /nonexistent/dir")
+
+
+# A toy model's SPM settings, as the benchmark's model file gives them (lr written the way YAML users do).
+TOY_SETTINGS = "iterations: 300\nlr: 1e-2\nwarmup_steps: 10\nrollout_steps: 10\nanchor_weight: 30.0\n"
+
+
+def test_the_command_line_trains_the_spm_the_library_trains(tiny_dir, tmp_path):
+    cfg = spm.TrainConfig(
+        iterations=2, lr=1e-2, warmup_steps=10, rollout_steps=10, anchor_weight=30.0, resolutions=(16,)
+    )
+    reference = spm.train(spm.load_pipeline(str(tiny_dir)), ["snoopy"], config=cfg, progress=False)
+    config = tmp_path / "spm.yaml"
+    config.write_text(TOY_SETTINGS + "resolutions: [16]\n")
+    from_flags = ["--iterations", 2, "--lr", 1e-2, "--warmup-steps", 10, "--rollout-steps", 10, "--anchor-weight", 30,
+                  "--resolution", 16]  # fmt: skip
+    for i, args in enumerate((["--config", config, "--iterations", 2], from_flags)):  # the option overrides the file
+        out = tmp_path / f"{i}.safetensors"
+        result = run("train", "--model", tiny_dir, "-t", "snoopy", *args, "--out", out)
+        assert result.exit_code == 0, result.output
+        trained = spm.SPM.load(out)
+        assert trained.provenance["train_config"] == json.loads(json.dumps(dataclasses.asdict(cfg)))
+        for name, (down, up) in reference.layers.items():
+            assert torch.equal(trained.layers[name][0], down) and torch.equal(trained.layers[name][1], up)
+
+
+def test_every_training_setting_is_an_option(tiny_dir, tmp_path, monkeypatch):
+    command = typer.main.get_command(app).commands["train"]
+    options = {name for param in command.params for name in param.opts}
+    assert {"--" + f.name.replace("_", "-") for f in dataclasses.fields(spm.TrainConfig)} <= options
+    assert {"--iterations", "--lr", "--anchor-weight", "--num-anchors", "--legacy-anchors", "--vocabulary-anchors",
+            "--resolution", "--dtype", "--seed", "--checkpoint-every", "--config"} <= options  # fmt: skip
+    seen = []
+
+    def record(pipe, targets, surrogate, config, checkpoint):
+        seen.append(config)
+        raise ValueError("recorded")
+
+    monkeypatch.setattr(spm, "train", record)
+    args = ["--weight-decay", 0.5, "--restarts", 1, "--eta", 2, "--no-legacy-anchors", "--legacy-schedule",
+            "--anchor-scale", 1, 1.5, "--rollout-guidance", 4, "--resolution", 16, "--resolutions", 24, "--rank", 2,
+            "--alpha", 3, "--dtype", "bfloat16", "--seed", 7, "--num-anchors", 1, "--vocabulary-anchors", 3]  # fmt: skip
+    config = tmp_path / "c.yaml"
+    config.write_text("legacy_anchors: true\nseed: 1\nrank: 4\n")
+    result = run(
+        "train", "--model", tiny_dir, "-t", "x", "--config", config, *args, "--out", tmp_path / "s.safetensors"
+    )
+    assert_one_line_error(result, "recorded")
+    assert seen == [
+        spm.TrainConfig(weight_decay=0.5, restarts=1, eta=2.0, legacy_anchors=False, legacy_schedule=True,
+                        anchor_scale=(1.0, 1.5), rollout_guidance=4.0, resolutions=(16, 24), rank=2, alpha=3.0,
+                        dtype="bfloat16", seed=7, num_anchors=1, vocabulary_anchors=3)
+    ]  # fmt: skip
+
+
+def test_a_bad_config_file_is_refused_in_one_line_naming_the_key(tiny_dir, tmp_path, no_load):
+    ok = tmp_path / "ok.safetensors"
+    for text, extra, message in [
+        ("lr: 1e-2\nwarmup: 10\n", [], "unknown setting 'warmup'; the settings are iterations, lr,"),
+        ("iterations: '300'\n", [], "iterations must be a whole number, not '300' (in --config "),
+        ("lr: .nan\n", [], "lr must be a finite number, not nan (in --config "),
+        ("anchor_weight: -.inf\n", [], "anchor_weight must be a finite number, not -inf (in --config "),
+        ("legacy_anchors: 'yes'\n", [], "legacy_anchors must be true or false, not 'yes' (in --config "),
+        ("resolutions: 16\n", [], "resolutions must be a list of sizes in pixels, e.g. [256, 320], not 16"),
+        ("resolutions: [12]\n", [], "resolutions in --config "),
+        ("seed: 1.5\n", [], "seed must be a whole number, not 1.5 (in --config "),
+        ("- lr\n", [], "must be a mapping of training settings (name: value), not a list"),
+        ("lr: [\n", [], "is not valid YAML"),
+        ("lr: -1\n", ["--lr", 0.1, "--iterations", 0], "iterations must be at least 1, not 0 (option --iterations)"),
+    ]:
+        config = tmp_path / "c.yaml"
+        config.write_text(text)
+        result = run("train", "--model", tiny_dir, "-t", "x", "--config", config, *extra, "--out", ok)
+        assert_one_line_error(result, message)
+        assert len(result.output.strip().splitlines()) == 1, result.output
+    result = run("train", "--model", tiny_dir, "-t", "x", "--config", tmp_path / "none.yaml", "--out", ok)
+    assert_one_line_error(result, "none.yaml: cannot read it")
+    config.write_text("lr: .nan\n")  # the option overrides the file's bad value
+    result = run("train", "--model", tiny_dir, "-t", "x", "--config", config, "--lr", 0.1, "--out", ok)
+    assert "the model was loaded" in str(result.exception)  # it got past every check
+
+
+def test_generate_takes_its_defaults_from_the_model_folder(tiny_dir, tmp_path):
+    declared = tmp_path / "model"
+    shutil.copytree(tiny_dir, declared)
+    (declared / "generation_config.json").write_text('{"guidance_scale": 3.0, "num_inference_steps": 2}')
+
+    def generate(model, out, *flags):
+        result = run("generate", "--model", model, "-p", "a cat", "--out", tmp_path / out, *flags)
+        assert result.exit_code == 0, result.output
+        return [path.read_bytes() for path in sorted((tmp_path / out).glob("*.png"))] or None
+
+    assert generate(declared, "a") == generate(tiny_dir, "b", "--guidance", 3, "--steps", 2)
+    assert generate(declared, "c", "--guidance", 7.5, "--steps", 3) == generate(tiny_dir, "d", "--steps", 3)
+    assert generate(tiny_dir, "e") == generate(tiny_dir, "f", "--guidance", 7.5, "--steps", 30)  # none declared
+
+
+def test_a_bad_generation_config_is_refused_in_one_line(tiny_dir, tmp_path, no_load):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_dir, model)
+    for text, message in [
+        ("{", "generation_config.json is not valid JSON"),
+        ("[3]", "must be a JSON object"),
+        (
+            '{"guidance_scale": NaN}',
+            "guidance_scale must be a finite number, not nan: fix the file, or give --guidance",
+        ),
+        ('{"num_inference_steps": 0}', "num_inference_steps must be a positive whole number, not 0"),
+        ('{"num_inference_steps": 2.5}', "num_inference_steps must be a positive whole number, not 2.5"),
+    ]:
+        (model / "generation_config.json").write_text(text)
+        result = run("generate", "--model", model, "-p", "x", "--out", tmp_path / "images")
+        assert_one_line_error(result, message)
+
+
+def test_a_failed_run_removes_the_output_folders_it_made_and_only_those(tiny_dir, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_dir, broken)
+    (broken / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"garbage")
+    (tmp_path / "garbage.safetensors").write_bytes(b"garbage")
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    for model, extra in [
+        ("/nonexistent/dir", []),
+        (broken, []),
+        (tiny_dir, ["--spm", tmp_path / "garbage.safetensors"]),
+    ]:
+        for out in (tmp_path / "new" / "images", existing):
+            result = run("generate", "--model", model, "-p", "x", "--steps", 1, "--out", out, *extra)
+            assert result.exit_code != 0
+        assert not (tmp_path / "new").exists() and existing.is_dir()
+    result = run("train", "--model", "/nonexistent/dir", "-t", "x", "--out", tmp_path / "new" / "s.safetensors")
+    assert_one_line_error(result, "no such directory")
+    assert not (tmp_path / "new").exists()

@@ -145,7 +145,9 @@ NAN, INF = float("nan"), float("inf")
      ({"anchor_scale": (1.2, 0.8)}, "anchor_scale must be two finite numbers"), ({"anchor_scale": (0.0, 1.0)}, "anchor_scale"),
      ({"resolutions": (16, -8)}, "resolutions must be positive whole numbers"),
      ({"legacy_schedule": "yes"}, "legacy_schedule must be true or false, not 'yes'"),
-     ({"legacy_anchors": 1}, "legacy_anchors must be true or false, not 1")],
+     ({"legacy_anchors": 1}, "legacy_anchors must be true or false, not 1"),
+     ({"resolutions": 16}, "resolutions must be a list of sizes in pixels, e.g. [256, 320], not 16"),
+     ({"seed": "0"}, "seed must be a whole number, not '0'"), ({"seed": 2**64}, "seed must be between")],
 )  # fmt: skip
 def test_impossible_settings_are_refused_in_one_line(setting, message):
     with pytest.raises(ValueError, match=re.escape(message)) as caught:
