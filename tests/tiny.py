@@ -2,46 +2,22 @@
 
 from __future__ import annotations
 
-import json
+from pathlib import Path
 
 import torch
 
 
-CORPUS = [
-    "a photo of a dog",
-    "a photo of a cat",
-    "a painting of a house",
-    "snoopy the dog",
-    "mickey the mouse",
-    "a red car on the road",
-    "a picture of a tree in the style of van gogh",
-]
-
-
-def bpe_tokenizer(texts: list[str], vocab_size: int, max_length: int):
-    """A CLIP-style BPE tokenizer (`</w>` word ends, printable-ASCII base) trained on `texts`. The
-    library's tests build their own: spm and its tests never depend on the benchmark's toy world."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
-    from transformers import CLIPTokenizer
-
-    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
-    bpe.normalizer = normalizers.Lowercase()
-    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
-    bpe.train_from_iterator(
-        texts, trainers.BpeTrainer(vocab_size=vocab_size, end_of_word_suffix="</w>", show_progress=False)
-    )
-    merges = [
-        tuple(m) if not isinstance(m, str) else tuple(m.split()) for m in json.loads(bpe.to_str())["model"]["merges"]
-    ]
-    base = [chr(c) for c in range(33, 127)]
-    tokens = base + [c + "</w>" for c in base] + [a + b for a, b in merges] + ["<|startoftext|>", "<|endoftext|>"]
-    vocab = {t: i for i, t in enumerate(dict.fromkeys(tokens))}
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
+# A CLIP BPE tokenizer (`</w>` word ends, printable-ASCII base, 246 tokens, a 20-token context) trained on a
+# few captions, stored as a real model's tokenizer files are (as diffusers' tests load a tiny one): the
+# benchmark's toy world trains its tokenizers with the same builder, and its tests rebuild this one from it.
+TINY_TOKENIZER = Path(__file__).parent / "tiny_tokenizer"
 
 
 def tiny_tokenizer():
-    """A CLIP BPE tokenizer trained on a few sentences, with a 20-token context."""
-    return bpe_tokenizer(CORPUS * 5, vocab_size=250, max_length=20)
+    """The stored tiny CLIP tokenizer."""
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(TINY_TOKENIZER)
 
 
 def tiny_components(seed: int = 0, cross_dim: int = 16):

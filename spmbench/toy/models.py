@@ -24,7 +24,10 @@ TEXT_WIDTH = 64
 
 
 def build_tokenizer(texts: list[str], vocab_size: int = 600, max_length: int = MAX_LENGTH) -> CLIPTokenizer:
-    """Train a CLIP-style BPE (`</w>` word ends, printable-ASCII base) on the caption corpus."""
+    """Train a CLIP-style BPE (`</w>` word ends, printable-ASCII base) on the caption corpus. The trainer
+    breaks ties between equally frequent pairs in hash order, which varies between processes: on a corpus
+    with such ties the merges' order (so the token ids) varies, hence trained tokenizers are kept as files.
+    spm's test fixture (tests/tiny_tokenizer) is this builder's output on a few captions."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
     bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
