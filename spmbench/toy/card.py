@@ -1,11 +1,11 @@
 """Measure the toy world with its judge and write the model card `reports/toyworld.md`.
 
-The card is a client of the suite's stages: each model's generations are the rows of its original
-`Cell` (the runner's `generate_cell`, then `score_cell` with the toy judge's network read per head),
-and its grids are drawn by `report.tile_grid`. What is the card's own: which prompts it asks, which
-judge heads must be right for them (CHECKS, named_in), the quality bars and their thresholds, and
-the card's text. Everything is measured on fresh seeds (an RNG stream training never draws from):
-the judge on rendered ground truth, and each model's generations per prompt kind.
+The card is a client of the suite's stages (spmbench.toy.measure): each model's generations are
+rows of its original `Cell`, generated and scored by the runner, drawn in grids by the report.
+What is the card's own: which prompts it asks, which judge heads must be right for them (CHECKS,
+named_in), the quality bars and their thresholds, and the card's text. Everything is measured on
+fresh seeds (an RNG stream training never draws from): the judge on rendered ground truth, and
+each model's generations per prompt kind.
 """
 
 from __future__ import annotations
@@ -19,14 +19,9 @@ import numpy as np
 import torch
 
 from spm.files import write_text_atomic
-from spm.models import native_resolution
-from spmbench.apps import PromptRow
-from spmbench.erasers import ERASERS
-from spmbench.models import ModelSpec
-from spmbench.report import tile_grid
-from spmbench.runner import Cell, generate_cell, score_cell
 from spmbench.toy import captions, data, models, worlds
 from spmbench.toy import world as w
+from spmbench.toy.measure import CardRun, JudgeHeads, card_run, head_accuracy, render_accuracy, save_grid
 from spmbench.toy.train import stages_of_world
 
 
@@ -76,100 +71,12 @@ def prompts_for(kind: str, n: int, held_out: bool = False, seed: int = EVAL_SEED
     return [captions.sample(rng, held_out=held_out, kind=kind) for _ in range(n)]
 
 
-@torch.no_grad()
-def judge_predictions(judge: models.Judge, images: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Arg-max prediction per head for (N, 3, 32, 32) images in [0, 1]."""
-    return {k: v.argmax(1) for k, v in judge(images).items()}
-
-
 def judge_accuracy(judge: models.Judge, n: int, vae=None) -> dict[str, float]:
     """Accuracy per attribute on fresh renders (both dialects the judge must read); with `vae`, on
     their reconstructions: the best any generation through that VAE can be judged."""
     rng = np.random.default_rng([EVAL_SEED, 1])
     batch = data.sample_batch(rng, n // 2) + data.sample_batch(rng, n - n // 2, dialect="pastel")
-    images = data.to_tensor([b[0] for b in batch])
-    if vae is not None:
-        images = models.reconstruct(vae, images).cpu()
-    preds = judge_predictions(judge, images)
-    labels = data.label_tensors([b[2] for b in batch])
-    out = {}
-    for head, target in labels.items():
-        mask = target != data.IGNORE
-        out[head] = float((preds[head][mask] == target[mask]).float().mean())
-    return out
-
-
-class JudgeHeads:
-    """The toy judge's network as `score_cell` calls a judge, keeping its arg-max per head for every
-    image: the card checks several heads per image, where `ToyJudge` says whether one named concept
-    is present."""
-
-    def __init__(self, net: models.Judge, device: str):
-        self.net, self.device = net.to(device), device
-
-    def assess(self, images: torch.Tensor, concepts: list[str]) -> list[dict]:
-        heads = {k: v.tolist() for k, v in judge_predictions(self.net, images.to(self.device)).items()}
-        return [{"heads": {k: v[i] for k, v in heads.items()}} for i in range(len(images))]
-
-
-@dataclass(frozen=True)
-class CardRun:
-    """One toy model measured as `spmbench run` measures it: the card's prompts are rows of the
-    model's original Cell under `run_dir` (images, then scores.jsonl), generated in batches of
-    `batch_size` with the model spec's sampling and caption habits."""
-
-    pipe: object
-    model: ModelSpec
-    judge: JudgeHeads
-    run_dir: Path
-    batch_size: int
-
-    @property
-    def cell(self) -> Cell:
-        return Cell(self.model, (), "none", self.run_dir)
-
-    def judged_heads(self, group: str, prompts: list[str], seed: int) -> tuple[list[dict[str, int]], list[Path]]:
-        """Generate prompts[i] with seed `seed + i` (rows `<group>-<i>`), judge them; per image the
-        judged class per head, and the image files."""
-        rows = [PromptRow(f"{group}-{i}", group, "", p, seed + i) for i, p in enumerate(prompts)]
-        generate_cell(self.pipe, ERASERS.get("none"), [], rows, self.cell, self.batch_size)
-        judged = {s["prompt_id"]: s["heads"] for s in score_cell(self.judge, rows, self.cell)}
-        return [judged[r.prompt_id] for r in rows], [self.cell.image(r) for r in rows]
-
-    def at_guidance(self, guidance: float, run_dir: Path) -> CardRun:
-        return replace(self, model=replace(self.model, guidance_scale=guidance), run_dir=run_dir)
-
-
-def card_run(
-    weights: Path, name: str, habits: dict, settings: CardSettings, judge: JudgeHeads, run_dir: Path, device: str
-) -> CardRun:
-    """A shipped toy model as a suite model spec: its folder, its dialect's caption habits (prefix,
-    suffix), the card's sampling at the model's native resolution."""
-    model = ModelSpec(name, str(weights / name), "toy", "toy", num_inference_steps=settings.num_inference_steps,
-                      guidance_scale=settings.guidance_scale, caption_prefix=habits["prefix"],
-                      caption_suffix=habits["suffix"])  # fmt: skip
-    pipe = model.load(device)
-    return CardRun(pipe, replace(model, resolution=native_resolution(pipe)), judge, run_dir, settings.batch_size)
-
-
-def head_accuracy(
-    judged: list[dict[str, int]], labels: dict[str, torch.Tensor], named: dict[str, list[bool]]
-) -> dict[str, float]:
-    """Judged correct per head of `named`, over the images whose prompt names the head's attribute."""
-    out = {}
-    for head, names in named.items():
-        mask = torch.tensor(names)
-        if mask.any():
-            predicted = torch.tensor([j[head] for j in judged])
-            out[head] = float((predicted[mask] == labels[head][mask]).float().mean())
-    return out
-
-
-def save_grid(images: list[Path], path: Path, cols: int = 8) -> None:
-    """The first 16 images, `cols` to a row; a short last row is left out unless it is the only one."""
-    images = images[:16]
-    rows = [images[r * cols : (r + 1) * cols] for r in range(len(images) // cols)] or [images]
-    tile_grid(rows, scale=3).save(path)
+    return render_accuracy(judge, batch, data.label_tensors, vae)
 
 
 def named_in(prompt: str, scene: w.Scene, head: str) -> bool:
@@ -218,13 +125,16 @@ def sweep_lines(sweep: dict[float, dict], sweep_n: int) -> list[str]:
              "| guidance | " + " | ".join(label for label, *_ in BAR_HEADS) + " |", "|---:|" + "---:|" * len(BAR_HEADS)]  # fmt: skip
     for g, results in sweep.items():
         lines.append(
-            f"| {g:g} | " + " | ".join(_percent(_head(results, kinds, head)) for _, kinds, head, _ in BAR_HEADS) + " |"
+            f"| {g:g} | "
+            + " | ".join(_percent(mean_over(results, kinds, head)) for _, kinds, head, _ in BAR_HEADS)
+            + " |"
         )
     return [*lines, ""]
 
 
-def _head(results: dict, kinds: tuple[str, ...], head: str) -> float | None:
-    values = [results[k][head] for k in kinds if k in results and head in results[k]]
+def mean_over(results: dict, keys, head: str) -> float | None:
+    """A head's judged-correct rate averaged over the result keys (prompt kinds) that measured it."""
+    values = [results[k][head] for k in keys if k in results and head in results[k]]
     return sum(values) / len(values) if values else None
 
 
@@ -258,7 +168,7 @@ def check_bars(judge_acc: dict, per_model: dict, n: int = 64) -> list[tuple[str,
     bars = [(f"judge accuracy, {head} >= 98 %", acc, acc >= 0.98) for head, acc in judge_acc.items()]
     base = per_model.get("toy-base", {})
     for name, results in per_model.items():
-        wanted = [(label, _head(results, kinds, head), bar) for label, kinds, head, bar in BAR_HEADS]
+        wanted = [(label, mean_over(results, kinds, head), bar) for label, kinds, head, bar in BAR_HEADS]
         bars += [(f"{name}: {label} >= {int(bar * 100)} %", v, v is not None and v >= bar) for label, v, bar in wanted]
         neutral = results.get("explicit in neutral prompts", {}).get("explicit")
         bars.append(
@@ -356,6 +266,36 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{value * 100:.1f} %"
 
 
+def judge_table(judge_acc: dict, judge_vae: dict | None) -> list[str]:
+    """The judge's accuracy per attribute on renders, and through the VAE where measured."""
+    return [
+        "| attribute | renders | through the VAE |",
+        "|---|---:|---:|",
+        *[f"| {k} | {v * 100:.1f} % | {_percent((judge_vae or {}).get(k))} |" for k, v in judge_acc.items()],
+        "",
+    ]
+
+
+def bars_table(bars: list[tuple[str, float | None, bool]]) -> list[str]:
+    """The quality bars, met or not."""
+    return [
+        "| requirement | measured | met |",
+        "|---|---:|:-:|",
+        *[f"| {requirement} | {_percent(v)} | {'yes' if ok else 'NO'} |" for requirement, v, ok in bars],
+        "",
+    ]
+
+
+def model_tables(per_model: dict, measured: str, grids: str) -> list[str]:
+    """Per model, judged correct per (`measured`: prompt kind or caption form, head); `grids` names its grid files."""
+    lines = []
+    for name, results in per_model.items():
+        lines += [f"### {name}", "", f"| {measured} | judged attribute | correct |", "|---|---|---:|"]
+        lines += [f"| {kind} | {head} | {v * 100:.1f} % |" for kind, scores in results.items() for head, v in scores.items()]  # fmt: skip
+        lines += ["", f"Sample grids: `{grids.format(name=name)}`", ""]
+    return lines
+
+
 def write_card(
     path: Path,
     judge_acc: dict,
@@ -387,10 +327,7 @@ def write_card(
         "Through the VAE: the same renders encoded and decoded by the family's VAE, the ceiling for",
         "any generation.",
         "",
-        "| attribute | renders | through the VAE |",
-        "|---|---:|---:|",
-        *[f"| {k} | {v * 100:.1f} % | {_percent((judge_vae or {}).get(k))} |" for k, v in judge_acc.items()],
-        "",
+        *judge_table(judge_acc, judge_vae),
         *sweep_lines(sweep or {}, settings.sweep_images_per_kind),
     ]
     bars = check_bars(judge_acc, per_model, settings.images_per_kind)
@@ -401,23 +338,9 @@ def write_card(
         f"Generations judged correct: {settings.images_per_kind} prompts per kind, {settings.num_inference_steps} "
         f"DDIM steps, guidance {settings.guidance_scale:g}, fresh prompts and seeds. {met} of {len(bars)} met.",
         "",
-        "| requirement | measured | met |",
-        "|---|---:|:-:|",
+        *bars_table(bars),
+        *model_tables(per_model, "prompt kind", "reports/toyworld/{name}_<kind>.png"),
     ]
-    for requirement, value, ok in bars:
-        lines.append(f"| {requirement} | {_percent(value)} | {'yes' if ok else 'NO'} |")
-    lines.append("")
-    for name, results in per_model.items():
-        lines += [
-            f"### {name}",
-            "",
-            "| prompt kind | " + " | ".join(["judged attribute", "correct"]) + " |",
-            "|---|---|---:|",
-        ]
-        for kind, scores in results.items():
-            for head, value in scores.items():
-                lines.append(f"| {kind} | {head} | {value * 100:.1f} % |")
-        lines += ["", f"Sample grids: `reports/toyworld/{name}_<kind>.png`", ""]
     write_text_atomic(path, "\n".join(lines) + "\n")
 
 

@@ -3,8 +3,8 @@
 Each model is measured on fresh seeds, per caption form, on trained phrasings ("train") and on
 held-out ones ("test": unseen words and unseen combinations of trained words). The dev split is
 left to tuning erasers (protocol v3) and never measured here. Like world v2's card
-(spmbench.toy.card), whose settings and suite stages it shares, it keeps only its prompts, what
-counts as right, its bars and its text.
+(spmbench.toy.card), whose settings and tables it shares, it measures through the suite's stages
+(spmbench.toy.measure) and keeps only its prompts, what counts as right, its bars and its text.
 """
 
 from __future__ import annotations
@@ -20,17 +20,15 @@ from spm.files import write_text_atomic
 from spmbench.toy import models, worlds
 from spmbench.toy.card import (
     EVAL_SEED,
-    CardRun,
     CardSettings,
-    JudgeHeads,
-    _percent,
     _training_summary,
-    card_run,
-    head_accuracy,
-    judge_predictions,
-    save_grid,
+    bars_table,
+    judge_table,
+    mean_over,
+    model_tables,
     shortfall_beyond_noise,
 )
+from spmbench.toy.measure import CardRun, JudgeHeads, card_run, head_accuracy, render_accuracy, save_grid
 from spmbench.toy.v3 import captions, data
 from spmbench.toy.v3 import world as w
 
@@ -73,15 +71,7 @@ def judge_accuracy(judge: models.Judge, n: int, vae=None) -> dict[str, float]:
     batch = data.sample_batch(rng, n // 2, "world", "test") + data.sample_batch(
         rng, n - n // 2, "world_pastel", "test"
     )
-    images = data.to_tensor([b[0] for b in batch])
-    if vae is not None:
-        images = models.reconstruct(vae, images).cpu()
-    preds = judge_predictions(judge, images)
-    out = {}
-    for head, target in data.label_tensors([b[2] for b in batch]).items():
-        mask = target != data.IGNORE
-        out[head] = float((preds[head][mask] == target[mask]).float().mean())
-    return out
+    return render_accuracy(judge, batch, data.label_tensors, vae)
 
 
 def evaluate_model(run: CardRun, settings: CardSettings, grids_dir: Path | None) -> dict:
@@ -104,11 +94,6 @@ def evaluate_model(run: CardRun, settings: CardSettings, grids_dir: Path | None)
     dreambooth = prompts_for("character", n, "test", EVAL_SEED + 3, character=w.DREAMBOOTH_CHARACTER)
     results["DreamBooth character (test)"] = measure("DreamBooth character (test)", dreambooth, ("character",))
     return results
-
-
-def _mean(results: dict, keys, head: str) -> float | None:
-    values = [results[k][head] for k in keys if k in results and head in results[k]]
-    return sum(values) / len(values) if values else None
 
 
 def _keys(forms, split: str = "train") -> tuple[str, ...]:
@@ -134,10 +119,10 @@ def check_bars(judge_acc: dict, per_model: dict, n: int = 64) -> list[tuple[str,
     for name, results in per_model.items():
         for label, forms, head, bar in BAR_HEADS:
             for split in MEASURED_SPLITS:
-                v = _mean(results, _keys(forms, split), head)
+                v = mean_over(results, _keys(forms, split), head)
                 bars.append((f"{name}: {label} ({split}) >= {int(bar * 100)} %", v, v is not None and v >= bar))
         # a neutral prompt's image is judged right when it shows no element: its explicit head reads 0
-        leaked = [1 - v for v in (_mean(results, _keys((f"neutral-{s.concept}",)), "explicit") for s in w.STANDINS)
+        leaked = [1 - v for v in (mean_over(results, _keys((f"neutral-{s.concept}",)), "explicit") for s in w.STANDINS)
                   if v is not None]  # fmt: skip
         worst = max(leaked) if leaked else None
         bars.append(
@@ -228,26 +213,15 @@ def write_card(path: Path, judge_acc: dict, per_model: dict, settings: CardSetti
         "",
         "## Judge accuracy on fresh renders (per attribute)",
         "",
-        "| attribute | renders | through the VAE |",
-        "|---|---:|---:|",
-        *[f"| {k} | {v * 100:.1f} % | {_percent((judge_vae or {}).get(k))} |" for k, v in judge_acc.items()],
-        "",
+        *judge_table(judge_acc, judge_vae),
         "## Quality bars",
         "",
         f"Generations judged correct: {settings.images_per_kind} prompts per caption form and split, "
         f"{settings.num_inference_steps} DDIM steps, guidance {settings.guidance_scale:g}. {met} of {len(bars)} met.",
         "",
-        "| requirement | measured | met |",
-        "|---|---:|:-:|",
-        *[f"| {req} | {_percent(v)} | {'yes' if ok else 'NO'} |" for req, v, ok in bars],
-        "",
+        *bars_table(bars),
+        *model_tables(per_model, "caption form (split)", f"{path.with_suffix('').name}/{{name}}_<form>.png"),
     ]
-    for name, results in per_model.items():
-        lines += [f"### {name}", "", "| caption form (split) | judged attribute | correct |", "|---|---|---:|"]
-        lines += [
-            f"| {kind} | {head} | {v * 100:.1f} % |" for kind, scores in results.items() for head, v in scores.items()
-        ]
-        lines += ["", f"Sample grids: `{path.with_suffix('').name}/{name}_<form>.png`", ""]
     write_text_atomic(path, "\n".join(lines) + "\n")
 
 
