@@ -1,5 +1,6 @@
-"""The training-based erasers (ESD-x, ESD-u, Concept Ablation) on the tiny pipeline: the loss falls,
-only the intended parameters move, the pipeline is left as it was, fits are reproducible and resume."""
+"""The shared fine-tuning loop (finetune.py) through the erasers built on it (ESD-x, ESD-u, Concept
+Ablation) on the tiny pipeline: the loss falls, only the intended parameters move, the pipeline is left
+as it was, fits are reproducible and resume."""
 
 import dataclasses
 import json
@@ -9,6 +10,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from spm import Checkpoint
 from spmbench.erasers import ERASERS
 
 
@@ -63,20 +65,29 @@ def test_an_unknown_setting_is_an_error(name, pipe, tmp_path):
 
 
 @pytest.mark.parametrize("name", list(SETTINGS))
-def test_same_seed_same_fit_and_a_resumed_fit_equals_an_uninterrupted_one(name, pipe, tmp_path):
+def test_same_seed_same_fit_and_a_resumed_fit_equals_an_uninterrupted_one(name, pipe, tmp_path, monkeypatch):
     eraser = ERASERS.get(name)
     cfg = eraser.settings(SETTINGS[name] | {"iterations": 4})
     deltas, curve = eraser.train(pipe, ("snoopy", "mickey"), 16, cfg)
     again, _ = eraser.train(pipe, ("snoopy", "mickey"), 16, cfg)
     assert all(torch.equal(deltas[k], again[k]) for k in deltas)
-    checkpoint, every = tmp_path / "fit.ckpt.pt", eraser.checkpoint_every
-    try:
-        eraser.checkpoint_every = 2
-        eraser.train(pipe, ("snoopy", "mickey"), 16, cfg, checkpoint)  # leaves its step-2 checkpoint
-        assert torch.load(checkpoint, weights_only=True)["step"] == 2
-        resumed, resumed_curve = eraser.train(pipe, ("snoopy", "mickey"), 16, cfg, checkpoint)
-    finally:
-        eraser.checkpoint_every = every
+    checkpoint, save = tmp_path / "fit.ckpt.pt", Checkpoint.save
+
+    def killed_after_step_2(self, step, state, **extra):
+        save(self, step, state, **extra)
+        if step == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(eraser, "checkpoint_every", 2)
+    monkeypatch.setattr(Checkpoint, "save", killed_after_step_2)
+    with pytest.raises(KeyboardInterrupt):
+        eraser.train(pipe, ("snoopy", "mickey"), 16, cfg, checkpoint)
+    monkeypatch.setattr(Checkpoint, "save", save)
+    assert torch.load(checkpoint, weights_only=True)["step"] == 2
+    resumed, resumed_curve = eraser.train(pipe, ("snoopy", "mickey"), 16, cfg, checkpoint)
+    assert torch.load(checkpoint, weights_only=True)["step"] == 4  # the finished fit is kept until it is saved
+    finished, _ = eraser.train(pipe, ("snoopy", "mickey"), 16, cfg, checkpoint)
+    assert all(torch.equal(resumed[k], finished[k]) for k in deltas)
     assert resumed_curve == pytest.approx(curve)
     assert all(torch.allclose(deltas[k], resumed[k]) for k in deltas)
     with pytest.raises(ValueError, match="other settings"):
