@@ -18,6 +18,7 @@ from typing import Annotated
 import typer
 import yaml
 
+from spm.files import DiskFullError, save_image_atomic, training_kept_in
 from spm.train import TrainConfig
 
 
@@ -212,10 +213,13 @@ def train(
         pipe = _pipeline(model, device)
         try:
             result = spm.train(pipe, target, surrogate=surrogate, config=cfg, checkpoint=checkpoint)
+            result.provenance["base_model"] = model
+            with training_kept_in(checkpoint):
+                result.save(out)
         except ValueError as e:  # a checkpoint from other settings, or a diverged run (NonFiniteLoss): nothing written
             _fail(str(e))
-        result.provenance["base_model"] = model
-        result.save(out)
+        except DiskFullError as e:  # a checkpoint that did not fit (the last one is kept), or the SPM
+            _fail(str(e))
     checkpoint.unlink(missing_ok=True)
     typer.echo(f"wrote {out} ({len(result.layers)} layers, {result.num_parameters:,} parameters)")
 
@@ -322,7 +326,10 @@ def _generate_images(generate, prompts: list[str], out: Path, seed: int, num_ima
         gen = torch.Generator(device).manual_seed(seed + i)
         for j, image in enumerate(generate(text, num_images_per_prompt=num_images, generator=gen, **sampling).images):
             path = out / f"{i:03d}_{j:02d}_seed{seed + i}.png"
-            image.save(path)
+            try:
+                save_image_atomic(image, path)
+            except DiskFullError as e:
+                _fail(str(e))
             typer.echo(str(path))
 
 

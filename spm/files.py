@@ -15,6 +15,8 @@ import json
 import os
 import shutil
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,6 +29,25 @@ if TYPE_CHECKING:
 
 class DiskFullError(OSError):
     """A write that did not fit on its disk: nothing was written under the target's name."""
+
+    def __str__(self) -> str:
+        return self.strerror  # one line, without OSError's "[Errno 28]"
+
+    def noting(self, note: str) -> DiskFullError:
+        """The same error, saying what was kept (say, the checkpoint a rerun resumes from)."""
+        return DiskFullError(self.errno, f"{self.strerror}; {note}")
+
+
+@contextmanager
+def training_kept_in(checkpoint: str | os.PathLike) -> Iterator[None]:
+    """Around the save of a finished training's result: a full disk then also says that the training
+    is kept in `checkpoint`, so a rerun writes the result without training again."""
+    try:
+        yield
+    except DiskFullError as e:
+        raise e.noting(
+            f"the finished training is kept in {checkpoint}: the rerun writes it without training"
+        ) from None
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spm import encode_prompts
+from spm.files import training_kept_in
 from spmbench.erasers.base import Eraser, require_counts, require_positive
 from spmbench.erasers.delta import applied, save_delta
 from spmbench.erasers.finetune import finetune, fit_settings, latent_noise, predict, rollout
@@ -60,7 +61,8 @@ class FinetunedEraser(Eraser):
         ckpt = path.with_name(path.name + ".ckpt.pt")
         deltas, losses = self.train(pipe, targets, resolution, settings, ckpt)
         cfg = asdict(settings)
-        save_delta(path, deltas, method=self.name, targets=list(targets), settings=cfg, losses=losses)
+        with training_kept_in(ckpt):
+            save_delta(path, deltas, method=self.name, targets=list(targets), settings=cfg, losses=losses)
         ckpt.unlink(missing_ok=True)
 
     @abstractmethod

@@ -67,7 +67,7 @@ def finetune(
     opt = torch.optim.Adam(params.values(), lr=float(lr))
     ckpt = Checkpoint(checkpoint, settings, checkpoint_every)
     state = {"params": list(params.values()), "opt": opt, "gen": gen}
-    start, extra = ckpt.resume(state)
+    start, extra = ckpt.resume(state, optional=("opt",))  # a finished fit's checkpoint has no optimiser
     losses = list(extra.get("losses", []))
     bar = tqdm(range(start, iterations), initial=start, total=iterations, desc=desc)
     for step in bar:
@@ -77,8 +77,10 @@ def finetune(
         opt.step()
         losses.append(loss.item())
         bar.set_postfix(loss=f"{losses[-1]:.4g}")
-        if ckpt.due(step + 1) and step + 1 < iterations:  # the last step's state is the fit itself
+        if ckpt.due(step + 1) and step + 1 < iterations:
             ckpt.save(step + 1, state, losses=losses)
+    if ckpt.every and start < iterations:  # the finished fit, without the optimiser it no longer needs:
+        ckpt.save(iterations, {"params": state["params"], "gen": gen}, losses=losses)  # a failed save loses nothing
     originals = dict(pipe.unet.named_parameters())
     deltas = {name: p.detach() - originals[name].detach().float() for name, p in params.items()}
     return deltas, losses

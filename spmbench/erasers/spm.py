@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import spm
+from spm.files import training_kept_in
 from spmbench.erasers.base import Eraser
 
 
@@ -42,7 +43,8 @@ class SPMEraser(Eraser):
         checkpoint = path.with_name(path.name + ".ckpt.pt")
         config = settings.train_config(resolution)
         trained = spm.train(pipe, list(targets), settings.surrogate, config, checkpoint=checkpoint)
-        trained.save(path)
+        with training_kept_in(checkpoint):
+            trained.save(path)
         checkpoint.unlink(missing_ok=True)
 
     @contextmanager

@@ -286,3 +286,33 @@ def test_a_failed_run_removes_the_output_folders_it_made_and_only_those(tiny_dir
     result = run("train", "--model", "/nonexistent/dir", "-t", "x", "--out", tmp_path / "new" / "s.safetensors")
     assert_one_line_error(result, "no such directory")
     assert not (tmp_path / "new").exists()
+
+
+def test_a_full_disk_loses_no_training_and_the_rerun_does_not_train_again(
+    tiny_dir, tmp_path, disk_full_for, monkeypatch
+):
+    out = tmp_path / "s.safetensors"
+    args = ["train", "--model", tiny_dir, "-t", "star", "--iterations", 3, "--resolution", 16, "--out", out]
+    free_again = disk_full_for(".safetensors")
+    result = run(*args)
+    assert_one_line_error(result, f"cannot write {out}: no space left", "needs", "kept in", ".ckpt.pt")
+    assert not out.exists() and torch.load(tmp_path / "s.safetensors.ckpt.pt", weights_only=True)["step"] == 3
+    free_again()
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda *a, **k: pytest.fail("the rerun trained again"))
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    assert out.exists() and not (tmp_path / "s.safetensors.ckpt.pt").exists()
+    monkeypatch.undo()
+    again = tmp_path / "again.safetensors"
+    assert run(*args[:-1], again).exit_code == 0  # the same training, uninterrupted
+    kept, uninterrupted = spm.SPM.load(out).layers, spm.SPM.load(again).layers
+    assert kept.keys() == uninterrupted.keys()
+    assert all(torch.equal(a, b) for name in kept for a, b in zip(kept[name], uninterrupted[name]))
+
+
+def test_generate_on_a_full_disk_is_one_line_and_leaves_no_image(tiny_dir, tmp_path, disk_full_for):
+    disk_full_for(".png")
+    images = tmp_path / "images"
+    result = run("generate", "--model", tiny_dir, "-p", "a star", "--steps", 1, "--out", images)
+    assert_one_line_error(result, "cannot write", ".png: no space left", "needs")
+    assert not images.exists() or not any(images.iterdir())

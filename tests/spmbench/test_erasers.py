@@ -192,3 +192,23 @@ def test_uce_rows_are_the_last_word_and_every_token_after_it(pipe):
     torch.testing.assert_close(guide, h_g[: length - (end_t - 1)].float())  # the empty prompt from its start token
     same, itself = aligned_embeddings(pipe, "a photo of a dog")
     torch.testing.assert_close(same, itself)  # a preserved concept maps to itself
+
+
+@pytest.mark.parametrize("name", ["spm", "esd-x"])
+def test_a_fit_that_cannot_be_saved_is_kept_and_not_trained_again(name, pipe, tmp_path, disk_full_for, monkeypatch):
+    """A full disk at the artifact's save: one line saying where the fit is kept; once space is free,
+    the rerun writes the same artifact without a training step."""
+    from spm.files import DiskFullError
+
+    eraser = ERASERS.get(name)
+    free_again = disk_full_for(".safetensors")
+    with pytest.raises(DiskFullError, match=r"no space left .* kept in .*\.ckpt\.pt: the rerun writes it"):
+        eraser.fit(pipe, ("snoopy",), tmp_path / "full", 16, FAST[name])
+    free_again()
+    for optimiser in (torch.optim.Adam, torch.optim.AdamW):
+        monkeypatch.setattr(optimiser, "step", lambda *a, **k: pytest.fail("the rerun trained again"))
+    (kept,) = eraser.fit(pipe, ("snoopy",), tmp_path / "full", 16, FAST[name])
+    monkeypatch.undo()
+    (uninterrupted,) = eraser.fit(pipe, ("snoopy",), tmp_path / "free", 16, FAST[name])
+    assert kept.read_bytes() == uninterrupted.read_bytes()
+    assert not list((tmp_path / "full").rglob("*.ckpt.pt"))
