@@ -40,7 +40,7 @@ def encode_prompts(
     tokens = tokenizer(
         prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
     )
-    _warn_if_cut(tokenizer, prompts, tokens)
+    warn_if_truncated(tokenizer, prompts, tokens)
     # Masked only where the encoder asks for it, as diffusers' pipelines do (CLIP is not).
     mask = tokens.attention_mask if getattr(text_encoder.config, "use_attention_mask", False) else None
     device = text_encoder.device
@@ -52,8 +52,10 @@ def encode_prompts(
 _warned: set[str] = set()  # prompts already reported: training and Facilitated Transport encode them again and again
 
 
-def _warn_if_cut(tokenizer, prompts: list[str], tokens) -> None:
-    """Warn once per prompt that the tokenizer cut to its context: the rest of it has no effect at all."""
+def warn_if_truncated(tokenizer, prompts: list[str], tokens) -> None:
+    """Warn once per prompt that `tokenizer` cut to its context in `tokens` (its output for `prompts`,
+    truncated), saying what was kept: the rest of a prompt has no effect at all. Public for tools that
+    tokenize for other text encoders (a CLIP judge, say)."""
     mask = tokens.get("attention_mask")
     for i, prompt in enumerate(prompts):
         # Only a prompt that fills the whole context can have been cut: the others need no second tokenization.

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 
+from spm import warn_if_truncated
 from spmbench.judges.base import Judge
 from spmbench.metrics import MetricInfo
 
@@ -43,7 +44,9 @@ class ClipJudge(Judge):
 
     @torch.no_grad()
     def _texts(self, texts: list[str]) -> torch.Tensor:
-        batch = self.processor(text=texts, return_tensors="pt", padding=True, truncation=True).to(self.device)
+        batch = self.processor(text=texts, return_tensors="pt", padding=True, truncation=True)
+        warn_if_truncated(self.processor.tokenizer, texts, batch)  # a long concept is judged on its start only
+        batch = batch.to(self.device)
         return F.normalize(_projected(self.model.get_text_features(**batch)), dim=-1)
 
     @torch.no_grad()

@@ -51,3 +51,13 @@ def test_real_concept_runs_end_to_end_through_the_cli_with_the_judges_settings(r
     scores = (runs / "cells" / "tiny-real" / "none" / "original" / "scores.jsonl").read_text().splitlines()
     assert all("clip_score" in json.loads(line) for line in scores)
     assert "judge: clip" in (reports / "real-concept.md").read_text()
+
+
+def test_a_concept_longer_than_clips_context_is_judged_on_its_start_with_a_warning(clip_dir, caplog):
+    judge = ClipJudge(str(clip_dir))
+    context = judge.processor.tokenizer.model_max_length
+    long = " ".join(["lighthouse"] * (context + 30))
+    images = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with caplog.at_level("WARNING", logger="spm.encoding"):
+        judge.score(images, [long])
+    assert f"longer than the text encoder's {context}" in caplog.text and "shorten it" in caplog.text
