@@ -1,7 +1,8 @@
 """Train the whole toy world from nothing: tokenizer, VAE, judge, base model, derivatives.
 
-Every stage is deterministic, checkpoints every `ckpt_every` steps into `workdir/<stage>/` and
-resumes from there; a finished stage leaves its artifact and is skipped on the next call.
+Every stage is deterministic, checkpoints every `ckpt_every` steps into `workdir/<stage>/` (an spm.Checkpoint
+tied to the stage's settings) and resumes from there; a finished stage leaves its artifact and is skipped on the
+next call.
 """
 
 from __future__ import annotations
