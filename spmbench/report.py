@@ -44,7 +44,7 @@ def table_rows(results: list[Result]) -> tuple[list[str], list[list[str]]]:
         cells = []
         for s in sets:
             value, original = r.rates.get(s), r.original_rates.get(s)
-            cells.append("-" if value is None else f"{value * 100:.0f} % ({original * 100:.0f} %)")
+            cells.append("-" if value is None else f"{_percent(value)} ({_percent(original)})")
         alt = r.alteration or {}
         for key in ALTERATION:
             # + 0.0: FID of two identical sets comes out as a rounding error's -0.000
@@ -53,6 +53,10 @@ def table_rows(results: list[Result]) -> tuple[list[str], list[list[str]]]:
         cells += ["-" if r.fit_peak_mib is None else f"{r.fit_peak_mib:.0f}"]
         rows.append([r.model, " + ".join(r.targets), r.eraser, r.fitted_on, *cells])
     return header, rows
+
+
+def _percent(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate * 100:.0f} %"
 
 
 def caption(app: Application, results: list[Result]) -> str:

@@ -15,6 +15,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from spmbench.registry import slug
+from spmbench.specs import SpecError, build
 
 
 SCHEMA = 1
@@ -71,7 +72,10 @@ class Result:
             return None
         if not isinstance(data, dict) or data.get("schema") != SCHEMA or set(data) != {f.name for f in fields(cls)}:
             return None
-        return cls(**data | {"targets": tuple(data["targets"])})
+        try:  # every field of its type, as a spec file's: anything else is recomputed, not misread
+            return build(cls, data, str(path))
+        except SpecError:
+            return None
 
 
 @cache

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -145,10 +146,34 @@ def _read_jsonl(path: Path) -> list[dict]:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if not (isinstance(record, dict) and isinstance(record.get("prompt_id"), str)):
+        if not _is_score_record(record):
             raise StateFileError(f"{path}:{number}: not a score record: delete {path.name} to score the cell again")
         rows.append(record)
     return rows
+
+
+def _is_score_record(record) -> bool:
+    """What every score line holds, whatever the judge: the prompt, its set and the verdict."""
+    if not isinstance(record, dict):
+        return False
+    return (
+        isinstance(record.get("prompt_id"), str)
+        and isinstance(record.get("set"), str)
+        and (isinstance(record.get("present"), bool))
+    )
+
+
+def _is_cost(value) -> bool:
+    """A recorded fit time (s) or memory (MiB)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= sys.float_info.max
+
+
+def _read_costs(path: Path, fix: str) -> dict[str, float]:
+    costs = _read_state(path, fix)
+    bad = next((key for key, value in costs.items() if not _is_cost(value)), None)
+    if bad is not None:
+        raise StateFileError(f"{path}: damaged ({bad!r} is {costs[bad]!r}, not a number of seconds or MiB): {fix}")
+    return costs
 
 
 def _read_state(path: Path, fix: str) -> dict:
@@ -316,7 +341,7 @@ def fit_timed(
     key, forget = f"{eraser.fit_key}|{'+'.join(targets)}", _fit_costs_fix(workdir)
     # Held from the check to the record: a process that waited for another's fit measures nothing.
     with holding(workdir / f"{eraser.fit_key}-{'+'.join(slug(t) for t in targets)}"):
-        first = key not in _read_state(record_path, forget)
+        first = key not in _read_costs(record_path, forget)
         if first:
             _settle(pipe, resolution)
         with peak_memory(getattr(pipe, "device", "cpu")) as peak:
@@ -327,7 +352,7 @@ def fit_timed(
             update_state(record_path, forget, lambda record: record | {key: seconds})
             update_state(memory_path, forget, lambda memory: memory | {key: peak.mib})
     # no memory record: a fit from before memory was measured
-    return artifacts, _read_state(record_path, forget)[key], _read_state(memory_path, forget).get(key)
+    return artifacts, _read_costs(record_path, forget)[key], _read_costs(memory_path, forget).get(key)
 
 
 def _settle(pipe, resolution: int) -> None:

@@ -11,6 +11,7 @@ raises a one-line SpecError naming the file: `path:line:col: problem` for YAML s
 from __future__ import annotations
 
 import os
+import sys
 import types
 import typing
 from collections.abc import Callable
@@ -75,7 +76,8 @@ def read_yaml(path: Path) -> Any:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise SpecError(f"{where}: not valid YAML: {getattr(e, 'problem', None) or e}") from None
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())  # a reader error spans lines
+        raise SpecError(f"{where}: not valid YAML: {problem}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise SpecError(f"{path}: cannot be read: {e}") from None
 
@@ -130,6 +132,8 @@ def conform(value: Any, hint: Any) -> Any:
         return value
     if hint in (int, float):  # YAML's true/false are not numbers; a whole number is a number
         if isinstance(value, bool) or not isinstance(value, (int, float) if hint is float else int):
+            raise _Mismatch
+        if hint is float and abs(value) > sys.float_info.max:  # a whole number beyond every float
             raise _Mismatch
         return value
     if origin in (tuple, list):

@@ -140,3 +140,34 @@ def test_saving_twice_gives_the_same_bytes(pipe, tmp_path):
         os.umask(old)
     assert len({(tmp_path / f"{n}.safetensors").read_bytes() for n in "abc"}) == 1
     assert (tmp_path / "a.safetensors").stat().st_mode & 0o777 == 0o644
+
+
+def _with_header(data: bytes, header) -> bytes:
+    import struct
+
+    (length,) = struct.unpack("<Q", data[:8])
+    text = json.dumps(header).encode()
+    return struct.pack("<Q", len(text)) + text + data[8 + length :]
+
+
+def test_fuzzed_spm_files_load_or_are_one_line_value_errors(pipe, tmp_path):
+    """Every mutant of a saved SPM (its bytes, then its header's values) loads with finite weights,
+    or is a ValueError naming the file in one line."""
+    import struct
+
+    from tests.fuzz import byte_mutants, value_mutants
+
+    path = tmp_path / "s.safetensors"
+    random_spm(pipe.unet).save(path)
+    data = path.read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + length])
+    mutants = list(byte_mutants(data, 300)) + [_with_header(data, h) for h in value_mutants(header, 300)]
+    for mutant in mutants:
+        path.write_bytes(mutant)
+        try:
+            loaded = SPM.load(path)
+        except ValueError as e:
+            assert str(path) in str(e) and "\n" not in str(e), str(e)
+            continue
+        assert all(torch.isfinite(t).all() for pair in loaded.layers.values() for t in pair)

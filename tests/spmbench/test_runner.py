@@ -4,6 +4,7 @@ import dataclasses
 import json
 import re
 import shutil
+import sys
 import time
 
 import pytest
@@ -283,3 +284,80 @@ def test_a_fit_costs_the_same_memory_whether_or_not_the_original_cell_ran_first(
         peaks[order] = json.loads(done.stdout.strip().splitlines()[-1])
     low, high = sorted(peaks.values())
     assert high < 1.6 * low, peaks
+
+
+def _fuzz_json(document, tmp_path, name, n=150):
+    """Mutants of `document` as the JSON file `name`: whole-value edits, then byte-level corruption."""
+    from tests.fuzz import byte_mutants, value_mutants
+
+    path = tmp_path / name
+    text = json.dumps(document)
+    for mutant in value_mutants(document, n):
+        path.write_text(json.dumps(mutant))
+        yield path
+    for mutant in byte_mutants(text.encode(), n):
+        path.write_bytes(mutant)
+        yield path
+
+
+def test_fuzzed_state_files_are_read_or_refused_in_one_line(tmp_path):
+    """judge.json, fit_settings.json, fit_seconds.json, fit_memory.json: every mutant is read, or
+    refused with the documented errors; what is read back is what the run uses (numbers are numbers)."""
+    from spmbench.erasers import ERASERS
+    from spmbench.runner import FitSettingsChanged, JudgeChanged, StateFileError
+
+    none = ERASERS.get("none")
+    for path in _fuzz_json({"judge": "judge A"}, tmp_path, "judge.json"):
+        try:
+            runner.check_judge(tmp_path, _Judge("judge A"))
+        except (JudgeChanged, StateFileError) as e:
+            assert str(path) in str(e) or "judge A" in str(e)
+    (tmp_path / "none").mkdir()  # fits made with the stored settings exist: other settings are refused
+    for path in _fuzz_json({"none": {}}, tmp_path, "fit_settings.json"):
+        try:
+            runner.check_fit_settings(tmp_path, none, {})
+        except (FitSettingsChanged, StateFileError) as e:
+            assert str(path) in str(e) or "fitted with settings" in str(e)
+    for name in ("fit_seconds.json", "fit_memory.json"):
+        for path in _fuzz_json({"none|star": 1.5}, tmp_path, name):
+            try:
+                _, seconds, mib = runner.fit_timed(none, object(), ("star",), tmp_path, 32, {})
+            except StateFileError as e:
+                assert str(path) in str(e) and "\n" not in str(e)
+            else:
+                assert f"{seconds:.1f} {mib or 0:.1f}" and 0 <= seconds <= sys.float_info.max  # what the run does
+                assert mib is None or 0 <= mib <= sys.float_info.max
+            for record in ("fit_seconds.json", "fit_memory.json"):
+                (tmp_path / record).unlink(missing_ok=True)
+
+
+def test_fuzzed_score_lines_are_read_or_refused_in_one_line(tmp_path):
+    from spmbench.runner import StateFileError
+    from tests.fuzz import byte_mutants, value_mutants
+
+    record = {"prompt_id": "target-0", "set": "target", "concept": "star", "present": True}
+    path = tmp_path / "scores.jsonl"
+    mutants = [json.dumps(m) for m in value_mutants(record, 150)]
+    mutants += [m.decode("utf-8", "replace") for m in byte_mutants(json.dumps(record).encode(), 150)]
+    for mutant in mutants:
+        path.write_text(json.dumps(record) + "\n" + mutant + "\n" + json.dumps(record | {"prompt_id": "far-0"}))
+        try:
+            rates = runner.summarise(runner._read_jsonl(path))
+        except StateFileError as e:
+            assert str(path) in str(e) and "\n" not in str(e)
+            continue
+        assert all(0 <= rate <= 1 for rate in rates.values())
+
+
+def test_fuzzed_results_are_read_or_recomputed(tmp_path):
+    """A result.json that is not a valid Result is None (the runner recomputes it), never an exception,
+    and one that loads makes a table row."""
+    from spmbench.report import table_rows
+    from spmbench.result import Result
+    from tests.spmbench.test_report import result
+
+    valid = dataclasses.asdict(result("spm", {"target": 0.0, "near": 1.0}, {"paired_feature_distance": 0.1}))
+    for path in _fuzz_json(valid, tmp_path, "result.json", n=300):
+        loaded = Result.load(path)
+        if loaded is not None:
+            table_rows([loaded])

@@ -3,7 +3,9 @@
 from dataclasses import FrozenInstanceError, dataclass, field
 
 import pytest
+import yaml
 
+from spmbench.registry import Registry
 from spmbench.specs import SpecError, SpecKind, build, load
 
 
@@ -116,3 +118,36 @@ def test_each_kind_reads_its_users_folder_through_the_loader(tmp_path, monkeypat
     (tmp_path / "mine.yaml").write_text(text + "colour: red\n")
     with pytest.raises(SpecError, match=r"mine.yaml: unknown field\(s\) \['colour'\]"):
         names()
+
+
+def _released_spec() -> dict:
+    return {"name": "esd-snoopy", "unet": "../weights/unet", "text_encoder": None, "targets": ["Snoopy"], "note": "x"}
+
+
+def _fuzz_specs():
+    from spmbench.apps import APPS_DIR, load_apps
+    from spmbench.erasers.released import load_released
+    from spmbench.models import MODELS_DIR, load_models
+
+    yield "toy-base.yaml", yaml.safe_load((MODELS_DIR / "toy-base.yaml").read_text()), load_models
+    for app in ("object", "explicit"):
+        yield f"{app}.yaml", yaml.safe_load((APPS_DIR / "toy" / f"{app}.yaml").read_text()), load_apps
+    yield "esd-snoopy.yaml", _released_spec(), lambda folders: load_released(folders, Registry("eraser"))
+
+
+@pytest.mark.parametrize("index", range(4))
+def test_fuzzed_spec_files_load_or_are_one_line_spec_errors(index, tmp_path):
+    """Models, applications and released erasers: every mutant of a shipped file (its YAML values, then
+    its bytes) loads, or is a SpecError naming the file in one line."""
+    from tests.fuzz import byte_mutants, value_mutants
+
+    name, document, load_kind = list(_fuzz_specs())[index]
+    path = tmp_path / name
+    texts = [yaml.safe_dump(m) for m in value_mutants(document, 200)]
+    texts += list(byte_mutants(yaml.safe_dump(document).encode(), 200))
+    for text in texts:
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
+        try:
+            load_kind([tmp_path])
+        except SpecError as e:
+            assert str(path) in str(e) and "\n" not in str(e), str(e)
