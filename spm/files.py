@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import struct
+import typing
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -65,9 +66,26 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
-def _open_for_write(path: Path):
+def _open_for_write(path: Path, mode: str = "wb"):
     # one place that opens for writing: the tests point it at /dev/full to get a real ENOSPC
-    return open(path, "wb")
+    return open(path, mode)
+
+
+@contextmanager
+def appending(path: str | os.PathLike) -> Iterator[typing.TextIO]:
+    """open(path, "a") for a log of records written line by line (a kill loses at most the line in
+    flight); a full disk is a DiskFullError naming the file (the lines written before it are kept)."""
+    path = Path(path)
+    try:
+        with _open_for_write(path, "a") as f:
+            yield f
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            message = (
+                f"cannot append to {path}: no space left on its disk (its lines so far are kept); free space and rerun"
+            )
+            raise DiskFullError(e.errno, message) from None
+        raise
 
 
 def _disk_full_message(path: Path, needed: int) -> str:

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from spm.files import save_image_atomic, write_text_atomic
+from spm.files import appending, save_image_atomic, write_text_atomic
 from spmbench.apps import ERASURE_SETS, Application, PromptRow
 from spmbench.cost import peak_memory, release_freed_memory
 from spmbench.erasers import ERASERS
@@ -224,7 +224,7 @@ def score_cell(judge, rows: list[PromptRow], cell: Cell, batch_size: int = 256) 
     done = {s["prompt_id"] for s in _read_jsonl(scores_path)}
     todo = [r for r in rows if r.prompt_id not in done]
     _end_torn_line(scores_path)
-    with open(scores_path, "a") as f:
+    with appending(scores_path) as f:
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
             images = load_images([cell.image(r) for r in batch])

@@ -20,6 +20,9 @@ from spm.files import write_text_atomic
 
 # The longest caption of any dialect is 16 tokens with its start/end tokens (tested); room to spare.
 MAX_LENGTH = 32
+# The family's sampling defaults, as its specs in spmbench/models/ give them, written into every model
+# folder (generation_config.json) so that `spm generate` on a toy model samples as the suite does.
+GENERATION = {"guidance_scale": 3.0, "num_inference_steps": 30}
 TEXT_WIDTH = 64
 
 

@@ -529,6 +529,7 @@ def save_pipeline(out: Path, vae, text_encoder, tokenizer, unet) -> None:
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )  # fmt: skip
     pipe.to("cpu", torch.float16).save_pretrained(out)
+    write_text_atomic(out / "generation_config.json", json.dumps(models.GENERATION, indent=2) + "\n")
 
 
 def train_world(

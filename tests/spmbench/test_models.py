@@ -1,6 +1,7 @@
 """Model specs: the shipped models, checks on a model file, and where a model's weights are."""
 
 import os
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -86,3 +87,16 @@ def test_ls_models_shows_sources_as_spm_takes_them(monkeypatch):
     monkeypatch.chdir(MODELS_DIR.parent.parent)  # the checkout
     listed = CliRunner().invoke(app, ["ls", "models"]).output
     assert "spmbench/toy/weights/toy-base\n" in listed and "CompVis/stable-diffusion-v1-4\n" in listed
+
+
+def test_shipped_toy_folders_declare_the_sampling_of_their_specs():
+    """`spm generate` reads a model folder's generation_config.json (spm cannot read spmbench's specs):
+    each shipped toy folder must say what its spec says, and what the toy trainer writes."""
+    import json
+
+    from spmbench.toy.models import GENERATION
+
+    for spec in select_models(load_models(), "toy"):
+        declared = json.loads((Path(spec.source) / "generation_config.json").read_text())
+        assert declared == {"guidance_scale": spec.guidance_scale, "num_inference_steps": spec.num_inference_steps}
+        assert declared == GENERATION, spec.name

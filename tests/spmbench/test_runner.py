@@ -361,3 +361,23 @@ def test_fuzzed_results_are_read_or_recomputed(tmp_path):
         loaded = Result.load(path)
         if loaded is not None:
             table_rows([loaded])
+
+
+def test_scoring_on_a_full_disk_is_one_line_naming_the_scores_and_keeps_them(tmp_path, disk_full_for):
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from spm.files import DiskFullError
+
+    rows = [SimpleNamespace(prompt_id=f"target-{i}", set="target", concept="star") for i in range(3)]
+    for row in rows:
+        Image.new("RGB", (8, 8)).save(tmp_path / f"{row.prompt_id}.png")
+    cell = SimpleNamespace(scores=tmp_path / "scores.jsonl", image=lambda row: tmp_path / f"{row.prompt_id}.png")
+    judge = SimpleNamespace(assess=lambda images, concepts: [{"present": True} for _ in concepts])
+    runner.score_cell(judge, rows[:2], cell)
+    kept = cell.scores.read_text()
+    disk_full_for("scores.jsonl")
+    with pytest.raises(DiskFullError, match=rf"cannot append to {cell.scores}: no space left .* kept"):
+        runner.score_cell(judge, rows, cell)
+    assert cell.scores.read_text() == kept

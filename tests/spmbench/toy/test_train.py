@@ -4,6 +4,7 @@ import json
 
 import torch
 
+from spmbench.toy import models
 from spmbench.toy.cli import main as train_main
 from tests.spmbench.conftest import SMOKE_ARGS
 
@@ -19,6 +20,8 @@ def test_family_loads_as_standard_diffusers_pipelines(smoke_world):
             "a red circle", num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0)
         ).images
         assert image.shape == (1, 32, 32, 3)
+        generation = json.loads((root / "weights" / name / "generation_config.json").read_text())
+        assert generation == models.GENERATION  # what `spm generate` samples the folder with
     info = json.loads((root / "weights" / "training.json").read_text())
     assert set(info["seconds_per_stage"]) == {"vae", "decoder", "judge", "base", "pastel", "verbose"}
 
