@@ -24,12 +24,13 @@ from typing import Any
 
 import torch
 
-from spm.files import save_torch_atomic
+from spm.files import DiskFullError, save_torch_atomic
 
 
 log = logging.getLogger(__name__)
 
 RESERVED = ("step", "fingerprint")
+FINISHED = "finished"  # marks the file of a loop with no steps left (save_finished)
 
 
 class CheckpointError(ValueError):
@@ -87,21 +88,23 @@ class Checkpoint:
         """Load the saved state into `state`'s objects; (steps done, the extra values saved beside them).
 
         A name in `optional` may be missing from the file (say, an optimiser dropped after training):
-        its object then starts fresh. Without a file, nothing changes and the result is (0, {})."""
+        its object then starts fresh; so may any name of a finished loop's file (`save_finished`).
+        Without a file, nothing changes and the result is (0, {})."""
         saved = self.read()
         if saved is None:
             return 0, {}
-        optional = set(optional)
+        finished = bool(saved.get(FINISHED))
+        optional = set(state) if finished else set(optional)
         missing = [name for name in state if name not in saved and name not in optional]
         if missing:  # checked before anything is loaded: a refused file leaves the state as it was
             raise CheckpointError(f"checkpoint {self.path} has no {missing[0]!r}: delete it to start over")
         for name, target in state.items():
             if name in saved:
                 _load(target, saved[name], f"{self.path} {name!r}")
-            else:
+            elif not finished:  # a finished loop takes no more steps: nothing starts fresh
                 log.warning("checkpoint %s has no %r: starting it fresh", self.path, name)
         log.info("resumed %s at step %d", self.path, saved["step"])
-        extra = {k: v for k, v in saved.items() if k not in state and k not in RESERVED}
+        extra = {k: v for k, v in saved.items() if k not in state and k not in (*RESERVED, FINISHED)}
         return int(saved["step"]), extra
 
     def due(self, step: int) -> bool:
@@ -117,6 +120,18 @@ class Checkpoint:
             raise ValueError(f"extra checkpoint values {sorted(clash)} clash with the state's names")
         content = {name: _snapshot(target) for name, target in state.items()}
         save_torch_atomic(content | extra | {"step": step, "fingerprint": self.fingerprint}, self.path)
+
+    def save_finished(self, step: int, state: Mapping[str, Any], **extra: Any) -> bool:
+        """Keep a finished loop's result (`state`: say, the trained parameters, without the optimiser)
+        until the caller has saved it elsewhere, so that a failed save (a full disk) loses no training:
+        the rerun resumes at `step` and trains nothing. A full disk here is only a warning (the caller's
+        own, smaller save may still fit): returns whether it was written."""
+        try:
+            self.save(step, state, **extra, **{FINISHED: True})
+        except DiskFullError as e:
+            log.warning("%s: the finished training is not kept", e)
+            return False
+        return self.path is not None
 
     def drop(self, *names: str) -> None:
         """Rewrite the file without `names` (say, a finished run's optimiser state: half the size)."""

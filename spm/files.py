@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import struct
+import threading
 import typing
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,29 +42,48 @@ class DiskFullError(OSError):
 
 @contextmanager
 def training_kept_in(checkpoint: str | os.PathLike) -> Iterator[None]:
-    """Around the save of a finished training's result: a full disk then also says that the training
-    is kept in `checkpoint`, so a rerun writes the result without training again."""
+    """Around the save of a finished training's result: a full disk then also says what of the training
+    `checkpoint` keeps (all of it, or the last periodic state) and so what the rerun does."""
     try:
         yield
     except DiskFullError as e:
-        raise e.noting(
-            f"the finished training is kept in {checkpoint}: the rerun writes it without training"
-        ) from None
+        kept = _kept_training(Path(checkpoint))
+        if kept is None:
+            raise
+        raise e.noting(kept) from None
+
+
+def _kept_training(checkpoint: Path) -> str | None:
+    try:
+        state = torch.load(checkpoint, weights_only=True, map_location="cpu")
+    except Exception:  # no file, or not a checkpoint: torch raises many kinds
+        return None
+    if not isinstance(state, dict):
+        return None
+    if state.get("finished") is True:  # spm.Checkpoint.save_finished
+        return f"the finished training is kept in {checkpoint}: the rerun writes it without training"
+    return f"the training up to step {state.get('step')} is kept in {checkpoint}: the rerun resumes from it"
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to a temporary sibling, then rename it to `path`; DiskFullError when it does not fit."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    # A name of this process and thread: two processes writing one file never rename each other's half.
+    tmp = path.with_name(f".tmp-{os.getpid()}-{threading.get_ident()}-{path.name}")
     try:
         with _open_for_write(tmp) as f:
             f.write(data)
         tmp.replace(path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        if _is_disk_full(e):
             raise DiskFullError(e.errno, _disk_full_message(path, len(data))) from None
         raise
+
+
+def _is_disk_full(error: OSError) -> bool:
+    # a DiskFullError already names its file: never relabelled by an outer write
+    return error.errno in (errno.ENOSPC, errno.EDQUOT) and not isinstance(error, DiskFullError)
 
 
 def _open_for_write(path: Path, mode: str = "wb"):
@@ -80,7 +100,7 @@ def appending(path: str | os.PathLike) -> Iterator[typing.TextIO]:
         with _open_for_write(path, "a") as f:
             yield f
     except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        if _is_disk_full(e):
             message = (
                 f"cannot append to {path}: no space left on its disk (its lines so far are kept); free space and rerun"
             )

@@ -231,9 +231,9 @@ def train(
         targets: the concept prompts, e.g. ["Snoopy"]; they are stored for Facilitated Transport.
         surrogate: the concept to replace the targets with (erase-to-replace), or "".
         config: hyperparameters.
-        checkpoint: file for resumable checkpoints, written every `checkpoint_every` steps and once
-            finished (a failed save of the SPM, on a full disk, then loses no training: delete the file
-            once the SPM is saved); an existing one from the same settings is resumed.
+        checkpoint: file for resumable checkpoints, written every `checkpoint_every` steps, and the
+            trained factors once finished (a failed save of the SPM, on a full disk, then loses no
+            training: delete the file once the SPM is saved); one from the same settings is resumed.
         progress: show a progress bar with the loss terms.
         callback: called after every step with (step, {"erase": ..., "anchor": ..., "lr": ...}).
 
@@ -355,8 +355,8 @@ def _optimise(
             ckpt.save(step + 1, state)
             saved = step + 1
     _check_factors(params, cfg.iterations, cfg, ckpt, saved)
-    if ckpt.every and saved < cfg.iterations:  # the finished fit too: a failed save of the SPM loses nothing
-        ckpt.save(cfg.iterations, state)
+    if saved < cfg.iterations:  # the factors, until the caller has saved the SPM: a full disk loses no training
+        ckpt.save_finished(cfg.iterations, {"params": params, "gen": gen})
 
 
 def _check_factors(params: list[torch.Tensor], step: int, cfg: TrainConfig, ckpt: Checkpoint, saved: int) -> None:

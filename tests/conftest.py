@@ -36,16 +36,15 @@ def pipe(tiny_dir):
 
 @pytest.fixture()
 def disk_full_for(monkeypatch):
-    """disk_full_for(suffix): spm.files' writes (atomic, or appends) of files ending in `suffix` hit a
+    """disk_full_for(*suffixes): spm.files' writes (atomic, or appends) of files ending in one hit a
     full disk (the kernel's own ENOSPC, from /dev/full); call what it returns to free the disk again."""
     from spm import files
 
     real_open = files._open_for_write
 
-    def start(suffix: str):
-        def open_for_write(path, mode="wb"):
-            written = path.name.removesuffix(".tmp") if mode == "wb" else path.name
-            return open("/dev/full", mode) if written.endswith(suffix) else real_open(path, mode)
+    def start(*suffixes: str):
+        def open_for_write(path, mode="wb"):  # an atomic write's temporary name ends with the file's
+            return open("/dev/full", mode) if path.name.endswith(suffixes) else real_open(path, mode)
 
         monkeypatch.setattr(files, "_open_for_write", open_for_write)
         return lambda: monkeypatch.setattr(files, "_open_for_write", real_open)

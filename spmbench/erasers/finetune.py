@@ -67,7 +67,7 @@ def finetune(
     opt = torch.optim.Adam(params.values(), lr=float(lr))
     ckpt = Checkpoint(checkpoint, settings, checkpoint_every)
     state = {"params": list(params.values()), "opt": opt, "gen": gen}
-    start, extra = ckpt.resume(state, optional=("opt",))  # a finished fit's checkpoint has no optimiser
+    start, extra = ckpt.resume(state)
     losses = list(extra.get("losses", []))
     bar = tqdm(range(start, iterations), initial=start, total=iterations, desc=desc)
     for step in bar:
@@ -79,8 +79,8 @@ def finetune(
         bar.set_postfix(loss=f"{losses[-1]:.4g}")
         if ckpt.due(step + 1) and step + 1 < iterations:
             ckpt.save(step + 1, state, losses=losses)
-    if ckpt.every and start < iterations:  # the finished fit, without the optimiser it no longer needs:
-        ckpt.save(iterations, {"params": state["params"], "gen": gen}, losses=losses)  # a failed save loses nothing
+    if start < iterations:  # the trained weights, until the caller has saved them: a full disk loses no training
+        ckpt.save_finished(iterations, {"params": state["params"], "gen": gen}, losses=losses)
     originals = dict(pipe.unet.named_parameters())
     deltas = {name: p.detach() - originals[name].detach().float() for name, p in params.items()}
     return deltas, losses

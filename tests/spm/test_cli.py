@@ -316,3 +316,20 @@ def test_generate_on_a_full_disk_is_one_line_and_leaves_no_image(tiny_dir, tmp_p
     result = run("generate", "--model", tiny_dir, "-p", "a star", "--steps", 1, "--out", images)
     assert_one_line_error(result, "cannot write", ".png: no space left", "needs")
     assert not images.exists() or not any(images.iterdir())
+
+
+def test_a_full_disk_for_the_checkpoint_only_still_writes_the_spm(tiny_dir, tmp_path, disk_full_for):
+    """The finished training's checkpoint is a safety copy: if it does not fit, the SPM is still saved."""
+    out = tmp_path / "s.safetensors"
+    disk_full_for(".ckpt.pt")
+    result = run("train", "--model", tiny_dir, "-t", "star", "--iterations", 2, "--resolution", 16, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert spm.SPM.load(out).targets == ["star"] and not (tmp_path / "s.safetensors.ckpt.pt").exists()
+
+
+def test_a_full_disk_with_no_checkpoint_kept_does_not_claim_one(tiny_dir, tmp_path, disk_full_for):
+    out = tmp_path / "s.safetensors"
+    disk_full_for(".safetensors", ".ckpt.pt")
+    result = run("train", "--model", tiny_dir, "-t", "star", "--iterations", 2, "--resolution", 16, "--out", out)
+    assert_one_line_error(result, f"cannot write {out}: no space left")
+    assert "kept" not in result.output and not out.exists()
