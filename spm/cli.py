@@ -130,8 +130,10 @@ _YAMLLoader.add_implicit_resolver(
 def _read_config_file(path: Path) -> dict:
     try:
         values = yaml.load(path.read_text(), Loader=_YAMLLoader)
-    except OSError as e:
-        _fail(f"--config {path}: cannot read it ({e.strerror or e}); give a YAML file of training settings")
+    except (OSError, UnicodeDecodeError) as e:
+        _fail(
+            f"--config {path}: cannot read it ({getattr(e, 'strerror', None) or e}); give a YAML file of training settings"
+        )
     except yaml.YAMLError as e:
         _fail(f"--config {path} is not valid YAML ({' '.join(str(e).split())}): fix it")
     if values is None:  # an empty file: no settings

@@ -359,7 +359,11 @@ def report_cmd(run_dir: Path, reports: Path = typer.Option(Path("reports"))) -> 
     except UnknownName as e:
         _fail(f"{paths[0]}: {e}")
     _fail_on(output_dir_problem(reports, "--reports"))
-    for path in report.write_reports(a, run_dir, reports / a.name):
+    try:
+        written = report.write_reports(a, run_dir, reports / a.name)
+    except (ValueError, OSError) as e:  # a full disk, say: one line, as in `run`
+        _fail(str(e))
+    for path in written:
         typer.echo(f"wrote {path}")
 
 

@@ -6,7 +6,7 @@ import csv
 import io
 from pathlib import Path
 
-from spm.files import write_text_atomic
+from spm.files import save_image_atomic, write_text_atomic
 from spmbench.apps import ERASURE_SETS, Application
 from spmbench.metrics import ALTERATION, FIT_MEMORY, FIT_SECONDS, rate_info
 from spmbench.result import SCHEMA, Result, cell_key
@@ -122,7 +122,7 @@ def write_reports(app: Application, run_dir: Path, out_dir: Path) -> list[Path]:
         if grid is not None:
             path = out_dir / "grids" / f"{r.model}_{'+'.join(t.replace(' ', '-') for t in r.targets)}.png"
             path.parent.mkdir(exist_ok=True)
-            grid.save(path)
+            save_image_atomic(grid, path)
             written.append(path)
     return written
 

@@ -342,7 +342,7 @@ def fit_timed(
     # Held from the check to the record: a process that waited for another's fit measures nothing.
     with holding(workdir / f"{eraser.fit_key}-{'+'.join(slug(t) for t in targets)}"):
         first = key not in _read_costs(record_path, forget)
-        if first:
+        if first and eraser.computes_fits:
             _settle(pipe, resolution)
         with peak_memory(getattr(pipe, "device", "cpu")) as peak:
             t0 = time.time()

@@ -84,6 +84,11 @@ class Eraser(ABC):
     def fit_key(self) -> str:
         return self.name
 
+    @property
+    def computes_fits(self) -> bool:
+        """Whether fitting computes something (`fit_one`), not only records the targets (none, negprompt)."""
+        return type(self).fit_one is not Eraser.fit_one
+
     def settings(self, given: dict | None = None) -> Any:
         """The defaults overridden by `given` (a spec's `eraser_settings`), checked."""
         return build_settings(self.Settings, given, self.name)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from spm.files import save_image_atomic
 from spm.models import native_resolution
 from spmbench.apps import PromptRow
 from spmbench.erasers import ERASERS
@@ -117,4 +118,4 @@ def save_grid(images: list[Path], path: Path, cols: int = 8) -> None:
     """The first 16 images, `cols` to a row; a short last row is left out unless it is the only one."""
     images = images[:16]
     rows = [images[r * cols : (r + 1) * cols] for r in range(len(images) // cols)] or [images]
-    tile_grid(rows, scale=3).save(path)
+    save_image_atomic(tile_grid(rows, scale=3), path)

@@ -333,3 +333,10 @@ def test_a_full_disk_with_no_checkpoint_kept_does_not_claim_one(tiny_dir, tmp_pa
     result = run("train", "--model", tiny_dir, "-t", "star", "--iterations", 2, "--resolution", 16, "--out", out)
     assert_one_line_error(result, f"cannot write {out}: no space left")
     assert "kept" not in result.output and not out.exists()
+
+
+def test_a_config_file_that_is_not_text_is_one_line(tiny_dir, tmp_path):
+    config = tmp_path / "settings.yaml"
+    config.write_bytes(b"lr: \xff\xfe\x00")
+    result = run("train", "--model", tiny_dir, "-t", "x", "--config", config, "--out", tmp_path / "s.safetensors")
+    assert_one_line_error(result, f"--config {config}: cannot read it")

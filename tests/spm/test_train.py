@@ -280,28 +280,6 @@ def test_the_rollout_grid_and_query_timestep_follow_the_released_code_under_lega
     assert len(depths) == 6 and len(set(depths)) > 2
 
 
-@pytest.mark.parametrize(
-    "extra, digest",
-    [
-        ({}, "ccee567f39689c2ff195302238c3b17e5a66e5fdf58aa6bc5f2c662c739215fb"),
-        ({"legacy_anchors": True}, "0504433fb813f2bc5d6cde6dd97852afac0a9608152601689f6eb51b3807b378"),
-    ],
-)
-def test_fits_without_legacy_schedule_are_unchanged(pipe, extra, digest):
-    """Digests of fits made (CPU, float32) before legacy_schedule existed: off, it changes nothing."""
-    import hashlib
-
-    cfg = spm.TrainConfig(iterations=3, seed=3, resolutions=(16,), **FAST, **extra)
-    trained = spm.train(pipe, ["snoopy"], config=cfg, progress=False)
-    h = hashlib.sha256()
-    for name in sorted(trained.layers):
-        for tensor in trained.layers[name]:
-            h.update(name.encode())
-            h.update(tensor.contiguous().numpy().tobytes())
-    assert h.hexdigest() == digest
-    assert spm.TrainConfig(legacy_schedule=True) != spm.TrainConfig()
-
-
 def test_a_checkpoint_from_before_legacy_schedule_is_still_resumed(pipe):
     from spm.train import _run_settings
 

@@ -49,3 +49,16 @@ def test_the_csv_has_every_number_the_markdown_has():
         "fid_judge_features": ("1.5000", ""),
         "fit_seconds": ("61.2", ""),
     }
+
+
+def test_report_on_a_full_disk_is_one_line(tmp_path, disk_full_for):
+    from typer.testing import CliRunner
+
+    from spmbench.cli import app
+
+    run_dir = tmp_path / "runs" / "toy-concept"
+    result("spm", {"target": 0.0}).save(run_dir / "cells" / "toy-base" / "spm" / "barkley" / "result.json")
+    disk_full_for(".md")
+    out = CliRunner().invoke(app, ["report", str(run_dir), "--reports", str(tmp_path / "reports")])
+    assert out.exit_code == 2 and "no space left" in out.output and "toy-concept.md" in out.output
+    assert len(out.output.strip().splitlines()) == 1  # no traceback
