@@ -141,17 +141,24 @@ def validate(
 ) -> None:
     """Load every model and application file and say what is wrong, if anything."""
     models, apps, erasers = _registries()
-    problems = [p for m in models if (p := _source_problem(m))]
-    problems += [p for e in erasers if (p := _released_problem(e))]
-    problems += _settings_problems(models, apps, erasers)
     judge_settings = _judge_settings(judge_setting, None, classifier)
-    for a in apps:
-        problems += _app_problems(a, judge_settings)
+    problems = _selection_problems(list(apps), list(models), list(erasers), judge_settings)
+    problems += _settings_problems(models, apps, erasers)
     for problem in dict.fromkeys(problems):
         typer.echo(f"error: {problem}", err=True)
     if problems:
         raise typer.Exit(2)
     typer.echo(f"ok: {len(models)} models, {len(apps)} applications")
+
+
+def _selection_problems(apps: list, models: list, erasers: list, judge_settings: dict) -> list[str]:
+    """What `validate` checks of these applications, models and erasers, without loading a model: what
+    `run` (and its dry run) checks of its selection before any work."""
+    problems = [p for m in models if (p := _source_problem(m))]
+    problems += [p for e in erasers if (p := _released_problem(e))]
+    for a in apps:
+        problems += _app_problems(a, judge_settings)
+    return problems
 
 
 def _source_problem(model) -> str | None:
@@ -274,6 +281,7 @@ def run(
     from spm.files import output_dir_problem
     from spm.models import device_problem
     from spmbench import report, runner
+    from spmbench.erasers import ERASERS
     from spmbench.models import select_models
     from spmbench.registry import UnknownName
 
@@ -298,8 +306,12 @@ def run(
         erasers = _selected_erasers(erasers_sel)
         judge_settings = _judge_settings(judge_setting, clip_model, classifier)
         plans = {a.name: runner.plan(a, chosen_models, erasers, out / a.name) for a in chosen_apps}
-        for a in chosen_apps:  # every application's concepts and fitting settings, before any work (dry run too)
-            _fail_on(_concept_problem(a, judge_settings))
+        # everything validate checks of this selection (and the models its fits are made on), before any work
+        involved = {m.name: m for m in chosen_models + [runner.fit_model_for(m, models) for m in chosen_models]}
+        chosen_erasers = [ERASERS.get(e) for e in erasers]
+        problems = _selection_problems(chosen_apps, list(involved.values()), chosen_erasers, judge_settings)
+        _fail_on(problems[0] if problems else None)
+        for a in chosen_apps:
             _fail_on(runner.settings_problem(a, plans[a.name], models))
         for a in chosen_apps:
             cells = plans[a.name]

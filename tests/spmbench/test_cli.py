@@ -162,3 +162,26 @@ def test_dry_run_refuses_the_fitting_settings_a_run_would_refuse(user_models):
     result = invoke("run", "--app", "toy-object", "--models", "mine", "--erasers", "none,spm-rel", "--dry-run")
     assert_one_line_error(result, "eraser 'spm-rel': num_anchors must be a whole number, got 'four'")
     assert "mine.yaml" in result.output and "cells" not in result.output  # before the plan is printed
+
+
+def test_dry_run_checks_what_validate_checks_of_its_selection(tmp_path, monkeypatch, user_models):
+    """Released weights that do not exist, a prompt file that does not exist, a model source that is not
+    a pipeline: found by --dry-run, before the plan, as validate finds them (a run found the first only
+    when applying the eraser, after generating the original cell)."""
+    gone = Released("gone", ("star",), unet=str(tmp_path / "nowhere"), origin="gone.yaml")
+    monkeypatch.setitem(ERASERS._items, "gone", gone)
+    result = invoke("run", "--app", "toy-object", "--models", "toy-base", "--erasers", "none,gone", "--dry-run")
+    assert_one_line_error(result, "eraser 'gone' (gone.yaml): unet weights", "do not exist")
+    assert "cells" not in result.output
+    user_models("broken", source=str(tmp_path))  # a folder that is no diffusers pipeline
+    result = invoke("run", "--app", "toy-object", "--models", "broken", "--erasers", "none", "--dry-run")
+    assert_one_line_error(result, "broken.yaml", "not a diffusers pipeline directory")
+    folder = tmp_path / "apps"
+    folder.mkdir()
+    (folder / "mine.yaml").write_text(
+        "name: mine\nversion: 1\nworld: toy\njudge: toy\nerase: [[star]]\nseeds: [0]\n"
+        "prompts:\n  target: {concepts: [star], templates: ['{}']}\n  near: {concepts: [circle], file: nope.csv}\n"
+    )
+    monkeypatch.setenv("SPMBENCH_APPS", str(folder))
+    result = invoke("run", "--app", "mine", "--models", "toy-base", "--erasers", "none", "--dry-run")
+    assert_one_line_error(result, "mine.yaml: prompts.near: unknown prompt file 'nope.csv'")
