@@ -26,7 +26,9 @@ def lock_path(path: Path) -> Path:
 @contextmanager
 def holding(path: Path, wait: bool = True) -> Iterator[bool]:
     """Hold the lock of `path` for the block; yields whether it is held. With `wait` False, a lock
-    another process holds yields False at once (the caller does something else first)."""
+    another process holds yields False at once (the caller does something else first). Not re-entrant:
+    holding one path's lock again inside the block waits forever (flock is per open file), so the
+    runner takes them in one order: cell, its original cell, fit, state file."""
     lock_file = lock_path(path)
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(lock_file)
