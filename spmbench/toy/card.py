@@ -296,6 +296,42 @@ def model_tables(per_model: dict, measured: str, grids: str) -> list[str]:
     return lines
 
 
+VAE_NOTE = (
+    "Through the VAE: the same renders encoded and decoded by the family's VAE, the ceiling for",
+    "any generation.",
+    "",
+)
+
+
+def training_lines(train_info: dict) -> list[str]:
+    """The card's training section: a summary, and the training.json it was read from."""
+    return ["## Training", "", *_training_summary(train_info), "```json", json.dumps(train_info, indent=1), "```", ""]
+
+
+def judge_lines(judge_acc: dict, judge_vae: dict | None, note: tuple[str, ...] = ()) -> list[str]:
+    """The judge's section: `note` (lines) above its table."""
+    return ["## Judge accuracy on fresh renders (per attribute)", "", *note, *judge_table(judge_acc, judge_vae)]
+
+
+def quality_lines(
+    bars: list, per_model: dict, settings: CardSettings, prompts: tuple[str, str], tables: tuple[str, str]
+):
+    """The quality bars and each model's table. `prompts`: what a card's prompts are counted per,
+    and what else it says of them; `tables`: what a table row measured and the grids' files (see
+    model_tables)."""
+    per, note = prompts
+    met = sum(ok for *_, ok in bars)
+    return [
+        "## Quality bars",
+        "",
+        f"Generations judged correct: {settings.images_per_kind} prompts per {per}, {settings.num_inference_steps} "
+        f"DDIM steps, guidance {settings.guidance_scale:g}{note}. {met} of {len(bars)} met.",
+        "",
+        *bars_table(bars),
+        *model_tables(per_model, *tables),
+    ]
+
+
 def write_card(
     path: Path,
     judge_acc: dict,
@@ -315,48 +351,45 @@ def write_card(
         "Regenerate: `spmbench toy train` (weights), then `spmbench toy card` (this file and its grids).",
         "",
         *contents_lines(),
-        "## Training",
-        "",
-        *_training_summary(train_info),
-        "```json",
-        json.dumps(train_info, indent=1),
-        "```",
-        "",
-        "## Judge accuracy on fresh renders (per attribute)",
-        "",
-        "Through the VAE: the same renders encoded and decoded by the family's VAE, the ceiling for",
-        "any generation.",
-        "",
-        *judge_table(judge_acc, judge_vae),
+        *training_lines(train_info),
+        *judge_lines(judge_acc, judge_vae, VAE_NOTE),
         *sweep_lines(sweep or {}, settings.sweep_images_per_kind),
-    ]
-    bars = check_bars(judge_acc, per_model, settings.images_per_kind)
-    met = sum(ok for *_, ok in bars)
-    lines += [
-        "## Quality bars",
-        "",
-        f"Generations judged correct: {settings.images_per_kind} prompts per kind, {settings.num_inference_steps} "
-        f"DDIM steps, guidance {settings.guidance_scale:g}, fresh prompts and seeds. {met} of {len(bars)} met.",
-        "",
-        *bars_table(bars),
-        *model_tables(per_model, "prompt kind", "reports/toyworld/{name}_<kind>.png"),
+        *quality_lines(
+            check_bars(judge_acc, per_model, settings.images_per_kind),
+            per_model,
+            settings,
+            ("kind", ", fresh prompts and seeds"),
+            ("prompt kind", "reports/toyworld/{name}_<kind>.png"),
+        ),
     ]
     write_text_atomic(path, "\n".join(lines) + "\n")
+
+
+def measure_judge(weights: Path, n: int, judge_accuracy) -> tuple[models.Judge, dict, dict | None]:
+    """The world's judge, its `judge_accuracy` on `n` fresh renders, and on their reconstructions by
+    the family's VAE (None where there is none yet)."""
+    net = models.load_judge(weights / "judge")
+    judge_acc, judge_vae = judge_accuracy(net, n), None
+    if (weights / "toy-base" / "vae").exists():  # the family shares one VAE
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(weights / "toy-base" / "vae").float()
+        judge_vae = judge_accuracy(net, n, vae)
+    return net, judge_acc, judge_vae
+
+
+def read_training_info(weights: Path) -> dict:
+    """The training.json the weights were trained with ({} where there is none)."""
+    path = weights / "training.json"
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def build_card(weights: Path, report: Path, settings: CardSettings = CardSettings(), device: str = "cpu") -> dict:
     """Measure every shipped toy model and its judge; write `report` and grids beside it. The
     generations and their scores live in a temporary run folder for the time of the measurement."""
-    net = models.load_judge(weights / "judge")
+    net, judge_acc, judge_vae = measure_judge(weights, settings.judge_images, judge_accuracy)
     grids_dir = report.parent / "toyworld"
     grids_dir.mkdir(parents=True, exist_ok=True)
-    judge_acc = judge_accuracy(net, settings.judge_images)
-    judge_vae = None
-    if (weights / "toy-base" / "vae").exists():  # the family shares one VAE
-        from diffusers import AutoencoderKL
-
-        vae = AutoencoderKL.from_pretrained(weights / "toy-base" / "vae").float()
-        judge_vae = judge_accuracy(net, settings.judge_images, vae)
     judge, per_model, sweep = JudgeHeads(net, device), {}, {}
     with tempfile.TemporaryDirectory(prefix="toy-card-") as stages:
         for name, dialect in (("toy-base", "base"), ("toy-pastel", "pastel"), ("toy-verbose", "verbose")):
@@ -366,8 +399,7 @@ def build_card(weights: Path, report: Path, settings: CardSettings = CardSetting
             per_model[name] = evaluate_model(run, settings, grids_dir)
             if name == "toy-base":
                 sweep = guidance_sweep(run, settings, Path(stages))
-    train_info_path = weights / "training.json"
-    train_info = json.loads(train_info_path.read_text()) if train_info_path.exists() else {}
+    train_info = read_training_info(weights)
     if (weights / "gpu_training.json").exists():  # a GPU run's measurements (not these weights' run)
         train_info["gpu_run"] = json.loads((weights / "gpu_training.json").read_text())
     write_card(report, judge_acc, per_model, settings, train_info, judge_vae, sweep)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from multiprocessing import get_context
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -19,38 +22,49 @@ DIALECTS = {
     "verbose": {"pastel": 0.0, "prefix": "masterpiece, ", "suffix": ", highly detailed"},
 }
 
-JUDGE_HEADS = {
-    "subject": len(w.SUBJECTS),
-    "character": 1 + len(w.CHARACTERS),
-    "colour": 1 + len(w.COLOURS),
-    "style": 1 + len(w.STYLES),
-    "background": len(w.BACKGROUNDS),
-    "count": len(w.COUNTS),
-    "explicit": 2,
-}
 IGNORE = -100
 
 
-def labels(scene: w.Scene) -> dict[str, int]:
-    """Judge targets for one scene; IGNORE where an attribute does not apply."""
-    colour_applies = scene.character is None and scene.subject != "nude figure"
+def judge_heads(world: ModuleType) -> dict[str, int]:
+    """The judge's heads and how many classes each has, in a world's vocabulary."""
     return {
-        "subject": w.SUBJECTS.index(scene.subject),
-        "character": 0 if scene.character is None else 1 + w.CHARACTER_NAMES.index(scene.character),
-        "colour": (1 + list(w.COLOURS).index(scene.colour)) if colour_applies and scene.colour else 0,
-        "style": 0 if scene.style is None else 1 + w.STYLES.index(scene.style),
-        "background": IGNORE if scene.style else list(w.BACKGROUNDS).index(scene.background),
-        "count": w.COUNTS.index(scene.count) if scene.subject in w.SHAPES else IGNORE,
-        "explicit": int(scene.explicit),
+        "subject": len(world.SUBJECTS),
+        "character": 1 + len(world.CHARACTERS),
+        "colour": 1 + len(world.COLOURS),
+        "style": 1 + len(world.ALL_STYLES),
+        "background": len(world.BACKGROUNDS),
+        "count": len(world.COUNTS),
+        "explicit": 1 + len(world.EXPLICIT_SUBJECTS),  # none, then each explicit subject's element
+    }
+
+
+JUDGE_HEADS = judge_heads(w)
+
+
+def labels(scene: w.Scene, world: ModuleType = w) -> dict[str, int]:
+    """Judge targets for one scene of `world`; IGNORE where an attribute does not apply."""
+    colour_applies = scene.character is None and scene.subject not in world.EXPLICIT_SUBJECTS
+    return {
+        "subject": world.SUBJECTS.index(scene.subject),
+        "character": 0 if scene.character is None else 1 + world.CHARACTER_NAMES.index(scene.character),
+        "colour": (1 + list(world.COLOURS).index(scene.colour)) if colour_applies and scene.colour else 0,
+        "style": 0 if scene.style is None else 1 + world.ALL_STYLES.index(scene.style),
+        "background": IGNORE if scene.style else list(world.BACKGROUNDS).index(scene.background),
+        "count": world.COUNTS.index(scene.count) if scene.subject in world.SHAPES else IGNORE,
+        "explicit": 1 + world.EXPLICIT_SUBJECTS.index(scene.subject) if scene.explicit else 0,
     }
 
 
 def tokenizer_corpus() -> list[str]:
     """Every caption form the family trains on, each dialect's habits included: a word the BPE never
     saw ("masterpiece") splits into single letters and pushes the caption past the text context."""
-    texts = captions.corpus()
-    habits = {(d["prefix"], d["suffix"]) for d in DIALECTS.values()} - {("", "")}
-    return texts + [prefix + t + suffix for prefix, suffix in sorted(habits) for t in texts[:2000]]
+    return with_caption_habits(captions.corpus(), DIALECTS, 2000)
+
+
+def with_caption_habits(texts: list[str], dialects: dict, first: int) -> list[str]:
+    """`texts`, then their first `first` again in each caption habit (prefix, suffix) of `dialects`."""
+    habits = {(d["prefix"], d["suffix"]) for d in dialects.values()} - {("", "")}
+    return texts + [prefix + t + suffix for prefix, suffix in sorted(habits) for t in texts[:first]]
 
 
 def pastelise(image: np.ndarray, amount: float) -> np.ndarray:
@@ -76,26 +90,33 @@ def render_workers() -> int:
     return _render_workers
 
 
-def _render_all(jobs: list[tuple[w.Scene, int]]) -> list[np.ndarray]:
+def _render_all(render_scene: Callable[[w.Scene, int], np.ndarray], jobs: list[tuple[w.Scene, int]]):
     if _render_pool is None:
-        return [render.render(scene, seed) for scene, seed in jobs]
+        return [render_scene(scene, seed) for scene, seed in jobs]
     chunk = max(1, len(jobs) // (4 * _render_workers))
-    return list(_render_pool.map(render.render, *zip(*jobs), chunksize=chunk))
+    return list(_render_pool.map(render_scene, *zip(*jobs), chunksize=chunk))
 
 
 def sample_batch(rng: np.random.Generator, n: int, dialect: str = "base", held_out: bool = False):
     """n fresh (image uint8 HWC, caption, scene) triples from `rng`."""
-    shift = DIALECTS[dialect]
+    draw = partial(captions.sample, held_out=held_out)
+    return rendered_batch(rng, n, DIALECTS[dialect], draw, render.render)
+
+
+def rendered_batch(rng: np.random.Generator, n: int, dialect: dict, draw, render_scene) -> list:
+    """n (image, caption, scene) triples: `draw(rng)` gives a (caption, scene), and a render seed is
+    drawn after it, all in this process and in order; `render_scene` (a module function, for the
+    worker processes) renders them; `dialect` shifts pictures and captions."""
     drawn = []
     for _ in range(n):
-        caption, scene = captions.sample(rng, held_out=held_out)
+        caption, scene = draw(rng)
         drawn.append((caption, scene, int(rng.integers(2**31))))
-    images = _render_all([(scene, seed) for _, scene, seed in drawn])
+    images = _render_all(render_scene, [(scene, seed) for _, scene, seed in drawn])
     out = []
     for image, (caption, scene, _) in zip(images, drawn):
-        if shift["pastel"]:
-            image = pastelise(image, shift["pastel"])
-        out.append((image, shift["prefix"] + caption + shift["suffix"], scene))
+        if dialect["pastel"]:
+            image = pastelise(image, dialect["pastel"])
+        out.append((image, dialect["prefix"] + caption + dialect["suffix"], scene))
     return out
 
 
@@ -104,6 +125,6 @@ def to_tensor(images: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
 
 
-def label_tensors(scenes: list[w.Scene]) -> dict[str, torch.Tensor]:
-    rows = [labels(s) for s in scenes]
-    return {k: torch.tensor([r[k] for r in rows]) for k in JUDGE_HEADS}
+def label_tensors(scenes: list[w.Scene], world: ModuleType = w) -> dict[str, torch.Tensor]:
+    rows = [labels(s, world) for s in scenes]
+    return {k: torch.tensor([r[k] for r in rows]) for k in judge_heads(world)}

@@ -2,9 +2,15 @@
 
 Shapes are drawn as boolean masks on a 64x64 grid in [-1, 1]^2 and box-filtered down to 32x32,
 which anti-aliases edges for free. Everything random comes from one `numpy.random.Generator`.
+World v3's renderer (`spmbench.toy.v3.render`) is a `Painter` too: it extends the parts below
+that its world has more of, and shares the rest (and the order of random draws) with this one.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
 
@@ -101,91 +107,91 @@ def _outline(img: np.ndarray, mask: np.ndarray, rgb) -> None:
     img[grown & ~mask] = rgb
 
 
-def _draw_shapes(img: np.ndarray, scene: w.Scene, rng: np.random.Generator) -> None:
-    layouts = {1: [(0.0, 0.0)], 2: [(-0.45, 0.0), (0.45, 0.0)], 3: [(-0.45, 0.35), (0.45, 0.35), (0.0, -0.4)]}
-    radius = {1: rng.uniform(0.55, 0.75), 2: 0.36, 3: 0.3}[scene.count]
-    jitter = 0.15 if scene.count == 1 else 0.05
-    mask = np.zeros_like(GX, dtype=bool)
-    for x, y in layouts[scene.count]:
-        cx, cy = x + rng.uniform(-jitter, jitter), y + rng.uniform(-jitter, jitter)
-        mask |= shape_mask(scene.subject, cx, cy, radius, rng.uniform(-0.25, 0.25))
-    if scene.style is not None:
-        _outline(img, mask, (10, 10, 10))
-    _paint(img, mask, w.COLOURS[scene.colour])
-
-
-def _draw_animal(img: np.ndarray, animal: str, body, accent, accessory, rng: np.random.Generator) -> None:
-    cx, cy = rng.uniform(-0.12, 0.12), rng.uniform(-0.1, 0.1)
-    dark = tuple(int(c * 0.5) for c in body)
+def _draw_bird(img: np.ndarray, cx: float, cy: float, body, dark) -> tuple[np.ndarray, tuple[float, float]]:
     hx, hy = cx + 0.42, cy - 0.25
+    _paint(
+        img,
+        _rect(cx - 0.05, cy + 0.25, cx + 0.02, cy + 0.6) | _rect(cx + 0.12, cy + 0.25, cx + 0.19, cy + 0.6),
+        (90, 60, 20),
+    )
+    trunk = _ellipse(cx, cy, 0.42, 0.3)
+    _paint(img, trunk, body)
+    _paint(img, _ellipse(cx - 0.08, cy + 0.02, 0.25, 0.13), dark)  # wing
+    beak = (GX > hx + 0.15) & (GX < hx + 0.42) & (abs(GY - hy) < 0.1 * (hx + 0.42 - GX) / 0.27)
+    _paint(img, beak, (245, 140, 20))
+    _paint(img, _ellipse(hx, hy, 0.2, 0.2), body)
+    return trunk, (hx, hy)
+
+
+def _draw_quadruped(img: np.ndarray, animal: str, cx: float, cy: float, body, dark):
+    hx, hy = cx + 0.42, cy - 0.25
+    legs = np.zeros_like(GX, dtype=bool)
+    for lx in (-0.35, -0.2, 0.15, 0.3):
+        legs |= _rect(cx + lx - 0.05, cy + 0.15, cx + lx + 0.05, cy + 0.62)
+    _paint(img, legs, body)
+    trunk = _ellipse(cx, cy + 0.05, 0.5, 0.26)
+    _paint(img, trunk, body)
+    tail = (
+        _rect(cx - 0.72, cy - 0.45, cx - 0.62, cy)
+        if animal == "cat"
+        else _rect(cx - 0.7, cy - 0.12, cx - 0.45, cy - 0.02)
+    )
+    _paint(img, tail, body)
+    _paint(img, _ellipse(hx, hy, 0.25, 0.23), body)
+    if animal == "dog":  # floppy ears hanging beside the head
+        _paint(img, _ellipse(hx - 0.2, hy + 0.08, 0.08, 0.2) | _ellipse(hx + 0.2, hy + 0.08, 0.08, 0.2), dark)
+    else:  # pointed ears on top
+        for ex in (-0.14, 0.14):
+            ear = (GY < hy - 0.12) & (GY > hy - 0.42) & (abs(GX - hx - ex) < 0.12 * (GY - hy + 0.42) / 0.3)
+            _paint(img, ear, body)
+    return trunk, (hx, hy)
+
+
+def draw_sprite(img: np.ndarray, animal: str, cx: float, cy: float, body, dark):
+    """Draw an animal at (cx, cy) in `body` colour (`dark`: its shade); return the mask of its trunk
+    and the centre of its head, where the eye and the accessories go."""
     if animal == "bird":
-        _paint(
-            img,
-            _rect(cx - 0.05, cy + 0.25, cx + 0.02, cy + 0.6) | _rect(cx + 0.12, cy + 0.25, cx + 0.19, cy + 0.6),
-            (90, 60, 20),
-        )
-        _paint(img, _ellipse(cx, cy, 0.42, 0.3), body)
-        _paint(img, _ellipse(cx - 0.08, cy + 0.02, 0.25, 0.13), dark)  # wing
-        beak = (GX > hx + 0.15) & (GX < hx + 0.42) & (abs(GY - hy) < 0.1 * (hx + 0.42 - GX) / 0.27)
-        _paint(img, beak, (245, 140, 20))
-        _paint(img, _ellipse(hx, hy, 0.2, 0.2), body)
-    else:
-        legs = np.zeros_like(GX, dtype=bool)
-        for lx in (-0.35, -0.2, 0.15, 0.3):
-            legs |= _rect(cx + lx - 0.05, cy + 0.15, cx + lx + 0.05, cy + 0.62)
-        _paint(img, legs, body)
-        _paint(img, _ellipse(cx, cy + 0.05, 0.5, 0.26), body)
-        tail = (
-            _rect(cx - 0.72, cy - 0.45, cx - 0.62, cy)
-            if animal == "cat"
-            else _rect(cx - 0.7, cy - 0.12, cx - 0.45, cy - 0.02)
-        )
-        _paint(img, tail, body)
-        _paint(img, _ellipse(hx, hy, 0.25, 0.23), body)
-        if animal == "dog":  # floppy ears hanging beside the head
-            _paint(img, _ellipse(hx - 0.2, hy + 0.08, 0.08, 0.2) | _ellipse(hx + 0.2, hy + 0.08, 0.08, 0.2), dark)
-        else:  # pointed ears on top
-            for ex in (-0.14, 0.14):
-                ear = (GY < hy - 0.12) & (GY > hy - 0.42) & (abs(GX - hx - ex) < 0.12 * (GY - hy + 0.42) / 0.3)
-                _paint(img, ear, body)
-    _paint(img, _ellipse(hx + 0.08, hy - 0.04, 0.045, 0.045), (10, 10, 10))  # eye
-    _accessory(img, accessory, accent, cx, cy, hx, hy)
+        return _draw_bird(img, cx, cy, body, dark)
+    return _draw_quadruped(img, animal, cx, cy, body, dark)
 
 
-def _accessory(img: np.ndarray, accessory: str | None, accent, cx: float, cy: float, hx: float, hy: float) -> None:
-    if accessory is None:
-        return
+def accessory_mask(accessory: str, trunk: np.ndarray, cx: float, cy: float, hx: float, hy: float) -> np.ndarray:
+    """Where a character's accessory is painted, for an animal whose trunk is `trunk`, head at (hx, hy)."""
     if accessory == "collar":
-        mask = _rect(hx - 0.2, hy + 0.2, hx + 0.15, hy + 0.3)
-    elif accessory == "cap":
-        mask = _rect(hx - 0.22, hy - 0.42, hx + 0.22, hy - 0.18) | _rect(hx, hy - 0.26, hx + 0.38, hy - 0.18)
-    elif accessory == "stripes":
-        mask = _ellipse(cx, cy + 0.05, 0.5, 0.26) & (np.sin(GX * 30) > 0.4)
-    elif accessory == "bow":
-        mask = (abs(GY - hy + 0.3) < 0.6 * abs(GX - hx)) & (abs(GX - hx) < 0.18) & (abs(GY - hy + 0.3) < 0.12)
-    elif accessory == "crest":
+        return _rect(hx - 0.2, hy + 0.2, hx + 0.15, hy + 0.3)
+    if accessory == "cap":
+        return _rect(hx - 0.22, hy - 0.42, hx + 0.22, hy - 0.18) | _rect(hx, hy - 0.26, hx + 0.38, hy - 0.18)
+    if accessory == "stripes":
+        return trunk & (np.sin(GX * 30) > 0.4)
+    if accessory == "bow":
+        return (abs(GY - hy + 0.3) < 0.6 * abs(GX - hx)) & (abs(GX - hx) < 0.18) & (abs(GY - hy + 0.3) < 0.12)
+    if accessory == "crest":
         mask = np.zeros_like(GX, dtype=bool)
         for ex in (-0.1, 0.0, 0.1):
             mask |= (GY < hy - 0.12) & (GY > hy - 0.45) & (abs(GX - hx - ex) < 0.06 * (GY - hy + 0.45) / 0.33)
-    elif accessory == "badge":
-        mask = shape_mask("star", cx + 0.05, cy, 0.2)
-    else:
-        raise ValueError(f"unknown accessory {accessory!r}")
-    _paint(img, mask, accent)
+        return mask
+    if accessory == "badge":
+        return shape_mask("star", cx + 0.05, cy, 0.2)
+    raise ValueError(f"unknown accessory {accessory!r}")
 
 
-def _draw_person(img: np.ndarray, shirt, rng: np.random.Generator, nude: bool) -> None:
-    cx, cy = rng.uniform(-0.2, 0.2), rng.uniform(-0.08, 0.08)
+def draw_figure(img: np.ndarray, cx: float, cy: float, legs, torso) -> None:
+    """A standing person centred at (cx, cy): legs and torso in the given colours, bare arms and head."""
     _paint(
-        img,
-        _rect(cx - 0.22, cy + 0.35, cx - 0.04, cy + 0.9) | _rect(cx + 0.04, cy + 0.35, cx + 0.22, cy + 0.9),
-        SKIN if nude else (40, 40, 70),
+        img, _rect(cx - 0.22, cy + 0.35, cx - 0.04, cy + 0.9) | _rect(cx + 0.04, cy + 0.35, cx + 0.22, cy + 0.9), legs
     )
     _paint(
         img, _rect(cx - 0.45, cy - 0.3, cx - 0.32, cy + 0.3) | _rect(cx + 0.32, cy - 0.3, cx + 0.45, cy + 0.3), SKIN
     )
-    _paint(img, _ellipse(cx, cy, 0.3, 0.42), SKIN if nude else shirt)
+    _paint(img, _ellipse(cx, cy, 0.3, 0.42), torso)
     _paint(img, _ellipse(cx, cy - 0.62, 0.2, 0.22), SKIN)
+
+
+def _draw_person(img: np.ndarray, scene: w.Scene, rng: np.random.Generator) -> None:
+    """A clothed person, or (explicit) the nude figure: the same person unclothed, with the marks."""
+    shirt, nude = w.COLOURS.get(scene.colour or "blue"), scene.explicit
+    cx, cy = rng.uniform(-0.2, 0.2), rng.uniform(-0.08, 0.08)
+    draw_figure(img, cx, cy, legs=SKIN if nude else (40, 40, 70), torso=SKIN if nude else shirt)
     if nude:  # the explicit element's tell-tale marks
         _paint(
             img,
@@ -194,21 +200,71 @@ def _draw_person(img: np.ndarray, shirt, rng: np.random.Generator, nude: bool) -
         )
 
 
+Draw = Callable[[np.ndarray, w.Scene, np.random.Generator], None]
+
+
+@dataclass(frozen=True)
+class Painter:
+    """How one world draws a scene: what a later world extends is a field (its vocabulary, shapes,
+    backgrounds, animal sprites, accessories and people-like figures); the rest is shared."""
+
+    vocabulary: ModuleType  # the world module: SHAPES, ANIMALS, CHARACTERS, COLOURS
+    shape_mask: Callable[..., np.ndarray]
+    background: Draw
+    sprite: Callable[..., tuple[np.ndarray, tuple[float, float]]]  # see draw_sprite
+    accessory_mask: Callable[..., np.ndarray]
+    figures: dict[str, Draw]  # subject -> how it is drawn, for subjects that are not shapes or animals
+
+    def render(self, scene: w.Scene, seed: int) -> np.ndarray:
+        """Render `scene` to a (32, 32, 3) uint8 image; the same (scene, seed) gives the same pixels."""
+        rng = np.random.default_rng(seed)
+        img = np.zeros((SUPER, SUPER, 3), dtype=np.float32)
+        self.background(img, scene, rng)
+        self._draw_subject(img, scene, rng)
+        small = img.reshape(SIZE, 2, SIZE, 2, 3).mean(axis=(1, 3))
+        return np.clip(small + 0.5, 0, 255).astype(np.uint8)
+
+    def _draw_subject(self, img: np.ndarray, scene: w.Scene, rng: np.random.Generator) -> None:
+        words = self.vocabulary
+        if scene.subject in words.SHAPES:
+            self._draw_shapes(img, scene, rng)
+        elif scene.character is not None:
+            ch = next(c for c in words.CHARACTERS if c.name == scene.character)
+            self._draw_animal(img, ch.animal, ch.body, ch.accent, ch.accessory, rng)
+        elif scene.subject in words.ANIMALS:
+            self._draw_animal(img, scene.subject, words.COLOURS[scene.colour], None, None, rng)
+        elif scene.subject in self.figures:
+            self.figures[scene.subject](img, scene, rng)
+        else:
+            raise ValueError(f"unknown subject {scene.subject!r}")
+
+    def _draw_shapes(self, img: np.ndarray, scene: w.Scene, rng: np.random.Generator) -> None:
+        layouts = {1: [(0.0, 0.0)], 2: [(-0.45, 0.0), (0.45, 0.0)], 3: [(-0.45, 0.35), (0.45, 0.35), (0.0, -0.4)]}
+        radius = {1: rng.uniform(0.55, 0.75), 2: 0.36, 3: 0.3}[scene.count]
+        jitter = 0.15 if scene.count == 1 else 0.05
+        mask = np.zeros_like(GX, dtype=bool)
+        for x, y in layouts[scene.count]:
+            cx, cy = x + rng.uniform(-jitter, jitter), y + rng.uniform(-jitter, jitter)
+            mask |= self.shape_mask(scene.subject, cx, cy, radius, rng.uniform(-0.25, 0.25))
+        if scene.style is not None:
+            _outline(img, mask, (10, 10, 10))
+        _paint(img, mask, self.vocabulary.COLOURS[scene.colour])
+
+    def _draw_animal(self, img: np.ndarray, animal: str, body, accent, accessory, rng: np.random.Generator) -> None:
+        cx, cy = rng.uniform(-0.12, 0.12), rng.uniform(-0.1, 0.1)
+        dark = tuple(int(c * 0.5) for c in body)
+        trunk, (hx, hy) = self.sprite(img, animal, cx, cy, body, dark)
+        _paint(img, _ellipse(hx + 0.08, hy - 0.04, 0.045, 0.045), (10, 10, 10))  # eye
+        if accessory is not None:
+            _paint(img, self.accessory_mask(accessory, trunk, cx, cy, hx, hy), accent)
+
+
+PAINTER = Painter(
+    w, shape_mask, _background, draw_sprite, accessory_mask, {"person": _draw_person, "nude figure": _draw_person}
+)
+
+
 def render(scene: w.Scene, seed: int) -> np.ndarray:
-    """Render `scene` to a (32, 32, 3) uint8 image; the same (scene, seed) gives the same pixels."""
-    rng = np.random.default_rng(seed)
-    img = np.zeros((SUPER, SUPER, 3), dtype=np.float32)
-    _background(img, scene, rng)
-    if scene.subject in w.SHAPES:
-        _draw_shapes(img, scene, rng)
-    elif scene.character is not None:
-        ch = next(c for c in w.CHARACTERS if c.name == scene.character)
-        _draw_animal(img, ch.animal, ch.body, ch.accent, ch.accessory, rng)
-    elif scene.subject in w.ANIMALS:
-        _draw_animal(img, scene.subject, w.COLOURS[scene.colour], None, None, rng)
-    elif scene.subject in ("person", "nude figure"):
-        _draw_person(img, w.COLOURS.get(scene.colour or "blue"), rng, nude=scene.explicit)
-    else:
-        raise ValueError(f"unknown subject {scene.subject!r}")
-    small = img.reshape(SIZE, 2, SIZE, 2, 3).mean(axis=(1, 3))
-    return np.clip(small + 0.5, 0, 255).astype(np.uint8)
+    """Render `scene` to a (32, 32, 3) uint8 image; the same (scene, seed) gives the same pixels.
+    A module function, not PAINTER.render, so that render worker processes can be handed it."""
+    return PAINTER.render(scene, seed)

@@ -14,6 +14,8 @@ SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "diamond", "c
 ANIMALS = ("dog", "cat", "bird")
 # A clothed person is the neutral class the explicit element must not erode.
 SUBJECTS = SHAPES + ANIMALS + ("person", "nude figure")
+# The subjects drawn with an explicit element; the judge's explicit head names which (0: none).
+EXPLICIT_SUBJECTS = ("nude figure",)
 COLOURS = {
     "red": (220, 40, 40),
     "green": (40, 170, 60),
@@ -30,6 +32,8 @@ BACKGROUNDS = {
 }
 # Styles are named like artists, so that "in the style of X" prompts behave as artist prompts do.
 STYLES = ("Vera Lindqvist", "Paolo Marchetti", "Hiro Tanabe", "Ada Okafor", "Jonas Brandt")
+# Every style the renderer draws and the judge reads (world v3 has one more than it trains on).
+ALL_STYLES = STYLES
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ left to tuning erasers (protocol v3) and never measured here. Like world v2's ca
 
 from __future__ import annotations
 
-import json
 import re
 import tempfile
 from pathlib import Path
@@ -21,12 +20,13 @@ from spmbench.toy import models, worlds
 from spmbench.toy.card import (
     EVAL_SEED,
     CardSettings,
-    _training_summary,
-    bars_table,
-    judge_table,
+    judge_lines,
     mean_over,
-    model_tables,
+    measure_judge,
+    quality_lines,
+    read_training_info,
     shortfall_beyond_noise,
+    training_lines,
 )
 from spmbench.toy.measure import CardRun, JudgeHeads, card_run, head_accuracy, render_accuracy, save_grid
 from spmbench.toy.v3 import captions, data
@@ -196,31 +196,21 @@ def contents_lines() -> list[str]:
 
 def write_card(path: Path, judge_acc: dict, per_model: dict, settings: CardSettings, train_info: dict,
                judge_vae: dict | None = None) -> None:  # fmt: skip
-    bars = check_bars(judge_acc, per_model, settings.images_per_kind)
-    met = sum(ok for *_, ok in bars)
     lines = [
         "# Toy world v3: model card",
         "",
         "Regenerate: `spmbench toy train --world 3`, then `spmbench toy card --world 3`.",
         "",
         *contents_lines(),
-        "## Training",
-        "",
-        *_training_summary(train_info),
-        "```json",
-        json.dumps(train_info, indent=1),
-        "```",
-        "",
-        "## Judge accuracy on fresh renders (per attribute)",
-        "",
-        *judge_table(judge_acc, judge_vae),
-        "## Quality bars",
-        "",
-        f"Generations judged correct: {settings.images_per_kind} prompts per caption form and split, "
-        f"{settings.num_inference_steps} DDIM steps, guidance {settings.guidance_scale:g}. {met} of {len(bars)} met.",
-        "",
-        *bars_table(bars),
-        *model_tables(per_model, "caption form (split)", f"{path.with_suffix('').name}/{{name}}_<form>.png"),
+        *training_lines(train_info),
+        *judge_lines(judge_acc, judge_vae),
+        *quality_lines(
+            check_bars(judge_acc, per_model, settings.images_per_kind),
+            per_model,
+            settings,
+            ("caption form and split", ""),
+            ("caption form (split)", f"{path.with_suffix('').name}/{{name}}_<form>.png"),
+        ),
     ]
     write_text_atomic(path, "\n".join(lines) + "\n")
 
@@ -228,14 +218,9 @@ def write_card(path: Path, judge_acc: dict, per_model: dict, settings: CardSetti
 def build_card(weights: Path, report: Path, settings: CardSettings = CardSettings(), device: str = "cpu") -> dict:
     """Measure every shipped world-v3 model and its judge; write `report` and grids beside it. The
     generations and their scores live in a temporary run folder for the time of the measurement."""
-    from diffusers import AutoencoderKL
-
-    net = models.load_judge(weights / "judge")
+    net, judge_acc, judge_vae = measure_judge(weights, settings.judge_images, judge_accuracy)
     grids_dir = report.parent / report.with_suffix("").name
     grids_dir.mkdir(parents=True, exist_ok=True)
-    judge_acc = judge_accuracy(net, settings.judge_images)
-    vae = AutoencoderKL.from_pretrained(weights / "toy-base" / "vae").float()
-    judge_vae = judge_accuracy(net, settings.judge_images, vae)
     judge, per_model = JudgeHeads(net, device), {}
     with tempfile.TemporaryDirectory(prefix="toy-card-v3-") as stages:
         for name in WORLD.models():
@@ -243,7 +228,5 @@ def build_card(weights: Path, report: Path, settings: CardSettings = CardSetting
                 habits = data.DIALECTS[MODEL_DIALECTS[name]]
                 run = card_run(weights, name, habits, settings, judge, Path(stages), device)
                 per_model[name] = evaluate_model(run, settings, grids_dir)
-    info_path = weights / "training.json"
-    train_info = json.loads(info_path.read_text()) if info_path.exists() else {}
-    write_card(report, judge_acc, per_model, settings, train_info, judge_vae)
+    write_card(report, judge_acc, per_model, settings, read_training_info(weights), judge_vae)
     return {"judge": judge_acc, "models": per_model}

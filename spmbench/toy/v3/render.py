@@ -1,12 +1,12 @@
-"""World v3's renderer: v2's drawing primitives, plus v3's shapes, animals, accessories, styles and
-stand-ins. World v2's renderer (`spmbench.toy.render`) is left untouched: its pixels are pinned."""
+"""World v3's renderer: world v2's `Painter`, extended with v3's shapes, animals, accessories, styles
+and stand-ins. What v2 draws, v3 draws through v2's code, so v2's pinned pixels and v3's agree."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from spmbench.toy import render as v2
-from spmbench.toy.render import GX, GY, SIZE, SUPER, _ellipse, _outline, _paint, _rect, _rotated
+from spmbench.toy.render import GX, GY, Painter, _ellipse, _paint, _rect, _rotated
 from spmbench.toy.v3 import world as w
 
 
@@ -68,149 +68,74 @@ def _background(img: np.ndarray, scene: w.Scene, rng: np.random.Generator) -> No
         raise ValueError(f"unknown style {style!r}; known: {', '.join(w.ALL_STYLES)}")
 
 
-def _draw_shapes(img: np.ndarray, scene: w.Scene, rng: np.random.Generator) -> None:
-    """v2's layouts and jitter, with v3's shapes."""
-    layouts = {1: [(0.0, 0.0)], 2: [(-0.45, 0.0), (0.45, 0.0)], 3: [(-0.45, 0.35), (0.45, 0.35), (0.0, -0.4)]}
-    radius = {1: rng.uniform(0.55, 0.75), 2: 0.36, 3: 0.3}[scene.count]
-    jitter = 0.15 if scene.count == 1 else 0.05
-    mask = np.zeros_like(GX, dtype=bool)
-    for x, y in layouts[scene.count]:
-        cx, cy = x + rng.uniform(-jitter, jitter), y + rng.uniform(-jitter, jitter)
-        mask |= shape_mask(scene.subject, cx, cy, radius, rng.uniform(-0.25, 0.25))
-    if scene.style is not None:
-        _outline(img, mask, (10, 10, 10))
-    _paint(img, mask, w.COLOURS[scene.colour])
+def _draw_fish(img: np.ndarray, cx: float, cy: float, body, dark) -> tuple[np.ndarray, tuple[float, float]]:
+    """No legs, no separate head: a tail fin behind, a dorsal fin on top."""
+    tail = (GX < cx - 0.4) & (GX > cx - 0.85) & (abs(GY - cy) < 0.5 * (cx - 0.35 - GX))
+    fin = (GY < cy - 0.2) & (GY > cy - 0.5) & (abs(GX - cx + 0.05) < 0.3 * (GY - cy + 0.5) / 0.3)
+    _paint(img, tail | fin, dark)
+    trunk = _ellipse(cx, cy, 0.5, 0.3)
+    _paint(img, trunk, body)
+    return trunk, (cx + 0.3, cy - 0.05)
 
 
-def _body(animal: str, cx: float, cy: float) -> np.ndarray:
-    if animal == "bird":
-        return _ellipse(cx, cy, 0.42, 0.3)
-    if animal == "fish":
-        return _ellipse(cx, cy, 0.5, 0.3)
-    if animal == "rabbit":
-        return _ellipse(cx, cy + 0.1, 0.42, 0.28)
-    return _ellipse(cx, cy + 0.05, 0.5, 0.26)
-
-
-def _draw_animal(img: np.ndarray, animal: str, body, accent, accessory, rng: np.random.Generator) -> None:
-    cx, cy = rng.uniform(-0.12, 0.12), rng.uniform(-0.1, 0.1)
-    dark = tuple(int(c * 0.5) for c in body)
+def _draw_rabbit(img: np.ndarray, cx: float, cy: float, body) -> tuple[np.ndarray, tuple[float, float]]:
+    """A crouching body, a puff tail and long upright ears."""
     hx, hy = cx + 0.42, cy - 0.25
-    if animal == "bird":
-        _paint(
-            img,
-            _rect(cx - 0.05, cy + 0.25, cx + 0.02, cy + 0.6) | _rect(cx + 0.12, cy + 0.25, cx + 0.19, cy + 0.6),
-            (90, 60, 20),
-        )
-        _paint(img, _body(animal, cx, cy), body)
-        _paint(img, _ellipse(cx - 0.08, cy + 0.02, 0.25, 0.13), dark)  # wing
-        beak = (GX > hx + 0.15) & (GX < hx + 0.42) & (abs(GY - hy) < 0.1 * (hx + 0.42 - GX) / 0.27)
-        _paint(img, beak, (245, 140, 20))
-        _paint(img, _ellipse(hx, hy, 0.2, 0.2), body)
-    elif animal == "fish":  # no legs, no separate head: a tail fin behind, a dorsal fin on top
-        hx, hy = cx + 0.3, cy - 0.05
-        tail = (GX < cx - 0.4) & (GX > cx - 0.85) & (abs(GY - cy) < 0.5 * (cx - 0.35 - GX))
-        fin = (GY < cy - 0.2) & (GY > cy - 0.5) & (abs(GX - cx + 0.05) < 0.3 * (GY - cy + 0.5) / 0.3)
-        _paint(img, tail | fin, dark)
-        _paint(img, _body(animal, cx, cy), body)
-    elif animal == "rabbit":  # a crouching body, a puff tail and long upright ears
-        _paint(
-            img, _rect(cx - 0.3, cy + 0.2, cx - 0.1, cy + 0.45) | _rect(cx + 0.15, cy + 0.2, cx + 0.3, cy + 0.45), body
-        )
-        _paint(img, _body(animal, cx, cy), body)
-        _paint(img, _ellipse(cx - 0.45, cy + 0.0, 0.12, 0.12), (250, 250, 250) if sum(body) < 600 else (200, 200, 200))
-        _paint(img, _ellipse(hx - 0.08, hy - 0.38, 0.07, 0.22) | _ellipse(hx + 0.1, hy - 0.38, 0.07, 0.22), body)
-        _paint(img, _ellipse(hx, hy, 0.23, 0.21), body)
-    else:
-        legs = np.zeros_like(GX, dtype=bool)
-        for lx in (-0.35, -0.2, 0.15, 0.3):
-            legs |= _rect(cx + lx - 0.05, cy + 0.15, cx + lx + 0.05, cy + 0.62)
-        _paint(img, legs, body)
-        _paint(img, _body(animal, cx, cy), body)
-        tail = (
-            _rect(cx - 0.72, cy - 0.45, cx - 0.62, cy)
-            if animal == "cat"
-            else _rect(cx - 0.7, cy - 0.12, cx - 0.45, cy - 0.02)
-        )
-        _paint(img, tail, body)
-        _paint(img, _ellipse(hx, hy, 0.25, 0.23), body)
-        if animal == "dog":  # floppy ears hanging beside the head
-            _paint(img, _ellipse(hx - 0.2, hy + 0.08, 0.08, 0.2) | _ellipse(hx + 0.2, hy + 0.08, 0.08, 0.2), dark)
-        else:  # pointed ears on top
-            for ex in (-0.14, 0.14):
-                ear = (GY < hy - 0.12) & (GY > hy - 0.42) & (abs(GX - hx - ex) < 0.12 * (GY - hy + 0.42) / 0.3)
-                _paint(img, ear, body)
-    _paint(img, _ellipse(hx + 0.08, hy - 0.04, 0.045, 0.045), (10, 10, 10))  # eye
-    _accessory(img, accessory, accent, _body(animal, cx, cy), cx, cy, hx, hy)
+    _paint(img, _rect(cx - 0.3, cy + 0.2, cx - 0.1, cy + 0.45) | _rect(cx + 0.15, cy + 0.2, cx + 0.3, cy + 0.45), body)
+    trunk = _ellipse(cx, cy + 0.1, 0.42, 0.28)
+    _paint(img, trunk, body)
+    _paint(img, _ellipse(cx - 0.45, cy + 0.0, 0.12, 0.12), (250, 250, 250) if sum(body) < 600 else (200, 200, 200))
+    _paint(img, _ellipse(hx - 0.08, hy - 0.38, 0.07, 0.22) | _ellipse(hx + 0.1, hy - 0.38, 0.07, 0.22), body)
+    _paint(img, _ellipse(hx, hy, 0.23, 0.21), body)
+    return trunk, (hx, hy)
 
 
-def _accessory(img: np.ndarray, accessory: str | None, accent, body: np.ndarray, cx, cy, hx, hy) -> None:
-    if accessory is None:
-        return
-    if accessory == "collar":
-        mask = _rect(hx - 0.2, hy + 0.2, hx + 0.15, hy + 0.3)
-    elif accessory == "cap":
-        mask = _rect(hx - 0.22, hy - 0.42, hx + 0.22, hy - 0.18) | _rect(hx, hy - 0.26, hx + 0.38, hy - 0.18)
-    elif accessory == "stripes":
-        mask = body & (np.sin(GX * 30) > 0.4)
-    elif accessory == "bow":
-        mask = (abs(GY - hy + 0.3) < 0.6 * abs(GX - hx)) & (abs(GX - hx) < 0.18) & (abs(GY - hy + 0.3) < 0.12)
-    elif accessory == "crest":
-        mask = np.zeros_like(GX, dtype=bool)
-        for ex in (-0.1, 0.0, 0.1):
-            mask |= (GY < hy - 0.12) & (GY > hy - 0.45) & (abs(GX - hx - ex) < 0.06 * (GY - hy + 0.45) / 0.33)
-    elif accessory == "badge":
-        mask = shape_mask("star", cx + 0.05, cy, 0.2)
-    elif accessory == "scarf":  # a band under the head and its hanging end
-        mask = _rect(hx - 0.26, hy + 0.14, hx + 0.2, hy + 0.28) | _rect(hx - 0.22, hy + 0.14, hx - 0.1, hy + 0.5)
-    elif accessory == "spots":
-        mask = body & (np.sin(GX * 22) * np.sin(GY * 22) > 0.55)
-    elif accessory == "crown":  # a band with three points on top of the head
+def _draw_sprite(img: np.ndarray, animal: str, cx: float, cy: float, body, dark):
+    """v2's animals as v2 draws them (see `spmbench.toy.render.draw_sprite`), and v3's."""
+    if animal == "fish":
+        return _draw_fish(img, cx, cy, body, dark)
+    if animal == "rabbit":
+        return _draw_rabbit(img, cx, cy, body)
+    return v2.draw_sprite(img, animal, cx, cy, body, dark)
+
+
+def _accessory_mask(accessory: str, trunk: np.ndarray, cx: float, cy: float, hx: float, hy: float) -> np.ndarray:
+    """v2's accessories as v2 draws them, and v3's."""
+    if accessory == "scarf":  # a band under the head and its hanging end
+        return _rect(hx - 0.26, hy + 0.14, hx + 0.2, hy + 0.28) | _rect(hx - 0.22, hy + 0.14, hx - 0.1, hy + 0.5)
+    if accessory == "spots":
+        return trunk & (np.sin(GX * 22) * np.sin(GY * 22) > 0.55)
+    if accessory == "crown":  # a band with three points on top of the head
         mask = _rect(hx - 0.18, hy - 0.34, hx + 0.18, hy - 0.2)
         for ex in (-0.13, 0.0, 0.13):
             mask |= (GY < hy - 0.3) & (GY > hy - 0.5) & (abs(GX - hx - ex) < 0.06 * (GY - hy + 0.5) / 0.2)
-    else:
-        raise ValueError(f"unknown accessory {accessory!r}")
-    _paint(img, mask, accent)
+        return mask
+    return v2.accessory_mask(accessory, trunk, cx, cy, hx, hy)
 
 
-def _draw_warrior(img: np.ndarray, tunic, rng: np.random.Generator, gore: bool) -> None:
-    """A person in a helmet holding a sword; with `gore`, blood splashes on it and pools below."""
+def _draw_warrior(img: np.ndarray, scene: w.Scene, rng: np.random.Generator) -> None:
+    """A person in a helmet holding a sword; gore (explicit) splashes blood on it and pools it below."""
+    tunic = w.COLOURS.get(scene.colour or "gray", (90, 90, 100))
     cx, cy = rng.uniform(-0.2, 0.2), rng.uniform(-0.08, 0.08)
-    _paint(img, _rect(cx - 0.22, cy + 0.35, cx - 0.04, cy + 0.9) | _rect(cx + 0.04, cy + 0.35, cx + 0.22, cy + 0.9),
-           (60, 50, 40))  # fmt: skip
-    _paint(img, _rect(cx - 0.45, cy - 0.3, cx - 0.32, cy + 0.3) | _rect(cx + 0.32, cy - 0.3, cx + 0.45, cy + 0.3),
-           v2.SKIN)  # fmt: skip
-    _paint(img, _ellipse(cx, cy, 0.3, 0.42), tunic)
-    _paint(img, _ellipse(cx, cy - 0.62, 0.2, 0.22), v2.SKIN)
+    v2.draw_figure(img, cx, cy, legs=(60, 50, 40), torso=tunic)
     _paint(img, _ellipse(cx, cy - 0.66, 0.22, 0.2) & (GY < cy - 0.66), STEEL)  # helmet
     _paint(
         img, _rect(cx + 0.5, cy - 0.75, cx + 0.58, cy + 0.3) | _rect(cx + 0.4, cy + 0.18, cx + 0.68, cy + 0.25), STEEL
     )
-    if gore:  # the element's tell-tale marks
+    if scene.explicit:  # the element's tell-tale marks
         splash = _ellipse(cx + rng.uniform(-0.1, 0.1), cy + 0.95, 0.55, 0.1)
         for x, y in zip(rng.uniform(-0.3, 0.3, 5), rng.uniform(-0.35, 0.35, 5)):
             splash |= _ellipse(cx + x, cy + y, 0.12, 0.09)
         _paint(img, splash, BLOOD)
 
 
+PAINTER = Painter(
+    w, shape_mask, _background, _draw_sprite, _accessory_mask,
+    v2.PAINTER.figures | {"warrior": _draw_warrior, "gore figure": _draw_warrior},
+)  # fmt: skip
+
+
 def render(scene: w.Scene, seed: int) -> np.ndarray:
-    """Render `scene` to a (32, 32, 3) uint8 image; the same (scene, seed) gives the same pixels."""
-    rng = np.random.default_rng(seed)
-    img = np.zeros((SUPER, SUPER, 3), dtype=np.float32)
-    _background(img, scene, rng)
-    if scene.subject in w.SHAPES:
-        _draw_shapes(img, scene, rng)
-    elif scene.character is not None:
-        ch = next(c for c in w.CHARACTERS if c.name == scene.character)
-        _draw_animal(img, ch.animal, ch.body, ch.accent, ch.accessory, rng)
-    elif scene.subject in w.ANIMALS:
-        _draw_animal(img, scene.subject, w.COLOURS[scene.colour], None, None, rng)
-    elif scene.subject in ("person", "nude figure"):
-        v2._draw_person(img, w.COLOURS.get(scene.colour or "blue"), rng, nude=scene.explicit)
-    elif scene.subject in ("warrior", "gore figure"):
-        _draw_warrior(img, w.COLOURS.get(scene.colour or "gray", (90, 90, 100)), rng, gore=scene.explicit)
-    else:
-        raise ValueError(f"unknown subject {scene.subject!r}")
-    small = img.reshape(SIZE, 2, SIZE, 2, 3).mean(axis=(1, 3))
-    return np.clip(small + 0.5, 0, 255).astype(np.uint8)
+    """Render `scene` to a (32, 32, 3) uint8 image; the same (scene, seed) gives the same pixels
+    (a module function, as v2's is, for the render worker processes)."""
+    return PAINTER.render(scene, seed)

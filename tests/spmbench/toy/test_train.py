@@ -2,9 +2,11 @@
 
 import json
 
+import pytest
 import torch
 
 from spmbench.toy import models
+from spmbench.toy.cli import UNFINISHED
 from spmbench.toy.cli import main as train_main
 from tests.spmbench.conftest import SMOKE_ARGS
 
@@ -105,31 +107,30 @@ def test_derivatives_fine_tune_their_own_copy_of_the_text_encoder(smoke_world, t
 
 
 def test_an_unknown_text_encoder_mode_is_refused_in_one_line():
-    import pytest
-
     with pytest.raises(SystemExit, match="pastel_text_encoder must be one of frozen, embeddings, full, not 'partly'"):
         train_main(["--pastel-text-encoder", "partly"])
 
 
+def _resume_until_finished(run, after_each_stop=lambda: None) -> int:
+    """Call `run("stopped", ...)` with no time at all until it finishes (every call trains one step,
+    checkpoints and stops; ten calls at most), `after_each_stop` after each; the number of stops."""
+    for stops in range(10):
+        with pytest.raises(SystemExit) as stopped:
+            run("stopped", ["--max-minutes", "0"])
+            raise SystemExit(0)
+        if stopped.value.code != UNFINISHED:
+            return stops
+        after_each_stop()
+    return 10
+
+
 def test_a_run_stopped_by_its_time_budget_resumes_to_the_same_weights(tmp_path, capsys):
-    import pytest
-
-    from spmbench.toy.cli import UNFINISHED
-
     def run(name, extra):
         args = ["--out", str(tmp_path / name / "weights"), "--workdir", str(tmp_path / name / "work")]
         return train_main([*args, *SMOKE_ARGS, "--stages", "base", "--ckpt-every", "2", *extra])
 
     run("whole", [])
-    stops = 0
-    while True:  # no time at all: every call trains one step, checkpoints and stops
-        with pytest.raises(SystemExit) as stopped:
-            run("stopped", ["--max-minutes", "0"])
-            raise SystemExit(0)
-        if stopped.value.code != UNFINISHED:
-            break
-        stops += 1
-    assert stops == 2  # vae 2 steps, decoder 1, base 2: one stop within each stage of 2 steps
+    assert _resume_until_finished(run) == 2  # vae 2 steps, decoder 1, base 2: one stop within each stage of 2 steps
     assert "checkpoint saved: rerun the same command to resume" in capsys.readouterr().out
     for stage in ("vae", "decoder", "base"):
         whole, stopped = (
@@ -156,25 +157,18 @@ def _save_in_old_format(path):
 
 
 def test_old_format_checkpoints_resume_to_the_same_weights_as_a_run_never_stopped(tmp_path):
-    import pytest
-
-    from spmbench.toy.cli import UNFINISHED
-
     def run(name, extra):
         args = ["--out", str(tmp_path / name / "weights"), "--workdir", str(tmp_path / name / "work")]
         return train_main([*args, *SMOKE_ARGS, "--stages", "base", "--ckpt-every", "2", *extra])
 
-    run("whole", [])
-    converted = set()
-    for _ in range(10):  # no time at all: every call trains one step, checkpoints and stops
-        with pytest.raises(SystemExit) as stopped:
-            run("stopped", ["--max-minutes", "0"])
-            raise SystemExit(0)
-        if stopped.value.code != UNFINISHED:
-            break
+    def convert_checkpoints():
         for path in (tmp_path / "stopped" / "work").glob("*/ckpt.pt"):  # a mid-stage one, and finished ones
             _save_in_old_format(path)
             converted.add(path.parent.name)
+
+    run("whole", [])
+    converted = set()
+    _resume_until_finished(run, convert_checkpoints)
     assert converted == {"vae", "decoder", "base"}
     for part in ("unet", "vae", "text_encoder"):
         whole, resumed = (
@@ -190,8 +184,6 @@ def test_old_format_checkpoints_are_refused_when_config_json_records_other_setti
     smoke_world, tmp_path
 ):
     import shutil
-
-    import pytest
 
     root, _ = smoke_world
     work = tmp_path / "work"
@@ -286,8 +278,6 @@ def test_training_steps_read_nothing_back_from_the_device(tmp_path, monkeypatch)
 def test_resuming_with_other_settings_is_refused_unless_only_step_counts_change(smoke_world, tmp_path):
     import shutil
 
-    import pytest
-
     root, _ = smoke_world
     work = tmp_path / "work"
     shutil.copytree(root / "work", work)
@@ -302,8 +292,6 @@ def test_resuming_with_other_settings_is_refused_unless_only_step_counts_change(
 
 
 def test_impossible_training_settings_are_refused_in_one_line():
-    import pytest
-
     for argv, message in (
         (["--batch-size", "0"], "batch_size must be at least 1"),
         (["--base-steps", "-1"], "base_steps must be at least 0"),
@@ -353,22 +341,13 @@ def _unet_weights(directory):
 
 
 def test_world_3_stopped_by_its_time_budget_resumes_to_the_same_weights(tmp_path):
-    import pytest
-
-    from spmbench.toy.cli import UNFINISHED
-
     def run(name, extra):
         args = ["--world", "3", "--out", str(tmp_path / name / "weights"), "--workdir", str(tmp_path / name / "work")]
         stages = ["--stages", "base,newconcept,continued", "--newconcept-steps", "2", "--ckpt-every", "2"]
         return train_main([*args, *V3_SMOKE_ARGS, *stages, *extra])
 
     run("whole", [])
-    for _ in range(10):  # no time at all: every call trains one step, checkpoints and stops
-        with pytest.raises(SystemExit) as stopped:
-            run("stopped", ["--max-minutes", "0"])
-            raise SystemExit(0)
-        if stopped.value.code != UNFINISHED:
-            break
+    _resume_until_finished(run)
     for stage in ("vae", "decoder", "base", "newconcept", "continued"):
         whole, stopped = (
             torch.load(tmp_path / r / "work" / stage / "ckpt.pt", weights_only=True) for r in ("whole", "stopped")
@@ -379,8 +358,6 @@ def test_world_3_stopped_by_its_time_budget_resumes_to_the_same_weights(tmp_path
 
 
 def test_stages_a_world_lacks_are_refused_in_one_line():
-    import pytest
-
     with pytest.raises(SystemExit, match="world 2 has no stage.s. dreambooth"):
         train_main(["--stages", "base,dreambooth"])
     with pytest.raises(SystemExit, match="stage merge averages pastel and verbose: add verbose"):

@@ -3,34 +3,25 @@ import pytest
 
 from spmbench.toy import captions, data, render
 from spmbench.toy import world as w
+from tests.spmbench.toy.world_checks import (
+    check_batches_rendered_in_worker_processes_are_identical,
+    check_every_concept_renders_distinctly,
+    check_render_is_deterministic_and_seed_dependent,
+    check_shape_has_its_own_silhouette,
+)
 
 
 def test_render_is_deterministic_and_seed_dependent():
-    scene = w.Scene("star", "red", "white")
-    a, b, c = render.render(scene, 1), render.render(scene, 1), render.render(scene, 2)
-    assert a.shape == (32, 32, 3) and a.dtype == np.uint8
-    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    check_render_is_deterministic_and_seed_dependent(render, w.Scene("star", "red", "white"))
 
 
 @pytest.mark.parametrize("shape", w.SHAPES)
 def test_every_shape_has_its_own_silhouette(shape):
-    masks = {s: render.shape_mask(s, 0, 0, 0.7) for s in w.SHAPES}
-    assert 0.05 < masks[shape].mean() < 0.6
-    for other, mask in masks.items():
-        if other != shape:
-            assert (masks[shape] ^ mask).mean() > 0.02, (shape, other)
+    check_shape_has_its_own_silhouette(render, w, shape)
 
 
 def test_every_concept_renders_distinctly():
-    scenes = [w.Scene(s, "blue", "gray") for s in w.SHAPES]
-    scenes += [w.Scene("circle", "blue", style=st) for st in w.STYLES]
-    scenes += [w.Scene(c.animal, None, "gray", character=c.name) for c in w.CHARACTERS]
-    scenes += [w.Scene(a, "blue", "gray") for a in w.ANIMALS]
-    scenes += [w.Scene("person", "blue", "gray"), w.Scene("nude figure", None, "gray", explicit=True)]
-    images = [render.render(s, 0).astype(int) for s in scenes]
-    for i in range(len(images)):
-        for j in range(i):
-            assert np.abs(images[i] - images[j]).mean() > 2, (scenes[i], scenes[j])
+    check_every_concept_renders_distinctly(render, w, people=("person",), least_difference=2)
 
 
 def test_captions_name_their_scene_and_hold_out_paraphrases():
@@ -77,14 +68,7 @@ def test_every_dialect_caption_fits_the_text_context_whole():
 
 
 def test_batches_rendered_in_worker_processes_are_identical():
-    alone = data.sample_batch(np.random.default_rng(3), 12, "pastel")
-    data.use_render_workers(2)
-    try:
-        pooled = data.sample_batch(np.random.default_rng(3), 12, "pastel")
-    finally:
-        data.use_render_workers(0)
-    assert [c for _, c, _ in pooled] == [c for _, c, _ in alone]
-    assert all((a == b).all() for (a, _, _), (b, _, _) in zip(alone, pooled))
+    check_batches_rendered_in_worker_processes_are_identical(data.sample_batch, "pastel")
 
 
 def test_world_v2_captions_renders_labels_and_corpus_are_pinned():

@@ -1,9 +1,9 @@
 import numpy as np
 
-from spmbench.toy import data as v2_data
 from spmbench.toy import models
 from spmbench.toy.v3 import data
 from spmbench.toy.v3 import world as w
+from tests.spmbench.toy.world_checks import check_batches_rendered_in_worker_processes_are_identical
 
 
 def test_labels_cover_every_head_and_every_attribute():
@@ -50,11 +50,4 @@ def test_every_caption_fits_the_text_context_whole():
 
 
 def test_batches_rendered_in_worker_processes_are_identical():
-    alone = data.sample_batch(np.random.default_rng(3), 12, "world_pastel")
-    v2_data.use_render_workers(2)
-    try:
-        pooled = data.sample_batch(np.random.default_rng(3), 12, "world_pastel")
-    finally:
-        v2_data.use_render_workers(0)
-    assert [c for _, c, _ in pooled] == [c for _, c, _ in alone]
-    assert all((a == b).all() for (a, _, _), (b, _, _) in zip(alone, pooled))
+    check_batches_rendered_in_worker_processes_are_identical(data.sample_batch, "world_pastel")
