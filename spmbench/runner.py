@@ -153,14 +153,9 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 
 def _is_score_record(record) -> bool:
-    """What every score line holds, whatever the judge: the prompt, its set and the verdict."""
-    if not isinstance(record, dict):
-        return False
-    return (
-        isinstance(record.get("prompt_id"), str)
-        and isinstance(record.get("set"), str)
-        and (isinstance(record.get("present"), bool))
-    )
+    """What every score line holds, whatever scored it: the prompt and its set (the verdict, `present`
+    for a Judge, is checked where it is read: summarise)."""
+    return isinstance(record, dict) and isinstance(record.get("prompt_id"), str) and isinstance(record.get("set"), str)
 
 
 def _is_cost(value) -> bool:
@@ -371,11 +366,15 @@ def _write_json_atomic(path: Path, data) -> None:
     write_text_atomic(path, json.dumps(data, indent=1))
 
 
-def summarise(scores: list[dict]) -> dict[str, float]:
-    """Judged-present rate per prompt set."""
+def summarise(scores: list[dict], source: Path) -> dict[str, float]:
+    """Judged-present rate per prompt set of the score records read from `source`."""
     by_set: dict[str, list[bool]] = {}
     for s in scores:
-        by_set.setdefault(s["set"], []).append(bool(s["present"]))
+        if not isinstance(s.get("present"), bool):
+            raise StateFileError(
+                f"{source}: the line of {s['prompt_id']} has no verdict: delete it to score the cell again"
+            )
+        by_set.setdefault(s["set"], []).append(s["present"])
     return {name: float(np.mean(v)) for name, v in by_set.items()}
 
 
@@ -447,9 +446,10 @@ def run(
         t0 = time.time()
         generate_cell(pipes(cell.model), eraser, artifacts, rows, cell, batch_size)
         gen_seconds = time.time() - t0
-        rates = summarise(score_cell(judge, rows, cell))
+        rates = summarise(score_cell(judge, rows, cell), cell.scores)
         ids = {r.prompt_id for r in rows}
-        original_rates = summarise([s for s in _read_jsonl(cell.original.scores) if s["prompt_id"] in ids])
+        original = cell.original.scores
+        original_rates = summarise([s for s in _read_jsonl(original) if s["prompt_id"] in ids], original)
         alteration = None if cell.eraser == "none" else measure_alteration(features, rows, cell)
         result = Result(
             app=app.name, app_version=app.version, model=cell.model.name, fitted_on=fit_model.name,

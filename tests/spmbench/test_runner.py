@@ -174,9 +174,9 @@ def test_damaged_state_files_are_one_line_errors_naming_file_and_fix(tmp_path, c
 
 def test_a_score_line_that_is_not_a_record_is_named_and_a_torn_one_is_skipped(tmp_path):
     scores = tmp_path / "scores.jsonl"
-    scores.write_text('{"prompt_id": "a", "present": true}\n{"prompt_id": "b", "pres')  # torn by a kill
+    scores.write_text('{"prompt_id": "a", "set": "far", "present": true}\n{"prompt_id": "b", "pres')  # torn by a kill
     assert [s["prompt_id"] for s in runner._read_jsonl(scores)] == ["a"]
-    scores.write_text('{"prompt_id": "a", "present": true}\n42\n')
+    scores.write_text('{"prompt_id": "a", "set": "far", "present": true}\n42\n')
     with pytest.raises(runner.StateFileError, match=r"scores\.jsonl:2: not a score record: delete scores\.jsonl"):
         runner._read_jsonl(scores)
 
@@ -342,7 +342,7 @@ def test_fuzzed_score_lines_are_read_or_refused_in_one_line(tmp_path):
     for mutant in mutants:
         path.write_text(json.dumps(record) + "\n" + mutant + "\n" + json.dumps(record | {"prompt_id": "far-0"}))
         try:
-            rates = runner.summarise(runner._read_jsonl(path))
+            rates = runner.summarise(runner._read_jsonl(path), path)
         except StateFileError as e:
             assert str(path) in str(e) and "\n" not in str(e)
             continue
