@@ -118,14 +118,19 @@ def test_validate_checks_released_weights_exist(tmp_path, monkeypatch):
     assert_one_line_error(invoke("validate"), "eraser 'gone' (gone.yaml): unet weights", "do not exist")
 
 
-def test_validate_names_an_unknown_prompt_file(tmp_path, monkeypatch):
+def _app_with_an_unknown_prompt_file(tmp_path, monkeypatch, target: str, near: str) -> None:
+    """A SPMBENCH_APPS folder with application 'mine', whose near prompts name a file that does not exist."""
     folder = tmp_path / "apps"
     folder.mkdir()
     (folder / "mine.yaml").write_text(
-        "name: mine\nversion: 1\nworld: toy\njudge: toy\nerase: [[Barkley]]\nseeds: [0]\n"
-        "prompts:\n  target: {concepts: [Barkley], templates: ['{}']}\n  near: {concepts: [dog], file: nope.csv}\n"
+        f"name: mine\nversion: 1\nworld: toy\njudge: toy\nerase: [[{target}]]\nseeds: [0]\n"
+        f"prompts:\n  target: {{concepts: [{target}], templates: ['{{}}']}}\n  near: {{concepts: [{near}], file: nope.csv}}\n"
     )
     monkeypatch.setenv("SPMBENCH_APPS", str(folder))
+
+
+def test_validate_names_an_unknown_prompt_file(tmp_path, monkeypatch):
+    _app_with_an_unknown_prompt_file(tmp_path, monkeypatch, "Barkley", "dog")
     result = invoke("validate")
     assert_one_line_error(result, "mine.yaml: prompts.near: unknown prompt file 'nope.csv'", "vangogh_prompts.csv")
 
@@ -176,12 +181,6 @@ def test_dry_run_checks_what_validate_checks_of_its_selection(tmp_path, monkeypa
     user_models("broken", source=str(tmp_path))  # a folder that is no diffusers pipeline
     result = invoke("run", "--app", "toy-object", "--models", "broken", "--erasers", "none", "--dry-run")
     assert_one_line_error(result, "broken.yaml", "not a diffusers pipeline directory")
-    folder = tmp_path / "apps"
-    folder.mkdir()
-    (folder / "mine.yaml").write_text(
-        "name: mine\nversion: 1\nworld: toy\njudge: toy\nerase: [[star]]\nseeds: [0]\n"
-        "prompts:\n  target: {concepts: [star], templates: ['{}']}\n  near: {concepts: [circle], file: nope.csv}\n"
-    )
-    monkeypatch.setenv("SPMBENCH_APPS", str(folder))
+    _app_with_an_unknown_prompt_file(tmp_path, monkeypatch, "star", "circle")
     result = invoke("run", "--app", "mine", "--models", "toy-base", "--erasers", "none", "--dry-run")
     assert_one_line_error(result, "mine.yaml: prompts.near: unknown prompt file 'nope.csv'")
