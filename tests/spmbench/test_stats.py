@@ -1,0 +1,101 @@
+"""Intervals against hand-computed references, a coverage check on a known clustered process, and determinism."""
+
+import numpy as np
+import pytest
+import torch
+
+from spmbench import stats
+from spmbench.metrics import frechet_distance
+
+
+@pytest.mark.parametrize(
+    "successes, n, lo, hi",  # Wilson's formula computed by hand (statsmodels' proportion_confint agrees)
+    [
+        (8, 10, 0.4901625, 0.9433178),
+        (0, 10, 0.0, 0.2775328),
+        (10, 10, 0.7224672, 1.0),
+        (50, 100, 0.4038315, 0.5961685),
+    ],
+)
+def test_wilson_matches_known_values(successes, n, lo, hi):
+    assert stats.wilson(successes, n) == pytest.approx((lo, hi), abs=1e-6)
+
+
+def test_a_rate_of_one_image_per_prompt_is_wilson():
+    interval = stats.rate_interval([True] * 8 + [False] * 2, [f"p{i}" for i in range(10)])
+    assert interval == stats.Interval(0.8, *stats.wilson(8, 10), n=10, n_prompts=10, method=stats.WILSON)
+
+
+def test_images_sharing_prompts_widen_the_interval_to_what_their_prompts_allow():
+    # 20 prompts x 5 seeds; a prompt shows the concept in all its images or in none: 20 observations, not 100
+    present = [i < 10 for i in range(20) for _ in range(5)]
+    prompts = [i for i in range(20) for _ in range(5)]
+    interval = stats.rate_interval(present, prompts)
+    assert (interval.value, interval.n, interval.n_prompts, interval.method) == (0.5, 100, 20, stats.CLUSTER_BOOTSTRAP)
+    naive_lo, naive_hi = stats.wilson(50, 100)  # [0.40, 0.60]: what treating the images as independent claims
+    assert interval.lo < 0.33 < naive_lo and interval.hi > 0.67 > naive_hi
+
+
+def test_a_clustered_rate_at_a_bound_counts_each_prompt_once():
+    interval = stats.rate_interval([False] * 12, [i // 4 for i in range(12)])  # 3 prompts x 4 seeds, none present
+    assert (interval.lo, interval.hi) == stats.wilson(0, 3) and interval.method == stats.WILSON_OVER_PROMPTS
+    assert interval.hi > 0.5  # not the bootstrap's [0, 0]
+
+
+def test_the_cluster_bootstrap_covers_a_known_rate_about_95_percent_of_the_time():
+    rng = np.random.default_rng(1)
+    true_rate, prompts, seeds, covered = 0.3, 30, 4, 0
+    for _ in range(300):
+        per_prompt = rng.beta(1.5, 3.5, size=prompts)  # prompts differ: mean 0.3, images of a prompt correlate
+        present = rng.random((prompts, seeds)) < per_prompt[:, None]
+        interval = stats.rate_interval(present.ravel(), np.repeat(np.arange(prompts), seeds))
+        covered += interval.lo <= true_rate <= interval.hi
+    assert 0.88 <= covered / 300 <= 0.99
+
+
+def test_intervals_are_reproducible_and_depend_on_the_seed():
+    present = list(np.random.default_rng(0).random(120) < np.repeat(np.linspace(0.05, 0.9, 30), 4))
+    prompts = [i // 4 for i in range(120)]
+    assert stats.rate_interval(present, prompts) == stats.rate_interval(present, prompts)
+    assert stats.rate_interval(present, prompts, seed=1) != stats.rate_interval(present, prompts)
+
+
+def test_a_paired_difference_holds_only_when_its_interval_excludes_zero():
+    prompts = [i // 2 for i in range(20)]
+    erased, kept = [False] * 20, [True] * 20
+    assert stats.holds(stats.paired_difference(erased, kept, prompts))
+    difference = stats.paired_difference(erased, kept, prompts)
+    assert (difference.value, difference.lo, difference.hi) == (-1.0, -1.0, -1.0)
+    same = stats.paired_difference(kept, kept, prompts)
+    assert (same.lo, same.hi) == (0.0, 0.0) and not stats.holds(same)
+    one_image_apart = stats.paired_difference([True] + [False] * 19, [False] * 20, prompts)
+    assert one_image_apart.lo == 0.0 and not stats.holds(one_image_apart)  # a tie
+
+
+def test_a_mean_of_equal_values_has_no_spread():
+    interval = stats.mean_interval([2.5] * 6, [0, 0, 1, 1, 2, 2])
+    assert (interval.value, interval.lo, interval.hi, interval.n, interval.n_prompts) == (2.5, 2.5, 2.5, 6, 3)
+
+
+def test_the_batched_fid_is_metrics_fid_when_every_row_counts_once():
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(40, 5, generator=gen), torch.randn(40, 5, generator=gen) * 1.5 + 0.3
+    batched = stats._weighted_fid(torch.ones(1, 40, dtype=torch.float64), a.double(), b.double())
+    assert float(batched[0]) == pytest.approx(frechet_distance(a, b), rel=1e-9)
+
+
+def test_the_fid_interval_brackets_its_value_and_is_zero_for_identical_sets():
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(60, 4, generator=gen)
+    prompts = [i // 3 for i in range(60)]
+    interval = stats.fid_interval(a, a + 1.0, prompts)  # every feature moved by 1: FID 4 on any resample
+    assert (
+        interval.value == pytest.approx(4.0)
+        and interval.lo == pytest.approx(4.0)
+        and interval.hi == pytest.approx(4.0)
+    )
+    assert (interval.n, interval.n_prompts) == (60, 20)
+    b = a + 0.5 * torch.randn(60, 4, generator=gen)
+    noisy = stats.fid_interval(a, b, prompts)
+    assert noisy.lo < noisy.value < noisy.hi
+    assert stats.fid_interval(a, b, prompts) == noisy  # the same resamples: byte-reproducible tables
