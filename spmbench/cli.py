@@ -284,7 +284,12 @@ def run(
     from spmbench.erasers import ERASERS
     from spmbench.models import select_models
     from spmbench.registry import UnknownName
+    from spmbench.shard import Shard, device_for
 
+    try:  # under `accelerate launch` (or torchrun): this process's share of the work, and its GPU
+        shard, device = Shard.from_env(), device_for(device)
+    except ValueError as e:
+        _fail(str(e))
     _fail_on(device_problem(device))
     if not dry_run:
         _fail_on(output_dir_problem(out, "--out"))
@@ -315,9 +320,10 @@ def run(
             _fail_on(runner.settings_problem(a, plans[a.name], models))
         for a in chosen_apps:
             cells = plans[a.name]
-            typer.echo(f"{a.name}: {len(cells)} cells")
+            if shard.leads:
+                typer.echo(f"{a.name}: {len(cells)} cells")
             if dry_run:
-                for cell in cells:
+                for cell in cells if shard.leads else []:
                     typer.echo(f"  {cell.key}")
                 continue
             started = time.monotonic()
@@ -325,11 +331,14 @@ def run(
             try:
                 judge, features = _judges_for(a, judge_settings, device)
                 results = runner.run(
-                    a, cells, out / a.name, judge, models, limit, batch_size, device, rescore, features=features
+                    a, cells, out / a.name, judge, models, limit, batch_size, device, rescore, features, shard
                 )
-                written = report.write_reports(a, out / a.name, reports / a.name)
+                written = report.write_reports(a, out / a.name, reports / a.name) if shard.leads else None
             except (ValueError, OSError, KeyError, ImportError) as e:
                 _fail(str(e))
+            if written is None:  # every result is on disk: the first process writes the tables
+                typer.echo(f"{a.name}: process {shard.rank} of {shard.world_size} done; process 0 writes the reports")
+                continue
             for path in written:
                 typer.echo(f"wrote {path}")
             typer.echo(report.markdown(a, results))

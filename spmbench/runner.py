@@ -15,7 +15,9 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import groupby
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -32,9 +34,11 @@ from spmbench.metrics import frechet_distance, paired_distance
 from spmbench.models import ModelSpec
 from spmbench.registry import slug
 from spmbench.result import Result, cell_key, run_meta
+from spmbench.shard import Shard
 
 
 log = logging.getLogger(__name__)
+T, R = TypeVar("T"), TypeVar("R")
 
 
 class FitSettingsChanged(ValueError):
@@ -184,24 +188,67 @@ def _read_state(path: Path, fix: str) -> dict:
     return data
 
 
+@dataclass(frozen=True)
+class Batch:
+    """Rows [start, start + len(rows)) of a cell's rows, generated together: always the same rows
+    together (windows of --batch-size from the first row), whatever is already on disk or whichever
+    process makes them, so that an image never depends on what it was batched with."""
+
+    cell: Cell
+    start: int
+    rows: tuple[PromptRow, ...]
+
+    @property
+    def lock(self) -> Path:
+        return self.cell.images / f"rows-{self.start}-{self.start + len(self.rows)}"
+
+    def missing(self) -> list[PromptRow]:
+        return [r for r in self.rows if not self.cell.image(r).exists()]
+
+
+def batches(cell: Cell, rows: list[PromptRow], batch_size: int) -> list[Batch]:
+    """A cell's rows in generation batches of `batch_size` (the last may be shorter)."""
+    return [Batch(cell, start, tuple(rows[start : start + batch_size])) for start in range(0, len(rows), batch_size)]
+
+
 def generate_cell(pipe, eraser, artifacts: list[Path], rows: list[PromptRow], cell: Cell, batch_size: int) -> None:
     """Generate the rows' missing images with the eraser applied; each image is written atomically."""
-    cell.images.mkdir(parents=True, exist_ok=True)
-    todo = [r for r in rows if not cell.image(r).exists()]
+    generate_batches(pipe, eraser, artifacts, batches(cell, rows, batch_size))
+
+
+def generate_batches(pipe, eraser, artifacts: list[Path], todo: list[Batch], wait: bool = True) -> list[Batch]:
+    """Generate the missing images of `todo` (batches of one cell), each batch holding its lock; with
+    `wait` False, the batches another process holds are returned (put off) instead of waited for."""
+    todo = [b for b in todo if b.missing()]
     if not todo:
-        return
-    model = cell.model
+        return []
+    cell, put_off = todo[0].cell, []
+    cell.images.mkdir(parents=True, exist_ok=True)
     with eraser.apply(pipe, artifacts) as generate:
-        for start in tqdm(range(0, len(todo), batch_size), desc=f"generate {cell.key}", unit="batch"):
-            batch = todo[start : start + batch_size]
-            prompts = [model.caption_prefix + r.prompt + model.caption_suffix for r in batch]
-            generators = [torch.Generator().manual_seed(r.seed) for r in batch]
-            out = generate(
-                prompts, num_inference_steps=model.num_inference_steps, guidance_scale=model.guidance_scale,
-                generator=generators, height=model.resolution, width=model.resolution,
-            )  # fmt: skip
-            for row, image in zip(batch, out.images):
-                save_image_atomic(image, cell.image(row))
+        for batch in tqdm(todo, desc=f"generate {cell.key}", unit="batch"):
+            with holding(batch.lock, wait=wait) as held:
+                if held:
+                    _generate_batch(generate, batch)
+                else:
+                    put_off.append(batch)
+    return put_off
+
+
+def _generate_batch(generate, batch: Batch) -> None:
+    """The whole batch, its missing images written (the others were made by the same batch before)."""
+    missing = batch.missing()  # again under the lock: another process may have made them meanwhile
+    if not missing:
+        return
+    model = batch.cell.model
+    prompts = [model.caption_prefix + r.prompt + model.caption_suffix for r in batch.rows]
+    generators = [torch.Generator().manual_seed(r.seed) for r in batch.rows]
+    out = generate(
+        prompts, num_inference_steps=model.num_inference_steps, guidance_scale=model.guidance_scale,
+        generator=generators, height=model.resolution, width=model.resolution,
+    )  # fmt: skip
+    for row, image in zip(batch.rows, out.images):
+        if row in missing:
+            save_image_atomic(image, batch.cell.image(row))
 
 
 def load_images(paths: list[Path]) -> torch.Tensor:
@@ -420,29 +467,49 @@ def run(
     device: str = "cpu",
     rescore: bool = False,
     features: Callable[[], Judge] | None = None,
+    shard: Shard = Shard(),
 ) -> list[Result]:
     """Compute every missing artifact of `cells` and return one result per cell; `rescore`: see
-    check_judge; `features`: the alteration feature source (default: the judge, which must have features)."""
+    check_judge; `features`: the alteration feature source (default: the judge, which must have features);
+    `shard`: this process's place in a launch of several (spmbench.shard), which then share the work:
+    the fits and image batches first (share_generation), then the cells' scores and results."""
     features = features or (lambda: judge)
     check_judge(run_dir, judge, rescore)
     pipes = Pipelines(device)
     original_rows = all_rows(app, limit)
 
+    def rows_of(cell: Cell) -> list[PromptRow]:
+        return original_rows if cell.eraser == "none" else app.rows(cell.targets, limit)
+
+    def fit(cell: Cell) -> tuple[list[Path], float, float | None]:
+        eraser, fit_model = ERASERS.get(cell.eraser), fit_model_for(cell.model, registry)
+        workdir = fits_dir(run_dir, fit_model)
+        settings = eraser_settings(eraser, app, fit_model)
+        check_fit_settings(workdir, eraser, settings)  # before reusing anything made with them
+        return fit_timed(eraser, pipes(fit_model), cell.targets, workdir, fit_model.resolution, settings)
+
+    def finished(cell: Cell) -> bool:
+        return _reusable(Result.load(cell.result), len(rows_of(cell)), features)
+
+    def generate(todo: list[Batch], wait: bool) -> list[Batch]:
+        cell = todo[0].cell
+        artifacts, _, _ = fit(cell)
+        return generate_batches(pipes(cell.model), ERASERS.get(cell.eraser), artifacts, todo, wait)
+
     def compute(cell: Cell) -> Result:
-        rows = original_rows if cell.eraser == "none" else app.rows(cell.targets, limit)
+        rows = rows_of(cell)
         eraser = ERASERS.get(cell.eraser)
         fit_model = fit_model_for(cell.model, registry)
         settings = eraser_settings(eraser, app, fit_model)
         check_fit_settings(fits_dir(run_dir, fit_model), eraser, settings)  # before reusing anything made with them
         stored = Result.load(cell.result)
-        if _reusable(stored, len(rows), features):
+        kept_features = stored is None or stored.alteration is None or (cell.dir / ALTERATION_FEATURES_FILE).exists()
+        if _reusable(stored, len(rows), features) and kept_features:  # made before features were kept: add them
             return stored
         if cell.eraser != "none":  # compared with the original's images and scores: they must be complete
             with holding(cell.original.dir):
                 compute(cell.original)
-        artifacts, fit_seconds, fit_mib = fit_timed(
-            eraser, pipes(fit_model), cell.targets, fits_dir(run_dir, fit_model), fit_model.resolution, settings
-        )
+        artifacts, fit_seconds, fit_mib = fit(cell)
         t0 = time.time()
         generate_cell(pipes(cell.model), eraser, artifacts, rows, cell, batch_size)
         gen_seconds = time.time() - t0
@@ -464,21 +531,61 @@ def run(
         result.save(cell.result)
         return result
 
-    return in_turn(cells, compute)
-
-
-def in_turn(cells: list[Cell], compute: Callable[[Cell], Result]) -> list[Result]:
-    """`compute` each cell holding its lock, so that processes sharing a run folder never compute a
-    cell twice: a cell another process holds is put off until the others are done, then waited for
-    (its stored result is then read back, not recomputed)."""
-    results, later = {}, []
-    for cell in cells:
-        with holding(cell.dir, wait=False) as held:
-            if held:
-                results[cell.key] = compute(cell)
-            else:
-                later.append(cell)
-    for cell in later:
-        with holding(cell.dir):
-            results[cell.key] = compute(cell)
+    if shard.world_size > 1:
+        fits: dict[tuple, list[Cell]] = {}  # the cells of each distinct fit, in plan order
+        for cell in cells:
+            if cell.eraser != "none":
+                fit_model = fit_model_for(cell.model, registry)
+                fits.setdefault((fit_model.name, ERASERS.get(cell.eraser).fit_key, cell.targets), []).append(cell)
+        units = [b for cell in cells for b in batches(cell, rows_of(cell), batch_size)]
+        share_generation(list(fits.values()), units, shard, finished, fit, generate)
+    ordered = shard.in_order(cells)
+    results = dict(zip([c.key for c in ordered], in_turn(ordered, compute)))
     return [results[cell.key] for cell in cells]
+
+
+def share_generation(
+    fits: list[list[Cell]],
+    units: list[Batch],
+    shard: Shard,
+    finished: Callable[[Cell], bool],
+    fit: Callable[[Cell], object],
+    generate: Callable[[list[Batch], bool], list[Batch]],
+) -> None:
+    """The first part of a run over several processes; returns once every image of every cell not
+    `finished` is on disk, whoever made it.
+
+    Work is shared by index over lists every process builds alike from the plan, never from what is
+    on disk (which changes as they work): the distinct fits (`fits`: the cells using each), then the
+    image batches of every cell (`units`). Each process makes its own fits, then generates every batch in `shard.in_order`: its own,
+    then the others' from the last back, taking over those their owner has not started (a slow or dead
+    process), putting off those another process holds, and waiting for those last. Waiting for every
+    batch is what lets scoring start: a barrier on the files, which no dead process can hang and no
+    relaunch with another process count can confuse."""
+    for i, using in enumerate(fits):
+        if shard.owns(i) and not all(finished(cell) for cell in using):
+            fit(using[0])  # one that another process makes meanwhile is waited for (fit_timed's lock)
+    put_off: list[Batch] = []
+    for _, group in groupby(shard.in_order(units), key=lambda batch: batch.cell.key):
+        todo = list(group)
+        if any(batch.missing() for batch in todo) and not finished(todo[0].cell):
+            put_off += generate(todo, False)
+    for _, group in groupby(put_off, key=lambda batch: batch.cell.key):
+        generate(list(group), True)
+
+
+def in_turn(items: list[T], compute: Callable[[T], R], lock: Callable[[T], Path] = lambda cell: cell.dir) -> list[R]:
+    """`compute` each item holding its lock (a cell's: its folder), so that processes sharing a run folder
+    never compute one twice: an item another process holds is put off until the others are done, then
+    waited for (compute then finds its stored result and reads it back, not recomputing it)."""
+    results, later = {}, []
+    for i, item in enumerate(items):
+        with holding(lock(item), wait=False) as held:
+            if held:
+                results[i] = compute(item)
+            else:
+                later.append(i)
+    for i in later:
+        with holding(lock(items[i])):
+            results[i] = compute(items[i])
+    return [results[i] for i in range(len(items))]
