@@ -1,5 +1,6 @@
-"""Locks that let several processes share one run folder: one process computes a fit or a cell while
-the others wait for it, or do other work first and read its result afterwards.
+"""Locks that let several processes share one run folder: one process computes a fit, a batch of
+images or a cell while the others wait for it, or do other work first and read its result afterwards
+(the processes of one `accelerate launch` coordinate through nothing else: spmbench.shard).
 
 filelock's locks are the OS's (flock on POSIX): a process that dies, even by kill -9, releases them,
 so a crash never leaves a stale lock behind. The `.lock` files themselves stay (empty).
@@ -28,7 +29,8 @@ def holding(path: Path, wait: bool = True) -> Iterator[bool]:
     """Hold the lock of `path` for the block; yields whether it is held. With `wait` False, a lock
     another process holds yields False at once (the caller does something else first). Not re-entrant:
     holding one path's lock again inside the block waits forever (flock is per open file), so the
-    runner takes them in one order: cell, its original cell, fit, state file."""
+    runner takes them in one order: cell, its original cell, fit, state file; an image batch's alone
+    or inside its cell's, never around another."""
     lock_file = lock_path(path)
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(lock_file)
