@@ -10,16 +10,17 @@ The public API:
     attached.detach()
 
 Building blocks for tools on top of it: `encode_prompts` (prompts -> the states the UNet is
-conditioned on, as the pipeline computes them; `warn_if_truncated` says when a tokenizer cut a
+conditioned on, as the pipeline computes them: a tensor of states for SD 1.x/2.x, a `Conditioning`
+(states and pooled embeddings) for SDXL; `warn_if_truncated` says when a tokenizer cut a
 prompt, and what it kept) and `Checkpoint` (a resumable training loop's state, refused when made with
 other settings). Two modules are public for tools as well: `spm.files`
 (atomic writes, an output-folder check) and `spm.models` (pipeline loading, a --device check,
-`SD1_UNET_CONFIG`). Everything else is internal.
+`SD1_UNET_CONFIG`, `SDXL_UNET_CONFIG`). Everything else is internal.
 """
 
 from spm.adapter import SPM
 from spm.checkpoint import Checkpoint, CheckpointError
-from spm.encoding import encode_prompts, warn_if_truncated
+from spm.encoding import Conditioning, encode_prompts, warn_if_truncated
 from spm.membrane import AttachedSPMs, MergedSPMs, SPMMismatchError, attach, merge
 from spm.models import load_pipeline, resolve_model
 from spm.train import NonFiniteLoss, TrainConfig, train
@@ -31,6 +32,7 @@ __all__ = [
     "AttachedSPMs",
     "Checkpoint",
     "CheckpointError",
+    "Conditioning",
     "MergedSPMs",
     "NonFiniteLoss",
     "SPMMismatchError",

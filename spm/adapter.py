@@ -2,7 +2,8 @@
 
 On disk: safetensors with kohya / A1111 LoRA key names (`lora_unet_<path_with_underscores>.lora_down
 .weight`, `.lora_up.weight`, `.alpha`), as the released SPMs use, so a file also loads as a plain LoRA
-in diffusers' `load_lora_weights` and in web UIs. Metadata holds the target prompts (needed by
+in diffusers' `load_lora_weights` and in web UIs. SD 1.x/2.x paths are diffusers' module paths; SDXL's
+are kohya's SDXL names (SDXL's original UNet blocks, `input_blocks_4_1_...`), see `layer_names`. Metadata holds the target prompts (needed by
 Facilitated Transport), rank, alpha and our provenance.
 """
 
@@ -39,6 +40,49 @@ def kohya_name(module_path: str) -> str:
     return module_path.replace(".", "_")
 
 
+# The families an SPM file can be for, told apart by its layer names (so released files need no metadata).
+FAMILIES = {"sd": "SD 1.x/2.x", "sdxl": "SDXL"}
+# kohya's SDXL LoRAs name layers after SDXL's original (SGM) UNet, not diffusers': the web UIs read these
+# names, and diffusers' SDXL loader maps them back (lora_conversion_utils._maybe_map_sgm_blocks_to_diffusers).
+SGM_BLOCKS = ("input_blocks_", "middle_block_", "output_blocks_")
+
+
+def unet_family(unet: nn.Module) -> str:
+    """'sdxl' for a UNet conditioned on added text and time embeddings (SDXL's "text_time"), else 'sd'."""
+    return "sdxl" if getattr(getattr(unet, "config", None), "addition_embed_type", None) == "text_time" else "sd"
+
+
+def sgm_path(module_path: str, layers_per_block: int) -> str:
+    """A diffusers path inside a transformer block -> SDXL's original one, as kohya names SDXL layers:
+    'down_blocks.1.attentions.0.X' -> 'input_blocks.4.1.X' (input_blocks.0 is conv_in, then each down block
+    holds layers_per_block (resnet, attention) pairs and a downsampler), 'mid_block.attentions.0.X' ->
+    'middle_block.1.X', 'up_blocks.0.attentions.2.X' -> 'output_blocks.2.1.X' (up blocks hold one more)."""
+    block, *rest = module_path.split(".")
+    per_block = layers_per_block + 1
+    if block == "mid_block" and rest[:2] == ["attentions", "0"]:
+        return ".".join(["middle_block", "1", *rest[2:]])
+    if block in ("down_blocks", "up_blocks") and len(rest) > 3 and rest[1] == "attentions":
+        i, j = int(rest[0]), int(rest[2])
+        index = 1 + i * per_block + j if block == "down_blocks" else i * per_block + j
+        return ".".join(["input_blocks" if block == "down_blocks" else "output_blocks", str(index), "1", *rest[3:]])
+    raise ValueError(f"layer {module_path} is not in an SDXL UNet's down, mid or up attentions: not an SDXL UNet?")
+
+
+def layer_names(unet: nn.Module) -> dict[str, str]:
+    """The UNet's membrane layers: kohya name (without 'lora_unet_') -> module path, in order.
+
+    SD 1.x/2.x: the diffusers path with underscores, as kohya's SD LoRAs and the released SPMs name them;
+    SDXL: kohya's SDXL names (SGM blocks: input_blocks / middle_block / output_blocks).
+    """
+    paths = list(membrane_targets(unet))
+    if unet_family(unet) == "sd":
+        return {kohya_name(p): p for p in paths}
+    layers_per_block = unet.config.layers_per_block
+    if not isinstance(layers_per_block, int):  # per-block counts: kohya's naming assumes one count
+        raise ValueError(f"SDXL UNets with per-block layers_per_block {layers_per_block} are not supported")
+    return {kohya_name(sgm_path(p, layers_per_block)): p for p in paths}
+
+
 @dataclass
 class SPM:
     """A semi-permeable membrane: rank-r factors for every membrane layer of a UNet.
@@ -64,6 +108,11 @@ class SPM:
         return self.alpha / self.rank
 
     @property
+    def family(self) -> str:
+        """The model family it was trained for, read off its layer names: 'sdxl' or 'sd' (SD 1.x/2.x)."""
+        return "sdxl" if any(name.startswith(SGM_BLOCKS) for name in self.layers) else "sd"
+
+    @property
     def num_parameters(self) -> int:
         return sum(d.numel() + u.numel() for d, u in self.layers.values())
 
@@ -72,9 +121,9 @@ class SPM:
         """A fresh SPM for `unet`: D Kaiming-uniform, U = 0, so it changes nothing until trained."""
         gen = torch.Generator().manual_seed(seed)
         layers = {}
-        for path, layer in membrane_targets(unet).items():
-            down_shape, up_shape = layer_shapes(layer, rank)
-            layers[kohya_name(path)] = (init_down(down_shape, gen), torch.zeros(up_shape))
+        for name, path in layer_names(unet).items():
+            down_shape, up_shape = layer_shapes(unet.get_submodule(path), rank)
+            layers[name] = (init_down(down_shape, gen), torch.zeros(up_shape))
         if not layers:
             raise ValueError("the UNet has no Linear/Conv2d layers inside Transformer2DModel blocks: not an SD UNet?")
         return cls(list(targets), layers, alpha)

@@ -337,14 +337,17 @@ def _generate_images(generate, prompts: list[str], out: Path, seed: int, num_ima
 
 @app.command()
 def inspect(path: Path) -> None:
-    """Print an SPM file's layers, parameters, targets and provenance."""
+    """Print an SPM file's model family, layers, parameters, targets and provenance."""
     import spm
 
     try:
         s = spm.SPM.load(path)
     except (ValueError, OSError) as e:
         _fail(str(e))
+    from spm.adapter import FAMILIES
+
     typer.echo(f"file:       {path}")
+    typer.echo(f"family:     {FAMILIES[s.family]}")
     typer.echo(f"targets:    {', '.join(s.targets) or '(none stored)'}")
     typer.echo(f"layers:     {len(s.layers)}")
     typer.echo(f"parameters: {s.num_parameters:,}")

@@ -1,4 +1,4 @@
-"""Prompts -> the states a Stable Diffusion pipeline conditions its UNet on.
+"""Prompts -> what a Stable Diffusion (1.x, 2.x or XL) pipeline conditions its UNet on.
 
 The one tokenize-and-encode of `spm` and the tools built on it: training, Facilitated Transport and
 the baselines all condition on exactly what the pipeline itself would.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -20,23 +21,82 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Conditioning:
+    """What a pipeline conditions its UNet on for N prompts, whatever its family.
+
+    Attributes:
+        states: (N, L, D), the cross-attention states; for SDXL both text encoders' penultimate hidden
+            states, concatenated (D = D1 + D2).
+        pooled: (N, P), SDXL's pooled embedding (the second encoder's projection), fed to the UNet with
+            the added time ids; None for SD 1.x/2.x.
+    """
+
+    states: torch.Tensor
+    pooled: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.states.shape[0]
+
+    def __getitem__(self, index) -> Conditioning:
+        return Conditioning(self.states[index], None if self.pooled is None else self.pooled[index])
+
+    def expand(self, n: int) -> Conditioning:
+        """One prompt's conditioning, n times."""
+        return Conditioning(self.states.expand(n, -1, -1), None if self.pooled is None else self.pooled.expand(n, -1))
+
+    @staticmethod
+    def cat(parts: Sequence[Conditioning]) -> Conditioning:
+        states = torch.cat([p.states for p in parts])
+        return Conditioning(states, None if parts[0].pooled is None else torch.cat([p.pooled for p in parts]))
+
+    def unet_kwargs(self, height: int, width: int) -> dict:
+        """The UNet's conditioning arguments for images of height x width pixels. SDXL's time ids are what its
+        pipeline passes by default: original size = target size = the image's, no crop."""
+        if self.pooled is None:
+            return {"encoder_hidden_states": self.states}
+        time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=self.states.dtype)
+        time_ids = time_ids.to(self.states.device).expand(len(self), -1)
+        return {
+            "encoder_hidden_states": self.states,
+            "added_cond_kwargs": {"text_embeds": self.pooled, "time_ids": time_ids},
+        }
+
+
+def is_sdxl(pipe) -> bool:
+    """A pipeline with SDXL's two text encoders (and so pooled embeddings)."""
+    return getattr(pipe, "text_encoder_2", None) is not None
+
+
 @torch.no_grad()
 def encode_prompts(
     pipe: DiffusionPipeline, prompts: str | Sequence[str], return_ids: bool = False
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """The text encoder's conditioning states for `prompts`, as the pipeline computes them.
+) -> torch.Tensor | Conditioning | tuple[torch.Tensor | Conditioning, torch.Tensor]:
+    """The conditioning states for `prompts`, as the pipeline computes them for its UNet.
 
     Args:
-        pipe: a Stable Diffusion pipeline, or anything with its `tokenizer` and `text_encoder`.
+        pipe: a Stable Diffusion pipeline, or anything with its `tokenizer` and `text_encoder`; or an SDXL
+            pipeline (with `tokenizer_2` and `text_encoder_2` as well).
         prompts: one prompt or several; each is padded (and truncated) to the tokenizer's context.
         return_ids: also return the token ids.
 
     Returns:
-        The states (N, L, D), on the text encoder's device and in its dtype; with `return_ids`, the
-        pair (states, ids), the ids (N, L) on the CPU.
+        SD 1.x/2.x: the states (N, L, D), on the text encoder's device and in its dtype. SDXL: a
+        `Conditioning` (states (N, L, D1 + D2), pooled (N, P)), what the SDXL pipeline's `encode_prompt` gives.
+        With `return_ids`, the pair (that, ids), the first tokenizer's ids (N, L) on the CPU.
     """
-    tokenizer, text_encoder = pipe.tokenizer, pipe.text_encoder
+    conditioning, ids = encode(pipe, prompts)
+    result = conditioning if conditioning.pooled is not None else conditioning.states
+    return (result, ids) if return_ids else result
+
+
+@torch.no_grad()
+def encode(pipe: DiffusionPipeline, prompts: str | Sequence[str]) -> tuple[Conditioning, torch.Tensor]:
+    """`encode_prompts` for every family alike: the `Conditioning` and the first tokenizer's ids."""
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if is_sdxl(pipe):
+        return _encode_sdxl(pipe, prompts)
+    tokenizer, text_encoder = pipe.tokenizer, pipe.text_encoder
     tokens = tokenizer(
         prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
     )
@@ -46,7 +106,38 @@ def encode_prompts(
     device = text_encoder.device
     # [0]: the states the UNet is conditioned on (CLIP's last hidden state; a projection for some encoders)
     states = text_encoder(tokens.input_ids.to(device), attention_mask=None if mask is None else mask.to(device))[0]
-    return (states, tokens.input_ids) if return_ids else states
+    return Conditioning(states), tokens.input_ids
+
+
+def _encode_sdxl(pipe, prompts: list[str]) -> tuple[Conditioning, torch.Tensor]:
+    """As StableDiffusionXLPipeline.encode_prompt (no clip skip): each encoder's penultimate hidden states,
+    concatenated, and the pooled embedding of the first encoder that has one (SDXL: the second's projection)."""
+    states, pooled, ids = [], None, None
+    for tokenizer, text_encoder in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)):
+        tokens = tokenizer(
+            prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        )
+        warn_if_truncated(tokenizer, prompts, tokens)
+        output = text_encoder(tokens.input_ids.to(text_encoder.device), output_hidden_states=True)
+        if (
+            pooled is None and output[0].ndim == 2
+        ):  # CLIPTextModelWithProjection's text_embeds (CLIPTextModel's is 3-D)
+            pooled = output[0]
+        states.append(output.hidden_states[-2])
+        ids = tokens.input_ids if ids is None else ids
+    if pooled is None:
+        raise ValueError("neither of the SDXL pipeline's text encoders gives a pooled embedding (a projection)")
+    return Conditioning(torch.cat(states, dim=-1).to(pipe.text_encoder_2.dtype), pooled), ids
+
+
+def unconditional(pipe: DiffusionPipeline) -> Conditioning:
+    """The conditioning of the pipeline's unconditional (negative) branch when no negative prompt is given:
+    the empty prompt's; zeros for an SDXL pipeline with `force_zeros_for_empty_prompt` (SDXL base), as its
+    `encode_prompt` does."""
+    empty, _ = encode(pipe, [""])
+    if empty.pooled is not None and getattr(pipe.config, "force_zeros_for_empty_prompt", False):
+        return Conditioning(torch.zeros_like(empty.states), torch.zeros_like(empty.pooled))
+    return empty
 
 
 _warned: set[str] = set()  # prompts already reported: training and Facilitated Transport encode them again and again

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from spm.adapter import SPM, first_nonfinite, kohya_name
-from spm.layers import MembraneLayer, PermeabilityState, base_of, layer_shapes, membrane_targets
+from spm.adapter import FAMILIES, SPM, first_nonfinite, layer_names, unet_family
+from spm.layers import MembraneLayer, PermeabilityState, base_of, layer_shapes
 from spm.transport import Transport
 
 
@@ -31,7 +31,13 @@ def check_fit(spm: SPM, unet: nn.Module, label: str = "SPM") -> dict[str, nn.Mod
     """
     if not math.isfinite(spm.alpha):
         raise ValueError(f"{label} has alpha {spm.alpha}: give a finite alpha")
-    layers = {kohya_name(p): layer for p, layer in membrane_targets(unet).items()}
+    family = unet_family(unet)
+    if spm.family != family:
+        raise SPMMismatchError(
+            f"{label} is an {FAMILIES[spm.family]} SPM and the model is {FAMILIES[family]}: an SPM applies only "
+            "to models of the family it was trained on; train one on this model"
+        )
+    layers = {name: unet.get_submodule(path) for name, path in layer_names(unet).items()}
     for name in sorted(set(layers) | set(spm.layers)):
         if name not in layers:
             raise SPMMismatchError(
@@ -99,7 +105,7 @@ class AttachedSPMs:
         self.state.legacy = legacy
         self.state.default = self.weights[None]  # direct UNet/pipeline calls run at the fixed weights
         self.transport = Transport([s.targets for s in self.spms], pipe, similarity) if transport else None
-        self.paths = {kohya_name(p): p for p in membrane_targets(self.unet)}
+        self.paths = layer_names(self.unet)
         for name, layer in fits[0].items():
             wrapper = MembraneLayer(base_of(layer), self.state)
             for spm in self.spms:
@@ -168,7 +174,7 @@ def attach(
     weights: Sequence[float] | None = None,
     similarity: str = "paper",
 ) -> AttachedSPMs:
-    """Attach one or more SPMs to a Stable Diffusion pipeline (any with unet/tokenizer/text_encoder).
+    """Attach one or more SPMs to a Stable Diffusion pipeline (any with unet/tokenizer/text_encoder; SDXL too).
 
     Args:
         pipe: a diffusers pipeline; or a bare UNet with `transport=False`, called directly within

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,23 @@ SD1_UNET_CONFIG = {
     "layers_per_block": 2,
     "cross_attention_dim": 768,
     "attention_head_dim": 8,
+}
+
+
+# The SDXL base UNet (stabilityai/stable-diffusion-xl-base-1.0's unet/config.json), for the same uses.
+SDXL_UNET_CONFIG = {
+    "sample_size": 128,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    "block_out_channels": (320, 640, 1280),
+    "layers_per_block": 2,
+    "transformer_layers_per_block": (1, 2, 10),
+    "attention_head_dim": (5, 10, 20),
+    "cross_attention_dim": 2048,
+    "use_linear_projection": True,
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 256,
+    "projection_class_embeddings_input_dim": 2816,
 }
 
 
@@ -54,10 +72,22 @@ def load_pipeline(model: str, device: str = "cpu", dtype: torch.dtype = torch.fl
     from diffusers import DiffusionPipeline
 
     source = resolve_model(model)
-    pipe = DiffusionPipeline.from_pretrained(source, dtype=dtype, safety_checker=None, requires_safety_checker=False)
+    pipe = DiffusionPipeline.from_pretrained(source, dtype=dtype, **_no_safety_checker(source))
     pipe.set_progress_bar_config(disable=True)
     # diffusers before `dtype=` (it was `torch_dtype=`) ignores it and loads what the files hold
     return pipe.to(device) if pipe.unet.dtype == dtype else pipe.to(device, dtype)
+
+
+def _no_safety_checker(source: str) -> dict:
+    """The arguments that turn a pipeline's safety checker off, for pipelines that have one (SDXL has none,
+    and diffusers warns about arguments a pipeline does not take)."""
+    import diffusers
+
+    name = diffusers.DiffusionPipeline.load_config(source).get("_class_name", "")
+    pipeline_class = getattr(diffusers, name, None)
+    if pipeline_class is not None and "safety_checker" not in inspect.signature(pipeline_class.__init__).parameters:
+        return {}
+    return {"safety_checker": None, "requires_safety_checker": False}
 
 
 def native_resolution(pipe: DiffusionPipeline) -> int:

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from spm.adapter import SPM
 from spm.checkpoint import Checkpoint, CheckpointError
-from spm.encoding import encode_prompts
+from spm.encoding import Conditioning, encode, unconditional
 from spm.membrane import attach
 from spm.models import native_resolution
 
@@ -158,6 +158,16 @@ def sample_anchors(c_tar: torch.Tensor, n: int, scale: tuple[float, float], gen:
     return torch.stack(anchors).view(n, *c_tar.shape).to(c_tar)
 
 
+def _random_anchors(c_tar: Conditioning, n: int, scale: tuple[float, float], gen: torch.Generator) -> Conditioning:
+    """`sample_anchors` on the whole conditioning: for SDXL one random direction in the joint space of the
+    per-token states and the pooled embedding (both are the text embedding the UNet sees), split back."""
+    if c_tar.pooled is None:
+        return Conditioning(sample_anchors(c_tar.states[0], n, scale, gen))
+    states, pooled = c_tar.states[0], c_tar.pooled[0]
+    joint = sample_anchors(torch.cat([states.flatten(), pooled]), n, scale, gen)
+    return Conditioning(joint[:, : states.numel()].view(n, *states.shape), joint[:, states.numel() :])
+
+
 def _draw_size(resolutions: tuple[int, ...], gen: torch.Generator, vae_scale: int) -> tuple[int, int]:
     """Latent height and width, each drawn from `resolutions` (non-square, as the released code). One
     size needs one draw: seeded runs at a model's single native size stay as they were."""
@@ -203,13 +213,18 @@ def _rollout_schedule(pipe, cfg: TrainConfig) -> tuple:
     """The DDIM scheduler the x_t rollout steps with, and the UNet's query timestep after k of its steps."""
     from diffusers import DDIMScheduler
 
+    # DDIM clips x0 to [-1, 1] unless told not to: right for pixels, wrong for latents. SD's scheduler files
+    # say clip_sample: false; a config without the field (an Euler scheduler built in code, as SDXL's may
+    # be) would clip.
+    config = pipe.scheduler.config
+    latent = {} if "clip_sample" in config else {"clip_sample": False}
     if not cfg.legacy_schedule:
-        ddim = DDIMScheduler.from_config(pipe.scheduler.config)
+        ddim = DDIMScheduler.from_config(config, **latent)
         ddim.set_timesteps(cfg.rollout_steps)
         return ddim, lambda k: ddim.timesteps[k]
     # The released code builds its DDIM with the library's defaults (no offset) and reads the query
     # timestep off a 1000-step grid: 999 - floor(k * 1000 / T) for SD's 1000 training timesteps.
-    ddim = DDIMScheduler.from_config(pipe.scheduler.config, timestep_spacing="leading", steps_offset=0)
+    ddim = DDIMScheduler.from_config(config, timestep_spacing="leading", steps_offset=0, **latent)
     ddim.set_timesteps(cfg.rollout_steps)
     n = ddim.config.num_train_timesteps
     return ddim, lambda k: torch.tensor(n - 1 - k * n // cfg.rollout_steps)
@@ -227,7 +242,8 @@ def train(
     """Train an SPM that erases `targets` (one drawn per step) towards `surrogate` ("" = erase).
 
     Args:
-        pipe: a Stable Diffusion pipeline; its UNet and text encoder stay frozen.
+        pipe: a Stable Diffusion (1.x, 2.x or XL) pipeline; its UNet and text encoders stay frozen. SDXL's
+            UNet calls get the pooled embeddings and the time ids of the drawn size, as its pipeline passes them.
         targets: the concept prompts, e.g. ["Snoopy"]; they are stored for Facilitated Transport.
         surrogate: the concept to replace the targets with (erase-to-replace), or "".
         config: hyperparameters.
@@ -253,7 +269,9 @@ def train(
         )
     cfg = config
     pipe.unet.requires_grad_(False)
-    pipe.text_encoder.requires_grad_(False)
+    for text_encoder in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
+        if text_encoder is not None:
+            text_encoder.requires_grad_(False)
     spm = SPM.init(pipe.unet, targets, cfg.rank, cfg.alpha, cfg.seed)
     attached = attach(pipe, spm, transport=False)
     try:
@@ -289,8 +307,10 @@ def _optimise(
     sched = get_cosine_with_hard_restarts_schedule_with_warmup(opt, cfg.warmup_steps, cfg.iterations, cfg.restarts)
     gen = torch.Generator().manual_seed(cfg.seed)
     ddim, query_timestep = _rollout_schedule(pipe, cfg)
-    c_targets = encode_prompts(pipe, list(targets))
-    c_neu, c_empty = encode_prompts(pipe, [surrogate]), encode_prompts(pipe, [""])
+    c_targets = encode(pipe, list(targets))[0]
+    # "" is the pipeline's unconditional branch: SDXL base conditions it on zeros, not on the empty prompt's states
+    c_empty = unconditional(pipe)
+    c_neu = encode(pipe, [surrogate])[0] if surrogate else c_empty
     vocabulary = anchor_vocabulary(pipe.tokenizer, list(targets)) if cfg.vocabulary_anchors else []
     resolutions = cfg.resolved_resolutions(pipe)
     ckpt = Checkpoint(checkpoint, _run_settings(targets, surrogate, cfg, pipe), cfg.checkpoint_every)
@@ -301,9 +321,10 @@ def _optimise(
         raise CheckpointError(f"checkpoint {checkpoint} holds NaN or infinite weights: delete it to start over")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16")
 
-    def unet(x, t, cond, gamma):
+    def unet(x, t, cond: Conditioning, gamma):
+        pixels = (x.shape[2] * pipe.vae_scale_factor, x.shape[3] * pipe.vae_scale_factor)  # SDXL's time ids
         with attached.permeable(gamma), autocast:
-            return pipe.unet(x.expand(len(cond), -1, -1, -1), t, encoder_hidden_states=cond).sample.float()
+            return pipe.unet(x.expand(len(cond), -1, -1, -1), t, **cond.unet_kwargs(*pixels)).sample.float()
 
     bar = tqdm(range(start, cfg.iterations), initial=start, total=cfg.iterations, disable=not progress, desc="SPM")
     for step in bar:
@@ -318,19 +339,19 @@ def _optimise(
         # 3. x_t: k DDIM steps of the membrane-on model, CFG on c_tar.
         with torch.no_grad():
             for t in ddim.timesteps[:k]:
-                uncond, cond = unet(x, t, torch.cat([c_empty, c_tar]), torch.ones(1, 1)).chunk(2)
+                uncond, cond = unet(x, t, Conditioning.cat([c_empty, c_tar]), torch.ones(1, 1)).chunk(2)
                 x = ddim.step(uncond + cfg.rollout_guidance * (cond - uncond), t, x).prev_sample
         t = query_timestep(k)
         random_anchors, empties = (2, 2) if cfg.legacy_anchors else (cfg.num_anchors, 1)
-        anchors = [sample_anchors(c_tar[0], random_anchors, cfg.anchor_scale, gen), c_empty.expand(empties, -1, -1)]
+        anchors = [_random_anchors(c_tar, random_anchors, cfg.anchor_scale, gen), c_empty.expand(empties)]
         if vocabulary:
-            anchors.append(encode_prompts(pipe, sample_vocabulary_prompts(vocabulary, cfg.vocabulary_anchors, gen)))
-        anchors = torch.cat(anchors)
+            anchors.append(encode(pipe, sample_vocabulary_prompts(vocabulary, cfg.vocabulary_anchors, gen))[0])
+        anchors = Conditioning.cat(anchors)
         # 4. Frozen predictions (membrane closed), then the membrane's, with grad.
         with torch.no_grad():
-            frozen = unet(x, t, torch.cat([c_neu, c_tar, anchors]), torch.zeros(1, 1))
+            frozen = unet(x, t, Conditioning.cat([c_neu, c_tar, anchors]), torch.zeros(1, 1))
         e_neu, e_tar, e_anchor = frozen[:1], frozen[1:2], frozen[2:]
-        pred = unet(x, t, torch.cat([c_tar, anchors]), torch.ones(1, 1))
+        pred = unet(x, t, Conditioning.cat([c_tar, anchors]), torch.ones(1, 1))
         loss_erase = F.mse_loss(pred[:1], e_neu - cfg.eta * (e_tar - e_neu))
         loss_anchor = F.mse_loss(pred[1:], e_anchor)
         loss = loss_erase + cfg.anchor_weight * loss_anchor

@@ -3,6 +3,7 @@
 gamma_i(p) = max over c in C_i of max(s_cos(p, c), s_tok(p, c)), where s_cos is the cosine between
 the flattened, padded last hidden states of the text encoder, and s_tok the fraction of c's
 (non-special) tokens that p contains. Computed with the model's own tokenizer and text encoder.
+SDXL: s_cos on the states its UNet's cross-attention reads, both encoders' concatenated (see `_encode`).
 
 `similarity="relative"` (ours, an option) rescales s_cos so that the empty prompt scores 0 and the
 target itself 1: s_rel = (s_cos(p, c) - s_cos("", c)) / (1 - s_cos("", c)). The full padded
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from spm.encoding import encode_prompts
+from spm.encoding import encode
 
 
 if TYPE_CHECKING:
@@ -26,10 +27,18 @@ if TYPE_CHECKING:
 
 
 def _encode(pipe, prompts: list[str]) -> tuple[torch.Tensor, list[set[int]]]:
-    """Flattened padded states (N, L*D) in float32 and each prompt's set of non-special token ids."""
-    states, ids = encode_prompts(pipe, prompts, return_ids=True)
+    """Flattened padded states (N, L*D) in float32 and each prompt's set of non-special token ids.
+
+    SDXL: the states are both text encoders' per-token states, concatenated, exactly what the UNet's
+    cross-attention reads (77 x 2048 for SDXL base); the pooled embedding is left out. That keeps the
+    paper's definition (and `relative`'s calibration) as on SD 1.x, and it is the input the membrane's
+    cross-attention layers see, while the pooled embedding only shifts the time embedding of the resnets,
+    where there is no membrane, and comes from the second encoder alone. Token ids are the first tokenizer's
+    (the second one pads with '!', a token that is not special).
+    """
+    conditioning, ids = encode(pipe, prompts)
     special = set(pipe.tokenizer.all_special_ids)
-    return states.float().flatten(1), [set(row.tolist()) - special for row in ids]
+    return conditioning.states.float().flatten(1), [set(row.tolist()) - special for row in ids]
 
 
 SIMILARITIES = ("paper", "relative")

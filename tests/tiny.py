@@ -61,3 +61,54 @@ def save_tiny_pipeline(path, seed: int = 0, cross_dim: int = 16):
     )
     pipe.save_pretrained(path)
     return path
+
+
+def tiny_sdxl_components(seed: int = 0, hidden: tuple[int, int] = (16, 24)):
+    """A tiny SDXL: SDXL's block layout (no attention in the first down block, layers_per_block 2, more
+    transformer layers deeper down), two CLIP text encoders whose penultimate states are concatenated
+    (cross-attention dim = the sum of their widths), the second with a projection (the pooled embedding),
+    and the added time ids ("text_time"); SDXL's Euler scheduler, its second tokenizer padding with "!"."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    tokenizer, tokenizer_2 = tiny_tokenizer(), CLIPTokenizer.from_pretrained(TINY_TOKENIZER, pad_token="!")
+    projection_dim, time_dim = 16, 4
+
+    def clip_config(width: int) -> CLIPTextConfig:
+        return CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=width, intermediate_size=32, num_hidden_layers=2,
+            num_attention_heads=2, max_position_embeddings=tokenizer.model_max_length, projection_dim=projection_dim,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        )  # fmt: skip
+
+    text_encoder, text_encoder_2 = (
+        CLIPTextModel(clip_config(hidden[0])),
+        CLIPTextModelWithProjection(clip_config(hidden[1])),
+    )
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(8, 16, 16),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 1, 2), attention_head_dim=(2, 4, 4), use_linear_projection=True,
+        cross_attention_dim=sum(hidden), norm_num_groups=4, addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim, projection_class_embeddings_input_dim=6 * time_dim + projection_dim,
+    )  # fmt: skip
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 8), latent_channels=4, norm_num_groups=4, layers_per_block=1, sample_size=16,
+    )  # fmt: skip
+    scheduler = EulerDiscreteScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1, timestep_spacing="leading"
+    )
+    return dict(
+        unet=unet, vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2, scheduler=scheduler,
+    )  # fmt: skip
+
+
+def save_tiny_sdxl_pipeline(path, seed: int = 0, hidden: tuple[int, int] = (16, 24)):
+    from diffusers import StableDiffusionXLPipeline
+
+    StableDiffusionXLPipeline(**tiny_sdxl_components(seed, hidden)).save_pretrained(path)
+    return path
