@@ -182,3 +182,27 @@ def test_inspect_reports_family_layers_and_parameters(xl, pipe, tmp_path):
         assert result.exit_code == 0, result.output
         assert f"family:     {family}\n" in result.output and f"layers:     {layers}\n" in result.output
         assert f"parameters: {parameters}\n" in result.output
+
+
+def test_the_command_line_trains_and_generates_on_sdxl(xl_dir, tmp_path):
+    out = tmp_path / "snoopy.safetensors"
+    train = ["train", "--model", xl_dir, "--target", "snoopy", "--iterations", 1, "--rollout-steps", 2, "--out", out]
+    result = CliRunner().invoke(app, [str(a) for a in train])
+    assert result.exit_code == 0, result.output
+    assert "192 layers, 9,680 parameters" in result.output and spm.SPM.load(out).family == "sdxl"
+    generate = [
+        "generate",
+        "--model",
+        xl_dir,
+        "--spm",
+        out,
+        "--prompt",
+        "snoopy",
+        "--steps",
+        2,
+        "--out",
+        tmp_path / "img",
+    ]
+    result = CliRunner().invoke(app, [str(a) for a in generate])
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "img").glob("*.png"))) == 1
