@@ -56,6 +56,28 @@ def test_encode_prompts_gives_what_the_sdxl_pipeline_conditions_its_unet_on(xl, 
     assert isinstance(spm.encode_prompts(pipe, prompts), torch.Tensor)  # SD 1.x callers get the states, as before
 
 
+def test_the_unconditional_branch_is_the_pipelines(xl):
+    """Zeros under force_zeros_for_empty_prompt (SDXL base's setting), else the empty prompt's states."""
+    from spm.encoding import unconditional
+
+    assert xl.config.force_zeros_for_empty_prompt
+    zeros = unconditional(xl)
+    assert not zeros.states.any() and not zeros.pooled.any() and zeros.states.shape == (1, 20, 40)
+    xl.register_to_config(force_zeros_for_empty_prompt=False)
+    empty = spm.encode_prompts(xl, [""])
+    assert torch.equal(unconditional(xl).states, empty.states) and torch.equal(unconditional(xl).pooled, empty.pooled)
+
+
+def test_the_rollout_never_clips_latents_under_an_euler_config(xl):
+    """DDIM, built from a scheduler config without clip_sample (SDXL's Euler), would clip x0 to [-1, 1]."""
+    from spm.train import _rollout_schedule
+
+    assert "clip_sample" not in xl.scheduler.config
+    for legacy in (False, True):
+        ddim, _ = _rollout_schedule(xl, spm.TrainConfig(legacy_schedule=legacy))
+        assert ddim.config.clip_sample is False
+
+
 def test_layers_are_named_as_kohya_sdxl_loras_and_cover_sdxl_base():
     """SDXL base: 722 layers in its 70 transformer layers (10 each) and 11 proj_in/proj_out pairs."""
     from diffusers import UNet2DConditionModel
