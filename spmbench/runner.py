@@ -5,6 +5,8 @@ Layout under the run directory (one per application):
     cells/<model>/<eraser>/<experiment>/    images/<prompt_id>.png, rows.jsonl, scores.jsonl, result.json
 A rerun computes only what is missing: an image file, a score line, a result. Images are written
 atomically and scores are appended line by line, so a kill loses at most the batch in flight.
+Processes sharing the folder (a launch of several: spmbench.shard) lock what they compute: a fit,
+a batch of images, a cell.
 """
 
 from __future__ import annotations
@@ -476,10 +478,13 @@ def run(
     features = features or (lambda: judge)
     check_judge(run_dir, judge, rescore)
     pipes = Pipelines(device)
-    original_rows = all_rows(app, limit)
+    rows_by_targets = {(): all_rows(app, limit)}  # the original's; each experiment's read once (prompt files)
 
     def rows_of(cell: Cell) -> list[PromptRow]:
-        return original_rows if cell.eraser == "none" else app.rows(cell.targets, limit)
+        targets = () if cell.eraser == "none" else cell.targets
+        if targets not in rows_by_targets:
+            rows_by_targets[targets] = app.rows(targets, limit)
+        return rows_by_targets[targets]
 
     def fit(cell: Cell) -> tuple[list[Path], float, float | None]:
         eraser, fit_model = ERASERS.get(cell.eraser), fit_model_for(cell.model, registry)
