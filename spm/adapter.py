@@ -3,8 +3,8 @@
 On disk: safetensors with kohya / A1111 LoRA key names (`lora_unet_<path_with_underscores>.lora_down
 .weight`, `.lora_up.weight`, `.alpha`), as the released SPMs use, so a file also loads as a plain LoRA
 in diffusers' `load_lora_weights` and in web UIs. SD 1.x/2.x paths are diffusers' module paths; SDXL's
-are kohya's SDXL names (SDXL's original UNet blocks, `input_blocks_4_1_...`), see `layer_names`. Metadata holds the target prompts (needed by
-Facilitated Transport), rank, alpha and our provenance.
+are kohya's SDXL names (SDXL's original UNet blocks, `input_blocks_4_1_...`), see `layer_names`.
+Metadata holds the target prompts (needed by Facilitated Transport), rank, alpha and our provenance.
 """
 
 from __future__ import annotations

@@ -339,13 +339,12 @@ def _generate_images(generate, prompts: list[str], out: Path, seed: int, num_ima
 def inspect(path: Path) -> None:
     """Print an SPM file's model family, layers, parameters, targets and provenance."""
     import spm
+    from spm.adapter import FAMILIES
 
     try:
         s = spm.SPM.load(path)
     except (ValueError, OSError) as e:
         _fail(str(e))
-    from spm.adapter import FAMILIES
-
     typer.echo(f"file:       {path}")
     typer.echo(f"family:     {FAMILIES[s.family]}")
     typer.echo(f"targets:    {', '.join(s.targets) or '(none stored)'}")

@@ -119,9 +119,8 @@ def _encode_sdxl(pipe, prompts: list[str]) -> tuple[Conditioning, torch.Tensor]:
         )
         warn_if_truncated(tokenizer, prompts, tokens)
         output = text_encoder(tokens.input_ids.to(text_encoder.device), output_hidden_states=True)
-        if (
-            pooled is None and output[0].ndim == 2
-        ):  # CLIPTextModelWithProjection's text_embeds (CLIPTextModel's is 3-D)
+        # CLIPTextModelWithProjection's [0] is its text_embeds (N, P); CLIPTextModel's is 3-D
+        if pooled is None and output[0].ndim == 2:
             pooled = output[0]
         states.append(output.hidden_states[-2])
         ids = tokens.input_ids if ids is None else ids

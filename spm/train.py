@@ -213,9 +213,9 @@ def _rollout_schedule(pipe, cfg: TrainConfig) -> tuple:
     """The DDIM scheduler the x_t rollout steps with, and the UNet's query timestep after k of its steps."""
     from diffusers import DDIMScheduler
 
-    # DDIM clips x0 to [-1, 1] unless told not to: right for pixels, wrong for latents. SD's scheduler files
-    # say clip_sample: false; a config without the field (an Euler scheduler built in code, as SDXL's may
-    # be) would clip.
+    # DDIM clips x0 to [-1, 1] unless told not to: right for pixels, wrong for latents. SD 1.x/2.x scheduler
+    # files say clip_sample: false; a config without the field (an Euler or DEIS one, as SDXL models ship)
+    # would clip. A config that has it is taken as it is.
     config = pipe.scheduler.config
     latent = {} if "clip_sample" in config else {"clip_sample": False}
     if not cfg.legacy_schedule:
