@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -81,6 +81,18 @@ def layer_names(unet: nn.Module) -> dict[str, str]:
     if not isinstance(layers_per_block, int):  # per-block counts: kohya's naming assumes one count
         raise ValueError(f"SDXL UNets with per-block layers_per_block {layers_per_block} are not supported")
     return {kohya_name(sgm_path(p, layers_per_block)): p for p in paths}
+
+
+def named_for(spm: SPM, unet: nn.Module) -> SPM:
+    """`spm` with its layers under `unet`'s names. An SDXL SPM under diffusers' module names (the layout the
+    released SPM code's SDXL script writes, `down_blocks_1_attentions_0_...`) gets kohya's SDXL names when
+    its names are exactly the SDXL model's diffusers names; any other SPM is returned as it is."""
+    if spm.family == "sdxl" or unet_family(unet) != "sdxl":
+        return spm
+    renamed = {kohya_name(path): name for name, path in layer_names(unet).items()}
+    if set(spm.layers) != set(renamed):
+        return spm
+    return replace(spm, layers={renamed[name]: factors for name, factors in spm.layers.items()})
 
 
 @dataclass

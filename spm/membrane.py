@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from spm.adapter import FAMILIES, SPM, first_nonfinite, layer_names, unet_family
+from spm.adapter import FAMILIES, SPM, first_nonfinite, layer_names, named_for, unet_family
 from spm.layers import MembraneLayer, PermeabilityState, base_of, layer_shapes
 from spm.transport import Transport
 
@@ -86,7 +86,8 @@ class AttachedSPMs:
         similarity: str = "paper",
     ):
         # A bare UNet (no text side) takes SPMs at fixed weights: timing or merging needs no pipeline.
-        self.pipe, self.unet, self.spms = pipe, getattr(pipe, "unet", pipe), list(spms)
+        self.pipe, self.unet = pipe, getattr(pipe, "unet", pipe)
+        self.spms = [named_for(s, self.unet) for s in spms]
         self.weights = torch.tensor(_weights_for(self.spms, weights))
         self.detached = False
         if transport and not hasattr(pipe, "text_encoder"):
@@ -197,6 +198,7 @@ class MergedSPMs:
 
     def __init__(self, unet: nn.Module, spms: Sequence[SPM], weights: Sequence[float] | None):
         weights = _weights_for(spms, weights)
+        spms = [named_for(s, unet) for s in spms]
         fits = [check_fit(s, unet, f"SPM #{i}") for i, s in enumerate(spms)]
         self.originals: dict[str, torch.Tensor] = {}
         with torch.no_grad():

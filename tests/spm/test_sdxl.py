@@ -181,6 +181,23 @@ def test_merge_and_undo_are_exact(xl):
     assert torch.equal(unet_out(xl, prompts), base)
 
 
+def test_an_sdxl_spm_under_diffusers_names_applies_as_the_kohya_named_one(xl):
+    """The released SPM code's SDXL script names layers by diffusers' module paths (down_blocks_1_...)."""
+    s = random_spm(xl.unet)
+    paths = layer_names(xl.unet)
+    released = spm.SPM(s.targets, {paths[name].replace(".", "_"): f for name, f in s.layers.items()})
+    assert released.family == "sd" and "down_blocks_1_attentions_0_proj_in" in released.layers
+    outputs = []
+    for one in (s, released):
+        attached = spm.attach(xl, one, transport=False)
+        outputs.append(unet_out(xl, ["snoopy the dog"]))
+        attached.detach()
+    assert torch.equal(outputs[0], outputs[1])
+    merged = spm.merge(xl, released)
+    torch.testing.assert_close(unet_out(xl, ["snoopy the dog"]), outputs[0], rtol=1e-4, atol=1e-5)
+    merged.undo()
+
+
 def test_spms_across_sd1_and_sdxl_are_refused_in_one_line(xl, pipe):
     for spm_for, model, message in [
         (pipe, xl, "is an SD 1.x/2.x SPM and the model is SDXL"),
