@@ -12,7 +12,9 @@ torch is imported where used, so that reading the metadata (the CLI, reports) st
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 
@@ -52,6 +54,10 @@ FIT_MEMORY = MetricInfo("fit mem.", "MiB")
 # The keys under which a result stores its alteration measures, with what they are.
 ALTERATION: dict[str, MetricInfo] = {"paired_feature_distance": PAIRED_DISTANCE, "fid_judge_features": FID}
 
+# A cell's per-image alteration features (its own and the original's, row-aligned): what the
+# report's bootstrap intervals of the paired distance and FID resample.
+ALTERATION_FEATURES_FILE = "alteration_features.safetensors"
+
 
 def rate_info(prompt_set: str, erasure_sets: tuple[str, ...]) -> MetricInfo:
     """A prompt set's judged-present rate: erasure sets want it low, the others high."""
@@ -87,3 +93,28 @@ def paired_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     if a.shape != b.shape:
         raise ValueError(f"paired features must align, got {tuple(a.shape)} and {tuple(b.shape)}")
     return float((a.double() - b.double()).norm(dim=1).mean())
+
+
+def save_alteration_features(path: Path, prompt_ids: list[str], erased: torch.Tensor, original: torch.Tensor) -> None:
+    """The features a cell's alteration was measured on, row-aligned by `prompt_ids`, written atomically."""
+    from spm.files import save_safetensors_atomic
+
+    tensors = {"erased": erased.contiguous(), "original": original.contiguous()}
+    save_safetensors_atomic(tensors, path, {"prompt_ids": json.dumps(prompt_ids)})
+
+
+def load_alteration_features(path: Path) -> tuple[list[str], torch.Tensor, torch.Tensor] | None:
+    """(prompt_ids, erased, original) as saved, or None where the file is missing or unreadable
+    (a run made before the features were kept: `spmbench run` on it again writes them)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            ids = json.loads((f.metadata() or {})["prompt_ids"])
+            erased, original = f.get_tensor("erased"), f.get_tensor("original")
+    except (OSError, SafetensorError, KeyError, ValueError):
+        return None
+    if not isinstance(ids, list) or not len(ids) == len(erased) == len(original):
+        return None
+    return ids, erased, original

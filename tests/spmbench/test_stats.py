@@ -77,11 +77,19 @@ def test_a_mean_of_equal_values_has_no_spread():
     assert (interval.value, interval.lo, interval.hi, interval.n, interval.n_prompts) == (2.5, 2.5, 2.5, 6, 3)
 
 
-def test_the_batched_fid_is_metrics_fid_when_every_row_counts_once():
+# every way of taking the trace's root: Cholesky, the N x N product, and a singular covariance (6 distinct rows in 8-D)
+@pytest.mark.parametrize("rows, dims, distinct", [(40, 5, 40), (12, 30, 12), (12, 8, 6)])
+def test_the_batched_fid_is_metrics_fid_of_the_rows_repeated_as_weighted(rows, dims, distinct):
     gen = torch.Generator().manual_seed(0)
-    a, b = torch.randn(40, 5, generator=gen), torch.randn(40, 5, generator=gen) * 1.5 + 0.3
-    batched = stats._weighted_fid(torch.ones(1, 40, dtype=torch.float64), a.double(), b.double())
-    assert float(batched[0]) == pytest.approx(frechet_distance(a, b), rel=1e-9)
+    a, b = torch.randn(distinct, dims, generator=gen), torch.randn(distinct, dims, generator=gen) * 1.5 + 0.3
+    a, b = a.repeat(rows // distinct, 1), b.repeat(rows // distinct, 1)
+    counts = torch.randint(0, 3, (rows,), generator=gen)
+    weights = torch.stack([torch.ones(rows), counts.float()]).double()
+    batched = stats._weighted_fid(weights, a.double(), b.double())
+    # 1e-6: metrics.frechet_distance takes square roots of rank-deficient covariances (rows < dims), losing digits
+    assert float(batched[0]) == pytest.approx(frechet_distance(a, b), rel=1e-6)
+    repeated = frechet_distance(a.repeat_interleave(counts, 0), b.repeat_interleave(counts, 0))
+    assert float(batched[1]) == pytest.approx(repeated, rel=1e-6)
 
 
 def test_the_fid_interval_brackets_its_value_and_is_zero_for_identical_sets():
@@ -99,3 +107,28 @@ def test_the_fid_interval_brackets_its_value_and_is_zero_for_identical_sets():
     noisy = stats.fid_interval(a, b, prompts)
     assert noisy.lo < noisy.value < noisy.hi
     assert stats.fid_interval(a, b, prompts) == noisy  # the same resamples: byte-reproducible tables
+
+
+def test_the_fid_interval_is_shifted_back_by_the_bias_of_resampling():
+    # 400 images in 48 dimensions: repeated images inflate every resample's FID above the one measured
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(400, 48, generator=gen)
+    b = a + 0.3 * torch.randn(400, 48, generator=gen)
+    prompts = [i // 4 for i in range(400)]
+    codes = stats.cluster_codes(prompts)
+    w = torch.from_numpy(stats.resample_weights(codes))
+    shift = a.double().mean(0)
+    resampled = stats._weighted_fid(w, a.double() - shift, b.double() - shift, torch.from_numpy(codes))
+    interval = stats.fid_interval(a, b, prompts)
+    assert float(resampled.quantile(0.025)) > interval.value  # the plain percentiles would exclude it
+    assert interval.lo < interval.value < interval.hi and interval.method == stats.SHIFTED_BOOTSTRAP
+    bias = float(resampled.mean()) - interval.value
+    assert interval.hi == pytest.approx(float(resampled.quantile(0.975)) - bias)
+
+
+def test_the_fid_of_cluster_draws_is_the_fid_of_their_rows():
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(30, 4, generator=gen).double(), torch.randn(30, 4, generator=gen).double()
+    codes = torch.arange(30) // 3
+    w = torch.from_numpy(stats.resample_weights(codes.numpy(), bootstraps=5))
+    assert torch.allclose(stats._weighted_fid(w, a, b, codes), stats._weighted_fid(w, a, b), rtol=1e-9)
