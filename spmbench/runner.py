@@ -32,7 +32,7 @@ from spmbench.cost import peak_memory, release_freed_memory
 from spmbench.erasers import ERASERS
 from spmbench.judges.base import Judge
 from spmbench.locks import holding
-from spmbench.metrics import frechet_distance, paired_distance
+from spmbench.metrics import ALTERATION_FEATURES_FILE, frechet_distance, paired_distance, save_alteration_features
 from spmbench.models import ModelSpec
 from spmbench.registry import slug
 from spmbench.result import Result, cell_key, run_meta
@@ -304,6 +304,8 @@ def measure_alteration(features: Callable[[], Judge], rows: list[PromptRow], cel
     erased = features().features(load_images([cell.image(r) for r in kept]))
     original = features().features(load_images([cell.original.image(r) for r in kept]))
     out = {"paired_feature_distance": paired_distance(erased, original)}
+    ids = [r.prompt_id for r in kept]  # kept for the report's bootstrap intervals
+    save_alteration_features(cell.dir / ALTERATION_FEATURES_FILE, ids, erased, original)
     if len(kept) >= 2:
         out["fid_judge_features"] = frechet_distance(erased, original)
     return out
