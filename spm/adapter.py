@@ -4,7 +4,9 @@ On disk: safetensors with kohya / A1111 LoRA key names (`lora_unet_<path_with_un
 .weight`, `.lora_up.weight`, `.alpha`), as the released SPMs use, so a file also loads as a plain LoRA
 in diffusers' `load_lora_weights` and in web UIs. SD 1.x/2.x paths are diffusers' module paths; SDXL's
 are kohya's SDXL names (SDXL's original UNet blocks, `input_blocks_4_1_...`), see `layer_names`.
-Metadata holds the target prompts (needed by Facilitated Transport), rank, alpha and our provenance.
+SD3: diffusers' own LoRA layout instead (`transformer.<module.path>.lora_A.weight`, `.lora_B.weight`, no
+alpha keys), the one diffusers' SD3 `load_lora_weights` reads: it converts no kohya names for SD3, and refuses
+a key without 'lora' in it (a kohya `.alpha`). Metadata holds the target prompts (needed by Facilitated Transport), rank, alpha and our provenance.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from spm.layers import init_down, layer_shapes, membrane_targets
 
 FORMAT_VERSION = "1"
 PREFIX = "lora_unet_"
+DIFFUSERS_PREFIX = "transformer."  # SD3 files: diffusers' LoRA layout, see the module docstring
 
 
 def first_nonfinite(tensors: dict[str, torch.Tensor]) -> str | None:
@@ -41,14 +44,21 @@ def kohya_name(module_path: str) -> str:
 
 
 # The families an SPM file can be for, told apart by its layer names (so released files need no metadata).
-FAMILIES = {"sd": "SD 1.x/2.x", "sdxl": "SDXL"}
+FAMILIES = {"sd": "SD 1.x/2.x", "sdxl": "SDXL", "sd3": "SD3"}
+# SD3's membrane layers are named by their diffusers module paths, all inside the joint blocks.
+SD3_BLOCKS = "transformer_blocks."
 # kohya's SDXL LoRAs name layers after SDXL's original (SGM) UNet, not diffusers': the web UIs read these
 # names, and diffusers' SDXL loader maps them back (lora_conversion_utils._maybe_map_sgm_blocks_to_diffusers).
 SGM_BLOCKS = ("input_blocks_", "middle_block_", "output_blocks_")
 
 
 def unet_family(unet: nn.Module) -> str:
-    """'sdxl' for a UNet conditioned on added text and time embeddings (SDXL's "text_time"), else 'sd'."""
+    """'sd3' for SD3's transformer, 'sdxl' for a UNet conditioned on added text and time embeddings (SDXL's
+    "text_time"), else 'sd'."""
+    from diffusers import SD3Transformer2DModel
+
+    if isinstance(unet, SD3Transformer2DModel):
+        return "sd3"
     return "sdxl" if getattr(getattr(unet, "config", None), "addition_embed_type", None) == "text_time" else "sd"
 
 
@@ -72,10 +82,14 @@ def layer_names(unet: nn.Module) -> dict[str, str]:
     """The UNet's membrane layers: kohya name (without 'lora_unet_') -> module path, in order.
 
     SD 1.x/2.x: the diffusers path with underscores, as kohya's SD LoRAs and the released SPMs name them;
-    SDXL: kohya's SDXL names (SGM blocks: input_blocks / middle_block / output_blocks).
+    SDXL: kohya's SDXL names (SGM blocks: input_blocks / middle_block / output_blocks); SD3: the module paths
+    themselves (its files use diffusers' layout, see the module docstring).
     """
     paths = list(membrane_targets(unet))
-    if unet_family(unet) == "sd":
+    family = unet_family(unet)
+    if family == "sd3":
+        return {p: p for p in paths}
+    if family == "sd":
         return {kohya_name(p): p for p in paths}
     layers_per_block = unet.config.layers_per_block
     if not isinstance(layers_per_block, int):  # per-block counts: kohya's naming assumes one count
@@ -121,7 +135,9 @@ class SPM:
 
     @property
     def family(self) -> str:
-        """The model family it was trained for, read off its layer names: 'sdxl' or 'sd' (SD 1.x/2.x)."""
+        """The model family it was trained for, read off its layer names: 'sd3', 'sdxl' or 'sd' (SD 1.x/2.x)."""
+        if any(name.startswith(SD3_BLOCKS) for name in self.layers):
+            return "sd3"
         return "sdxl" if any(name.startswith(SGM_BLOCKS) for name in self.layers) else "sd"
 
     @property
@@ -145,6 +161,10 @@ class SPM:
         dtype); spm.files.DiskFullError when it does not fit."""
         tensors = {}
         for name, (down, up) in self.layers.items():
+            if self.family == "sd3":  # no alpha keys: diffusers' SD3 loader refuses them, and reads alpha = rank
+                tensors[f"{DIFFUSERS_PREFIX}{name}.lora_A.weight"] = down.detach().contiguous().cpu()
+                tensors[f"{DIFFUSERS_PREFIX}{name}.lora_B.weight"] = up.detach().contiguous().cpu()
+                continue
             tensors[f"{PREFIX}{name}.lora_down.weight"] = down.detach().contiguous().cpu()
             tensors[f"{PREFIX}{name}.lora_up.weight"] = up.detach().contiguous().cpu()
             tensors[f"{PREFIX}{name}.alpha"] = torch.tensor(float(self.alpha))
@@ -174,19 +194,24 @@ class SPM:
             raise ValueError(f"{path}: tensor {bad} holds NaN or infinite values (a diverged training?): retrain it")
         layers, alphas = {}, set()
         for key in tensors:
-            if not (key.startswith(PREFIX) and key.endswith(".lora_down.weight")):
+            layout = _layout_of(key)
+            if layout is None:
                 continue
-            name = key[len(PREFIX) : -len(".lora_down.weight")]
-            up_key = f"{PREFIX}{name}.lora_up.weight"
+            prefix, down_suffix, up_suffix = layout
+            name = key[len(prefix) : -len(down_suffix)]
+            up_key = f"{prefix}{name}{up_suffix}"
             if up_key not in tensors:
-                raise ValueError(f"{path}: layer {name} has lora_down but no lora_up")
+                raise ValueError(f"{path}: layer {name} has {down_suffix[1:]} but no {up_suffix[1:]}")
             layers[name] = (tensors[key].float(), tensors[up_key].float())
-            alpha_key = f"{PREFIX}{name}.alpha"
+            alpha_key = f"{prefix}{name}.alpha"
             # no alpha anywhere: the LoRA convention, alpha = rank (scale 1)
             rank = tensors[key].shape[0]
             alphas.add(float(tensors[alpha_key]) if alpha_key in tensors else float(metadata.get("alpha", rank)))
         if not layers:
-            raise ValueError(f"{path}: no '{PREFIX}*.lora_down.weight' keys: not an SPM/LoRA UNet file")
+            raise ValueError(
+                f"{path}: no '{PREFIX}*.lora_down.weight' or '{DIFFUSERS_PREFIX}*.lora_A.weight' keys: "
+                "not an SPM/LoRA file"
+            )
         if not all(math.isfinite(a) for a in alphas):
             raise ValueError(f"{path}: alpha is {sorted(alphas)}, not a finite number; fix the file's alpha")
         if len(alphas) > 1:
@@ -194,6 +219,18 @@ class SPM:
         stored = _parse_prompts(path, metadata.get("prompts", ""))
         provenance = _parse_provenance(path, metadata)
         return cls(list(targets) if targets is not None else stored, layers, alphas.pop(), provenance)
+
+
+# (key prefix, down suffix, up suffix): kohya's layout (SD 1.x/2.x, SDXL), and diffusers' (SD3).
+LAYOUTS = ((PREFIX, ".lora_down.weight", ".lora_up.weight"), (DIFFUSERS_PREFIX, ".lora_A.weight", ".lora_B.weight"))
+
+
+def _layout_of(key: str) -> tuple[str, str, str] | None:
+    """The layout whose down-factor key `key` is, or None for any other key."""
+    for layout in LAYOUTS:
+        if key.startswith(layout[0]) and key.endswith(layout[1]):
+            return layout
+    return None
 
 
 def _metadata_json(path: Path, field: str, raw: str):

@@ -1,4 +1,4 @@
-"""Prompts -> what a Stable Diffusion (1.x, 2.x or XL) pipeline conditions its UNet on.
+"""Prompts -> what a Stable Diffusion (1.x, 2.x, XL or 3) pipeline conditions its UNet (SD3: transformer) on.
 
 The one tokenize-and-encode of `spm` and the tools built on it: training, Facilitated Transport and
 the baselines all condition on exactly what the pipeline itself would.
@@ -27,9 +27,9 @@ class Conditioning:
 
     Attributes:
         states: (N, L, D), the cross-attention states; for SDXL both text encoders' penultimate hidden
-            states, concatenated (D = D1 + D2).
+            states, concatenated (D = D1 + D2); for SD3 the joint attention's text tokens (CLIP, then T5).
         pooled: (N, P), SDXL's pooled embedding (the second encoder's projection), fed to the UNet with
-            the added time ids; None for SD 1.x/2.x.
+            the added time ids; SD3's (both CLIP projections); None for SD 1.x/2.x.
     """
 
     states: torch.Tensor
@@ -64,8 +64,21 @@ class Conditioning:
 
 
 def is_sdxl(pipe) -> bool:
-    """A pipeline with SDXL's two text encoders (and so pooled embeddings)."""
+    """A pipeline with SDXL's two text encoders (and so pooled embeddings); SD3 has them too, see `is_sd3`."""
     return getattr(pipe, "text_encoder_2", None) is not None
+
+
+def is_sd3(pipe) -> bool:
+    """A Stable Diffusion 3 pipeline: an SD3 (MMDiT) transformer, two CLIP encoders and T5."""
+    from diffusers import SD3Transformer2DModel
+
+    return isinstance(getattr(pipe, "transformer", None), SD3Transformer2DModel)
+
+
+def clip_width(pipe) -> int:
+    """SD3: the channels of its states that its two CLIP encoders fill (their penultimate states side by side);
+    the rest of each CLIP position is zero padding up to T5's width."""
+    return pipe.text_encoder.config.hidden_size + pipe.text_encoder_2.config.hidden_size
 
 
 @torch.no_grad()
@@ -94,6 +107,8 @@ def encode_prompts(
 def encode(pipe: DiffusionPipeline, prompts: str | Sequence[str]) -> tuple[Conditioning, torch.Tensor]:
     """`encode_prompts` for every family alike: the `Conditioning` and the first tokenizer's ids."""
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if is_sd3(pipe):  # before is_sdxl: SD3 has a text_encoder_2 too
+        return _encode_sd3(pipe, prompts)
     if is_sdxl(pipe):
         return _encode_sdxl(pipe, prompts)
     tokenizer, text_encoder = pipe.tokenizer, pipe.text_encoder
@@ -127,6 +142,19 @@ def _encode_sdxl(pipe, prompts: list[str]) -> tuple[Conditioning, torch.Tensor]:
     if pooled is None:
         raise ValueError("neither of the SDXL pipeline's text encoders gives a pooled embedding (a projection)")
     return Conditioning(torch.cat(states, dim=-1).to(pipe.text_encoder_2.dtype), pooled), ids
+
+
+def _encode_sd3(pipe, prompts: list[str]) -> tuple[Conditioning, torch.Tensor]:
+    """The SD3 pipeline's own encode_prompt (so the states are exactly what it conditions on): the CLIP-L and
+    CLIP-G penultimate states side by side, zero-padded to T5's width, then T5's 256 positions (zeros
+    without T5), (N, 77 + 256, 4096) for SD3 medium; pooled: both CLIP projections, (N, 2048). Ids: CLIP-L's."""
+    device = pipe.text_encoder.device
+    states, _, pooled, _ = pipe.encode_prompt(prompts, None, None, device=device, do_classifier_free_guidance=False)
+    tokenizer = pipe.tokenizer
+    ids = tokenizer(
+        prompts, padding="max_length", max_length=pipe.tokenizer_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+    return Conditioning(states, pooled), ids
 
 
 def unconditional(pipe: DiffusionPipeline) -> Conditioning:

@@ -13,6 +13,8 @@ import math
 import torch
 import torch.nn.functional as F
 from diffusers.models import Transformer2DModel
+from diffusers.models.attention import FeedForward, JointTransformerBlock
+from diffusers.models.attention_processor import Attention
 from torch import nn
 
 
@@ -204,6 +206,9 @@ def membrane_targets(unet: nn.Module) -> dict[str, nn.Module]:
     """
     found: dict[str, nn.Module] = {}
     for block_name, block in unet.named_modules():
+        if isinstance(block, JointTransformerBlock):
+            found.update(_joint_block_targets(block_name, block))
+            continue
         if not isinstance(block, Transformer2DModel):
             continue
         wrapped: list[str] = []
@@ -215,6 +220,29 @@ def membrane_targets(unet: nn.Module) -> dict[str, nn.Module]:
                 found[f"{block_name}.{name}"] = layer
             elif isinstance(layer, (nn.Linear, nn.Conv2d)):
                 found[f"{block_name}.{name}"] = layer
+    return found
+
+
+def _joint_block_targets(block_name: str, block: JointTransformerBlock) -> dict[str, nn.Module]:
+    """An MMDiT (SD3) block's membrane layers: every Linear of its attention and feed-forward modules, for
+    both streams (to_q/k/v, to_out.0, add_q/k/v_proj, to_add_out, ff, ff_context; attn2 in SD3.5's dual
+    attention blocks), except the last block's add_q_proj, whose output nothing reads. As on SD 1.x, these are the layers that read the tokens. The AdaLayerNorm
+    modulation Linears are left out: they read only the timestep and pooled embedding, as the resnets'
+    time projections do in a UNet, where SPM has no membrane."""
+    found: dict[str, nn.Module] = {}
+    for part_name, part in block.named_children():
+        if not isinstance(part, (Attention, FeedForward)):
+            continue
+        # The last block (context_pre_only) discards its text tokens' outputs: their queries change nothing.
+        dead = getattr(part, "add_q_proj", None) if isinstance(part, Attention) and part.context_pre_only else None
+        wrapped: list[str] = []
+        for name, layer in part.named_modules():
+            if any(name.startswith(w + ".") for w in wrapped) or (dead is not None and layer is dead):
+                continue
+            if isinstance(layer, MembraneLayer):
+                wrapped.append(name)
+            if isinstance(layer, (MembraneLayer, nn.Linear)):
+                found[f"{block_name}.{part_name}.{name}"] = layer
     return found
 
 

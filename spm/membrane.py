@@ -12,6 +12,7 @@ from torch import nn
 
 from spm.adapter import FAMILIES, SPM, first_nonfinite, layer_names, named_for, unet_family
 from spm.layers import MembraneLayer, PermeabilityState, base_of, layer_shapes
+from spm.models import denoiser
 from spm.transport import Transport
 
 
@@ -86,7 +87,7 @@ class AttachedSPMs:
         similarity: str = "paper",
     ):
         # A bare UNet (no text side) takes SPMs at fixed weights: timing or merging needs no pipeline.
-        self.pipe, self.unet = pipe, getattr(pipe, "unet", pipe)
+        self.pipe, self.unet = pipe, denoiser(pipe)  # SD3: the transformer
         self.spms = [named_for(s, self.unet) for s in spms]
         self.weights = torch.tensor(_weights_for(self.spms, weights))
         self.detached = False
@@ -175,7 +176,8 @@ def attach(
     weights: Sequence[float] | None = None,
     similarity: str = "paper",
 ) -> AttachedSPMs:
-    """Attach one or more SPMs to a Stable Diffusion pipeline (any with unet/tokenizer/text_encoder; SDXL too).
+    """Attach one or more SPMs to a Stable Diffusion pipeline (any with unet/tokenizer/text_encoder; SDXL, and
+    SD3 with its transformer, too).
 
     Args:
         pipe: a diffusers pipeline; or a bare UNet with `transport=False`, called directly within
@@ -221,5 +223,5 @@ def merge(
     pipe_or_unet: DiffusionPipeline | nn.Module, spms: SPM | Sequence[SPM], weights: Sequence[float] | None = None
 ) -> MergedSPMs:
     """W <- W + sum_i w_i s_i U_i D_i on every membrane layer; returns a handle whose `undo()` reverts it."""
-    unet = getattr(pipe_or_unet, "unet", pipe_or_unet)
+    unet = denoiser(pipe_or_unet)
     return MergedSPMs(unet, [spms] if isinstance(spms, SPM) else spms, weights)

@@ -43,6 +43,32 @@ SDXL_UNET_CONFIG = {
 }
 
 
+# The SD3 medium transformer (stabilityai/stable-diffusion-3-medium-diffusers' transformer/config.json), for the
+# same uses: an MMDiT of 24 joint blocks, 1536 wide, reading 4096-wide text tokens (CLIP-L/G + T5-XXL).
+SD3_TRANSFORMER_CONFIG = {
+    "sample_size": 128,
+    "patch_size": 2,
+    "in_channels": 16,
+    "num_layers": 24,
+    "attention_head_dim": 64,
+    "num_attention_heads": 24,
+    "joint_attention_dim": 4096,
+    "caption_projection_dim": 1536,
+    "pooled_projection_dim": 2048,
+    "out_channels": 16,
+    "pos_embed_max_size": 192,
+}
+
+
+def denoiser(pipe):
+    """The network an SPM attaches to: a pipeline's UNet, or its transformer (SD3); a bare model as it is."""
+    for name in ("unet", "transformer"):
+        model = getattr(pipe, name, None)
+        if model is not None:
+            return model
+    return pipe
+
+
 def resolve_model(model: str) -> str:
     """A local diffusers directory or a hub id ('org/name'), as diffusers' from_pretrained takes it."""
     path = Path(model).expanduser()
@@ -75,7 +101,7 @@ def load_pipeline(model: str, device: str = "cpu", dtype: torch.dtype = torch.fl
     pipe = DiffusionPipeline.from_pretrained(source, dtype=dtype, **_no_safety_checker(source))
     pipe.set_progress_bar_config(disable=True)
     # diffusers before `dtype=` (it was `torch_dtype=`) ignores it and loads what the files hold
-    return pipe.to(device) if pipe.unet.dtype == dtype else pipe.to(device, dtype)
+    return pipe.to(device) if denoiser(pipe).dtype == dtype else pipe.to(device, dtype)
 
 
 def _no_safety_checker(source: str) -> dict:
@@ -91,8 +117,8 @@ def _no_safety_checker(source: str) -> dict:
 
 
 def native_resolution(pipe: DiffusionPipeline) -> int:
-    """The pixel size the UNet was trained at (512 for SD 1.x, 32 for the toy world)."""
-    return int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
+    """The pixel size the UNet (or SD3's transformer) was trained at (512 for SD 1.x, 32 for the toy world)."""
+    return int(denoiser(pipe).config.sample_size * pipe.vae_scale_factor)
 
 
 def device_problem(device: str) -> str | None:

@@ -14,9 +14,9 @@ from tqdm.auto import tqdm
 
 from spm.adapter import SPM
 from spm.checkpoint import Checkpoint, CheckpointError
-from spm.encoding import Conditioning, encode, unconditional
+from spm.encoding import Conditioning, encode, is_sd3, unconditional
 from spm.membrane import attach
-from spm.models import native_resolution
+from spm.models import denoiser, native_resolution
 
 
 if TYPE_CHECKING:
@@ -230,6 +230,30 @@ def _rollout_schedule(pipe, cfg: TrainConfig) -> tuple:
     return ddim, lambda k: torch.tensor(n - 1 - k * n // cfg.rollout_steps)
 
 
+class FlowRollout:
+    """SD3's trajectory (flow matching): its FlowMatchEulerDiscreteScheduler's sigmas for `steps` steps (with the
+    pipeline's shift), from pure noise at sigma 1 to the data at sigma 0. After k Euler steps of the model's
+    velocity the latent is at sigma_k, x_t = (1 - sigma_k) x0 + sigma_k noise, and the model is queried at
+    that sigma's timestep (1000 sigma_k): its own, as the DDIM rollout of the other families."""
+
+    init_noise_sigma = 1.0
+
+    def __init__(self, pipe, steps: int):
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
+        if scheduler.config.get("use_dynamic_shifting", False):
+            raise ValueError(
+                "the scheduler shifts its sigmas by image size (use_dynamic_shifting): not supported for training"
+            )
+        scheduler.set_timesteps(steps)
+        self.sigmas, self.timesteps = scheduler.sigmas.float(), scheduler.timesteps.float()
+
+    def step(self, velocity: torch.Tensor, i: int, x: torch.Tensor) -> torch.Tensor:
+        """One Euler step from sigma_i to sigma_{i+1} (the scheduler's own step, without its step-index state)."""
+        return x + (self.sigmas[i + 1] - self.sigmas[i]) * velocity
+
+
 def train(
     pipe: DiffusionPipeline,
     targets: list[str],
@@ -242,8 +266,10 @@ def train(
     """Train an SPM that erases `targets` (one drawn per step) towards `surrogate` ("" = erase).
 
     Args:
-        pipe: a Stable Diffusion (1.x, 2.x or XL) pipeline; its UNet and text encoders stay frozen. SDXL's
-            UNet calls get the pooled embeddings and the time ids of the drawn size, as its pipeline passes them.
+        pipe: a Stable Diffusion (1.x, 2.x, XL or 3) pipeline; its UNet (SD3: transformer) and text encoders
+            stay frozen. SDXL's UNet calls get the pooled embeddings and the time ids of the drawn size, as its
+            pipeline passes them. SD3 trains on its own objective: the rollout follows its flow-matching
+            sigmas, and the losses are on velocity predictions (see FlowRollout).
         targets: the concept prompts, e.g. ["Snoopy"]; they are stored for Facilitated Transport.
         surrogate: the concept to replace the targets with (erase-to-replace), or "".
         config: hyperparameters.
@@ -262,17 +288,20 @@ def train(
     """
     if not targets:
         raise ValueError("give at least one target concept to erase")
-    if pipe.unet.dtype != torch.float32:
+    model = denoiser(pipe)  # the UNet; SD3's transformer
+    if model.dtype != torch.float32:
         raise ValueError(
-            f"train() needs the pipeline in float32 (its UNet is {pipe.unet.dtype}): load it with "
+            f"train() needs the pipeline in float32 (its UNet is {model.dtype}): load it with "
             "dtype=torch.float32; for bfloat16 compute use TrainConfig(dtype='bfloat16')"
         )
     cfg = config
-    pipe.unet.requires_grad_(False)
-    for text_encoder in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
-        if text_encoder is not None:
-            text_encoder.requires_grad_(False)
-    spm = SPM.init(pipe.unet, targets, cfg.rank, cfg.alpha, cfg.seed)
+    if cfg.legacy_schedule and is_sd3(pipe):
+        raise ValueError("legacy_schedule is the released code's DDIM trajectory: SD3 (flow matching) has none")
+    model.requires_grad_(False)
+    for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+        if getattr(pipe, name, None) is not None:
+            getattr(pipe, name).requires_grad_(False)
+    spm = SPM.init(model, targets, cfg.rank, cfg.alpha, cfg.seed)
     attached = attach(pipe, spm, transport=False)
     try:
         _optimise(
@@ -299,14 +328,16 @@ def _optimise(
     from diffusers.optimization import get_cosine_with_hard_restarts_schedule_with_warmup
 
     # 1. Trainable factors, optimiser, schedule, one generator for every random draw.
-    device = pipe.unet.device
+    model = denoiser(pipe)
+    device = model.device
     params = [p for layer in attached.layers.values() for p in (layer.down[0], layer.up[0])]
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = get_cosine_with_hard_restarts_schedule_with_warmup(opt, cfg.warmup_steps, cfg.iterations, cfg.restarts)
     gen = torch.Generator().manual_seed(cfg.seed)
-    ddim, query_timestep = _rollout_schedule(pipe, cfg)
+    flow = FlowRollout(pipe, cfg.rollout_steps) if is_sd3(pipe) else None
+    ddim, query_timestep = (flow, lambda k: flow.timesteps[k]) if flow else _rollout_schedule(pipe, cfg)
     c_targets = encode(pipe, list(targets))[0]
     # "" is the pipeline's unconditional branch: SDXL base conditions it on zeros, not on the empty prompt's states
     c_empty = unconditional(pipe)
@@ -322,6 +353,12 @@ def _optimise(
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16")
 
     def unet(x, t, cond: Conditioning, gamma):
+        if flow:  # SD3's transformer: a velocity, conditioned on the text tokens and the pooled embedding
+            with attached.permeable(gamma), autocast:
+                return model(
+                    x.expand(len(cond), -1, -1, -1), encoder_hidden_states=cond.states, pooled_projections=cond.pooled,
+                    timestep=t.expand(len(cond)), return_dict=False,
+                )[0].float()  # fmt: skip
         pixels = (x.shape[2] * pipe.vae_scale_factor, x.shape[3] * pipe.vae_scale_factor)  # SDXL's time ids
         with attached.permeable(gamma), autocast:
             return pipe.unet(x.expand(len(cond), -1, -1, -1), t, **cond.unet_kwargs(*pixels)).sample.float()
@@ -332,14 +369,14 @@ def _optimise(
         c_tar = c_targets[int(torch.randint(len(targets), (), generator=gen))][None]
         height, width = _draw_size(resolutions, gen, pipe.vae_scale_factor)
         k = int(torch.randint(1, cfg.rollout_steps, (), generator=gen))
-        x = (
-            torch.randn(1, pipe.unet.config.in_channels, height, width, generator=gen).to(device)
-            * ddim.init_noise_sigma
-        )
+        x = torch.randn(1, model.config.in_channels, height, width, generator=gen).to(device) * ddim.init_noise_sigma
         # 3. x_t: k DDIM steps of the membrane-on model, CFG on c_tar.
         with torch.no_grad():
-            for t in ddim.timesteps[:k]:
+            for i, t in enumerate(ddim.timesteps[:k]):
                 uncond, cond = unet(x, t, Conditioning.cat([c_empty, c_tar]), torch.ones(1, 1)).chunk(2)
+                if flow:  # the same CFG and losses, on velocities (noise - x0) instead of noise predictions
+                    x = flow.step(uncond + cfg.rollout_guidance * (cond - uncond), i, x)
+                    continue
                 x = ddim.step(uncond + cfg.rollout_guidance * (cond - uncond), t, x).prev_sample
         t = query_timestep(k)
         random_anchors, empties = (2, 2) if cfg.legacy_anchors else (cfg.num_anchors, 1)

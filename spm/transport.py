@@ -4,6 +4,7 @@ gamma_i(p) = max over c in C_i of max(s_cos(p, c), s_tok(p, c)), where s_cos is 
 the flattened, padded last hidden states of the text encoder, and s_tok the fraction of c's
 (non-special) tokens that p contains. Computed with the model's own tokenizer and text encoder.
 SDXL: s_cos on the states its UNet's cross-attention reads, both encoders' concatenated (see `_encode`).
+SD3: s_cos on the CLIP part of its text tokens only, T5's padded tail left out (see `_encode`).
 
 `similarity="relative"` (ours, an option) rescales s_cos so that the empty prompt scores 0 and the
 target itself 1: s_rel = (s_cos(p, c) - s_cos("", c)) / (1 - s_cos("", c)). The full padded
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from spm.encoding import encode
+from spm.encoding import clip_width, encode, is_sd3
 
 
 if TYPE_CHECKING:
@@ -38,7 +39,22 @@ def _encode(pipe, prompts: list[str]) -> tuple[torch.Tensor, list[set[int]]]:
     """
     conditioning, ids = encode(pipe, prompts)
     special = set(pipe.tokenizer.all_special_ids)
-    return conditioning.states.float().flatten(1), [set(row.tolist()) - special for row in ids]
+    return _compared_states(pipe, conditioning.states).float().flatten(1), [set(row.tolist()) - special for row in ids]
+
+
+def _compared_states(pipe, states: torch.Tensor) -> torch.Tensor:
+    """The part of the states s_cos compares. SD3 (N, 77 + 256, 4096): its CLIP part only, the 77 CLIP
+    positions x the CLIP-L + CLIP-G channels (77 x 2048 for SD3 medium, SDXL's definition), without the zero
+    columns that pad them to T5's width and without T5's 256 positions. The SD3 pipeline runs T5 without an
+    attention mask and pads every prompt to 256 tokens, so a short prompt's T5 part is mostly padding states,
+    alike across prompts: in the full sequence they would outweigh the words (256 of 333 positions) and pull
+    every cosine up, giving non-targets more of the membrane. A cosine over non-padding T5 tokens only
+    is not defined for prompts of different lengths without choosing an alignment; the CLIP part is, keeps
+    the paper's definition (and `relative`'s calibration) as on SD 1.x and SDXL, and exists also when T5
+    is dropped (the pipeline then feeds zeros there). Other families: all of the states."""
+    if not is_sd3(pipe):
+        return states
+    return states[:, : pipe.tokenizer_max_length, : clip_width(pipe)]
 
 
 SIMILARITIES = ("paper", "relative")

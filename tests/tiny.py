@@ -112,3 +112,73 @@ def save_tiny_sdxl_pipeline(path, seed: int = 0, hidden: tuple[int, int] = (16, 
 
     StableDiffusionXLPipeline(**tiny_sdxl_components(seed, hidden)).save_pretrained(path)
     return path
+
+
+def tiny_t5_tokenizer(max_length: int = 256):
+    """A tiny T5-style tokenizer built offline: T5's special tokens and ids (<pad> 0, </s> 1, <unk> 2), '</s>'
+    appended, padding with <pad> at the end, over the stored tiny CLIP tokenizer's whole words (lower-cased)."""
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    words = sorted({t[: -len("</w>")] for t in tiny_tokenizer().get_vocab() if t.endswith("</w>")} - {""})
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2} | {w: i + 3 for i, w in enumerate(words)}
+    backend = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=max_length
+    )
+
+
+def tiny_sd3_components(seed: int = 0, hidden: tuple[int, int] = (16, 24), t5_width: int = 48):
+    """A tiny SD3 (diffusers' own tiny SD3 test configs, smaller): an MMDiT SD3Transformer2DModel of two joint
+    blocks (the last one context_pre_only, as in every SD3), two CLIP encoders with projections (their
+    penultimate states side by side, zero-padded to T5's width; their projections concatenated: the pooled
+    embedding), a T5 encoder with a T5-style tokenizer padding to 256 tokens, a VAE with SD3's shift and
+    scale, and SD3's flow-matching Euler scheduler (shift 3)."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer, T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    tokenizer, tokenizer_3 = tiny_tokenizer(), tiny_t5_tokenizer()
+    projection_dim = 16
+
+    def clip_config(width: int) -> CLIPTextConfig:
+        return CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=width, intermediate_size=32, num_hidden_layers=2,
+            num_attention_heads=2, max_position_embeddings=tokenizer.model_max_length, projection_dim=projection_dim,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        )  # fmt: skip
+
+    t5 = T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer_3), d_model=t5_width, d_ff=32, d_kv=8, num_layers=2, num_heads=2,
+            relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+        )
+    )  # fmt: skip
+    transformer = SD3Transformer2DModel(
+        sample_size=8, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=4, num_attention_heads=2,
+        joint_attention_dim=t5_width, caption_projection_dim=8, pooled_projection_dim=2 * projection_dim,
+        out_channels=4, pos_embed_max_size=8,
+    )  # fmt: skip
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 8), latent_channels=4, norm_num_groups=4, layers_per_block=1, sample_size=16,
+        shift_factor=0.0609, scaling_factor=1.5035,
+    )  # fmt: skip
+    return dict(
+        transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        text_encoder=CLIPTextModelWithProjection(clip_config(hidden[0])), tokenizer=tokenizer,
+        text_encoder_2=CLIPTextModelWithProjection(clip_config(hidden[1])),
+        tokenizer_2=CLIPTokenizer.from_pretrained(TINY_TOKENIZER, pad_token="!"),
+        text_encoder_3=t5, tokenizer_3=tokenizer_3,
+    )  # fmt: skip
+
+
+def save_tiny_sd3_pipeline(path, seed: int = 0):
+    from diffusers import StableDiffusion3Pipeline
+
+    StableDiffusion3Pipeline(**tiny_sd3_components(seed)).save_pretrained(path)
+    return path
