@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 MODELS_DIR = Path(__file__).resolve().parent
 # The toy world's trained weights: its models' sources point here, and its judge lives here.
 TOY_WEIGHTS = MODELS_DIR.parent / "toy" / "weights"
-FAMILIES = ("toy", "sd1", "sd2", "sdxl")
+FAMILIES = ("toy", "sd1", "sd2", "sdxl", "sd3")
 WORLDS = ("toy", "real")
 
 
