@@ -1,15 +1,41 @@
-"""Tables from stored results: a pure function of result.json files, never recomputing anything."""
+"""Tables from stored results, all rendered from one tidy frame (`results`): every measured number
+with its sample size and 95 % interval (`spmbench.stats`), and the paired comparisons of SPM with
+each baseline.
+
+The values come from the cells' result.json; their intervals from the cells' per-image scores and
+alteration features (scores.jsonl, alteration_features.safetensors). Nothing is generated or judged
+again. Markdown, CSV, LaTeX and the trade-off plot are views of the frame.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
+import json
+import logging
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
 from spm.files import save_image_atomic, write_text_atomic
+from spmbench import stats
 from spmbench.apps import ERASURE_SETS, Application
-from spmbench.metrics import ALTERATION, FIT_MEMORY, FIT_SECONDS, rate_info
+from spmbench.metrics import ALTERATION, ALTERATION_FEATURES_FILE, FIT_MEMORY, FIT_SECONDS, rate_info
 from spmbench.result import SCHEMA, Result, cell_key
+
+
+log = logging.getLogger(__name__)
+
+FIT_COSTS = {"fit_seconds": FIT_SECONDS, "fit_peak_mib": FIT_MEMORY}
+COLUMNS = [
+    "app", "model", "targets", "eraser", "fitted_on", "measure", "value", "original_value", "n", "n_prompts",
+    "lo", "hi", "original_lo", "original_hi", "interval", "higher_is_better", "unit",
+]  # fmt: skip
+# The signs that mark, on a baseline's rate, a difference from each SPM variant that holds at 95 %.
+MARKS = ("†", "‡", "§", "¶", "‖")
+NO_INTERVAL = "none"  # the cell's per-image scores or features are not in the run folder
 
 
 def result_paths(run_dir: Path) -> list[Path]:
@@ -28,54 +54,306 @@ def load_results(run_dir: Path) -> list[Result]:
     return results
 
 
-def _columns(results: list[Result]) -> list[str]:
-    sets = sorted({s for r in results for s in r.rates}, key=lambda s: (s not in ERASURE_SETS, s))
-    return sets
+def results(path: str | Path) -> pd.DataFrame:
+    """Every number of the run in `path` (an application's run folder, or a folder of them) as one tidy
+    frame: one row per model x targets x eraser x measure (a prompt set's rate, an alteration measure,
+    a fit cost), with n, n_prompts, the 95 % interval (lo, hi) and its method (`interval`), the
+    original model's rate and interval, and for baselines the paired difference from each SPM
+    variant (minus_<spm>, its lo and hi, differs_from_<spm>; '-' in an SPM's name is '_' here)."""
+    from spmbench.apps import load_apps
+
+    path = Path(path)
+    run_dirs = [path] if (path / "cells").is_dir() else sorted(p.parent for p in path.glob("*/cells"))
+    if not run_dirs:
+        raise ValueError(f"no results under {path}: give a run folder (runs/<app>) or the folder holding them")
+    apps, frames = load_apps(), []
+    for run_dir in run_dirs:
+        stored = load_results(run_dir)
+        if stored:
+            frames.append(frame(stored, run_dir, apps.get(stored[0].app)))
+    return pd.concat(frames, ignore_index=True) if frames else frame([])
 
 
-def table_rows(results: list[Result]) -> tuple[list[str], list[list[str]]]:
-    """One row per (model, targets, eraser); a rate per prompt set, with the original's in brackets."""
-    erased = [r for r in results if r.eraser != "none"]
-    sets = _columns(erased)
-    header = ["model", "erased", "eraser", "fitted on"] + [f"{s} {rate_info(s, ERASURE_SETS).arrow}" for s in sets]
-    header += [ALTERATION[key].header for key in ALTERATION] + [FIT_SECONDS.header, FIT_MEMORY.header]
+# ---- the frame ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Sample:
+    """One prompt set of one cell, image by image: for the intervals and the paired comparisons."""
+
+    ids: list[str]
+    present: list[bool]
+    prompts: list[str]
+
+
+def frame(stored: list[Result], run_dir: Path | None = None, app: Application | None = None) -> pd.DataFrame:
+    """The tidy frame of `stored` results (see `results`); intervals need the run folder and the
+    application (its prompts group the images into clusters), else they are left empty."""
+    erased = [r for r in stored if r.eraser != "none"]
+    samples: dict[tuple, _Sample] = {}
     rows = []
-    for r in sorted(erased, key=lambda r: (r.model, len(r.targets), r.eraser)):
-        cells = []
-        for s in sets:
-            value, original = r.rates.get(s), r.original_rates.get(s)
-            cells.append("-" if value is None else f"{_percent(value)} ({_percent(original)})")
-        alt = r.alteration or {}
-        for key in ALTERATION:
-            # + 0.0: FID of two identical sets comes out as a rounding error's -0.000
-            cells += [f"{round(alt[key], 3) + 0.0:.3f}" if key in alt else "-"]
-        cells += [f"{r.fit_seconds:.0f}"]
-        cells += ["-" if r.fit_peak_mib is None else f"{r.fit_peak_mib:.0f}"]
-        rows.append([r.model, " + ".join(r.targets), r.eraser, r.fitted_on, *cells])
+    for r in erased:
+        cell = (r.model, "+".join(r.targets), r.eraser, r.fitted_on)
+        prompts = _prompts(app, r) if app is not None and run_dir is not None else None
+        own = _scores(run_dir, r.model, r.eraser, r.targets) if prompts is not None else {}
+        original = _scores(run_dir, r.model, "none", ()) if prompts is not None else {}
+        for s, value in r.rates.items():
+            sample = _sample(own, prompts, s)
+            samples[(r.model, cell[1], r.eraser, s)] = sample
+            interval = _rate_interval(sample, value, r, s)
+            before = _rate_interval(_sample(original, prompts, s), r.original_rates.get(s), r, s)
+            info = rate_info(s, ERASURE_SETS)
+            rows.append(_row(r, cell, s, value, interval, info.higher_is_better, "fraction", r.original_rates.get(s)))
+            rows[-1].update(original_lo=before.lo, original_hi=before.hi)
+        features = _alteration(run_dir, r, prompts)
+        for key, value in (r.alteration or {}).items():
+            info = ALTERATION.get(key)
+            interval = features.get(key) or _none(value)
+            rows.append(_row(r, cell, key, value, interval, info.higher_is_better if info else None, ""))
+        for key, info in FIT_COSTS.items():
+            value = getattr(r, key)
+            if value is not None:  # one measured fit: no sample to draw an interval from
+                rows.append(
+                    _row(
+                        r,
+                        cell,
+                        key,
+                        value,
+                        stats.Interval(value, math.nan, math.nan, 1, None, "single fit"),
+                        None,
+                        info.unit,
+                    )
+                )
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    table["n"], table["n_prompts"] = table["n"].astype("Int64"), table["n_prompts"].astype("Int64")
+    _add_comparisons(table, samples)
+    table.attrs["settings"] = stored[0].settings if stored else {}
+    return table
+
+
+def _row(r: Result, cell, measure, value, interval: stats.Interval, higher, unit, original=None) -> dict:
+    return dict(
+        app=r.app, model=cell[0], targets=cell[1], eraser=cell[2], fitted_on=cell[3], measure=measure,
+        value=float(value), original_value=math.nan if original is None else float(original),
+        n=interval.n, n_prompts=interval.n_prompts, lo=interval.lo, hi=interval.hi,
+        original_lo=math.nan, original_hi=math.nan, interval=interval.method, higher_is_better=higher, unit=unit,
+    )  # fmt: skip
+
+
+def _none(value) -> stats.Interval:
+    return stats.Interval(value, math.nan, math.nan, None, None, NO_INTERVAL)
+
+
+def _prompts(app: Application, r: Result) -> dict[str, tuple[str, str]]:
+    """prompt_id -> (set, prompt) of the cell's rows: images of one prompt (its seeds) form a cluster."""
+    return {row.prompt_id: (row.set, row.prompt) for row in app.rows(tuple(r.targets), r.settings.get("limit"))}
+
+
+def _scores(run_dir: Path, model: str, eraser: str, targets) -> dict[str, bool]:
+    """prompt_id -> the judge's verdict, from a cell's scores.jsonl (a line torn by a kill is skipped)."""
+    path = run_dir / "cells" / cell_key(model, eraser, targets) / "scores.jsonl"
+    verdicts = {}
+    if path.exists():
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("present"), bool):
+                verdicts[record.get("prompt_id")] = record["present"]
+    return verdicts
+
+
+def _sample(scores: dict[str, bool], prompts: dict | None, prompt_set: str) -> _Sample | None:
+    """The set's images with their verdicts; None where some image has no score (no interval)."""
+    if not prompts:
+        return None
+    ids = [i for i, (s, _) in prompts.items() if s == prompt_set]
+    if not ids or any(i not in scores for i in ids):
+        return None
+    return _Sample(ids, [scores[i] for i in ids], [prompts[i][1] for i in ids])
+
+
+def _rate_interval(sample: _Sample | None, stored: float | None, r: Result, prompt_set: str) -> stats.Interval:
+    if sample is None or stored is None:
+        return _none(stored)
+    interval = stats.rate_interval(sample.present, sample.prompts)
+    if abs(interval.value - stored) > 1e-9:  # the scores changed after the result was made
+        log.warning("%s %s %s: the scores give %s on %s, result.json %s: no interval", r.model, r.eraser,
+                    r.targets, interval.value, prompt_set, stored)  # fmt: skip
+        return _none(stored)
+    return interval
+
+
+def _alteration(run_dir: Path | None, r: Result, prompts: dict | None) -> dict[str, stats.Interval]:
+    """Bootstrap intervals of the paired distance and FID from the cell's stored features, if any."""
+    from spmbench.metrics import load_alteration_features
+
+    if run_dir is None or prompts is None or not r.alteration:
+        return {}
+    loaded = load_alteration_features(
+        run_dir / "cells" / cell_key(r.model, r.eraser, r.targets) / ALTERATION_FEATURES_FILE
+    )
+    if loaded is None:
+        return {}
+    ids, erased, original = loaded
+    clusters = [prompts.get(i, (None, i)) for i in ids]  # (set, prompt): one cluster per prompt
+    out = {
+        "paired_feature_distance": stats.mean_interval(
+            (erased.double() - original.double()).norm(dim=1).numpy(), clusters
+        )
+    }
+    if len(ids) >= 2:
+        out["fid_judge_features"] = stats.fid_interval(erased, original, clusters)
+    return out
+
+
+def spm_variants(erasers) -> list[str]:
+    """The SPM erasers (names starting with 'spm'), which every other eraser is compared with."""
+    return sorted({e for e in erasers if e.startswith("spm")})
+
+
+def _add_comparisons(table: pd.DataFrame, samples: dict[tuple, _Sample | None]) -> None:
+    """For each baseline's rate: minus each SPM variant's on the shared prompts and seeds, with the
+    paired bootstrap interval, and whether the difference holds at 95 % (else a tie)."""
+    for spm in spm_variants(table["eraser"]):
+        diffs, los, his, differs = [], [], [], []
+        for row in table.itertuples():
+            ours = samples.get((row.model, row.targets, row.eraser, row.measure))
+            theirs = samples.get((row.model, row.targets, spm, row.measure))
+            d = _paired(ours, theirs) if not row.eraser.startswith("spm") else None
+            diffs.append(math.nan if d is None else d.value)
+            los.append(math.nan if d is None else d.lo)
+            his.append(math.nan if d is None else d.hi)
+            differs.append(pd.NA if d is None else stats.holds(d))
+        name = _column_name(spm)
+        table[f"minus_{name}"], table[f"minus_{name}_lo"], table[f"minus_{name}_hi"] = diffs, los, his
+        table[f"differs_from_{name}"] = pd.array(differs, dtype="boolean")
+
+
+def _column_name(eraser: str) -> str:
+    """An eraser's name as part of a column name (an attribute of itertuples' rows: no '-')."""
+    return eraser.replace("-", "_")
+
+
+def _paired(ours: _Sample | None, theirs: _Sample | None) -> stats.Interval | None:
+    if ours is None or theirs is None:
+        return None
+    theirs_by_id = dict(zip(theirs.ids, theirs.present))
+    shared = [k for k, i in enumerate(ours.ids) if i in theirs_by_id]
+    if not shared:
+        return None
+    a = [ours.present[k] for k in shared]
+    b = [theirs_by_id[ours.ids[k]] for k in shared]
+    return stats.paired_difference(a, b, [ours.prompts[k] for k in shared])
+
+
+def _as_frame(data) -> pd.DataFrame:
+    """A frame as is; a list of results as their frame (values only: no run folder, no intervals)."""
+    return data if hasattr(data, "itertuples") else frame(list(data))
+
+
+# ---- views of the frame ------------------------------------------------------------------------
+
+
+def _rate_sets(table: pd.DataFrame) -> list[str]:
+    rates = table[table["unit"] == "fraction"]["measure"].unique()
+    return sorted(rates, key=lambda s: (s not in ERASURE_SETS, s))
+
+
+def _column_n(table: pd.DataFrame, measure: str) -> int | None:
+    """The column's n when every cell shares it (stated once, in the header), else None (per cell)."""
+    ns = table[table["measure"] == measure]["n"].dropna().unique()
+    return int(ns[0]) if len(ns) == 1 else None
+
+
+def table_rows(data) -> tuple[list[str], list[list[str]]]:
+    """One row per (model, targets, eraser): each set's rate with its interval and the original's
+    rate in brackets, each alteration measure with its interval, and the fit cost."""
+    table = _as_frame(data)
+    sets = _rate_sets(table)
+    spms = spm_variants(table["eraser"])
+    shared_n = {m: _column_n(table, m) for m in [*sets, *ALTERATION]}
+
+    def title(measure: str, base: str) -> str:
+        return base + (f" (n={shared_n[measure]})" if shared_n[measure] is not None else "")
+
+    header = ["model", "erased", "eraser", "fitted on"]
+    header += [title(s, f"{s} {rate_info(s, ERASURE_SETS).arrow}") for s in sets]
+    header += [title(key, ALTERATION[key].header) for key in ALTERATION] + [FIT_SECONDS.header, FIT_MEMORY.header]
+    cells = list(table.groupby(["model", "targets", "eraser", "fitted_on"], sort=False))
+    cells.sort(key=lambda item: (item[0][0], len(item[0][1].split("+")), item[0][2]))  # stable: run order within
+    rows = []
+    for key, cell in cells:
+        by_measure = {row.measure: row for row in cell.itertuples()}
+        line = [_rate_cell(by_measure.get(s), spms, shared_n[s] is None) for s in sets]
+        line += [_alteration_cell(by_measure.get(k), shared_n[k] is None) for k in ALTERATION]
+        line += [
+            _fit_cell(by_measure.get("fit_seconds"), "{:.0f}"),
+            _fit_cell(by_measure.get("fit_peak_mib"), "{:.0f}"),
+        ]
+        rows.append([key[0], key[1].replace("+", " + "), key[2], key[3], *line])
     return header, rows
 
 
-def _percent(rate: float | None) -> str:
-    return "-" if rate is None else f"{rate * 100:.0f} %"
+def _percent(rate: float) -> str:
+    return "-" if rate is None or math.isnan(rate) else f"{rate * 100:.0f} %"
 
 
-def caption(app: Application, results: list[Result]) -> str:
-    settings = results[0].settings if results else {}
+def _has(x) -> bool:
+    """Not missing (None, NaN or pandas' NA)."""
+    return x is not None and not pd.isna(x)
+
+
+def _rate_cell(row, spms: list[str], per_cell: bool) -> str:
+    if row is None:
+        return "-"
+    interval = f" [{row.lo * 100:.0f}, {row.hi * 100:.0f}]" if _has(row.lo) else " [-]"
+    differs = [getattr(row, f"differs_from_{_column_name(spm)}", None) for spm in spms]
+    marks = "".join(m for m, d in zip(MARKS, differs) if _has(d) and bool(d))
+    n = f" n={row.n}" if per_cell and _has(row.n) else ""
+    return f"{_percent(row.value)}{interval} ({_percent(row.original_value)}){marks}{n}"
+
+
+def _number(value: float) -> str:
+    return f"{round(value, 3) + 0.0:.3f}"  # + 0.0: FID of two identical sets comes out as a rounding error's -0.000
+
+
+def _alteration_cell(row, per_cell: bool) -> str:
+    if row is None:
+        return "-"
+    interval = f" [{_number(row.lo)}, {_number(row.hi)}]" if _has(row.lo) else " [-]"
+    n = f" n={row.n}" if per_cell and _has(row.n) else ""
+    return f"{_number(row.value)}{interval}{n}"
+
+
+def _fit_cell(row, form: str) -> str:
+    return "-" if row is None else form.format(row.value)
+
+
+def caption(app: Application, data) -> str:
+    table = _as_frame(data)
+    settings = table.attrs.get("settings", {})
+    spms = spm_variants(table["eraser"])
+    marks = ", ".join(f"{m} {spm}" for m, spm in zip(MARKS, spms))
     return (
-        f"{app.name} v{app.version}; judge: {app.judge}; judged-present rate per prompt set, the original model's in brackets; "
-        f"↓ erasure (target prompts, lower is better), ↑ erosion sets (higher is better); alteration of the non-target images against the original's (same seeds) on judge features; "
-        f"fit cost: time and peak memory above the loaded model (CUDA allocation on a GPU, resident set size on CPU), summed over the targets for erasers fitted per target (SPM); DDIM {settings.get('steps')} steps, "
+        f"{app.name} v{app.version}; judge: {app.judge}; judged-present rate per prompt set with its 95 % interval, the original model's in brackets; "
+        f"↓ erasure (target prompts, lower is better), ↑ erosion sets (higher is better); alteration of the non-target images against the original's (same seeds) on judge features, with its 95 % interval; "
+        f"n: images per cell (in the header where every cell has the same); intervals: Wilson where each prompt has one image, else a percentile bootstrap over prompts "
+        f"({stats.BOOTSTRAPS} resamples, seed {stats.SEED}; at 0 % or 100 % Wilson over the number of prompts), paired distance and FID recomputed on each bootstrap resample of prompts; [-]: no per-image record in the run folder; "
+        + (f"marks ({marks}): this rate differs from that SPM's on the same prompts and seeds at 95 % (paired bootstrap over prompts), unmarked: a tie; " if spms else "")
+        + f"fit cost: time and peak memory above the loaded model (CUDA allocation on a GPU, resident set size on CPU), summed over the targets for erasers fitted per target (SPM), one fit (no interval); DDIM {settings.get('steps')} steps, "
         f"guidance {settings.get('guidance')}, {settings.get('resolution')} px, seeds {settings.get('seeds')}"
         + (f", limit {settings['limit']} prompts per set" if settings.get("limit") else "")
-    )
+    )  # fmt: skip
 
 
-def markdown(app: Application, results: list[Result]) -> str:
-    header, rows = table_rows(results)
+def markdown(app: Application, data) -> str:
+    header, rows = table_rows(data)
     lines = [
         f"# {app.name}",
         "",
-        caption(app, results),
+        caption(app, data),
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
@@ -84,51 +362,60 @@ def markdown(app: Application, results: list[Result]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def csv_text(results: list[Result]) -> str:
-    """Every measured number in long form, one row each: the rates with the original model's, then
-    the alteration (paired feature distance, FID) and the fitting cost, which have no original value."""
+def _csv_value(measure_unit: str, value) -> str:
+    if not _has(value):
+        return ""
+    return f"{value:.4f}" if measure_unit != "cost" else str(value)
+
+
+def csv_text(data) -> str:
+    """Every measured number in long form, one row each: the frame, values as the tables always gave
+    them (rates and alteration to 4 decimals, fit costs as recorded)."""
+    table = _as_frame(data)
+    columns = [*COLUMNS, *[c for c in table.columns if c not in COLUMNS]]
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["model", "targets", "eraser", "fitted_on", "measure", "value", "original_value"])
-    for r in results:
-        if r.eraser == "none":
-            continue
-        cell = [r.model, "+".join(r.targets), r.eraser, r.fitted_on]
-        for s, v in r.rates.items():
-            writer.writerow(cell + [s, f"{v:.4f}", f"{r.original_rates.get(s, float('nan')):.4f}"])
-        for measure, value in (r.alteration or {}).items():
-            writer.writerow(cell + [measure, f"{value:.4f}", ""])
-        for measure in ("fit_seconds", "fit_peak_mib"):
-            if getattr(r, measure) is not None:
-                writer.writerow(cell + [measure, getattr(r, measure), ""])
+    writer.writerow(columns)
+    for row in table[columns].itertuples(index=False):
+        record = dict(zip(columns, row))
+        kind = "cost" if record["measure"] in FIT_COSTS else "number"
+        line = []
+        for column, value in record.items():
+            if column in ("value", "lo", "hi", "original_lo", "original_hi") or column.startswith("minus_"):
+                line.append(_csv_value(kind, value))
+            elif column == "original_value":
+                line.append(f"{value:.4f}" if record["unit"] == "fraction" else "")  # nan: a set the original lacks
+            else:
+                line.append("" if not _has(value) else str(value))
+        writer.writerow(line)
     return out.getvalue()
 
 
 def write_reports(app: Application, run_dir: Path, out_dir: Path) -> list[Path]:
-    results = load_results(run_dir)
+    table = frame(load_results(run_dir), run_dir, app)
     out_dir.mkdir(parents=True, exist_ok=True)
-    md, table = out_dir / f"{app.name}.md", out_dir / f"{app.name}.csv"
-    write_text_atomic(md, markdown(app, results))
-    write_text_atomic(table, csv_text(results))
+    md, text = out_dir / f"{app.name}.md", out_dir / f"{app.name}.csv"
+    write_text_atomic(md, markdown(app, table))
+    write_text_atomic(text, csv_text(table))
     tex, plot = out_dir / f"{app.name}.tex", out_dir / f"{app.name}_tradeoff.svg"
-    write_text_atomic(tex, latex(app, results))
-    write_text_atomic(plot, tradeoff_svg(results))
-    written = [md, table, tex, plot]
-    erasers = sorted({r.eraser for r in results if r.eraser != "none"})
-    for r in results:
-        if not erasers or r.eraser != erasers[0]:  # one grid per (model, experiment)
-            continue
-        grid = image_grid(run_dir, r.model, r.targets, erasers, app, r.settings["limit"])
-        if grid is not None:
-            path = out_dir / "grids" / f"{r.model}_{'+'.join(t.replace(' ', '-') for t in r.targets)}.png"
-            path.parent.mkdir(exist_ok=True)
-            save_image_atomic(grid, path)
-            written.append(path)
+    write_text_atomic(tex, latex(app, table))
+    write_text_atomic(plot, tradeoff_svg(table))
+    written = [md, text, tex, plot]
+    erasers = sorted(e for e in table["eraser"].unique())
+    for (model, targets), _ in table.groupby(["model", "targets"], sort=False):
+        if erasers:  # one grid per (model, experiment)
+            limit = table.attrs["settings"].get("limit")
+            grid = image_grid(run_dir, model, targets.split("+"), erasers, app, limit)
+            if grid is not None:
+                path = out_dir / "grids" / f"{model}_{'+'.join(t.replace(' ', '-') for t in targets.split('+'))}.png"
+                path.parent.mkdir(exist_ok=True)
+                save_image_atomic(grid, path)
+                written.append(path)
     return written
 
 
-def latex(app: Application, results: list[Result]) -> str:
-    header, rows = table_rows(results)
+def latex(app: Application, data) -> str:
+    header, rows = table_rows(data)
 
     def esc(text: str) -> str:
         return (
@@ -137,6 +424,11 @@ def latex(app: Application, results: list[Result]) -> str:
             .replace("&", r"\&")
             .replace("↓", r"$\downarrow$")
             .replace("↑", r"$\uparrow$")
+            .replace("†", r"$^{\dagger}$")
+            .replace("‡", r"$^{\ddagger}$")
+            .replace("§", r"$^{\S}$")
+            .replace("¶", r"$^{\P}$")
+            .replace("‖", r"$^{\|}$")
         )
 
     lines = [
@@ -148,20 +440,34 @@ def latex(app: Application, results: list[Result]) -> str:
     lines.append(" & ".join(esc(h) for h in header) + r" \\")
     lines.append(r"\midrule")
     lines += [" & ".join(esc(c) for c in row) + r" \\" for row in rows]
-    lines += [r"\bottomrule", r"\end{tabular}", r"\caption{" + esc(caption(app, results)) + "}", r"\end{table}"]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\caption{" + esc(caption(app, data)) + "}", r"\end{table}"]
     return "\n".join(lines) + "\n"
 
 
-def tradeoff_svg(results: list[Result], width: int = 480, height: int = 360) -> str:
-    """Erasure (target rate relative to the original) against erosion (kept accuracy on the other sets)."""
+def _tradeoff_points(table: pd.DataFrame) -> list[tuple]:
+    """Per cell: erasure (target rate / original's) and its interval, erosion (mean kept-set rate /
+    original's) and the mean of the sets' interval ends over the original's (an approximate band)."""
     points = []
-    for r in results:
-        if r.eraser == "none" or not r.original_rates.get("target"):
+    rates = table[table["unit"] == "fraction"]
+    for (model, targets, eraser), cell in rates.groupby(["model", "targets", "eraser"], sort=False):
+        target = cell[cell["measure"] == "target"]
+        if target.empty or not target["original_value"].iloc[0]:
             continue
-        erasure = r.rates["target"] / r.original_rates["target"]
-        kept = [r.rates[s] / r.original_rates[s] for s in r.rates if s not in ERASURE_SETS and r.original_rates.get(s)]
-        if kept:
-            points.append((erasure, sum(kept) / len(kept), f"{r.eraser} {r.model} {'+'.join(r.targets)}"))
+        t = target.iloc[0]
+        kept = cell[~cell["measure"].isin(ERASURE_SETS) & (cell["original_value"] > 0)]
+        if kept.empty:
+            continue
+        ratio = lambda column, rows: float((rows[column] / rows["original_value"]).mean())  # noqa: E731
+        x = (t.value / t.original_value, t.lo / t.original_value, t.hi / t.original_value)
+        y = (ratio("value", kept), ratio("lo", kept), ratio("hi", kept))
+        points.append((x, y, f"{eraser} {model} {targets}"))
+    return points
+
+
+def tradeoff_svg(data, width: int = 480, height: int = 360) -> str:
+    """Erasure (target rate relative to the original) against erosion (kept accuracy on the other
+    sets), with 95 % error bars where the run folder gave intervals."""
+    points = _tradeoff_points(_as_frame(data))
     pad = 50
     sx = lambda v: pad + min(max(v, 0), 1.2) / 1.2 * (width - 2 * pad)  # noqa: E731
     sy = lambda v: height - pad - min(max(v, 0), 1.2) / 1.2 * (height - 2 * pad)  # noqa: E731
@@ -173,12 +479,20 @@ def tradeoff_svg(results: list[Result], width: int = 480, height: int = 360) -> 
         f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="black"/>',
         f'<text x="{width / 2}" y="{height - 15}" text-anchor="middle">target presence / original (lower: more erased)</text>',
         f'<text x="15" y="{height / 2}" transform="rotate(-90 15 {height / 2})" text-anchor="middle">non-target accuracy / original (higher: less eroded)</text>',
+        f'<text x="{width - pad}" y="{pad - 10}" text-anchor="end">bars: 95 % intervals over the original\'s rate</text>',
     ]
     for tick in (0, 0.5, 1.0):
         parts.append(f'<text x="{sx(tick)}" y="{height - pad + 14}" text-anchor="middle">{tick}</text>')
         parts.append(f'<text x="{pad - 6}" y="{sy(tick) + 4}" text-anchor="end">{tick}</text>')
-    for x, y, label in points:
+    for (x, x_lo, x_hi), (y, y_lo, y_hi), label in points:
         colour = palette.get(label.split()[0], "#555")
+        if _has(x_lo) and _has(y_lo):
+            parts.append(
+                f'<line x1="{sx(x_lo):.1f}" y1="{sy(y):.1f}" x2="{sx(x_hi):.1f}" y2="{sy(y):.1f}" stroke="{colour}" stroke-opacity="0.5"/>'
+            )
+            parts.append(
+                f'<line x1="{sx(x):.1f}" y1="{sy(y_lo):.1f}" x2="{sx(x):.1f}" y2="{sy(y_hi):.1f}" stroke="{colour}" stroke-opacity="0.5"/>'
+            )
         parts.append(
             f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="4" fill="{colour}"><title>{label}: {x:.2f}, {y:.2f}</title></circle>'
         )

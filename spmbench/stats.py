@@ -12,7 +12,9 @@
   images, enough for the percentiles to exclude the FID measured); FID's percentiles are shifted
   back by that bias, the bootstrap's estimate of the FID's own.
 - The difference between two erasers' rates on the same prompts and seeds: a paired percentile
-  bootstrap over prompts; it holds at 95 % when its interval excludes 0, else it is a tie.
+  bootstrap over prompts; it holds at 95 % when its interval excludes 0, else it is a tie. Where
+  every prompt shows the same difference the bootstrap collapses; there each prompt is one vote
+  (`paired_difference`).
 
 Resamples are drawn from a generator seeded with SEED, so tables are byte-reproducible.
 """
@@ -35,6 +37,7 @@ WILSON = "wilson"
 CLUSTER_BOOTSTRAP = "cluster bootstrap"
 WILSON_OVER_PROMPTS = "wilson over prompts"  # a clustered rate at 0 % or 100 %
 SHIFTED_BOOTSTRAP = "cluster bootstrap, bias-shifted"  # FID
+PROMPT_VOTES = "wilson over prompts agreeing"  # a paired difference the same on every prompt
 
 
 @dataclass(frozen=True)
@@ -104,8 +107,20 @@ def mean_interval(values: Sequence[float], clusters: Sequence, seed: int = SEED)
 
 
 def paired_difference(a: Sequence[bool], b: Sequence[bool], clusters: Sequence, seed: int = SEED) -> Interval:
-    """rate(a) - rate(b) on the same images (same prompt and seed, row-aligned), bootstrapped over prompts."""
+    """rate(a) - rate(b) on the same images (same prompt and seed, row-aligned), bootstrapped over prompts.
+
+    Where every prompt shows the same difference d, every resample does too and the bootstrap
+    collapses to [d, d]; there each prompt counts as one vote for d's direction: the interval is
+    d times [2 q - 1, 1], q the Wilson lower bound of C agreeing prompts out of C, so that 3 prompts
+    agreeing are a tie (q = 0.44) and 5 hold (q = 0.57).
+    """
     d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    codes = cluster_codes(clusters)
+    per_prompt = np.bincount(codes, weights=d) / np.bincount(codes)
+    if d.any() and np.all(per_prompt == per_prompt[0]):
+        n_prompts = len(per_prompt)
+        ends = sorted(per_prompt[0] * np.array([2 * wilson(n_prompts, n_prompts)[0] - 1, 1.0]))
+        return Interval(float(d.mean()), float(ends[0]), float(ends[1]), len(d), n_prompts, PROMPT_VOTES)
     return mean_interval(d, clusters, seed)
 
 

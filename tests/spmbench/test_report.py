@@ -1,29 +1,139 @@
-"""Table rows from stored results (the runner's end-to-end test covers the written files)."""
+"""The results frame and the tables rendered from it, on run folders built by hand with known counts
+(the runner's end-to-end test covers the files a real run writes)."""
 
 import csv
 import io
 
 import pytest
+import torch
 
-from spmbench.report import csv_text, load_results, table_rows
+import spmbench
+from spmbench import stats
+from spmbench.metrics import ALTERATION_FEATURES_FILE, save_alteration_features
+from spmbench.report import csv_text, load_results, markdown, table_rows
 from spmbench.result import Result
 
 
-def result(eraser, rates, alteration=None):
+def result(eraser, rates, alteration=None, original_rates=None, targets=("Barkley",), app="toy-concept", limit=None):
     return Result(
-        app="toy-concept", app_version=2, model="toy-base", fitted_on="toy-base", eraser=eraser, targets=("Barkley",),
-        rows=2, rates=rates, original_rates={"target": 1.0, "near": 0.8}, alteration=alteration,
+        app=app, app_version=2, model="toy-base", fitted_on="toy-base", eraser=eraser, targets=targets,
+        rows=2, rates=rates, original_rates=original_rates or {"target": 1.0, "near": 0.8}, alteration=alteration,
         alteration_features="toy judge", fit_seconds=61.2, fit_peak_mib=None, generate_seconds_this_run=1.0,
-        settings={"limit": None},
+        settings={"limit": limit},
     )  # fmt: skip
 
 
-def test_rows_show_rates_with_the_originals_and_clean_zeros():
+MINI = """name: mini
+version: 1
+world: toy
+judge: toy
+erase: [[Barkley]]
+prompts:
+  target: {{concepts: "{{targets}}", templates: [{templates}]}}
+  near: {{concepts: [Juno], templates: [{templates}]}}
+seeds: {seeds}
+"""
+TEMPLATES = ", ".join(f"'{{}} {i}'" for i in range(10))  # 10 prompts per set
+
+
+def write_run(tmp_path, monkeypatch, verdicts: dict, seeds=(0,), features: dict | None = None):
+    """A run folder of the 'mini' application (10 prompts per set, `seeds`): per eraser, per set, the
+    judge's verdict on each image in row order; `features`: per eraser, (erased, original) features
+    of the near rows. Returns the run folder and the application."""
+    from spmbench.apps import load_apps
+    from spmbench.result import cell_key
+
+    apps = tmp_path / "apps"
+    apps.mkdir()
+    (apps / "mini.yaml").write_text(MINI.format(templates=TEMPLATES, seeds=list(seeds)))
+    monkeypatch.setenv("SPMBENCH_APPS", str(apps))
+    app = load_apps().get("mini")
+    rows = app.rows(("Barkley",))
+    run_dir = tmp_path / "runs" / "mini"
+    rate = {e: {s: sum(v) / len(v) for s, v in sets.items()} for e, sets in verdicts.items()}
+    for eraser, sets in verdicts.items():
+        cell = run_dir / "cells" / cell_key("toy-base", eraser, ("Barkley",))
+        cell.mkdir(parents=True)
+        lines = []
+        for s, present in sets.items():
+            ours = [r for r in rows if r.set == s]
+            lines += [f'{{"prompt_id": "{r.prompt_id}", "set": "{s}", "present": {str(p).lower()}}}' for r, p in zip(ours, present)]  # fmt: skip
+        (cell / "scores.jsonl").write_text("\n".join(lines) + "\n")
+        alteration = None
+        if features and eraser in features:
+            erased, original = features[eraser]
+            near = [r.prompt_id for r in rows if r.set == "near"]
+            save_alteration_features(cell / ALTERATION_FEATURES_FILE, near, erased, original)
+            alteration = {"paired_feature_distance": 1.0, "fid_judge_features": 1.0}
+        stored = result(eraser, rate[eraser], alteration, rate["none"], app="mini")
+        stored.save(cell / "result.json")
+    return run_dir, app
+
+
+def test_a_cell_with_known_counts_shows_its_wilson_interval_and_n(tmp_path, monkeypatch):
+    verdicts = {
+        "none": {"target": [True] * 10, "near": [True] * 10},
+        "spm": {"target": [True] + [False] * 9, "near": [True] * 9 + [False]},
+        "esd-x": {"target": [True] * 10, "near": [True] * 8 + [False] * 2},
+    }
+    run_dir, app = write_run(tmp_path, monkeypatch, verdicts)
+    table = spmbench.results(run_dir)
+    spm = table[(table.eraser == "spm") & (table.measure == "target")].iloc[0]
+    assert (spm.value, spm.n, spm.n_prompts, spm.interval) == (0.1, 10, 10, stats.WILSON)
+    assert (spm.lo, spm.hi) == pytest.approx((0.0179, 0.4042), abs=1e-4)  # Wilson's 1 of 10, by hand
+    assert (spm.original_value, spm.original_lo, spm.original_hi) == pytest.approx((1.0, *stats.wilson(10, 10)))
+    text = markdown(app, table)
+    assert "| target ↓ (n=10) | near ↑ (n=10) |" in text
+    assert "| toy-base | Barkley | spm | toy-base | 10 % [2, 40] (100 %) | 90 % [60, 98] (100 %) |" in text
+    # esd-x keeps the target in 10 of 10 images where SPM erased 9: a difference that holds (mark † for spm);
+    # near: 8 of 10 against 9 of 10, one image apart: a tie (no mark)
+    assert "| toy-base | Barkley | esd-x | toy-base | 100 % [72, 100] (100 %)† | 80 % [49, 94] (100 %) |" in text
+    assert "† spm" in text and "unmarked: a tie" in text
+    rows = {(r["eraser"], r["measure"]): r for r in csv.DictReader(io.StringIO(csv_text(table)))}
+    spm_row = rows["spm", "target"]
+    assert (spm_row["value"], spm_row["n"], spm_row["lo"], spm_row["hi"]) == ("0.1000", "10", "0.0179", "0.4042")
+    esd = rows["esd-x", "target"]
+    assert (esd["minus_spm"], esd["differs_from_spm"]) == ("0.9000", "True")
+    assert (rows["esd-x", "near"]["differs_from_spm"], rows["spm", "near"]["differs_from_spm"]) == ("False", "")
+
+
+def test_images_sharing_prompts_get_the_cluster_bootstrap(tmp_path, monkeypatch):
+    two_seeds = [i < 6 for i in range(10) for _ in range(2)]  # 10 prompts x 2 seeds: 6 prompts present
+    verdicts = {
+        "none": {"target": [True] * 20, "near": [True] * 20},
+        "spm": {"target": two_seeds, "near": [False] * 20},
+    }
+    run_dir, _ = write_run(tmp_path, monkeypatch, verdicts, seeds=(0, 1))
+    table = spmbench.results(run_dir.parent)  # a folder of run folders works too
+    by_measure = {row.measure: row for row in table.itertuples()}
+    target, near = by_measure["target"], by_measure["near"]
+    assert (target.n, target.n_prompts, target.interval) == (20, 10, stats.CLUSTER_BOOTSTRAP)
+    assert target.lo < 0.6 < target.hi and target.hi - target.lo > 0.4  # wider than Wilson's on 20 images
+    assert (near.interval, near.hi) == (stats.WILSON_OVER_PROMPTS, stats.wilson(0, 10)[1])
+
+
+def test_alteration_intervals_come_from_the_stored_features(tmp_path, monkeypatch):
+    original = torch.randn(10, 3, generator=torch.Generator().manual_seed(0))
+    moved = original + torch.tensor([1.0, 0.0, 0.0])  # every image moved by 1: distance 1, FID 1, on any resample
+    verdicts = {
+        "none": {"target": [True] * 10, "near": [True] * 10},
+        "spm": {"target": [False] * 10, "near": [True] * 10},
+    }
+    run_dir, app = write_run(tmp_path, monkeypatch, verdicts, features={"spm": (moved, original)})
+    table = spmbench.results(run_dir)
+    fid = table[table.measure == "fid_judge_features"].iloc[0]
+    assert (fid.lo, fid.hi, fid.n, fid.n_prompts) == (pytest.approx(1.0), pytest.approx(1.0), 10, 10)
+    assert "| 1.000 [1.000, 1.000] | 1.000 [1.000, 1.000] | 61 | - |" in markdown(app, table)
+    assert "paired dist. ↓ (n=10)" in markdown(app, table)
+
+
+def test_rows_from_results_alone_show_values_and_no_interval():
     untouched = {"paired_feature_distance": 0.0, "fid_judge_features": -3e-7}  # FID's rounding error
     header, rows = table_rows([result("none", {}), result("spm-rel", {"target": 0.0, "near": 0.8}, untouched)])
     assert header[4:6] == ["target ↓", "near ↑"]
     assert rows == [
-        ["toy-base", "Barkley", "spm-rel", "toy-base", "0 % (100 %)", "80 % (80 %)", "0.000", "0.000", "61", "-"]
+        ["toy-base", "Barkley", "spm-rel", "toy-base", "0 % [-] (100 %)", "80 % [-] (80 %)", "0.000 [-]", "0.000 [-]"]
+        + ["61", "-"]
     ]
 
 
@@ -38,10 +148,10 @@ def test_results_round_trip_and_a_foreign_file_is_named(tmp_path):
         load_results(tmp_path)
 
 
-def test_the_csv_has_every_number_the_markdown_has():
+def test_the_csv_keeps_the_values_the_tables_always_gave():
     erased = result("spm", {"target": 0.0, "near": 1.0}, {"paired_feature_distance": 0.25, "fid_judge_features": 1.5})
-    rows = list(csv.reader(io.StringIO(csv_text([result("none", {"target": 1.0}), erased]))))
-    measures = {row[4]: (row[5], row[6]) for row in rows[1:]}
+    rows = list(csv.DictReader(io.StringIO(csv_text([result("none", {"target": 1.0}), erased]))))
+    measures = {row["measure"]: (row["value"], row["original_value"]) for row in rows}
     assert measures == {
         "target": ("0.0000", "1.0000"),
         "near": ("1.0000", "0.8000"),
@@ -49,6 +159,12 @@ def test_the_csv_has_every_number_the_markdown_has():
         "fid_judge_features": ("1.5000", ""),
         "fit_seconds": ("61.2", ""),
     }
+    assert {"n", "n_prompts", "lo", "hi", "interval", "higher_is_better", "unit"} <= set(rows[0])
+
+
+def test_a_missing_results_folder_is_one_line(tmp_path):
+    with pytest.raises(ValueError, match="no results under .*: give a run folder"):
+        spmbench.results(tmp_path)
 
 
 def test_report_on_a_full_disk_is_one_line(tmp_path, disk_full_for):

@@ -65,7 +65,8 @@ def test_a_paired_difference_holds_only_when_its_interval_excludes_zero():
     erased, kept = [False] * 20, [True] * 20
     assert stats.holds(stats.paired_difference(erased, kept, prompts))
     difference = stats.paired_difference(erased, kept, prompts)
-    assert (difference.value, difference.lo, difference.hi) == (-1.0, -1.0, -1.0)
+    assert difference.value == -1.0 and difference.lo == -1.0 and difference.method == stats.PROMPT_VOTES
+    assert difference.hi == pytest.approx(-(2 * stats.wilson(10, 10)[0] - 1))  # not the collapsed bootstrap's -1
     same = stats.paired_difference(kept, kept, prompts)
     assert (same.lo, same.hi) == (0.0, 0.0) and not stats.holds(same)
     one_image_apart = stats.paired_difference([True] + [False] * 19, [False] * 20, prompts)
@@ -132,3 +133,10 @@ def test_the_fid_of_cluster_draws_is_the_fid_of_their_rows():
     codes = torch.arange(30) // 3
     w = torch.from_numpy(stats.resample_weights(codes.numpy(), bootstraps=5))
     assert torch.allclose(stats._weighted_fid(w, a, b, codes), stats._weighted_fid(w, a, b), rtol=1e-9)
+
+
+def test_a_difference_every_prompt_agrees_on_holds_only_from_enough_prompts():
+    for prompts, verdict in ((3, False), (5, True)):
+        clusters = [i // 4 for i in range(prompts * 4)]  # 4 seeds per prompt, all apart
+        difference = stats.paired_difference([True] * len(clusters), [False] * len(clusters), clusters)
+        assert (difference.value, difference.hi, stats.holds(difference)) == (1.0, 1.0, verdict)
