@@ -18,6 +18,27 @@ from diffusers.models.attention_processor import Attention
 from torch import nn
 
 
+# Per-prompt folded weights are kept for the call while their B copies hold at most this many times the
+# elements of the layer's input: on the toy model and SD 1.5 at a few prompts they do; with many prompts on
+# wide layers the branch path (no copies) runs instead.
+FOLD_BUDGET = 16
+
+
+def _batched_products(bias: torch.Tensor | None, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """bias + a @ b for each pair, stacked: written in place into one output (no copy) unless autograd
+    needs the graph (a weight that requires grad, with grad enabled), which `out=` does not support."""
+    if torch.is_grad_enabled() and any(t.requires_grad for pair in pairs for t in pair):
+        return torch.stack([a @ b if bias is None else torch.baddbmm(bias, a, b) for a, b in pairs])
+    a0, b0 = pairs[0]
+    y = a0.new_empty(len(pairs), a0.shape[0], a0.shape[1], b0.shape[2])
+    for j, (a, b) in enumerate(pairs):
+        if bias is None:
+            torch.bmm(a, b, out=y[j])
+        else:
+            torch.baddbmm(bias, a, b, out=y[j])
+    return y
+
+
 class PermeabilityState:
     """Shared by every membrane layer of one UNet: the permeability of the current call.
 
@@ -55,10 +76,21 @@ class PermeabilityState:
         # Host-to-device copies of the rows, made once per call, not once per layer: on CUDA each
         # copy from host memory waits for the queued kernels (151 % overhead on SD 1.5, H100, fp16).
         self._on_device: dict = {}
+        # Each layer's weights folded for this permeability, by layer: dropped with it, so the
+        # folded copies live only as long as the call they were made for.
+        self.folded: dict[int, tuple] = {}
         self.version += 1
         # Decided once per call, on the host: layers then never sync with the device to check it.
         rows = self.gamma if self.gamma is not None else self.default
         self.uniform = rows is None or bool((rows == rows[:1]).all())
+        # Prompts that share a permeability share a folded weight: (G, k) distinct rows, each prompt's index.
+        self.groups, self.group_of = (None, None) if rows is None else torch.unique(rows, dim=0, return_inverse=True)
+
+    def prompt_rows(self, k: int) -> torch.Tensor:
+        """(B, k) permeabilities of the prompts (one row for fixed weights), on the host."""
+        if self.gamma is not None:
+            return self.gamma
+        return torch.ones(1, k) if self.default is None else self.default
 
     def for_batch(self, n: int, k: int, device, dtype) -> torch.Tensor:
         key = (n, k, str(device), dtype)
@@ -90,7 +122,7 @@ class MembraneLayer(nn.Module):
         self.up = nn.ParameterList()
         self.scales: list[float] = []
         self._packed: tuple | None = None  # (key, down, up, owner, row_scale), see packed()
-        self._coeff: tuple | None = None  # (key, coeff, up scaled by coeff), see _coefficients()
+        self._coeff: tuple | None = None  # (key, coeff), see _coefficients()
 
     @property
     def is_conv(self) -> bool:
@@ -118,6 +150,7 @@ class MembraneLayer(nn.Module):
         if self._packed is not None and self._packed[0] == key and not trainable:
             return self._packed[1:]
         self._coeff = None  # derived from the factors being rebuilt
+        self.state.folded.pop(id(self), None)
         down, up = torch.cat(list(self.down)), torch.cat(list(self.up), dim=1)
         owner = torch.cat([torch.full((d.shape[0],), i) for i, d in enumerate(self.down)])
         row_scale = torch.tensor(self.scales, dtype=down.dtype)[owner].to(down.device)
@@ -142,10 +175,13 @@ class MembraneLayer(nn.Module):
         if self.state.legacy:
             return self.base_layer(x) + self._legacy_branch(x, gamma)
         down, up, owner, row_scale = self.packed()
-        merged = self.state.uniform and not (torch.is_grad_enabled() and self.up[0].requires_grad)
-        coeff, scaled_up = self._coefficients(gamma, owner, row_scale, up, merged)
-        if merged:
-            return self._merged_forward(x, scaled_up, down)
+        # Trainable factors need the branch for their gradients; frozen ones are folded into the weight.
+        if not (torch.is_grad_enabled() and any(p.requires_grad for p in self.up)):
+            if self.state.uniform:
+                return self._merged_forward(x, self._folded(down, up, owner, row_scale, per_prompt=False))
+            if self._per_prompt_fits(x):
+                return self._per_prompt_forward(x, self._folded(down, up, owner, row_scale, per_prompt=True))
+        coeff = self._coefficients(gamma, owner, row_scale)
         y = self.base_layer(x)
         # The up-projection is a fused matmul-add: a conv with R input channels is ~30x slower on CPU.
         if self.is_conv:
@@ -156,31 +192,76 @@ class MembraneLayer(nn.Module):
         h = F.linear(x, down) * coeff.view(x.shape[0], *([1] * (x.dim() - 2)), -1)
         return torch.addmm(y.reshape(-1, y.shape[-1]), h.reshape(-1, h.shape[-1]), up.T).view_as(y)
 
-    def _coefficients(self, gamma, owner, row_scale, up, merged: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Each row's weight per rank row, and with `merged` U diag(c) for the folded weight.
+    def _coefficients(self, gamma, owner, row_scale) -> torch.Tensor:
+        """Each row's weight per rank row (N, R), for the branch path.
 
         Cached for the permeability of the current call, so the denoising steps of one generation
         compute them once: on a GPU their tiny kernels cost more than the layer's own work.
         """
-        key = (self.state.version, gamma.shape, gamma.dtype, gamma.device, merged)
+        key = (self.state.version, gamma.shape, gamma.dtype, gamma.device)
         if self._coeff is not None and self._coeff[0] == key:
-            return self._coeff[1:]
+            return self._coeff[1]
         coeff = gamma[:, owner] * row_scale.to(gamma.dtype)
-        scaled_up = up.flatten(1) * coeff[0] if merged else None
         if self._packed is not None:  # frozen factors: packed() drops this cache when they change
-            self._coeff = (key, coeff, scaled_up)
-        return coeff, scaled_up
+            self._coeff = (key, coeff)
+        return coeff
 
-    def _merged_forward(self, x: torch.Tensor, scaled_up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
-        """One prompt's gamma for the whole batch: fold the rank-R update into the weight.
+    def _folded(self, down, up, owner, row_scale, per_prompt: bool) -> torch.Tensor:
+        """W + U diag(c) D for the call's permeability: one weight (all prompts alike) or one per prompt
+        (B, out, in...), made once per distinct permeability and shared by the prompts that have it.
 
-        W + U diag(c) D costs out * in * R, far less than a pass over the activations.
+        Made once per call (cached in the state until the permeability changes), so the denoising steps
+        of one generation pay it once: out x in x R multiply-adds per distinct permeability, far less than
+        the branch's (in + out) x R per token on every step.
         """
+        key = (self.state.version, per_prompt)  # packed() drops it when the factors change
+        cached = self.state.folded.get(id(self))
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        base = self.base_layer.weight
+        k = len(self.down)
+        rows = self.state.groups if per_prompt else self.state.prompt_rows(k)[:1]
+        coeff = rows.to(base.device, base.dtype)[:, owner] * row_scale.to(base.dtype)  # (G, R)
+        scaled_up = up.flatten(1)[None] * coeff[:, None, :]  # (G, out, R): U diag(c_g)
+        g = scaled_up.shape[0]
+        weight = torch.baddbmm(base.flatten(1).expand(g, -1, -1), scaled_up, down.flatten(1).expand(g, -1, -1))
+        if per_prompt:  # each prompt's fold: its permeability's (unique() sorts the distinct rows)
+            weight = weight[self.state.group_of.to(weight.device)]
+        else:
+            weight = weight[0].view_as(base)
+        self.state.folded[id(self)] = (key, weight)
+        return weight
+
+    def _merged_forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """One permeability for the whole batch: the rank-R update folded into the weight."""
         base = self.base_layer
-        weight = torch.addmm(base.weight.flatten(1), scaled_up, down.flatten(1)).view_as(base.weight)
         if self.is_conv:
             return F.conv2d(x, weight, base.bias, base.stride, base.padding, base.dilation, base.groups)
         return F.linear(x, weight, base.bias)
+
+    def _per_prompt_fits(self, x: torch.Tensor) -> bool:
+        """Whether each prompt's rows can run on its own folded weight: a Linear or a pointwise conv, and
+        the B folded copies at most FOLD_BUDGET times the input's size (they are kept for the call)."""
+        base = self.base_layer
+        if self.is_conv and (base.kernel_size != (1, 1) or base.stride != (1, 1) or base.padding != (0, 0)):
+            return False
+        return self.state.group_of.numel() * base.weight.numel() <= FOLD_BUDGET * x.numel()
+
+    def _per_prompt_forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Row n of the batch times its prompt's folded weight (prompt n mod B: CFG stacks m copies of the
+        B prompts), as m batched products over the B prompts, written in place into one output."""
+        base = self.base_layer
+        b, out = weights.shape[:2]
+        n = x.shape[0]
+        m = n // b
+        if self.is_conv:
+            xs = x.reshape(m, b, x.shape[1], -1)  # (m, B, in, HW)
+            bias = None if base.bias is None else base.bias[:, None]
+            y = _batched_products(bias, [(weights, xs[j]) for j in range(m)])
+            return y.view(n, out, *x.shape[2:])
+        xs = x.reshape(m, b, -1, x.shape[-1])  # (m, B, tokens, in)
+        y = _batched_products(base.bias, [(xs[j], weights.transpose(1, 2)) for j in range(m)])
+        return y.view(*x.shape[:-1], out)
 
     def _legacy_branch(self, x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
         """The released code: s * (sum_i gamma_i U_i)(sum_j gamma_j D_j x): gamma^2 and cross terms."""

@@ -136,3 +136,30 @@ def test_every_new_permeability_is_used_not_a_cached_one(kind):
             for row in range(4):
                 ref = apply_dense(base, dense_reference(base, branches, rows[row % len(rows)]), x[row : row + 1])
                 torch.testing.assert_close(y[row : row + 1], ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+@pytest.mark.parametrize(
+    "gamma, rows",
+    [
+        # 4 prompts, two sharing a permeability, tiled over CFG's [uncond; cond] (8 rows).
+        ([[1.0, 0.0, 0.3], [1.0, 0.0, 0.3], [0.2, 0.9, 0.0], [0.5, 0.5, 0.5]], 8),
+        # A row per batch row: the uncond half shares one permeability, the cond half has its own per prompt.
+        ([[0.1, 0.2, 0.3], [0.1, 0.2, 0.3], [1.0, 0.0, 0.3], [0.2, 0.9, 0.0]], 4),
+    ],
+)
+def test_folded_per_prompt_weights_equal_the_branch_path(kind, gamma, rows, monkeypatch):
+    base, layer, state, branches = make_layer(kind)
+    x = torch.randn(rows, 7, 6) if kind == "linear" else torch.randn(rows, 6, 3, 3)
+    state.gamma = torch.tensor(gamma)
+    with torch.no_grad():
+        folded = layer(x)
+        assert id(layer) in state.folded  # the grouped, folded path ran
+        monkeypatch.setattr("spm.layers.FOLD_BUDGET", 0)  # no room for folded copies: the branch path
+        state.gamma = torch.tensor(gamma)
+        branch = layer(x)
+        assert id(layer) not in state.folded
+    torch.testing.assert_close(folded, branch, rtol=1e-5, atol=1e-6)
+    for row in range(rows):
+        ref = apply_dense(base, dense_reference(base, branches, gamma[row % len(gamma)]), x[row : row + 1])
+        torch.testing.assert_close(folded[row : row + 1], ref, rtol=1e-5, atol=1e-5)
