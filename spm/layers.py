@@ -86,11 +86,13 @@ class PermeabilityState:
         # Prompts that share a permeability share a folded weight: (G, k) distinct rows, each prompt's index.
         self.groups, self.group_of = (None, None) if rows is None else torch.unique(rows, dim=0, return_inverse=True)
 
-    def prompt_rows(self, k: int) -> torch.Tensor:
-        """(B, k) permeabilities of the prompts (one row for fixed weights), on the host."""
-        if self.gamma is not None:
-            return self.gamma
-        return torch.ones(1, k) if self.default is None else self.default
+    def on_device(self, name: str, device, dtype=None) -> torch.Tensor:
+        """`groups` or `group_of` (by `name`) on `device`: copied once per call, shared by every layer."""
+        key = (name, str(device), dtype)
+        if key not in self._on_device:
+            tensor = getattr(self, name)
+            self._on_device[key] = tensor.to(device=device, dtype=dtype or tensor.dtype)
+        return self._on_device[key]
 
     def for_batch(self, n: int, k: int, device, dtype) -> torch.Tensor:
         key = (n, k, str(device), dtype)
@@ -178,9 +180,9 @@ class MembraneLayer(nn.Module):
         # Trainable factors need the branch for their gradients; frozen ones are folded into the weight.
         if not (torch.is_grad_enabled() and any(p.requires_grad for p in self.up)):
             if self.state.uniform:
-                return self._merged_forward(x, self._folded(down, up, owner, row_scale, per_prompt=False))
+                return self._merged_forward(x, self._folded(gamma, down, up, owner, row_scale, per_prompt=False))
             if self._per_prompt_fits(x):
-                return self._per_prompt_forward(x, self._folded(down, up, owner, row_scale, per_prompt=True))
+                return self._per_prompt_forward(x, self._folded(gamma, down, up, owner, row_scale, per_prompt=True))
         coeff = self._coefficients(gamma, owner, row_scale)
         y = self.base_layer(x)
         # The up-projection is a fused matmul-add: a conv with R input channels is ~30x slower on CPU.
@@ -206,7 +208,7 @@ class MembraneLayer(nn.Module):
             self._coeff = (key, coeff)
         return coeff
 
-    def _folded(self, down, up, owner, row_scale, per_prompt: bool) -> torch.Tensor:
+    def _folded(self, gamma, down, up, owner, row_scale, per_prompt: bool) -> torch.Tensor:
         """W + U diag(c) D for the call's permeability: one weight (all prompts alike) or one per prompt
         (B, out, in...), made once per distinct permeability and shared by the prompts that have it.
 
@@ -219,14 +221,14 @@ class MembraneLayer(nn.Module):
         if cached is not None and cached[0] == key:
             return cached[1]
         base = self.base_layer.weight
-        k = len(self.down)
-        rows = self.state.groups if per_prompt else self.state.prompt_rows(k)[:1]
-        coeff = rows.to(base.device, base.dtype)[:, owner] * row_scale.to(base.dtype)  # (G, R)
+        # The distinct rows, or the one row all prompts share (already on the device for this call).
+        rows = self.state.on_device("groups", base.device, base.dtype) if per_prompt else gamma[:1].to(base.dtype)
+        coeff = rows[:, owner] * row_scale.to(base.dtype)  # (G, R)
         scaled_up = up.flatten(1)[None] * coeff[:, None, :]  # (G, out, R): U diag(c_g)
         g = scaled_up.shape[0]
         weight = torch.baddbmm(base.flatten(1).expand(g, -1, -1), scaled_up, down.flatten(1).expand(g, -1, -1))
         if per_prompt:  # each prompt's fold: its permeability's (unique() sorts the distinct rows)
-            weight = weight[self.state.group_of.to(weight.device)]
+            weight = weight[self.state.on_device("group_of", weight.device)]
         else:
             weight = weight[0].view_as(base)
         self.state.folded[id(self)] = (key, weight)

@@ -1,0 +1,345 @@
+"""Whole-pipeline cost of k attached SPMs with Facilitated Transport, each prompt its own permeability.
+
+Times `attached(prompts, ...)` against the bare `pipe(prompts, ...)` at the same batch, steps and seeds,
+side by side in one run: each round runs every setting once (bare, then k = 1, 5, 20, ...), so load
+drift hits all of them alike, and the ratio bare / attached is taken per round, then the median.
+Also the UNet forward time (summed over the steps of a call) and the arithmetic limit: the pipeline's
+multiply-adds against those plus the k rank-1 branches' (in + out) x k per token per membrane layer,
+the cost the unfolded branches would add.
+
+    # the toy model on CPU (issue 21's setting)
+    python bench/bench_pipeline_overhead.py --threads 2 --prompts 32 --steps 30 --rounds 3
+    # SD 1.5 architecture, random weights, on a GPU (both batch sizes in one call)
+    python bench/bench_pipeline_overhead.py --model sd15 --device cuda --dtype float16 --size 512 --prompts 2,8
+    # the same code path on CPU at a tiny size (a smoke test before any GPU session)
+    python bench/bench_pipeline_overhead.py --model sd15-tiny --size 64 --prompts 2 --steps 2 --rounds 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+import spm
+from spm.layers import membrane_targets
+from spm.models import SD1_UNET_CONFIG
+
+
+TOY = "spmbench/toy/weights/toy-base"
+# Its tokenizer files give the random SD 1.5 pipeline a real CLIP tokenizer without any download.
+TOKENIZER = Path(TOY) / "tokenizer"
+PHRASES = ["a photo of", "a painting of", "a sketch of", "an image of", "a drawing of", "a picture of"]
+THINGS = ["a dog", "a cat", "a tree", "a house", "a car", "a boat", "a bird", "the sea", "a lamp", "a chair"]
+# Words the prompts do not contain, so FT's cosine (not a shared token) sets each prompt's own permeability.
+TARGETS = ["zebra", "castle", "volcano", "guitar", "penguin", "rocket", "violin", "tiger", "bridge", "candle"]
+
+
+def random_sd15(tiny: bool, device: str, dtype: torch.dtype):
+    """A StableDiffusionPipeline with SD 1.5's architecture (or a tiny one) and random weights."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(0)
+    tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER, model_max_length=77)
+    width = 32 if tiny else 768
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=width, intermediate_size=4 * width,
+            num_hidden_layers=2 if tiny else 12, num_attention_heads=2 if tiny else 12, max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        )
+    )  # fmt: skip
+    unet_config = dict(SD1_UNET_CONFIG, cross_attention_dim=width)
+    vae_config: dict = dict(
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=512,
+    )  # fmt: skip
+    if tiny:
+        unet_config.update(block_out_channels=(32, 64, 64, 64), layers_per_block=1, norm_num_groups=16)
+        vae_config.update(block_out_channels=(16, 16, 16, 16), layers_per_block=1, norm_num_groups=8)
+    scheduler = DDIMScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+        set_alpha_to_one=False, steps_offset=1,
+    )  # fmt: skip
+    pipe = StableDiffusionPipeline(
+        unet=UNet2DConditionModel(**unet_config), vae=AutoencoderKL(**vae_config), text_encoder=text_encoder,
+        tokenizer=tokenizer, scheduler=scheduler, safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )  # fmt: skip
+    return pipe.to(device, dtype)
+
+
+def load(model: str, device: str, dtype: torch.dtype):
+    if model in ("sd15", "sd15-tiny"):
+        pipe = random_sd15(model == "sd15-tiny", device, dtype)
+    else:
+        pipe = spm.load_pipeline(TOY if model == "toy" else model, device=device, dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def random_spms(pipe, k: int) -> list[spm.SPM]:
+    """k SPMs with non-zero up factors (as trained ones are), each erasing one of TARGETS."""
+    spms = [spm.SPM.init(pipe.unet, [TARGETS[i % len(TARGETS)]], seed=i) for i in range(k)]
+    for s in spms:
+        s.layers = {name: (down, torch.randn_like(up) * 0.01) for name, (down, up) in s.layers.items()}
+    return spms
+
+
+def prompts_for(n: int) -> list[str]:
+    return [f"{PHRASES[i % len(PHRASES)]} {THINGS[(i // len(PHRASES)) % len(THINGS)]}, number {i}" for i in range(n)]
+
+
+class UNetTimer:
+    """Sums the UNet forward time of a pipeline call, without a host sync inside the call (CUDA events)."""
+
+    def __init__(self, unet):
+        self.cuda = next(unet.parameters()).is_cuda
+        self.spans: list = []
+        self.handles = [
+            unet.register_forward_pre_hook(lambda *_: self._mark()),
+            unet.register_forward_hook(lambda *_: self._mark()),
+        ]
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def _mark(self) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.spans.append(event)
+        else:
+            self.spans.append(time.perf_counter())
+
+    def take(self) -> float:
+        """Seconds spent in UNet forwards since the last take()."""
+        pairs = list(zip(self.spans[::2], self.spans[1::2]))
+        self.spans = []
+        if self.cuda:
+            return sum(a.elapsed_time(b) for a, b in pairs) / 1000
+        return sum(b - a for a, b in pairs)
+
+
+def timed_call(runner, pipe, timer: UNetTimer, prompts: list[str], args) -> tuple[float, float, float]:
+    """Wall seconds of the call, of its UNet forwards, and the process's CPU seconds (on a loaded machine
+    CPU time counts only this process's work, though threads waiting at barriers still add to it)."""
+    generator = [torch.Generator("cpu").manual_seed(i) for i in range(len(prompts))]
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start, cpu = time.perf_counter(), time.process_time()
+    runner(
+        prompts, num_inference_steps=args.steps, generator=generator, height=args.size, width=args.size,
+        guidance_scale=7.5, output_type="pt",
+    )  # fmt: skip
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, timer.take(), time.process_time() - cpu
+
+
+def macs(pipe, prompts: list[str], args, ks: list[int]) -> dict:
+    """Multiply-adds of one bare pipeline call, and what k unfolded rank-1 branches per layer would add."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    tokens: dict[str, int] = {}  # per batch row, by membrane layer, over one UNet forward
+
+    def count(name):
+        def hook(module, inputs, _):
+            x = inputs[0]
+            per_row = x[0, 0].numel() if isinstance(module, torch.nn.Conv2d) else x[0].numel() // x.shape[-1]
+            tokens[name] = tokens.get(name, 0) + per_row * x.shape[0]
+
+        return hook
+
+    layers = membrane_targets(pipe.unet)
+    handles = [layer.register_forward_hook(count(name)) for name, layer in layers.items()]
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        pipe(prompts, num_inference_steps=args.steps, height=args.size, width=args.size, output_type="pt")
+    for h in handles:
+        h.remove()
+    total = counter.get_total_flops() / 2
+    own = sum(n * _width(layers[name])[0] * _width(layers[name])[1] for name, n in tokens.items())
+    per_spm = sum(n * sum(_width(layers[name])) for name, n in tokens.items())
+    return {
+        "pipeline_macs": total,
+        "membrane_layers_macs": own,
+        "branch_macs_per_spm": per_spm,
+        "limit": {k: total / (total + k * per_spm) for k in ks if k},
+        "limit_layers_only": {k: own / (own + k * per_spm) for k in ks if k},
+    }
+
+
+def _width(layer) -> tuple[int, int]:
+    base = getattr(layer, "base_layer", layer)
+    if isinstance(base, torch.nn.Conv2d):
+        return base.in_channels * base.kernel_size[0] * base.kernel_size[1], base.out_channels
+    return base.in_features, base.out_features
+
+
+def measure(pipe, n_prompts: int, ks: list[int], args) -> dict:
+    prompts = prompts_for(n_prompts)
+    spms = {k: random_spms(pipe, k) for k in ks if k}
+    timer = UNetTimer(pipe.unet)
+    distinct = {}
+    for k in spms:  # attach once to check every prompt gets its own permeability
+        attached = spm.attach(pipe, spms[k])
+        distinct[k] = len(torch.unique(attached.permeability(prompts), dim=0))
+        attached.detach()
+    timed_call(pipe, pipe, timer, prompts, args)  # warm-up, bare
+    times: dict[int, list[tuple[float, float, float]]] = {k: [] for k in ks}
+    for _ in range(args.rounds):
+        for k in ks:
+            if not k:
+                times[k].append(timed_call(pipe, pipe, timer, prompts, args))
+                continue
+            attached = spm.attach(pipe, spms[k])
+            times[k].append(timed_call(attached, pipe, timer, prompts, args))
+            attached.detach()
+    timer.remove()
+    rows = []
+    for k in ks:
+        ratios = [b[0] / a[0] for b, a in zip(times[0], times[k])]
+        unet_ratios = [b[1] / a[1] for b, a in zip(times[0], times[k])]
+        cpu_ratios = [b[2] / a[2] for b, a in zip(times[0], times[k])]
+        seconds = statistics.median(t for t, _, _ in times[k])
+        rows.append(
+            {
+                "spms": k,
+                "seconds": seconds,
+                "images_per_s": n_prompts / seconds,
+                "unet_seconds": statistics.median(u for _, u, _ in times[k]),
+                "cpu_seconds": statistics.median(c for _, _, c in times[k]),
+                "ratio": statistics.median(ratios),
+                "ratio_min": min(ratios),
+                "ratio_max": max(ratios),
+                "unet_ratio": statistics.median(unet_ratios),
+                "cpu_ratio": statistics.median(cpu_ratios),
+                "distinct_permeabilities": distinct.get(k, 0),
+            }
+        )
+    result = {"prompts": n_prompts, "batch_rows": 2 * n_prompts, "rows": rows}
+    if not args.no_limit:
+        result["arithmetic"] = macs(pipe, prompts, args, ks)
+    return result
+
+
+def environment(args) -> dict:
+    import diffusers
+    import transformers
+
+    if args.device.startswith("cuda"):
+        device = torch.cuda.get_device_name()
+    else:
+        device = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    load_avg = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "load_average_at_start": load_avg,
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def markdown(report: dict) -> str:
+    s, env = report["settings"], report["environment"]
+    lines = [
+        f"# SPM inference overhead: whole pipeline ({s['model']}, {s['device']}, {s['dtype']})",
+        "",
+        f"Command: `{s['command']}`",
+        f"Date: {env['date']}. Machine: {env['device']}, {env['threads']} torch threads, load average at start "
+        f"{env['load_average_at_start']}. torch {env['torch']}, diffusers {env['diffusers']}, "
+        f"transformers {env['transformers']}.",
+        f"Settings: {s['size']} px, {s['steps']} steps, CFG 7.5, FT on (each prompt its own permeability), "
+        f"median of {s['rounds']} interleaved rounds (bare, then each k, per round); ratio = bare time / attached "
+        "time per round, then the median (1.00x = free).",
+        "",
+    ]
+    for run in report["runs"]:
+        arith = run.get("arithmetic")
+        lines += [
+            f"## {run['prompts']} prompts (batch of {run['batch_rows']} rows with CFG)",
+            "",
+            "| SPMs | distinct gammas | pipeline (s) | images/s | UNet (s) | ratio vs bare (min-max) | UNet ratio"
+            " | CPU-time ratio |" + (" arithmetic limit |" if arith else ""),
+            "|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if arith else ""),
+        ]
+        for r in run["rows"]:
+            limit = arith["limit"].get(r["spms"]) if arith else None
+            cell = "" if not arith else (f" {limit:.3f}x |" if limit else " 1x |")
+            lines.append(
+                f"| {r['spms']} | {r['distinct_permeabilities'] or '-'} | {r['seconds']:.2f} | {r['images_per_s']:.2f}"
+                f" | {r['unet_seconds']:.2f} | {r['ratio']:.3f}x ({r['ratio_min']:.2f}-{r['ratio_max']:.2f})"
+                f" | {r['unet_ratio']:.3f}x | {r['cpu_ratio']:.3f}x |{cell}"
+            )
+        if arith:
+            lines += [
+                "",
+                f"Arithmetic: the bare pipeline call is {arith['pipeline_macs'] / 1e9:.2f} G multiply-adds, its "
+                f"membrane layers {arith['membrane_layers_macs'] / 1e9:.2f} G; each SPM's unfolded rank-1 branches "
+                f"would add {arith['branch_macs_per_spm'] / 1e9:.3f} G ((in + out) per token per layer). Limit = "
+                "pipeline / (pipeline + k x branches); on the membrane layers alone it would be "
+                + ", ".join(f"{v:.3f}x (k = {k})" for k, v in arith["limit_layers_only"].items())
+                + ". Folded weights do not pay the per-token branch cost, so they can beat this limit.",
+            ]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="toy", help="toy, sd15 (random weights), sd15-tiny, or a pipeline directory")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--size", type=int, default=None, help="image side in px (default: toy 32, sd15 512)")
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--prompts", default="32", help="comma-separated batch sizes (prompts; CFG doubles the rows)")
+    ap.add_argument("--ks", default="0,1,5,20", help="numbers of SPMs; 0 (the bare pipeline) is always run")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (set it: the default varies)")
+    ap.add_argument("--no-limit", action="store_true", help="skip counting the arithmetic limit")
+    ap.add_argument("--out", type=Path, default=None, help="default: reports/bench/pipeline_overhead_<model>_<device>")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.size = args.size or (512 if args.model == "sd15" else 64 if args.model == "sd15-tiny" else 32)
+    ks = sorted({0, *(int(v) for v in args.ks.split(","))})
+    pipe = load(args.model, args.device, getattr(torch, args.dtype))
+    runs = []
+    for n in (int(v) for v in args.prompts.split(",")):
+        runs.append(measure(pipe, n, ks, args))
+        for r in runs[-1]["rows"]:
+            print(f"prompts={n:3d} k={r['spms']:3d} {r['seconds']:8.2f} s  ratio {r['ratio']:.3f}x", flush=True)
+    report = {
+        "settings": dict(vars(args), out=None, command="python " + " ".join(__import__("sys").argv)),
+        "environment": environment(args),
+        "runs": runs,
+    }
+    out = args.out or Path(f"reports/bench/pipeline_overhead_{Path(args.model).name}_{args.device.split(':')[0]}")
+    write_atomic(out.with_suffix(".json"), json.dumps(report, indent=1, default=str) + "\n")
+    write_atomic(out.with_suffix(".md"), markdown(report))
+    print(f"wrote {out}.json and .md")
+
+
+if __name__ == "__main__":
+    main()
