@@ -357,7 +357,8 @@ def _optimise(
             with attached.permeable(gamma), autocast:
                 return model(
                     x.expand(len(cond), -1, -1, -1), encoder_hidden_states=cond.states, pooled_projections=cond.pooled,
-                    timestep=t.expand(len(cond)), return_dict=False,
+                    # the rollout's timesteps live on the host: SD3 embeds them on their own device
+                    timestep=t.to(x.device).expand(len(cond)), return_dict=False,
                 )[0].float()  # fmt: skip
         pixels = (x.shape[2] * pipe.vae_scale_factor, x.shape[3] * pipe.vae_scale_factor)  # SDXL's time ids
         with attached.permeable(gamma), autocast:

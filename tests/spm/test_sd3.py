@@ -243,3 +243,14 @@ def test_the_command_line_trains_and_generates_on_sd3(sd3_dir, tmp_path):
     result = CliRunner().invoke(app, [str(a) for a in generate])
     assert result.exit_code == 0, result.output
     assert len(list((tmp_path / "i").glob("*.png"))) == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the host/device mismatch needs a CUDA device")
+def test_training_on_cuda_gives_the_transformer_its_timesteps_on_the_latents_device(sd3):
+    seen = []
+    sd3.to("cuda")
+    sd3.transformer.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append((kwargs["timestep"].device, args[0].device)), with_kwargs=True
+    )
+    spm.train(sd3, ["snoopy"], config=spm.TrainConfig(iterations=1, warmup_steps=0, rollout_steps=3), progress=False)
+    assert seen and all(t == x for t, x in seen)
