@@ -5,7 +5,10 @@
   prompts (clusters), since images of one prompt are not independent. At 0 % or 100 % every
   resample gives the same rate and the bootstrap collapses to a point; there the interval is
   Wilson's over the number of prompts, which counts each prompt as one observation (conservative:
-  the effective sample size of clustered images lies between the prompts and the images).
+  the effective sample size of clustered images lies between the prompts and the images). With
+  fewer than FEW_PROMPTS prompts the percentile bootstrap is too narrow (simulated coverage 69 % at
+  3 prompts x 4 seeds, 79 % at 4 x 3): there the interval is the union of the bootstrap's and
+  Wilson's over the prompts.
 - Paired feature distance and FID: a percentile bootstrap over prompts, recomputing the statistic
   on each resample (same prompts on both sides: the pairs stay pairs). A resample repeats images,
   which shrinks the covariances' rank and inflates FID (by a third in 192 dimensions from 800
@@ -38,6 +41,10 @@ CLUSTER_BOOTSTRAP = "cluster bootstrap"
 WILSON_OVER_PROMPTS = "wilson over prompts"  # a clustered rate at 0 % or 100 %
 SHIFTED_BOOTSTRAP = "cluster bootstrap, bias-shifted"  # FID
 PROMPT_VOTES = "wilson over prompts agreeing"  # a paired difference the same on every prompt
+UNION_WITH_WILSON = "cluster bootstrap or wilson over prompts"  # a clustered rate from few prompts
+# Below this many prompts a percentile bootstrap over prompts undercovers (it sees only C distinct
+# values per resample); rates then widen to Wilson over the prompts.
+FEW_PROMPTS = 10
 
 
 @dataclass(frozen=True)
@@ -95,7 +102,14 @@ def rate_interval(present: Sequence[bool], clusters: Sequence, seed: int = SEED)
     if value in (0.0, 1.0):
         return Interval(value, *wilson(round(value * n_prompts), n_prompts), n, n_prompts, WILSON_OVER_PROMPTS)
     w = resample_weights(codes, seed=seed)
-    return Interval(value, *_percentiles(w @ x / w.sum(1)), n, n_prompts, CLUSTER_BOOTSTRAP)
+    lo, hi = _percentiles(w @ x / w.sum(1))
+    if n_prompts < FEW_PROMPTS:
+        # Few prompts: the bootstrap's percentiles covered a true rate only 69 % of the time at 3
+        # prompts x 4 seeds (every toy app has 3-4 target prompts); Wilson over the prompts, each
+        # prompt one observation, is the conservative bound, so take whichever end is wider.
+        wilson_lo, wilson_hi = wilson(round(value * n_prompts), n_prompts)
+        return Interval(value, min(lo, wilson_lo), max(hi, wilson_hi), n, n_prompts, UNION_WITH_WILSON)
+    return Interval(value, lo, hi, n, n_prompts, CLUSTER_BOOTSTRAP)
 
 
 def mean_interval(values: Sequence[float], clusters: Sequence, seed: int = SEED) -> Interval:
