@@ -18,25 +18,11 @@ from diffusers.models.attention_processor import Attention
 from torch import nn
 
 
-# Per-prompt folded weights are kept for the call while their B copies hold at most this many times the
-# elements of the layer's input: on the toy model and SD 1.5 at a few prompts they do; with many prompts on
-# wide layers the branch path (no copies) runs instead.
+# Per-prompt folding keeps one folded weight per distinct permeability (G copies, not one per prompt) for
+# the call, while a layer's G copies hold at most FOLD_BUDGET times the elements of its input and all layers'
+# copies of the call together at most FOLD_BYTES; past either bound the layer runs the branch path (no copies).
 FOLD_BUDGET = 16
-
-
-def _batched_products(bias: torch.Tensor | None, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    """bias + a @ b for each pair, stacked: written in place into one output (no copy) unless autograd
-    needs the graph (a weight that requires grad, with grad enabled), which `out=` does not support."""
-    if torch.is_grad_enabled() and any(t.requires_grad for pair in pairs for t in pair):
-        return torch.stack([a @ b if bias is None else torch.baddbmm(bias, a, b) for a, b in pairs])
-    a0, b0 = pairs[0]
-    y = a0.new_empty(len(pairs), a0.shape[0], a0.shape[1], b0.shape[2])
-    for j, (a, b) in enumerate(pairs):
-        if bias is None:
-            torch.bmm(a, b, out=y[j])
-        else:
-            torch.baddbmm(bias, a, b, out=y[j])
-    return y
+FOLD_BYTES = 256 * 2**20
 
 
 class PermeabilityState:
@@ -79,6 +65,7 @@ class PermeabilityState:
         # Each layer's weights folded for this permeability, by layer: dropped with it, so the
         # folded copies live only as long as the call they were made for.
         self.folded: dict[int, tuple] = {}
+        self.folded_bytes = 0  # the per-prompt folds' bytes in `folded`, bounded by FOLD_BYTES
         self.version += 1
         # Decided once per call, on the host: layers then never sync with the device to check it.
         rows = self.gamma if self.gamma is not None else self.default
@@ -92,6 +79,16 @@ class PermeabilityState:
         if key not in self._on_device:
             tensor = getattr(self, name)
             self._on_device[key] = tensor.to(device=device, dtype=dtype or tensor.dtype)
+        return self._on_device[key]
+
+    def rows_of_groups(self, n: int, device) -> list[torch.Tensor]:
+        """For a batch of n = m * B rows (row r is prompt r mod B): each group's row indices, on `device`."""
+        key = ("rows_of_groups", n, str(device))
+        if key not in self._on_device:
+            group_of_row = self.group_of.repeat(n // self.group_of.numel())
+            self._on_device[key] = [
+                (group_of_row == g).nonzero().flatten().to(device) for g in range(self.groups.shape[0])
+            ]
         return self._on_device[key]
 
     def for_batch(self, n: int, k: int, device, dtype) -> torch.Tensor:
@@ -216,9 +213,8 @@ class MembraneLayer(nn.Module):
         of one generation pay it once: out x in x R multiply-adds per distinct permeability, far less than
         the branch's (in + out) x R per token on every step.
         """
-        key = (self.state.version, per_prompt)  # packed() drops it when the factors change
         cached = self.state.folded.get(id(self))
-        if cached is not None and cached[0] == key:
+        if cached is not None and cached[0] == self._fold_key(per_prompt):
             return cached[1]
         base = self.base_layer.weight
         # The distinct rows, or the one row all prompts share (already on the device for this call).
@@ -227,12 +223,20 @@ class MembraneLayer(nn.Module):
         scaled_up = up.flatten(1)[None] * coeff[:, None, :]  # (G, out, R): U diag(c_g)
         g = scaled_up.shape[0]
         weight = torch.baddbmm(base.flatten(1).expand(g, -1, -1), scaled_up, down.flatten(1).expand(g, -1, -1))
-        if per_prompt:  # each prompt's fold: its permeability's (unique() sorts the distinct rows)
-            weight = weight[self.state.on_device("group_of", weight.device)]
-        else:
+        if not per_prompt:
             weight = weight[0].view_as(base)
-        self.state.folded[id(self)] = (key, weight)
+        elif cached is not None:  # a refold (the base weight was edited): its old copies are dropped
+            self.state.folded_bytes -= cached[1].numel() * cached[1].element_size()
+        if per_prompt:
+            self.state.folded_bytes += weight.numel() * weight.element_size()
+        self.state.folded[id(self)] = (self._fold_key(per_prompt), weight)
         return weight
+
+    def _fold_key(self, per_prompt: bool) -> tuple:
+        """What a fold depends on besides the factors (packed() drops it when they change): the call's
+        permeability and the base weight, whose in-place edits (merge(), load_state_dict) bump _version."""
+        base = self.base_layer.weight
+        return (self.state.version, per_prompt, base.data_ptr(), base._version, base.dtype, base.device)
 
     def _merged_forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """One permeability for the whole batch: the rank-R update folded into the weight."""
@@ -242,28 +246,33 @@ class MembraneLayer(nn.Module):
         return F.linear(x, weight, base.bias)
 
     def _per_prompt_fits(self, x: torch.Tensor) -> bool:
-        """Whether each prompt's rows can run on its own folded weight: a Linear or a pointwise conv, and
-        the B folded copies at most FOLD_BUDGET times the input's size (they are kept for the call)."""
+        """Whether each prompt's rows can run on its permeability's folded weight: a Linear or a pointwise
+        conv, whose G folded copies (kept for the call) hold at most FOLD_BUDGET times the input's elements
+        and fit, with the call's other folds, in FOLD_BYTES. Checked before folding, so a layer that does
+        not fit stays on the branch path for the whole call (the call's folds only grow)."""
         base = self.base_layer
         if self.is_conv and (base.kernel_size != (1, 1) or base.stride != (1, 1) or base.padding != (0, 0)):
             return False
-        return self.state.group_of.numel() * base.weight.numel() <= FOLD_BUDGET * x.numel()
+        cached = self.state.folded.get(id(self))
+        if cached is not None and cached[0] == self._fold_key(True):
+            return True
+        copies = self.state.groups.shape[0] * base.weight.numel()
+        nbytes = copies * base.weight.element_size()
+        return copies <= FOLD_BUDGET * x.numel() and self.state.folded_bytes + nbytes <= FOLD_BYTES
 
     def _per_prompt_forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """Row n of the batch times its prompt's folded weight (prompt n mod B: CFG stacks m copies of the
-        B prompts), as m batched products over the B prompts, written in place into one output."""
+        """Each row times its permeability's folded weight (row n is prompt n mod B: CFG stacks m copies
+        of the B prompts): one product per distinct permeability over the rows that have it."""
         base = self.base_layer
-        b, out = weights.shape[:2]
-        n = x.shape[0]
-        m = n // b
-        if self.is_conv:
-            xs = x.reshape(m, b, x.shape[1], -1)  # (m, B, in, HW)
-            bias = None if base.bias is None else base.bias[:, None]
-            y = _batched_products(bias, [(weights, xs[j]) for j in range(m)])
-            return y.view(n, out, *x.shape[2:])
-        xs = x.reshape(m, b, -1, x.shape[-1])  # (m, B, tokens, in)
-        y = _batched_products(base.bias, [(xs[j], weights.transpose(1, 2)) for j in range(m)])
-        return y.view(*x.shape[:-1], out)
+        out = weights.shape[1]
+        rows_of = self.state.rows_of_groups(x.shape[0], x.device)
+        if len(rows_of) == 1:
+            return self._merged_forward(x, weights[0].view_as(base.weight))
+        y = x.new_empty(x.shape[0], *((out, *x.shape[2:]) if self.is_conv else (*x.shape[1:-1], out)))
+        for weight, rows in zip(weights, rows_of):
+            if rows.numel():
+                y.index_copy_(0, rows, self._merged_forward(x.index_select(0, rows), weight.view_as(base.weight)))
+        return y
 
     def _legacy_branch(self, x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
         """The released code: s * (sum_i gamma_i U_i)(sum_j gamma_j D_j x): gamma^2 and cross terms."""

@@ -163,3 +163,34 @@ def test_folded_per_prompt_weights_equal_the_branch_path(kind, gamma, rows, monk
     for row in range(rows):
         ref = apply_dense(base, dense_reference(base, branches, gamma[row % len(gamma)]), x[row : row + 1])
         torch.testing.assert_close(folded[row : row + 1], ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("gamma", [None, [[1.0, 0.0, 0.3], [0.2, 0.9, 0.0]]])  # one fold, then one per group
+def test_an_in_place_edit_of_the_base_weight_is_folded_in(gamma):
+    base, layer, state, branches = make_layer("linear")
+    state.gamma = None if gamma is None else torch.tensor(gamma)
+    x = torch.randn(4, 7, 6)
+    with torch.no_grad():
+        layer(x)
+        assert id(layer) in state.folded
+        base.weight.mul_(2.0)  # as merge() or load_state_dict edit it, while attached
+        y = layer(x)
+    for row in range(4):
+        g = [1.0, 1.0, 1.0] if gamma is None else gamma[row % 2]
+        ref = apply_dense(base, dense_reference(base, branches, g), x[row : row + 1])
+        torch.testing.assert_close(y[row : row + 1], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_folded_copies_are_one_per_distinct_permeability_and_bounded_in_bytes(monkeypatch):
+    base, layer, state, branches = make_layer("linear")
+    x = torch.randn(16, 7, 6)  # CFG's two halves of 8 prompts sharing 2 permeabilities
+    state.gamma = torch.tensor([[1.0, 0.0, 0.3], [0.2, 0.9, 0.0]]).repeat(4, 1)
+    with torch.no_grad():
+        y = layer(x)
+        weights = state.folded[id(layer)][1]
+        assert weights.shape == (2, 5, 6) and state.folded_bytes == weights.numel() * weights.element_size()
+        monkeypatch.setattr("spm.layers.FOLD_BYTES", weights.numel() * weights.element_size() - 1)
+        state.gamma = state.gamma.clone()  # a new call: the byte budget no longer holds its 2 copies
+        branch = layer(x)
+        assert id(layer) not in state.folded and state.folded_bytes == 0
+    torch.testing.assert_close(y, branch, rtol=1e-5, atol=1e-6)
