@@ -17,7 +17,8 @@
 - The difference between two erasers' rates on the same prompts and seeds: a paired percentile
   bootstrap over prompts; it holds at 95 % when its interval excludes 0, else it is a tie. Where
   every prompt shows the same difference the bootstrap collapses; there each prompt is one vote
-  (`paired_difference`).
+  (`paired_difference`). Whatever the branch, no difference holds from fewer than
+  MIN_PROMPTS_TO_HOLD prompts, so that more evidence never turns a difference into a tie.
 
 Resamples are drawn from a generator seeded with SEED, so tables are byte-reproducible.
 """
@@ -45,6 +46,11 @@ UNION_WITH_WILSON = "cluster bootstrap or wilson over prompts"  # a clustered ra
 # Below this many prompts a percentile bootstrap over prompts undercovers (it sees only C distinct
 # values per resample); rates then widen to Wilson over the prompts.
 FEW_PROMPTS = 10
+# The fewest prompts a paired difference can hold from: 5 prompts agreeing are the fewest whose
+# votes hold with a margin (Wilson lower bound 0.57; 4 give 0.51). Applied to the bootstrap too,
+# else 2 prompts differing by (1, 0.5) held while 3 prompts all differing by 1 tied.
+MIN_PROMPTS_TO_HOLD = 5
+TOO_FEW_PROMPTS = "too few prompts to hold"  # suffix of the method of a difference widened to 0
 
 
 @dataclass(frozen=True)
@@ -125,8 +131,8 @@ def paired_difference(a: Sequence[bool], b: Sequence[bool], clusters: Sequence, 
 
     Where every prompt shows the same difference d, every resample does too and the bootstrap
     collapses to [d, d]; there each prompt counts as one vote for d's direction: the interval is
-    d times [2 q - 1, 1], q the Wilson lower bound of C agreeing prompts out of C, so that 3 prompts
-    agreeing are a tie (q = 0.44) and 5 hold (q = 0.57).
+    d times [2 q - 1, 1], q the Wilson lower bound of C agreeing prompts out of C. In either case,
+    from fewer than MIN_PROMPTS_TO_HOLD prompts the interval is widened to reach 0: a tie.
     """
     d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
     codes = cluster_codes(clusters)
@@ -134,8 +140,17 @@ def paired_difference(a: Sequence[bool], b: Sequence[bool], clusters: Sequence, 
     if d.any() and np.all(per_prompt == per_prompt[0]):
         n_prompts = len(per_prompt)
         ends = sorted(per_prompt[0] * np.array([2 * wilson(n_prompts, n_prompts)[0] - 1, 1.0]))
-        return Interval(float(d.mean()), float(ends[0]), float(ends[1]), len(d), n_prompts, PROMPT_VOTES)
-    return mean_interval(d, clusters, seed)
+        interval = Interval(float(d.mean()), float(ends[0]), float(ends[1]), len(d), n_prompts, PROMPT_VOTES)
+    else:
+        interval = mean_interval(d, clusters, seed)
+    return interval if interval.n_prompts >= MIN_PROMPTS_TO_HOLD else _reaching_zero(interval)
+
+
+def _reaching_zero(interval: Interval) -> Interval:
+    """`interval` widened to include 0, so that it cannot hold."""
+    lo, hi = min(interval.lo, 0.0), max(interval.hi, 0.0)
+    method = f"{interval.method}, {TOO_FEW_PROMPTS}"
+    return Interval(interval.value, lo, hi, interval.n, interval.n_prompts, method)
 
 
 def holds(difference: Interval) -> bool:

@@ -148,7 +148,16 @@ def test_the_fid_of_cluster_draws_is_the_fid_of_their_rows():
 
 
 def test_a_difference_every_prompt_agrees_on_holds_only_from_enough_prompts():
-    for prompts, verdict in ((3, False), (5, True)):
+    for prompts, verdict in ((3, False), (4, False), (5, True)):
         clusters = [i // 4 for i in range(prompts * 4)]  # 4 seeds per prompt, all apart
         difference = stats.paired_difference([True] * len(clusters), [False] * len(clusters), clusters)
         assert (difference.value, difference.hi, stats.holds(difference)) == (1.0, 1.0, verdict)
+
+
+def test_no_difference_holds_from_fewer_prompts_than_agreeing_votes_need():
+    # 2 prompts differing by 1 and 0.5: the bootstrap alone gives [0.5, 1] and held, though 3 prompts all at 1 tie
+    a, b, clusters = [True, True, True, False], [False, False, False, False], [0, 0, 1, 1]
+    assert stats.mean_interval([1, 1, 1, 0], clusters).lo == 0.5  # what the bare bootstrap claimed
+    difference = stats.paired_difference(a, b, clusters)
+    assert (difference.value, difference.lo, difference.hi) == (0.75, 0.0, 1.0) and not stats.holds(difference)
+    assert difference.method.endswith(stats.TOO_FEW_PROMPTS)
