@@ -29,9 +29,11 @@ from spmbench.result import SCHEMA, Result, cell_key
 log = logging.getLogger(__name__)
 
 FIT_COSTS = {"fit_seconds": FIT_SECONDS, "fit_peak_mib": FIT_MEMORY}
+# The CSV's first seven columns are the old CSV's, in its order, so that readers by position keep
+# working; every column added since comes after them.
 COLUMNS = [
-    "app", "model", "targets", "eraser", "fitted_on", "measure", "value", "original_value", "n", "n_prompts",
-    "lo", "hi", "original_lo", "original_hi", "interval", "higher_is_better", "unit",
+    "model", "targets", "eraser", "fitted_on", "measure", "value", "original_value",
+    "app", "n", "n_prompts", "lo", "hi", "original_lo", "original_hi", "interval", "higher_is_better", "unit",
 ]  # fmt: skip
 # The signs that mark, on a baseline's rate, a difference from each SPM variant that holds at 95 %.
 MARKS = ("†", "‡", "§", "¶", "‖")

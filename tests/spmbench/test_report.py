@@ -160,6 +160,8 @@ def test_the_csv_keeps_the_values_the_tables_always_gave():
         "fit_seconds": ("61.2", ""),
     }
     assert {"n", "n_prompts", "lo", "hi", "interval", "higher_is_better", "unit"} <= set(rows[0])
+    old_columns = ["model", "targets", "eraser", "fitted_on", "measure", "value", "original_value"]
+    assert list(rows[0])[:7] == old_columns  # readers by position keep working; new columns come after
 
 
 def test_a_missing_results_folder_is_one_line(tmp_path):
