@@ -72,7 +72,10 @@ def results(path: str | Path) -> pd.DataFrame:
     for run_dir in run_dirs:
         stored = load_results(run_dir)
         if stored:
-            frames.append(frame(stored, run_dir, apps.get(stored[0].app)))
+            name = stored[0].app
+            if name not in apps:  # e.g. a run folder copied from a machine with other applications
+                log.warning("%s: application %r is not registered here: values without intervals", run_dir, name)
+            frames.append(frame(stored, run_dir, apps.get(name) if name in apps else None))
     return pd.concat(frames, ignore_index=True) if frames else frame([])
 
 
@@ -90,7 +93,9 @@ class _Sample:
 
 def frame(stored: list[Result], run_dir: Path | None = None, app: Application | None = None) -> pd.DataFrame:
     """The tidy frame of `stored` results (see `results`); intervals need the run folder and the
-    application (its prompts group the images into clusters), else they are left empty."""
+    application (its prompts group the images into clusters), else they are left empty; so are they
+    where the results were made from another version of the application (other prompts)."""
+    app = _same_version(app, stored)
     erased = [r for r in stored if r.eraser != "none"]
     samples: dict[tuple, _Sample] = {}
     rows = []
@@ -131,6 +136,17 @@ def frame(stored: list[Result], run_dir: Path | None = None, app: Application | 
     _add_comparisons(table, samples)
     table.attrs["settings"] = stored[0].settings if stored else {}
     return table
+
+
+def _same_version(app: Application | None, stored: list[Result]) -> Application | None:
+    """`app` where every result was made from its version, else None (one warning): the rows of
+    another version may group the images into other prompts, or name other images."""
+    versions = sorted({r.app_version for r in stored if app is not None and r.app_version != app.version})
+    if versions:
+        log.warning("%s: results made from version %s, the registered application is version %s: no intervals; "
+                    "rerun `spmbench run` to recompute them", app.name, versions, app.version)  # fmt: skip
+        return None
+    return app
 
 
 def _row(r: Result, cell, measure, value, interval: stats.Interval, higher, unit, original=None) -> dict:
@@ -189,7 +205,7 @@ def _rate_interval(sample: _Sample | None, stored: float | None, r: Result, prom
 
 def _alteration(run_dir: Path | None, r: Result, prompts: dict | None) -> dict[str, stats.Interval]:
     """Bootstrap intervals of the paired distance and FID from the cell's stored features, if any."""
-    from spmbench.metrics import load_alteration_features
+    from spmbench.metrics import frechet_distance, load_alteration_features, paired_distance
 
     if run_dir is None or prompts is None or not r.alteration:
         return {}
@@ -200,14 +216,26 @@ def _alteration(run_dir: Path | None, r: Result, prompts: dict | None) -> dict[s
         return {}
     ids, erased, original = loaded
     clusters = [prompts.get(i, (None, i)) for i in ids]  # (set, prompt): one cluster per prompt
-    out = {
-        "paired_feature_distance": stats.mean_interval(
-            (erased.double() - original.double()).norm(dim=1).numpy(), clusters
-        )
-    }
-    if len(ids) >= 2:
+    out = {}
+    if _reproduces(r, "paired_feature_distance", paired_distance(erased, original)):
+        distances = (erased.double() - original.double()).norm(dim=1).numpy()
+        out["paired_feature_distance"] = stats.mean_interval(distances, clusters)
+    if len(ids) >= 2 and _reproduces(r, "fid_judge_features", frechet_distance(erased, original)):
         out["fid_judge_features"] = stats.fid_interval(erased, original, clusters)
     return out
+
+
+def _reproduces(r: Result, measure: str, recomputed: float) -> bool:
+    """Whether the features give result.json's value (else they changed after it was made: no
+    interval, one warning). 1e-9 relative, and absolute near 0, where FID is a rounding error."""
+    stored = r.alteration.get(measure)
+    if stored is None:
+        return False
+    if math.isclose(recomputed, stored, rel_tol=1e-9, abs_tol=1e-9):
+        return True
+    log.warning("%s %s %s: the features give %s %s, result.json %s: no interval", r.model, r.eraser, r.targets,
+                measure, recomputed, stored)  # fmt: skip
+    return False
 
 
 def spm_variants(erasers) -> list[str]:

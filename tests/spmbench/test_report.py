@@ -9,14 +9,16 @@ import torch
 
 import spmbench
 from spmbench import stats
-from spmbench.metrics import ALTERATION_FEATURES_FILE, save_alteration_features
-from spmbench.report import csv_text, load_results, markdown, table_rows
+from spmbench.metrics import ALTERATION_FEATURES_FILE, frechet_distance, paired_distance, save_alteration_features
+from spmbench.report import NO_INTERVAL, csv_text, load_results, markdown, table_rows
 from spmbench.result import Result
 
 
-def result(eraser, rates, alteration=None, original_rates=None, targets=("Barkley",), app="toy-concept", limit=None):
+def result(
+    eraser, rates, alteration=None, original_rates=None, targets=("Barkley",), app="toy-concept", limit=None, version=2
+):
     return Result(
-        app=app, app_version=2, model="toy-base", fitted_on="toy-base", eraser=eraser, targets=targets,
+        app=app, app_version=version, model="toy-base", fitted_on="toy-base", eraser=eraser, targets=targets,
         rows=2, rates=rates, original_rates=original_rates or {"target": 1.0, "near": 0.8}, alteration=alteration,
         alteration_features="toy judge", fit_seconds=61.2, fit_peak_mib=None, generate_seconds_this_run=1.0,
         settings={"limit": limit},
@@ -36,10 +38,13 @@ seeds: {seeds}
 TEMPLATES = ", ".join(f"'{{}} {i}'" for i in range(10))  # 10 prompts per set
 
 
-def write_run(tmp_path, monkeypatch, verdicts: dict, seeds=(0,), features: dict | None = None):
+def write_run(
+    tmp_path, monkeypatch, verdicts: dict, seeds=(0,), features: dict | None = None, version=1, alteration=None
+):
     """A run folder of the 'mini' application (10 prompts per set, `seeds`): per eraser, per set, the
     judge's verdict on each image in row order; `features`: per eraser, (erased, original) features
-    of the near rows. Returns the run folder and the application."""
+    of the near rows, whose alteration result.json stores (or `alteration`, where given); `version`:
+    the application version the results claim. Returns the run folder and the application."""
     from spmbench.apps import load_apps
     from spmbench.result import cell_key
 
@@ -59,13 +64,16 @@ def write_run(tmp_path, monkeypatch, verdicts: dict, seeds=(0,), features: dict 
             ours = [r for r in rows if r.set == s]
             lines += [f'{{"prompt_id": "{r.prompt_id}", "set": "{s}", "present": {str(p).lower()}}}' for r, p in zip(ours, present)]  # fmt: skip
         (cell / "scores.jsonl").write_text("\n".join(lines) + "\n")
-        alteration = None
+        measured = None
         if features and eraser in features:
             erased, original = features[eraser]
             near = [r.prompt_id for r in rows if r.set == "near"]
             save_alteration_features(cell / ALTERATION_FEATURES_FILE, near, erased, original)
-            alteration = {"paired_feature_distance": 1.0, "fid_judge_features": 1.0}
-        stored = result(eraser, rate[eraser], alteration, rate["none"], app="mini")
+            measured = alteration or {
+                "paired_feature_distance": paired_distance(erased, original),
+                "fid_judge_features": frechet_distance(erased, original),
+            }
+        stored = result(eraser, rate[eraser], measured, rate["none"], app="mini", version=version)
         stored.save(cell / "result.json")
     return run_dir, app
 
@@ -125,6 +133,39 @@ def test_alteration_intervals_come_from_the_stored_features(tmp_path, monkeypatc
     assert (fid.lo, fid.hi, fid.n, fid.n_prompts) == (pytest.approx(1.0), pytest.approx(1.0), 10, 10)
     assert "| 1.000 [1.000, 1.000] | 1.000 [1.000, 1.000] | 61 | - |" in markdown(app, table)
     assert "paired dist. ↓ (n=10)" in markdown(app, table)
+
+
+def test_alteration_features_that_do_not_give_the_stored_value_give_no_interval(tmp_path, monkeypatch, caplog):
+    original = torch.randn(10, 3, generator=torch.Generator().manual_seed(0))
+    moved = original + torch.tensor([1.0, 0.0, 0.0])
+    verdicts = {
+        "none": {"target": [True] * 10, "near": [True] * 10},
+        "spm": {"target": [False] * 10, "near": [True] * 10},
+    }
+    stale = {"paired_feature_distance": 1.0, "fid_judge_features": 2.0}  # the FID stored is not the features'
+    run_dir, _ = write_run(tmp_path, monkeypatch, verdicts, features={"spm": (moved, original)}, alteration=stale)
+    table = spmbench.results(run_dir)
+    by_measure = {row.measure: row for row in table.itertuples()}
+    fid, distance = by_measure["fid_judge_features"], by_measure["paired_feature_distance"]
+    assert (fid.value, fid.interval) == (2.0, NO_INTERVAL) and fid.lo != fid.lo  # NaN
+    assert distance.interval == stats.CLUSTER_BOOTSTRAP and distance.lo == pytest.approx(1.0)
+    assert "the features give fid_judge_features" in caplog.text
+
+
+def test_results_of_an_unregistered_or_other_version_of_the_app_have_values_and_no_intervals(
+    tmp_path, monkeypatch, caplog
+):
+    verdicts = {
+        "none": {"target": [True] * 10, "near": [True] * 10},
+        "spm": {"target": [False] * 10, "near": [True] * 10},
+    }
+    run_dir, _ = write_run(tmp_path, monkeypatch, verdicts, version=7)  # 'mini' is version 1
+    table = spmbench.results(run_dir)
+    assert set(table["interval"]) <= {NO_INTERVAL, "single fit"} and table["value"].notna().all()
+    assert caplog.text.count("the registered application is version 1") == 1
+    monkeypatch.delenv("SPMBENCH_APPS")  # 'mini' is no longer registered: no error, no intervals
+    table = spmbench.results(run_dir)
+    assert set(table["interval"]) <= {NO_INTERVAL, "single fit"} and "'mini' is not registered" in caplog.text
 
 
 def test_rows_from_results_alone_show_values_and_no_interval():
