@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -97,11 +98,25 @@ def layer_names(unet: nn.Module) -> dict[str, str]:
     return {kohya_name(sgm_path(p, layers_per_block)): p for p in paths}
 
 
+def _sgm_named(names) -> bool:
+    return any(name.startswith(SGM_BLOCKS) for name in names)
+
+
+def _diffusers_named_sdxl(names) -> bool:
+    """SDXL's layers under diffusers' names: its first down block has no attention (SD 1.x/2.x's has), and
+    its deeper blocks stack several transformer blocks (SD 1.x/2.x's have one each)."""
+    unet_names = [n for n in names if n.startswith(("down_blocks_", "mid_block_", "up_blocks_"))]
+    if not unet_names:
+        return False
+    stacked = any(re.search(r"_transformer_blocks_[1-9]", n) for n in unet_names)
+    return stacked or not any(n.startswith("down_blocks_0_attentions_") for n in unet_names)
+
+
 def named_for(spm: SPM, unet: nn.Module) -> SPM:
     """`spm` with its layers under `unet`'s names. An SDXL SPM under diffusers' module names (the layout the
     released SPM code's SDXL script writes, `down_blocks_1_attentions_0_...`) gets kohya's SDXL names when
     its names are exactly the SDXL model's diffusers names; any other SPM is returned as it is."""
-    if spm.family == "sdxl" or unet_family(unet) != "sdxl":
+    if _sgm_named(spm.layers) or unet_family(unet) != "sdxl":
         return spm
     renamed = {kohya_name(path): name for name, path in layer_names(unet).items()}
     if set(spm.layers) != set(renamed):
@@ -135,10 +150,11 @@ class SPM:
 
     @property
     def family(self) -> str:
-        """The model family it was trained for, read off its layer names: 'sd3', 'sdxl' or 'sd' (SD 1.x/2.x)."""
+        """The model family it was trained for, read off its layer names: 'sd3', 'sdxl' (kohya's SGM names or
+        diffusers' names, see `named_for`) or 'sd' (SD 1.x/2.x)."""
         if any(name.startswith(SD3_BLOCKS) for name in self.layers):
             return "sd3"
-        return "sdxl" if any(name.startswith(SGM_BLOCKS) for name in self.layers) else "sd"
+        return "sdxl" if _sgm_named(self.layers) or _diffusers_named_sdxl(self.layers) else "sd"
 
     @property
     def num_parameters(self) -> int:
@@ -159,11 +175,12 @@ class SPM:
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically and byte-reproducibly as safetensors (kohya keys, fp32 unless the factors are another
         dtype); spm.files.DiskFullError when it does not fit."""
-        tensors = {}
+        tensors, sd3 = {}, self.family == "sd3"
         for name, (down, up) in self.layers.items():
-            if self.family == "sd3":  # no alpha keys: diffusers' SD3 loader refuses them, and reads alpha = rank
+            if sd3:  # no alpha keys: diffusers' SD3 loader refuses them and reads alpha = rank, so the scale
+                # alpha / rank is folded into lora_B (and alpha = rank stored): the same weights in both loaders
                 tensors[f"{DIFFUSERS_PREFIX}{name}.lora_A.weight"] = down.detach().contiguous().cpu()
-                tensors[f"{DIFFUSERS_PREFIX}{name}.lora_B.weight"] = up.detach().contiguous().cpu()
+                tensors[f"{DIFFUSERS_PREFIX}{name}.lora_B.weight"] = (up.detach() * self.scale).contiguous().cpu()
                 continue
             tensors[f"{PREFIX}{name}.lora_down.weight"] = down.detach().contiguous().cpu()
             tensors[f"{PREFIX}{name}.lora_up.weight"] = up.detach().contiguous().cpu()
@@ -171,7 +188,7 @@ class SPM:
         metadata = {
             "prompts": json.dumps(self.targets),
             "rank": str(self.rank),
-            "alpha": str(self.alpha),
+            "alpha": str(float(self.rank) if sd3 else self.alpha),
             "spm_format_version": FORMAT_VERSION,
             "spm_provenance": json.dumps(self.provenance),
         }

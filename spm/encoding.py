@@ -64,8 +64,9 @@ class Conditioning:
 
 
 def is_sdxl(pipe) -> bool:
-    """A pipeline with SDXL's two text encoders (and so pooled embeddings); SD3 has them too, see `is_sd3`."""
-    return getattr(pipe, "text_encoder_2", None) is not None
+    """An SDXL pipeline: a UNet and SDXL's two text encoders (and so pooled embeddings). SD3 has two CLIP
+    encoders too, but a transformer (and T5): it is not SDXL, see `is_sd3`."""
+    return getattr(pipe, "text_encoder_2", None) is not None and getattr(pipe, "unet", None) is not None
 
 
 def is_sd3(pipe) -> bool:
@@ -107,7 +108,7 @@ def encode_prompts(
 def encode(pipe: DiffusionPipeline, prompts: str | Sequence[str]) -> tuple[Conditioning, torch.Tensor]:
     """`encode_prompts` for every family alike: the `Conditioning` and the first tokenizer's ids."""
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    if is_sd3(pipe):  # before is_sdxl: SD3 has a text_encoder_2 too
+    if is_sd3(pipe):
         return _encode_sd3(pipe, prompts)
     if is_sdxl(pipe):
         return _encode_sdxl(pipe, prompts)

@@ -254,3 +254,26 @@ def test_training_on_cuda_gives_the_transformer_its_timesteps_on_the_latents_dev
     )
     spm.train(sd3, ["snoopy"], config=spm.TrainConfig(iterations=1, warmup_steps=0, rollout_steps=3), progress=False)
     assert seen and all(t == x for t, x in seen)
+
+
+def test_an_sd3_spm_with_alpha_not_rank_has_the_same_weights_in_spm_and_diffusers(sd3, sd3_dir, tmp_path):
+    """diffusers' SD3 loader reads no alpha (alpha = rank): the file folds alpha / rank into lora_B."""
+    assert not spm.encoding.is_sdxl(sd3)  # it has two CLIP encoders too
+    s = spm.SPM.init(sd3.transformer, ["snoopy"], rank=2, alpha=0.25, seed=0)
+    gen = torch.Generator().manual_seed(1)
+    s.layers = {n: (d, 0.5 * torch.randn(u.shape, generator=gen)) for n, (d, u) in s.layers.items()}
+    path = tmp_path / "alpha.safetensors"
+    s.save(path)
+    loaded = spm.SPM.load(path)
+    prompts = ["snoopy the dog"]
+    merged = spm.merge(sd3, s)
+    expected = velocity(sd3, prompts)
+    merged.undo()
+    merged = spm.merge(sd3, loaded)
+    torch.testing.assert_close(velocity(sd3, prompts), expected, rtol=1e-5, atol=1e-6)
+    merged.undo()
+    assert not torch.allclose(velocity(sd3, prompts), expected)  # the SPM changes the output
+    pytest.importorskip("peft", reason="diffusers' LoRA loader needs the dev extra's peft")
+    plain = spm.load_pipeline(str(sd3_dir))
+    plain.load_lora_weights(str(path))
+    torch.testing.assert_close(velocity(plain, prompts), expected, rtol=1e-4, atol=1e-5)

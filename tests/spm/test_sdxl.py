@@ -186,7 +186,8 @@ def test_an_sdxl_spm_under_diffusers_names_applies_as_the_kohya_named_one(xl):
     s = random_spm(xl.unet)
     paths = layer_names(xl.unet)
     released = spm.SPM(s.targets, {paths[name].replace(".", "_"): f for name, f in s.layers.items()})
-    assert released.family == "sd" and "down_blocks_1_attentions_0_proj_in" in released.layers
+    assert released.family == "sdxl" and "down_blocks_1_attentions_0_proj_in" in released.layers
+    assert spm.encoding.is_sdxl(xl)
     outputs = []
     for one in (s, released):
         attached = spm.attach(xl, one, transport=False)
