@@ -179,7 +179,7 @@ def fid_interval(a, b, clusters: Sequence, seed: int = SEED) -> Interval:
         codes_t = torch.from_numpy(codes)
         moments = None if len(a) <= a.shape[1] else (_cluster_moments(a, codes_t), _cluster_moments(b, codes_t))
         chunk = max(1, int(2e7 // max(len(a), a.shape[1]) ** 2))  # resamples at once: about 160 MB per array
-        parts = [_weighted_fid(w[i : i + chunk], a, b, codes_t, moments) for i in range(0, len(w), chunk)]
+        parts = [weighted_fid(w[i : i + chunk], a, b, codes_t, moments) for i in range(0, len(w), chunk)]
         stats = torch.cat(parts)
     finally:
         torch.set_num_threads(threads)
@@ -188,7 +188,7 @@ def fid_interval(a, b, clusters: Sequence, seed: int = SEED) -> Interval:
     return Interval(value, max(0.0, lo - bias), hi - bias, len(a), int(codes.max()) + 1, SHIFTED_BOOTSTRAP)
 
 
-def _weighted_fid(w, a, b, codes=None, moments=None):
+def weighted_fid(w, a, b, codes=None, moments=None):
     """metrics.frechet_distance under each row of weights w (B, N), batched: (B,). `codes`: the rows'
     clusters (a row's weight is its cluster's draws; default: a cluster per row); `moments`: the
     clusters' second moments of a and b (`_cluster_moments`), computed here if not given.
@@ -202,7 +202,6 @@ def _weighted_fid(w, a, b, codes=None, moments=None):
     """
     import torch
 
-    codes = torch.arange(len(a)) if codes is None else codes
     n = w.sum(1)
     mu_a, mu_b = w @ a / n[:, None], w @ b / n[:, None]
     trace_a = (w @ a.pow(2).sum(1) - n * mu_a.pow(2).sum(1)) / (n - 1)
@@ -214,9 +213,7 @@ def _weighted_fid(w, a, b, codes=None, moments=None):
         m = root_w[:, :, None] * centred * root_w[:, None, :] / (n - 1)[:, None, None]
         inner = m @ m.transpose(1, 2)
     else:
-        moments_a, moments_b = moments or (_cluster_moments(a, codes), _cluster_moments(b, codes))
-        counts = w[:, np.unique(codes.numpy(), return_index=True)[1]]  # (B, C): each cluster's draws
-        cov_a, cov_b = _weighted_cov(counts, moments_a, mu_a, n), _weighted_cov(counts, moments_b, mu_b, n)
+        cov_a, cov_b = _covariances(w, a, b, mu_a, mu_b, n, codes, moments)
         lower, info = torch.linalg.cholesky_ex(cov_a)
         inner = lower.transpose(1, 2) @ cov_b @ lower
         singular = info != 0
@@ -225,6 +222,18 @@ def _weighted_fid(w, a, b, codes=None, moments=None):
             inner[singular] = root @ cov_b[singular] @ root
     cross = torch.linalg.eigvalsh(inner).clamp(min=0).sqrt().sum(1)
     return (mu_a - mu_b).pow(2).sum(1) + trace_a + trace_b - 2 * cross
+
+
+def _covariances(w, a, b, mu_a, mu_b, n, codes, moments):
+    """cov_a and cov_b (B, D, D) under each row of weights w, from the clusters' moments where given."""
+    import torch
+
+    if codes is None and moments is None:  # a weight per row (metrics.frechet_distance): no (N, D, D) moments
+        return _row_weighted_cov(w, a, mu_a, n), _row_weighted_cov(w, b, mu_b, n)
+    codes = torch.arange(len(a)) if codes is None else codes
+    moments_a, moments_b = moments or (_cluster_moments(a, codes), _cluster_moments(b, codes))
+    counts = w[:, np.unique(codes.numpy(), return_index=True)[1]]  # (B, C): each cluster's draws
+    return _weighted_cov(counts, moments_a, mu_a, n), _weighted_cov(counts, moments_b, mu_b, n)
 
 
 def _cluster_moments(x, codes):
@@ -237,6 +246,12 @@ def _cluster_moments(x, codes):
 def _weighted_cov(counts, moments, mean, n):
     """The unbiased covariance (B, D, D) under each row of cluster draws `counts` (B, C)."""
     second = (counts @ moments.flatten(1)).view(len(counts), *moments.shape[1:])
+    return (second - n[:, None, None] * mean[:, :, None] * mean[:, None, :]) / (n - 1)[:, None, None]
+
+
+def _row_weighted_cov(w, x, mean, n):
+    """The unbiased covariance (B, D, D) of the rows of x (N, D) under each row of weights w (B, N)."""
+    second = (w[:, :, None] * x).transpose(1, 2) @ x
     return (second - n[:, None, None] * mean[:, :, None] * mean[:, None, :]) / (n - 1)[:, None, None]
 
 
