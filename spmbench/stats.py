@@ -41,6 +41,9 @@ WILSON = "wilson"
 CLUSTER_BOOTSTRAP = "cluster bootstrap"
 WILSON_OVER_PROMPTS = "wilson over prompts"  # a clustered rate at 0 % or 100 %
 SHIFTED_BOOTSTRAP = "cluster bootstrap, bias-shifted"  # FID
+# FID's per-prompt second moments beyond this many bytes: prompts resampled in at most MOMENT_BLOCKS blocks
+MOMENT_BUDGET = 2**30
+MOMENT_BLOCKS = 64
 PROMPT_VOTES = "wilson over prompts agreeing"  # a paired difference the same on every prompt
 UNION_WITH_WILSON = "cluster bootstrap or wilson over prompts"  # a clustered rate from few prompts
 # Below this many prompts a percentile bootstrap over prompts undercovers (it sees only C distinct
@@ -158,15 +161,26 @@ def holds(difference: Interval) -> bool:
     return difference.lo > 0 or difference.hi < 0
 
 
-def fid_interval(a, b, clusters: Sequence, seed: int = SEED) -> Interval:
+def fid_interval(a, b, clusters: Sequence, seed: int = SEED, moment_budget: int = MOMENT_BUDGET) -> Interval:
     """FID between row-aligned features `a` and `b` (N, D), bootstrapped over prompts: each resample
     takes the same rows on both sides and recomputes FID (weighted means and covariances, batched);
-    the percentiles are shifted by the resamples' mean excess over the FID (see the module)."""
+    the percentiles are shifted by the resamples' mean excess over the FID (see the module).
+
+    Where the prompts' second moments (C x D x D float64 per side) would exceed `moment_budget`
+    bytes, the prompts are grouped by index into at most MOMENT_BLOCKS blocks, which are resampled.
+    """
     import torch
 
     from spmbench.metrics import frechet_distance
 
-    codes = cluster_codes(clusters)
+    prompt_codes = cluster_codes(clusters)
+    n_prompts, method = int(prompt_codes.max()) + 1, SHIFTED_BOOTSTRAP
+    codes = prompt_codes
+    if len(a) > a.shape[1] and n_prompts * a.shape[1] ** 2 * 8 > moment_budget:
+        # COCO-30k in CLIP's 512-D would need ~63 GB of per-prompt moments; blocks of consecutive
+        # prompts (deterministic) resample as independent units as the prompts did, in 64 x D x D.
+        blocks = min(MOMENT_BLOCKS, n_prompts)
+        codes, method = prompt_codes * blocks // n_prompts, f"{SHIFTED_BOOTSTRAP} over {blocks} blocks of prompts"
     w = torch.from_numpy(resample_weights(codes, seed=seed))
     threads = torch.get_num_threads()
     # One thread: these small decompositions gain nothing from more, and on a busy machine a
@@ -185,7 +199,7 @@ def fid_interval(a, b, clusters: Sequence, seed: int = SEED) -> Interval:
         torch.set_num_threads(threads)
     bias = float(stats.mean()) - value
     lo, hi = _percentiles(stats.numpy())
-    return Interval(value, max(0.0, lo - bias), hi - bias, len(a), int(codes.max()) + 1, SHIFTED_BOOTSTRAP)
+    return Interval(value, max(0.0, lo - bias), hi - bias, len(a), n_prompts, method)
 
 
 def weighted_fid(w, a, b, codes=None, moments=None):

@@ -160,3 +160,17 @@ def test_no_difference_holds_from_fewer_prompts_than_agreeing_votes_need():
     difference = stats.paired_difference(a, b, clusters)
     assert (difference.value, difference.lo, difference.hi) == (0.75, 0.0, 1.0) and not stats.holds(difference)
     assert difference.method.endswith(stats.TOO_FEW_PROMPTS)
+
+
+def test_the_fid_interval_resamples_blocks_of_prompts_where_their_moments_exceed_the_budget():
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(400, 4, generator=gen)
+    b = a + 0.5 * torch.randn(400, 4, generator=gen)
+    prompts = [i // 2 for i in range(400)]  # 200 prompts: 200 x 4 x 4 x 8 bytes of moments per side
+    blocked = stats.fid_interval(a, b, prompts, moment_budget=200 * 4 * 4 * 8 - 1)
+    assert (blocked.n, blocked.n_prompts) == (400, 200) and blocked.method.endswith("over 64 blocks of prompts")
+    by_block = stats.fid_interval(a, b, [p * 64 // 200 for p in prompts])  # the same blocks, labelled as prompts
+    assert (blocked.value, blocked.lo, blocked.hi) == (by_block.value, by_block.lo, by_block.hi)
+    assert blocked.lo < blocked.value < blocked.hi
+    unblocked = stats.fid_interval(a, b, prompts, moment_budget=200 * 4 * 4 * 8)
+    assert unblocked.method == stats.SHIFTED_BOOTSTRAP and unblocked.lo != blocked.lo
