@@ -245,7 +245,7 @@ def test_the_command_line_trains_and_generates_on_sd3(sd3_dir, tmp_path):
     assert len(list((tmp_path / "i").glob("*.png"))) == 1
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the host/device mismatch needs a CUDA device")
+@pytest.mark.gpu  # the host/device mismatch needs a CUDA device: run with -m gpu on a GPU machine
 def test_training_on_cuda_gives_the_transformer_its_timesteps_on_the_latents_device(sd3):
     seen = []
     sd3.to("cuda")
