@@ -63,28 +63,42 @@ def save_tiny_pipeline(path, seed: int = 0, cross_dim: int = 16):
     return path
 
 
+def tiny_clip_config(tokenizer, projection_dim: int, width: int):
+    """A 2-layer CLIP text encoder's config of the given width over `tokenizer` (SDXL's and SD3's encoders)."""
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=width, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=tokenizer.model_max_length, projection_dim=projection_dim,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+
+
+def random_spm(model, targets=("snoopy",), seed: int = 0, scale: float = 0.5):
+    """An SPM on `model` with random, non-zero up factors (a fresh one's are zero), reproducible by seed."""
+    import spm
+
+    s = spm.SPM.init(model, list(targets), seed=seed)
+    gen = torch.Generator().manual_seed(seed + 100)
+    s.layers = {n: (d, scale * torch.randn(u.shape, generator=gen)) for n, (d, u) in s.layers.items()}
+    return s
+
+
 def tiny_sdxl_components(seed: int = 0, hidden: tuple[int, int] = (16, 24)):
     """A tiny SDXL: SDXL's block layout (no attention in the first down block, layers_per_block 2, more
     transformer layers deeper down), two CLIP text encoders whose penultimate states are concatenated
     (cross-attention dim = the sum of their widths), the second with a projection (the pooled embedding),
     and the added time ids ("text_time"); SDXL's Euler scheduler, its second tokenizer padding with "!"."""
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     torch.manual_seed(seed)
     tokenizer, tokenizer_2 = tiny_tokenizer(), CLIPTokenizer.from_pretrained(TINY_TOKENIZER, pad_token="!")
     projection_dim, time_dim = 16, 4
 
-    def clip_config(width: int) -> CLIPTextConfig:
-        return CLIPTextConfig(
-            vocab_size=len(tokenizer), hidden_size=width, intermediate_size=32, num_hidden_layers=2,
-            num_attention_heads=2, max_position_embeddings=tokenizer.model_max_length, projection_dim=projection_dim,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        )  # fmt: skip
-
     text_encoder, text_encoder_2 = (
-        CLIPTextModel(clip_config(hidden[0])),
-        CLIPTextModelWithProjection(clip_config(hidden[1])),
+        CLIPTextModel(tiny_clip_config(tokenizer, projection_dim, hidden[0])),
+        CLIPTextModelWithProjection(tiny_clip_config(tokenizer, projection_dim, hidden[1])),
     )
     unet = UNet2DConditionModel(
         sample_size=8, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(8, 16, 16),
@@ -139,18 +153,11 @@ def tiny_sd3_components(seed: int = 0, hidden: tuple[int, int] = (16, 24), t5_wi
     embedding), a T5 encoder with a T5-style tokenizer padding to 256 tokens, a VAE with SD3's shift and
     scale, and SD3's flow-matching Euler scheduler (shift 3)."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer, T5Config, T5EncoderModel
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5Config, T5EncoderModel
 
     torch.manual_seed(seed)
     tokenizer, tokenizer_3 = tiny_tokenizer(), tiny_t5_tokenizer()
     projection_dim = 16
-
-    def clip_config(width: int) -> CLIPTextConfig:
-        return CLIPTextConfig(
-            vocab_size=len(tokenizer), hidden_size=width, intermediate_size=32, num_hidden_layers=2,
-            num_attention_heads=2, max_position_embeddings=tokenizer.model_max_length, projection_dim=projection_dim,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        )  # fmt: skip
 
     t5 = T5EncoderModel(
         T5Config(
@@ -170,8 +177,8 @@ def tiny_sd3_components(seed: int = 0, hidden: tuple[int, int] = (16, 24), t5_wi
     )  # fmt: skip
     return dict(
         transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-        text_encoder=CLIPTextModelWithProjection(clip_config(hidden[0])), tokenizer=tokenizer,
-        text_encoder_2=CLIPTextModelWithProjection(clip_config(hidden[1])),
+        text_encoder=CLIPTextModelWithProjection(tiny_clip_config(tokenizer, projection_dim, hidden[0])), tokenizer=tokenizer,
+        text_encoder_2=CLIPTextModelWithProjection(tiny_clip_config(tokenizer, projection_dim, hidden[1])),
         tokenizer_2=CLIPTokenizer.from_pretrained(TINY_TOKENIZER, pad_token="!"),
         text_encoder_3=t5, tokenizer_3=tokenizer_3,
     )  # fmt: skip

@@ -3,7 +3,7 @@ import torch
 
 import spm
 from spm.layers import MembraneLayer
-from tests.tiny import save_tiny_pipeline
+from tests.tiny import random_spm, save_tiny_pipeline
 
 
 KW = dict(num_inference_steps=3, output_type="np", guidance_scale=5.0)
@@ -11,13 +11,6 @@ KW = dict(num_inference_steps=3, output_type="np", guidance_scale=5.0)
 
 def images(fn, prompt, seed=0, **kw):
     return fn(prompt, generator=torch.Generator().manual_seed(seed), **KW, **kw).images
-
-
-def random_spm(unet, targets=("snoopy",), seed=0, scale=0.5):
-    s = spm.SPM.init(unet, list(targets), seed=seed)
-    gen = torch.Generator().manual_seed(seed + 100)
-    s.layers = {n: (d, scale * torch.randn(u.shape, generator=gen)) for n, (d, u) in s.layers.items()}
-    return s
 
 
 def unet_out(pipe, prompts, seed=0):

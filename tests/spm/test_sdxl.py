@@ -10,7 +10,7 @@ import spm
 from spm.adapter import layer_names
 from spm.cli import app
 from spm.layers import MembraneLayer
-from tests.tiny import save_tiny_sdxl_pipeline
+from tests.tiny import random_spm, save_tiny_sdxl_pipeline
 
 
 KW = dict(num_inference_steps=2, output_type="np", guidance_scale=5.0)
@@ -28,13 +28,6 @@ def xl(xl_dir):
 
 def images(fn, prompt, seed=0):
     return fn(prompt, generator=torch.Generator().manual_seed(seed), **KW).images
-
-
-def random_spm(unet, targets=("snoopy",), seed=0, scale=0.5):
-    s = spm.SPM.init(unet, list(targets), seed=seed)
-    gen = torch.Generator().manual_seed(seed + 100)
-    s.layers = {n: (d, scale * torch.randn(u.shape, generator=gen)) for n, (d, u) in s.layers.items()}
-    return s
 
 
 def unet_out(pipe, prompts):
