@@ -280,7 +280,7 @@ def run(
     models, apps, _ = _registries()  # first: a malformed spec file is a one-line error
     from spm.files import output_dir_problem
     from spm.models import device_problem
-    from spmbench import report, runner
+    from spmbench import report, runner, tuning
     from spmbench.erasers import ERASERS
     from spmbench.models import select_models
     from spmbench.registry import UnknownName
@@ -306,6 +306,7 @@ def run(
             _fail(f"--models mixes worlds {sorted(worlds)}: run the toy and the real models separately")
         world = worlds.pop()
         chosen_apps = [named] if named else [a for a in apps if a.world == world]
+        chosen_apps = [tuning.apply_record(a, reports / a.name) for a in chosen_apps]  # dev-chosen settings
         if named and named.world != world:
             _fail(f"application {named.name} is for {named.world} models, but --models selected {world} ones")
         erasers = _selected_erasers(erasers_sel)
@@ -354,6 +355,50 @@ def _result_app(path: Path) -> str:
     if not isinstance(data, dict) or not isinstance(data.get("app"), str):
         _fail(f"{path}: not a result (no 'app' name): delete it and rerun `spmbench run` to recompute it")
     return data["app"]
+
+
+@app.command()
+def tune(
+    app_name: str = typer.Option(
+        ..., "--app", help="application name (spmbench ls apps), or 'all' of the models' world"
+    ),
+    models_sel: str = typer.Option("toy", "--models", help="models whose family roots are tuned on"),
+    erasers_sel: str = typer.Option("all", "--erasers", help="comma-separated eraser names, or 'all'"),
+    limit: int | None = typer.Option(None, min=1, help="at most this many prompts per prompt set (smoke runs)"),
+    out: Path = typer.Option(Path("runs"), help="the dev runs go to OUT/<app>/dev"),
+    reports: Path = typer.Option(Path("reports"), help="the tuning record goes to REPORTS/<app>/"),
+    batch_size: int = typer.Option(32, min=1, help="images generated at once"),
+    device: str = "cpu",
+) -> None:
+    """Choose each eraser's settings on the application's dev split: its grid (tuning.grids), one rule;
+    `spmbench run` then applies the recorded choice. Resumable, like run."""
+    models, apps, _ = _registries()
+    from spm.models import device_problem
+    from spmbench import runner, tuning
+    from spmbench.models import select_models
+    from spmbench.registry import UnknownName
+
+    _fail_on(device_problem(device))
+    try:
+        named = None if app_name == "all" else apps.get(app_name)
+        chosen = select_models(models, models_sel, world=named.world if named else "toy")
+        if not chosen:
+            _fail(f"--models {models_sel!r} selected no model: give 'toy', 'real' or names (spmbench ls models)")
+        roots = list({m.name: m for m in (runner.fit_model_for(m, models) for m in chosen)}.values())
+        chosen_apps = [named] if named else [a for a in apps if a.world == roots[0].world and a.dev]
+        erasers = _selected_erasers(erasers_sel)
+        for a in chosen_apps:
+            judge, features = _judges_for(a, {}, device)
+            record = tuning.tune(a, roots, erasers, out / a.name / "dev", judge, models, limit=limit,
+                                 batch_size=batch_size, device=device, features=features)  # fmt: skip
+            for path in tuning.write(record, reports / a.name):
+                typer.echo(f"wrote {path}")
+            for model, by_key in record["chosen"].items():
+                typer.echo(f"{a.name} on {model}: chosen on dev: {json.dumps(by_key)}")
+    except UnknownName as e:
+        _fail(str(e))
+    except (ValueError, OSError, KeyError, ImportError) as e:
+        _fail(str(e))
 
 
 @app.command("report")

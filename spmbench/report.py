@@ -164,7 +164,8 @@ def _none(value) -> stats.Interval:
 
 def _prompts(app: Application, r: Result) -> dict[str, tuple[str, str]]:
     """prompt_id -> (set, prompt) of the cell's rows: images of one prompt (its seeds) form a cluster."""
-    return {row.prompt_id: (row.set, row.prompt) for row in app.rows(tuple(r.targets), r.settings.get("limit"))}
+    rows = app.for_split(r.settings.get("split", "test")).rows(tuple(r.targets), r.settings.get("limit"))
+    return {row.prompt_id: (row.set, row.prompt) for row in rows}
 
 
 def _scores(run_dir: Path, model: str, eraser: str, targets) -> dict[str, bool]:
@@ -379,6 +380,7 @@ def caption(app: Application, data) -> str:
         + f"fit cost: time and peak memory above the loaded model (CUDA allocation on a GPU, resident set size on CPU), summed over the targets for erasers fitted per target (SPM), one fit (no interval); DDIM {settings.get('steps')} steps, "
         f"guidance {settings.get('guidance')}, {settings.get('resolution')} px, seeds {settings.get('seeds')}"
         + (f", limit {settings['limit']} prompts per set" if settings.get("limit") else "")
+        + ("; fitting settings chosen on the dev split (tuning.md beside this table)" if app.tuned else "")
     )  # fmt: skip
 
 

@@ -313,9 +313,11 @@ def measure_alteration(features: Callable[[], Judge], rows: list[PromptRow], cel
 
 def eraser_settings(eraser, app: Application, fit_model: ModelSpec) -> dict:
     """The eraser's setting overrides: the application's (what to erase towards), then the fitted
-    model's (how long to train on it). 'spm', 'spm-rel' and 'spm-noft' share a fit, so they share a key."""
-    key = eraser.fit_key
-    return {**app.eraser_settings.get(key, {}), **fit_model.eraser_settings.get(key, {})}
+    model's (how long to train on it), then those chosen on the dev split (`spmbench tune`), then a
+    tuning grid point's own. 'spm', 'spm-rel' and 'spm-noft' share a fit, so they share a key."""
+    key = eraser.settings_key
+    chosen = app.tuned.get(fit_model.name, {}).get(key, {})
+    return {**app.eraser_settings.get(key, {}), **fit_model.eraser_settings.get(key, {}), **chosen, **eraser.overrides}
 
 
 def settings_problem(app: Application, cells: list[Cell], registry) -> str | None:
@@ -532,7 +534,8 @@ def run(
             fit_seconds=round(fit_seconds, 1), fit_peak_mib=None if fit_mib is None else round(fit_mib, 1),
             generate_seconds_this_run=round(gen_seconds, 1),
             settings={"steps": cell.model.num_inference_steps, "guidance": cell.model.guidance_scale,
-                      "resolution": cell.model.resolution, "seeds": list(app.seeds), "limit": limit, "fit": settings},
+                      "resolution": cell.model.resolution, "seeds": list(app.seeds), "limit": limit, "fit": settings,
+                      **({"split": app.split} if app.split != "test" else {})},  # test results as before
             meta=run_meta(),
         )  # fmt: skip
         result.save(cell.result)

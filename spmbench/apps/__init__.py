@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,8 @@ from spmbench.specs import SpecError, SpecKind, check_fields, load
 
 APPS_DIR = Path(__file__).resolve().parent  # one folder of YAML files per world
 ERASURE_SETS = ("target", "implicit")
+SPLITS = ("test", "dev")
+MAX_GRID = 6  # settings tried per eraser when tuning: the same small budget for every eraser
 TARGETS = "{targets}"
 OTHERS = "{others}"
 
@@ -64,6 +66,22 @@ class Application:
     path: str = ""
     # Per-eraser settings that depend on the application (e.g. UCE's guide concept, an anchor).
     eraser_settings: dict[str, dict] = field(default_factory=dict)
+    split: str = "test"
+    dev: Application | None = None  # the dev split (test's own prompts held apart), if the file gives one
+    # Each eraser's tuning grid (by fit key): setting overrides tried on dev, at most MAX_GRID each.
+    grids: dict[str, tuple[dict, ...]] = field(default_factory=dict)
+    # Settings chosen on dev by `spmbench tune`, by fitted model then eraser settings key (spmbench.tuning).
+    tuned: dict[str, dict] = field(default_factory=dict)
+
+    def for_split(self, split: str) -> Application:
+        """This application's `split` ('test': itself; 'dev': the prompts settings are chosen on)."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
+        if split == self.split:
+            return self
+        if self.dev is None:
+            raise ValueError(f"application {self.name} has no dev split: add a 'dev' block to {self.path}")
+        return self.dev
 
     def rows(
         self, targets: tuple[str, ...], limit: int | None = None, data_dir: Path | None = None
@@ -119,7 +137,12 @@ APP_FIELDS = {
     "prompts": dict[str, Any],
     "seeds": tuple[int, ...],
     "eraser_settings": dict[str, dict],
+    "dev": dict[str, Any],
+    "tuning": dict[str, Any],
 }
+DEV_FIELDS = {"seeds": tuple[int, ...], "prompts": dict[str, Any]}
+DEV_SET_FIELDS = {"concepts": tuple[str, ...], "templates": tuple[str, ...]}
+TUNING_FIELDS = {"grids": dict[str, tuple[dict, ...]]}
 
 
 def _prompt_set(name: str, data, origin: str) -> PromptSet:
@@ -155,7 +178,7 @@ def _check_template(template: str, concepts, where: str) -> None:
 
 
 def parse_app(data, origin: str) -> Application:
-    given = check_fields(data, APP_FIELDS, set(APP_FIELDS) - {"eraser_settings"}, origin)
+    given = check_fields(data, APP_FIELDS, set(APP_FIELDS) - {"eraser_settings", "dev", "tuning"}, origin)
     if given["world"] not in WORLDS:
         raise SpecError(f"{origin}: world {given['world']!r} is not one of {', '.join(WORLDS)}")
     if not given["erase"] or not all(given["erase"]):
@@ -164,7 +187,7 @@ def parse_app(data, origin: str) -> Application:
         raise SpecError(f"{origin}: prompts need a 'target' set (what erasure is measured on)")
     if not given["seeds"]:
         raise SpecError(f"{origin}: 'seeds' must be a non-empty list of integers")
-    return Application(
+    test = Application(
         name=given["name"],
         version=given["version"],
         world=given["world"],
@@ -174,7 +197,76 @@ def parse_app(data, origin: str) -> Application:
         seeds=given["seeds"],
         path=origin,
         eraser_settings=given.get("eraser_settings", {}),
+        grids=_grids(given.get("tuning", {}), origin),
     )
+    return replace(test, dev=_dev_split(test, given["dev"], origin)) if "dev" in given else test
+
+
+def _dev_split(test: Application, data, origin: str) -> Application:
+    """The dev split: `test` with the dev block's seeds and, for each set it names, its templates (and
+    an erosion set's concepts); sets it does not name are left out of dev. Shares nothing with test."""
+    given = check_fields(data, DEV_FIELDS, set(DEV_FIELDS), origin, "dev.")
+    if not given["seeds"]:
+        raise SpecError(f"{origin}: dev.seeds must be a non-empty list of integers")
+    shared_seeds = sorted(set(given["seeds"]) & set(test.seeds))
+    if shared_seeds:
+        raise SpecError(f"{origin}: dev.seeds {shared_seeds} are also test seeds: give dev its own seeds")
+    by_name = {ps.name: ps for ps in test.prompt_sets}
+    unknown = sorted(set(given["prompts"]) - set(by_name))
+    if unknown:
+        raise SpecError(f"{origin}: dev.prompts names set(s) {unknown} that 'prompts' does not have")
+    if "target" not in given["prompts"]:
+        raise SpecError(f"{origin}: dev.prompts needs a 'target' set (what tuning measures erasure on)")
+    sets = tuple(_dev_set(by_name[n], d, origin) for n, d in given["prompts"].items())
+    _check_disjoint(test.prompt_sets, sets, origin)
+    return replace(test, split="dev", seeds=given["seeds"], prompt_sets=sets, dev=None)
+
+
+def _dev_set(test_set: PromptSet, data, origin: str) -> PromptSet:
+    where = f"dev.prompts.{test_set.name}."
+    given = check_fields(data, DEV_SET_FIELDS, {"templates"}, origin, where)
+    if test_set.file:
+        raise SpecError(f"{origin}: {where[:-1]}: a set read from a file has no templates to hold apart")
+    concepts = given.get("concepts", test_set.concepts)
+    if "concepts" in given and test_set.name in ERASURE_SETS:
+        raise SpecError(f"{origin}: {where}concepts: an erasure set measures the erased targets; give only templates")
+    if not given["templates"]:
+        raise SpecError(f"{origin}: {where}templates must be a non-empty list of strings")
+    for template in given["templates"]:
+        _check_template(template, concepts, f"{origin}: dev.prompts.{test_set.name}")
+    return PromptSet(test_set.name, concepts, given["templates"])
+
+
+def _check_disjoint(test_sets, dev_sets, origin: str) -> None:
+    """No template (in any set) and no listed erosion concept (in the same set) is both dev and test."""
+    test_templates = {t for ps in test_sets for t in ps.templates}
+    shared = sorted({t for ps in dev_sets for t in ps.templates} & test_templates)
+    if shared:
+        raise SpecError(f"{origin}: dev template(s) {shared} are also test templates: dev and test must not share any")
+    test_concepts = {ps.name: ps.concepts for ps in test_sets}
+    for ps in dev_sets:
+        theirs = test_concepts[ps.name]
+        if ps.name in ERASURE_SETS or isinstance(theirs, str) or set(ps.concepts) == set(theirs):
+            continue  # the same concepts phrased apart (a world too small to split its concepts)
+        both = sorted(set(ps.concepts) & set(theirs))
+        if both:
+            raise SpecError(
+                f"{origin}: dev.prompts.{ps.name}.concepts share {both} with test: give test's concepts or disjoint ones"
+            )
+
+
+def _grids(data, origin: str) -> dict[str, tuple[dict, ...]]:
+    """Each eraser's tuning grid; every grid has the same number of points, 1..MAX_GRID (equal budgets)."""
+    grids = check_fields(data, TUNING_FIELDS, set(), origin, "tuning.").get("grids", {})
+    sizes = {key: len(points) for key, points in grids.items()}
+    if any(not 1 <= n <= MAX_GRID for n in sizes.values()):
+        raise SpecError(f"{origin}: tuning.grids: each grid needs 1 to {MAX_GRID} settings, got {sizes}")
+    if len(set(sizes.values())) > 1:
+        raise SpecError(f"{origin}: tuning.grids: every eraser gets the same budget, but the sizes differ: {sizes}")
+    for key, points in grids.items():
+        if len({tuple(sorted(p.items())) for p in points}) != len(points):
+            raise SpecError(f"{origin}: tuning.grids.{key} lists a setting twice")
+    return grids
 
 
 APPS = SpecKind("application", APPS_DIR, "SPMBENCH_APPS", parse_app)

@@ -7,13 +7,16 @@ and applies them around generation (`apply` yields one callable: prompts -> pipe
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import typing
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, fields
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 from spmbench.registry import Registry, slug
@@ -62,6 +65,15 @@ def build_settings(cls: type, given: dict | None, eraser: str) -> Any:
         raise ValueError(f"eraser {eraser!r}: {e}") from None
 
 
+def pipeline_family(pipe) -> str:
+    """The family of a loaded pipeline, as the model files name it where erasers differ: 'sd3' (a
+    transformer, no UNet), 'sdxl' (a UNet and a second text encoder), else 'sd1' (one text encoder's
+    states: SD 1.x/2.x and the toy world condition alike)."""
+    if getattr(pipe, "unet", None) is None and getattr(pipe, "transformer", None) is not None:
+        return "sd3"
+    return "sdxl" if getattr(pipe, "text_encoder_2", None) is not None else "sd1"
+
+
 class Eraser(ABC):
     """One erasing method.
 
@@ -72,6 +84,10 @@ class Eraser(ABC):
         fits_per_target: k targets are k single-target fits (SPM), not one k-target fit.
         targets: the only targets it can erase (a released checkpoint), or None for any.
         artifact_suffix: the artifact file's extension.
+        settings_key: the name its settings are read under in spec files (its fit key).
+        overrides: settings applied over the spec files' (a tuning grid's point: `Tuned`).
+        unsupported: model family (a model file's `family`) -> why the method does not apply to it;
+            a run refuses such a cell before any work (`family_problem`), a fit on such a pipeline too.
     """
 
     name: str
@@ -79,10 +95,16 @@ class Eraser(ABC):
     fits_per_target: ClassVar[bool] = False
     targets: tuple[str, ...] | None = None
     artifact_suffix: ClassVar[str] = ".safetensors"
+    overrides: Mapping[str, Any] = MappingProxyType({})
+    unsupported: ClassVar[Mapping[str, str]] = MappingProxyType({})
 
     @property
     def fit_key(self) -> str:
         return self.name
+
+    @property
+    def settings_key(self) -> str:
+        return self.fit_key
 
     @property
     def computes_fits(self) -> bool:
@@ -97,6 +119,11 @@ class Eraser(ABC):
         """Raise ValueError (one line) if a run would refuse these settings; fits nothing."""
         self.settings(given)
 
+    def family_problem(self, family: str) -> str | None:
+        """One line saying why this eraser cannot run on models of `family`, or None where it can."""
+        reason = self.unsupported.get(family)
+        return None if reason is None else f"{self.name} does not support {family}: {reason}"
+
     def artifact_path(self, workdir: Path, targets: tuple[str, ...]) -> Path:
         """Where the fit for `targets` lives under a run's fits folder."""
         return workdir / self.fit_key / f"{'+'.join(slug(t) for t in targets)}{self.artifact_suffix}"
@@ -106,6 +133,9 @@ class Eraser(ABC):
     ) -> list[Path]:
         """The artifacts for `targets`, fitting only those not on disk yet (a rerun does nothing)."""
         chosen = self.settings(settings)
+        problem = self.family_problem(pipeline_family(pipe))
+        if problem:
+            raise ValueError(problem)
         groups = [(t,) for t in targets] if self.fits_per_target else [tuple(targets)]
         paths = []
         for group in groups:
@@ -125,6 +155,41 @@ class Eraser(ABC):
     def apply(self, pipe, artifacts: list[Path]) -> AbstractContextManager[Generate]:
         """A context that yields `generate(prompts, **pipeline_kwargs)` with the eraser in effect on
         `pipe`, and restores `pipe` exactly on exit."""
+
+
+class Tuned(Eraser):
+    """One point of an eraser's tuning grid: the eraser with `overrides` over its spec settings, named
+    and fitted apart (`<name>~<digest of the overrides>`), so no two grid points share a fit or a cell."""
+
+    def __init__(self, base: Eraser, overrides: Mapping[str, Any]):
+        self.base, self.overrides = base, MappingProxyType(dict(overrides))
+        self.tag = hashlib.sha1(json.dumps(dict(overrides), sort_keys=True).encode()).hexdigest()[:6]
+        self.name = f"{base.name}~{self.tag}"
+        self.Settings, self.fits_per_target, self.targets = base.Settings, base.fits_per_target, base.targets
+        self.artifact_suffix = base.artifact_suffix
+
+    @property
+    def fit_key(self) -> str:
+        return f"{self.base.fit_key}~{self.tag}"  # 'spm~x' and 'spm-noft~x' share a fit, as their bases do
+
+    @property
+    def settings_key(self) -> str:
+        return self.base.settings_key
+
+    def family_problem(self, family: str) -> str | None:
+        return self.base.family_problem(family)
+
+    def fit_one(self, pipe, targets: tuple[str, ...], path: Path, resolution: int, settings) -> None:
+        self.base.fit_one(pipe, targets, path, resolution, settings)
+
+    def apply(self, pipe, artifacts: list[Path]) -> AbstractContextManager[Generate]:
+        return self.base.apply(pipe, artifacts)
+
+
+def tuned(base: Eraser, overrides: Mapping[str, Any]) -> Tuned:
+    """The grid point `overrides` of `base`, registered in ERASERS (once: the name is the settings')."""
+    variant = Tuned(base, overrides)
+    return variant if variant.name in ERASERS else ERASERS.add(variant.name, variant)
 
 
 ERASERS: Registry[Eraser] = Registry("eraser")

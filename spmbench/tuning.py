@@ -1,0 +1,214 @@
+"""Equal tuning budgets (protocol v3): every eraser's settings are chosen on the dev split by one rule.
+
+An application's `tuning.grids` gives each eraser (by its settings key: 'spm' for spm, spm-rel and
+spm-noft, which share a fit) the same number of setting overrides, at most `apps.MAX_GRID`. `tune`
+fits and generates every grid point on the dev split of the family roots (each point is a `Tuned`
+eraser: its own fits and cells), judges them, and applies RULE, fixed in advance for every eraser.
+The record (the grid, each point's dev numbers with n and interval, the rule, the choice) is written
+beside the application's table; `spmbench run` applies the chosen settings to the test split.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pandas as pd
+
+from spm.files import write_text_atomic
+from spmbench import runner
+from spmbench.apps import ERASURE_SETS, Application
+from spmbench.erasers.base import ERASERS, NoSettings, tuned
+from spmbench.models import ModelSpec
+
+
+log = logging.getLogger(__name__)
+TARGET_SHARE = 0.10  # erased: a dev target rate at most this share of the original's
+RULE = (
+    f"among the settings whose dev target rate is at most {TARGET_SHARE:.0%} of the original model's, "
+    "the best near-set retention (near rate over the original's); if none gets there, the lowest target "
+    "rate; ties go to the lower target rate, then to the earlier grid point"
+)
+RECORD = "tuning.json"
+
+
+@dataclass(frozen=True)
+class Point:
+    """One grid point's dev numbers on one fitted model, averaged over the application's experiments."""
+
+    eraser: str  # the Tuned eraser's name (its cells and fits are under it)
+    overrides: dict
+    target: float  # judged-present rate on the erasure sets
+    original_target: float
+    near: float  # on the 'near' set (every erosion set where there is none)
+    original_near: float
+
+    @property
+    def erased(self) -> bool:
+        return self.target <= TARGET_SHARE * self.original_target
+
+    @property
+    def retention(self) -> float:
+        return self.near / self.original_near if self.original_near > 0 else self.near
+
+
+def choose(points: list[Point]) -> int:
+    """RULE: the index of the chosen point."""
+    erased = [i for i, p in enumerate(points) if p.erased]
+    if erased:
+        return min(erased, key=lambda i: (-points[i].retention, points[i].target, i))
+    return min(range(len(points)), key=lambda i: (points[i].target, -points[i].retention, i))
+
+
+def grids(app: Application, erasers: list[str]) -> dict[str, list[str]]:
+    """Each settings key's grid as Tuned eraser names: grid points of the first selected eraser with that
+    key, which decides for the others sharing its fit. Erasers with nothing to set are not tuned."""
+    out: dict[str, list[str]] = {}
+    for name in erasers:
+        eraser = ERASERS.get(name)
+        key = eraser.settings_key
+        if eraser.Settings is NoSettings or key in out:
+            continue
+        if key not in app.grids:
+            raise ValueError(
+                f"eraser {name!r} has settings but {app.path} gives no tuning.grids.{key}: "
+                f"add one with {len(next(iter(app.grids.values()), [1]))} settings (the same budget as the others)"
+            )
+        out[key] = [tuned(eraser, point).name for point in app.grids[key]]
+    return out
+
+
+def tune(
+    app: Application, roots: list[ModelSpec], erasers: list[str], run_dir: Path, judge, registry, **run_options
+) -> dict:
+    """Fit, generate and judge every grid point on the dev split of `roots` (the family roots: the test
+    run's fits are made there); returns the record (see `record`). `run_options`: runner.run's."""
+    dev = app.for_split("dev")
+    by_key = grids(app, erasers)
+    if not by_key:
+        raise ValueError(f"none of {erasers} has settings to tune")
+    names = [n for points in by_key.values() for n in points]
+    for name in names:  # a point the eraser would refuse fails here, before any work
+        for root in roots:
+            ERASERS.get(name).check_settings(runner.eraser_settings(ERASERS.get(name), dev, root))
+    cells = runner.plan(dev, roots, ["none", *names], run_dir)
+    runner.run(dev, cells, run_dir, judge, registry, **run_options)
+    from spmbench.report import results
+
+    return record(app, roots, by_key, results(run_dir))
+
+
+def record(app: Application, roots: list[ModelSpec], by_key: dict[str, list[str]], frame: pd.DataFrame) -> dict:
+    """The tuning record: per fitted model and settings key, each point's dev numbers and the choice."""
+    out = {"app": app.name, "app_version": app.version, "rule": RULE, "grids": app.grids, "points": {}, "chosen": {}}
+    for root in roots:
+        for key, names in by_key.items():
+            points = [_point(frame[frame.model == root.name], name) for name in names]
+            best = choose(points)
+            out["points"].setdefault(root.name, {})[key] = [
+                {**p.__dict__, "erased": p.erased, "retention": p.retention, **_intervals(frame, root.name, p.eraser)}
+                for p in points
+            ]
+            out["chosen"].setdefault(root.name, {})[key] = points[best].overrides
+            out["points"][root.name][key][best]["chosen"] = True
+    return out
+
+
+def _point(frame: pd.DataFrame, name: str) -> Point:
+    rows = frame[frame.eraser == name]
+    if rows.empty:
+        raise ValueError(f"no dev results for {name}: the tuning run did not finish; rerun `spmbench tune`")
+    erasure = rows[rows.measure.isin(ERASURE_SETS)]
+    sets = set(rows[rows.unit == "fraction"].measure)
+    near = rows[rows.measure == "near"] if "near" in sets else rows[rows.measure.isin(sets - set(ERASURE_SETS))]
+    # each experiment weighs the same; within one, the sets' rates are averaged
+    target = erasure.groupby("targets")[["value", "original_value"]].mean().mean()
+    kept = near.groupby("targets")[["value", "original_value"]].mean().mean()
+    return Point(
+        name, dict(ERASERS.get(name).overrides), float(target.value), float(target.original_value),
+        _or_nan(kept, "value"), _or_nan(kept, "original_value"),
+    )  # fmt: skip
+
+
+def _or_nan(means: pd.Series, column: str) -> float:
+    return float(means[column]) if column in means and not pd.isna(means[column]) else math.nan
+
+
+def _intervals(frame: pd.DataFrame, model: str, eraser: str) -> dict:
+    """Each rate's n and 95 % interval, per experiment and prompt set, for the record."""
+    rows = frame[(frame.model == model) & (frame.eraser == eraser) & (frame.unit == "fraction")]
+    return {
+        "rates": [
+            {"targets": r.targets, "set": r.measure, "value": r.value, "n": _int(r.n), "lo": r.lo, "hi": r.hi}
+            for r in rows.itertuples()
+        ]
+    }
+
+
+def _int(value) -> int | None:
+    return None if pd.isna(value) else int(value)
+
+
+def write(record_: dict, folder: Path) -> list[Path]:
+    """The record as JSON (what `run` reads) and Markdown (what a reader reads), beside the table."""
+    folder.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = folder / RECORD, folder / "tuning.md"
+    write_text_atomic(json_path, json.dumps(record_, indent=1, default=float))
+    write_text_atomic(md_path, markdown(record_))
+    return [md_path, json_path]
+
+
+def markdown(record_: dict) -> str:
+    lines = [
+        f"# Tuning of {record_['app']} v{record_['app_version']} on its dev split",
+        "",
+        f"Rule: {record_['rule']}.",
+    ]
+    for model, by_key in record_["points"].items():
+        for key, points in by_key.items():
+            lines += [
+                "",
+                f"## {key} on {model}",
+                "",
+                "| point | settings | target (original) | near retention | chosen |",
+            ]
+            lines += ["|---|---|---|---|---|"]
+            for p in points:
+                settings = ", ".join(f"{k}={v}" for k, v in p["overrides"].items()) or "spec defaults"
+                lines.append(
+                    f"| {p['eraser']} | {settings} | {p['target']:.0%} ({p['original_target']:.0%}) | "
+                    f"{p['retention']:.2f} | {'**yes**' if p.get('chosen') else ''} |"
+                )
+            lines += ["", "Per experiment and set (dev, n images, 95 % interval):", ""]
+            for p in points:
+                for r in p["rates"]:
+                    targets = " + ".join(r["targets"]) if isinstance(r["targets"], (list, tuple)) else r["targets"]
+                    lines.append(
+                        f"- {p['eraser']}, {targets}, {r['set']}: {r['value']:.0%} "
+                        f"[{r['lo']:.0%}, {r['hi']:.0%}] n={r['n']}"
+                    )
+    return "\n".join(lines) + "\n"
+
+
+def apply_record(app: Application, folder: Path) -> Application:
+    """`app` with the settings its tuning record in `folder` chose, if there is one made for this version
+    of the application and its grids; otherwise `app` as it is (a stale record is named in a warning)."""
+    path = folder / RECORD
+    if not path.exists():
+        return app
+    try:
+        stored = json.loads(path.read_text())
+        current = json.loads(json.dumps({"app_version": app.version, "grids": app.grids}))
+        if {k: stored[k] for k in current} != current:
+            log.warning(
+                "%s was made for another version or grid of %s: not applied; rerun `spmbench tune`", path, app.name
+            )
+            return app
+        return replace(app, tuned=stored["chosen"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(
+            f"{path}: not a tuning record ({e}): delete it and rerun `spmbench tune --app {app.name}`"
+        ) from None

@@ -1,0 +1,181 @@
+"""Protocol v3's dev split and equal tuning budgets: the spec checks, the rule, `spmbench tune` end to end."""
+
+import copy
+import json
+import logging
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from spmbench import tuning
+from spmbench.apps import parse_app
+from spmbench.cli import app as cli
+from spmbench.specs import SpecError
+
+
+APP = {
+    "name": "toy-tuned",
+    "version": 1,
+    "world": "toy",
+    "judge": "toy",
+    "erase": [["star"]],
+    "prompts": {
+        "target": {"concepts": "{targets}", "templates": ["a red {} on a white background", "a blue {}"]},
+        "near": {"concepts": ["circle", "square"], "templates": ["a red {} on a white background"]},
+        "far": {"concepts": ["cat"], "templates": ["a picture of {}"]},
+    },
+    "seeds": [0, 1],
+    "dev": {
+        "seeds": [100],
+        "prompts": {
+            "target": {"templates": ["a {} coloured green, gray background"]},
+            "near": {"concepts": ["triangle"], "templates": ["a {} coloured green, gray background"]},
+        },
+    },
+    "tuning": {
+        "grids": {
+            "spm": [{"iterations": 1}, {"iterations": 2}],
+            "esd-x": [{"iterations": 1}, {"iterations": 2}],
+        }
+    },
+}
+
+
+def with_change(path: str, value):
+    data = copy.deepcopy(APP)
+    *parents, last = path.split(".")
+    node = data
+    for key in parents:
+        node = node[key]
+    node[last] = value
+    return data
+
+
+def test_the_dev_split_shares_no_prompt_template_or_seed_with_test():
+    test = parse_app(APP, "app.yaml")
+    dev = test.for_split("dev")
+    assert dev.split == "dev" and test.for_split("test") is test and dev.seeds == (100,)
+    test_rows, dev_rows = test.rows(("star",)), dev.rows(("star",))
+    assert {r.set for r in dev_rows} == {"target", "near"}  # sets dev does not name are not in dev
+    assert not {r.prompt for r in test_rows} & {r.prompt for r in dev_rows}
+    assert not {r.prompt_id for r in test_rows} & {r.prompt_id for r in dev_rows}
+    assert {r.concept for r in dev_rows if r.set == "near"} == {"triangle"}
+    assert {r.concept for r in dev_rows if r.set == "target"} == {"star"}
+    assert dev.grids == test.grids and dev.dev is None
+
+
+@pytest.mark.parametrize(
+    "path, value, message",
+    [
+        ("dev.seeds", [1, 100], r"dev.seeds \[1\] are also test seeds"),
+        ("dev.seeds", [], "dev.seeds must be a non-empty list"),
+        (
+            "dev.prompts.target.templates",
+            ["a blue {}"],
+            r"dev template\(s\) \['a blue \{\}'\] are also test templates",
+        ),
+        ("dev.prompts.middle", {"templates": ["{}"]}, r"names set\(s\) \['middle'\]"),
+        ("dev.prompts.target.concepts", ["circle"], "an erasure set measures the erased targets"),
+        ("dev.prompts.near.concepts", ["circle", "ring"], r"share \['circle'\] with test"),
+        ("dev.prompts.near.templates", ["{} and {}"], "must hold exactly one {}"),
+        ("dev.extra", 1, r"unknown field\(s\) \['dev.extra'\]"),
+        ("tuning.grids.esd-x", [{"iterations": 1}], "the sizes differ"),
+        ("tuning.grids.esd-x", [{"iterations": i} for i in range(7)], "1 to 6 settings"),
+        ("tuning.grids.spm", [{"iterations": 1}, {"iterations": 1}], "lists a setting twice"),
+    ],
+)
+def test_a_bad_dev_block_or_grid_is_a_one_line_error(path, value, message):
+    with pytest.raises(SpecError, match=message) as e:
+        parse_app(with_change(path, value), "app.yaml")
+    assert "\n" not in str(e.value) and str(e.value).startswith("app.yaml: ")
+
+
+def test_without_a_dev_block_tuning_says_what_to_add():
+    data = copy.deepcopy(APP)
+    del data["dev"]
+    with pytest.raises(ValueError, match="has no dev split: add a 'dev' block to app.yaml"):
+        parse_app(data, "app.yaml").for_split("dev")
+    data = copy.deepcopy(APP)
+    del data["dev"]["prompts"]["target"]
+    with pytest.raises(SpecError, match="dev.prompts needs a 'target' set"):
+        parse_app(data, "app.yaml")
+
+
+def point(target, near, original_target=0.8, original_near=1.0, name="p"):
+    return tuning.Point(name, {}, target, original_target, near, original_near)
+
+
+def test_the_rule_prefers_retention_among_erased_settings_else_the_lowest_target():
+    # erased means at most 10 % of the original's target rate (0.08 here)
+    assert tuning.choose([point(0.0, 0.5), point(0.08, 0.9), point(0.2, 1.0)]) == 1
+    assert tuning.choose([point(0.5, 1.0), point(0.3, 0.2), point(0.4, 0.9)]) == 1  # none erased
+    assert tuning.choose([point(0.05, 0.9), point(0.0, 0.9)]) == 1  # equal retention: lower target
+    assert tuning.choose([point(0.0, 0.9), point(0.0, 0.9)]) == 0  # a full tie: the earlier point
+    # retention is relative to the original's near rate
+    assert tuning.choose([point(0.0, 0.5, original_near=0.5), point(0.0, 0.6, original_near=1.0)]) == 0
+
+
+def test_a_grid_is_needed_for_every_eraser_with_settings():
+    app = parse_app(APP, "app.yaml")
+    by_key = tuning.grids(app, ["none", "spm", "spm-noft", "negprompt", "esd-x"])
+    assert list(by_key) == ["spm", "esd-x"] and all(len(v) == 2 for v in by_key.values())
+    assert all(name.startswith("spm~") for name in by_key["spm"])  # spm decides for spm-noft (one fit)
+    with pytest.raises(ValueError, match=r"gives no tuning.grids.ca: add one with 2 settings"):
+        tuning.grids(app, ["ca"])
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+@pytest.fixture()
+def tuned_app(toy_weights, tmp_path, monkeypatch):
+    folder = tmp_path / "apps"
+    folder.mkdir()
+    (folder / "toy-tuned.yaml").write_text(yaml.safe_dump(APP))
+    monkeypatch.setenv("SPMBENCH_APPS", str(folder))
+    return folder / "toy-tuned.yaml"
+
+
+def test_tune_chooses_on_dev_and_run_applies_the_choice_on_test(tuned_app, tmp_path, caplog):
+    runs, reports = tmp_path / "runs", tmp_path / "reports"
+    result = invoke("tune", "--app", "toy-tuned", "--models", "toy", "--erasers", "none,spm,spm-noft,esd-x",
+                    "--out", runs, "--reports", reports)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    record = json.loads((reports / "toy-tuned" / "tuning.json").read_text())
+    assert set(record["points"]) == {"toy-base"}  # tuned on the family root only: derivatives reuse its fits
+    dev_cells = runs / "toy-tuned" / "dev" / "cells" / "toy-base"
+    assert sorted(p.name.split("~")[0] for p in dev_cells.iterdir()) == ["esd-x", "esd-x", "none", "spm", "spm"]
+    for key, points in record["points"]["toy-base"].items():
+        assert [p["overrides"] for p in points] == APP["tuning"]["grids"][key]
+        dev_points = [tuning.Point(*(p[f] for f in tuning.Point.__dataclass_fields__)) for p in points]
+        chosen = tuning.choose(dev_points)
+        assert points[chosen].get("chosen") and record["chosen"]["toy-base"][key] == points[chosen]["overrides"]
+        assert all(r["n"] > 0 and r["lo"] <= r["value"] <= r["hi"] for p in points for r in p["rates"])
+        stored = json.loads((dev_cells / points[0]["eraser"] / "star" / "result.json").read_text())
+        assert stored["settings"]["split"] == "dev" and stored["settings"]["seeds"] == [100]
+        dev_ids = {r.prompt_id for r in parse_app(APP, "x").for_split("dev").rows(("star",))}
+        scores = dev_cells / points[0]["eraser"] / "star" / "scores.jsonl"
+        assert {json.loads(line)["prompt_id"] for line in scores.open()} == dev_ids
+    assert "Rule: among the settings" in (reports / "toy-tuned" / "tuning.md").read_text()
+    assert invoke("tune", "--app", "toy-tuned", "--models", "toy", "--erasers", "none,spm,esd-x",
+                  "--out", runs, "--reports", tmp_path / "again").exit_code == 0  # fmt: skip
+    assert (tmp_path / "again" / "toy-tuned" / "tuning.json").read_text() == json.dumps(record, indent=1)
+
+    result = invoke("run", "--app", "toy-tuned", "--models", "toy-base", "--erasers", "none,spm,esd-x",
+                    "--out", runs, "--reports", reports)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    for eraser in ("spm", "esd-x"):
+        stored = json.loads((runs / "toy-tuned" / "cells" / "toy-base" / eraser / "star" / "result.json").read_text())
+        assert stored["settings"]["fit"]["iterations"] == record["chosen"]["toy-base"][eraser]["iterations"]
+        assert "split" not in stored["settings"] and set(stored["settings"]["seeds"]) == {0, 1}
+    assert "chosen on the dev split" in (reports / "toy-tuned" / "toy-tuned.md").read_text()
+
+    (tuned_app).write_text(yaml.safe_dump(with_change("version", 2)))  # the record is for version 1
+    with caplog.at_level(logging.WARNING):
+        assert tuning.apply_record(parse_app(with_change("version", 2), "x"), reports / "toy-tuned").tuned == {}
+    assert "made for another version or grid" in caplog.text
+    (reports / "toy-tuned" / "tuning.json").write_text("{")
+    with pytest.raises(ValueError, match="not a tuning record .*rerun `spmbench tune --app toy-tuned`"):
+        tuning.apply_record(parse_app(APP, "x"), reports / "toy-tuned")
