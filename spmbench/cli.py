@@ -281,7 +281,7 @@ def run(
     from spm.files import output_dir_problem
     from spm.models import device_problem
     from spmbench import report, runner, tuning
-    from spmbench.erasers import ERASERS
+    from spmbench.erasers import ERASERS, family_problem
     from spmbench.models import select_models
     from spmbench.registry import UnknownName
     from spmbench.shard import Shard, device_for
@@ -319,6 +319,7 @@ def run(
         _fail_on(problems[0] if problems else None)
         for a in chosen_apps:
             _fail_on(runner.settings_problem(a, plans[a.name], models))
+            _fail_on(family_problem(plans[a.name]))  # an eraser that cannot run on a model's family
         for a in chosen_apps:
             cells = plans[a.name]
             if shard.leads:

@@ -27,4 +27,16 @@ for _preset in PRESETS:
 BUILTIN = tuple(ERASERS.names())  # what `--erasers all` runs; released checkpoints are named explicitly
 load_released(registry=ERASERS)  # YAML files: spmbench/erasers/released/, SPMBENCH_ERASERS
 
-__all__ = ["BUILTIN", "ERASERS", "Eraser"]
+
+def family_problem(cells) -> str | None:
+    """One line naming the first of a run's cells (runner.Cell) whose eraser cannot run on its model's
+    family (Eraser.unsupported), and what to leave out; None when every cell can run."""
+    for cell in cells:
+        problem = ERASERS.get(cell.eraser).family_problem(cell.model.family)
+        if problem:
+            fix = f"leave {cell.eraser} out of --erasers or {cell.model.name} out of --models"
+            return f"{problem} ({cell.model.name}); {fix}"
+    return None
+
+
+__all__ = ["BUILTIN", "ERASERS", "Eraser", "family_problem"]

@@ -16,6 +16,9 @@ Defaults, SD-scale: the paper fine-tunes at lr 2e-6 with batch 8 for a few hundr
 generated anchor images; we take 400 iterations (the upper end, so the target is ablated rather
 than only dented), 200 anchor images of 50 DDIM steps at guidance 7.5 (the usual SD sampling).
 Smaller models override these in their spec (`eraser_settings`).
+
+SDXL: the same, with every UNet call conditioned as its pipeline conditions it (`finetune.py`) and the
+anchor images guided against the pipeline's own unconditional branch. SD3 is refused (`finetune.NOT_ON_SD3`).
 """
 
 from __future__ import annotations
@@ -27,14 +30,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spm import encode_prompts
+from spm import Conditioning
 from spmbench.erasers.base import require_counts, require_positive
 from spmbench.erasers.esd import FinetunedEraser
-from spmbench.erasers.finetune import finetune, fit_settings, latent_noise, predict, rollout
+from spmbench.erasers.finetune import (
+    conditioning,
+    ddim_for,
+    finetune,
+    fit_settings,
+    latent_noise,
+    predict,
+    rollout,
+    unconditional,
+)
 
 
 def key_value(name: str) -> bool:
     return ".attn2.to_k." in f".{name}" or ".attn2.to_v." in f".{name}"
+
+
+def anchor_conditioning(pipe, anchor: str) -> Conditioning:
+    """The anchor's conditioning; "" is the pipeline's unconditional branch (zeros for SDXL base)."""
+    return unconditional(pipe) if anchor == "" else conditioning(pipe, [anchor])
 
 
 @torch.no_grad()
@@ -42,17 +59,15 @@ def anchor_latents(
     pipe, anchor: str, n: int, resolution: int, steps: int, guidance: float, gen: torch.Generator, batch: int = 8
 ) -> torch.Tensor:
     """x_0 latents of `n` images of `anchor` from the original model (`steps` guided DDIM steps)."""
-    from diffusers import DDIMScheduler
-
-    ddim = DDIMScheduler.from_config(pipe.scheduler.config)
+    ddim = ddim_for(pipe)
     ddim.set_timesteps(steps)
-    c_anchor, c_empty = encode_prompts(pipe, [anchor]), encode_prompts(pipe, [""])
+    c_anchor, c_empty = anchor_conditioning(pipe, anchor), unconditional(pipe)
     chunks = []
     for start in range(0, n, batch):
         size = min(batch, n - start)
         x = latent_noise(pipe, size, resolution, gen) * ddim.init_noise_sigma
-        cond, uncond = c_anchor.expand(size, -1, -1), c_empty.expand(size, -1, -1)
-        chunks.append(rollout(pipe.unet, ddim, x, cond, uncond, guidance, steps))
+        cond, uncond = c_anchor.expand(size), c_empty.expand(size)
+        chunks.append(rollout(pipe.unet, ddim, x, cond, uncond, guidance, steps, resolution))
     return torch.cat(chunks)
 
 
@@ -99,7 +114,7 @@ class ConceptAblation(FinetunedEraser):
             cfg["guidance_scale"], gen,
         )  # fmt: skip
         noise_schedule = DDIMScheduler.from_config(pipe.scheduler.config)  # add_noise: the training q(x_t | x_0)
-        c_targets, c_anchor = encode_prompts(pipe, list(targets)), encode_prompts(pipe, [cfg["anchor"]])
+        c_targets, c_anchor = conditioning(pipe, targets), anchor_conditioning(pipe, cfg["anchor"])
         n, device = int(cfg["batch_size"]), x0.device
 
         def step_loss(trained: nn.Module, gen: torch.Generator) -> torch.Tensor:
@@ -107,10 +122,10 @@ class ConceptAblation(FinetunedEraser):
             t = torch.randint(noise_schedule.config.num_train_timesteps, (n,), generator=gen).to(device)
             noise = torch.randn(images.shape, generator=gen).to(device)
             x_t = noise_schedule.add_noise(images, noise, t)
-            c = c_targets[torch.randint(len(targets), (n,), generator=gen).to(c_targets.device)]
+            c = c_targets[torch.randint(len(targets), (n,), generator=gen).to(c_targets.states.device)]
             with torch.no_grad():
-                goal = predict(pipe.unet, x_t, t, c_anchor.expand(n, -1, -1))
-            return F.mse_loss(predict(trained, x_t, t, c), goal)
+                goal = predict(pipe.unet, x_t, t, c_anchor.expand(n), resolution)
+            return F.mse_loss(predict(trained, x_t, t, c, resolution), goal)
 
         return finetune(
             pipe, key_value, step_loss, int(cfg["iterations"]), cfg["lr"], gen, self.name,

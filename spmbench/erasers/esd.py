@@ -15,6 +15,11 @@ The artifact is the weight delta W' - W over the trained parameters (`delta.py`)
 applies to other models of the family; the loss of every iteration is in its metadata ("losses").
 
 The fine-tuning loop and the guided DDIM sampler are shared with Concept Ablation (`finetune.py`).
+
+SDXL: the same loss, every UNet call conditioned as the SDXL pipeline conditions it (both encoders' states,
+the pooled embedding, the added time ids of the fitted resolution); "" is the pipeline's own unconditional
+branch (zeros for SDXL base). ESD-u leaves out SDXL's added embedding too (`add_embedding`: the pooled text
+and time ids, a text-conditioned input like the time embedding the authors leave out). SD3 is refused.
 """
 
 from __future__ import annotations
@@ -28,11 +33,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spm import encode_prompts
+from spm import Conditioning
 from spm.files import training_kept_in
 from spmbench.erasers.base import Eraser, require_counts, require_positive
 from spmbench.erasers.delta import applied, save_delta
-from spmbench.erasers.finetune import finetune, fit_settings, latent_noise, predict, rollout
+from spmbench.erasers.finetune import (
+    NOT_ON_SD3,
+    conditioning,
+    ddim_for,
+    finetune,
+    fit_settings,
+    latent_noise,
+    predict,
+    rollout,
+    unconditional,
+)
 
 
 def cross_attention(name: str) -> bool:
@@ -41,8 +56,11 @@ def cross_attention(name: str) -> bool:
 
 def unconditional_layers(name: str) -> bool:
     """ESD-u's set, as in the authors' code: all but cross-attention, the time embedding and the
-    output block (conv_norm_out / conv_out in diffusers' names)."""
-    return not (cross_attention(name) or name.startswith(("time_embedding.", "conv_norm_out.", "conv_out.")))
+    output block (conv_norm_out / conv_out in diffusers' names); on SDXL also its added embedding
+    (pooled text and time ids: text-conditioned, as the time embedding is conditioning)."""
+    return not (
+        cross_attention(name) or name.startswith(("time_embedding.", "add_embedding.", "conv_norm_out.", "conv_out."))
+    )
 
 
 VARIANTS: dict[str, Callable[[str], bool]] = {
@@ -56,6 +74,7 @@ class FinetunedEraser(Eraser):
     delta; apply = that delta. Subclasses set `name`, `Settings`, `checkpoint_every` and implement `train`."""
 
     checkpoint_every: int
+    unsupported = {"sd3": NOT_ON_SD3}
 
     def fit_one(self, pipe, targets: tuple[str, ...], path: Path, resolution: int, settings) -> None:
         ckpt = path.with_name(path.name + ".ckpt.pt")
@@ -105,24 +124,23 @@ class ESD(FinetunedEraser):
         self, pipe, targets: tuple[str, ...], resolution: int, settings: ESDSettings, checkpoint: Path | None = None
     ) -> tuple[dict[str, torch.Tensor], list[float]]:
         """The deltas and per-iteration losses of an ESD fit."""
-        from diffusers import DDIMScheduler
-
         cfg = asdict(settings)
         gen = torch.Generator().manual_seed(int(cfg["seed"]))
-        ddim = DDIMScheduler.from_config(pipe.scheduler.config)
+        ddim = ddim_for(pipe)
         ddim.set_timesteps(int(cfg["rollout_steps"]))
-        c_targets, c_empty = encode_prompts(pipe, list(targets)), encode_prompts(pipe, [""])
+        c_targets, c_empty = conditioning(pipe, targets), unconditional(pipe)
         eta, guidance = cfg["negative_guidance"], cfg["guidance_scale"]
 
         def step_loss(trained: nn.Module, gen: torch.Generator) -> torch.Tensor:
-            c = c_targets[int(torch.randint(len(targets), (), generator=gen))][None]
+            i = int(torch.randint(len(targets), (), generator=gen))
+            c = c_targets[i : i + 1]
             k = int(torch.randint(len(ddim.timesteps), (), generator=gen))  # DDIM steps already taken
             x = latent_noise(pipe, 1, resolution, gen) * ddim.init_noise_sigma
-            x = rollout(trained, ddim, x, c, c_empty, guidance, k)  # x_t from the model being trained
+            x = rollout(trained, ddim, x, c, c_empty, guidance, k, resolution)  # x_t from the model being trained
             t = ddim.timesteps[k]
             with torch.no_grad():
-                e_c, e_empty = predict(pipe.unet, x, t, torch.cat([c, c_empty])).chunk(2)
-            return F.mse_loss(predict(trained, x, t, c), e_empty - eta * (e_c - e_empty))
+                e_c, e_empty = predict(pipe.unet, x, t, Conditioning.cat([c, c_empty]), resolution).chunk(2)
+            return F.mse_loss(predict(trained, x, t, c, resolution), e_empty - eta * (e_c - e_empty))
 
         return finetune(
             pipe, VARIANTS[self.variant], step_loss, int(cfg["iterations"]), cfg["lr"], gen, self.name,

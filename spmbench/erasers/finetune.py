@@ -1,33 +1,81 @@
 """The fine-tuning that ESD and Concept Ablation share: a resumable loop over a trained copy of the
-UNet (`finetune`), the guided DDIM sampler both draw x_t with (`rollout`), and their noise and
-prediction helpers. Checkpoints go through `spm.Checkpoint`: tied to the fit's settings, atomic."""
+UNet (`finetune`), the guided DDIM sampler both draw x_t with (`rollout`), and their noise, conditioning
+and prediction helpers. Checkpoints go through `spm.Checkpoint`: tied to the fit's settings, atomic.
+
+Conditions are `spm.Conditioning`s, so one loop serves SD 1.x/2.x (the text encoder's states) and SDXL
+(both encoders' states, the pooled embedding, and the added time ids the pipeline passes for the image size).
+"""
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from spm import Checkpoint
+from spm import Checkpoint, Conditioning, encode_prompts
 
 
-def predict(unet: nn.Module, x: torch.Tensor, t, cond: torch.Tensor) -> torch.Tensor:
-    """eps(x, t, cond) in float32, whatever the UNet's dtype; `x` is broadcast over the conditions."""
+# Why ESD and Concept Ablation refuse SD3: both are defined on a UNet's noise prediction and DDIM steps.
+NOT_ON_SD3 = (
+    "its fine-tuning is defined on a UNet's noise predictions along DDIM steps; SD3 is a flow-matching "
+    "transformer (velocities, no UNet), for which it is not implemented"
+)
+
+
+def conditioning(pipe, prompts: Sequence[str]) -> Conditioning:
+    """What the pipeline conditions its UNet on for `prompts` (SD 1.x/2.x: states only; SDXL: with pooled)."""
+    encoded = encode_prompts(pipe, list(prompts))
+    return encoded if isinstance(encoded, Conditioning) else Conditioning(encoded)
+
+
+def unconditional(pipe) -> Conditioning:
+    """The pipeline's own unconditional branch, which "" stands for: the empty prompt's states, or zeros for an
+    SDXL pipeline that forces them (`force_zeros_for_empty_prompt`, SDXL base), as its `encode_prompt` does
+    and as `spm.train` takes it."""
+    empty = conditioning(pipe, [""])
+    if empty.pooled is not None and getattr(pipe.config, "force_zeros_for_empty_prompt", False):
+        return Conditioning(torch.zeros_like(empty.states), torch.zeros_like(empty.pooled))
+    return empty
+
+
+def ddim_for(pipe):
+    """A DDIM scheduler on the pipeline's noise schedule. DDIM clips x0 to [-1, 1] unless told not to: right
+    for pixels, wrong for latents; SD 1.x/2.x scheduler files say clip_sample: false, an Euler config without
+    the field (as SDXL models ship) would clip, so it is turned off there (as `spm.train` does)."""
+    from diffusers import DDIMScheduler
+
+    config = pipe.scheduler.config
+    return DDIMScheduler.from_config(config, **({} if "clip_sample" in config else {"clip_sample": False}))
+
+
+def predict(unet: nn.Module, x: torch.Tensor, t, cond: Conditioning, pixels: int) -> torch.Tensor:
+    """eps(x, t, cond) in float32, whatever the UNet's dtype; `x` is broadcast over the conditions; `pixels`:
+    the image size SDXL's added time ids say (original = target size, no crop, as its pipeline passes)."""
     x = x.expand(len(cond), -1, -1, -1) if len(x) == 1 else x
-    return unet(x.to(unet.dtype), t, encoder_hidden_states=cond.to(unet.dtype)).sample.float()
+    pooled = None if cond.pooled is None else cond.pooled.to(unet.dtype)
+    kwargs = Conditioning(cond.states.to(unet.dtype), pooled).unet_kwargs(pixels, pixels)
+    return unet(x.to(unet.dtype), t, **kwargs).sample.float()
 
 
 @torch.no_grad()
 def rollout(
-    unet: nn.Module, ddim, x: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor, guidance: float, steps: int
+    unet: nn.Module,
+    ddim,
+    x: torch.Tensor,
+    cond: Conditioning,
+    uncond: Conditioning,
+    guidance: float,
+    steps: int,
+    pixels: int,
 ) -> torch.Tensor:
     """The first `steps` of `ddim`'s timesteps of classifier-free guided DDIM sampling from x."""
+    both = Conditioning.cat([uncond, cond])
     for t in ddim.timesteps[:steps]:
-        e_u, e_c = predict(unet, torch.cat([x, x]), t, torch.cat([uncond, cond])).chunk(2)
+        e_u, e_c = predict(unet, torch.cat([x, x]), t, both, pixels).chunk(2)
         x = ddim.step(e_u + guidance * (e_c - e_u), t, x).prev_sample
     return x
 

@@ -14,6 +14,8 @@ set and the preserve set. `rounds=0` is UCE exactly. The artifact is a weight de
 Settings: guide ("" = the empty prompt), preserve (prompts kept), lam (0.5, UCE's pull towards the
 original weights), rounds (3), lambda_reg (1e-3: a small ridge, as in the paper, so that the found
 embedding is set by the edited weights rather than shrunk towards zero).
+
+SDXL as UCE (its concatenated encoders' states, d = 2048 for SDXL base); SD3 refused as UCE is.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import torch
 
 from spmbench.erasers.base import Eraser, require_counts
 from spmbench.erasers.delta import applied, save_delta
-from spmbench.erasers.uce import UCESettings, closed_form, cross_attention_projections, edit_rows
+from spmbench.erasers.uce import NOT_ON_SD3, UCESettings, closed_form, cross_attention_projections, edit_rows
 
 
 def adversarial_embedding(
@@ -77,6 +79,7 @@ class RECESettings(UCESettings):
 class RECE(Eraser):
     name = "rece"
     Settings = RECESettings
+    unsupported = {"sd3": NOT_ON_SD3}
 
     def fit_one(self, pipe, targets: tuple[str, ...], path: Path, resolution: int, settings: RECESettings) -> None:
         c, g, p = edit_rows(pipe, targets, settings.guide, settings.preserve)

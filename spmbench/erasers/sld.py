@@ -9,6 +9,10 @@ With eps_u, eps_p, eps_s the predictions for the empty, the user's and the safet
 Implemented with a forward hook on the UNet (no pipeline fork): the hook runs the safety prompt on
 the same latents and hands the pipeline a conditional prediction eps_p - g_safe, so the pipeline's
 own classifier-free guidance yields the formula above.
+
+SDXL: the same hook; the safety prompt's call gets its pooled embedding and the pipeline's own added time
+ids (those of its conditional half). SD3 is refused: the presets' thresholds and scales are set on a UNet's
+noise predictions, and SD3's transformer predicts flow-matching velocities.
 """
 
 from __future__ import annotations
@@ -17,10 +21,11 @@ import json
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 import torch
 
-from spm import encode_prompts
+from spm import Conditioning, encode_prompts
 from spm.files import write_text_atomic
 from spmbench.erasers.base import Eraser
 
@@ -45,7 +50,8 @@ PRESETS = {
 class SafetyGuidance:
     """The hook's state for one generation: step count and momentum."""
 
-    def __init__(self, preset: SLDPreset, concept_embeds: torch.Tensor):
+    def __init__(self, preset: SLDPreset, concept_embeds: torch.Tensor | Conditioning):
+        """concept_embeds: the safety concept's conditioning, as `spm.encode_prompts` gives it."""
         self.preset, self.concept_embeds = preset, concept_embeds
         self.reset()
 
@@ -67,6 +73,18 @@ class SafetyGuidance:
         self.step += 1
         return guidance if active else torch.zeros_like(guidance)
 
+    def safety_kwargs(self, sample: torch.Tensor, half: int, kwargs: dict) -> dict:
+        """The UNet's conditioning for the safety prompt on `half` latents; SDXL's with its pooled embedding
+        and the time ids the pipeline gave the conditional half of this call."""
+        concept = self.concept_embeds
+        if not isinstance(concept, Conditioning):
+            return {"encoder_hidden_states": concept.to(sample).expand(half, -1, -1)}
+        added = dict(kwargs.get("added_cond_kwargs") or {})
+        if concept.pooled is not None:
+            added = {**added, "text_embeds": concept.pooled.to(sample).expand(half, -1)}
+            added["time_ids"] = added["time_ids"][half:]
+        return {"encoder_hidden_states": concept.states.to(sample).expand(half, -1, -1), "added_cond_kwargs": added}
+
     def hook(self, unet, args, kwargs, output):
         if self.busy:  # the hook's own safety-prompt call
             return output
@@ -77,8 +95,7 @@ class SafetyGuidance:
         half = sample.shape[0] // 2
         self.busy = True
         try:
-            embeds = self.concept_embeds.to(sample).expand(half, -1, -1)
-            eps_s = unet(sample[half:], timestep, encoder_hidden_states=embeds).sample
+            eps_s = unet(sample[half:], timestep, **self.safety_kwargs(sample, half, kwargs)).sample
         finally:
             self.busy = False
         # The pipeline then forms eps_u + s * (cond - eps_u) = eps_u + s * (eps_p - eps_u - g_safe).
@@ -91,6 +108,12 @@ class SafetyGuidance:
 
 class SLD(Eraser):
     artifact_suffix = ".json"
+    unsupported = MappingProxyType(
+        {
+            "sd3": "its guidance thresholds and scales are set on a UNet's noise predictions; SD3's transformer "
+            "predicts flow-matching velocities (and has no UNet to hook)"
+        }
+    )
 
     def __init__(self, preset: str = "medium"):
         self.preset = PRESETS[preset]

@@ -7,6 +7,11 @@ guide's outputs v_i = W g_i, and preserved embeddings c_p kept where they are:
 
 i.e. the least-squares solution of sum_i |W' c_i - v_i|^2 + sum_p |W' c_p - W c_p|^2 + lam |W' - W|_F^2.
 The artifact is the weight delta W' - W (`delta.py`), so it also applies to other models of the family.
+
+SDXL: the same edit of its `attn2.to_k` / `to_v`, whose inputs are both text encoders' penultimate states,
+concatenated (2048-d for SDXL base): the rows are those states (`spm.encode_prompts(...).states`), picked by
+the first tokenizer's end token (both tokenizers split a prompt alike; the second pads with "!"). The
+pooled embedding feeds no cross-attention and is not edited. SD3 is refused (`NOT_ON_SD3`).
 """
 
 from __future__ import annotations
@@ -17,9 +22,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from spm import encode_prompts
+from spm import Conditioning, encode_prompts
 from spmbench.erasers.base import Eraser
 from spmbench.erasers.delta import applied, save_delta
+
+
+# Why UCE and RECE refuse SD3: there is no projection that reads the text encoders' states.
+NOT_ON_SD3 = (
+    "its closed-form edit targets a UNet's cross-attention K/V projections (which read the text encoders' "
+    "states); SD3's joint attention has none: its text tokens are re-projected and transformed block by block"
+)
 
 
 def cross_attention_projections(unet: nn.Module) -> dict[str, nn.Linear]:
@@ -35,7 +47,8 @@ def cross_attention_projections(unet: nn.Module) -> dict[str, nn.Linear]:
 def _encode(pipe, prompt: str) -> tuple[torch.Tensor, int]:
     """The text encoder's outputs over the whole padded context, (L, d), and the index of the
     prompt's last word token (0, the start token, for an empty prompt)."""
-    states, ids = encode_prompts(pipe, prompt, return_ids=True)
+    encoded, ids = encode_prompts(pipe, prompt, return_ids=True)
+    states = encoded.states if isinstance(encoded, Conditioning) else encoded  # SDXL: both encoders', concatenated
     hidden = states[0].float()
     first_end = int((ids[0] == pipe.tokenizer.eos_token_id).nonzero()[0])
     return hidden, first_end - 1
@@ -88,6 +101,7 @@ class UCESettings:
 class UCE(Eraser):
     name = "uce"
     Settings = UCESettings
+    unsupported = {"sd3": NOT_ON_SD3}
 
     def fit_one(self, pipe, targets: tuple[str, ...], path: Path, resolution: int, settings: UCESettings) -> None:
         c, g, p = edit_rows(pipe, targets, settings.guide, settings.preserve)

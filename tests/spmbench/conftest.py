@@ -4,6 +4,7 @@ import pytest
 import yaml
 
 from spmbench.toy.cli import main as train_main
+from tests.tiny import save_tiny_sdxl_pipeline
 
 
 SMOKE_ARGS = [
@@ -64,11 +65,18 @@ def toy_weights(smoke_world, monkeypatch, tmp_path):
     return root / "weights"
 
 
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory):
+    """A tiny SDXL pipeline (tests.tiny) in the diffusers layout."""
+    return save_tiny_sdxl_pipeline(tmp_path_factory.mktemp("tiny-sdxl"))
+
+
 @pytest.fixture()
-def run_real_app(tiny_dir, tmp_path, monkeypatch):
+def run_real_app(tiny_dir, tiny_sdxl_dir, tmp_path, monkeypatch):
     """run(app, *options): `spmbench run --app APP` through the CLI on a tiny SD registered as a real
-    model ('tiny-real', family sd1, fits of a few steps) with `erasers`, 1-2 prompts per set; the
-    published prompt files are read from the shared copy (offline). Returns (CLI result, run folder, report folder)."""
+    model ('tiny-real', family sd1, fits of a few steps; `model="tiny-xl"`: a tiny SDXL, family sdxl) with
+    `erasers`, 1-2 prompts per set; the published prompt files are read from the shared copy (offline).
+    Returns (CLI result, run folder, report folder)."""
     from typer.testing import CliRunner
 
     from spmbench.cli import app
@@ -79,6 +87,8 @@ def run_real_app(tiny_dir, tmp_path, monkeypatch):
     spec = dict(name="tiny-real", source=str(tiny_dir), family="sd1", world="real", resolution=32,
                 num_inference_steps=2, eraser_settings=FAST_FITS)  # fmt: skip
     (models / "tiny-real.yaml").write_text(yaml.safe_dump(spec))
+    xl = spec | dict(name="tiny-xl", source=str(tiny_sdxl_dir), family="sdxl", guidance_scale=5.0)
+    (models / "tiny-xl.yaml").write_text(yaml.safe_dump(xl))
     monkeypatch.setenv("SPMBENCH_MODELS", str(models))
     (tmp_path / "cache" / "prompts").mkdir(parents=True)
     for published in BENCH.glob("*.csv"):
@@ -86,13 +96,13 @@ def run_real_app(tiny_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("SPMBENCH_CACHE", str(tmp_path / "cache"))
     runs, reports = tmp_path / "runs", tmp_path / "reports"
 
-    def run(app_name: str, *options: str, limit: int = 2, erasers: str = "none,negprompt"):
+    def run(app_name: str, *options: str, limit: int = 2, erasers: str = "none,negprompt", model: str = "tiny-real"):
         args = [
             "run",
             "--app",
             app_name,
             "--models",
-            "tiny-real",
+            model,
             "--erasers",
             erasers,
             "--limit",
