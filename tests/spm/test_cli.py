@@ -340,3 +340,29 @@ def test_a_config_file_that_is_not_text_is_one_line(tiny_dir, tmp_path):
     config.write_bytes(b"lr: \xff\xfe\x00")
     result = run("train", "--model", tiny_dir, "-t", "x", "--config", config, "--out", tmp_path / "s.safetensors")
     assert_one_line_error(result, f"--config {config}: cannot read it")
+
+
+@pytest.mark.parametrize(
+    ("config", "family", "layers", "parameters"),
+    [("SDXL_UNET_CONFIG", "SDXL", 722, "2,659,840"), ("SD1_UNET_CONFIG", "SD 1.x/2.x", None, None)],
+)
+def test_inspect_reads_the_family_off_diffusers_module_names(config, family, layers, parameters, tmp_path):
+    """The released SPM code's SDXL script names layers by diffusers' module paths (down_blocks_1_...), as SD 1.x
+    files are named: inspect reads the family off the names (SDXL's first down block has no attention, its
+    deeper blocks stack transformer blocks), not 'SD 1.x/2.x' for every non-kohya SDXL file."""
+    from diffusers import UNet2DConditionModel
+
+    from spm import models
+    from spm.adapter import layer_names
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**getattr(models, config))
+    s = spm.SPM.init(unet, ["snoopy"])
+    paths = layer_names(unet)
+    path = tmp_path / "diffusers-named.safetensors"
+    spm.SPM(s.targets, {paths[name].replace(".", "_"): f for name, f in s.layers.items()}).save(path)
+    info = run("inspect", path)
+    assert info.exit_code == 0, info.output
+    assert f"family:     {family}\n" in info.output and "lora_unet_down_blocks" not in info.output
+    if layers is not None:
+        assert f"layers:     {layers}\n" in info.output and f"parameters: {parameters}\n" in info.output
