@@ -40,7 +40,7 @@ from spmbench.shard import Shard
 
 
 log = logging.getLogger(__name__)
-T, R = TypeVar("T"), TypeVar("R")
+R = TypeVar("R")
 
 
 class FitSettingsChanged(ValueError):
@@ -584,18 +584,18 @@ def share_generation(
         generate(list(group), True)
 
 
-def in_turn(items: list[T], compute: Callable[[T], R], lock: Callable[[T], Path] = lambda cell: cell.dir) -> list[R]:
+def in_turn(items: list[Cell], compute: Callable[[Cell], R]) -> list[R]:
     """`compute` each item holding its lock (a cell's: its folder), so that processes sharing a run folder
     never compute one twice: an item another process holds is put off until the others are done, then
     waited for (compute then finds its stored result and reads it back, not recomputing it)."""
     results, later = {}, []
     for i, item in enumerate(items):
-        with holding(lock(item), wait=False) as held:
+        with holding(item.dir, wait=False) as held:
             if held:
                 results[i] = compute(item)
             else:
                 later.append(i)
     for i in later:
-        with holding(lock(items[i])):
+        with holding(items[i].dir):
             results[i] = compute(items[i])
     return [results[i] for i in range(len(items))]

@@ -7,13 +7,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from spm import SPM
+from tests import tiny
 
 
 def random_spm(unet, targets=("snoopy",), seed=0):
-    spm = SPM.init(unet, list(targets), seed=seed)
-    gen = torch.Generator().manual_seed(seed + 100)
-    spm.layers = {n: (d, torch.randn(u.shape, generator=gen)) for n, (d, u) in spm.layers.items()}
-    return spm
+    return tiny.random_spm(unet, targets, seed, scale=1.0)  # unit-scale up factors: clearly non-zero effects
 
 
 def test_fresh_spm_is_zero_up_and_kaiming_down(pipe):
