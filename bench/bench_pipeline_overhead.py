@@ -13,6 +13,9 @@ the cost the unfolded branches would add.
     python bench/bench_pipeline_overhead.py --model sd15 --device cuda --dtype float16 --size 512 --prompts 2,8
     # the same code path on CPU at a tiny size (a smoke test before any GPU session)
     python bench/bench_pipeline_overhead.py --model sd15-tiny --size 64 --prompts 2 --steps 2 --rounds 1
+    # SDXL architecture, random weights, 1024 px (issue 23), 1 and 20 SPMs; and its tiny CPU smoke equivalent
+    python bench/bench_pipeline_overhead.py --model sdxl --device cuda --dtype float16 --prompts 2 --ks 1,20 --steps 20
+    python bench/bench_pipeline_overhead.py --model sdxl-tiny --prompts 2 --ks 1,20 --steps 2 --rounds 1
 """
 
 from __future__ import annotations
@@ -30,10 +33,11 @@ import torch
 
 import spm
 from spm.layers import membrane_targets
-from spm.models import SD1_UNET_CONFIG
+from spm.models import SD1_UNET_CONFIG, SDXL_UNET_CONFIG
 
 
-TOY = "spmbench/toy/weights/toy-base"
+# From the repository, wherever the script runs from (the other scripts of bench/ import this one).
+TOY = str(Path(__file__).resolve().parents[1] / "spmbench" / "toy" / "weights" / "toy-base")
 # Its tokenizer files give the random SD 1.5 pipeline a real CLIP tokenizer without any download.
 TOKENIZER = Path(TOY) / "tokenizer"
 PHRASES = ["a photo of", "a painting of", "a sketch of", "an image of", "a drawing of", "a picture of"]
@@ -77,9 +81,61 @@ def random_sd15(tiny: bool, device: str, dtype: torch.dtype):
     return pipe.to(device, dtype)
 
 
+def _clip_config(tokenizer, width: int, layers: int, heads: int, projection: int = 768, act: str = "quick_gelu"):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers,
+        num_attention_heads=heads, max_position_embeddings=77, projection_dim=projection, hidden_act=act,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+
+
+def random_sdxl(tiny: bool, device: str, dtype: torch.dtype):
+    """A StableDiffusionXLPipeline with SDXL base's architecture (or a tiny one of the same layout) and random
+    weights: its UNet (spm.models.SDXL_UNET_CONFIG), CLIP ViT-L and OpenCLIP bigG text encoders (penultimate
+    states concatenated, 768 + 1280 = 2048; bigG's projection is the pooled embedding), SDXL's VAE and Euler
+    scheduler. Built on `device` directly: 3.5 G parameters initialise in seconds on a GPU, minutes on a CPU."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    torch.manual_seed(0)
+    tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER, model_max_length=77)
+    tokenizer_2 = CLIPTokenizer.from_pretrained(TOKENIZER, model_max_length=77, pad_token="!")
+    widths = (32, 48) if tiny else (768, 1280)
+    pooled = 32 if tiny else 1280
+    encoder_1 = _clip_config(tokenizer, widths[0], 2 if tiny else 12, 2 if tiny else 12)
+    encoder_2 = _clip_config(tokenizer_2, widths[1], 2 if tiny else 32, 2 if tiny else 20, pooled, "gelu")
+    unet_config = dict(SDXL_UNET_CONFIG, cross_attention_dim=sum(widths))
+    vae_config: dict = dict(
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=1024,
+        scaling_factor=0.13025, force_upcast=False,
+    )  # fmt: skip
+    if tiny:
+        unet_config.update(
+            block_out_channels=(32, 64, 64), layers_per_block=1, transformer_layers_per_block=(1, 1, 2),
+            attention_head_dim=(2, 4, 4), norm_num_groups=16, addition_time_embed_dim=8,
+            projection_class_embeddings_input_dim=6 * 8 + pooled,
+        )  # fmt: skip
+        vae_config.update(block_out_channels=(16, 16, 16, 16), layers_per_block=1, norm_num_groups=8)
+    scheduler = EulerDiscreteScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1, timestep_spacing="leading"
+    )
+    with torch.device(device):
+        pipe = StableDiffusionXLPipeline(
+            unet=UNet2DConditionModel(**unet_config), vae=AutoencoderKL(**vae_config),
+            text_encoder=CLIPTextModel(encoder_1), text_encoder_2=CLIPTextModelWithProjection(encoder_2),
+            tokenizer=tokenizer, tokenizer_2=tokenizer_2, scheduler=scheduler,
+        )  # fmt: skip
+    return pipe.to(device, dtype)
+
+
 def load(model: str, device: str, dtype: torch.dtype):
     if model in ("sd15", "sd15-tiny"):
         pipe = random_sd15(model == "sd15-tiny", device, dtype)
+    elif model in ("sdxl", "sdxl-tiny"):
+        pipe = random_sdxl(model == "sdxl-tiny", device, dtype)
     else:
         pipe = spm.load_pipeline(TOY if model == "toy" else model, device=device, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
@@ -308,7 +364,11 @@ def write_atomic(path: Path, text: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="toy", help="toy, sd15 (random weights), sd15-tiny, or a pipeline directory")
+    ap.add_argument(
+        "--model",
+        default="toy",
+        help="toy, sd15 or sdxl (random weights), sd15-tiny, sdxl-tiny, or a pipeline directory",
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--size", type=int, default=None, help="image side in px (default: toy 32, sd15 512)")
@@ -322,7 +382,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    args.size = args.size or (512 if args.model == "sd15" else 64 if args.model == "sd15-tiny" else 32)
+    default_sizes = {"sd15": 512, "sdxl": 1024, "sd15-tiny": 64, "sdxl-tiny": 64}
+    args.size = args.size or default_sizes.get(args.model, 32)
     ks = sorted({0, *(int(v) for v in args.ks.split(","))})
     pipe = load(args.model, args.device, getattr(torch, args.dtype))
     runs = []
