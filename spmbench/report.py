@@ -22,6 +22,7 @@ import pandas as pd
 from spm.files import save_image_atomic, write_text_atomic
 from spmbench import stats
 from spmbench.apps import ERASURE_SETS, Application
+from spmbench.erasers.base import fit_seed_of
 from spmbench.metrics import ALTERATION, ALTERATION_FEATURES_FILE, FIT_MEMORY, FIT_SECONDS, rate_info
 from spmbench.result import SCHEMA, Result, cell_key
 
@@ -134,8 +135,27 @@ def frame(stored: list[Result], run_dir: Path | None = None, app: Application | 
     table = pd.DataFrame(rows, columns=COLUMNS)
     table["n"], table["n_prompts"] = table["n"].astype("Int64"), table["n_prompts"].astype("Int64")
     _add_comparisons(table, samples)
+    _add_fit_spread(table)
     table.attrs["settings"] = stored[0].settings if stored else {}
     return table
+
+
+def _add_fit_spread(table: pd.DataFrame) -> None:
+    """Where an eraser was fitted with several seeds (an application's fit_seeds: its `~seed<N>` cells),
+    each of its rows gains the number of fits and the mean, lowest and highest value over them: what
+    another training run moves the number by, beside the sampling interval. Nothing where none was."""
+    bases = table["eraser"].map(lambda name: fit_seed_of(name)[0])
+    if (bases == table["eraser"]).all():
+        return
+    grouped = table.groupby([table["model"], table["targets"], bases, table["measure"]], sort=False)["value"]
+    table["fits"] = grouped.transform("count").astype("Int64")
+    for stat in ("mean", "min", "max"):
+        table[f"fits_{stat}"] = grouped.transform(stat)
+
+
+def _primary(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows the tables show: every eraser's own, its later fit seeds folded into them (fits_*)."""
+    return table[table["eraser"].map(lambda name: fit_seed_of(name)[1] is None)]
 
 
 def _same_version(app: Application | None, stored: list[Result]) -> Application | None:
@@ -245,7 +265,7 @@ def _reproduces(r: Result, measure: str, recomputed: float, tolerance: float) ->
 
 def spm_variants(erasers) -> list[str]:
     """The SPM erasers (names starting with 'spm'), which every other eraser is compared with."""
-    return sorted({e for e in erasers if e.startswith("spm")})
+    return sorted({e for e in erasers if e.startswith("spm") and "~" not in e})
 
 
 def _add_comparisons(table: pd.DataFrame, samples: dict[tuple, _Sample | None]) -> None:
@@ -305,7 +325,7 @@ def _column_n(table: pd.DataFrame, measure: str) -> int | None:
 def table_rows(data) -> tuple[list[str], list[list[str]]]:
     """One row per (model, targets, eraser): each set's rate with its interval and the original's
     rate in brackets, each alteration measure with its interval, and the fit cost."""
-    table = _as_frame(data)
+    table = _primary(_as_frame(data))
     sets = _rate_sets(table)
     spms = spm_variants(table["eraser"])
     shared_n = {m: _column_n(table, m) for m in [*sets, *ALTERATION]}
@@ -347,7 +367,15 @@ def _rate_cell(row, spms: list[str], per_cell: bool) -> str:
     differs = [getattr(row, f"differs_from_{_column_name(spm)}", None) for spm in spms]
     marks = "".join(m for m, d in zip(MARKS, differs) if _has(d) and bool(d))
     n = f" n={row.n}" if per_cell and _has(row.n) else ""
-    return f"{_percent(row.value)}{interval} ({_percent(row.original_value)}){marks}{n}"
+    return f"{_percent(row.value)}{interval} ({_percent(row.original_value)}){marks}{n}{_fit_spread(row)}"
+
+
+def _fit_spread(row) -> str:
+    """'; k fits mean (lowest-highest)' for a rate fitted with several seeds, else nothing."""
+    fits = getattr(row, "fits", None)
+    if not _has(fits) or fits < 2:
+        return ""
+    return f"; {fits} fits {_percent(row.fits_mean)} ({_percent(row.fits_min)}-{_percent(row.fits_max)})"
 
 
 def _number(value: float) -> str:
@@ -381,6 +409,8 @@ def caption(app: Application, data) -> str:
         f"guidance {settings.get('guidance')}, {settings.get('resolution')} px, seeds {settings.get('seeds')}"
         + (f", limit {settings['limit']} prompts per set" if settings.get("limit") else "")
         + ("; fitting settings chosen on the dev split (tuning.md beside this table)" if app.tuned else "")
+        + (f"; trained erasers fitted with seeds {list(app.fit_seeds)}: the rate of the first fit, then the number "
+           "of fits, their mean and range" if len(app.fit_seeds) > 1 else "")
     )  # fmt: skip
 
 
@@ -437,7 +467,7 @@ def write_reports(app: Application, run_dir: Path, out_dir: Path) -> list[Path]:
     write_text_atomic(tex, latex(app, table))
     write_text_atomic(plot, tradeoff_svg(table))
     written = [md, text, tex, plot]
-    erasers = sorted(e for e in table["eraser"].unique())
+    erasers = sorted(e for e in _primary(table)["eraser"].unique())
     for (model, targets), _ in table.groupby(["model", "targets"], sort=False):
         if erasers:  # one grid per (model, experiment)
             limit = table.attrs["settings"].get("limit")
@@ -503,7 +533,7 @@ def _tradeoff_points(table: pd.DataFrame) -> list[tuple]:
 def tradeoff_svg(data, width: int = 480, height: int = 360) -> str:
     """Erasure (target rate relative to the original) against erosion (kept accuracy on the other
     sets), with 95 % error bars where the run folder gave intervals."""
-    points = _tradeoff_points(_as_frame(data))
+    points = _tradeoff_points(_primary(_as_frame(data)))
     pad = 50
     sx = lambda v: pad + min(max(v, 0), 1.2) / 1.2 * (width - 2 * pad)  # noqa: E731
     sy = lambda v: height - pad - min(max(v, 0), 1.2) / 1.2 * (height - 2 * pad)  # noqa: E731

@@ -30,6 +30,7 @@ from spm.files import appending, save_image_atomic, write_text_atomic
 from spmbench.apps import ERASURE_SETS, Application, PromptRow
 from spmbench.cost import peak_memory, release_freed_memory
 from spmbench.erasers import ERASERS
+from spmbench.erasers.base import Tuned, seeded, trains
 from spmbench.judges.base import Judge
 from spmbench.locks import holding
 from spmbench.metrics import ALTERATION_FEATURES_FILE, frechet_distance, paired_distance, save_alteration_features
@@ -121,15 +122,21 @@ def fits_dir(run_dir: Path, fit_model: ModelSpec) -> Path:
 
 
 def plan(app: Application, models: list[ModelSpec], erasers: list[str], run_dir: Path) -> list[Cell]:
-    """Every cell to compute; the original model gets one cell per model, shared by all experiments."""
-    for name in erasers:
-        ERASERS.get(name)  # unknown names fail before any work
+    """Every cell to compute; the original model gets one cell per model, shared by all experiments.
+    A trained eraser has one cell per fit seed of the application (its later seeds as `seeded` variants)."""
+    fitted = [name for e in erasers if e != "none" for name in _with_fit_seeds(ERASERS.get(e), app.fit_seeds)]
     cells = []
     for model in models:
         cells.append(Cell(model, (), "none", run_dir))
         for targets in app.erase:
-            cells += [Cell(model, targets, e, run_dir) for e in erasers if e != "none"]
+            cells += [Cell(model, targets, e, run_dir) for e in fitted]
     return cells
+
+
+def _with_fit_seeds(eraser, fit_seeds: tuple[int, ...]) -> list[str]:
+    """The eraser (fitted with its settings' seed, the application's first) and its later fit seeds' variants."""
+    later = fit_seeds[1:] if trains(eraser) and not isinstance(eraser, Tuned) else ()  # grid points: one seed
+    return [eraser.name, *(seeded(eraser, seed).name for seed in later)]
 
 
 def all_rows(app: Application, limit: int | None) -> list[PromptRow]:
@@ -325,10 +332,17 @@ def settings_problem(app: Application, cells: list[Cell], registry) -> str | Non
     for cell in cells:
         eraser = ERASERS.get(cell.eraser)
         fit_model = fit_model_for(cell.model, registry)
+        given = eraser_settings(eraser, app, fit_model)
         try:
-            eraser.check_settings(eraser_settings(eraser, app, fit_model))
+            eraser.check_settings(given)
         except ValueError as e:
             return f"{e} (eraser_settings.{eraser.fit_key} of {app.path} and {fit_model.origin})"
+        seed = getattr(eraser.settings(given), "seed", None) if trains(eraser) and len(app.fit_seeds) > 1 else None
+        if seed is not None and not eraser.overrides and seed != app.fit_seeds[0]:
+            return (
+                f"{app.path}: fit_seeds starts with {app.fit_seeds[0]}, but {eraser.name} is fitted with seed {seed} "
+                f"on {fit_model.name}: list that seed first"
+            )
     return None
 
 

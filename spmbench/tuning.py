@@ -86,7 +86,7 @@ def tune(
 ) -> dict:
     """Fit, generate and judge every grid point on the dev split of `roots` (the family roots: the test
     run's fits are made there); returns the record (see `record`). `run_options`: runner.run's."""
-    dev = app.for_split("dev")
+    dev = replace(app.for_split("dev"), fit_seeds=app.fit_seeds[:1])  # each grid point fitted once: equal budgets
     by_key = grids(app, erasers)
     if not by_key:
         raise ValueError(f"none of {erasers} has settings to tune")

@@ -72,6 +72,9 @@ class Application:
     grids: dict[str, tuple[dict, ...]] = field(default_factory=dict)
     # Settings chosen on dev by `spmbench tune`, by fitted model then eraser settings key (spmbench.tuning).
     tuned: dict[str, dict] = field(default_factory=dict)
+    # Every trained eraser is fitted once per seed (the first: the settings' own seed): tables give the
+    # spread over fits beside the sampling interval.
+    fit_seeds: tuple[int, ...] = (0,)
 
     def for_split(self, split: str) -> Application:
         """This application's `split` ('test': itself; 'dev': the prompts settings are chosen on)."""
@@ -139,6 +142,7 @@ APP_FIELDS = {
     "eraser_settings": dict[str, dict],
     "dev": dict[str, Any],
     "tuning": dict[str, Any],
+    "fit_seeds": tuple[int, ...],
 }
 DEV_FIELDS = {"seeds": tuple[int, ...], "prompts": dict[str, Any]}
 DEV_SET_FIELDS = {"concepts": tuple[str, ...], "templates": tuple[str, ...]}
@@ -178,7 +182,7 @@ def _check_template(template: str, concepts, where: str) -> None:
 
 
 def parse_app(data, origin: str) -> Application:
-    given = check_fields(data, APP_FIELDS, set(APP_FIELDS) - {"eraser_settings", "dev", "tuning"}, origin)
+    given = check_fields(data, APP_FIELDS, set(APP_FIELDS) - {"eraser_settings", "dev", "tuning", "fit_seeds"}, origin)
     if given["world"] not in WORLDS:
         raise SpecError(f"{origin}: world {given['world']!r} is not one of {', '.join(WORLDS)}")
     if not given["erase"] or not all(given["erase"]):
@@ -187,6 +191,9 @@ def parse_app(data, origin: str) -> Application:
         raise SpecError(f"{origin}: prompts need a 'target' set (what erasure is measured on)")
     if not given["seeds"]:
         raise SpecError(f"{origin}: 'seeds' must be a non-empty list of integers")
+    fit_seeds = given.get("fit_seeds", (0,))
+    if not fit_seeds or len(set(fit_seeds)) != len(fit_seeds):
+        raise SpecError(f"{origin}: fit_seeds must be a non-empty list of distinct integers, got {list(fit_seeds)}")
     test = Application(
         name=given["name"],
         version=given["version"],
@@ -198,6 +205,7 @@ def parse_app(data, origin: str) -> Application:
         path=origin,
         eraser_settings=given.get("eraser_settings", {}),
         grids=_grids(given.get("tuning", {}), origin),
+        fit_seeds=fit_seeds,
     )
     return replace(test, dev=_dev_split(test, given["dev"], origin)) if "dev" in given else test
 

@@ -161,9 +161,9 @@ class Tuned(Eraser):
     """One point of an eraser's tuning grid: the eraser with `overrides` over its spec settings, named
     and fitted apart (`<name>~<digest of the overrides>`), so no two grid points share a fit or a cell."""
 
-    def __init__(self, base: Eraser, overrides: Mapping[str, Any]):
+    def __init__(self, base: Eraser, overrides: Mapping[str, Any], tag: str | None = None):
         self.base, self.overrides = base, MappingProxyType(dict(overrides))
-        self.tag = hashlib.sha1(json.dumps(dict(overrides), sort_keys=True).encode()).hexdigest()[:6]
+        self.tag = tag or hashlib.sha1(json.dumps(dict(overrides), sort_keys=True).encode()).hexdigest()[:6]
         self.name = f"{base.name}~{self.tag}"
         self.Settings, self.fits_per_target, self.targets = base.Settings, base.fits_per_target, base.targets
         self.artifact_suffix = base.artifact_suffix
@@ -186,10 +186,31 @@ class Tuned(Eraser):
         return self.base.apply(pipe, artifacts)
 
 
-def tuned(base: Eraser, overrides: Mapping[str, Any]) -> Tuned:
+def tuned(base: Eraser, overrides: Mapping[str, Any], tag: str | None = None) -> Tuned:
     """The grid point `overrides` of `base`, registered in ERASERS (once: the name is the settings')."""
-    variant = Tuned(base, overrides)
-    return variant if variant.name in ERASERS else ERASERS.add(variant.name, variant)
+    variant = Tuned(base, overrides, tag)
+    if variant.name in ERASERS:
+        return ERASERS.get(variant.name)
+    return ERASERS.add(variant.name, variant)
+
+
+SEED_TAG = "seed"  # a fit seed's variant is named <eraser>~seed<N> (a grid point's tag is hexadecimal)
+
+
+def trains(eraser: Eraser) -> bool:
+    """Whether fitting draws random numbers (a `seed` setting), so that another seed is another fit."""
+    return eraser.computes_fits and "seed" in {f.name for f in fields(eraser.Settings)}
+
+
+def seeded(base: Eraser, seed: int) -> Tuned:
+    """`base` fitted with `seed`: its own fits and cells, which the report folds into `base`'s rows."""
+    return tuned(base, {"seed": seed}, f"{SEED_TAG}{seed}")
+
+
+def fit_seed_of(name: str) -> tuple[str, int | None]:
+    """An eraser name as (the eraser it is a fit seed of, the seed), or (name, None) if it is none."""
+    base, _, tag = name.partition(f"~{SEED_TAG}")
+    return (base, int(tag)) if tag.lstrip("-").isdigit() else (name, None)
 
 
 ERASERS: Registry[Eraser] = Registry("eraser")

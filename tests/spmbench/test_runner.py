@@ -381,3 +381,72 @@ def test_scoring_on_a_full_disk_is_one_line_naming_the_scores_and_keeps_them(tmp
     with pytest.raises(DiskFullError, match=rf"cannot append to {cell.scores}: no space left .* kept"):
         runner.score_cell(judge, rows, cell)
     assert cell.scores.read_text() == kept
+
+
+SEEDED_APP = {
+    "name": "toy-seeded",
+    "version": 1,
+    "world": "toy",
+    "judge": "toy",
+    "erase": [["star"]],
+    "prompts": {
+        "target": {"concepts": "{targets}", "templates": ["a red {} on a white background"]},
+        "near": {"concepts": ["circle"], "templates": ["a red {} on a white background"]},
+    },
+    "seeds": [0],
+    "fit_seeds": [0, 1],
+}
+
+
+def test_trained_erasers_are_fitted_once_per_fit_seed_and_the_table_gives_their_spread(
+    toy_weights, tmp_path, monkeypatch
+):
+    folder = tmp_path / "apps"
+    folder.mkdir()
+    (folder / "toy-seeded.yaml").write_text(yaml.safe_dump(SEEDED_APP))
+    monkeypatch.setenv("SPMBENCH_APPS", str(folder))
+    runs, reports = tmp_path / "runs", tmp_path / "reports"
+    result = invoke("run", "--app", "toy-seeded", "--models", "toy-base", "--erasers", "none,spm,spm-noft,uce",
+                    "--out", runs, "--reports", reports)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    cells = runs / "toy-seeded" / "cells" / "toy-base"
+    assert sorted(p.name for p in cells.iterdir()) == ["none", "spm", "spm-noft", "spm-noft~seed1", "spm~seed1", "uce"]
+    fits = runs / "toy-seeded" / "fits" / "toy-base"
+    settings = json.loads((fits / "fit_settings.json").read_text())
+    assert settings["spm~seed1"]["seed"] == 1 and settings["spm"].get("seed", 0) == 0
+    first, second = ((fits / key / "star.safetensors").read_bytes() for key in ("spm", "spm~seed1"))
+    assert first != second  # another seed, another fit: its own initialisation and draws
+    table = (reports / "toy-seeded" / "toy-seeded.md").read_text()
+    assert "~seed" not in table  # the later fits are folded into their eraser's row
+    spm_rows = [line for line in table.splitlines() if line.startswith("| toy-base | star | spm")]
+    assert len(spm_rows) == 2 and all("; 2 fits " in line for line in spm_rows)
+    assert "; 2 fits" not in next(line for line in table.splitlines() if "| uce |" in line)  # closed form: one fit
+    assert "fitted with seeds [0, 1]" in table
+    frame = runner_results(runs / "toy-seeded")
+    spm_target = frame[(frame.eraser.str.startswith("spm~")) | (frame.eraser == "spm")]
+    spm_target = spm_target[spm_target.measure == "target"]
+    assert set(spm_target.fits) == {2} and spm_target.fits_mean.iloc[0] == pytest.approx(spm_target.value.mean())
+
+
+def runner_results(path):
+    import spmbench
+
+    return spmbench.results(path)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"fit_seeds": [0, 0]}, r"fit_seeds must be a non-empty list of distinct integers, got \[0, 0\]"),
+        ({"eraser_settings": {"spm": {"seed": 3}}}, "fit_seeds starts with 0, but spm is fitted with seed 3"),
+    ],
+)
+def test_fit_seeds_that_cannot_be_run_are_one_line_errors(toy_weights, tmp_path, monkeypatch, change, message):
+    folder = tmp_path / "apps"
+    folder.mkdir()
+    (folder / "toy-seeded.yaml").write_text(yaml.safe_dump({**SEEDED_APP, **change}))
+    monkeypatch.setenv("SPMBENCH_APPS", str(folder))
+    result = invoke("run", "--app", "toy-seeded", "--models", "toy-base", "--erasers", "none,spm",
+                    "--out", tmp_path / "runs", "--dry-run")  # fmt: skip
+    assert result.exit_code != 0 and re.search(message, result.output), result.output
+    assert len(result.output.strip().splitlines()) == 1
