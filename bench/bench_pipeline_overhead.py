@@ -114,7 +114,7 @@ def random_sdxl(tiny: bool, device: str, dtype: torch.dtype):
     )  # fmt: skip
     if tiny:
         unet_config.update(
-            block_out_channels=(32, 64, 64), layers_per_block=1, transformer_layers_per_block=(1, 1, 2),
+            sample_size=8, block_out_channels=(32, 64, 64), layers_per_block=1, transformer_layers_per_block=(1, 1, 2),
             attention_head_dim=(2, 4, 4), norm_num_groups=16, addition_time_embed_dim=8,
             projection_class_embeddings_input_dim=6 * 8 + pooled,
         )  # fmt: skip

@@ -198,6 +198,14 @@ def timed_loop(run, pipe, device: str) -> dict:
     }
 
 
+def toy_spm_settings() -> dict:
+    """The SPM fitting settings of the toy world's base model (spmbench/models/toy-base.yaml)."""
+    import yaml
+
+    spec = Path(__file__).resolve().parents[1] / "spmbench" / "models" / "toy-base.yaml"
+    return yaml.safe_load(spec.read_text())["eraser_settings"]["spm"]
+
+
 def load(model: str, device: str):
     if model in ("sd15", "sd15-tiny"):
         pipe = random_sd15(model == "sd15-tiny", device, torch.float32)
@@ -209,8 +217,9 @@ def load(model: str, device: str):
     return pipe
 
 
-def measure(pipe, targets: list[str], config: TrainConfig, args) -> dict:
-    """Interleaved rounds: per round, `args.iterations` iterations of each loop at the round's seed."""
+def measure(pipe, targets: list[str], config: TrainConfig, args, save=None) -> dict:
+    """Interleaved rounds: per round, `args.iterations` iterations of each loop at the round's seed; `save` gets
+    the summary after every round (a run stopped at its time limit keeps the rounds it finished)."""
     sides = {
         "reference": lambda cfg: lambda on_step: reference_train(pipe, targets, cfg, on_step=on_step),
         "spm.train": lambda cfg: (
@@ -228,6 +237,8 @@ def measure(pipe, targets: list[str], config: TrainConfig, args) -> dict:
         rounds.append({name: timed_loop(make(cfg), pipe, args.device) for name, make in sides.items()})
         line = "  ".join(f"{n} {sum(v['seconds']) / len(v['seconds']):.3f} s/it" for n, v in rounds[-1].items())
         print(f"round {r + 1}/{args.rounds}: {line}", flush=True)
+        if save:
+            save(summarise(rounds))
     return summarise(rounds)
 
 
@@ -263,9 +274,11 @@ def markdown(report: dict) -> str:
         f"Date: {env['date']}. Machine: {env['device']}, {env['threads']} torch threads, load average at start "
         f"{env['load_average_at_start']}. torch {env['torch']}, diffusers {env['diffusers']}, transformers "
         f"{env['transformers']}. TF32 matmul {s['tf32_matmul']}, cuDNN TF32 {s['tf32_cudnn']}.",
-        f"Settings: targets {s['targets']}; TrainConfig at its defaults but rollout_steps {cfg['rollout_steps']}, "
+        f"Settings: targets {s['targets']}; TrainConfig at its defaults (the toy: spmbench/models/toy-base.yaml's spm "
+        f"settings) but rollout_steps {cfg['rollout_steps']}, anchor_weight {cfg['anchor_weight']}, lr {cfg['lr']}, "
         f"resolutions {cfg['resolutions'] or 'the model default'} (px), dtype {cfg['dtype']}, {cfg['num_anchors']} "
-        f"random anchors + the empty prompt; {s['rounds']} interleaved rounds of {s['iterations']} iterations per "
+        f"random anchors + the empty prompt; {len(report['result']['rounds'])} interleaved rounds (of {s['rounds']} "
+        f"planned) of {s['iterations']} iterations per "
         "loop, both loops at the round's seed (the same targets, sizes, rollout depths, noise and anchors). "
         "Ratio = that loop's seconds / the reference's over the round, then the median (lower is faster).",
         "",
@@ -313,6 +326,8 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     overrides: dict = {"seed": args.seed}
+    if args.model == "toy":  # the settings the suite fits the toy world's SPMs with (lr, rollout_steps, ...)
+        overrides |= {k: v for k, v in toy_spm_settings().items() if k != "iterations"}
     if args.rollout_steps:
         overrides["rollout_steps"] = args.rollout_steps
     if args.resolutions:
@@ -320,26 +335,23 @@ def main(argv=None) -> None:
     config = TrainConfig(**overrides)
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     pipe = load(args.model, args.device)
-    result = measure(pipe, targets, config, args)
+    out = args.out or Path(f"reports/bench/training_{Path(args.model).name}_{args.device.split(':')[0]}")
+    settings = dict(
+        vars(args), out=None, targets=targets, train_config=asdict(config),
+        tf32_matmul=torch.backends.cuda.matmul.allow_tf32, tf32_cudnn=torch.backends.cudnn.allow_tf32,
+        command="python " + " ".join(sys.argv),
+    )  # fmt: skip
+    env = environment(args)
+
+    def save(result: dict) -> None:
+        report = {"settings": settings, "environment": env, "result": result}
+        write_atomic(out.with_suffix(".json"), json.dumps(report, indent=1, default=str) + "\n")
+        write_atomic(out.with_suffix(".md"), markdown(report))
+
+    result = measure(pipe, targets, config, args, save)
     for name, row in result["loops"].items():
         print(f"{name:16s} {row['seconds_per_iteration']:.3f} s/it  {row['unet_calls_per_iteration']:.1f} calls/it  "
               f"{row['ratio_to_reference']:.3f}x the reference's time")  # fmt: skip
-    report = {
-        "settings": dict(
-            vars(args),
-            out=None,
-            targets=targets,
-            train_config=asdict(config),
-            tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
-            tf32_cudnn=torch.backends.cudnn.allow_tf32,
-            command="python " + " ".join(sys.argv),
-        ),  # fmt: skip
-        "environment": environment(args),
-        "result": result,
-    }
-    out = args.out or Path(f"reports/bench/training_{Path(args.model).name}_{args.device.split(':')[0]}")
-    write_atomic(out.with_suffix(".json"), json.dumps(report, indent=1, default=str) + "\n")
-    write_atomic(out.with_suffix(".md"), markdown(report))
     print(f"wrote {out}.json and .md")
 
 

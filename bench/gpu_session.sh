@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# Every GPU measurement the open issues ask for, in one call of at most ~9 minutes on one H200 (issues 17, 21,
+# 22, 23): each step under its own `timeout`, and all of them under one overall deadline (BENCH_BUDGET_S, default
+# 540 s), continuing when a step fails. Results (JSON + Markdown: date, device, versions, settings) go to
+# reports/bench/; with $OUT set (the device tool's folder) everything is also packed into $OUT/gpu_session.tar.gz,
+# beside the summary and the full log (the tool returns at most 8 files).
+#
+#   bench/gpu_session.sh            # GPU mode (cuda)
+#   bench/gpu_session.sh --smoke    # the same steps and code paths on tiny models, on the CPU; results in a
+#                                   # temporary folder (BENCH_RESULTS to choose one), reports/ untouched
+#   bench/gpu_session.sh --prepare  # here, before a device call: wheels and prompt file to carry (see below)
+#
+# The device machine has no internet and no diffusers, and its python3 is not this project's venv. Before the
+# call, run `bench/gpu_session.sh --prepare` here: it downloads wheels of this venv's diffusers and transformers
+# into .whl/ and copies the published prompt files into .bench-data/ (both ignored through .git/info/exclude).
+# Then call the device tool with carry [".whl", ".bench-data"], timeout_s 600 and the command
+#   bench/gpu_session.sh
+# The script installs .whl/*.whl into /tmp/site itself when .whl/ is there.
+#
+# Estimates on one H200 (GPU mode; the time limit of each step in brackets, cut to what is left of the budget):
+#   setup (wheels, versions)                                                           ~15 s
+#   1. training, SD 1.5 architecture, fp32, reference vs spm.train (+ bf16), 3x3 it   ~70 s   [120 s]
+#   2. inference overhead, SDXL architecture, 1024 px, fp16, 1 and 20 SPMs, 3 rounds  ~90 s   [150 s]
+#   3. suite throughput, SD 1.5 architecture, 512 px: side by side + real-object e2e  ~185 s  [240 s]
+#   4. training, SDXL architecture, 1024 px, fp32, 2 rounds of 1 iteration per loop   ~150 s  [rest]
+#   total                                                                             ~510 s
+# Step 4 is last because its cost is the least certain (about 55 sample-forwards of SDXL in fp32 per
+# iteration); it writes its report after every round, so a cut leaves the rounds it finished.
+set -u
+cd "$(dirname "$0")/.."
+MODE=gpu
+case "${1:-}" in
+  --smoke) MODE=smoke ;;
+  --prepare) MODE=prepare ;;
+  "") ;;
+  *) echo "usage: bench/gpu_session.sh [--smoke | --prepare]" >&2; exit 2 ;;
+esac
+PY=${PYTHON:-python3}
+[ -n "${VIRTUAL_ENV:-}" ] && PY=${PYTHON:-python}
+
+if [ "$MODE" = prepare ]; then
+  set -e
+  mkdir -p .git/info .whl .bench-data
+  for ignored in /.whl/ /.bench-data/; do
+    grep -qxF "$ignored" .git/info/exclude 2>/dev/null || echo "$ignored" >>.git/info/exclude
+  done
+  versions=$("$PY" -c 'import diffusers, transformers; print(f"diffusers=={diffusers.__version__} transformers=={transformers.__version__}")')
+  # shellcheck disable=SC2086
+  "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform any -d .whl $versions
+  shared=${SPM_SHARED_DIR:-../shared}
+  cp "$shared"/data/benchmarks/*.csv .bench-data/
+  echo "ready: $(ls .whl) and $(ls .bench-data | wc -l) prompt files; carry [\".whl\", \".bench-data\"]"
+  exit 0
+fi
+
+export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+if [ "$MODE" = gpu ] && ls .whl/*.whl >/dev/null 2>&1; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl &&
+    export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" # spm and spmbench from this checkout, installed or not
+
+if [ "$MODE" = gpu ]; then
+  RESULTS=${BENCH_RESULTS:-reports/bench}
+  BUDGET=${BENCH_BUDGET_S:-540}
+  DEVICE=cuda
+else
+  RESULTS=${BENCH_RESULTS:-$(mktemp -d /tmp/gpu-session-smoke.XXXXXX)}
+  BUDGET=${BENCH_BUDGET_S:-1500}
+  DEVICE=cpu
+  export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+fi
+LOGS="$RESULTS/gpu_session"
+mkdir -p "$LOGS"
+SUMMARY="$RESULTS/gpu_session_summary.md"
+START=$(date +%s)
+
+pack() {
+  [ -n "${OUT:-}" ] || return 0
+  cp "$SUMMARY" "$OUT/" 2>/dev/null
+  cat "$LOGS"/*.log >"$OUT/gpu_session.log" 2>/dev/null
+  tar czf "$OUT/gpu_session.tar.gz" "$SUMMARY" "$LOGS" "$RESULTS"/training_* "$RESULTS"/pipeline_overhead_sdxl* \
+    "$RESULTS"/suite_throughput_* 2>/dev/null
+  return 0
+}
+trap pack EXIT
+
+if [ "$MODE" = gpu ] && ! "$PY" -c 'import torch, sys; sys.exit(not torch.cuda.is_available())'; then
+  echo "no CUDA device: run bench/gpu_session.sh --smoke on a CPU" | tee "$SUMMARY"
+  exit 1
+fi
+{
+  echo "# GPU session ($MODE mode)"
+  echo
+  echo "Date: $(date -u '+%Y-%m-%d %H:%M UTC'). Budget $BUDGET s. Commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)."
+  "$PY" -c 'import torch, diffusers, transformers, platform
+dev = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or platform.machine()
+print(f"Device: {dev}. torch {torch.__version__}, diffusers {diffusers.__version__}, transformers {transformers.__version__}, python {platform.python_version()}.")'
+  echo
+  echo "| step | exit | seconds | estimate (s) | limit (s) | result |"
+  echo "|---|---:|---:|---:|---:|---|"
+} >"$SUMMARY" 2>&1
+
+# step NAME ESTIMATE LIMIT OUTFILE -- COMMAND...: runs COMMAND under `timeout`, cut to what is left of the budget.
+FAILED=0
+step() {
+  local name=$1 estimate=$2 limit=$3 result=$4
+  shift 5
+  local left=$((BUDGET - ($(date +%s) - START)))
+  [ "$limit" -gt "$left" ] && limit=$left
+  if [ "$limit" -lt 20 ]; then
+    echo "| $name | skipped | 0 | $estimate | $limit | out of budget |" >>"$SUMMARY"
+    FAILED=1
+    return
+  fi
+  echo "== $name (limit $limit s): $*"
+  local t0 rc
+  t0=$(date +%s)
+  timeout --signal=TERM --kill-after=10 "$limit" "$@" >"$LOGS/$name.log" 2>&1
+  rc=$?
+  [ "$rc" -ne 0 ] && FAILED=1
+  local note="$result.md"
+  [ "$rc" -eq 124 ] && note="$note (timed out: partial where the script writes per round)"
+  echo "| $name | $rc | $(($(date +%s) - t0)) | $estimate | $limit | $note |" >>"$SUMMARY"
+  echo "   exit $rc after $(($(date +%s) - t0)) s; last lines:"
+  tail -n 4 "$LOGS/$name.log"
+}
+
+R=$RESULTS
+if [ "$MODE" = gpu ]; then
+  step training-sd15 70 120 "$R/training_sd15_cuda" -- \
+    "$PY" bench/bench_training.py --model sd15 --device cuda --iterations 3 --rounds 3 --also-bf16 \
+    --out "$R/training_sd15_cuda"
+  step overhead-sdxl 90 150 "$R/pipeline_overhead_sdxl_cuda" -- \
+    "$PY" bench/bench_pipeline_overhead.py --model sdxl --device cuda --dtype float16 --prompts 2 --ks 1,20 \
+    --steps 20 --rounds 3 --out "$R/pipeline_overhead_sdxl_cuda"
+  step suite-sd15 185 240 "$R/suite_throughput_sd15_cuda" -- \
+    "$PY" bench/bench_suite_throughput.py --model sd15 --device cuda --steps 20 --batch 2 --rounds 2 --scale 10 \
+    --limit 1 --fit-iterations 2 --out "$R/suite_throughput_sd15_cuda"
+  step training-sdxl 150 400 "$R/training_sdxl_cuda" -- \
+    "$PY" bench/bench_training.py --model sdxl --device cuda --iterations 1 --rounds 2 --out "$R/training_sdxl_cuda"
+else
+  step training-sd15 60 400 "$R/training_sd15-tiny_cpu" -- \
+    "$PY" bench/bench_training.py --model sd15-tiny --iterations 2 --rounds 1 --also-bf16 --rollout-steps 4 \
+    --resolutions 64 --threads 1 --out "$R/training_sd15-tiny_cpu"
+  step overhead-sdxl 60 400 "$R/pipeline_overhead_sdxl-tiny_cpu" -- \
+    "$PY" bench/bench_pipeline_overhead.py --model sdxl-tiny --prompts 2 --ks 1,20 --steps 2 --rounds 1 \
+    --threads 1 --out "$R/pipeline_overhead_sdxl-tiny_cpu"
+  step suite-sd15 150 500 "$R/suite_throughput_sd15-tiny_cpu" -- \
+    "$PY" bench/bench_suite_throughput.py --model sd15-tiny --steps 2 --batch 2 --rounds 1 --scale 3 --limit 1 \
+    --threads 1 --out "$R/suite_throughput_sd15-tiny_cpu"
+  step training-sdxl 60 400 "$R/training_sdxl-tiny_cpu" -- \
+    "$PY" bench/bench_training.py --model sdxl-tiny --iterations 1 --rounds 2 --rollout-steps 4 --threads 1 \
+    --out "$R/training_sdxl-tiny_cpu"
+fi
+
+echo >>"$SUMMARY"
+echo "Total $(($(date +%s) - START)) s. Logs: $LOGS/." >>"$SUMMARY"
+cat "$SUMMARY"
+exit $FAILED
