@@ -69,6 +69,14 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
 
     Computed in float64 with symmetric eigendecompositions (no scipy); exact for PSD covariances.
     One implementation with the bootstrap's: `stats.weighted_fid` under unit weights.
+
+    Why not torchmetrics' FrechetInceptionDistance (the maintained FID, `torchmetrics_fid`), which this
+    equals to 1e-12 where images outnumber dimensions (tests/spmbench/test_metrics.py): it cannot weigh
+    rows, which the bootstrap intervals need (`stats.fid_interval` resamples by weights, batched), and
+    the point value must come from the same implementation as its resamples (the interval is shifted
+    by their mean excess over it); and where images are fewer than dimensions (72 images in 192-D)
+    its eigenvalues of S_a S_b are ~1e-8 off and the FID of a set with itself is -7e-6, where this is
+    exact (tested against an SVD reference).
     """
     import torch
 
@@ -81,6 +89,32 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
         raise ValueError(f"FID here takes row-aligned features, got {tuple(a.shape)} and {tuple(b.shape)}")
     shift = a.mean(0)  # FID is unchanged by a common shift; centring keeps the moments accurate
     return float(weighted_fid(torch.ones(1, len(a), dtype=torch.float64), a - shift, b - shift)[0])
+
+
+def torchmetrics_fid(a: torch.Tensor, b: torch.Tensor) -> float:
+    """torchmetrics' FrechetInceptionDistance on given features (N, D), in float64: the maintained
+    reference `frechet_distance` is tested against. Its feature extractor is the identity."""
+    import torch
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    metric = FrechetInceptionDistance(feature=_given_features(a.shape[1]))
+    metric.update(a.double(), real=True)
+    metric.update(b.double(), real=False)
+    return float(metric.compute().to(torch.float64))
+
+
+def _given_features(dims: int):
+    """An identity nn.Module announcing `dims` features: torchmetrics' image metrics then take
+    precomputed features in place of images (no torchvision, no torch-fidelity)."""
+    import torch
+
+    class GivenFeatures(torch.nn.Module):
+        num_features = dims
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    return GivenFeatures()
 
 
 def paired_distance(a: torch.Tensor, b: torch.Tensor) -> float:

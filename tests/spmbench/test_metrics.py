@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from spmbench.metrics import frechet_distance, paired_distance
+from spmbench.metrics import frechet_distance, paired_distance, torchmetrics_fid
 
 
 def reference_fid(a, b):
@@ -42,6 +42,47 @@ def test_fid_of_fewer_images_than_dimensions_is_exact():
     assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(ValueError, match="row-aligned"):
         frechet_distance(a, b[:6])
+
+
+def test_fid_equals_torchmetrics_where_images_outnumber_dimensions():
+    """The maintained FID (torchmetrics' FrechetInceptionDistance, fed the features through an identity
+    extractor) and ours agree to rounding; so do stats.weighted_fid at unit weights."""
+    from spmbench.stats import weighted_fid
+
+    gen = torch.Generator().manual_seed(0)
+    for n, d in [(200, 6), (500, 64)]:
+        a = torch.randn(n, d, generator=gen, dtype=torch.float64)
+        b = torch.randn(n, d, generator=gen, dtype=torch.float64) * 1.5 + 0.3
+        theirs = torchmetrics_fid(a, b)
+        assert theirs > 1.0  # not a trivial zero
+        assert frechet_distance(a, b) == pytest.approx(theirs, rel=1e-12)
+        shift = a.mean(0)
+        unit = float(weighted_fid(torch.ones(1, n, dtype=torch.float64), a - shift, b - shift)[0])
+        assert unit == pytest.approx(theirs, rel=1e-12)
+    # unit-norm features far from the origin, as CLIP's: torchmetrics' uncentred moments still agree
+    a = torch.nn.functional.normalize(torch.randn(300, 16, generator=gen, dtype=torch.float64) + 3, dim=1)
+    b = torch.nn.functional.normalize(torch.randn(300, 16, generator=gen, dtype=torch.float64) + 3.2, dim=1)
+    assert frechet_distance(a, b) == pytest.approx(torchmetrics_fid(a, b), rel=1e-9)
+
+
+def test_why_fid_is_ours_where_images_are_fewer_than_dimensions():
+    """What keeps our FID: torchmetrics' eigenvalues of S_a S_b are ~1e-8 off with fewer images than
+    dimensions (72 in 192-D, the toy-artist cells; CLIP's 512-D on a --limit run), ours is exact; and
+    torchmetrics takes no row weights, which the bootstrap intervals resample by (stats.fid_interval)."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(72, 192, generator=gen, dtype=torch.float64)
+    b = torch.randn(72, 192, generator=gen, dtype=torch.float64) * 1.5 + 0.3
+    xa, xb = (a - a.mean(0)).numpy(), (b - b.mean(0)).numpy()
+    mu = (a.mean(0) - b.mean(0)).numpy()
+    exact = mu @ mu + ((xa**2).sum() + (xb**2).sum()) / 71 - 2 * np.linalg.svd(xa @ xb.T / 71, compute_uv=False).sum()
+    assert frechet_distance(a, b) == pytest.approx(exact, rel=1e-9)  # measured: 2e-10 relative
+    theirs = torchmetrics_fid(a, b)
+    assert abs(theirs - exact) > 5e-9 * exact  # measured: 3e-8 relative
+    assert theirs == pytest.approx(exact, rel=1e-6)  # the same metric all the same
+    # the FID of a set with itself, relative to its scale 2 tr(S_a): ours <= 4e-10 over 8 seeds, theirs ~2e-8
+    scale = 2 * float(a.var(0).sum())
+    assert abs(frechet_distance(a, a)) < 2e-9 * scale
+    assert abs(torchmetrics_fid(a, a)) > 5e-9 * scale
 
 
 def test_paired_distance():
