@@ -38,7 +38,8 @@ COLUMNS = [
 ]  # fmt: skip
 # The signs that mark, on a baseline's rate, a difference from each SPM variant that holds at 95 %.
 MARKS = ("†", "‡", "§", "¶", "‖")
-NO_INTERVAL = "none"  # the cell's per-image scores or features are not in the run folder
+NO_INTERVAL = "none"
+TUNING_RECORD = "tuning.json"  # spmbench.tuning's record, beside the table  # the cell's per-image scores or features are not in the run folder
 
 
 def result_paths(run_dir: Path) -> list[Path]:
@@ -467,6 +468,10 @@ def write_reports(app: Application, run_dir: Path, out_dir: Path) -> list[Path]:
     write_text_atomic(tex, latex(app, table))
     write_text_atomic(plot, tradeoff_svg(table))
     written = [md, text, tex, plot]
+    if (out_dir / TUNING_RECORD).exists():  # spmbench tune chose the settings: its grid beside the test result
+        tuning_plot = out_dir / f"{app.name}_tuning.svg"
+        write_text_atomic(tuning_plot, tuning_svg(json.loads((out_dir / TUNING_RECORD).read_text()), table))
+        written.append(tuning_plot)
     erasers = sorted(e for e in _primary(table)["eraser"].unique())
     for (model, targets), _ in table.groupby(["model", "targets"], sort=False):
         if erasers:  # one grid per (model, experiment)
@@ -530,28 +535,40 @@ def _tradeoff_points(table: pd.DataFrame) -> list[tuple]:
     return points
 
 
-def tradeoff_svg(data, width: int = 480, height: int = 360) -> str:
-    """Erasure (target rate relative to the original) against erosion (kept accuracy on the other
-    sets), with 95 % error bars where the run folder gave intervals."""
-    points = _tradeoff_points(_primary(_as_frame(data)))
-    pad = 50
-    sx = lambda v: pad + min(max(v, 0), 1.2) / 1.2 * (width - 2 * pad)  # noqa: E731
-    sy = lambda v: height - pad - min(max(v, 0), 1.2) / 1.2 * (height - 2 * pad)  # noqa: E731
-    palette = {"spm": "#d62728", "spm-rel": "#ff7f0e", "spm-noft": "#1f77b4"}
+PLOT_SCALE = 1.2  # axes of relative rates run from 0 to this (a derivative may beat its original)
+
+
+def _plot_axes(width: int, height: int, x_label: str, y_label: str, note: str, pad: int = 50):
+    """An SVG plot's background, axes, labels and ticks, and its x and y scales (relative rates, 0-1.2)."""
+    sx = lambda v: pad + min(max(v, 0), PLOT_SCALE) / PLOT_SCALE * (width - 2 * pad)  # noqa: E731
+    sy = lambda v: height - pad - min(max(v, 0), PLOT_SCALE) / PLOT_SCALE * (height - 2 * pad)  # noqa: E731
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">',
         f'<rect width="{width}" height="{height}" fill="white"/>',
         f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="black"/>',
         f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="black"/>',
-        f'<text x="{width / 2}" y="{height - 15}" text-anchor="middle">target presence / original (lower: more erased)</text>',
-        f'<text x="15" y="{height / 2}" transform="rotate(-90 15 {height / 2})" text-anchor="middle">non-target accuracy / original (higher: less eroded)</text>',
-        f'<text x="{width - pad}" y="{pad - 10}" text-anchor="end">bars: 95 % intervals over the original\'s rate</text>',
+        f'<text x="{width / 2}" y="{height - 15}" text-anchor="middle">{x_label}</text>',
+        f'<text x="15" y="{height / 2}" transform="rotate(-90 15 {height / 2})" text-anchor="middle">{y_label}</text>',
+        f'<text x="{width - pad}" y="{pad - 10}" text-anchor="end">{note}</text>',
     ]
     for tick in (0, 0.5, 1.0):
         parts.append(f'<text x="{sx(tick)}" y="{height - pad + 14}" text-anchor="middle">{tick}</text>')
         parts.append(f'<text x="{pad - 6}" y="{sy(tick) + 4}" text-anchor="end">{tick}</text>')
+    return parts, sx, sy
+
+
+TARGET_AXIS = "target presence / original (lower: more erased)"
+PALETTE = {"spm": "#d62728", "spm-rel": "#ff7f0e", "spm-noft": "#1f77b4"}
+
+
+def tradeoff_svg(data, width: int = 480, height: int = 360) -> str:
+    """Erasure (target rate relative to the original) against erosion (kept accuracy on the other
+    sets), with 95 % error bars where the run folder gave intervals."""
+    points = _tradeoff_points(_primary(_as_frame(data)))
+    y_label = "non-target accuracy / original (higher: less eroded)"
+    parts, sx, sy = _plot_axes(width, height, TARGET_AXIS, y_label, "bars: 95 % intervals over the original's rate")
     for (x, x_lo, x_hi), (y, y_lo, y_hi), label in points:
-        colour = palette.get(label.split()[0], "#555")
+        colour = PALETTE.get(label.split()[0], "#555")
         if _has(x_lo) and _has(y_lo):
             parts.append(
                 f'<line x1="{sx(x_lo):.1f}" y1="{sy(y):.1f}" x2="{sx(x_hi):.1f}" y2="{sy(y):.1f}" stroke="{colour}" stroke-opacity="0.5"/>'
@@ -564,6 +581,53 @@ def tradeoff_svg(data, width: int = 480, height: int = 360) -> str:
         )
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
+
+
+def tuning_svg(record: dict, data, width: int = 480, height: int = 360) -> str:
+    """Each tuned eraser's dev grid (target rate / original's against near retention, a line through its
+    points in grid order, the chosen one ringed) and the chosen setting's result on the test split (a
+    filled square: the same eraser on the same fitted model, from `data`, the test frame)."""
+    test = _primary(_as_frame(data))
+    parts, sx, sy = _plot_axes(width, height, TARGET_AXIS, "near retention (dev: circles, test: square)",
+                               "dev grid and the chosen setting on test")  # fmt: skip
+    for model, by_key in record["points"].items():
+        for points in by_key.values():
+            eraser = fit_seed_of(points[0]["eraser"])[0].split("~")[0]
+            colour = PALETTE.get(eraser, "#555")
+            xy = [
+                (p["target"] / p["original_target"] if p["original_target"] else math.nan, p["retention"])
+                for p in points
+            ]
+            line = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in xy if _has(x) and _has(y))
+            parts.append(f'<polyline points="{line}" fill="none" stroke="{colour}" stroke-opacity="0.5"/>')
+            for p, (x, y) in zip(points, xy):
+                ring = ' stroke="black" stroke-width="2"' if p.get("chosen") else ""
+                settings = ", ".join(f"{k}={v}" for k, v in p["overrides"].items())
+                parts.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="4" fill="{colour}"{ring}>'
+                             f"<title>{eraser} on {model}, dev: {settings}</title></circle>")  # fmt: skip
+            chosen = _test_point(test, model, eraser)
+            if chosen is not None:
+                x, y = chosen
+                parts.append(f'<rect x="{sx(x) - 5:.1f}" y="{sy(y) - 5:.1f}" width="10" height="10" fill="{colour}" '
+                             f'stroke="black"><title>{eraser} on {model}, test</title></rect>')  # fmt: skip
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"
+
+
+def _test_point(test: pd.DataFrame, model: str, eraser: str) -> tuple[float, float] | None:
+    """(target / original, near / original) of `eraser` on `model` in the test frame, over its experiments."""
+    rates = test[(test["model"] == model) & (test["eraser"] == eraser) & (test["unit"] == "fraction")]
+    target, near = rates[rates["measure"] == "target"], rates[rates["measure"] == "near"]
+    if (
+        target.empty
+        or near.empty
+        or not (target["original_value"] > 0).all()
+        or not (near["original_value"] > 0).all()
+    ):
+        return None
+    return float((target["value"] / target["original_value"]).mean()), float(
+        (near["value"] / near["original_value"]).mean()
+    )
 
 
 def image_grid(

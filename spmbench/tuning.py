@@ -19,10 +19,11 @@ from pathlib import Path
 import pandas as pd
 
 from spm.files import write_text_atomic
-from spmbench import runner
+from spmbench import report, runner
 from spmbench.apps import ERASURE_SETS, Application
 from spmbench.erasers.base import ERASERS, NoSettings, tuned
 from spmbench.models import ModelSpec
+from spmbench.report import TUNING_RECORD as RECORD
 
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,6 @@ RULE = (
     "the best near-set retention (near rate over the original's); if none gets there, the lowest target "
     "rate; ties go to the lower target rate, then to the earlier grid point"
 )
-RECORD = "tuning.json"
 
 
 @dataclass(frozen=True)
@@ -96,9 +96,7 @@ def tune(
             ERASERS.get(name).check_settings(runner.eraser_settings(ERASERS.get(name), dev, root))
     cells = runner.plan(dev, roots, ["none", *names], run_dir)
     runner.run(dev, cells, run_dir, judge, registry, **run_options)
-    from spmbench.report import results
-
-    return record(app, roots, by_key, results(run_dir))
+    return record(app, roots, by_key, report.results(run_dir))
 
 
 def record(app: Application, roots: list[ModelSpec], by_key: dict[str, list[str]], frame: pd.DataFrame) -> dict:

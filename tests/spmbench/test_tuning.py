@@ -8,7 +8,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from spmbench import tuning
+from spmbench import report, tuning
 from spmbench.apps import parse_app
 from spmbench.cli import app as cli
 from spmbench.specs import SpecError
@@ -171,6 +171,11 @@ def test_tune_chooses_on_dev_and_run_applies_the_choice_on_test(tuned_app, tmp_p
         assert stored["settings"]["fit"]["iterations"] == record["chosen"]["toy-base"][eraser]["iterations"]
         assert "split" not in stored["settings"] and set(stored["settings"]["seeds"]) == {0, 1}
     assert "chosen on the dev split" in (reports / "toy-tuned" / "toy-tuned.md").read_text()
+    plot = (reports / "toy-tuned" / "toy-tuned_tuning.svg").read_text()
+    assert plot.count("<polyline") == 2 and plot.count("<circle") == 4 and plot.count('stroke-width="2"') == 2
+    test = report.results(runs / "toy-tuned")
+    shown = [report._test_point(test, "toy-base", e) for e in ("spm", "esd-x")]
+    assert plot.count("<rect x=") == sum(p is not None for p in shown)  # the chosen settings' test results
 
     (tuned_app).write_text(yaml.safe_dump(with_change("version", 2)))  # the record is for version 1
     with caplog.at_level(logging.WARNING):
