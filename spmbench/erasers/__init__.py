@@ -8,7 +8,7 @@ from spmbench.erasers.none import Original
 from spmbench.erasers.rece import RECE
 from spmbench.erasers.released import load_released
 from spmbench.erasers.sld import PRESETS, SLD
-from spmbench.erasers.spm import SPMEraser
+from spmbench.erasers.spm import SPMEraser, SPMNoAnchor
 from spmbench.erasers.uce import UCE
 
 
@@ -25,6 +25,9 @@ ERASERS.add("ca", ConceptAblation())
 for _preset in PRESETS:
     ERASERS.add(f"sld-{_preset}", SLD(_preset))
 BUILTIN = tuple(ERASERS.names())  # what `--erasers all` runs; released checkpoints are named explicitly
+# Ablations of SPM that `spmbench paper` runs (its ablation tables) and `run` only when named.
+ABLATIONS = ("spm-noanchor",)
+ERASERS.add("spm-noanchor", SPMNoAnchor())
 load_released(registry=ERASERS)  # YAML files: spmbench/erasers/released/, SPMBENCH_ERASERS
 
 
@@ -39,4 +42,4 @@ def family_problem(cells) -> str | None:
     return None
 
 
-__all__ = ["BUILTIN", "ERASERS", "Eraser", "family_problem"]
+__all__ = ["ABLATIONS", "BUILTIN", "ERASERS", "Eraser", "family_problem"]

@@ -162,7 +162,8 @@ class Tuned(Eraser):
     and fitted apart (`<name>~<digest of the overrides>`), so no two grid points share a fit or a cell."""
 
     def __init__(self, base: Eraser, overrides: Mapping[str, Any], tag: str | None = None):
-        self.base, self.overrides = base, MappingProxyType(dict(overrides))
+        # over the base's own: a grid point or fit seed of an ablation (spm-noanchor) keeps what it ablates
+        self.base, self.overrides = base, MappingProxyType({**base.overrides, **overrides})
         self.tag = tag or hashlib.sha1(json.dumps(dict(overrides), sort_keys=True).encode()).hexdigest()[:6]
         self.name = f"{base.name}~{self.tag}"
         self.Settings, self.fits_per_target, self.targets = base.Settings, base.fits_per_target, base.targets

@@ -5,6 +5,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
+from types import MappingProxyType
 
 import spm
 from spm.files import training_kept_in
@@ -55,3 +56,22 @@ class SPMEraser(Eraser):
             yield attached
         finally:
             attached.detach()
+
+
+class SPMNoAnchor(SPMEraser):
+    """The Latent Anchoring ablation: SPM trained with anchor_weight 0 (everything else as 'spm': its
+    spec settings, its anchors drawn and weighted by 0, FT at apply) into fits of its own."""
+
+    overrides = MappingProxyType({"anchor_weight": 0.0})
+
+    def __init__(self):
+        super().__init__(transport=True)
+        self.name = "spm-noanchor"
+
+    @property
+    def fit_key(self) -> str:
+        return "spm-noanchor"
+
+    @property
+    def settings_key(self) -> str:
+        return "spm"  # a model's or application's SPM settings hold for the ablation too
