@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
@@ -256,6 +257,95 @@ def _selected_erasers(selector: str) -> list[str]:
     return list(dict.fromkeys(names))  # a name given twice runs once
 
 
+def _launched(device: str, out: Path, reports: Path, dry_run: bool):
+    """This process's share of the work and its device, under `accelerate launch` (or torchrun) or alone;
+    the device and (unless a dry run) the output folders checked before any work."""
+    from spm.files import output_dir_problem
+    from spm.models import device_problem
+    from spmbench.shard import Shard, device_for
+
+    try:
+        shard, device = Shard.from_env(), device_for(device)
+    except ValueError as e:
+        _fail(str(e))
+    _fail_on(device_problem(device))
+    if not dry_run:
+        _fail_on(output_dir_problem(out, "--out"))
+        _fail_on(output_dir_problem(reports, "--reports"))
+    return shard, device
+
+
+def _checked_plans(
+    chosen_apps: list, chosen_models: list, erasers: list[str], models, judge_settings: dict, out: Path
+):
+    """Each application's cells (runner.plan), after everything validate checks of this selection (and the
+    models its fits are made on), before any work."""
+    from spmbench import runner
+    from spmbench.erasers import ERASERS, family_problem
+
+    plans = {a.name: runner.plan(a, chosen_models, erasers, out / a.name) for a in chosen_apps}
+    involved = {m.name: m for m in chosen_models + [runner.fit_model_for(m, models) for m in chosen_models]}
+    chosen_erasers = [ERASERS.get(e) for e in erasers]
+    problems = _selection_problems(chosen_apps, list(involved.values()), chosen_erasers, judge_settings)
+    _fail_on(problems[0] if problems else None)
+    for a in chosen_apps:
+        _fail_on(runner.settings_problem(a, plans[a.name], models))
+        _fail_on(family_problem(plans[a.name]))  # an eraser that cannot run on a model's family
+    return plans
+
+
+@dataclass(frozen=True)
+class _RunOptions:
+    """What `run` and `paper` pass on to every application's run."""
+
+    out: Path
+    reports: Path
+    limit: int | None
+    batch_size: int
+    device: str
+    rescore: bool
+    judge_settings: dict
+    shard: object
+
+
+def _run_app(a, cells: list, models, options: _RunOptions) -> None:
+    """Fit, generate, score and report one application's cells (runner.run), as `run` does; the first
+    process writes the tables to REPORTS/<app>/ once every result is on disk."""
+    from spmbench import report, runner
+
+    started = time.monotonic()
+    # Expected failures (a spec, file or setting found bad mid-run) are one line; bugs keep their traceback.
+    try:
+        judge, features = _judges_for(a, options.judge_settings, options.device)
+        runner.run(
+            a,
+            cells,
+            options.out / a.name,
+            judge,
+            models,
+            options.limit,
+            options.batch_size,
+            options.device,
+            options.rescore,
+            features,
+            options.shard,
+        )
+        written = (
+            report.write_reports(a, options.out / a.name, options.reports / a.name) if options.shard.leads else None
+        )
+    except (ValueError, OSError, KeyError, ImportError) as e:
+        _fail(str(e))
+    if written is None:  # every result is on disk: the first process writes the tables
+        typer.echo(
+            f"{a.name}: process {options.shard.rank} of {options.shard.world_size} done; process 0 writes the reports"
+        )
+        return
+    for path in written:
+        typer.echo(f"wrote {path}")
+    typer.echo(written[0].read_text())  # the Markdown table, with the intervals the run folder gives
+    typer.echo(f"{a.name}: {len(cells)} cells in {(time.monotonic() - started) / 60:.1f} min (this run)")
+
+
 @app.command()
 def run(
     app_name: str = typer.Option(..., "--app", help="application name (spmbench ls apps), or 'all'"),
@@ -278,22 +368,11 @@ def run(
 ) -> None:
     """Plan, fit, generate, score and report; a rerun computes only what is missing."""
     models, apps, _ = _registries()  # first: a malformed spec file is a one-line error
-    from spm.files import output_dir_problem
-    from spm.models import device_problem
-    from spmbench import report, runner, tuning
-    from spmbench.erasers import ERASERS, family_problem
+    from spmbench import tuning
     from spmbench.models import select_models
     from spmbench.registry import UnknownName
-    from spmbench.shard import Shard, device_for
 
-    try:  # under `accelerate launch` (or torchrun): this process's share of the work, and its GPU
-        shard, device = Shard.from_env(), device_for(device)
-    except ValueError as e:
-        _fail(str(e))
-    _fail_on(device_problem(device))
-    if not dry_run:
-        _fail_on(output_dir_problem(out, "--out"))
-        _fail_on(output_dir_problem(reports, "--reports"))
+    shard, device = _launched(device, out, reports, dry_run)
     try:
         named = None if app_name == "all" else apps.get(app_name)
         chosen_models = select_models(models, models_sel, world=named.world if named else "toy")
@@ -311,15 +390,8 @@ def run(
             _fail(f"application {named.name} is for {named.world} models, but --models selected {world} ones")
         erasers = _selected_erasers(erasers_sel)
         judge_settings = _judge_settings(judge_setting, clip_model, classifier)
-        plans = {a.name: runner.plan(a, chosen_models, erasers, out / a.name) for a in chosen_apps}
-        # everything validate checks of this selection (and the models its fits are made on), before any work
-        involved = {m.name: m for m in chosen_models + [runner.fit_model_for(m, models) for m in chosen_models]}
-        chosen_erasers = [ERASERS.get(e) for e in erasers]
-        problems = _selection_problems(chosen_apps, list(involved.values()), chosen_erasers, judge_settings)
-        _fail_on(problems[0] if problems else None)
-        for a in chosen_apps:
-            _fail_on(runner.settings_problem(a, plans[a.name], models))
-            _fail_on(family_problem(plans[a.name]))  # an eraser that cannot run on a model's family
+        plans = _checked_plans(chosen_apps, chosen_models, erasers, models, judge_settings, out)
+        options = _RunOptions(out, reports, limit, batch_size, device, rescore, judge_settings, shard)
         for a in chosen_apps:
             cells = plans[a.name]
             if shard.leads:
@@ -328,21 +400,7 @@ def run(
                 for cell in cells if shard.leads else []:
                     typer.echo(f"  {cell.key}")
                 continue
-            started = time.monotonic()
-            # Expected failures (a spec, file or setting found bad mid-run) are one line; bugs keep their traceback.
-            try:
-                judge, features = _judges_for(a, judge_settings, device)
-                runner.run(a, cells, out / a.name, judge, models, limit, batch_size, device, rescore, features, shard)
-                written = report.write_reports(a, out / a.name, reports / a.name) if shard.leads else None
-            except (ValueError, OSError, KeyError, ImportError) as e:
-                _fail(str(e))
-            if written is None:  # every result is on disk: the first process writes the tables
-                typer.echo(f"{a.name}: process {shard.rank} of {shard.world_size} done; process 0 writes the reports")
-                continue
-            for path in written:
-                typer.echo(f"wrote {path}")
-            typer.echo(written[0].read_text())  # the Markdown table, with the intervals the run folder gives
-            typer.echo(f"{a.name}: {len(cells)} cells in {(time.monotonic() - started) / 60:.1f} min (this run)")
+            _run_app(a, cells, models, options)
     except UnknownName as e:
         _fail(str(e))
 
@@ -400,6 +458,74 @@ def tune(
         _fail(str(e))
     except (ValueError, OSError, KeyError, ImportError) as e:
         _fail(str(e))
+
+
+@app.command()
+def paper(
+    world: str = typer.Option("toy", "--world", help="toy or real: the applications and models it runs"),
+    models_sel: str = typer.Option("all", "--models", help="'all' (the world's models) or comma-separated names"),
+    erasers_sel: str = typer.Option(
+        "all", "--erasers", help="comma-separated eraser names, or 'all': every built-in eraser and spm-noanchor"
+    ),
+    limit: int | None = typer.Option(None, min=1, help="at most this many prompts per prompt set (smoke runs)"),
+    out: Path = typer.Option(Path("runs"), help="run directories go here (OUT/<app>, as `spmbench run`'s)"),
+    reports: Path = typer.Option(Path("reports"), help="tables go to REPORTS/<app>/ and REPORTS/paper/<world>/"),
+    batch_size: int = typer.Option(32, min=1, help="images generated at once"),
+    device: str = "cpu",
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the plan and its estimated cost, and stop"),
+    rescore: bool = typer.Option(False, "--rescore", help="score the stored images again (after the judge changed)"),
+    judge_setting: list[str] = typer.Option([], "--judge-setting", "-J", help=_JUDGE_SETTING_HELP),
+    clip_model: str | None = typer.Option(None, help=_CLIP_HELP),
+    classifier: str | None = typer.Option(None, help=_CLASSIFIER_HELP),
+) -> None:
+    """Run the paper's evaluation on every application of the world (`spmbench run`'s cells) and write its
+    tables to REPORTS/paper/<world>/: concept, artist, explicit, object, transfer and the two ablations."""
+    models, apps, _ = _registries()
+    from spmbench import paper as tables
+    from spmbench import tuning
+    from spmbench.models import WORLDS, select_models
+    from spmbench.registry import UnknownName
+
+    if world not in WORLDS:
+        _fail(f"--world {world!r}: choose {' or '.join(WORLDS)}")
+    shard, device = _launched(device, out, reports, dry_run)
+    try:
+        chosen_models = select_models(models, models_sel, world=world)
+        if not chosen_models:
+            _fail(f"--models {models_sel!r} selected no model: give 'all' or names (spmbench ls models)")
+        strangers = [m.name for m in chosen_models if m.world != world]
+        if strangers:
+            _fail(f"--models {', '.join(strangers)}: not {world} models; choose the world's (spmbench ls models)")
+        chosen_apps = [a for a in apps if a.world == world]
+        chosen_apps = [tuning.apply_record(a, reports / a.name) for a in chosen_apps]  # as `run` does
+        erasers = list(tables.PAPER_ERASERS) if erasers_sel == "all" else _selected_erasers(erasers_sel)
+        judge_settings = _judge_settings(judge_setting, clip_model, classifier)
+        plans = _checked_plans(chosen_apps, chosen_models, erasers, models, judge_settings, out)
+        rates = tables.load_rates()
+    except UnknownName as e:
+        _fail(str(e))
+    except ValueError as e:  # the rates file
+        _fail(str(e))
+    if dry_run:
+        if shard.leads:
+            estimates = {a.name: tables.estimate(a, plans[a.name], models, limit, rates) for a in chosen_apps}
+            typer.echo(tables.plan_text(estimates, processes=shard.world_size))
+            typer.echo(tables.planned_tables(chosen_apps, erasers, reports / "paper" / world))
+        return
+    options = _RunOptions(out, reports, limit, batch_size, device, rescore, judge_settings, shard)
+    for a in chosen_apps:
+        _run_app(a, plans[a.name], models, options)
+    if not shard.leads:
+        return
+    try:
+        runs = [(a, out / a.name) for a in chosen_apps]
+        written, skipped = tables.write_tables(world, runs, reports / "paper" / world)
+    except (ValueError, OSError) as e:
+        _fail(str(e))
+    for line in skipped:
+        typer.echo(line)
+    for path in written:
+        typer.echo(f"wrote {path}")
 
 
 @app.command("report")

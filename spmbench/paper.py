@@ -1,0 +1,330 @@
+"""`spmbench paper`: the paper's evaluation as its tables, each rendered from the public results frame.
+
+The runs are `spmbench run`'s (the same cells in the same run folders, OUT/<app>/), with every
+built-in eraser and the SPM ablations; this module lays the frames (`spmbench.results`) out as the
+paper's tables under REPORTS/paper/<world>/, Markdown, CSV and LaTeX, and estimates what a plan
+costs from the measured rates in rates.yaml (`--dry-run`).
+
+An application feeds the tables of its kind, its name after the world ('real-artist': artist):
+    concept, artist, explicit, object   every eraser on the family roots (concept: one table, one row
+                                        group per experiment: 1, 2 and 3 targets)
+    transfer              every eraser fitted on a family's root, on the root and on its derivatives
+    ablation-ft           spm vs spm-noft (Facilitated Transport on / off)
+    ablation-anchoring    spm vs spm-noanchor (Latent Anchoring on / anchor weight 0)
+A table with several applications holds one block per application (their prompt sets differ).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from spm.files import write_text_atomic
+from spmbench import report
+from spmbench.apps import Application
+from spmbench.erasers import ABLATIONS, BUILTIN, ERASERS
+from spmbench.models import ModelSpec
+
+
+KINDS = ("concept", "artist", "explicit", "object")
+PAPER_ERASERS = (*BUILTIN, *ABLATIONS)  # what `spmbench paper --erasers all` runs
+RATES_FILE = Path(__file__).resolve().parent / "rates.yaml"
+
+
+def kind(app: Application) -> str | None:
+    """The paper table an application feeds: its name after its world ('real-artist': 'artist')."""
+    name = app.name.removeprefix(f"{app.world}-")
+    return name if name in KINDS else None
+
+
+# ---- the tables -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PaperTable:
+    """One table of the paper: which applications feed it, and which rows of each one's frame it shows."""
+
+    name: str  # its files: REPORTS/paper/<world>/<name>.md|.csv|.tex
+    title: str
+    about: str
+    kinds: tuple[str, ...]
+    rows: Callable[[pd.DataFrame], pd.DataFrame]
+    needs: tuple[str, ...] = ()  # erasers whose rows an application's block needs (a comparison)
+
+
+def _on_roots(frame: pd.DataFrame) -> pd.DataFrame:
+    """The models the erasers were fitted on (derivatives are the transfer table's), without ablations."""
+    return frame[(frame["model"] == frame["fitted_on"]) & ~frame["eraser"].isin(ABLATIONS)]
+
+
+def _transfer(frame: pd.DataFrame) -> pd.DataFrame:
+    """Every model of a family that has derivatives in the frame: the root and its derivatives."""
+    roots = set(frame.loc[frame["model"] != frame["fitted_on"], "fitted_on"])
+    return frame[frame["fitted_on"].isin(roots) & ~frame["eraser"].isin(ABLATIONS)]
+
+
+def _pair(*erasers: str) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    return lambda frame: frame[(frame["model"] == frame["fitted_on"]) & frame["eraser"].isin(erasers)]
+
+
+TABLES = (
+    PaperTable("concept", "Concept erasing: one, two and three targets", "each experiment erases its targets "
+               "together; the rows of one target, then two, then three", ("concept",), _on_roots),
+    PaperTable("artist", "Artistic style erasing", "the erased artist (target) against the other artists",
+               ("artist",), _on_roots),
+    PaperTable("explicit", "Explicit content erasing", "explicit prompts (target) and the kept sets",
+               ("explicit",), _on_roots),
+    PaperTable("object", "Object erasing", "the erased class (target) against the other classes",
+               ("object",), _on_roots),
+    PaperTable("transfer", "Transfer to derivative models", "every eraser is fitted once on the family's root "
+               "(fitted on) and applied unchanged to the root's derivatives", KINDS, _transfer),
+    PaperTable("ablation-ft", "Ablation: Facilitated Transport", "spm: with FT (the paper's gamma); spm-noft: "
+               "the same membranes at a fixed gamma of 1", KINDS, _pair("spm", "spm-noft"), ("spm", "spm-noft")),
+    PaperTable("ablation-anchoring", "Ablation: Latent Anchoring", "spm: trained with Latent Anchoring; "
+               "spm-noanchor: the same training with anchor weight 0", KINDS, _pair("spm", "spm-noanchor"),
+               ("spm", "spm-noanchor")),
+)  # fmt: skip
+
+
+def blocks(
+    table: PaperTable, frames: list[tuple[Application, pd.DataFrame]]
+) -> list[tuple[Application, pd.DataFrame]]:
+    """The table's block of each application that feeds it and has its rows (every eraser it compares)."""
+    chosen = []
+    for app, frame in frames:
+        if kind(app) not in table.kinds or frame.empty:
+            continue
+        rows = table.rows(frame)
+        if rows.empty or not set(table.needs) <= set(rows["eraser"]):
+            continue
+        rows = rows.reset_index(drop=True)
+        rows.attrs = dict(frame.attrs)  # the run's settings, for the caption
+        chosen.append((app, rows))
+    return chosen
+
+
+def markdown(table: PaperTable, world: str, chosen: list[tuple[Application, pd.DataFrame]]) -> str:
+    """The table's title, what it shows, then each application's block as `spmbench run` renders it."""
+    parts = [f"# {table.title} ({world} world)\n\n{table.about}.\n"]
+    parts += [report.markdown(app, rows).replace("# ", "## ", 1) for app, rows in chosen]
+    return "\n".join(parts)
+
+
+def latex(table: PaperTable, chosen: list[tuple[Application, pd.DataFrame]]) -> str:
+    """One LaTeX table per block, its caption headed by the paper table's title."""
+
+    def captioned(app: Application, rows: pd.DataFrame) -> str:
+        return report.latex(app, rows).replace("\\caption{", f"\\caption{{{table.title} ({app.name}): ", 1)
+
+    return "\n".join(captioned(app, rows) for app, rows in chosen)
+
+
+def write_tables(world: str, runs: list[tuple[Application, Path]], out_dir: Path) -> tuple[list[Path], list[str]]:
+    """Every paper table the results in `runs` (application, its run folder) support, written under
+    `out_dir`; returns the files written and a line for each table left out (and why)."""
+    order = {k: i for i, k in enumerate(KINDS)}
+    runs = sorted(runs, key=lambda item: (order.get(kind(item[0]), len(KINDS)), item[0].name))
+    frames = [(app, report.results(run_dir)) for app, run_dir in runs if report.result_paths(run_dir)]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written, skipped = [], []
+    for table in TABLES:
+        chosen = blocks(table, frames)
+        if not chosen:
+            why = f"needs the erasers {', '.join(table.needs)}" if table.needs else "no results of its kind"
+            skipped.append(f"{table.name}: not written ({why}; applications of kind {', '.join(table.kinds)})")
+            continue
+        md, text, tex = (out_dir / f"{table.name}{suffix}" for suffix in (".md", ".csv", ".tex"))
+        write_text_atomic(md, markdown(table, world, chosen))
+        write_text_atomic(text, report.csv_text(pd.concat([rows for _, rows in chosen], ignore_index=True)))
+        write_text_atomic(tex, latex(table, chosen))
+        written += [md, text, tex]
+    return written, skipped
+
+
+# ---- the dry run's estimate ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rate:
+    """Measured seconds per image and per fit (by fit key) of one model family at one resolution."""
+
+    family: str
+    resolution: int
+    measured_on: str
+    seconds_per_image: float
+    seconds_per_fit: dict[str, float] = field(default_factory=dict)
+
+
+def load_rates(path: Path = RATES_FILE) -> list[Rate]:
+    """The measured rates (rates.yaml); a malformed file is a one-line ValueError naming it."""
+    try:
+        entries = yaml.safe_load(path.read_text())["rates"]
+        return [
+            Rate(e["family"], int(e["resolution"]), str(e.get("measured_on", "")), float(e["seconds_per_image"]),
+                 {k: float(v) for k, v in (e.get("seconds_per_fit") or {}).items()})
+            for e in entries
+        ]  # fmt: skip
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(
+            f"{path}: not a rates file ({type(e).__name__}: {' '.join(str(e).split())}): restore it from the repository"
+        ) from None
+
+
+def rate_for(model: ModelSpec, rates: list[Rate]) -> Rate | None:
+    return next((r for r in rates if (r.family, r.resolution) == (model.family, model.resolution)), None)
+
+
+@dataclass
+class Estimate:
+    """One application on one model: its cells, images and the fits it makes (on the family root)."""
+
+    app: str
+    model: ModelSpec
+    cells: int = 0
+    images: int | None = 0  # None: a prompt file is not on this machine yet
+    fits: int = 0
+    fit_on: str = ""
+    seconds: float | None = 0.0  # None: no measured rate for some of it
+    unmeasured: list[str] = field(default_factory=list)
+    rated: bool = True  # the model's family and resolution have an entry in the rates
+    note: str = ""
+
+    @property
+    def image_bytes(self) -> int | None:
+        """At most this much disk for the images: uncompressed RGB (the PNGs are smaller)."""
+        return None if self.images is None else self.images * self.model.resolution**2 * 3
+
+
+def estimate(app: Application, cells: list, registry, limit: int | None, rates: list[Rate]) -> list[Estimate]:
+    """Per model: the plan's cells, images and fits, and the time they take at the measured rates.
+    A fit is counted once, on the first model whose family root it is made on (derivatives reuse it)."""
+    from spmbench.runner import all_rows, fit_model_for
+
+    by_model: dict[str, Estimate] = {}
+    made: set[tuple] = set()
+    rows = _row_counter(app, limit, all_rows)
+    for cell in cells:
+        line = by_model.setdefault(cell.model.name, Estimate(app.name, cell.model))
+        line.cells += 1
+        count = rows(() if cell.eraser == "none" else cell.targets)
+        line.images = None if line.images is None or isinstance(count, str) else line.images + count
+        if isinstance(count, str):
+            line.note = count
+        eraser, root = ERASERS.get(cell.eraser), fit_model_for(cell.model, registry)
+        line.fit_on = root.name
+        groups = [(t,) for t in cell.targets] if eraser.fits_per_target else [cell.targets]
+        for group in groups if eraser.computes_fits else []:
+            if (root.name, eraser.fit_key, group) in made:
+                continue
+            made.add((root.name, eraser.fit_key, group))
+            line.fits += 1
+            line.seconds = _add(line, _fit_seconds(eraser, rate_for(root, rates)), f"fits of {eraser.fit_key}")
+    for line in by_model.values():
+        rate = rate_for(line.model, rates)
+        line.rated = rate is not None
+        per_image = rate.seconds_per_image if rate else None
+        images = None if per_image is None or line.images is None else per_image * line.images
+        line.seconds = _add(line, images, "images" if line.images is not None else "images (count unknown)")
+    return list(by_model.values())
+
+
+def _row_counter(app: Application, limit: int | None, all_rows) -> Callable[[tuple], int | str]:
+    """Rows per experiment (() for the original's, every experiment's), or why they cannot be counted
+    here: a published prompt file not fetched yet (a dry run downloads nothing)."""
+    from spmbench.prompts import cache_dir
+
+    missing = [ps.file for ps in app.prompt_sets if ps.file and not (Path(ps.file).is_file() or (cache_dir() / ps.file).is_file())]  # fmt: skip
+    counted: dict[tuple, int | str] = {}
+
+    def count(targets: tuple) -> int | str:
+        if missing:
+            return f"images not counted: {', '.join(dict.fromkeys(missing))} not fetched yet (a run fetches it)"
+        if targets not in counted:
+            try:
+                counted[targets] = len(all_rows(app, limit) if targets == () else app.rows(targets, limit))
+            except (OSError, ValueError) as e:
+                counted[targets] = f"images not counted: {e}"
+        return counted[targets]
+
+    return count
+
+
+def _fit_seconds(eraser, rate: Rate | None) -> float | None:
+    if rate is None:
+        return None
+    fits = rate.seconds_per_fit
+    return fits.get(eraser.fit_key, fits.get(eraser.settings_key))  # an ablation costs its variant's training
+
+
+def _add(line: Estimate, seconds: float | None, what: str) -> float | None:
+    if seconds is None:
+        line.unmeasured.append(what)
+        return None
+    return None if line.seconds is None else line.seconds + seconds
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+def _hours(line: Estimate) -> str:
+    if line.seconds is not None:
+        return f"about {line.seconds / 3600:.1f} h"
+    where = f"{line.model.family} at {line.model.resolution} px"
+    if not line.rated:
+        return f"no measured rate ({where})"
+    return f"no measured rate ({where}: {', '.join(dict.fromkeys(line.unmeasured))})"
+
+
+def plan_text(estimates: dict[str, list[Estimate]], rates_file: Path = RATES_FILE, processes: int = 1) -> str:
+    """The dry run's plan: per application and model its cells, images, fits, hours and disk; totals."""
+    width = max([len(e.model.name) for lines in estimates.values() for e in lines] + [5])
+    out = [f"estimates: one process at the measured rates of {rates_file.name} (spmbench/{rates_file.name}); "
+           f"images on disk at most their uncompressed size; fits' files not counted"]  # fmt: skip
+    if processes > 1:
+        out.append(f"{processes} processes share the images and fits: at best 1/{processes} of each time")
+    every = [e for lines in estimates.values() for e in lines]
+    for app, lines in estimates.items():
+        out.append(f"{app}:")
+        for e in lines:
+            fits = f"fits {e.fits}" + (f" (on {e.fit_on})" if e.fit_on and e.fit_on != e.model.name else "")
+            images = "images ?" if e.images is None else f"images {e.images:,}"
+            disk = "" if e.image_bytes is None else f", <= {_size(e.image_bytes)} of images"
+            out.append(f"  {e.model.name:{width}s}  cells {e.cells:,}, {images}, {fits}: "
+                       f"{_hours(e)}{disk}")  # fmt: skip
+            if e.note:
+                out.append(f"  {'':{width}s}  {e.note}")
+    measured = [e.seconds for e in every if e.seconds is not None]
+    unmeasured = sorted({e.model.name for e in every if e.seconds is None})
+    images = [e.images for e in every]
+    total_images = "?" if None in images else f"{sum(images):,}"
+    hours = f"about {sum(measured) / 3600:.1f} h" if measured else "no measured rate"
+    if measured and unmeasured:
+        hours += f" for what has a measured rate, plus the unmeasured {', '.join(unmeasured)}"
+    disk = f"<= {_size(sum(e.image_bytes for e in every if e.image_bytes is not None))} of images"
+    disk += " counted" if None in images else ""
+    out.append(f"total: cells {sum(e.cells for e in every):,}, images {total_images}, "
+               f"fits {sum(e.fits for e in every):,}: {hours}; {disk}")  # fmt: skip
+    return "\n".join(out)
+
+
+def planned_tables(apps: list[Application], erasers: list[str], out_dir: Path) -> str:
+    """Which paper tables a run of `apps` with `erasers` writes, and from which applications."""
+    lines = [f"tables, under {out_dir}:"]
+    for table in TABLES:
+        feeding = [a.name for a in apps if kind(a) in table.kinds]
+        lacking = [e for e in table.needs if e not in erasers]
+        if lacking or not feeding:
+            why = f"needs {', '.join(lacking)} (--erasers)" if lacking else "no application of its kind"
+            lines.append(f"  {table.name}: not written ({why})")
+        else:
+            lines.append(f"  {table.name}: {', '.join(feeding)}")
+    return "\n".join(lines)

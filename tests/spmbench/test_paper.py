@@ -1,0 +1,178 @@
+"""`spmbench paper`: every real application through the CLI on stand-ins (a tiny SD registered as a real
+model and a tiny 'fine-tune' derived from it, a tiny CLIP, a tiny classifier, the real NudeNet), its
+paper tables and their rows; the dry run's plan and estimate; the ablation eraser's settings.
+
+For time, the run uses four erasers (a baseline, SPM and both ablations) and the applications with
+many experiments (real-object: 10 classes, real-artist: 5 artists) erase their first two only;
+test_cli_every_application runs every application with every built-in eraser."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from spmbench import paper, runner
+from spmbench.apps import load_apps
+from spmbench.cli import app
+from spmbench.erasers import ERASERS
+from spmbench.erasers.base import seeded
+from spmbench.models import load_models
+from tests.spmbench.conftest import FAST_FITS
+from tests.spmbench.judges.conftest import save_tiny_classifier, save_tiny_clip
+from tests.spmbench.test_prompts import BENCH
+
+
+ERASERS_RUN = "negprompt,spm,spm-noft,spm-noanchor"  # a baseline, SPM and both ablations: every table
+MODELS = "tiny-real,tiny-real-ft"
+KEPT_EXPERIMENTS = {"real-object": 2, "real-artist": 2}
+
+
+def real_apps() -> list:
+    return [a for a in load_apps() if a.world == "real"]
+
+
+@pytest.fixture()
+def stand_ins(tiny_dir, tiny_sibling_dir, tmp_path, monkeypatch):
+    """The tiny SD as the real model 'tiny-real' and its sibling as 'tiny-real-ft' (derived from it: the
+    transfer rows), fits of a few steps; the real applications with at most KEPT_EXPERIMENTS each; the
+    published prompt files read offline; tiny judges."""
+    import spmbench.apps
+
+    apps = tmp_path / "apps" / "real"
+    apps.mkdir(parents=True)
+    for path in (spmbench.apps.APPS_DIR / "real").glob("*.yaml"):
+        data = yaml.safe_load(path.read_text())
+        data["erase"] = data["erase"][: KEPT_EXPERIMENTS.get(data["name"])]
+        (apps / path.name).write_text(yaml.safe_dump(data))
+    monkeypatch.setattr(spmbench.apps, "APPS", dataclasses.replace(spmbench.apps.APPS, shipped=apps.parent))
+    models = tmp_path / "models"
+    models.mkdir()
+    common = dict(family="sd1", world="real", resolution=32, num_inference_steps=2)
+    root = dict(name="tiny-real", source=str(tiny_dir), eraser_settings=FAST_FITS, **common)
+    derived = dict(name="tiny-real-ft", source=str(tiny_sibling_dir), derived_from="tiny-real", **common)
+    for spec in (root, derived):
+        (models / f"{spec['name']}.yaml").write_text(yaml.safe_dump(spec))
+    monkeypatch.setenv("SPMBENCH_MODELS", str(models))
+    (tmp_path / "cache" / "prompts").mkdir(parents=True)
+    for published in BENCH.glob("*.csv"):
+        (tmp_path / "cache" / "prompts" / published.name).symlink_to(published)
+    monkeypatch.setenv("SPMBENCH_CACHE", str(tmp_path / "cache"))
+    judges = ["--clip-model", str(save_tiny_clip(tmp_path / "clip"))]
+    return judges + ["--classifier", str(save_tiny_classifier(tmp_path / "classifier", "vit"))]
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def rows(path) -> set[tuple]:
+    table = pd.read_csv(path, keep_default_na=False)
+    return set(zip(table["app"], table["model"], table["targets"], table["eraser"], table["fitted_on"]))
+
+
+def test_paper_runs_every_real_application_and_writes_every_table(stand_ins, tmp_path):
+    runs, reports = tmp_path / "runs", tmp_path / "reports"
+    result = invoke("paper", "--world", "real", "--models", MODELS, "--erasers", ERASERS_RUN, "--limit", 2,
+                    "--out", runs, "--reports", reports, *stand_ins)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    out = reports / "paper" / "real"
+    for table in paper.TABLES:
+        assert all((out / f"{table.name}{suffix}").is_file() for suffix in (".md", ".csv", ".tex")), table.name
+    real = real_apps()
+    assert [len(a.erase) for a in real] == [2, 3, 1, 2]  # artist, concept, explicit, object
+    for a in real:  # each application's own tables too, as `spmbench run` writes them
+        assert (reports / a.name / f"{a.name}.md").is_file()
+
+    experiments = {a.name: ["+".join(t) for t in a.erase] for a in real}
+    by_kind = {paper.kind(a): a.name for a in real}
+    for kind in paper.KINDS:  # the root model, every experiment, every eraser but the ablation
+        expected = {(by_kind[kind], "tiny-real", t, e, "tiny-real") for t in experiments[by_kind[kind]]
+                    for e in ("negprompt", "spm", "spm-noft")}  # fmt: skip
+        assert rows(out / f"{kind}.csv") == expected, kind
+    concept = (out / "concept.md").read_text()
+    assert "## real-concept" in concept and "| tiny-real | Snoopy + Mickey + Spongebob | spm | tiny-real |" in concept
+
+    transfer = rows(out / "transfer.csv")  # every application, on the root and on its derivative
+    assert {(a, m, e, f) for a, m, _, e, f in transfer} == {
+        (a.name, m, e, "tiny-real") for a in real for m in ("tiny-real", "tiny-real-ft")
+        for e in ("negprompt", "spm", "spm-noft")
+    }  # fmt: skip
+    for name, pair in (("ablation-ft", {"spm", "spm-noft"}), ("ablation-anchoring", {"spm", "spm-noanchor"})):
+        ablation = rows(out / f"{name}.csv")
+        assert {(a, m, e) for a, m, _, e, _ in ablation} == {(a.name, "tiny-real", e) for a in real for e in pair}
+        assert "\\caption{" in (out / f"{name}.tex").read_text()
+
+    # the ablation's fits are its own, trained with anchor weight 0 over the model's SPM settings
+    fit = {e: json.loads((runs / "real-concept" / "cells" / "tiny-real" / e / "snoopy" / "result.json").read_text())
+           ["settings"]["fit"] for e in ("spm", "spm-noanchor")}  # fmt: skip
+    assert fit["spm-noanchor"] == {**fit["spm"], "anchor_weight": 0.0} and "anchor_weight" not in fit["spm"]
+    fits = runs / "real-concept" / "fits" / "tiny-real"
+    assert (fits / "spm" / "snoopy.safetensors").read_bytes() != (
+        fits / "spm-noanchor" / "snoopy.safetensors"
+    ).read_bytes()
+
+
+def test_dry_run_prints_cells_images_and_fits_and_writes_nothing(stand_ins, tmp_path):
+    runs, reports = tmp_path / "runs", tmp_path / "reports"
+    result = invoke("paper", "--world", "real", "--models", MODELS, "--erasers", "spm,spm-noanchor,uce", "--limit", 2,
+                    "--out", runs, "--reports", reports, "--dry-run", *stand_ins)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert not runs.exists() and not reports.exists()
+    concept = load_apps().get("real-concept")
+    images = len(runner.all_rows(concept, 2)) + 3 * sum(len(concept.rows(t, 2)) for t in concept.erase)
+    # SPM and its ablation fit each target once (Snoopy, Mickey, Spongebob), UCE each experiment
+    assert f"tiny-real     cells 10, images {images:,}, fits 9: no measured rate (sd1 at 32 px)" in result.output
+    assert f"tiny-real-ft  cells 10, images {images:,}, fits 0 (on tiny-real): no measured rate" in result.output
+    assert all(f"{a.name}:" in result.output for a in real_apps())
+    assert "ablation-ft: not written (needs spm-noft (--erasers))" in result.output
+    assert "ablation-anchoring: real-artist, real-concept, real-explicit, real-object" in result.output
+
+
+def test_the_estimate_is_the_measured_rates_times_the_plan():
+    models, concept = load_models(), load_apps().get("toy-concept")
+    toy = [models.get(n) for n in ("toy-base", "toy-pastel")]
+    cells = runner.plan(concept, toy, ["spm", "spm-rel", "spm-noanchor", "uce"], Path("runs"))
+    rate = paper.Rate("toy", 32, "here", 2.0, {"spm": 10.0, "uce": 1.0})
+    base, pastel = paper.estimate(concept, cells, models, 1, [rate])
+    images = len(runner.all_rows(concept, 1)) + 4 * sum(len(concept.rows(t, 1)) for t in concept.erase)
+    assert (base.cells, base.images, base.fits) == (13, images, 3 + 3 + 3)  # spm's 3 shared with spm-rel
+    assert base.seconds == pytest.approx(images * 2.0 + 6 * 10.0 + 3 * 1.0)  # spm-noanchor at spm's rate
+    assert (pastel.fits, pastel.seconds, pastel.fit_on) == (0, pytest.approx(images * 2.0), "toy-base")
+    assert base.image_bytes == images * 32 * 32 * 3
+    assert paper.estimate(concept, cells, models, 1, [])[0].seconds is None  # no rate: none invented
+
+
+def test_the_shipped_rates_load_and_an_ablation_reads_its_variants_settings():
+    assert {(r.family, r.resolution) for r in paper.load_rates()} == {("toy", 32)}
+    noanchor = ERASERS.get("spm-noanchor")
+    assert (noanchor.fit_key, noanchor.settings_key, dict(noanchor.overrides)) == (
+        "spm-noanchor",
+        "spm",
+        {"anchor_weight": 0.0},
+    )
+    toy_base = load_models().get("toy-base")
+    settings = runner.eraser_settings(noanchor, load_apps().get("toy-concept"), toy_base)
+    spm_settings = runner.eraser_settings(ERASERS.get("spm"), load_apps().get("toy-concept"), toy_base)
+    assert settings == {**spm_settings, "anchor_weight": 0.0} and spm_settings["anchor_weight"] == 30.0
+    assert dict(seeded(noanchor, 3).overrides) == {"anchor_weight": 0.0, "seed": 3}  # a fit seed keeps the ablation
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--world", "mars"], "--world 'mars': choose toy or real"),
+        (
+            ["--world", "real", "--models", "toy-base"],
+            "--models toy-base: not real models; choose the world's (spmbench ls models)",
+        ),
+    ],
+)
+def test_bad_selections_are_one_line_errors(args, message):
+    result = invoke("paper", *args, "--dry-run")
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert result.output.strip() == f"error: {message}"
