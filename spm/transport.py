@@ -91,7 +91,17 @@ class Transport:
         """(len(prompts), k) permeabilities in [0, 1]."""
         if not prompts:
             return torch.zeros(0, self.k)
-        hidden, tokens = _encode(self.pipe, prompts)
+        conditioning, ids = encode(self.pipe, prompts)
+        return self.of_states(conditioning.states, ids)
+
+    def of_states(self, states: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """(N, k) permeabilities of N prompts given as the states the pipeline conditions on (N, L, D) and
+        their first tokenizer's ids (N, L): what `__call__` gives for the prompts, differentiable with respect
+        to `states` (s_tok, a count of token ids, has no gradient). For tools that optimise prompts in
+        embedding space against Facilitated Transport (an adaptive attack)."""
+        special = set(self.pipe.tokenizer.all_special_ids)
+        hidden = _compared_states(self.pipe, states).float().flatten(1)
+        tokens = [set(row.tolist()) - special for row in ids]
         s_cos = F.normalize(hidden, dim=1) @ self.target_hidden.T.to(hidden.device)
         floor = self.floor.to(s_cos.device)
         s_cos = (s_cos - floor) / (1 - floor).clamp(min=1e-6)
@@ -99,5 +109,5 @@ class Transport:
             [[len(p & c) / max(len(c), 1) for c in self.target_tokens] for p in tokens], device=s_cos.device
         )
         per_target = torch.maximum(s_cos, s_tok).clamp(0, 1).cpu()
-        gamma = torch.zeros(len(prompts), self.k)
-        return gamma.scatter_reduce(1, self.owner.expand(len(prompts), -1), per_target, reduce="amax")
+        gamma = torch.zeros(len(tokens), self.k)
+        return gamma.scatter_reduce(1, self.owner.expand(len(tokens), -1), per_target, reduce="amax")

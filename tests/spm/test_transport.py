@@ -78,3 +78,17 @@ def test_no_prompts_give_no_rows_and_no_spms_are_an_error(pipe):
     assert transport([]).shape == (0, 2)
     with pytest.raises(ValueError, match="at least one SPM"):
         Transport([], pipe)
+
+
+@pytest.mark.parametrize("similarity", ["paper", "relative"])
+def test_of_states_is_the_call_from_states_and_differentiable(pipe, similarity):
+    """What an adaptive attack optimises: the same gammas as from the prompts, with a gradient in the states."""
+    import spm
+
+    transport = Transport([["snoopy"], ["mickey the mouse", "a red car"]], pipe, similarity)
+    prompts = ["snoopy the dog", "a photo of a cat", ""]
+    states, ids = spm.encode_prompts(pipe, prompts, return_ids=True)
+    assert torch.equal(transport.of_states(states, ids), transport(prompts))
+    states = states.clone().requires_grad_(True)
+    transport.of_states(states[1:2], ids[1:2]).sum().backward()
+    assert states.grad[1].abs().sum() > 0 and states.grad[0].abs().sum() == 0

@@ -1,0 +1,144 @@
+"""The attacks on the shipped toy world (real models, its judge) with short budgets, and their settings."""
+
+from contextlib import nullcontext
+
+import pytest
+import torch
+
+import spm
+from spmbench.attacks import ATTACKS, Generation
+from spmbench.judges.toy import ToyJudge
+from spmbench.models import TOY_WEIGHTS
+from spmbench.toy import world
+from tests.tiny import random_spm
+
+
+SEEDS = (0, 1, 2, 3)
+REFERENCE = Generation(steps=10, guidance=3.0, resolution=32)  # the attack's reference images: fewer steps, faster
+BUDGETS = {
+    "uda": {"steps": 8, "restarts": 1, "images": 1, "timesteps": 4},
+    # without the target's words, a restart finds the concept or not (toy world: 2 in 3): two restarts
+    "adaptive-ft": {"steps": 20, "restarts": 2, "images": 1, "timesteps": 4},
+    "rab": {"steps": 10, "restarts": 1, "population": 32},
+}
+
+
+@pytest.fixture(scope="module")
+def toy():
+    pipe = spm.load_pipeline(str(TOY_WEIGHTS / "toy-base"))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def judge():
+    return ToyJudge(str(TOY_WEIGHTS / "judge"))
+
+
+def original(pipe):
+    return lambda: nullcontext(pipe)
+
+
+def characters(pipe, judge, prompts: list[str]) -> list[int]:
+    """The judge's character class (0: none, i: CHARACTER_NAMES[i - 1]) of each prompt x seed, at the toy's settings."""
+    batch = [p for p in prompts for _ in SEEDS]
+    generators = [torch.Generator().manual_seed(s) for _ in prompts for s in SEEDS]
+    images = pipe(batch, num_inference_steps=30, guidance_scale=3.0, height=32, width=32, generator=generators,
+                  output_type="pt").images  # fmt: skip
+    with torch.no_grad():
+        return judge.net(images)["character"].argmax(1).tolist()
+
+
+@pytest.mark.parametrize("name", ["uda", "adaptive-ft", "rab"])
+def test_on_the_original_model_the_attack_keeps_the_concept(toy, judge, name):
+    prompts = ATTACKS.get(name).find(toy, original(toy), "Barkley", REFERENCE, BUDGETS[name])
+    assert len(prompts) == BUDGETS[name]["restarts"] and all(isinstance(p, str) for p in prompts)
+    if name != "uda":  # the target's words are not used: the concept comes back from other tokens
+        assert not any("barkley" in p.lower() for p in prompts)
+    found = characters(toy, judge, prompts)
+    barkley = 1 + world.CHARACTER_NAMES.index("Barkley")
+    assert sum(c == barkley for c in found) >= 3, (prompts, found)
+
+
+@pytest.mark.parametrize("name", ["uda", "adaptive-ft", "rab"])
+def test_on_a_concept_the_model_never_learnt_the_attack_finds_nothing(toy, judge, name):
+    """A made-up word gives the toy model no character; the attack's prompts for it give none either (the
+    prompts found for a learnt one, above, bring it back: the attack's success comes from the concept)."""
+    prompts = ATTACKS.get(name).find(toy, original(toy), "Zorblax", REFERENCE, BUDGETS[name])
+    assert characters(toy, judge, ["Zorblax"]) == [0] * len(SEEDS)
+    found = characters(toy, judge, prompts)
+    assert sum(c != 0 for c in found) <= 1, (prompts, found)
+
+
+def test_the_adaptive_attack_lowers_ft_gamma(toy):
+    """Against SPM with FT, the gamma term of the adaptive attack's loss lowers the permeability FT gives its
+    prompt, compared with the same search without it (and with UnlearnDiffAtk's prompt, which names the target)."""
+    membrane = random_spm(toy.unet, ["Barkley"], scale=0.05)
+    erased = lambda: spm_applied(toy, membrane)  # noqa: E731
+    adaptive = ATTACKS.get("adaptive-ft")
+    budget = BUDGETS["adaptive-ft"] | {"steps": 10}
+    with_gamma = adaptive.find(toy, erased, "Barkley", REFERENCE, budget | {"gamma_weight": 5.0})
+    without = adaptive.find(toy, erased, "Barkley", REFERENCE, budget | {"gamma_weight": 0.0})
+    plain = ATTACKS.get("uda").find(toy, erased, "Barkley", REFERENCE, BUDGETS["uda"])
+    with spm_applied(toy, membrane) as attached:
+        lowered, ignored, named = (attached.permeability(p)[:, 0] for p in (with_gamma, without, plain))
+    assert lowered.mean() < ignored.mean() - 0.01, (with_gamma, lowered, without, ignored)
+    assert torch.all(named == 1) and torch.all(lowered < 1)
+
+
+def spm_applied(pipe, membrane, **options):
+    from contextlib import contextmanager
+
+    @contextmanager
+    def applied():
+        attached = spm.attach(pipe, [membrane], **options)
+        try:
+            yield attached
+        finally:
+            attached.detach()
+
+    return applied()
+
+
+def test_an_attack_is_deterministic_given_its_seed(toy):
+    rab = ATTACKS.get("rab")
+    first, again = (rab.find(toy, None, "Barkley", REFERENCE, BUDGETS["rab"] | {"steps": 3}) for _ in range(2))
+    other = rab.find(toy, None, "Barkley", REFERENCE, BUDGETS["rab"] | {"steps": 3, "seed": 1})
+    assert first == again and first != other
+
+
+def test_found_prompts_read_back_as_the_tokens_found(toy):
+    """A prompt is returned as a string: the pipeline's tokenizer must read it back as the tokens searched."""
+    from spmbench.attacks.text import ids_for, vocabulary
+
+    allowed = vocabulary(toy.tokenizer, ["Barkley"])
+    assert toy.tokenizer("barkley", add_special_tokens=False).input_ids[0] not in allowed.tolist()
+    words = allowed[torch.randperm(len(allowed), generator=torch.Generator().manual_seed(0))[:8]].tolist()
+    prompt = " ".join(toy.tokenizer.decode([w]) for w in words)
+    ids = toy.tokenizer(prompt, padding="max_length", max_length=toy.tokenizer.model_max_length).input_ids
+    assert ids == ids_for(toy.tokenizer, words)[0].tolist()
+
+
+@pytest.mark.parametrize(
+    "name, given, says",
+    [
+        ("uda", {"steps": 0}, "steps must be a whole number >= 1"),
+        ("uda", {"stepz": 3}, "unknown field"),
+        ("uda", {"lr": -1.0}, "lr must be a finite number greater than 0"),
+        ("adaptive-ft", {"gamma_weight": -1.0}, "gamma_weight must be a finite number >= 0"),
+        ("rab", {"tokens": "many"}, "tokens must be"),
+        ("rab", {"elite": 64, "population": 64}, "elite (64) must be smaller than population (64)"),
+        ("rab", {"templates": ["no slot"]}, "each with one {}"),
+        ("rab", {"mutation": 2.0}, "mutation must be a number in [0, 1]"),
+    ],
+)
+def test_settings_errors_are_one_line(name, given, says):
+    with pytest.raises(ValueError) as error:
+        ATTACKS.get(name).settings(given)
+    message = str(error.value)
+    assert says in message and f"attack {name!r}" in message and "\n" not in message
+
+
+def test_an_unknown_attack_is_named_with_the_known_ones():
+    with pytest.raises(KeyError, match="did you mean 'uda'"):
+        ATTACKS.get("udaa")
