@@ -28,6 +28,7 @@ import functools
 import json
 import os
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -376,6 +377,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a step's `timeout`: still delete the work folder
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     prompts_dir = None if "e2e" in skip else find_prompts_dir(args.prompts_dir)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="spmbench-throughput-"))

@@ -234,7 +234,24 @@ def measure(pipe, targets: list[str], config: TrainConfig, args, save=None) -> d
     rounds = []
     for r in range(args.rounds):
         cfg = replace(config, iterations=args.iterations, seed=config.seed + r)
-        rounds.append({name: timed_loop(make(cfg), pipe, args.device) for name, make in sides.items()})
+        done, errors = {}, []
+        for name, make in sides.items():
+            try:
+                done[name] = timed_loop(make(cfg), pipe, args.device)
+            except torch.OutOfMemoryError as e:  # said in the report (with the rounds done), not lost in a log
+                peak = torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else 0
+                errors.append(
+                    f"{name} ran out of memory in round {r + 1} (peak {peak:.1f} GiB): {' '.join(str(e).split())[:160]}"
+                )
+                if args.device.startswith("cuda"):
+                    torch.cuda.empty_cache()
+        if errors:
+            summary = summarise(rounds) if rounds else {"loops": {}, "rounds": []}
+            summary["error"] = "; ".join(errors)
+            if save:
+                save(summary)
+            raise SystemExit(summary["error"])
+        rounds.append(done)
         line = "  ".join(f"{n} {sum(v['seconds']) / len(v['seconds']):.3f} s/it" for n, v in rounds[-1].items())
         print(f"round {r + 1}/{args.rounds}: {line}", flush=True)
         if save:
@@ -286,6 +303,8 @@ def markdown(report: dict) -> str:
         " | time vs reference (min-max) | speed-up | peak GPU memory (GiB) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    if report["result"].get("error"):
+        lines += [f"| stopped: {report['result']['error']} | | | | | | | |"]
     for name, row in loops.items():
         peak = f"{row['peak_gib']:.1f}" if row["peak_gib"] is not None else "-"
         lines.append(

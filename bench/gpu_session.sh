@@ -11,8 +11,9 @@
 #   bench/gpu_session.sh --prepare  # here, before a device call: wheels and prompt file to carry (see below)
 #
 # The device machine has no internet and no diffusers, and its python3 is not this project's venv. Before the
-# call, run `bench/gpu_session.sh --prepare` here: it downloads wheels of this venv's diffusers and transformers
-# into .whl/ and copies the published prompt files into .bench-data/ (both ignored through .git/info/exclude).
+# call, run `bench/gpu_session.sh --prepare` here: it downloads the wheel of this venv's diffusers into .whl/
+# (not transformers': it would take what travels past the tool's 64 MiB) and copies the published prompt file
+# the suite step reads into .bench-data/ (both ignored through .git/info/exclude).
 # Then call the device tool with carry [".whl", ".bench-data"], timeout_s 600 and the command
 #   bench/gpu_session.sh
 # The script installs .whl/*.whl into /tmp/site itself when .whl/ is there.
@@ -23,9 +24,11 @@
 #   2. inference overhead, SDXL architecture, 1024 px, fp16, 1 and 20 SPMs, 3 rounds  ~90 s   [150 s]
 #   3. suite throughput, SD 1.5 architecture, 512 px: side by side + real-object e2e  ~185 s  [240 s]
 #   4. training, SDXL architecture, 1024 px, fp32, 2 rounds of 1 iteration per loop   ~150 s  [rest]
-#   total                                                                             ~510 s
-# Step 4 is last because its cost is the least certain (about 55 sample-forwards of SDXL in fp32 per
-# iteration); it writes its report after every round, so a cut leaves the rounds it finished.
+#      (about 55 sample-forwards of SDXL in fp32 per iteration; if 6 rows with grad at 1024 px run out of
+#      memory, which takes ~40 s to find out, 4b runs it at 512 px, 2 rounds of 2 iterations: ~60 s)
+#   total                                                                         ~450-510 s
+# Step 4 is last because its cost is the least certain; it writes its report after every round, so a cut
+# leaves the rounds it finished.
 set -u
 cd "$(dirname "$0")/.."
 MODE=gpu
@@ -44,13 +47,19 @@ if [ "$MODE" = prepare ]; then
   for ignored in /.whl/ /.bench-data/; do
     grep -qxF "$ignored" .git/info/exclude 2>/dev/null || echo "$ignored" >>.git/info/exclude
   done
-  versions=$("$PY" -c 'import diffusers, transformers; print(f"diffusers=={diffusers.__version__} transformers=={transformers.__version__}")')
+  # diffusers only: the tracked tree (~55 MB) plus transformers' wheel (~14 MB) would pass the tool's 64 MiB;
+  # the device's own transformers (5.17 when last read) then runs. BENCH_WHEELS="..." to choose others.
+  wheels=${BENCH_WHEELS:-$("$PY" -c 'import diffusers; print(f"diffusers=={diffusers.__version__}")')}
+  rm -f .whl/*.whl .bench-data/*
   # shellcheck disable=SC2086
   "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-    --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform any -d .whl $versions
+    --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl $wheels
   shared=${SPM_SHARED_DIR:-../shared}
-  cp "$shared"/data/benchmarks/*.csv .bench-data/
-  echo "ready: $(ls .whl) and $(ls .bench-data | wc -l) prompt files; carry [\".whl\", \".bench-data\"]"
+  cp "$shared"/data/benchmarks/small_imagenet_prompts.csv .bench-data/ # the one file real-object reads
+  tree=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
+  extra=$(du -cb .whl .bench-data | tail -1 | cut -f1)
+  echo "ready: $(ls .whl | tr '\n' ' ')and $(ls .bench-data); carry [\".whl\", \".bench-data\"]"
+  echo "what travels: $(((tree + extra) / 1048576)) MiB of the device tool's 64 MiB (tracked files $((tree / 1048576)) MiB)"
   exit 0
 fi
 
@@ -104,6 +113,7 @@ print(f"Device: {dev}. torch {torch.__version__}, diffusers {diffusers.__version
 
 # step NAME ESTIMATE LIMIT OUTFILE -- COMMAND...: runs COMMAND under `timeout`, cut to what is left of the budget.
 FAILED=0
+LAST_RC=0
 step() {
   local name=$1 estimate=$2 limit=$3 result=$4
   shift 5
@@ -112,6 +122,7 @@ step() {
   if [ "$limit" -lt 20 ]; then
     echo "| $name | skipped | 0 | $estimate | $limit | out of budget |" >>"$SUMMARY"
     FAILED=1
+    LAST_RC=1
     return
   fi
   echo "== $name (limit $limit s): $*"
@@ -119,6 +130,7 @@ step() {
   t0=$(date +%s)
   timeout --signal=TERM --kill-after=10 "$limit" "$@" >"$LOGS/$name.log" 2>&1
   rc=$?
+  LAST_RC=$rc
   [ "$rc" -ne 0 ] && FAILED=1
   local note="$result.md"
   [ "$rc" -eq 124 ] && note="$note (timed out: partial where the script writes per round)"
@@ -139,7 +151,13 @@ if [ "$MODE" = gpu ]; then
     "$PY" bench/bench_suite_throughput.py --model sd15 --device cuda --steps 20 --batch 2 --rounds 2 --scale 10 \
     --limit 1 --fit-iterations 2 --out "$R/suite_throughput_sd15_cuda"
   step training-sdxl 150 400 "$R/training_sdxl_cuda" -- \
-    "$PY" bench/bench_training.py --model sdxl --device cuda --iterations 1 --rounds 2 --out "$R/training_sdxl_cuda"
+    "$PY" bench/bench_training.py --model sdxl --device cuda --iterations 1 --rounds 2 --resolutions 1024 \
+    --out "$R/training_sdxl_cuda"
+  if [ "$LAST_RC" -ne 0 ]; then # out of memory at 1024 px (6 rows with grad, fp32): the ratio at 512 px
+    step training-sdxl-512 60 120 "$R/training_sdxl-512_cuda" -- \
+      "$PY" bench/bench_training.py --model sdxl --device cuda --iterations 2 --rounds 2 --resolutions 512 \
+      --out "$R/training_sdxl-512_cuda"
+  fi
 else
   step training-sd15 60 400 "$R/training_sd15-tiny_cpu" -- \
     "$PY" bench/bench_training.py --model sd15-tiny --iterations 2 --rounds 1 --also-bf16 --rollout-steps 4 \
@@ -151,8 +169,13 @@ else
     "$PY" bench/bench_suite_throughput.py --model sd15-tiny --steps 2 --batch 2 --rounds 1 --scale 3 --limit 1 \
     --threads 1 --out "$R/suite_throughput_sd15-tiny_cpu"
   step training-sdxl 60 400 "$R/training_sdxl-tiny_cpu" -- \
-    "$PY" bench/bench_training.py --model sdxl-tiny --iterations 1 --rounds 2 --rollout-steps 4 --threads 1 \
-    --out "$R/training_sdxl-tiny_cpu"
+    "$PY" bench/bench_training.py --model sdxl-tiny --iterations 1 --rounds 2 --rollout-steps 4 --resolutions 64 \
+    --threads 1 --out "$R/training_sdxl-tiny_cpu"
+  if [ "$LAST_RC" -ne 0 ]; then
+    step training-sdxl-512 60 400 "$R/training_sdxl-tiny-48_cpu" -- \
+      "$PY" bench/bench_training.py --model sdxl-tiny --iterations 1 --rounds 1 --rollout-steps 4 --resolutions 48 \
+      --threads 1 --out "$R/training_sdxl-tiny-48_cpu"
+  fi
 fi
 
 echo >>"$SUMMARY"
