@@ -468,6 +468,10 @@ def write_reports(app: Application, run_dir: Path, out_dir: Path) -> list[Path]:
     write_text_atomic(tex, latex(app, table))
     write_text_atomic(plot, tradeoff_svg(table))
     written = [md, text, tex, plot]
+    scaling = scaling_svg(table)
+    if scaling is not None:  # experiments erase different numbers of targets: each rate against k
+        written.append(out_dir / f"{app.name}_vs_k.svg")
+        write_text_atomic(written[-1], scaling)
     if (out_dir / TUNING_RECORD).exists():  # spmbench tune chose the settings: its grid beside the test result
         tuning_plot = out_dir / f"{app.name}_tuning.svg"
         write_text_atomic(tuning_plot, tuning_svg(json.loads((out_dir / TUNING_RECORD).read_text()), table))
@@ -581,6 +585,77 @@ def tradeoff_svg(data, width: int = 480, height: int = 360) -> str:
         )
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
+
+
+BASELINE_COLOURS = ("#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#555555")
+
+
+def scaling_svg(data, panel: int = 220, height: int = 240) -> str | None:
+    """Each rate against k, the number of targets erased at once: one panel per prompt set (the rate over
+    the original's, 95 % bars) and one of the fit's seconds, one line per eraser, on the family root (the
+    model the erasers were fitted on). None where every experiment erases as many targets."""
+    table = _primary(_as_frame(data))
+    root = table[table["model"] == table["fitted_on"]]
+    ks = sorted({len(t.split("+")) for t in root["targets"]})
+    if len(ks) < 2:
+        return None
+    sets = _rate_sets(root)
+    erasers = list(dict.fromkeys(root["eraser"]))
+    colours = {e: PALETTE.get(e) or BASELINE_COLOURS[i % len(BASELINE_COLOURS)] for i, e in enumerate(erasers)}
+    width = panel * (len(sets) + 1) + 140
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">',
+             f'<rect width="{width}" height="{height}" fill="white"/>']  # fmt: skip
+    seconds = root[root["measure"] == "fit_seconds"]["value"]
+    top = float(seconds.max()) if len(seconds) and seconds.max() > 0 else 1.0
+    for i, measure in enumerate([*sets, "fit_seconds"]):
+        rows = root[root["measure"] == measure]
+        scale = top if measure == "fit_seconds" else None
+        parts += _scaling_panel(rows, measure, ks, colours, i * panel, panel, height, scale)
+    for j, eraser in enumerate(erasers):
+        y = 20 + 14 * j
+        parts.append(f'<text x="{width - 130}" y="{y}" fill="{colours[eraser]}">{eraser}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"
+
+
+def _scaling_panel(rows, measure: str, ks: list[int], colours: dict, left: int, width: int, height: int, scale):
+    """One panel of `scaling_svg`: `measure` against k for each eraser, relative to the original's rate
+    (rates, 0-1.2) or to `scale` (fit seconds, 0-1), with its 95 % bars where the frame has them."""
+    pad = 36
+    sx = lambda k: left + pad + ks.index(k) / max(len(ks) - 1, 1) * (width - 2 * pad)  # noqa: E731
+    top = 1.0 if scale else PLOT_SCALE
+    sy = lambda v: height - pad - min(max(v, 0), top) / top * (height - 2 * pad)  # noqa: E731
+    title = f"fit (s), max {scale:.0f}" if scale else f"{measure} / original"
+    parts = [f'<text x="{left + width / 2}" y="16" text-anchor="middle">{title}</text>',
+             f'<line x1="{left + pad}" y1="{height - pad}" x2="{left + width - pad}" y2="{height - pad}" stroke="black"/>',
+             f'<line x1="{left + pad}" y1="{pad}" x2="{left + pad}" y2="{height - pad}" stroke="black"/>']  # fmt: skip
+    parts += [f'<text x="{sx(k):.1f}" y="{height - pad + 14}" text-anchor="middle">{k}</text>' for k in ks]
+    parts.append(f'<text x="{left + width / 2}" y="{height - 6}" text-anchor="middle">k targets</text>')
+    for eraser, cells in rows.groupby("eraser", sort=False):
+        base = (lambda r: scale) if scale else (lambda r: r.original_value if _has(r.original_value) else math.nan)
+        by_k = {}
+        for r in cells.itertuples():
+            if _has(base(r)) and base(r) > 0:
+                by_k.setdefault(len(r.targets.split("+")), []).append(
+                    (r.value / base(r), r.lo / base(r), r.hi / base(r))
+                )
+        means = {k: tuple(_mean(c) for c in zip(*v)) for k, v in sorted(by_k.items())}  # over models' cells
+        colour = colours[eraser]
+        line = " ".join(f"{sx(k):.1f},{sy(v):.1f}" for k, (v, _, _) in means.items())
+        parts.append(f'<polyline points="{line}" fill="none" stroke="{colour}"/>')
+        for k, (v, lo, hi) in means.items():
+            if _has(lo) and _has(hi):
+                parts.append(f'<line x1="{sx(k):.1f}" y1="{sy(lo):.1f}" x2="{sx(k):.1f}" y2="{sy(hi):.1f}" '
+                             f'stroke="{colour}" stroke-opacity="0.5"/>')  # fmt: skip
+            parts.append(f'<circle cx="{sx(k):.1f}" cy="{sy(v):.1f}" r="3" fill="{colour}">'
+                         f"<title>{eraser}, k={k}: {v:.2f}</title></circle>")  # fmt: skip
+    return parts
+
+
+def _mean(values) -> float:
+    """The mean of the values that are not missing; NaN if none is."""
+    kept = [v for v in values if _has(v)]
+    return sum(kept) / len(kept) if kept else math.nan
 
 
 def tuning_svg(record: dict, data, width: int = 480, height: int = 360) -> str:

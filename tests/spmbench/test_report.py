@@ -221,3 +221,21 @@ def test_report_on_a_full_disk_is_one_line(tmp_path, disk_full_for):
     out = CliRunner().invoke(app, ["report", str(run_dir), "--reports", str(tmp_path / "reports")])
     assert out.exit_code == 2 and "no space left" in out.output and "toy-concept.md" in out.output
     assert len(out.output.strip().splitlines()) == 1  # no traceback
+
+
+def test_rates_against_the_number_of_targets_are_plotted_per_set_and_eraser():
+    from spmbench.report import scaling_svg
+
+    one, two = ("Barkley",), ("Barkley", "Whiskers")
+    stored = [
+        result("spm", {"target": 0.0, "near": 0.8}, targets=one),
+        result("spm", {"target": 0.1, "near": 0.4}, targets=two),
+        result("uce", {"target": 0.5, "near": 0.8}, targets=one),
+        result("uce", {"target": 0.5, "near": 0.8}, targets=two),
+    ]
+    svg = scaling_svg(stored)
+    # panels: target, near, fit seconds; one line per eraser in each
+    assert svg.count("k targets") == 3 and svg.count("<polyline") == 3 * 2
+    assert "<title>spm, k=2: 0.50</title>" in svg  # near 0.4 of the original's 0.8
+    assert "<title>uce, k=1: 0.50</title>" in svg  # target 0.5 of 1.0
+    assert scaling_svg(stored[::2]) is None  # every experiment erases one target: nothing to plot
