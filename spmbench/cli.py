@@ -306,6 +306,7 @@ class _RunOptions:
     rescore: bool
     judge_settings: dict
     shard: object
+    attacks: tuple[str, ...] = ()  # `run --attack`: each cell also gets these attacks' prompt sets
 
 
 def _run_app(a, cells: list, models, options: _RunOptions) -> None:
@@ -329,6 +330,7 @@ def _run_app(a, cells: list, models, options: _RunOptions) -> None:
             options.rescore,
             features,
             options.shard,
+            options.attacks,
         )
         written = (
             report.write_reports(a, options.out / a.name, options.reports / a.name) if options.shard.leads else None
@@ -365,6 +367,9 @@ def run(
     judge_setting: list[str] = typer.Option([], "--judge-setting", "-J", help=_JUDGE_SETTING_HELP),
     clip_model: str | None = typer.Option(None, help=_CLIP_HELP),
     classifier: str | None = typer.Option(None, help=_CLASSIFIER_HELP),
+    attack_sel: str = typer.Option(
+        "", "--attack", help="comma-separated attacks (uda, adaptive-ft, rab): each cell's attack success rate"
+    ),
 ) -> None:
     """Plan, fit, generate, score and report; a rerun computes only what is missing."""
     models, apps, _ = _registries()  # first: a malformed spec file is a one-line error
@@ -391,7 +396,8 @@ def run(
         erasers = _selected_erasers(erasers_sel)
         judge_settings = _judge_settings(judge_setting, clip_model, classifier)
         plans = _checked_plans(chosen_apps, chosen_models, erasers, models, judge_settings, out)
-        options = _RunOptions(out, reports, limit, batch_size, device, rescore, judge_settings, shard)
+        attacks = _selected_attacks(attack_sel)
+        options = _RunOptions(out, reports, limit, batch_size, device, rescore, judge_settings, shard, attacks)
         for a in chosen_apps:
             cells = plans[a.name]
             if shard.leads:
@@ -403,6 +409,16 @@ def run(
             _run_app(a, cells, models, options)
     except UnknownName as e:
         _fail(str(e))
+
+
+def _selected_attacks(selection: str) -> tuple[str, ...]:
+    """The --attack names, each known (an unknown one: UnknownName, naming the known ones)."""
+    from spmbench.attacks import ATTACKS
+
+    names = tuple(dict.fromkeys(n.strip() for n in selection.split(",") if n.strip()))
+    for name in names:
+        ATTACKS.get(name)
+    return names
 
 
 def _result_app(path: Path) -> str:

@@ -106,12 +106,13 @@ def frame(stored: list[Result], run_dir: Path | None = None, app: Application | 
         prompts = _prompts(app, r) if app is not None and run_dir is not None else None
         own = _scores(run_dir, r.model, r.eraser, r.targets) if prompts is not None else {}
         original = _scores(run_dir, r.model, "none", ()) if prompts is not None else {}
+        own_prompts, original_prompts = _with_attacks(app, run_dir, r, prompts)
         for s, value in r.rates.items():
-            sample = _sample(own, prompts, s)
+            sample = _sample(own, own_prompts, s)
             samples[(r.model, cell[1], r.eraser, s)] = sample
             interval = _rate_interval(sample, value, r, s)
-            before = _rate_interval(_sample(original, prompts, s), r.original_rates.get(s), r, s)
-            info = rate_info(s, ERASURE_SETS)
+            before = _rate_interval(_sample(original, original_prompts, s), r.original_rates.get(s), r, s)
+            info = rate_info(s, _lower_is_better(s))
             rows.append(_row(r, cell, s, value, interval, info.higher_is_better, "fraction", r.original_rates.get(s)))
             rows[-1].update(original_lo=before.lo, original_hi=before.hi)
         features = _alteration(run_dir, r, prompts)
@@ -187,6 +188,34 @@ def _prompts(app: Application, r: Result) -> dict[str, tuple[str, str]]:
     """prompt_id -> (set, prompt) of the cell's rows: images of one prompt (its seeds) form a cluster."""
     rows = app.for_split(r.settings.get("split", "test")).rows(tuple(r.targets), r.settings.get("limit"))
     return {row.prompt_id: (row.set, row.prompt) for row in rows}
+
+
+def _with_attacks(app: Application | None, run_dir: Path | None, r: Result, prompts: dict | None) -> tuple:
+    """The prompts of the cell's own images and of the original's it is compared with: each adds its own attack
+    rows (`spmbench run --attack`: prompts found against each model, so the two differ) to the application's."""
+    attacks = list(r.settings.get("attacks", {}))
+    if prompts is None or not attacks:
+        return prompts, prompts
+    from spmbench.attacks import stage
+
+    split = app.for_split(r.settings.get("split", "test"))
+    own, original = (
+        {
+            row.prompt_id: (row.set, row.prompt)
+            for row in stage.rows(split, run_dir / "cells" / key, r.targets, attacks)
+        }
+        for key in (cell_key(r.model, r.eraser, r.targets), cell_key(r.model, "none", ()))
+    )
+    return prompts | own, prompts | original
+
+
+def _is_attack_set(prompt_set: str) -> bool:
+    return prompt_set.startswith("attack-")  # spmbench.attacks.stage.SET_PREFIX, without importing the attacks
+
+
+def _lower_is_better(prompt_set: str) -> tuple[str, ...]:
+    """The sets whose rate is better lower for `rate_info`: erasure's, and an attack's success."""
+    return (*ERASURE_SETS, prompt_set) if _is_attack_set(prompt_set) else ERASURE_SETS
 
 
 def _scores(run_dir: Path, model: str, eraser: str, targets) -> dict[str, bool]:
@@ -314,7 +343,7 @@ def _as_frame(data) -> pd.DataFrame:
 
 def _rate_sets(table: pd.DataFrame) -> list[str]:
     rates = table[table["unit"] == "fraction"]["measure"].unique()
-    return sorted(rates, key=lambda s: (s not in ERASURE_SETS, s))
+    return sorted(rates, key=lambda s: (s not in ERASURE_SETS, not _is_attack_set(s), s))
 
 
 def _column_n(table: pd.DataFrame, measure: str) -> int | None:
@@ -335,7 +364,7 @@ def table_rows(data) -> tuple[list[str], list[list[str]]]:
         return base + (f" (n={shared_n[measure]})" if shared_n[measure] is not None else "")
 
     header = ["model", "erased", "eraser", "fitted on"]
-    header += [title(s, f"{s} {rate_info(s, ERASURE_SETS).arrow}") for s in sets]
+    header += [title(s, f"{s} {rate_info(s, _lower_is_better(s)).arrow}") for s in sets]
     header += [title(key, ALTERATION[key].header) for key in ALTERATION] + [FIT_SECONDS.header, FIT_MEMORY.header]
     cells = list(table.groupby(["model", "targets", "eraser", "fitted_on"], sort=False))
     cells.sort(key=lambda item: (item[0][0], len(item[0][1].split("+")), item[0][2]))  # stable: run order within
@@ -412,7 +441,24 @@ def caption(app: Application, data) -> str:
         + ("; fitting settings chosen on the dev split (tuning.md beside this table)" if app.tuned else "")
         + (f"; trained erasers fitted with seeds {list(app.fit_seeds)}: the rate of the first fit, then the number "
            "of fits, their mean and range" if len(app.fit_seeds) > 1 else "")
+        + _attacks_note(settings.get("attacks", {}))
     )  # fmt: skip
+
+
+def _attacks_note(attacks: dict[str, dict]) -> str:
+    """What the attack columns are (only where the run had attacks: other tables stay as they were)."""
+    if not attacks:
+        return ""
+    budgets = "; ".join(
+        f"{name}{' (adaptive)' if s.get('adaptive') else ''}: {s.get('steps')} steps, {s.get('tokens')} tokens, "
+        f"{s.get('restarts')} restarts, seed {s.get('seed')}"
+        for name, s in attacks.items()
+    )
+    return (
+        "; attack-<name>: attack success, the judged-present rate of the target from the prompts that attack found "
+        "against each model (one per restart, each with every seed; the original's in brackets), lower is better; "
+        f"adaptive attacks also optimise against the defence (SPM's Facilitated Transport); budgets: {budgets}"
+    )
 
 
 def markdown(app: Application, data) -> str:
@@ -529,7 +575,9 @@ def _tradeoff_points(table: pd.DataFrame) -> list[tuple]:
         if target.empty or not target["original_value"].iloc[0]:
             continue
         t = target.iloc[0]
-        kept = cell[~cell["measure"].isin(ERASURE_SETS) & (cell["original_value"] > 0)]
+        kept = cell[
+            ~cell["measure"].isin(ERASURE_SETS) & ~cell["measure"].map(_is_attack_set) & (cell["original_value"] > 0)
+        ]
         if kept.empty:
             continue
         ratio = lambda column, rows: float((rows[column] / rows["original_value"]).mean())  # noqa: E731

@@ -488,11 +488,16 @@ def run(
     rescore: bool = False,
     features: Callable[[], Judge] | None = None,
     shard: Shard = Shard(),
+    attacks: tuple[str, ...] = (),
 ) -> list[Result]:
     """Compute every missing artifact of `cells` and return one result per cell; `rescore`: see
     check_judge; `features`: the alteration feature source (default: the judge, which must have features);
     `shard`: this process's place in a launch of several (spmbench.shard), which then share the work:
-    the fits and image batches first (share_generation), then the cells' scores and results."""
+    the fits and image batches first (share_generation), then the cells' scores and results; `attacks`:
+    each cell also gets these attacks' prompt sets (spmbench.attacks.stage), found against its eraser."""
+    from spmbench.attacks import stage
+
+    stage.check_attacks(app, list(attacks))
     features = features or (lambda: judge)
     check_judge(run_dir, judge, rescore)
     pipes = Pipelines(device)
@@ -519,15 +524,23 @@ def run(
         artifacts, _, _ = fit(cell)
         return generate_batches(pipes(cell.model), ERASERS.get(cell.eraser), artifacts, todo, wait)
 
+    def attack_rows(cell: Cell) -> list[PromptRow]:
+        """The cell's attack rows, each attack's prompts found once against the cell's eraser and kept."""
+        pipe, eraser, artifacts = pipes(cell.model), ERASERS.get(cell.eraser), fit(cell)[0]
+        erased = lambda: eraser.apply(pipe, artifacts)  # noqa: E731
+        return stage.find(app, cell.dir, cell.targets, list(attacks), pipe, erased, cell.model)
+
     def compute(cell: Cell) -> Result:
         rows = rows_of(cell)
         eraser = ERASERS.get(cell.eraser)
         fit_model = fit_model_for(cell.model, registry)
         settings = eraser_settings(eraser, app, fit_model)
         check_fit_settings(fits_dir(run_dir, fit_model), eraser, settings)  # before reusing anything made with them
+        attacked = attack_rows(cell) if attacks else []
         stored = Result.load(cell.result)
         kept_features = stored is None or stored.alteration is None or (cell.dir / ALTERATION_FEATURES_FILE).exists()
-        if _reusable(stored, len(rows), features) and kept_features:  # made before features were kept: add them
+        reusable = _reusable(stored, len(rows) + len(attacked), features)
+        if reusable and kept_features:  # made before features were kept: add them
             return stored
         if cell.eraser != "none":  # compared with the original's images and scores: they must be complete
             with holding(cell.original.dir):
@@ -535,21 +548,26 @@ def run(
         artifacts, fit_seconds, fit_mib = fit(cell)
         t0 = time.time()
         generate_cell(pipes(cell.model), eraser, artifacts, rows, cell, batch_size)
+        # after the rows' own batches (numbered on from them): those batch as without attacks
+        extra = [Batch(cell, len(rows) + b.start, b.rows) for b in batches(cell, attacked, batch_size)]
+        generate_batches(pipes(cell.model), eraser, artifacts, extra)
         gen_seconds = time.time() - t0
-        rates = summarise(score_cell(judge, rows, cell), cell.scores)
-        ids = {r.prompt_id for r in rows}
+        rates = summarise(score_cell(judge, rows + attacked, cell), cell.scores)
+        ids = {r.prompt_id for r in rows + stage.rows(app, cell.original.dir, cell.targets, list(attacks))}
         original = cell.original.scores
         original_rates = summarise([s for s in _read_jsonl(original) if s["prompt_id"] in ids], original)
         alteration = None if cell.eraser == "none" else measure_alteration(features, rows, cell)
         result = Result(
             app=app.name, app_version=app.version, model=cell.model.name, fitted_on=fit_model.name,
-            eraser=cell.eraser, targets=cell.targets, rows=len(rows), rates=rates, original_rates=original_rates,
+            eraser=cell.eraser, targets=cell.targets, rows=len(rows) + len(attacked), rates=rates,
+            original_rates=original_rates,
             alteration=alteration, alteration_features=None if alteration is None else features().identity,
             fit_seconds=round(fit_seconds, 1), fit_peak_mib=None if fit_mib is None else round(fit_mib, 1),
             generate_seconds_this_run=round(gen_seconds, 1),
             settings={"steps": cell.model.num_inference_steps, "guidance": cell.model.guidance_scale,
                       "resolution": cell.model.resolution, "seeds": list(app.seeds), "limit": limit, "fit": settings,
-                      **({"split": app.split} if app.split != "test" else {})},  # test results as before
+                      **({"split": app.split} if app.split != "test" else {}),  # test results as before
+                      **({"attacks": stage.settings_of(app, attacks)} if attacks else {})},
             meta=run_meta(),
         )  # fmt: skip
         result.save(cell.result)

@@ -75,6 +75,9 @@ class Application:
     # Every trained eraser is fitted once per seed (the first: the settings' own seed): tables give the
     # spread over fits beside the sampling interval.
     fit_seeds: tuple[int, ...] = (0,)
+    # Each attack's budget (spmbench.attacks: steps, tokens, restarts, seed, its own knobs), the same for every
+    # eraser; read by `spmbench run --attack`.
+    attacks: dict[str, dict] = field(default_factory=dict)
 
     def for_split(self, split: str) -> Application:
         """This application's `split` ('test': itself; 'dev': the prompts settings are chosen on)."""
@@ -143,6 +146,7 @@ APP_FIELDS = {
     "dev": dict[str, Any],
     "tuning": dict[str, Any],
     "fit_seeds": tuple[int, ...],
+    "attacks": dict[str, dict],
 }
 DEV_FIELDS = {"seeds": tuple[int, ...], "prompts": dict[str, Any]}
 DEV_SET_FIELDS = {"concepts": tuple[str, ...], "templates": tuple[str, ...]}
@@ -182,7 +186,8 @@ def _check_template(template: str, concepts, where: str) -> None:
 
 
 def parse_app(data, origin: str) -> Application:
-    given = check_fields(data, APP_FIELDS, set(APP_FIELDS) - {"eraser_settings", "dev", "tuning", "fit_seeds"}, origin)
+    optional = {"eraser_settings", "dev", "tuning", "fit_seeds", "attacks"}
+    given = check_fields(data, APP_FIELDS, set(APP_FIELDS) - optional, origin)
     if given["world"] not in WORLDS:
         raise SpecError(f"{origin}: world {given['world']!r} is not one of {', '.join(WORLDS)}")
     if not given["erase"] or not all(given["erase"]):
@@ -206,6 +211,7 @@ def parse_app(data, origin: str) -> Application:
         eraser_settings=given.get("eraser_settings", {}),
         grids=_grids(given.get("tuning", {}), origin),
         fit_seeds=fit_seeds,
+        attacks=given.get("attacks", {}),
     )
     return replace(test, dev=_dev_split(test, given["dev"], origin)) if "dev" in given else test
 

@@ -1,0 +1,116 @@
+"""The attack stage of a run (`spmbench run --attack uda,rab`): per cell and target, each attack's prompts are
+found once against the cell's erased model and kept in the cell's folder (attacks/<attack>-<target>.json,
+written atomically, reused while the attack's settings are the same), then generated with the application's
+seeds and judged like any other row: each attack is a prompt set, `attack-<name>`, whose judged-present rate is
+the attack success rate (lower is better, as erasure's).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+from spm.files import write_text_atomic
+from spmbench.apps import PromptRow
+from spmbench.attacks.base import ATTACKS, Generation
+from spmbench.registry import slug
+
+
+log = logging.getLogger(__name__)
+SET_PREFIX = "attack-"
+
+
+def attack_set(attack: str) -> str:
+    """The prompt set an attack's rows belong to."""
+    return SET_PREFIX + attack
+
+
+def is_attack_set(prompt_set: str) -> bool:
+    return prompt_set.startswith(SET_PREFIX)
+
+
+def prompts_file(cell_dir: Path, attack: str, target: str) -> Path:
+    return cell_dir / "attacks" / f"{attack}-{slug(target)}.json"
+
+
+def attacked_targets(app, targets: tuple[str, ...]) -> tuple[str, ...]:
+    """A cell's targets; the original model's cell (no targets) is attacked on every target of the application."""
+    return targets or tuple(dict.fromkeys(t for experiment in app.erase for t in experiment))
+
+
+def check_attacks(app, attacks: list[str]) -> None:
+    """One line for an unknown attack or bad settings in the application's `attacks` section, before any work."""
+    for name in attacks:
+        attack = ATTACKS.get(name)
+        try:
+            attack.settings(app.attacks.get(name))
+        except ValueError as e:
+            raise ValueError(f"{e} (attacks.{name} of {app.path})") from None
+
+
+def find(app, cell_dir: Path, targets: tuple[str, ...], attacks: list[str], pipe, erased, model) -> list[PromptRow]:
+    """The cell's attack rows, running each attack whose prompts are not stored yet (under these settings).
+    `erased()` applies the cell's eraser to `pipe`; `model` (a ModelSpec) says how the model samples."""
+    generation = Generation(model.num_inference_steps, model.guidance_scale, model.resolution)
+    for target in attacked_targets(app, targets):
+        for name in attacks:
+            attack = ATTACKS.get(name)
+            settings = attack.settings(app.attacks.get(name))
+            path = prompts_file(cell_dir, name, target)
+            if _stored(path, asdict(settings)) is None:
+                log.info("attack %s on %s: %s", name, cell_dir.name, target)
+                prompts = attack.find(pipe, erased, target, generation, settings)
+                record = {"attack": name, "target": target, "adaptive": attack.adaptive,
+                          "settings": asdict(settings), "prompts": prompts}  # fmt: skip
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_text_atomic(path, json.dumps(record, indent=1))
+    return rows(app, cell_dir, targets, attacks)
+
+
+def rows(app, cell_dir: Path, targets: tuple[str, ...], attacks: list[str]) -> list[PromptRow]:
+    """The attack rows stored in a cell's folder for `targets` (all of the application's for the original):
+    each found prompt with each of the application's seeds; the judge looks for the target."""
+    found = []
+    for target in attacked_targets(app, targets):
+        for name in attacks:
+            stored = _stored(prompts_file(cell_dir, name, target))
+            for prompt in stored["prompts"] if stored else []:
+                for seed in app.seeds:
+                    digest = hashlib.sha1(f"{name}|{target}|{prompt}|{seed}".encode()).hexdigest()[:10]
+                    found.append(PromptRow(f"{attack_set(name)}-{digest}", attack_set(name), target, prompt, seed))
+    return found
+
+
+def stored_attacks(cell_dir: Path) -> list[str]:
+    """The attacks whose prompts a cell's folder holds."""
+    return sorted({json.loads(p.read_text()).get("attack", "") for p in (cell_dir / "attacks").glob("*.json")} - {""})
+
+
+def _stored(path: Path, settings: dict | None = None) -> dict | None:
+    """The stored record (made with `settings`, where given), or None: absent, torn, or made with others."""
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("prompts"), list):
+        return None
+    if settings is not None and record.get("settings") != json.loads(json.dumps(settings)):
+        return None
+    return record
+
+
+def settings_of(app, attacks) -> dict[str, dict]:
+    """Each attack's settings as the run used them (recorded in the cell's result), and whether it was adaptive."""
+    chosen = {}
+    for name in attacks:
+        attack = ATTACKS.get(name)
+        chosen[name] = {
+            **json.loads(json.dumps(asdict(attack.settings(app.attacks.get(name))))),
+            "adaptive": attack.adaptive,
+        }
+    return chosen
