@@ -176,3 +176,26 @@ def test_bad_selections_are_one_line_errors(args, message):
     assert result.exit_code == 2, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert result.output.strip() == f"error: {message}"
+
+
+def test_under_a_launcher_the_first_process_prints_the_plan_for_all(stand_ins, monkeypatch):
+    args = [
+        "paper",
+        "--world",
+        "real",
+        "--models",
+        "tiny-real",
+        "--erasers",
+        "spm",
+        "--limit",
+        1,
+        "--dry-run",
+        *stand_ins,
+    ]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    first = invoke(*args)
+    assert first.exit_code == 0 and "2 processes share the images and fits" in first.output, first.output
+    monkeypatch.setenv("RANK", "1")
+    other = invoke(*args)
+    assert other.exit_code == 0 and "total:" not in other.output and "total:" in first.output
