@@ -4,7 +4,10 @@
   on the others (erosion) higher.
 - Alteration of non-target generations against the original model's, same prompt and seed:
   paired feature distance and FID, both on image features (the judge's, or the run's declared
-  feature source when the judge has none).
+  feature source when the judge has none). On real models with the vision extra installed
+  (torchvision and torch-fidelity), the features are the FID-standard Inception-v3's (torchmetrics)
+  and LPIPS (torchmetrics) is measured beside them; without it, CLIP image features stand in and
+  the table says so (`implementation_note`).
 - Fitting cost: time and peak memory (reported, not ranked).
 
 torch is imported where used, so that reading the metadata (the CLI, reports) stays light.
@@ -12,8 +15,12 @@ torch is imported where used, so that reading the metadata (the CLI, reports) st
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
+from collections.abc import Iterable
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -51,12 +58,27 @@ FID = MetricInfo("FID", higher_is_better=False)
 FIT_SECONDS = MetricInfo("fit", "s")
 FIT_MEMORY = MetricInfo("fit mem.", "MiB")
 
+LPIPS = MetricInfo("LPIPS", higher_is_better=False)
+
 # The keys under which a result stores its alteration measures, with what they are.
 ALTERATION: dict[str, MetricInfo] = {"paired_feature_distance": PAIRED_DISTANCE, "fid_judge_features": FID}
+# Measured only where the vision extra is installed: a table shows their columns only where some
+# result has them, so that the tables made without it keep theirs.
+OPTIONAL_ALTERATION: dict[str, MetricInfo] = {"lpips": LPIPS}
+
+# The vision extra: import name -> distribution name. torchmetrics' Inception-v3 is torch-fidelity's
+# port of the TensorFlow FID network; its LPIPS runs torchvision's AlexNet.
+VISION_PACKAGES = {"torchvision": "torchvision", "torch_fidelity": "torch-fidelity"}
+# "off": the CLIP-feature fallback even where the extra is installed (e.g. offline: its weights are
+# downloaded on first use); "on": the extra is required; unset: used wherever installed.
+VISION_SWITCH = "SPMBENCH_VISION"
+INSTALL_VISION = "pip install 'spm-erasing[vision]' (with the torchvision build matching your torch)"
+LPIPS_NET = "alex"  # LPIPS' own default and the published artist-erasing evaluations'
 
 # A cell's per-image alteration features (its own and the original's, row-aligned): what the
 # report's bootstrap intervals of the paired distance and FID resample.
 ALTERATION_FEATURES_FILE = "alteration_features.safetensors"
+PER_IMAGE_FILE = "alteration_per_image.safetensors"  # per-image LPIPS, where measured, row-aligned with them
 
 
 def rate_info(prompt_set: str, erasure_sets: tuple[str, ...]) -> MetricInfo:
@@ -147,3 +169,115 @@ def load_alteration_features(path: Path) -> tuple[list[str], torch.Tensor, torch
     if not isinstance(ids, list) or not len(ids) == len(erased) == len(original):
         return None
     return ids, erased, original
+
+
+def save_per_image(path: Path, measures: dict[str, torch.Tensor]) -> None:
+    """Per-image alteration measures (LPIPS), row-aligned with the cell's alteration features: what
+    the report's intervals of their means resample. Nothing is written where there are none."""
+    from spm.files import save_safetensors_atomic
+
+    if measures:
+        save_safetensors_atomic({k: v.contiguous() for k, v in measures.items()}, path, {})
+
+
+def load_per_image(path: Path) -> dict[str, torch.Tensor]:
+    """The per-image measures saved beside a cell's features (none where the file is missing or unreadable)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (OSError, SafetensorError):
+        return {}
+
+
+# ---- the vision extra ----------------------------------------------------------------------------
+
+
+def vision_missing() -> list[str]:
+    """The vision extra's distributions not installed here (checked without importing them)."""
+    return [dist for module, dist in VISION_PACKAGES.items() if importlib.util.find_spec(module) is None]
+
+
+def use_vision() -> bool:
+    """Whether real-model alteration is measured by the vision extra (Inception-v3 features, LPIPS).
+
+    Raises:
+        ImportError: SPMBENCH_VISION=on and the extra is not installed (in one line, with the fix).
+        ValueError: SPMBENCH_VISION is neither on, off nor unset.
+    """
+    switch = os.environ.get(VISION_SWITCH, "").strip().lower()
+    if switch not in ("", "on", "off"):
+        raise ValueError(f"{VISION_SWITCH} must be 'on', 'off' or unset, not {switch!r}")
+    if switch == "off":
+        return False
+    if switch == "on":
+        require_vision(f"{VISION_SWITCH}=on")
+    return not vision_missing()
+
+
+def require_vision(what: str) -> None:
+    """Raise ImportError in one line where the vision extra `what` needs is not installed."""
+    missing = vision_missing()
+    if missing:
+        raise ImportError(f"{what} needs the vision extra ({', '.join(missing)} not installed): {INSTALL_VISION}")
+
+
+def package_version(name: str) -> str:
+    """The installed version of a distribution, or 'not installed'."""
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def inception_identity() -> str:
+    """What the Inception-v3 features and LPIPS are, with the versions that make them (stored with each result)."""
+    versions = ", ".join(f"{d} {package_version(d)}" for d in ("torchmetrics", *VISION_PACKAGES.values()))
+    return f"inception-v3-compat 2048-D pool features, LPIPS {LPIPS_NET} ({versions})"
+
+
+def lpips_distances(erased: torch.Tensor, original: torch.Tensor, device: str = "cpu") -> torch.Tensor:
+    """Per-image LPIPS (N,) of row-aligned (N, 3, H, W) images in [0, 1]: torchmetrics'
+    LearnedPerceptualImagePatchSimilarity (AlexNet, reduction none)."""
+    require_vision("LPIPS")
+    import torch
+    from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+
+    if erased.shape != original.shape:
+        raise ValueError(f"LPIPS takes row-aligned images, got {tuple(erased.shape)} and {tuple(original.shape)}")
+    metric = LearnedPerceptualImagePatchSimilarity(net_type=LPIPS_NET, reduction="none", normalize=True).to(device)
+    with torch.no_grad():
+        metric.update(erased.float().to(device), original.float().to(device))
+        return metric.compute().reshape(-1).double().cpu()  # one image comes back 0-d
+
+
+def implementation_note(feature_sources: Iterable[str], packages: dict[str, str] | None = None) -> str:
+    """The caption's sentence naming each alteration measure's implementation and versions, from the
+    feature sources the results were measured on (`Result.alteration_features`) and the package
+    versions that made them (`Result.meta["packages"]`; the installed ones where not recorded)."""
+    packages = packages or {}
+
+    def named(dist: str) -> str:
+        return f"{dist} {packages.get(dist) or package_version(dist)}"
+
+    ours = (
+        "spmbench.metrics.frechet_distance (float64, exact where images are fewer than dimensions; equal to "
+        f"torchmetrics {package_version('torchmetrics')} FrechetInceptionDistance on the same features, tested)"
+    )
+    parts = []
+    for source in sorted(set(feature_sources)):
+        if source.startswith("inception-v3"):
+            parts.append(
+                f"FID, paired dist. and LPIPS (torchmetrics' LearnedPerceptualImagePatchSimilarity) from {source}; "
+                f"FID computed by {ours}"
+            )
+        elif source.startswith("clip "):
+            parts.append(
+                f"FID and paired dist. on {source.split(',')[0]} image features ({named('transformers')}; fallback: "
+                f"the vision extra is not installed or {VISION_SWITCH}=off, so no Inception FID and no LPIPS), "
+                f"FID computed by {ours}"
+            )
+        else:
+            parts.append(f"FID and paired dist. on {source}'s image features, FID computed by {ours}")
+    return "alteration measures: " + "; ".join(parts) if parts else ""

@@ -23,7 +23,15 @@ from spm.files import save_image_atomic, write_text_atomic
 from spmbench import stats
 from spmbench.apps import ERASURE_SETS, Application
 from spmbench.erasers.base import fit_seed_of
-from spmbench.metrics import ALTERATION, ALTERATION_FEATURES_FILE, FIT_MEMORY, FIT_SECONDS, rate_info
+from spmbench.metrics import (
+    ALTERATION,
+    ALTERATION_FEATURES_FILE,
+    FIT_MEMORY,
+    FIT_SECONDS,
+    OPTIONAL_ALTERATION,
+    PER_IMAGE_FILE,
+    rate_info,
+)
 from spmbench.result import SCHEMA, Result, cell_key
 
 
@@ -117,7 +125,7 @@ def frame(stored: list[Result], run_dir: Path | None = None, app: Application | 
             rows[-1].update(original_lo=before.lo, original_hi=before.hi)
         features = _alteration(run_dir, r, prompts)
         for key, value in (r.alteration or {}).items():
-            info = ALTERATION.get(key)
+            info = ALTERATION.get(key) or OPTIONAL_ALTERATION.get(key)
             interval = features.get(key) or _none(value)
             rows.append(_row(r, cell, key, value, interval, info.higher_is_better if info else None, ""))
         for key, info in FIT_COSTS.items():
@@ -139,6 +147,9 @@ def frame(stored: list[Result], run_dir: Path | None = None, app: Application | 
     _add_comparisons(table, samples)
     _add_fit_spread(table)
     table.attrs["settings"] = stored[0].settings if stored else {}
+    # what the alteration was measured on, and by which packages: the caption names them
+    table.attrs["feature_sources"] = sorted({r.alteration_features for r in erased if r.alteration_features})
+    table.attrs["packages"] = next((r.meta["packages"] for r in erased if r.meta.get("packages")), {})
     return table
 
 
@@ -256,7 +267,7 @@ def _rate_interval(sample: _Sample | None, stored: float | None, r: Result, prom
 
 def _alteration(run_dir: Path | None, r: Result, prompts: dict | None) -> dict[str, stats.Interval]:
     """Bootstrap intervals of the paired distance and FID from the cell's stored features, if any."""
-    from spmbench.metrics import frechet_distance, load_alteration_features, paired_distance
+    from spmbench.metrics import frechet_distance, load_alteration_features, load_per_image, paired_distance
 
     if run_dir is None or prompts is None or not r.alteration:
         return {}
@@ -277,6 +288,10 @@ def _alteration(run_dir: Path | None, r: Result, prompts: dict | None) -> dict[s
     scale = float(erased.double().var(0).sum() + original.double().var(0).sum()) if len(ids) >= 2 else 0.0
     if len(ids) >= 2 and _reproduces(r, "fid_judge_features", frechet_distance(erased, original), 1e-6 * scale):
         out["fid_judge_features"] = stats.fid_interval(erased, original, clusters)
+    per_image = load_per_image(run_dir / "cells" / cell_key(r.model, r.eraser, r.targets) / PER_IMAGE_FILE)
+    for key, values in per_image.items():  # LPIPS where the vision extra measured it: a mean over pairs
+        if len(values) == len(ids) and _reproduces(r, key, float(values.mean()), 0.0):
+            out[key] = stats.mean_interval(values.double().numpy(), clusters)
     return out
 
 
@@ -358,21 +373,23 @@ def table_rows(data) -> tuple[list[str], list[list[str]]]:
     table = _primary(_as_frame(data))
     sets = _rate_sets(table)
     spms = spm_variants(table["eraser"])
-    shared_n = {m: _column_n(table, m) for m in [*sets, *ALTERATION]}
+    measured = set(table["measure"])  # the vision extra's measures are columns only where some result has them
+    alteration = {**ALTERATION, **{k: info for k, info in OPTIONAL_ALTERATION.items() if k in measured}}
+    shared_n = {m: _column_n(table, m) for m in [*sets, *alteration]}
 
     def title(measure: str, base: str) -> str:
         return base + (f" (n={shared_n[measure]})" if shared_n[measure] is not None else "")
 
     header = ["model", "erased", "eraser", "fitted on"]
     header += [title(s, f"{s} {rate_info(s, _lower_is_better(s)).arrow}") for s in sets]
-    header += [title(key, ALTERATION[key].header) for key in ALTERATION] + [FIT_SECONDS.header, FIT_MEMORY.header]
+    header += [title(key, info.header) for key, info in alteration.items()] + [FIT_SECONDS.header, FIT_MEMORY.header]
     cells = list(table.groupby(["model", "targets", "eraser", "fitted_on"], sort=False))
     cells.sort(key=lambda item: (item[0][0], len(item[0][1].split("+")), item[0][2]))  # stable: run order within
     rows = []
     for key, cell in cells:
         by_measure = {row.measure: row for row in cell.itertuples()}
         line = [_rate_cell(by_measure.get(s), spms, shared_n[s] is None) for s in sets]
-        line += [_alteration_cell(by_measure.get(k), shared_n[k] is None) for k in ALTERATION]
+        line += [_alteration_cell(by_measure.get(k), shared_n[k] is None) for k in alteration]
         line += [
             _fit_cell(by_measure.get("fit_seconds"), "{:.0f}"),
             _fit_cell(by_measure.get("fit_peak_mib"), "{:.0f}"),
@@ -441,6 +458,7 @@ def caption(app: Application, data) -> str:
         + ("; fitting settings chosen on the dev split (tuning.md beside this table)" if app.tuned else "")
         + (f"; trained erasers fitted with seeds {list(app.fit_seeds)}: the rate of the first fit, then the number "
            "of fits, their mean and range" if len(app.fit_seeds) > 1 else "")
+        + _implementations(app, table)
         + _attacks_note(settings.get("attacks", {}))
     )  # fmt: skip
 
@@ -459,6 +477,17 @@ def _attacks_note(attacks: dict[str, dict]) -> str:
         "against each model (one per restart, each with every seed; the original's in brackets), lower is better; "
         f"adaptive attacks also optimise against the defence (SPM's Facilitated Transport); budgets: {budgets}"
     )
+
+
+def _implementations(app: Application, table: pd.DataFrame) -> str:
+    """'; alteration measures: ...' naming each one's implementation and versions, on real models
+    (the toy world's tables say 'on judge features', as they always have)."""
+    from spmbench.metrics import implementation_note
+
+    if app.world == "toy":
+        return ""
+    note = implementation_note(table.attrs.get("feature_sources", []), table.attrs.get("packages"))
+    return f"; {note}" if note else ""
 
 
 def markdown(app: Application, data) -> str:

@@ -33,7 +33,14 @@ from spmbench.erasers import ERASERS
 from spmbench.erasers.base import Tuned, seeded, trains
 from spmbench.judges.base import Judge
 from spmbench.locks import holding
-from spmbench.metrics import ALTERATION_FEATURES_FILE, frechet_distance, paired_distance, save_alteration_features
+from spmbench.metrics import (
+    ALTERATION_FEATURES_FILE,
+    PER_IMAGE_FILE,
+    frechet_distance,
+    paired_distance,
+    save_alteration_features,
+    save_per_image,
+)
 from spmbench.models import ModelSpec
 from spmbench.registry import slug
 from spmbench.result import Result, cell_key, run_meta
@@ -308,11 +315,16 @@ def measure_alteration(features: Callable[[], Judge], rows: list[PromptRow], cel
     kept = [r for r in rows if r.set not in ERASURE_SETS]
     if not kept:
         return None
-    erased = features().features(load_images([cell.image(r) for r in kept]))
-    original = features().features(load_images([cell.original.image(r) for r in kept]))
+    source = features()
+    erased_images = load_images([cell.image(r) for r in kept])
+    original_images = load_images([cell.original.image(r) for r in kept])
+    erased, original = source.features(erased_images), source.features(original_images)
     out = {"paired_feature_distance": paired_distance(erased, original)}
     ids = [r.prompt_id for r in kept]  # kept for the report's bootstrap intervals
     save_alteration_features(cell.dir / ALTERATION_FEATURES_FILE, ids, erased, original)
+    per_image = source.paired(erased_images, original_images) if hasattr(source, "paired") else {}  # LPIPS
+    out.update({key: float(values.mean()) for key, values in per_image.items()})
+    save_per_image(cell.dir / PER_IMAGE_FILE, per_image)
     if len(kept) >= 2:
         out["fid_judge_features"] = frechet_distance(erased, original)
     return out

@@ -31,6 +31,10 @@ JUDGES.add("imagenet", "spmbench.judges.imagenet:ImageNetJudge")
 # Per world, the judge whose image features measure alteration when the application's judge has
 # none (NudeNet only detects): CLIP image features on real models, the toy judge's on the toy world.
 ALTERATION_FEATURES = {"toy": "toy", "real": "clip"}
+# On real models with the vision extra (metrics.use_vision), every application's alteration is
+# measured on the FID-standard Inception-v3 and LPIPS instead, whatever its judge (a feature
+# source, not a judge: spmbench.judges.inception).
+VISION_FEATURES = "inception"
 
 _NOT_SETTINGS = ("self", "device")
 
@@ -95,8 +99,13 @@ def alteration_features(
     judge: Judge, world: str, settings: Mapping[str, Mapping[str, Any]] | None = None, device: str = "cpu"
 ) -> Callable[[], Judge]:
     """The judge whose `features` measure alteration: `judge` itself if it has features, else the
-    world's declared source (ALTERATION_FEATURES), built with its settings from `settings` (by judge
-    name) on first use only: an application without non-target prompts never loads it."""
+    world's declared source (ALTERATION_FEATURES; on real models with the vision extra, Inception-v3
+    whatever the judge), built with its settings from `settings` (by judge name) on first use only:
+    an application without non-target prompts never loads it."""
+    if world == "real" and _use_vision():
+        from spmbench.judges.inception import InceptionFeatures
+
+        return functools.cache(lambda: InceptionFeatures(device))
     if judge.has_features:
         return lambda: judge
     source = feature_source_name(judge, world)
@@ -107,4 +116,10 @@ def feature_source_name(judge: Judge, world: str) -> str:
     """The registry name of the judge giving alteration features when `judge` has none."""
     if world not in ALTERATION_FEATURES:
         raise ValueError(f"no alteration feature source is declared for world {world!r} (ALTERATION_FEATURES)")
-    return ALTERATION_FEATURES[world]
+    return VISION_FEATURES if world == "real" and _use_vision() else ALTERATION_FEATURES[world]
+
+
+def _use_vision() -> bool:
+    from spmbench.metrics import use_vision
+
+    return use_vision()

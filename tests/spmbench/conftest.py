@@ -27,6 +27,13 @@ SMOKE_ARGS = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def clip_feature_fallback(monkeypatch):
+    """Real-model alteration on the CLIP-feature fallback wherever the suite runs: the vision extra's
+    Inception-v3 and LPIPS weights are downloaded on first use (its own tests ask for it)."""
+    monkeypatch.setenv("SPMBENCH_VISION", "off")
+
+
 @pytest.fixture(scope="session")
 def smoke_world(tmp_path_factory):
     """The whole toy world trained for a couple of steps: real files, real code paths, no quality."""

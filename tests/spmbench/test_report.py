@@ -223,6 +223,57 @@ def test_report_on_a_full_disk_is_one_line(tmp_path, disk_full_for):
     assert len(out.output.strip().splitlines()) == 1  # no traceback
 
 
+def test_the_caption_names_each_alteration_measures_implementation(tmp_path, monkeypatch):
+    """Real models: the caption names what FID, paired distance and LPIPS were computed by (the CLIP
+    fallback said as such, versions from the results); LPIPS is a column, with its interval from the
+    stored per-image values, only where measured; the toy world's caption and columns are as before."""
+    from importlib.metadata import version
+
+    from spmbench.apps import load_apps
+    from spmbench.metrics import PER_IMAGE_FILE, save_per_image
+    from spmbench.report import caption
+    from spmbench.result import cell_key
+
+    verdicts = {"none": {"target": [True] * 10, "near": [True] * 10}, "spm": {"target": [False] * 10, "near": [True] * 10}}  # fmt: skip
+    original = torch.randn(10, 3, generator=torch.Generator().manual_seed(0))
+    run_dir, toy_app = write_run(tmp_path, monkeypatch, verdicts, features={"spm": (original + 1, original)})
+    toy_table = spmbench.results(run_dir)
+    assert "alteration measures" not in caption(toy_app, toy_table) and "LPIPS" not in markdown(toy_app, toy_table)
+    assert "on judge features" in caption(toy_app, toy_table)
+
+    (tmp_path / "apps" / "mini.yaml").write_text(
+        MINI.format(templates=TEMPLATES, seeds=[0]).replace("world: toy\njudge: toy", "world: real\njudge: clip")
+    )
+    real_app = load_apps().get("mini")
+    spm_cell = run_dir / "cells" / cell_key("toy-base", "spm", ("Barkley",))
+    stored = Result.load(spm_cell / "result.json")
+    clip = "clip openai/clip-vit-base-patch32, template 'a photo of {}'"
+    meta = {"packages": {"transformers": "4.99.1"}}
+    with_meta = {**stored.__dict__, "alteration_features": clip, "meta": meta}
+    Result(**with_meta).save(spm_cell / "result.json")
+    text = caption(real_app, spmbench.results(run_dir))
+    assert (
+        "FID and paired dist. on clip openai/clip-vit-base-patch32 image features (transformers 4.99.1; fallback"
+        in text
+    )
+    assert f"equal to torchmetrics {version('torchmetrics')} FrechetInceptionDistance on the same features" in text
+    assert "no Inception FID and no LPIPS" in text
+
+    inception = "inception-v3-compat 2048-D pool features, LPIPS alex (torchmetrics 1.9.0, torchvision 0.24.0, torch-fidelity 0.3.0)"  # fmt: skip
+    lpips = torch.linspace(0.1, 0.3, 10, dtype=torch.float64)
+    save_per_image(spm_cell / PER_IMAGE_FILE, {"lpips": lpips})
+    alteration = {**stored.alteration, "lpips": float(lpips.mean())}
+    Result(**{**with_meta, "alteration_features": inception, "alteration": alteration}).save(spm_cell / "result.json")
+    table = spmbench.results(run_dir)
+    text = caption(real_app, table)
+    assert f"LearnedPerceptualImagePatchSimilarity) from {inception}" in text and "fallback" not in text
+    row = table[table.measure == "lpips"].iloc[0]
+    assert (row.value, row.n, row.interval) == (pytest.approx(0.2), 10, stats.CLUSTER_BOOTSTRAP)
+    assert 0.1 < row.lo < 0.2 < row.hi < 0.3
+    header, rows = table_rows(table)
+    assert header[-3:] == ["LPIPS ↓ (n=10)", "fit (s)", "fit mem. (MiB)"] and rows[0][-3].startswith("0.200 [")
+
+
 def test_rates_against_the_number_of_targets_are_plotted_per_set_and_eraser():
     from spmbench.report import scaling_svg
 
