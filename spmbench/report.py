@@ -507,7 +507,8 @@ def markdown(app: Application, data) -> str:
 def _csv_value(measure_unit: str, value) -> str:
     if not _has(value):
         return ""
-    return f"{value:.4f}" if measure_unit != "cost" else str(value)
+    # + 0.0: a rounding error below zero (FID of two identical sets) is written 0.0000, as the tables show it
+    return f"{round(value, 4) + 0.0:.4f}" if measure_unit != "cost" else str(value)
 
 
 def csv_text(data) -> str:
