@@ -142,3 +142,54 @@ def test_settings_errors_are_one_line(name, given, says):
 def test_an_unknown_attack_is_named_with_the_known_ones():
     with pytest.raises(KeyError, match="did you mean 'uda'"):
         ATTACKS.get("udaa")
+
+
+ATTACKED_APP = """
+name: toy-attacked
+version: 1
+world: toy
+judge: toy
+erase:
+  - [Barkley]
+prompts:
+  target: {concepts: "{targets}", templates: ["{}"]}
+  near: {concepts: [Rufus], templates: ["{}"]}
+seeds: [0, 1]
+attacks:
+  rab: {steps: 2, restarts: 2, population: 8, elite: 2}
+"""
+
+
+def test_run_with_an_attack_adds_its_success_rate_and_nothing_without(tmp_path, monkeypatch):
+    """`spmbench run --attack rab`: the attack's prompts are found once per cell and kept in its folder, generated
+    and judged with the application's seeds; the table gains the attack's column with intervals and the original's
+    rate. A run without --attack gives the table it gave before, byte for byte."""
+    from typer.testing import CliRunner
+
+    from spmbench.cli import app
+
+    apps = tmp_path / "apps"
+    apps.mkdir()
+    (apps / "toy-attacked.yaml").write_text(ATTACKED_APP)
+    monkeypatch.setenv("SPMBENCH_APPS", str(apps))
+    runs, reports = tmp_path / "runs", tmp_path / "reports"
+    table = reports / "toy-attacked" / "toy-attacked.md"
+
+    def run(*extra: str) -> str:
+        args = ["run", "--app", "toy-attacked", "--models", "toy-base", "--erasers", "none,negprompt"]
+        result = CliRunner().invoke(app, [*args, "--out", str(runs), "--reports", str(reports), *extra])
+        assert result.exit_code == 0, result.output
+        return table.read_text()
+
+    plain = run()
+    attacked = run("--attack", "rab")
+    found = runs / "toy-attacked" / "cells" / "toy-base" / "negprompt" / "barkley" / "attacks" / "rab-barkley.json"
+    made = found.stat().st_mtime_ns
+    assert "attack-rab ↓" in attacked and "attack-rab" not in plain
+    assert "rab: 2 steps, 8 tokens, 2 restarts, seed 0" in attacked
+    line = next(row for row in attacked.splitlines() if "negprompt" in row)
+    header = next(row for row in attacked.splitlines() if "attack-rab" in row)
+    rab = line.split("|")[header.split("|").index(next(h for h in header.split("|") if "attack-rab" in h))]
+    assert "%" in rab and "[-]" not in rab and "(" in rab, line  # a rate, its interval, the original's
+    assert run("--attack", "rab") == attacked and found.stat().st_mtime_ns == made  # the prompts were reused
+    assert run() == plain
