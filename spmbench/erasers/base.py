@@ -112,8 +112,9 @@ class Eraser(ABC):
         return type(self).fit_one is not Eraser.fit_one
 
     def settings(self, given: dict | None = None) -> Any:
-        """The defaults overridden by `given` (a spec's `eraser_settings`), checked."""
-        return build_settings(self.Settings, given, self.name)
+        """The defaults overridden by `given` (a spec's `eraser_settings`), then by the eraser's own
+        `overrides` (an ablation's, a grid point's: they hold however the eraser is called), checked."""
+        return build_settings(self.Settings, {**(given or {}), **self.overrides} or None, self.name)
 
     def check_settings(self, given: dict | None) -> None:
         """Raise ValueError (one line) if a run would refuse these settings; fits nothing."""

@@ -25,7 +25,7 @@ def gen(generate, prompt):
 @pytest.mark.parametrize("name", ERASERS.names())
 def test_contract(name, pipe, tmp_path):
     eraser = ERASERS.get(name)
-    fast = FAST.get(eraser.fit_key)
+    fast = FAST.get(eraser.settings_key)
     artifacts = eraser.fit(pipe, ("snoopy",), tmp_path, 16, fast)
     assert eraser.fit(pipe, ("snoopy",), tmp_path, 16, fast) == artifacts  # idempotent
     assert all(p.exists() for p in artifacts)
@@ -44,7 +44,7 @@ def test_contract(name, pipe, tmp_path):
 @pytest.mark.parametrize("name", ERASERS.names())
 def test_every_setting_is_checked_and_none_is_ignored(name, tmp_path):
     eraser = ERASERS.get(name)
-    eraser.check_settings(FAST.get(eraser.fit_key))  # its own valid settings pass
+    eraser.check_settings(FAST.get(eraser.settings_key))  # its own valid settings pass
     with pytest.raises(ValueError, match=f"eraser '{name}'(: unknown field| takes no settings).*'iteratons'"):
         eraser.check_settings({"iteratons": 3})
     with pytest.raises(ValueError, match="unknown field|takes no settings"):
