@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from tests.tiny import save_tiny_pipeline
+from tests.tiny import save_tiny_pipeline, save_tiny_sd3_pipeline, save_tiny_sdxl_pipeline
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -25,6 +25,18 @@ def tiny_dir(tmp_path_factory):
 def tiny_sibling_dir(tmp_path_factory):
     """Same architecture, other weights: a 'fine-tune' of the tiny model, for transfer tests."""
     return save_tiny_pipeline(tmp_path_factory.mktemp("tiny-sd-ft"), seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory):
+    """A tiny SDXL pipeline (tests.tiny) in the diffusers layout."""
+    return save_tiny_sdxl_pipeline(tmp_path_factory.mktemp("tiny-sdxl"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3_dir(tmp_path_factory):
+    """A tiny SD3 pipeline (tests.tiny) in the diffusers layout."""
+    return save_tiny_sd3_pipeline(tmp_path_factory.mktemp("tiny-sd3"))
 
 
 @pytest.fixture()

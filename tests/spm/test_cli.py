@@ -366,3 +366,31 @@ def test_inspect_reads_the_family_off_diffusers_module_names(config, family, lay
     assert f"family:     {family}\n" in info.output and "lora_unet_down_blocks" not in info.output
     if layers is not None:
         assert f"layers:     {layers}\n" in info.output and f"parameters: {parameters}\n" in info.output
+
+
+@pytest.mark.parametrize(
+    ("model_dir", "layers", "family"),
+    [("tiny_sdxl_dir", "192 layers, 9,680 parameters", "sdxl"), ("tiny_sd3_dir", "20 layers, 464 parameters", "sd3")],
+)
+def test_the_command_line_trains_and_generates_on_each_family(model_dir, layers, family, request, tmp_path):
+    model, out = request.getfixturevalue(model_dir), tmp_path / "snoopy.safetensors"
+    train = ["train", "--model", model, "--target", "snoopy", "--iterations", 1, "--rollout-steps", 2, "--out", out]
+    result = CliRunner().invoke(app, [str(a) for a in train])
+    assert result.exit_code == 0, result.output
+    assert layers in result.output and spm.SPM.load(out).family == family
+    generate = [
+        "generate",
+        "--model",
+        model,
+        "--spm",
+        out,
+        "--prompt",
+        "snoopy",
+        "--steps",
+        2,
+        "--out",
+        tmp_path / "i",
+    ]
+    result = CliRunner().invoke(app, [str(a) for a in generate])
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "i").glob("*.png"))) == 1

@@ -10,20 +10,15 @@ import spm
 from spm.adapter import layer_names
 from spm.cli import app
 from spm.layers import MembraneLayer
-from tests.tiny import random_spm, save_tiny_sdxl_pipeline
+from tests.tiny import random_spm
 
 
 KW = dict(num_inference_steps=2, output_type="np", guidance_scale=5.0)
 
 
-@pytest.fixture(scope="module")
-def xl_dir(tmp_path_factory):
-    return save_tiny_sdxl_pipeline(tmp_path_factory.mktemp("tiny-sdxl"))
-
-
 @pytest.fixture()
-def xl(xl_dir):
-    return spm.load_pipeline(str(xl_dir))
+def xl(tiny_sdxl_dir):
+    return spm.load_pipeline(str(tiny_sdxl_dir))
 
 
 def images(fn, prompt, seed=0):
@@ -100,7 +95,7 @@ def test_layers_are_named_as_kohya_sdxl_loras_and_cover_sdxl_base():
     )
 
 
-def test_train_save_load_in_diffusers_attach_with_ft_and_generate(xl, xl_dir, tmp_path):
+def test_train_save_load_in_diffusers_attach_with_ft_and_generate(xl, tiny_sdxl_dir, tmp_path):
     pytest.importorskip("peft", reason="diffusers' LoRA loader needs the dev extra's peft")
     config = spm.TrainConfig(iterations=2, warmup_steps=0, lr=0.05, rollout_steps=3, anchor_weight=1.0)
     trained = spm.train(xl, ["snoopy"], config=config, progress=False)
@@ -114,7 +109,7 @@ def test_train_save_load_in_diffusers_attach_with_ft_and_generate(xl, xl_dir, tm
     fixed = spm.attach(xl, loaded, transport=False)
     ours = images(fixed, "snoopy")
     fixed.detach()
-    plain = spm.load_pipeline(str(xl_dir))
+    plain = spm.load_pipeline(str(tiny_sdxl_dir))
     plain.load_lora_weights(str(path))
     assert abs(ours - untouched).max() > 1e-4  # the trained SPM does something
     assert abs(ours - images(plain, "snoopy")).max() < 1e-5
@@ -215,27 +210,3 @@ def test_inspect_reports_family_layers_and_parameters(xl, pipe, tmp_path):
         assert result.exit_code == 0, result.output
         assert f"family:     {family}\n" in result.output and f"layers:     {layers}\n" in result.output
         assert f"parameters: {parameters}\n" in result.output
-
-
-def test_the_command_line_trains_and_generates_on_sdxl(xl_dir, tmp_path):
-    out = tmp_path / "snoopy.safetensors"
-    train = ["train", "--model", xl_dir, "--target", "snoopy", "--iterations", 1, "--rollout-steps", 2, "--out", out]
-    result = CliRunner().invoke(app, [str(a) for a in train])
-    assert result.exit_code == 0, result.output
-    assert "192 layers, 9,680 parameters" in result.output and spm.SPM.load(out).family == "sdxl"
-    generate = [
-        "generate",
-        "--model",
-        xl_dir,
-        "--spm",
-        out,
-        "--prompt",
-        "snoopy",
-        "--steps",
-        2,
-        "--out",
-        tmp_path / "img",
-    ]
-    result = CliRunner().invoke(app, [str(a) for a in generate])
-    assert result.exit_code == 0, result.output
-    assert len(list((tmp_path / "img").glob("*.png"))) == 1

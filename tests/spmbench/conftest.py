@@ -4,7 +4,6 @@ import pytest
 import yaml
 
 from spmbench.toy.cli import main as train_main
-from tests.tiny import save_tiny_sdxl_pipeline
 
 
 SMOKE_ARGS = [
@@ -70,12 +69,6 @@ def toy_weights(smoke_world, monkeypatch, tmp_path):
         (specs / path.name).write_text(yaml.safe_dump(data))
     monkeypatch.setattr(spmbench.models, "MODELS", dataclasses.replace(spmbench.models.MODELS, shipped=specs))
     return root / "weights"
-
-
-@pytest.fixture(scope="session")
-def tiny_sdxl_dir(tmp_path_factory):
-    """A tiny SDXL pipeline (tests.tiny) in the diffusers layout."""
-    return save_tiny_sdxl_pipeline(tmp_path_factory.mktemp("tiny-sdxl"))
 
 
 @pytest.fixture()

@@ -11,7 +11,6 @@ from typer.testing import CliRunner
 import spm
 from spmbench.erasers import BUILTIN, ERASERS
 from spmbench.erasers.base import pipeline_family
-from tests.tiny import save_tiny_sd3_pipeline
 
 
 KW = dict(num_inference_steps=2, guidance_scale=5.0, output_type="np", height=16, width=16)
@@ -29,14 +28,9 @@ def xl(tiny_sdxl_dir):
     return spm.load_pipeline(str(tiny_sdxl_dir))
 
 
-@pytest.fixture(scope="module")
-def sd3_dir(tmp_path_factory):
-    return save_tiny_sd3_pipeline(tmp_path_factory.mktemp("tiny-sd3"))
-
-
 @pytest.fixture()
-def sd3(sd3_dir):
-    return spm.load_pipeline(str(sd3_dir))
+def sd3(tiny_sd3_dir):
+    return spm.load_pipeline(str(tiny_sd3_dir))
 
 
 def images(generate, seed=0, **kw):
