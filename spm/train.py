@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from spm.adapter import SPM
 from spm.checkpoint import Checkpoint, CheckpointError
-from spm.encoding import Conditioning, encode, is_sd3, unconditional
+from spm.encoding import Conditioning, encode, is_sd3, is_sdxl, unconditional
 from spm.membrane import attach
 from spm.models import denoiser, native_resolution
 
@@ -49,6 +49,13 @@ class TrainConfig:
             directions in embedding space lie far from every real prompt; on the toy world they left
             other characters' names unprotected.
         anchor_scale: rho range; anchors are rescaled to rho * ||c_tar||.
+        adversarial_every: ours, default 0 (off; the paper has none): every this many steps, a search of
+            `adversarial_steps` Adam steps (lr `adversarial_lr`) over `adversarial_tokens` free token
+            embeddings finds a prompt that makes the model with the membrane (as it is then) predict the
+            target's noise (the frozen model's, on the step's x_t), in the spirit of AdvUnlearn and Receler;
+            searches alternate between tokens before the target prompt and tokens alone. The two latest
+            prompts' states join the erasing loss at every step (same erasing target as c_tar's). One text
+            encoder's pipelines only (SD 1.x/2.x, the toy world).
         rollout_steps: T of the DDIM schedule the x_t rollout is drawn from.
         rollout_guidance: CFG scale of that rollout.
         resolutions: training sizes in pixels, one drawn per step. None: 256-448 for a 512-px model,
@@ -71,6 +78,10 @@ class TrainConfig:
     legacy_schedule: bool = False
     vocabulary_anchors: int = 0
     anchor_scale: tuple[float, float] = (0.8, 1.2)
+    adversarial_every: int = 0
+    adversarial_steps: int = 5
+    adversarial_tokens: int = 3
+    adversarial_lr: float = 0.1
     rollout_steps: int = 30
     rollout_guidance: float = 3.0
     resolutions: tuple[int, ...] | None = None
@@ -87,15 +98,18 @@ class TrainConfig:
                 raise ValueError(f"{name} must be true or false, not {getattr(self, name)!r}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be 'float32' or 'bfloat16', not {self.dtype!r}")
-        for name in ("lr", "weight_decay", "eta", "anchor_weight", "rollout_guidance", "alpha"):
+        for name in ("lr", "weight_decay", "eta", "anchor_weight", "rollout_guidance", "alpha", "adversarial_lr"):
             _check_number(name, getattr(self, name), integer=False)
         if self.lr <= 0:
             raise ValueError(f"lr must be greater than 0, not {self.lr}")
+        if self.adversarial_lr <= 0:
+            raise ValueError(f"adversarial_lr must be greater than 0, not {self.adversarial_lr}")
         if self.alpha <= 0:
             raise ValueError(f"alpha must be greater than 0, not {self.alpha} (the membrane's scale is alpha / rank)")
         least = {
             "iterations": 1, "rank": 1, "rollout_steps": 2, "num_anchors": 0, "vocabulary_anchors": 0,
             "warmup_steps": 0, "restarts": 0, "checkpoint_every": 0,
+            "adversarial_every": 0, "adversarial_steps": 1, "adversarial_tokens": 1,
             "weight_decay": 0, "eta": 0, "anchor_weight": 0,
         }  # fmt: skip
         for name, minimum in least.items():
@@ -201,7 +215,13 @@ def _run_settings(targets, surrogate, cfg: TrainConfig, pipe) -> dict:
     config = asdict(cfg)
     if not cfg.legacy_schedule:  # off, it changes nothing: checkpoints from before it existed stay resumable
         del config["legacy_schedule"]
+    if not cfg.adversarial_every:  # likewise
+        for name in ADVERSARIAL:
+            del config[name]
     return {"targets": targets, "surrogate": surrogate, "config": config, "model": _model_name(pipe)}
+
+
+ADVERSARIAL = ("adversarial_every", "adversarial_steps", "adversarial_tokens", "adversarial_lr")
 
 
 def _model_name(pipe) -> str:
@@ -297,6 +317,10 @@ def train(
     cfg = config
     if cfg.legacy_schedule and is_sd3(pipe):
         raise ValueError("legacy_schedule is the released code's DDIM trajectory: SD3 (flow matching) has none")
+    if cfg.adversarial_every and (is_sd3(pipe) or is_sdxl(pipe)):
+        raise ValueError(
+            "adversarial_every searches prompts in one text encoder's token embeddings: SD 1.x/2.x pipelines only"
+        )
     model.requires_grad_(False)
     for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
         if getattr(pipe, name, None) is not None:
@@ -346,6 +370,10 @@ def _optimise(
     resolutions = cfg.resolved_resolutions(pipe)
     ckpt = Checkpoint(checkpoint, _run_settings(targets, surrogate, cfg, pipe), cfg.checkpoint_every)
     state = {"params": params, "opt": opt, "sched": sched, "gen": gen}
+    # the latest adversarial prompts' states, one per layout (before the target, alone): checkpointed with the rest
+    adversarial = [torch.zeros(2, *c_targets.states.shape[1:], device=device)] if cfg.adversarial_every else []
+    if adversarial:
+        state["adversarial"] = adversarial
     start, _ = ckpt.resume(state)
     saved = start  # the step of the checkpoint on disk (0: none): a diverged run names it
     if start and not _finite(params):  # left by a diverged run (before these checks): it cannot be resumed
@@ -367,7 +395,8 @@ def _optimise(
     bar = tqdm(range(start, cfg.iterations), initial=start, total=cfg.iterations, disable=not progress, desc="SPM")
     for step in bar:
         # 2. A target, a size, and the rollout depth k ~ U{1..T-1}.
-        c_tar = c_targets[int(torch.randint(len(targets), (), generator=gen))][None]
+        drawn = int(torch.randint(len(targets), (), generator=gen))
+        c_tar = c_targets[drawn][None]
         height, width = _draw_size(resolutions, gen, pipe.vae_scale_factor)
         k = int(torch.randint(1, cfg.rollout_steps, (), generator=gen))
         x = torch.randn(1, model.config.in_channels, height, width, generator=gen).to(device) * ddim.init_noise_sigma
@@ -389,22 +418,37 @@ def _optimise(
         with torch.no_grad():
             frozen = unet(x, t, Conditioning.cat([c_neu, c_tar, anchors]), torch.zeros(1, 1))
         e_neu, e_tar, e_anchor = frozen[:1], frozen[1:2], frozen[2:]
-        pred = unet(x, t, Conditioning.cat([c_tar, anchors]), torch.ones(1, 1))
-        loss_erase = F.mse_loss(pred[:1], e_neu - cfg.eta * (e_tar - e_neu))
-        loss_anchor = F.mse_loss(pred[1:], e_anchor)
+        erased = e_neu - cfg.eta * (e_tar - e_neu)
+        if adversarial and step % cfg.adversarial_every == 0:  # a new search, in the layout it is the turn of
+            layout = (step // cfg.adversarial_every) % 2
+            text = targets[drawn] if layout == 0 else ""
+            with_membrane = lambda c, x=x, t=t: unet(x, t, c, torch.ones(1, 1))  # noqa: E731
+            adversarial[0][layout] = _adversarial_states(pipe, with_membrane, text, e_tar, cfg, gen)[0]
+        # the searches made so far (one at the first step, then both layouts' latest)
+        attacks = Conditioning(adversarial[0][: min(2, step // cfg.adversarial_every + 1)]) if adversarial else None
+        pred = unet(
+            x, t, Conditioning.cat([c_tar, anchors, *([attacks] if attacks is not None else [])]), torch.ones(1, 1)
+        )
+        loss_erase = F.mse_loss(pred[:1], erased)
+        loss_anchor = F.mse_loss(pred[1 : 1 + len(anchors)], e_anchor)
         loss = loss_erase + cfg.anchor_weight * loss_anchor
+        if attacks is not None:  # the adversarial prompts are erased towards c_tar's target: they make the concept
+            loss_adversarial = F.mse_loss(pred[1 + len(anchors) :], erased.expand(len(attacks), -1, -1, -1))
+            loss = loss + loss_adversarial
         opt.zero_grad(set_to_none=True)
         loss.backward()
         # The loss terms are read on the host every step anyway (the callback and the progress bar take
         # floats), so checking them costs no extra device sync; they are read before opt.step, so a
         # non-finite loss never reaches the factors, and no checkpoint is written after it.
         erase, anchor = loss_erase.item(), loss_anchor.item()
-        for value in (erase, anchor):
+        for value in (erase, anchor, loss.item()):
             if not math.isfinite(value):
                 raise NonFiniteLoss(_diverged(f"loss became {value}", step + 1, cfg, ckpt, saved))
         opt.step()
         sched.step()
         logs = {"erase": erase, "anchor": anchor, "lr": sched.get_last_lr()[0]}
+        if attacks is not None:
+            logs["adversarial"] = loss_adversarial.item()
         bar.set_postfix(erase=f"{logs['erase']:.4g}", anchor=f"{logs['anchor']:.3g}")
         if callback:
             callback(step, logs)
@@ -416,6 +460,48 @@ def _optimise(
     _check_factors(params, cfg.iterations, cfg, ckpt, saved)
     if saved < cfg.iterations:  # the factors, until the caller has saved the SPM: a full disk loses no training
         ckpt.save_finished(cfg.iterations, {"params": params, "gen": gen})
+
+
+def _adversarial_states(pipe, predict, text: str, goal: torch.Tensor, cfg: TrainConfig, gen) -> torch.Tensor:
+    """(1, L, D) states of a prompt of `adversarial_tokens` free token embeddings before the tokens of `text`
+    (the target prompt, or "": the free tokens alone), searched for `adversarial_steps` Adam steps so that `predict`
+    (the model with the membrane, on this step's x_t) gives `goal` (the frozen model's noise for the target).
+    Starts from random vocabulary tokens; only the embeddings get gradients (the factors are left alone)."""
+    tokenizer, text_encoder = pipe.tokenizer, pipe.text_encoder
+    table = text_encoder.get_input_embeddings().weight.detach()
+    words = tokenizer(text, add_special_tokens=False).input_ids if text else []
+    length = tokenizer.model_max_length
+    special = set(tokenizer.all_special_ids)
+    ordinary = torch.tensor([i for i in range(len(table)) if i not in special])
+    start = ordinary[torch.randint(len(ordinary), (cfg.adversarial_tokens,), generator=gen)]
+    body = ([tokenizer.bos_token_id] + start.tolist() + words)[: length - 1] + [tokenizer.eos_token_id]
+    ids = torch.tensor([body + [tokenizer.pad_token_id] * (length - len(body))], device=text_encoder.device)
+    positions = list(range(1, 1 + min(cfg.adversarial_tokens, length - 2)))
+    soft = table[start[: len(positions)]].clone().requires_grad_(True)
+    optimiser = torch.optim.Adam([soft], lr=cfg.adversarial_lr)
+    for _ in range(cfg.adversarial_steps):
+        states = soft_states(text_encoder, ids, positions, soft)
+        loss = F.mse_loss(predict(Conditioning(states)), goal)
+        (soft.grad,) = torch.autograd.grad(loss, [soft])
+        optimiser.step()
+    with torch.no_grad():
+        return soft_states(text_encoder, ids, positions, soft)
+
+
+def soft_states(text_encoder, ids: torch.Tensor, positions: list[int], soft: torch.Tensor) -> torch.Tensor:
+    """The text encoder's states (N, L, D) for `ids` (N, L), with the token embeddings at `positions` replaced by
+    `soft` (len(positions), D): differentiable with respect to `soft`; the rest is the encoder's own."""
+
+    def replace(_module, _inputs, output):
+        output = output.clone()
+        output[:, positions] = soft.to(output.dtype)
+        return output
+
+    handle = text_encoder.get_input_embeddings().register_forward_hook(replace)
+    try:
+        return text_encoder(ids.to(text_encoder.device))[0]
+    finally:
+        handle.remove()
 
 
 def _check_factors(params: list[torch.Tensor], step: int, cfg: TrainConfig, ckpt: Checkpoint, saved: int) -> None:

@@ -11,6 +11,12 @@ target itself 1: s_rel = (s_cos(p, c) - s_cos("", c)) / (1 - s_cos("", c)). The 
 sequences share their BOS and padding positions, so the paper's s_cos of an unrelated prompt is far
 above 0 (on the toy text encoder: the empty prompt 0.81, another character's name 0.91), and
 non-targets pass through the membrane at nearly full strength.
+
+`least` (ours, an option; 0: the paper's gamma) is the permeability no prompt goes below:
+gamma' = least + (1 - least) * gamma. Every similarity of the text encoder's states can be lowered by a
+prompt that still makes the concept (on the toy world, prompts of unrelated words found by an attack made
+Barkley on the original model with a relative gamma of 0): a least permeability is what such a prompt cannot lower, paid
+for by non-targets meeting the membrane at that strength (which Latent Anchoring must hold).
 """
 
 from __future__ import annotations
@@ -64,9 +70,16 @@ class Transport:
     """Per-prompt permeabilities for a fixed list of SPMs, with their targets encoded once by `pipe`'s
     tokenizer and text encoder (a pipeline, or anything with those two)."""
 
-    def __init__(self, targets_per_spm: list[list[str]], pipe: DiffusionPipeline, similarity: str = "paper"):
+    def __init__(
+        self, targets_per_spm: list[list[str]], pipe: DiffusionPipeline, similarity: str = "paper", least: float = 0.0
+    ):
         if similarity not in SIMILARITIES:
             raise ValueError(f"unknown similarity {similarity!r}: choose one of {', '.join(SIMILARITIES)}")
+        if isinstance(least, bool) or not isinstance(least, (int, float)) or not 0 <= least <= 1:
+            raise ValueError(
+                f"least must be a number in [0, 1] (the permeability no prompt goes below), not {least!r}"
+            )
+        self.least = float(least)
         if not targets_per_spm:
             raise ValueError("Facilitated Transport needs at least one SPM")
         for i, targets in enumerate(targets_per_spm):
@@ -109,5 +122,7 @@ class Transport:
             [[len(p & c) / max(len(c), 1) for c in self.target_tokens] for p in tokens], device=s_cos.device
         )
         per_target = torch.maximum(s_cos, s_tok).clamp(0, 1).cpu()
+        if self.least:  # what no prompt lowers; 0 leaves the gammas exactly as they were
+            per_target = self.least + (1 - self.least) * per_target
         gamma = torch.zeros(len(tokens), self.k)
         return gamma.scatter_reduce(1, self.owner.expand(len(tokens), -1), per_target, reduce="amax")

@@ -147,7 +147,10 @@ NAN, INF = float("nan"), float("inf")
      ({"legacy_schedule": "yes"}, "legacy_schedule must be true or false, not 'yes'"),
      ({"legacy_anchors": 1}, "legacy_anchors must be true or false, not 1"),
      ({"resolutions": 16}, "resolutions must be a list of sizes in pixels, e.g. [256, 320], not 16"),
-     ({"seed": "0"}, "seed must be a whole number, not '0'"), ({"seed": 2**64}, "seed must be between")],
+     ({"seed": "0"}, "seed must be a whole number, not '0'"), ({"seed": 2**64}, "seed must be between"),
+     ({"adversarial_every": -1}, "adversarial_every must be at least 0"),
+     ({"adversarial_steps": 0}, "adversarial_steps must be at least 1"),
+     ({"adversarial_lr": 0.0}, "adversarial_lr must be greater than 0")],
 )  # fmt: skip
 def test_impossible_settings_are_refused_in_one_line(setting, message):
     with pytest.raises(ValueError, match=re.escape(message)) as caught:
@@ -286,3 +289,41 @@ def test_a_checkpoint_from_before_legacy_schedule_is_still_resumed(pipe):
     settings = _run_settings(["snoopy"], "", spm.TrainConfig(), pipe)
     assert "legacy_schedule" not in settings["config"]  # the fingerprint of a run made before the switch
     assert _run_settings(["snoopy"], "", spm.TrainConfig(legacy_schedule=True), pipe)["config"]["legacy_schedule"]
+
+
+def test_adversarial_training_erases_found_prompts_saves_loads_and_resumes(pipe, tmp_path):
+    """The hardened option: searches (one per `adversarial_every` steps) add an adversarial term to the loss; the
+    SPM saves and loads through safetensors with the option in its provenance; a killed run resumes to the same
+    factors (the latest adversarial prompts are in the checkpoint)."""
+    plain_cfg = spm.TrainConfig(iterations=6, seed=1, **FAST)
+    cfg = spm.TrainConfig(
+        iterations=6, seed=1, adversarial_every=2, adversarial_steps=2, **(FAST | {"checkpoint_every": 3})
+    )
+    logs = []
+    hardened = spm.train(pipe, ["snoopy"], config=cfg, progress=False, callback=lambda step, e: logs.append(e))
+    assert all(entry["adversarial"] > 0 for entry in logs)
+    out = tmp_path / "hardened.safetensors"
+    hardened.save(out)
+    loaded = spm.SPM.load(out)
+    assert loaded.provenance["train_config"]["adversarial_every"] == 2
+    assert all(torch.equal(loaded.layers[n][1], u) for n, (_, u) in hardened.layers.items())
+    plain = spm.train(pipe, ["snoopy"], config=plain_cfg, progress=False)
+    assert any(not torch.equal(plain.layers[n][1], u) for n, (_, u) in hardened.layers.items())
+
+    def kill_at_step_5(step, _logs):
+        if step == 4:
+            raise KeyboardInterrupt
+
+    ckpt = tmp_path / "run.ckpt.pt"
+    with pytest.raises(KeyboardInterrupt):
+        spm.train(pipe, ["snoopy"], config=cfg, checkpoint=ckpt, progress=False, callback=kill_at_step_5)
+    resumed = spm.train(pipe, ["snoopy"], config=cfg, checkpoint=ckpt, progress=False)
+    for name, (d, u) in hardened.layers.items():
+        torch.testing.assert_close(resumed.layers[name][0], d)
+        torch.testing.assert_close(resumed.layers[name][1], u)
+
+
+def test_adversarial_training_is_refused_on_two_text_encoders(tiny_sdxl_dir):
+    sdxl = spm.load_pipeline(str(tiny_sdxl_dir))
+    with pytest.raises(ValueError, match="SD 1.x/2.x pipelines only"):
+        spm.train(sdxl, ["snoopy"], config=spm.TrainConfig(iterations=1, adversarial_every=1, **FAST), progress=False)
