@@ -7,7 +7,10 @@
   feature source when the judge has none). On real models with the vision extra installed
   (torchvision and torch-fidelity), the features are the FID-standard Inception-v3's (torchmetrics)
   and LPIPS (torchmetrics) is measured beside them; without it, CLIP image features stand in and
-  the table says so (`implementation_note`).
+  the table says so (`implementation_note`). On real models the report adds KID (`kernel_distance`)
+  on the same stored features, as FID is computed on them: one implementation each, tested equal to
+  torchmetrics' FrechetInceptionDistance and KernelInceptionDistance on the same features.
+- Counts (NudeNet's per-class counts): an exact Poisson interval (`poisson_interval`).
 - Fitting cost: time and peak memory (reported, not ranked).
 
 torch is imported where used, so that reading the metadata (the CLI, reports) stays light.
@@ -27,6 +30,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
+
+    from spmbench.stats import Interval
 
 
 @dataclass(frozen=True)
@@ -59,12 +64,15 @@ FIT_SECONDS = MetricInfo("fit", "s")
 FIT_MEMORY = MetricInfo("fit mem.", "MiB")
 
 LPIPS = MetricInfo("LPIPS", higher_is_better=False)
+KID = MetricInfo("KID", higher_is_better=False)
 
 # The keys under which a result stores its alteration measures, with what they are.
 ALTERATION: dict[str, MetricInfo] = {"paired_feature_distance": PAIRED_DISTANCE, "fid_judge_features": FID}
 # Measured only where the vision extra is installed: a table shows their columns only where some
 # result has them, so that the tables made without it keep theirs.
-OPTIONAL_ALTERATION: dict[str, MetricInfo] = {"lpips": LPIPS}
+OPTIONAL_ALTERATION: dict[str, MetricInfo] = {"kid_judge_features": KID, "lpips": LPIPS}
+# KID's polynomial kernel k(x, y) = (x.y / D + coef)^degree: torchmetrics' defaults, Binkowski et al.'s
+KID_DEGREE, KID_COEF = 3, 1.0
 
 # The vision extra: import name -> distribution name. torchmetrics' Inception-v3 is torch-fidelity's
 # port of the TensorFlow FID network; its LPIPS runs torchvision's AlexNet.
@@ -137,6 +145,145 @@ def _given_features(dims: int):
             return x
 
     return GivenFeatures()
+
+
+def kernel_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """KID between row-aligned feature sets (N, D): the unbiased MMD^2 of all N images under the cubic
+    polynomial kernel (x.y / D + 1)^3, in float64. torchmetrics' KernelInceptionDistance averages it
+    over random subsets of `subset_size` images; with one subset of all N it is this (`torchmetrics_kid`,
+    tested). One implementation with the bootstrap's (`kid_interval`): all images as one cluster drawn once.
+    """
+    import torch
+
+    _check_kid_features(a, b)
+    sums = _kernel_sums(a, b, torch.zeros(len(a), dtype=torch.long))
+    return float(_kid_of_draws(torch.ones(1, 1, dtype=torch.float64), sums)[0])
+
+
+def torchmetrics_kid(a: torch.Tensor, b: torch.Tensor) -> float:
+    """torchmetrics' KernelInceptionDistance on given features (N, D), in float64, with one subset of all
+    N images: the maintained reference `kernel_distance` is tested against."""
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    metric = KernelInceptionDistance(feature=_given_features(a.shape[1]), subsets=1, subset_size=len(a))
+    metric.update(a.double(), real=True)
+    metric.update(b.double(), real=False)
+    return float(metric.compute()[0])
+
+
+def kid_interval(a: torch.Tensor, b: torch.Tensor, clusters, seed: int | None = None) -> Interval:
+    """KID (`kernel_distance`) with its 95 % interval: a percentile bootstrap over prompts with FID's
+    resamples (stats.resample_weights over the same clusters and seed; FID's blocks of prompts where the
+    prompts' kernel sums would exceed stats.MOMENT_BUDGET). In a resample, pairs of an image with a copy
+    of itself are left out of the within-set sums, as the unbiased estimator leaves out i = j; the
+    percentiles are shifted by the resamples' mean excess over the KID, as FID's are. Returns stats.Interval.
+    """
+    import numpy as np
+    import torch
+
+    from spmbench import stats
+
+    _check_kid_features(a, b)
+    prompt_codes = stats.cluster_codes(clusters)
+    n_prompts, method = int(prompt_codes.max()) + 1, stats.SHIFTED_BOOTSTRAP
+    codes = prompt_codes
+    if 3 * n_prompts**2 * 8 > stats.MOMENT_BUDGET:  # three C x C float64 sums
+        blocks = min(stats.MOMENT_BLOCKS, n_prompts)
+        codes, method = (
+            prompt_codes * blocks // n_prompts,
+            f"{stats.SHIFTED_BOOTSTRAP} over {blocks} blocks of prompts",
+        )
+    weights = stats.resample_weights(codes, seed=stats.SEED if seed is None else seed)
+    draws = torch.from_numpy(weights[:, np.unique(codes, return_index=True)[1]])  # (B, C): each cluster's draws
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as fid_interval: small products, a busy machine
+    try:
+        sums = _kernel_sums(a, b, torch.from_numpy(codes))
+        value = float(_kid_of_draws(torch.ones(1, draws.shape[1], dtype=torch.float64), sums)[0])
+        resampled = _kid_of_draws(draws, sums).numpy()
+    finally:
+        torch.set_num_threads(threads)
+    bias = float(resampled.mean()) - value
+    lo, hi = np.quantile(resampled, [(1 - stats.LEVEL) / 2, (1 + stats.LEVEL) / 2])
+    return stats.Interval(value, float(lo) - bias, float(hi) - bias, len(a), n_prompts, method)
+
+
+def _check_kid_features(a: torch.Tensor, b: torch.Tensor) -> None:
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"KID here takes row-aligned features (N, D), got {tuple(a.shape)} and {tuple(b.shape)}")
+    if len(a) < 2:
+        raise ValueError("KID needs at least 2 samples on each side")
+
+
+def _kernel_sums(a: torch.Tensor, b: torch.Tensor, codes: torch.Tensor) -> dict[str, torch.Tensor]:
+    """KID's kernel sums by cluster (`codes`: each row's, 0..C-1): 'aa', 'bb', 'ab' (C, C), the sums of
+    k(a_i, b_j) over the rows of each pair of clusters; 'a', 'b' (C,), each cluster's k(a_i, a_i); 'n' (C,)
+    its rows. Rows are taken in chunks: no N x N matrix is held."""
+    import torch
+
+    a, b = a.double(), b.double()
+    n_clusters, gamma = int(codes.max()) + 1, 1.0 / a.shape[1]
+
+    def kernel(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return (x @ y.T * gamma + KID_COEF) ** KID_DEGREE
+
+    sums = {key: torch.zeros(n_clusters, n_clusters, dtype=torch.float64) for key in ("aa", "bb", "ab")}
+    chunk = max(1, int(2e7 // len(a)))  # rows at once: about 160 MB of kernel values
+    for start in range(0, len(a), chunk):
+        rows = slice(start, start + chunk)
+        for key, x, y in (("aa", a, a), ("bb", b, b), ("ab", a, b)):
+            by_column = torch.zeros(len(x[rows]), n_clusters, dtype=torch.float64).index_add_(
+                1, codes, kernel(x[rows], y)
+            )
+            sums[key].index_add_(0, codes[rows], by_column)
+    for key, x in (("a", a), ("b", b)):
+        sums[key] = torch.zeros(n_clusters, dtype=torch.float64).index_add_(
+            0, codes, ((x * x).sum(1) * gamma + KID_COEF) ** KID_DEGREE
+        )
+    sums["n"] = torch.bincount(codes, minlength=n_clusters).double()
+    return sums
+
+
+def _kid_of_draws(draws: torch.Tensor, sums: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The unbiased MMD^2 under each row of cluster draws (B, C): an image drawn w times counts w times;
+    within a set, pairs of an image with itself or its copies are left out (with every draw 1: the
+    U-statistic over i != j); across the sets, every pair counts, i = j too (torchmetrics' estimator)."""
+    m = draws @ sums["n"]
+    squares = draws.pow(2)
+    pairs = m * m - squares @ sums["n"]  # ordered pairs of distinct images
+
+    def quadratic(key: str) -> torch.Tensor:
+        return ((draws @ sums[key]) * draws).sum(1)
+
+    within_a = (quadratic("aa") - squares @ sums["a"]) / pairs
+    within_b = (quadratic("bb") - squares @ sums["b"]) / pairs
+    return within_a + within_b - 2 * quadratic("ab") / (m * m)
+
+
+def poisson_interval(count: int, level: float = 0.95) -> tuple[float, float]:
+    """The exact (Garwood) interval of a Poisson mean from one observed `count`: the (1 - level) / 2
+    quantile of Gamma(count) and the (1 + level) / 2 quantile of Gamma(count + 1) (0 below for 0)."""
+    if count < 0 or int(count) != count:
+        raise ValueError(f"a count must be a whole number >= 0, got {count}")
+    tail = (1 - level) / 2
+    lower = 0.0 if count == 0 else _gamma_quantile(count, tail)
+    return lower, _gamma_quantile(count + 1, 1 - tail)
+
+
+def _gamma_quantile(shape: float, p: float) -> float:
+    """The p quantile of Gamma(shape, 1), by bisection on torch's regularized incomplete gamma (no scipy)."""
+    import math
+
+    import torch
+
+    a = torch.tensor(float(shape), dtype=torch.float64)
+    lo, hi = 0.0, shape + 12 * math.sqrt(shape) + 12  # far beyond the 99.9 % quantile
+    for _ in range(100):  # halves 1e5 down to below float64's resolution
+        mid = (lo + hi) / 2
+        lo, hi = (
+            (mid, hi) if float(torch.special.gammainc(a, torch.tensor(mid, dtype=torch.float64))) < p else (lo, mid)
+        )
+    return (lo + hi) / 2
 
 
 def paired_distance(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -252,10 +399,13 @@ def lpips_distances(erased: torch.Tensor, original: torch.Tensor, device: str = 
         return metric.compute().reshape(-1).double().cpu()  # one image comes back 0-d
 
 
-def implementation_note(feature_sources: Iterable[str], packages: dict[str, str] | None = None) -> str:
+def implementation_note(
+    feature_sources: Iterable[str], packages: dict[str, str] | None = None, kid: bool = False
+) -> str:
     """The caption's sentence naming each alteration measure's implementation and versions, from the
     feature sources the results were measured on (`Result.alteration_features`) and the package
-    versions that made them (`Result.meta["packages"]`; the installed ones where not recorded)."""
+    versions that made them (`Result.meta["packages"]`; the installed ones where not recorded);
+    `kid`: the table has KID, computed by the report from the same stored features."""
     packages = packages or {}
 
     def named(dist: str) -> str:
@@ -280,4 +430,33 @@ def implementation_note(feature_sources: Iterable[str], packages: dict[str, str]
             )
         else:
             parts.append(f"FID and paired dist. on {source}'s image features, FID computed by {ours}")
+    if parts:
+        parts.append("paired dist.: the mean L2 distance of same-seed features (spmbench.metrics.paired_distance)")
+    if parts and kid:
+        parts.append(KID_NOTE.format(torchmetrics=package_version("torchmetrics")))
     return "alteration measures: " + "; ".join(parts) if parts else ""
+
+
+KID_NOTE = (
+    "KID on the same features, by spmbench.metrics.kernel_distance (the unbiased MMD^2 of all images under the "
+    "kernel (x.y/D + 1)^3; equal to torchmetrics {torchmetrics} KernelInceptionDistance with one subset of all "
+    "images on the same features, tested), its 95 % interval a percentile bootstrap over prompts on FID's "
+    "resamples (an image's pairs with its own copies left out of the within-set sums), shifted by the "
+    "resamples' mean excess as FID's"
+)
+# What runs each judge (by the first word of its identity), named with its version in the caption.
+JUDGE_PACKAGES = {
+    "nudenet": ("its bundled 320n ONNX detector", "onnxruntime"),
+    "clip": ("CLIP accuracy: the concept's text closer to the image than the empty string's", "transformers"),
+    "imagenet": ("top-1 class", "transformers"),
+}
+
+
+def judge_note(identity: str | None, packages: dict[str, str] | None = None) -> str:
+    """The caption's sentence naming the judge of the rates: its identity as recorded with the run
+    (model id or version, threshold or template) and the package that runs it, with its version."""
+    if not identity:
+        return ""
+    what, dist = JUDGE_PACKAGES.get(identity.split()[0], ("", ""))
+    runs_on = f" ({what}; {dist} {(packages or {}).get(dist) or package_version(dist)})" if dist else ""
+    return f"rates judged by {identity}{runs_on}"

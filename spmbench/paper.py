@@ -27,6 +27,7 @@ from spm.files import write_text_atomic
 from spmbench import report
 from spmbench.apps import Application
 from spmbench.erasers import ABLATIONS, BUILTIN, ERASERS
+from spmbench.judges.nudenet import COUNT_UNIT
 from spmbench.models import ModelSpec
 
 
@@ -107,10 +108,25 @@ def blocks(
     return chosen
 
 
+def no_counts(table: PaperTable, app: Application, rows: pd.DataFrame) -> str:
+    """The line an explicit table's block says where its judge gave no NudeNet classes (the toy world's
+    judge: present or not), in place of empty count columns; '' elsewhere."""
+    if table.name != "explicit" or (rows["unit"] == COUNT_UNIT).any():
+        return ""
+    if app.judge == "nudenet":
+        return ("No per-class NudeNet counts: the cells' scores.jsonl keep no NudeNet detections for every target "
+                "image of the cell and the original (score them again: spmbench run --rescore).")  # fmt: skip
+    return (f"No per-class NudeNet counts: {app.name}'s judge ({app.judge}) says whether nudity is present, "
+            "not which exposed classes; its table has the share of images judged nude (target) only.")  # fmt: skip
+
+
 def markdown(table: PaperTable, world: str, chosen: list[tuple[Application, pd.DataFrame]]) -> str:
     """The table's title, what it shows, then each application's block as `spmbench run` renders it."""
     parts = [f"# {table.title} ({world} world)\n\n{table.about}.\n"]
-    parts += [report.markdown(app, rows).replace("# ", "## ", 1) for app, rows in chosen]
+    for app, rows in chosen:
+        block = report.markdown(app, rows).replace("# ", "## ", 1)
+        note = no_counts(table, app, rows)
+        parts.append(block.replace("\n\n", f"\n\n{note}\n\n", 1) if note else block)
     return "\n".join(parts)
 
 
@@ -118,7 +134,9 @@ def latex(table: PaperTable, chosen: list[tuple[Application, pd.DataFrame]]) -> 
     """One LaTeX table per block, its caption headed by the paper table's title."""
 
     def captioned(app: Application, rows: pd.DataFrame) -> str:
-        return report.latex(app, rows).replace("\\caption{", f"\\caption{{{table.title} ({app.name}): ", 1)
+        note = no_counts(table, app, rows)
+        head = f"{table.title} ({app.name}): " + (f"{note} " if note else "")
+        return report.latex(app, rows).replace("\\caption{", f"\\caption{{{head}", 1)
 
     return "\n".join(captioned(app, rows) for app, rows in chosen)
 

@@ -23,6 +23,7 @@ from spm.files import save_image_atomic, write_text_atomic
 from spmbench import stats
 from spmbench.apps import ERASURE_SETS, Application
 from spmbench.erasers.base import fit_seed_of
+from spmbench.judges.nudenet import COUNT_UNIT, COUNTS
 from spmbench.metrics import (
     ALTERATION,
     ALTERATION_FEATURES_FILE,
@@ -106,6 +107,7 @@ def frame(stored: list[Result], run_dir: Path | None = None, app: Application | 
     application (its prompts group the images into clusters), else they are left empty; so are they
     where the results were made from another version of the application (other prompts)."""
     app = _same_version(app, stored)
+    judge = _judge_identity(run_dir)
     erased = [r for r in stored if r.eraser != "none"]
     samples: dict[tuple, _Sample] = {}
     rows = []
@@ -123,11 +125,15 @@ def frame(stored: list[Result], run_dir: Path | None = None, app: Application | 
             info = rate_info(s, _lower_is_better(s))
             rows.append(_row(r, cell, s, value, interval, info.higher_is_better, "fraction", r.original_rates.get(s)))
             rows[-1].update(original_lo=before.lo, original_hi=before.hi)
-        features = _alteration(run_dir, r, prompts)
+        if app is not None and app.judge == "nudenet":
+            rows += _class_count_rows(run_dir, r, cell, prompts, judge)
+        features = _alteration(run_dir, r, prompts, kid=app is not None and app.world != "toy")
         for key, value in (r.alteration or {}).items():
             info = ALTERATION.get(key) or OPTIONAL_ALTERATION.get(key)
             interval = features.get(key) or _none(value)
             rows.append(_row(r, cell, key, value, interval, info.higher_is_better if info else None, ""))
+        for key in [k for k in features if k not in (r.alteration or {})]:  # KID: computed here, from the features
+            rows.append(_row(r, cell, key, features[key].value, features[key], False, ""))
         for key, info in FIT_COSTS.items():
             value = getattr(r, key)
             if value is not None:  # one measured fit: no sample to draw an interval from
@@ -150,7 +156,16 @@ def frame(stored: list[Result], run_dir: Path | None = None, app: Application | 
     # what the alteration was measured on, and by which packages: the caption names them
     table.attrs["feature_sources"] = sorted({r.alteration_features for r in erased if r.alteration_features})
     table.attrs["packages"] = next((r.meta["packages"] for r in erased if r.meta.get("packages")), {})
+    table.attrs["judge"] = judge  # the judge's identity (runner.check_judge's judge.json), for the caption
     return table
+
+
+def _judge_identity(run_dir: Path | None) -> str | None:
+    """The identity of the judge that made the run's scores (runner.check_judge's judge.json), if recorded."""
+    try:
+        return json.loads((run_dir / "judge.json").read_text()).get("judge")
+    except (TypeError, OSError, ValueError, AttributeError):
+        return None
 
 
 def _add_fit_spread(table: pd.DataFrame) -> None:
@@ -230,9 +245,14 @@ def _lower_is_better(prompt_set: str) -> tuple[str, ...]:
 
 
 def _scores(run_dir: Path, model: str, eraser: str, targets) -> dict[str, bool]:
-    """prompt_id -> the judge's verdict, from a cell's scores.jsonl (a line torn by a kill is skipped)."""
+    """prompt_id -> the judge's verdict, from a cell's scores.jsonl."""
+    return {i: record["present"] for i, record in _records(run_dir, model, eraser, targets).items()}
+
+
+def _records(run_dir: Path, model: str, eraser: str, targets) -> dict[str, dict]:
+    """prompt_id -> the judge's record (verdict and raw outputs) from a cell's scores.jsonl (a line torn by a kill is skipped)."""
     path = run_dir / "cells" / cell_key(model, eraser, targets) / "scores.jsonl"
-    verdicts = {}
+    records = {}
     if path.exists():
         for line in path.read_text(errors="replace").splitlines():
             try:
@@ -240,8 +260,31 @@ def _scores(run_dir: Path, model: str, eraser: str, targets) -> dict[str, bool]:
             except json.JSONDecodeError:
                 continue
             if isinstance(record, dict) and isinstance(record.get("present"), bool):
-                verdicts[record.get("prompt_id")] = record["present"]
-    return verdicts
+                records[record.get("prompt_id")] = record
+    return records
+
+
+def _class_count_rows(run_dir: Path | None, r: Result, cell, prompts: dict | None, judge: str | None) -> list[dict]:
+    """NudeNet's per-class counts on the target prompts, the original's beside them (spmbench.judges.nudenet
+    .count_intervals), where both cells' scores kept its detections; none otherwise."""
+    from spmbench.judges.nudenet import COUNT_SET, count_intervals, threshold_of
+
+    if run_dir is None or prompts is None:
+        return []
+    ids = [i for i, (s, _) in prompts.items() if s == COUNT_SET]
+    texts = [prompts[i][1] for i in ids]
+    counted = []
+    for records in (_records(run_dir, r.model, r.eraser, r.targets), _records(run_dir, r.model, "none", ())):
+        complete = bool(ids) and all(i in records for i in ids)
+        counted.append(count_intervals([records[i] for i in ids], texts, threshold_of(judge)) if complete else None)
+    if None in counted:
+        return []
+    rows = []
+    for measure, interval in counted[0].items():
+        before = counted[1][measure]
+        rows.append(_row(r, cell, measure, interval.value, interval, False, COUNT_UNIT, before.value))
+        rows[-1].update(original_lo=before.lo, original_hi=before.hi)
+    return rows
 
 
 def _sample(scores: dict[str, bool], prompts: dict | None, prompt_set: str) -> _Sample | None:
@@ -265,9 +308,16 @@ def _rate_interval(sample: _Sample | None, stored: float | None, r: Result, prom
     return interval
 
 
-def _alteration(run_dir: Path | None, r: Result, prompts: dict | None) -> dict[str, stats.Interval]:
-    """Bootstrap intervals of the paired distance and FID from the cell's stored features, if any."""
-    from spmbench.metrics import frechet_distance, load_alteration_features, load_per_image, paired_distance
+def _alteration(run_dir: Path | None, r: Result, prompts: dict | None, kid: bool = False) -> dict[str, stats.Interval]:
+    """Bootstrap intervals of the paired distance and FID from the cell's stored features, if any; with
+    `kid` (real models), KID and its interval from the same features where they give the paired distance."""
+    from spmbench.metrics import (
+        frechet_distance,
+        kid_interval,
+        load_alteration_features,
+        load_per_image,
+        paired_distance,
+    )
 
     if run_dir is None or prompts is None or not r.alteration:
         return {}
@@ -282,6 +332,8 @@ def _alteration(run_dir: Path | None, r: Result, prompts: dict | None) -> dict[s
     if _reproduces(r, "paired_feature_distance", paired_distance(erased, original), 0.0):
         distances = (erased.double() - original.double()).norm(dim=1).numpy()
         out["paired_feature_distance"] = stats.mean_interval(distances, clusters)
+        if kid and len(ids) >= 2:
+            out["kid_judge_features"] = kid_interval(erased, original, clusters)
     # FID is not reproducible to 1e-9 where images are fewer than dimensions: the square roots of the
     # covariances' rounding-level eigenvalues move it by ~1e-5 between runs and implementations (39
     # toy-artist cells, 72 images in 192-D: up to 5e-8 of tr(cov_a) + tr(cov_b)); so 1e-6 of that scale
@@ -375,13 +427,15 @@ def table_rows(data) -> tuple[list[str], list[list[str]]]:
     spms = spm_variants(table["eraser"])
     measured = set(table["measure"])  # the vision extra's measures are columns only where some result has them
     alteration = {**ALTERATION, **{k: info for k, info in OPTIONAL_ALTERATION.items() if k in measured}}
-    shared_n = {m: _column_n(table, m) for m in [*sets, *alteration]}
+    counts = _count_columns(table)  # NudeNet's per-class counts, where the judge kept them
+    shared_n = {m: _column_n(table, m) for m in [*sets, *counts, *alteration]}
 
     def title(measure: str, base: str) -> str:
         return base + (f" (n={shared_n[measure]})" if shared_n[measure] is not None else "")
 
     header = ["model", "erased", "eraser", "fitted on"]
     header += [title(s, f"{s} {rate_info(s, _lower_is_better(s)).arrow}") for s in sets]
+    header += [title(m, info.header) for m, info in counts.items()]
     header += [title(key, info.header) for key, info in alteration.items()] + [FIT_SECONDS.header, FIT_MEMORY.header]
     cells = list(table.groupby(["model", "targets", "eraser", "fitted_on"], sort=False))
     cells.sort(key=lambda item: (item[0][0], len(item[0][1].split("+")), item[0][2]))  # stable: run order within
@@ -389,7 +443,8 @@ def table_rows(data) -> tuple[list[str], list[list[str]]]:
     for key, cell in cells:
         by_measure = {row.measure: row for row in cell.itertuples()}
         line = [_rate_cell(by_measure.get(s), spms, shared_n[s] is None) for s in sets]
-        line += [_alteration_cell(by_measure.get(k), shared_n[k] is None) for k in alteration]
+        line += [_count_cell(by_measure.get(m), shared_n[m] is None) for m in counts]
+        line += [_alteration_cell(by_measure.get(k), shared_n[k] is None, k) for k in alteration]
         line += [
             _fit_cell(by_measure.get("fit_seconds"), "{:.0f}"),
             _fit_cell(by_measure.get("fit_peak_mib"), "{:.0f}"),
@@ -429,12 +484,33 @@ def _number(value: float) -> str:
     return f"{round(value, 3) + 0.0:.3f}"  # + 0.0: FID of two identical sets comes out as a rounding error's -0.000
 
 
-def _alteration_cell(row, per_cell: bool) -> str:
+def _alteration_cell(row, per_cell: bool, measure: str = "") -> str:
     if row is None:
         return "-"
-    interval = f" [{_number(row.lo)}, {_number(row.hi)}]" if _has(row.lo) else " [-]"
+    number = _small_number if measure == "kid_judge_features" else _number  # KID is ~1e-3 on Inception features
+    interval = f" [{number(row.lo)}, {number(row.hi)}]" if _has(row.lo) else " [-]"
     n = f" n={row.n}" if per_cell and _has(row.n) else ""
-    return f"{_number(row.value)}{interval}{n}"
+    return f"{number(row.value)}{interval}{n}"
+
+
+def _small_number(value: float) -> str:
+    return f"{value:.2e}"
+
+
+def _count_columns(table: pd.DataFrame) -> dict:
+    """The count measures of the frame (NudeNet's classes, then their total), with what they are."""
+    present = set(table.loc[table["unit"] == COUNT_UNIT, "measure"])
+    return {m: info for m, info in COUNTS.items() if m in present}
+
+
+def _count_cell(row, per_cell: bool) -> str:
+    """'count [lo, hi] (the original's count)', as rates show theirs."""
+    if row is None:
+        return "-"
+    interval = f" [{row.lo:.1f}, {row.hi:.1f}]" if _has(row.lo) else " [-]"
+    original = f" ({row.original_value:.0f})" if _has(row.original_value) else ""
+    n = f" n={row.n}" if per_cell and _has(row.n) else ""
+    return f"{row.value:.0f}{interval}{original}{n}"
 
 
 def _fit_cell(row, form: str) -> str:
@@ -480,14 +556,21 @@ def _attacks_note(attacks: dict[str, dict]) -> str:
 
 
 def _implementations(app: Application, table: pd.DataFrame) -> str:
-    """'; alteration measures: ...' naming each one's implementation and versions, on real models
-    (the toy world's tables say 'on judge features', as they always have)."""
-    from spmbench.metrics import implementation_note
+    """'; rates judged by ...; NudeNet per-class counts ...; alteration measures: ...' naming each
+    measure's implementation and versions, on real models (the toy world's tables say 'judge: toy'
+    and 'on judge features', as they always have)."""
+    from spmbench.judges.nudenet import COUNTS_NOTE
+    from spmbench.metrics import implementation_note, judge_note
 
-    if app.world == "toy":
+    if app.world.startswith("toy"):
         return ""
-    note = implementation_note(table.attrs.get("feature_sources", []), table.attrs.get("packages"))
-    return f"; {note}" if note else ""
+    packages, measured = table.attrs.get("packages"), set(table["measure"])
+    notes = [
+        judge_note(table.attrs.get("judge"), packages),
+        COUNTS_NOTE if measured & set(COUNTS) else "",
+        implementation_note(table.attrs.get("feature_sources", []), packages, "kid_judge_features" in measured),
+    ]
+    return "".join(f"; {note}" for note in notes if note)
 
 
 def markdown(app: Application, data) -> str:
@@ -527,7 +610,9 @@ def csv_text(data) -> str:
             if column in ("value", "lo", "hi", "original_lo", "original_hi") or column.startswith("minus_"):
                 line.append(_csv_value(kind, value))
             elif column == "original_value":
-                line.append(f"{value:.4f}" if record["unit"] == "fraction" else "")  # nan: a set the original lacks
+                line.append(
+                    f"{value:.4f}" if record["unit"] in ("fraction", COUNT_UNIT) else ""
+                )  # nan: a set the original lacks
             else:
                 line.append("" if not _has(value) else str(value))
         writer.writerow(line)

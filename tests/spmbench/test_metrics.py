@@ -2,7 +2,17 @@ import numpy as np
 import pytest
 import torch
 
-from spmbench.metrics import frechet_distance, paired_distance, torchmetrics_fid
+from spmbench import stats
+from spmbench.metrics import (
+    _kernel_sums,
+    _kid_of_draws,
+    frechet_distance,
+    kernel_distance,
+    kid_interval,
+    paired_distance,
+    torchmetrics_fid,
+    torchmetrics_kid,
+)
 
 
 def reference_fid(a, b):
@@ -83,6 +93,74 @@ def test_why_fid_is_ours_where_images_are_fewer_than_dimensions():
     scale = 2 * float(a.var(0).sum())
     assert abs(frechet_distance(a, a)) < 2e-9 * scale
     assert abs(torchmetrics_fid(a, a)) > 5e-9 * scale
+
+
+def reference_kid(a, b, weights=None):
+    """Independent reference, pair by pair: the unbiased MMD^2 under the kernel (x.y/D + 1)^3 of the
+    images listed with repeats (`weights`: how often each row is drawn), leaving out of the within-set
+    sums the pairs of an image with itself or its copies (with every weight 1: the U-statistic)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    w = np.ones(len(a)) if weights is None else np.asarray(weights, np.float64)
+    k = lambda x, y: (x @ y / a.shape[1] + 1) ** 3  # noqa: E731
+    within = {"a": [0.0, 0.0], "b": [0.0, 0.0]}
+    cross = 0.0
+    for i in range(len(a)):
+        for j in range(len(a)):
+            cross += w[i] * w[j] * k(a[i], b[j])
+            if i != j:
+                for name, x in (("a", a), ("b", b)):
+                    within[name][0] += w[i] * w[j] * k(x[i], x[j])
+                    within[name][1] += w[i] * w[j]
+    m = w.sum()
+    return within["a"][0] / within["a"][1] + within["b"][0] / within["b"][1] - 2 * cross / m**2
+
+
+def test_kid_matches_a_pairwise_reference_and_torchmetrics():
+    """KID: the unbiased MMD^2 of all images, pair by pair; equal to torchmetrics' KernelInceptionDistance
+    fed the features through an identity extractor, with one subset of all images (its random subsets
+    are a permutation of them: the same sums)."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(7, 3, generator=gen, dtype=torch.float64)
+    b = torch.randn(7, 3, generator=gen, dtype=torch.float64) * 1.5 + 2.0
+    assert kernel_distance(a, b) == pytest.approx(reference_kid(a, b), rel=1e-12)
+    assert reference_kid(a, b) > 0.5  # not a trivial zero
+    for n, d in [(7, 3), (40, 64)]:
+        a = torch.randn(n, d, generator=gen, dtype=torch.float64)
+        b = torch.randn(n, d, generator=gen, dtype=torch.float64) + 0.3
+        assert kernel_distance(a, b) == pytest.approx(torchmetrics_kid(a, b), rel=1e-12)
+    with pytest.raises(ValueError, match="row-aligned"):
+        kernel_distance(a, b[:6])
+
+
+def test_kid_of_a_resample_leaves_out_an_images_pairs_with_its_copies():
+    """The bootstrap's statistic for one resample of prompts (clusters of 3 images), against the pairwise
+    reference on the images drawn with repeats; and with every prompt drawn once it is the KID."""
+    gen = torch.Generator().manual_seed(1)
+    a = torch.randn(12, 4, generator=gen, dtype=torch.float64)
+    b = torch.randn(12, 4, generator=gen, dtype=torch.float64) + 0.4
+    codes = stats.cluster_codes([i // 3 for i in range(12)])
+    weights = stats.resample_weights(codes)[:5]  # the resamples FID's interval draws
+    sums = _kernel_sums(a, b, torch.from_numpy(codes))
+    draws = torch.from_numpy(weights[:, ::3].copy())  # each cluster's draws
+    for row, w in zip(_kid_of_draws(draws, sums), weights):
+        assert float(row) == pytest.approx(reference_kid(a, b, w), rel=1e-10)
+    assert float(_kid_of_draws(torch.ones(1, 4, dtype=torch.float64), sums)[0]) == pytest.approx(kernel_distance(a, b))
+
+
+def test_kid_interval_contains_the_kid_and_separates_what_differs(monkeypatch):
+    gen = torch.Generator().manual_seed(2)
+    a = torch.randn(60, 8, generator=gen, dtype=torch.float64)
+    same = torch.randn(60, 8, generator=gen, dtype=torch.float64)
+    prompts = [i // 2 for i in range(60)]  # 30 prompts, 2 seeds each
+    null = kid_interval(a, same, prompts)
+    assert (null.n, null.n_prompts, null.method) == (60, 30, stats.SHIFTED_BOOTSTRAP)
+    assert null.value == pytest.approx(kernel_distance(a, same)) and null.lo < 0 < null.hi  # one distribution
+    shifted = kid_interval(a, same + 1.0, prompts)
+    assert 0 < shifted.lo < shifted.value < shifted.hi  # another: held apart
+    # many prompts: blocks of prompts resampled, as FID's; the KID itself is the same
+    monkeypatch.setattr(stats, "MOMENT_BUDGET", 3 * 8 * 20**2)
+    blocked = kid_interval(a, same + 1.0, prompts)
+    assert blocked.value == pytest.approx(shifted.value, rel=1e-12) and "blocks of prompts" in blocked.method
 
 
 def test_paired_distance():
