@@ -92,3 +92,28 @@ def test_of_states_is_the_call_from_states_and_differentiable(pipe, similarity):
     states = states.clone().requires_grad_(True)
     transport.of_states(states[1:2], ids[1:2]).sum().backward()
     assert states.grad[1].abs().sum() > 0 and states.grad[0].abs().sum() == 0
+
+
+def test_least_permeability_keeps_the_target_at_one_and_no_prompt_below_it(pipe):
+    """`least`: gamma' = least + (1 - least) * gamma. The target keeps 1, an unrelated prompt stays below 1 but
+    never below `least`, however its states are moved (differentiable via of_states, with the rescaled slope)."""
+    import spm
+
+    prompts = ["snoopy", "a red car on the road", ""]
+    paper = Transport([["snoopy"]], pipe)(prompts)[:, 0]
+    floored = Transport([["snoopy"]], pipe, least=0.5)
+    gamma = floored(prompts)[:, 0]
+    assert gamma[0] == pytest.approx(1.0) and torch.all(gamma[1:] < 1) and torch.all(gamma >= 0.5)
+    assert gamma.tolist() == pytest.approx((0.5 + 0.5 * paper).tolist())
+    states, ids = spm.encode_prompts(pipe, prompts[1:2], return_ids=True)
+    states = states.clone().requires_grad_(True)
+    floored.of_states(states, ids).sum().backward()
+    assert states.grad.abs().sum() > 0
+    assert floored.of_states(-100 * states.detach(), ids)[0, 0] >= 0.5  # states far from the target's: the floor
+
+
+@pytest.mark.parametrize("least", [-0.1, 1.5, float("nan"), True, "half"])
+def test_an_impossible_least_permeability_is_one_line(pipe, least):
+    with pytest.raises(ValueError, match=r"least must be a number in \[0, 1\]") as caught:
+        Transport([["snoopy"]], pipe, least=least)
+    assert "\n" not in str(caught.value)
