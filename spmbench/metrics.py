@@ -452,6 +452,17 @@ JUDGE_PACKAGES = {
 }
 
 
+def code_note(packages: dict[str, str] | None = None, code: str | None = None) -> str:
+    """The caption's sentence naming the version of this project's own computations (intervals, FID, KID,
+    paired distance, counts, fit cost): the spm-erasing version and the code's commit recorded with the results."""
+    named = (packages or {}).get("spm-erasing") or package_version("spm-erasing")
+    return (
+        f"intervals (spmbench.stats), counts, FID, KID and paired dist. computed by spmbench (spm-erasing {named}"
+        + (f", code {code}" if code else "")
+        + "); fit cost by spmbench.cost (torch.cuda.max_memory_allocated on a GPU, psutil's resident set size on CPU)"
+    )
+
+
 def judge_note(identity: str | None, packages: dict[str, str] | None = None) -> str:
     """The caption's sentence naming the judge of the rates: its identity as recorded with the run
     (model id or version, threshold or template) and the package that runs it, with its version."""

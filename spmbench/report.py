@@ -127,7 +127,7 @@ def frame(stored: list[Result], run_dir: Path | None = None, app: Application | 
             rows[-1].update(original_lo=before.lo, original_hi=before.hi)
         if app is not None and app.judge == "nudenet":
             rows += _class_count_rows(run_dir, r, cell, prompts, judge)
-        features = _alteration(run_dir, r, prompts, kid=app is not None and app.world != "toy")
+        features = _alteration(run_dir, r, prompts, kid=app is not None and not app.world.startswith("toy"))
         for key, value in (r.alteration or {}).items():
             info = ALTERATION.get(key) or OPTIONAL_ALTERATION.get(key)
             interval = features.get(key) or _none(value)
@@ -157,6 +157,7 @@ def frame(stored: list[Result], run_dir: Path | None = None, app: Application | 
     table.attrs["feature_sources"] = sorted({r.alteration_features for r in erased if r.alteration_features})
     table.attrs["packages"] = next((r.meta["packages"] for r in erased if r.meta.get("packages")), {})
     table.attrs["judge"] = judge  # the judge's identity (runner.check_judge's judge.json), for the caption
+    table.attrs["code"] = next((r.meta["code"] for r in erased if r.meta.get("code")), None)
     return table
 
 
@@ -560,7 +561,7 @@ def _implementations(app: Application, table: pd.DataFrame) -> str:
     measure's implementation and versions, on real models (the toy world's tables say 'judge: toy'
     and 'on judge features', as they always have)."""
     from spmbench.judges.nudenet import COUNTS_NOTE
-    from spmbench.metrics import implementation_note, judge_note
+    from spmbench.metrics import code_note, implementation_note, judge_note
 
     if app.world.startswith("toy"):
         return ""
@@ -569,6 +570,7 @@ def _implementations(app: Application, table: pd.DataFrame) -> str:
         judge_note(table.attrs.get("judge"), packages),
         COUNTS_NOTE if measured & set(COUNTS) else "",
         implementation_note(table.attrs.get("feature_sources", []), packages, "kid_judge_features" in measured),
+        code_note(packages, table.attrs.get("code")),
     ]
     return "".join(f"; {note}" for note in notes if note)
 

@@ -23,6 +23,7 @@ from spmbench.erasers.base import seeded
 from spmbench.models import load_models
 from tests.spmbench.conftest import FAST_FITS
 from tests.spmbench.judges.conftest import save_tiny_classifier, save_tiny_clip
+from tests.spmbench.judges.test_nudenet import assert_count_columns
 from tests.spmbench.test_prompts import BENCH
 
 
@@ -95,6 +96,14 @@ def test_paper_runs_every_real_application_and_writes_every_table(stand_ins, tmp
         assert rows(out / f"{kind}.csv") == expected, kind
     concept = (out / "concept.md").read_text()
     assert "## real-concept" in concept and "| tiny-real | Snoopy + Mickey + Spongebob | spm | tiny-real |" in concept
+    # explicit: a column per NudeNet class and their total, from the frame (the CSV), the total their sum
+    assert_count_columns(out, "explicit", {("tiny-real", e) for e in ("negprompt", "spm", "spm-noft")})
+    # KID beside FID wherever alteration is measured, with its interval, named in the caption
+    kid = pd.read_csv(out / "concept.csv").query("measure == 'kid_judge_features'")
+    assert len(kid) == 3 * len(experiments["real-concept"]) and (kid["lo"] <= kid["hi"]).all()
+    assert set(kid["interval"]) == {"cluster bootstrap, bias-shifted"}
+    assert "| KID ↓" in concept and "KID on the same features, by spmbench.metrics.kernel_distance" in concept
+    assert "rates judged by clip " in concept and "(CLIP accuracy: " in concept
 
     transfer = rows(out / "transfer.csv")  # every application, on the root and on its derivative
     assert {(a, m, e, f) for a, m, _, e, f in transfer} == {
@@ -114,6 +123,34 @@ def test_paper_runs_every_real_application_and_writes_every_table(stand_ins, tmp
     assert (fits / "spm" / "snoopy.safetensors").read_bytes() != (
         fits / "spm-noanchor" / "snoopy.safetensors"
     ).read_bytes()
+
+
+@pytest.mark.parametrize(
+    "name, says",
+    [
+        ("toy-explicit", "No per-class NudeNet counts: toy-explicit's judge (toy) says whether nudity is present"),
+        ("real-explicit", "No per-class NudeNet counts: the cells' scores.jsonl keep no NudeNet detections"),
+    ],
+)
+def test_an_explicit_table_without_nudenet_classes_says_so_in_one_line(name, says):
+    """The toy world's judge has no NudeNet classes (and a real run folder may lack the detections): the
+    explicit table says so once, in Markdown and in the LaTeX caption, and shows no empty count columns."""
+    from spmbench import report
+    from spmbench.result import Result
+
+    application = load_apps().get(name)
+    stored = Result(app=name, app_version=application.version, model="m", fitted_on="m", eraser="spm",
+                    targets=("nudity",), rows=2, rates={"target": 0.5}, original_rates={"target": 1.0},
+                    alteration=None, alteration_features=None, fit_seconds=1.0, fit_peak_mib=None,
+                    generate_seconds_this_run=1.0, settings={})  # fmt: skip
+    rows = report.frame([stored])
+    explicit = next(t for t in paper.TABLES if t.name == "explicit")
+    text = paper.markdown(explicit, application.world, [(application, rows)])
+    assert sum(says in line for line in text.splitlines()) == 1
+    assert "armpits" not in text and "total exposed" not in text
+    assert says in paper.latex(explicit, [(application, rows)]).split("\\caption{")[1]
+    concept = next(t for t in paper.TABLES if t.name == "concept")  # other tables do not say it
+    assert "NudeNet" not in paper.markdown(concept, application.world, [(application, rows)])
 
 
 def test_dry_run_prints_cells_images_and_fits_and_writes_nothing(stand_ins, tmp_path):

@@ -114,7 +114,11 @@ def assert_count_columns(folder, name: str, cells: set[tuple]) -> None:
     columns = [info.name for info in COUNTS.values()]
     assert all(f"| {c} ↓" in header for c in columns), header
     assert "rates judged by nudenet 3.4.2, threshold 0.6 (its bundled 320n ONNX detector; onnxruntime" in table
-    assert "exact Poisson (Garwood) 95 % interval" in table
+    assert (
+        "exact Poisson (Garwood) 95 % interval" in table
+        and "computed by spmbench (spm-erasing " in table
+        and "fit cost by spmbench.cost" in table
+    )
     tex = (folder / f"{name}.tex").read_text()
     assert all(c in tex for c in columns) and "total exposed" in tex
     rows = list(csv.DictReader(io.StringIO((folder / f"{name}.csv").read_text())))
