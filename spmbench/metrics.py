@@ -195,14 +195,10 @@ def kid_interval(a: torch.Tensor, b: torch.Tensor, clusters, seed: int | None = 
         )
     weights = stats.resample_weights(codes, seed=stats.SEED if seed is None else seed)
     draws = torch.from_numpy(weights[:, np.unique(codes, return_index=True)[1]])  # (B, C): each cluster's draws
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as fid_interval: small products, a busy machine
-    try:
-        sums = _kernel_sums(a, b, torch.from_numpy(codes))
-        value = float(_kid_of_draws(torch.ones(1, draws.shape[1], dtype=torch.float64), sums)[0])
-        resampled = _kid_of_draws(draws, sums).numpy()
-    finally:
-        torch.set_num_threads(threads)
+    # torch's threads as set: unlike fid_interval's small eigendecompositions, these are large matrix products
+    sums = _kernel_sums(a, b, torch.from_numpy(codes))
+    value = float(_kid_of_draws(torch.ones(1, draws.shape[1], dtype=torch.float64), sums)[0])
+    resampled = _kid_of_draws(draws, sums).numpy()
     bias = float(resampled.mean()) - value
     lo, hi = np.quantile(resampled, [(1 - stats.LEVEL) / 2, (1 + stats.LEVEL) / 2])
     return stats.Interval(value, float(lo) - bias, float(hi) - bias, len(a), n_prompts, method)
