@@ -9,6 +9,8 @@ one extra thin matmul per layer, not k.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -18,10 +20,16 @@ from diffusers.models.attention_processor import Attention
 from torch import nn
 
 
-# Per-prompt folding keeps one folded weight per distinct permeability (G copies, not one per prompt) for
-# the call, while a layer's G copies hold at most FOLD_BUDGET times the elements of its input and all layers'
-# copies of the call together at most FOLD_BYTES; past either bound the layer runs the branch path (no copies).
-FOLD_BUDGET = 16
+# Rows with different permeabilities (each prompt its own gamma) run either on per-row folded weights,
+# W + U diag(c_n) D for row n, made once per call and applied as one batched product, or on the rank-R branch.
+# A per-row weight costs reading in x out elements per row on every step; the branch costs a pass over the
+# row's output (tokens x out) and (in + out) x R multiply-adds per token, each much cheaper than a memory pass.
+# A Linear folds where in x out <= FOLD_RATIO x tokens x (out + (in + out) x R x BRANCH_MAC_COST), constants
+# fitted to per-layer CPU times of the toy UNet (one thread, 64 rows, k = 1 and 20: see
+# bench/bench_pipeline_overhead.py --layers); a 1x1 conv always folds (its batched product beats oneDNN's conv
+# plus branch at every level measured). All layers' per-row folds of a call fit in FOLD_BYTES.
+FOLD_RATIO = 1.7
+BRANCH_MAC_COST = 1 / 30
 FOLD_BYTES = 256 * 2**20
 
 
@@ -65,33 +73,15 @@ class PermeabilityState:
         # Each layer's weights folded for this permeability, by layer: dropped with it, so the
         # folded copies live only as long as the call they were made for.
         self.folded: dict[int, tuple] = {}
-        self.folded_bytes = 0  # the per-prompt folds' bytes in `folded`, bounded by FOLD_BYTES
+        self.folded_bytes = 0  # the per-row folds' bytes in `folded`, bounded by FOLD_BYTES
+        self.plans: dict[int, tuple] = {}  # each layer's plan for the call (MembraneLayer._plan), by layer
         self.version += 1
-        # Decided once per call, on the host: layers then never sync with the device to check it.
+        # Decided once per call, on the host: layers never sync with the device or branch on tensor values.
         rows = self.gamma if self.gamma is not None else self.default
         self.uniform = rows is None or bool((rows == rows[:1]).all())
-        # Prompts that share a permeability share a folded weight: (G, k) distinct rows, each prompt's index.
-        self.groups, self.group_of = (None, None) if rows is None else torch.unique(rows, dim=0, return_inverse=True)
-
-    def on_device(self, name: str, device, dtype=None) -> torch.Tensor:
-        """`groups` or `group_of` (by `name`) on `device`: copied once per call, shared by every layer."""
-        key = (name, str(device), dtype)
-        if key not in self._on_device:
-            tensor = getattr(self, name)
-            self._on_device[key] = tensor.to(device=device, dtype=dtype or tensor.dtype)
-        return self._on_device[key]
-
-    def rows_of_groups(self, n: int, device) -> list[torch.Tensor]:
-        """For a batch of n = m * B rows (row r is prompt r mod B): each group's row indices, on `device`."""
-        key = ("rows_of_groups", n, str(device))
-        if key not in self._on_device:
-            group_of_row = self.group_of.repeat(n // self.group_of.numel())
-            self._on_device[key] = [
-                (group_of_row == g).nonzero().flatten().to(device) for g in range(self.groups.shape[0])
-            ]
-        return self._on_device[key]
 
     def for_batch(self, n: int, k: int, device, dtype) -> torch.Tensor:
+        """(n, k) permeabilities of a UNet batch of n rows, on `device`: made once per call and batch size."""
         key = (n, k, str(device), dtype)
         if key not in self._on_device:
             self._on_device[key] = self._rows(n, k, device, dtype)
@@ -122,10 +112,17 @@ class MembraneLayer(nn.Module):
         self.scales: list[float] = []
         self._packed: tuple | None = None  # (key, down, up, owner, row_scale), see packed()
         self._coeff: tuple | None = None  # (key, coeff), see _coefficients()
+        self._factors: list[nn.Parameter] = []
 
     @property
     def is_conv(self) -> bool:
         return isinstance(self.base_layer, nn.Conv2d)
+
+    @property
+    def is_pointwise(self) -> bool:
+        """A Linear, or a 1x1 conv without stride or padding: a matmul over the channels of each position."""
+        base = self.base_layer
+        return not self.is_conv or (base.kernel_size == (1, 1) and base.stride == (1, 1) and base.padding == (0, 0))
 
     def add_branch(self, down: torch.Tensor, up: torch.Tensor, scale: float, trainable: bool = False) -> None:
         """Add one SPM's factors: down (r, in[, kh, kw]), up (out, r[, 1, 1])."""
@@ -135,6 +132,8 @@ class MembraneLayer(nn.Module):
         self.up.append(nn.Parameter(up.detach().to(ref.device, ref.dtype, copy=True), requires_grad=trainable))
         self.scales.append(float(scale))
         self._packed = None
+        # A plain list of the factors: iterating the ParameterLists costs ~4 us per factor, on every forward.
+        self._factors = [*self.down, *self.up]
 
     def packed(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """All branches side by side: down (R, in...), up (out, R...), each rank row's branch index and scale.
@@ -143,13 +142,13 @@ class MembraneLayer(nn.Module):
         or dtype move, an edit or factors made trainable rebuild it (trainable ones on every call,
         so gradients reach them).
         """
-        params = [*self.down, *self.up]
+        params = self._factors
         key = tuple((p.data_ptr(), p._version) for p in params)
         trainable = any(p.requires_grad for p in params)
         if self._packed is not None and self._packed[0] == key and not trainable:
             return self._packed[1:]
         self._coeff = None  # derived from the factors being rebuilt
-        self.state.folded.pop(id(self), None)
+        self._cache_fold(None)
         down, up = torch.cat(list(self.down)), torch.cat(list(self.up), dim=1)
         owner = torch.cat([torch.full((d.shape[0],), i) for i, d in enumerate(self.down)])
         row_scale = torch.tensor(self.scales, dtype=down.dtype)[owner].to(down.device)
@@ -170,29 +169,45 @@ class MembraneLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.down:
             return self.base_layer(x)
-        gamma = self.state.for_batch(x.shape[0], len(self.down), x.device, x.dtype)
         if self.state.legacy:
+            gamma = self.state.for_batch(x.shape[0], len(self.down), x.device, x.dtype)
             return self.base_layer(x) + self._legacy_branch(x, gamma)
+        # The denoising steps of a call repeat the same layer work: the first one plans it (fold or branch), the
+        # others look the plan up, checking only what could have changed since (the batch, grad mode, in-place
+        # edits of the factors or the base weight), so a layer costs no more Python than a few attribute reads.
+        key = self._plan_key(x)
+        plan = self.state.plans.get(id(self))
+        if plan is not None and plan[0] == key:
+            return plan[1](x)
+        run = self._plan(x)
+        if run is not None:
+            self.state.plans[id(self)] = (key, run)
+            return run(x)
+        down, up, owner, row_scale = self.packed()  # trainable factors, with grad: rebuilt so gradients reach them
+        gamma = self.state.for_batch(x.shape[0], len(self.down), x.device, x.dtype)
+        return self._branch_forward(x, down, up, self._coefficients(gamma, owner, row_scale))
+
+    def _plan_key(self, x: torch.Tensor) -> tuple:
+        base = self.base_layer.weight
+        factors = tuple((p.data_ptr(), p._version, p.requires_grad) for p in self._factors)
+        return (x.shape[0], x.dtype, x.device, torch.is_grad_enabled(), base.data_ptr(), base._version, factors)
+
+    def _plan(self, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """How this call's rows of x's shape run, with what it needs bound (folded weights, coefficients); None
+        for trainable factors with grad enabled, whose branch is rebuilt on every call so gradients reach them."""
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self._factors):
+            return None
+        gamma = self.state.for_batch(x.shape[0], len(self.down), x.device, x.dtype)
         down, up, owner, row_scale = self.packed()
-        # Trainable factors need the branch for their gradients; frozen ones are folded into the weight.
-        if not (torch.is_grad_enabled() and any(p.requires_grad for p in self.up)):
-            if self.state.uniform:
-                return self._merged_forward(x, self._folded(gamma, down, up, owner, row_scale, per_prompt=False))
-            if self._per_prompt_fits(x):
-                return self._per_prompt_forward(x, self._folded(gamma, down, up, owner, row_scale, per_prompt=True))
         coeff = self._coefficients(gamma, owner, row_scale)
-        y = self.base_layer(x)
-        # The up-projection is a fused matmul-add: a conv with R input channels is ~30x slower on CPU.
-        if self.is_conv:
-            conv = self.base_layer
-            h = F.conv2d(x, down, None, conv.stride, conv.padding, conv.dilation) * coeff[:, :, None, None]
-            n, out = y.shape[:2]
-            return torch.baddbmm(y.reshape(n, out, -1), up.flatten(1).expand(n, -1, -1), h.flatten(2)).view_as(y)
-        h = F.linear(x, down) * coeff.view(x.shape[0], *([1] * (x.dim() - 2)), -1)
-        return torch.addmm(y.reshape(-1, y.shape[-1]), h.reshape(-1, h.shape[-1]), up.T).view_as(y)
+        if self.state.uniform:
+            return partial(self._merged_forward, weight=self._folded_once(coeff, down, up))
+        if self._per_row_fold_pays(x, down.shape[0]):
+            return partial(self._per_row_forward, weights=self._folded_per_row(coeff, down, up))
+        return partial(self._branch_forward, down=down, up=up, coeff=coeff)
 
     def _coefficients(self, gamma, owner, row_scale) -> torch.Tensor:
-        """Each row's weight per rank row (N, R), for the branch path.
+        """Each row's weight per rank row (N, R): gamma of the row's prompt for the rank row's SPM, times its scale.
 
         Cached for the permeability of the current call, so the denoising steps of one generation
         compute them once: on a GPU their tiny kernels cost more than the layer's own work.
@@ -205,38 +220,89 @@ class MembraneLayer(nn.Module):
             self._coeff = (key, coeff)
         return coeff
 
-    def _folded(self, gamma, down, up, owner, row_scale, per_prompt: bool) -> torch.Tensor:
-        """W + U diag(c) D for the call's permeability: one weight (all prompts alike) or one per prompt
-        (B, out, in...), made once per distinct permeability and shared by the prompts that have it.
+    def _branch_forward(self, x: torch.Tensor, down, up, coeff: torch.Tensor) -> torch.Tensor:
+        """W x + b + U (c_n * D x) per row n: the unfolded rank-R branch, (in + out) x R per token.
+
+        The update is added in place to the base layer's output (whose backward does not need it): an
+        out-of-place addmm over a wide output costs 3-4x the layer on CPU. Rank 1 adds an outer product
+        (one broadcast multiply-add), which beats a matmul with one inner dimension.
+        """
+        y = self.base_layer(x)
+        n, rank = x.shape[0], down.shape[0]
+        if self.is_conv:
+            if self.is_pointwise:  # a thin 1x1 conv (R output channels) is ~3x slower than this matmul on CPU
+                h = torch.matmul(down.flatten(1), x.reshape(n, x.shape[1], -1))
+            else:
+                conv = self.base_layer
+                h = F.conv2d(x, down, None, conv.stride, conv.padding, conv.dilation).flatten(2)
+            h = h * coeff[:, :, None]  # (N, R, HW)
+            y3 = y.reshape(n, y.shape[1], -1)
+            if rank == 1:
+                y3.addcmul_(h, up.view(1, -1, 1))
+            else:
+                y3.baddbmm_(up.flatten(1).expand(n, -1, -1), h)
+            return y3.view(y.shape)
+        h = F.linear(x, down) * coeff.view(n, *([1] * (x.dim() - 2)), rank)
+        if rank == 1:
+            return y.addcmul_(h, up.view(-1))
+        y2 = y.reshape(-1, y.shape[-1])
+        y2.addmm_(h.reshape(-1, rank), up.T)
+        return y2.view(y.shape)
+
+    def _folded_once(self, coeff: torch.Tensor, down, up) -> torch.Tensor:
+        """W + U diag(c) D for the call's one permeability (every row alike), shaped like the base weight.
 
         Made once per call (cached in the state until the permeability changes), so the denoising steps
-        of one generation pay it once: out x in x R multiply-adds per distinct permeability, far less than
-        the branch's (in + out) x R per token on every step.
+        of one generation pay it once: out x in x R multiply-adds, far less than the branch's
+        (in + out) x R per token on every step.
         """
         cached = self.state.folded.get(id(self))
-        if cached is not None and cached[0] == self._fold_key(per_prompt):
+        key = self._fold_key(None)
+        if cached is not None and cached[0] == key:
             return cached[1]
         base = self.base_layer.weight
-        # The distinct rows, or the one row all prompts share (already on the device for this call).
-        rows = self.state.on_device("groups", base.device, base.dtype) if per_prompt else gamma[:1].to(base.dtype)
-        coeff = rows[:, owner] * row_scale.to(base.dtype)  # (G, R)
-        scaled_up = up.flatten(1)[None] * coeff[:, None, :]  # (G, out, R): U diag(c_g)
-        g = scaled_up.shape[0]
-        weight = torch.baddbmm(base.flatten(1).expand(g, -1, -1), scaled_up, down.flatten(1).expand(g, -1, -1))
-        if not per_prompt:
-            weight = weight[0].view_as(base)
-        elif cached is not None:  # a refold (the base weight was edited): its old copies are dropped
-            self.state.folded_bytes -= cached[1].numel() * cached[1].element_size()
-        if per_prompt:
-            self.state.folded_bytes += weight.numel() * weight.element_size()
-        self.state.folded[id(self)] = (self._fold_key(per_prompt), weight)
+        scaled_up = up.flatten(1) * coeff[0].to(base.dtype)  # U diag(c): (out, R)
+        weight = torch.addmm(base.flatten(1), scaled_up, down.flatten(1)).view_as(base)
+        self._cache_fold(key, weight)
         return weight
 
-    def _fold_key(self, per_prompt: bool) -> tuple:
+    def _folded_per_row(self, coeff: torch.Tensor, down, up) -> torch.Tensor:
+        """Row n's W + U diag(c_n) D, for all N rows of the batch, made once per call: (N, in, out) for a Linear
+        (x W^T), (N, out, in) for a 1x1 conv (W x), the operand layouts one batched product reads directly.
+        CFG's rows of one prompt hold equal copies: a batched product needs one weight per row, and a gather
+        from fewer copies would cost as much as reading them."""
+        n = coeff.shape[0]
+        cached = self.state.folded.get(id(self))
+        key = self._fold_key(n)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        base = self.base_layer.weight.flatten(1)  # (out, in)
+        scaled_up = up.flatten(1)[None] * coeff.to(base.dtype)[:, None, :]  # (N, out, R): U diag(c_n)
+        d = down.flatten(1).expand(n, -1, -1)  # (N, R, in)
+        if self.is_conv:
+            weight = torch.baddbmm(base.expand(n, -1, -1), scaled_up, d)
+        else:
+            weight = torch.baddbmm(base.T.expand(n, -1, -1), d.transpose(1, 2), scaled_up.transpose(1, 2))
+        self._cache_fold(key, weight)
+        return weight
+
+    def _cache_fold(self, key: tuple | None, weight: torch.Tensor | None = None) -> None:
+        """Keep `weight` as this layer's fold for the call (None: drop it), counting per-row folds' bytes."""
+        old = self.state.folded.pop(id(self), None)
+        if old is not None and old[0][-1] is not None:  # per-row folds (keyed by their rows) count in the budget
+            self.state.folded_bytes -= old[1].numel() * old[1].element_size()
+        if key is None:
+            return
+        self.state.folded[id(self)] = (key, weight)
+        if key[-1] is not None:
+            self.state.folded_bytes += weight.numel() * weight.element_size()
+
+    def _fold_key(self, rows: int | None) -> tuple:
         """What a fold depends on besides the factors (packed() drops it when they change): the call's
-        permeability and the base weight, whose in-place edits (merge(), load_state_dict) bump _version."""
+        permeability, the base weight, whose in-place edits (merge(), load_state_dict) bump _version, and
+        the batch's rows for per-row folds (None: one fold for all rows). `rows` comes last (see _cache_fold)."""
         base = self.base_layer.weight
-        return (self.state.version, per_prompt, base.data_ptr(), base._version, base.dtype, base.device)
+        return (self.state.version, base.data_ptr(), base._version, base.dtype, base.device, rows)
 
     def _merged_forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """One permeability for the whole batch: the rank-R update folded into the weight."""
@@ -245,34 +311,40 @@ class MembraneLayer(nn.Module):
             return F.conv2d(x, weight, base.bias, base.stride, base.padding, base.dilation, base.groups)
         return F.linear(x, weight, base.bias)
 
-    def _per_prompt_fits(self, x: torch.Tensor) -> bool:
-        """Whether each prompt's rows can run on its permeability's folded weight: a Linear or a pointwise
-        conv, whose G folded copies (kept for the call) hold at most FOLD_BUDGET times the input's elements
-        and fit, with the call's other folds, in FOLD_BYTES. Checked before folding, so a layer that does
-        not fit stays on the branch path for the whole call (the call's folds only grow)."""
-        base = self.base_layer
-        if self.is_conv and (base.kernel_size != (1, 1) or base.stride != (1, 1) or base.padding != (0, 0)):
+    def _per_row_fold_pays(self, x: torch.Tensor, rank: int) -> bool:
+        """Whether this call runs the layer on per-row folded weights: a pointwise layer where reading a folded
+        weight per row costs less than the branch's work on the row (FOLD_RATIO), and whose N copies fit, with
+        the call's other per-row folds, in FOLD_BYTES. Decided from shapes and counts on the host (no device
+        sync); a layer that folded keeps its fold for the call, one that did not stays on the branch (the
+        call's folds only grow)."""
+        if not self.is_pointwise:
             return False
         cached = self.state.folded.get(id(self))
-        if cached is not None and cached[0] == self._fold_key(True):
+        if cached is not None and cached[0] == self._fold_key(x.shape[0]):
             return True
-        copies = self.state.groups.shape[0] * base.weight.numel()
-        nbytes = copies * base.weight.element_size()
-        return copies <= FOLD_BUDGET * x.numel() and self.state.folded_bytes + nbytes <= FOLD_BYTES
+        base = self.base_layer.weight
+        out, fan_in = base.shape[0], base[0].numel()
+        tokens = x[0].numel() // fan_in
+        if not self.is_conv and base.numel() > FOLD_RATIO * tokens * (out + (fan_in + out) * rank * BRANCH_MAC_COST):
+            return False
+        nbytes = x.shape[0] * base.numel() * base.element_size()
+        return self.state.folded_bytes + nbytes <= FOLD_BYTES
 
-    def _per_prompt_forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """Each row times its permeability's folded weight (row n is prompt n mod B: CFG stacks m copies
-        of the B prompts): one product per distinct permeability over the rows that have it."""
+    def _per_row_forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Each row times its own folded weight: one batched matmul(-add) over the N rows."""
         base = self.base_layer
-        out = weights.shape[1]
-        rows_of = self.state.rows_of_groups(x.shape[0], x.device)
-        if len(rows_of) == 1:
-            return self._merged_forward(x, weights[0].view_as(base.weight))
-        y = x.new_empty(x.shape[0], *((out, *x.shape[2:]) if self.is_conv else (*x.shape[1:-1], out)))
-        for weight, rows in zip(weights, rows_of):
-            if rows.numel():
-                y.index_copy_(0, rows, self._merged_forward(x.index_select(0, rows), weight.view_as(base.weight)))
-        return y
+        n = x.shape[0]
+        if self.is_conv:
+            x3 = x.reshape(n, x.shape[1], -1)  # (N, in, HW)
+            y = (
+                weights @ x3
+                if base.bias is None
+                else torch.baddbmm(base.bias[:, None].expand(n, -1, x3.shape[2]), weights, x3)
+            )
+            return y.view(n, -1, *x.shape[2:])
+        x3 = x.reshape(n, -1, x.shape[-1])  # (N, tokens, in)
+        y = x3 @ weights if base.bias is None else torch.baddbmm(base.bias.expand(n, x3.shape[1], -1), x3, weights)
+        return y.view(*x.shape[:-1], -1)
 
     def _legacy_branch(self, x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
         """The released code: s * (sum_i gamma_i U_i)(sum_j gamma_j D_j x): gamma^2 and cross terms."""

@@ -138,33 +138,6 @@ def test_every_new_permeability_is_used_not_a_cached_one(kind):
                 torch.testing.assert_close(y[row : row + 1], ref, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["linear", "conv"])
-@pytest.mark.parametrize(
-    "gamma, rows",
-    [
-        # 4 prompts, two sharing a permeability, tiled over CFG's [uncond; cond] (8 rows).
-        ([[1.0, 0.0, 0.3], [1.0, 0.0, 0.3], [0.2, 0.9, 0.0], [0.5, 0.5, 0.5]], 8),
-        # A row per batch row: the uncond half shares one permeability, the cond half has its own per prompt.
-        ([[0.1, 0.2, 0.3], [0.1, 0.2, 0.3], [1.0, 0.0, 0.3], [0.2, 0.9, 0.0]], 4),
-    ],
-)
-def test_folded_per_prompt_weights_equal_the_branch_path(kind, gamma, rows, monkeypatch):
-    base, layer, state, branches = make_layer(kind)
-    x = torch.randn(rows, 7, 6) if kind == "linear" else torch.randn(rows, 6, 3, 3)
-    state.gamma = torch.tensor(gamma)
-    with torch.no_grad():
-        folded = layer(x)
-        assert id(layer) in state.folded  # the grouped, folded path ran
-        monkeypatch.setattr("spm.layers.FOLD_BUDGET", 0)  # no room for folded copies: the branch path
-        state.gamma = torch.tensor(gamma)
-        branch = layer(x)
-        assert id(layer) not in state.folded
-    torch.testing.assert_close(folded, branch, rtol=1e-5, atol=1e-6)
-    for row in range(rows):
-        ref = apply_dense(base, dense_reference(base, branches, gamma[row % len(gamma)]), x[row : row + 1])
-        torch.testing.assert_close(folded[row : row + 1], ref, rtol=1e-5, atol=1e-5)
-
-
 @pytest.mark.parametrize("gamma", [None, [[1.0, 0.0, 0.3], [0.2, 0.9, 0.0]]])  # one fold, then one per group
 def test_an_in_place_edit_of_the_base_weight_is_folded_in(gamma):
     base, layer, state, branches = make_layer("linear")
@@ -181,16 +154,95 @@ def test_an_in_place_edit_of_the_base_weight_is_folded_in(gamma):
         torch.testing.assert_close(y[row : row + 1], ref, rtol=1e-5, atol=1e-5)
 
 
-def test_folded_copies_are_one_per_distinct_permeability_and_bounded_in_bytes(monkeypatch):
+def per_row_reference(base, branches, gamma, x):
+    """W x + b + sum_k gamma[n mod B, k] s_k u_k (d_k . x) for each row n, from the definition, in float64
+    (rows of a batch of m x B rows are prompt n mod B: CFG's [uncond; cond] copies share their prompt's gamma)."""
+    conv = isinstance(base, nn.Conv2d)
+    x64 = (x.movedim(1, -1) if conv else x).double()  # channels last: a 1x1 conv is a Linear per position
+    w, b = base.weight.detach().double().flatten(1), base.bias.detach().double()
+    gamma = torch.as_tensor(gamma, dtype=torch.float64)
+    ys = []
+    for n in range(x.shape[0]):
+        y = x64[n] @ w.T + b
+        for g, (down, up, s) in zip(gamma[n % len(gamma)], branches):
+            y = y + g * s * (x64[n] @ down.double().flatten(1).T) @ up.double().flatten(1).T
+        ys.append(y)
+    y = torch.stack(ys)
+    return (y.movedim(-1, 1) if conv else y).float()
+
+
+# Batches as a pipeline makes them: every prompt its own gamma, some shared, zeros, tiled over CFG's 2 copies
+# (rows = 2 x prompts) or one gamma per row (rows = prompts).
+GAMMAS = {
+    "distinct": lambda k: torch.rand(4, k, generator=torch.Generator().manual_seed(k)),
+    "shared-and-zero": lambda k: torch.tensor([[0.7] * k, [0.0] * k, [0.7] * k, [0.2, *[1.0] * (k - 1)]]),
+}
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+@pytest.mark.parametrize("k", [1, 5])
+@pytest.mark.parametrize("gammas", sorted(GAMMAS))
+@pytest.mark.parametrize("copies", [2, 1])
+@pytest.mark.parametrize("path", ["per-row fold", "branch"])
+def test_per_row_gammas_equal_the_definition_on_both_paths(kind, k, gammas, copies, path, monkeypatch):
+    base, layer, state, branches = make_layer(kind, k=k)
+    if path == "per-row fold":
+        monkeypatch.setattr("spm.layers.FOLD_RATIO", 1e9)
+    else:
+        monkeypatch.setattr("spm.layers.FOLD_BYTES", 0)
+    gamma = GAMMAS[gammas](k)
+    x = torch.randn(4 * copies, 7, 6) if kind == "linear" else torch.randn(4 * copies, 6, 3, 3)
+    state.gamma = gamma
+    with torch.no_grad():
+        for _ in range(2):  # the first call plans the layer, the second runs the plan
+            torch.testing.assert_close(layer(x), per_row_reference(base, branches, gamma, x), rtol=1e-5, atol=1e-5)
+        assert (id(layer) in state.folded) == (path == "per-row fold")
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_the_trainable_branch_equals_the_definition_and_gets_gradients(kind):
+    base, layer, state, branches = make_layer(kind, k=2)
+    for p in [*layer.down, *layer.up]:
+        p.requires_grad_(True)
+    gamma = torch.tensor([[1.0, 0.5], [0.0, 0.25]])
+    state.gamma = gamma
+    x = torch.randn(4, 7, 6) if kind == "linear" else torch.randn(4, 6, 3, 3)
+    y = layer(x)
+    torch.testing.assert_close(y, per_row_reference(base, branches, gamma, x), rtol=1e-5, atol=1e-5)
+    y.square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in [*layer.down, *layer.up])
+
+
+def test_the_cost_model_folds_narrow_layers_over_many_tokens_and_not_wide_ones_over_few():
+    """The toy UNet's extremes (one CPU thread): a 32-wide layer over 64 tokens runs on per-row folded
+    weights, a 64 -> 512 one over 4 tokens on the rank-1 branch; a 1x1 conv always folds."""
+    state = PermeabilityState()
+    state.gamma = torch.rand(4, 1)
+    cases = [(nn.Linear(32, 32), torch.randn(8, 64, 32), True), (nn.Linear(64, 512), torch.randn(8, 4, 64), False)]
+    cases.append((nn.Conv2d(64, 64, 1), torch.randn(8, 64, 2, 2), True))
+    for base, x, folds in cases:
+        layer = MembraneLayer(base, state)
+        down, up = (
+            torch.randn(1, *base.weight.shape[1:]),
+            torch.randn(base.weight.shape[0], 1, *base.weight.shape[2:]),
+        )
+        layer.add_branch(down, up, 1.0)
+        with torch.no_grad():
+            layer(x)
+        assert (id(layer) in state.folded) == folds, base
+
+
+def test_per_row_folds_are_bounded_in_bytes(monkeypatch):
     base, layer, state, branches = make_layer("linear")
+    monkeypatch.setattr("spm.layers.FOLD_RATIO", 1e9)
     x = torch.randn(16, 7, 6)  # CFG's two halves of 8 prompts sharing 2 permeabilities
     state.gamma = torch.tensor([[1.0, 0.0, 0.3], [0.2, 0.9, 0.0]]).repeat(4, 1)
     with torch.no_grad():
         y = layer(x)
         weights = state.folded[id(layer)][1]
-        assert weights.shape == (2, 5, 6) and state.folded_bytes == weights.numel() * weights.element_size()
+        assert weights.shape == (16, 6, 5) and state.folded_bytes == weights.numel() * weights.element_size()
         monkeypatch.setattr("spm.layers.FOLD_BYTES", weights.numel() * weights.element_size() - 1)
-        state.gamma = state.gamma.clone()  # a new call: the byte budget no longer holds its 2 copies
+        state.gamma = state.gamma.clone()  # a new call: the byte budget no longer holds its 16 copies
         branch = layer(x)
         assert id(layer) not in state.folded and state.folded_bytes == 0
     torch.testing.assert_close(y, branch, rtol=1e-5, atol=1e-6)

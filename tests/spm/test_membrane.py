@@ -174,3 +174,35 @@ def test_a_bare_unet_takes_spms_at_given_gammas(pipe):
     assert torch.equal(unet_out(pipe, prompts), bare_output)
     with pytest.raises(ValueError, match="Facilitated Transport needs the pipeline's text encoder"):
         spm.attach(pipe.unet, s)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("path", ["rule", "per-row fold", "branch"])
+def test_a_cfg_batch_with_mixed_gammas_equals_each_prompt_merged_at_its_gamma(pipe, k, path, monkeypatch):
+    """Whatever path each layer takes (folded per row, the branch, or the cost model's mix), a UNet batch of CFG's
+    two copies of 3 prompts, each its own gammas (one zero: that prompt's SPMs are off), equals the UNet with the
+    SPMs statically merged at that prompt's gammas: W + sum_k gamma_k s_k U_k D_k."""
+    if path == "per-row fold":
+        monkeypatch.setattr("spm.layers.FOLD_RATIO", 1e9)
+    elif path == "branch":
+        monkeypatch.setattr("spm.layers.FOLD_BYTES", 0)
+    spms = [random_spm(pipe.unet, [f"concept {i}"], seed=i) for i in range(k)]
+    gamma = torch.tensor([[0.9, 0.2, 0.5][:k], [0.0] * k, [0.4, 1.0, 0.0][:k]])
+    prompts = ["snoopy the dog", "a photo of a cat", "mickey the mouse"] * 2  # rows [uncond; cond] alike
+    x = torch.randn(6, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    cond = spm.encode_prompts(pipe, prompts)
+    bare = pipe.unet(x, 500, encoder_hidden_states=cond).sample
+    attached = spm.attach(pipe.unet, spms, transport=False)
+    with attached.permeable(gamma), torch.no_grad():
+        batch = [pipe.unet(x, 500, encoder_hidden_states=cond).sample for _ in range(2)]  # planned, then run
+    attached.detach()
+    assert torch.equal(batch[0], batch[1])
+    torch.testing.assert_close(pipe.unet(x, 500, encoder_hidden_states=cond).sample, bare, rtol=0, atol=0)
+    for i in range(3):
+        merged = spm.merge(pipe, spms, weights=gamma[i].tolist())
+        rows = [i, i + 3]
+        expected = pipe.unet(x[rows], 500, encoder_hidden_states=cond[rows]).sample
+        merged.undo()
+        torch.testing.assert_close(batch[0][rows], expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(batch[0][[1, 4]], bare[[1, 4]], rtol=1e-5, atol=1e-6)  # gamma 0: as if no SPM
+    assert not torch.allclose(batch[0][[0, 3]], bare[[0, 3]], atol=1e-4)
