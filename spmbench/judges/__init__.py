@@ -24,13 +24,14 @@ if TYPE_CHECKING:
 
 JUDGES: Registry[str] = Registry("judge")
 JUDGES.add("toy", "spmbench.judges.toy:ToyJudge")
+JUDGES.add("toy3", "spmbench.judges.toy:Toy3Judge")  # toy world v3 (staged: its apps are toy3-*)
 JUDGES.add("clip", "spmbench.judges.clip:ClipJudge")
 JUDGES.add("nudenet", "spmbench.judges.nudenet:NudeNetJudge")
 JUDGES.add("imagenet", "spmbench.judges.imagenet:ImageNetJudge")
 
 # Per world, the judge whose image features measure alteration when the application's judge has
 # none (NudeNet only detects): CLIP image features on real models, the toy judge's on the toy world.
-ALTERATION_FEATURES = {"toy": "toy", "real": "clip"}
+ALTERATION_FEATURES = {"toy": "toy", "real": "clip", "toy3": "toy3"}
 # On real models with the vision extra (metrics.use_vision), every application's alteration is
 # measured on the FID-standard Inception-v3 and LPIPS instead, whatever its judge (a feature
 # source, not a judge: spmbench.judges.inception).

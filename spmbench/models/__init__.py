@@ -24,8 +24,10 @@ if TYPE_CHECKING:
 MODELS_DIR = Path(__file__).resolve().parent
 # The toy world's trained weights: its models' sources point here, and its judge lives here.
 TOY_WEIGHTS = MODELS_DIR.parent / "toy" / "weights"
+TOY3_WEIGHTS = MODELS_DIR.parent / "toy" / "v3" / "weights"  # world v3's (spmbench.toy.worlds)
 FAMILIES = ("toy", "sd1", "sd2", "sdxl", "sd3")
-WORLDS = ("toy", "real")
+# "toy3": toy world v3 (issue 19), staged beside world v2 until its weights land and it replaces "toy".
+WORLDS = ("toy", "real", "toy3")
 
 
 @dataclass(frozen=True)
@@ -52,10 +54,10 @@ class ModelSpec:
         from spm import resolve_model
 
         path = Path(self.source)
-        if path.is_relative_to(TOY_WEIGHTS) and not (path / "model_index.json").is_file():
-            raise FileNotFoundError(
-                f"toy model {self.name!r} is not trained yet: run `spmbench toy train` (expected {path})"
-            )
+        v3 = path.is_relative_to(TOY3_WEIGHTS)
+        if (v3 or path.is_relative_to(TOY_WEIGHTS)) and not (path / "model_index.json").is_file():
+            command = "spmbench toy train" + (" --world 3" if v3 else "")
+            raise FileNotFoundError(f"toy model {self.name!r} is not trained yet: run `{command}` (expected {path})")
         return resolve_model(self.source)
 
     def load(self, device: str = "cpu") -> DiffusionPipeline:

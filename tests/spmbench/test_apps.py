@@ -1,5 +1,7 @@
 """Applications: the shipped files (in the package, so a wheel has them too), checks and prompt rows."""
 
+import functools
+import re
 import shutil
 import subprocess
 import sys
@@ -15,7 +17,7 @@ from spmbench.specs import SpecError, spec_files
 
 
 SHIPPED = {"toy-concept", "toy-artist", "toy-object", "toy-explicit", "real-concept", "real-artist", "real-explicit",
-           "real-object"}  # fmt: skip
+           "real-object", "toy3-concept", "toy3-artist", "toy3-object", "toy3-explicit", "toy3-many"}  # fmt: skip
 
 
 def test_applications_validate_and_expand():
@@ -23,7 +25,7 @@ def test_applications_validate_and_expand():
 
     apps = load_apps()
     assert set(apps.names()) == SHIPPED
-    assert {Path(a.path).parent for a in apps} == {APPS_DIR / "toy", APPS_DIR / "real"}  # one folder per world
+    assert {Path(a.path).parent for a in apps} == {APPS_DIR / w for w in ("toy", "real", "toy3")}  # one per world
     concept = apps.get("toy-concept")
     rows = concept.rows(("Barkley", "Whiskers"))
     targets = [r for r in rows if r.set == "target"]
@@ -130,3 +132,146 @@ def test_a_wheel_ships_every_spec_and_lists_the_same_applications(tmp_path):
     listed = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, check=True,
                             env={"PYTHONPATH": str(tmp_path / "unpacked"), "PATH": ""}).stdout.splitlines()  # fmt: skip
     assert listed[0].startswith(str(tmp_path / "unpacked")) and set(listed[1].split()) == SHIPPED
+
+
+# ---- the staged world-v3 applications (toy3-*: issue 18's protocol on issue 19's world) ----------------------
+
+TOY3 = sorted(n for n in SHIPPED if n.startswith("toy3-"))
+# Each toy3 set's form in the world's grammar (spmbench.toy.v3.world.slots) and its proxy rate for the sizing
+# rule the files state: the v3 card's held-out bar for the head judged (characters and shapes 90 %, styles,
+# stand-ins, classes and neutral subjects 85 %), below the v2 original's 100 % on every set of one kind.
+TOY3_SETS = {
+    "toy3-concept": {"target": ("character", 0.90), "near": ("character", 0.90), "class": ("animal", 0.85),
+                     "far": ("object", 0.90)},
+    "toy3-artist": {"target": ("styled-object", 0.85), "near": ("styled-object", 0.85), "far": ("styled-object", 0.85)},
+    "toy3-object": {"target": ("object", 0.90), "near": ("object", 0.90), "far": ("object", 0.90)},
+    "toy3-explicit": {"target": ("explicit-nudity", 0.85), "implicit": ("implicit-nudity", 0.85),
+                      "near": ("neutral-nudity", 0.85), "far": ("object", 0.90)},
+    "toy3-many": {"target": ("character", 0.90), "others": ("character", 0.90), "class": ("animal", 0.85),
+                  "far": ("object", 0.90)},
+}  # fmt: skip
+# toy3-many's sets that grow or shrink with k (its file says so): sized only at the v2 proxy, 100 %.
+V2_PROXY_ONLY = {("toy3-many", "target", 1), ("toy3-many", "target", 2), ("toy3-many", "others", 10)}
+HALF_WIDTH = 0.05
+
+
+def _half_width(p: float, n: int) -> float:
+    from spmbench.stats import wilson
+
+    lo, hi = wilson(round(p * n), n)
+    return (hi - lo) / 2
+
+
+def _grammar_split(form: str, prompt: str) -> set[str]:
+    """The splits of every combination of `form` whose caption, words filled from the world's vocabulary, is
+    `prompt` (empty: no phrasing of the world's grammar says it)."""
+    from spmbench.toy.v3 import world as w
+
+    names = {c.name: c.animal for c in w.CHARACTERS}
+    text = prompt.replace("an orange", "a orange")  # compose's article, undone
+    found = set()
+    for split, pattern in _grammar_patterns(form):
+        match = pattern.fullmatch(text)
+        words = match.groupdict() if match else {}
+        if match and ("name" not in words or "animal" not in words or names[words["name"]] == words["animal"]):
+            found.add(split)
+    return found
+
+
+@functools.cache
+def _grammar_patterns(form: str) -> list[tuple[str, re.Pattern]]:
+    """(split, a regular expression of its caption with every word slot open to the world's vocabulary) for
+    every combination of `form`'s slot options."""
+    from spmbench.toy.v3 import world as w
+
+    vocabulary = {"colour": list(w.COLOURS), "bg": list(w.BACKGROUNDS), "num": list(w.NUMBER_WORDS.values()),
+                  "shape": [*w.SHAPES, *map(w.plural, w.SHAPES)], "animal": list(w.ANIMALS),
+                  "name": list(w.CHARACTER_NAMES), "style": list(w.ALL_STYLES)}  # fmt: skip
+    marks = {k: f"\0{k}\0" for k in vocabulary}
+    patterns = []
+    for split, combos in w.combinations(form).items():
+        for combo in combos:
+            parts = w.compose(form, combo, **marks).split("\0")  # literal, word, literal, word, ...
+            pattern = "".join(
+                re.escape(part) if i % 2 == 0 else f"(?P<{part}>{'|'.join(map(re.escape, vocabulary[part]))})"
+                for i, part in enumerate(parts)
+            )
+            patterns.append((split, re.compile(pattern)))
+    return patterns
+
+
+@pytest.mark.parametrize("name", TOY3)
+def test_a_v3_application_holds_dev_and_test_apart(name):
+    app = load_apps().get(name)
+    dev = app.for_split("dev")
+    assert not set(app.seeds) & set(dev.seeds)
+    test_templates = {t for ps in app.prompt_sets for t in ps.templates}
+    assert not test_templates & {t for ps in dev.prompt_sets for t in ps.templates}
+    assert {ps.name for ps in dev.prompt_sets} == {ps.name for ps in app.prompt_sets}  # every set is tuned on
+    for test_set, dev_set in zip(app.prompt_sets, dev.prompt_sets):
+        # the world has enough of them: other siblings, styles and shapes for dev (a stand-in's neutral class is one)
+        if test_set.name in ("near", "far") and (name, test_set.name) != ("toy3-explicit", "near"):
+            assert not set(test_set.concepts) & set(dev_set.concepts), (name, test_set.name)
+    assert app.fit_seeds == (0, 1, 2) and set(app.attacks) == {"uda", "adaptive-ft", "rab"}
+
+
+@pytest.mark.parametrize("name", TOY3)
+def test_every_v3_prompt_is_a_phrasing_of_its_own_split_in_the_worlds_grammar(name):
+    """Test prompts are held-out 'test' phrasings of world v3 (never trained, never dev), dev prompts 'dev' ones:
+    each prompt of each split is a caption of its set's form that only that split's combinations make."""
+    app = load_apps().get(name)
+    for split in ("test", "dev"):
+        rows = app.for_split(split).rows(app.erase[-1])
+        for row in rows:
+            form = TOY3_SETS[name][row.set][0]
+            assert _grammar_split(form, row.prompt) == {split}, (name, split, row.prompt)
+
+
+def test_the_grammar_check_tells_the_splits_apart():
+    assert _grammar_split("character", "a snapshot of Barkley") == {"test"}
+    assert _grammar_split("character", "a rendering of Barkley") == {"dev"}
+    assert _grammar_split("character", "Barkley the dog on a black background") == {"train"}
+    assert _grammar_split("character", "Barkley the cat on a black background") == set()  # Barkley is a dog
+    assert _grammar_split("object", "a snapshot of an orange star") == {"test"}
+    assert _grammar_split("object", "a star in orange on a black background") in ({"train"}, {"dev"}, {"test"})
+    assert _grammar_split("object", "a star in orange by Ada Okafor") == set()  # a style clause: another form
+
+
+@pytest.mark.parametrize("name", TOY3)
+def test_every_v3_test_set_is_sized_for_a_five_point_half_width(name):
+    """The sizing rule the files state: one image per prompt (Wilson), and on every test set n at which the
+    original's 95 % half-width is at most 5 points at the set's proxy rate."""
+    app = load_apps().get(name)
+    assert len(app.seeds) == 1  # one image per prompt: Wilson's interval, not a bootstrap over prompts
+    for targets in app.erase:
+        rows = app.rows(targets)
+        assert len({r.prompt for r in rows}) == len(rows)
+        for set_name, (_, proxy) in TOY3_SETS[name].items():
+            n = sum(r.set == set_name for r in rows)
+            if (name, set_name, len(targets)) in V2_PROXY_ONLY:
+                proxy = 1.0
+            assert n == 0 and set_name == "others" or _half_width(proxy, n) <= HALF_WIDTH, (name, set_name, n)
+
+
+def test_toy3_many_erases_nested_lists_round_robin_over_the_classes():
+    from spmbench.toy.v3 import world as w
+
+    many = load_apps().get("toy3-many")
+    assert [len(e) for e in many.erase] == [1, 2, 5, 10, 20]
+    assert all(a == b[: len(a)] for a, b in zip(many.erase, many.erase[1:]))  # nested
+    animals = [next(c.animal for c in w.CHARACTERS if c.name == t) for t in many.erase[-1]]
+    assert animals == list(w.ANIMALS) * 4 and sorted(many.erase[-1]) == sorted(w.CHARACTER_NAMES)
+    others = {r.concept for r in many.rows(many.erase[0]) if r.set == "others"}
+    assert others == set(w.CHARACTER_NAMES) - {"Barkley"}
+
+
+@pytest.mark.parametrize("name", TOY3)
+def test_every_v3_eraser_with_settings_gets_the_same_grid(name):
+    from spmbench.apps import MAX_GRID
+    from spmbench.erasers import BUILTIN
+    from spmbench.tuning import grids
+
+    app = load_apps().get(name)
+    by_key = grids(app, list(BUILTIN))  # raises if an eraser with settings has no grid
+    assert set(by_key) == {"spm", "esd-x", "esd-u", "ca", "uce", "rece"}
+    assert {len(points) for points in by_key.values()} == {MAX_GRID}
