@@ -757,8 +757,10 @@ BASELINE_COLOURS = ("#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcb
 
 def scaling_svg(data, panel: int = 220, height: int = 240) -> str | None:
     """Each rate against k, the number of targets erased at once: one panel per prompt set (the rate over
-    the original's, 95 % bars) and one of the fit's seconds, one line per eraser, on the family root (the
-    model the erasers were fitted on). None where every experiment erases as many targets."""
+    the original's, 95 % bars), one per alteration measure (over its largest value, 95 % bars) and one of
+    the fit's seconds (SPM: its k single-target fits summed; the others: one k-target fit), one line per
+    eraser, on the family root (the model the erasers were fitted on). None where every experiment erases
+    as many targets."""
     table = _primary(_as_frame(data))
     root = table[table["model"] == table["fitted_on"]]
     ks = sorted({len(t.split("+")) for t in root["targets"]})
@@ -767,14 +769,13 @@ def scaling_svg(data, panel: int = 220, height: int = 240) -> str | None:
     sets = _rate_sets(root)
     erasers = list(dict.fromkeys(root["eraser"]))
     colours = {e: PALETTE.get(e) or BASELINE_COLOURS[i % len(BASELINE_COLOURS)] for i, e in enumerate(erasers)}
-    width = panel * (len(sets) + 1) + 140
+    alteration = [m for m in ALTERATION if m in set(root["measure"])]
+    width = panel * (len(sets) + len(alteration) + 1) + 140
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">',
              f'<rect width="{width}" height="{height}" fill="white"/>']  # fmt: skip
-    seconds = root[root["measure"] == "fit_seconds"]["value"]
-    top = float(seconds.max()) if len(seconds) and seconds.max() > 0 else 1.0
-    for i, measure in enumerate([*sets, "fit_seconds"]):
+    for i, measure in enumerate([*sets, *alteration, "fit_seconds"]):
         rows = root[root["measure"] == measure]
-        scale = top if measure == "fit_seconds" else None
+        scale = None if measure in sets else _largest(rows)
         parts += _scaling_panel(rows, measure, ks, colours, i * panel, panel, height, scale)
     for j, eraser in enumerate(erasers):
         y = 20 + 14 * j
@@ -790,7 +791,9 @@ def _scaling_panel(rows, measure: str, ks: list[int], colours: dict, left: int, 
     sx = lambda k: left + pad + ks.index(k) / max(len(ks) - 1, 1) * (width - 2 * pad)  # noqa: E731
     top = 1.0 if scale else PLOT_SCALE
     sy = lambda v: height - pad - min(max(v, 0), top) / top * (height - 2 * pad)  # noqa: E731
-    title = f"fit (s), max {scale:.0f}" if scale else f"{measure} / original"
+    title = f"{measure} / original"
+    if scale:
+        title = f"fit (s), max {scale:.0f}" if measure == "fit_seconds" else f"{measure}, max {scale:.3g}"
     parts = [f'<text x="{left + width / 2}" y="16" text-anchor="middle">{title}</text>',
              f'<line x1="{left + pad}" y1="{height - pad}" x2="{left + width - pad}" y2="{height - pad}" stroke="black"/>',
              f'<line x1="{left + pad}" y1="{pad}" x2="{left + pad}" y2="{height - pad}" stroke="black"/>']  # fmt: skip
@@ -815,6 +818,12 @@ def _scaling_panel(rows, measure: str, ks: list[int], colours: dict, left: int, 
             parts.append(f'<circle cx="{sx(k):.1f}" cy="{sy(v):.1f}" r="3" fill="{colour}">'
                          f"<title>{eraser}, k={k}: {v:.2f}</title></circle>")  # fmt: skip
     return parts
+
+
+def _largest(rows) -> float:
+    """A panel's scale: the largest value or interval end of its rows (1 where there is none above 0)."""
+    ends = [v for v in (*rows["value"], *rows["hi"]) if _has(v)]
+    return float(max(ends)) if ends and max(ends) > 0 else 1.0
 
 
 def _mean(values) -> float:

@@ -290,3 +290,17 @@ def test_rates_against_the_number_of_targets_are_plotted_per_set_and_eraser():
     assert "<title>spm, k=2: 0.50</title>" in svg  # near 0.4 of the original's 0.8
     assert "<title>uce, k=1: 0.50</title>" in svg  # target 0.5 of 1.0
     assert scaling_svg(stored[::2]) is None  # every experiment erases one target: nothing to plot
+
+
+def test_alteration_against_the_number_of_targets_is_plotted_beside_the_rates():
+    from spmbench.report import scaling_svg
+
+    one, two = ("Barkley",), ("Barkley", "Whiskers")
+    stored = [
+        result("spm", {"target": 0.0, "near": 0.8}, {"paired_feature_distance": 0.1}, targets=one),
+        result("spm", {"target": 0.1, "near": 0.4}, {"paired_feature_distance": 0.4}, targets=two),
+    ]
+    svg = scaling_svg(stored)
+    # panels: target, near, the paired distance (over its largest value), fit seconds
+    assert svg.count("k targets") == 4 and "paired_feature_distance, max 0.4" in svg
+    assert "<title>spm, k=1: 0.25</title>" in svg  # 0.1 of the largest, 0.4
