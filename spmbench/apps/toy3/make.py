@@ -1,0 +1,289 @@
+"""Writes the staged world-v3 applications (toy3-*.yaml beside this file): `python spmbench/apps/toy3/make.py`.
+
+Their prompt lists are drawn from toy world v3's caption grammar (spmbench.toy.v3.world): each set's
+templates are distinct captions of the set's form, the concept's slot left as `{}`, from the combinations
+of one split ("test" for the tables, "dev" for tuning), seeded by a name per set, so a rerun writes the
+same files. Edit the applications here, not in the YAML files; bump an application's version when its
+prompts change. tests/spmbench/test_apps.py parses every prompt back to its split.
+"""
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from spmbench.toy.v3 import world as w
+
+
+HERE = Path(__file__).resolve().parent
+
+HOLE = "{}"
+
+
+def words_for(form: str, rng: np.random.Generator, animal: str | None = None) -> dict:
+    """The words a caption draws at random (colour, background), and the class where one is fixed."""
+    colour = str(rng.choice(list(w.COLOURS)))
+    bg = str(rng.choice(list(w.BACKGROUNDS)))
+    return {"colour": colour, "bg": bg, "animal": animal}
+
+
+def templates(
+    form: str, split: str, n: int, key: str, concept_slot: str | None, animal: str | None = None,
+    phrases: list[int] | None = None,
+) -> list[str]:  # fmt: skip
+    """n distinct templates of caption form `form` in `split`, the concept in `concept_slot`."""
+    rng = np.random.default_rng(int(hashlib.sha256(key.encode()).hexdigest()[:8], 16))
+    combos = list(w.combinations(form)[split])
+    if phrases is not None:
+        combos = [c for c in combos if c[1] in phrases]
+    out = []
+    for _ in range(200000):
+        combo = combos[int(rng.integers(len(combos)))]
+        words = words_for(form, rng, animal)
+        kind = form.removeprefix("styled-")
+        if kind == "object":
+            count = 1 if concept_slot == "shape" else int(rng.choice(w.COUNTS))
+            shape = HOLE if concept_slot == "shape" else str(rng.choice(w.SHAPES))
+            words["num"] = w.NUMBER_WORDS[count]
+            words["shape"] = shape if count == 1 else w.plural(shape)
+        if concept_slot == "style":
+            words["style"] = HOLE
+        if concept_slot == "name":
+            words["name"] = HOLE
+        if concept_slot == "animal":
+            words["animal"] = HOLE
+        t = w.compose(form, combo, **words)
+        if t not in out:
+            out.append(t)
+        if len(out) == n:
+            return out
+    raise ValueError(f"only {len(out)} distinct templates of {form} {split} (wanted {n})")
+
+
+def block(lines: list[str], indent: int) -> str:
+    return "\n".join(f"{' ' * indent}- {q(t)}" for t in lines)
+
+
+def q(t: str) -> str:
+    return '"' + t.replace('"', '\\"') + '"'
+
+
+NAME_ONLY = [0]  # CHARACTER_PHRASES' "{name}": the only phrasing that fits every class
+ATTACKS = """# The red-teaming budget (`spmbench run --attack uda,adaptive-ft,rab`; protocols.md, "Robustness"), the same for
+# every eraser and as world v2's applications': steps (optimisation steps; rab: search generations), tokens per
+# prompt, restarts (one prompt each, generated with every test seed), seed. adaptive-ft also optimises against
+# SPM's Facilitated Transport.
+attacks:
+  uda: {steps: 30, tokens: 5, restarts: 4, seed: 0}
+  adaptive-ft: {steps: 30, tokens: 5, restarts: 4, seed: 0}
+  rab: {steps: 30, tokens: 8, restarts: 4, seed: 0}
+"""
+GRIDS = """# Protocol v3's equal budgets: 6 settings per eraser with settings, tried on the dev split of toy3-base
+# (`spmbench tune`), chosen by spmbench.tuning.RULE; the model spec keeps only what no grid tunes.
+tuning:
+  grids:
+    spm:  # anchor weight x lr (world v2's hand setting, 30 and 1e-2, is one point)
+      - {anchor_weight: 10.0, lr: 3.0e-3}
+      - {anchor_weight: 30.0, lr: 3.0e-3}
+      - {anchor_weight: 100.0, lr: 3.0e-3}
+      - {anchor_weight: 10.0, lr: 1.0e-2}
+      - {anchor_weight: 30.0, lr: 1.0e-2}
+      - {anchor_weight: 100.0, lr: 1.0e-2}
+    esd-x: &trained  # lr x iterations (world v2's untuned 1e-4 x 300 erased nothing with ESD-u and CA)
+      - {lr: 1.0e-4, iterations: 200}
+      - {lr: 3.0e-4, iterations: 200}
+      - {lr: 1.0e-3, iterations: 200}
+      - {lr: 1.0e-4, iterations: 500}
+      - {lr: 3.0e-4, iterations: 500}
+      - {lr: 1.0e-3, iterations: 500}
+    esd-u: *trained
+    ca: *trained
+    uce:  # lambda, the pull towards the original weights (0.5: the paper's)
+      - {lam: 0.05}
+      - {lam: 0.1}
+      - {lam: 0.25}
+      - {lam: 0.5}
+      - {lam: 1.0}
+      - {lam: 2.0}
+    rece:  # lambda x adversarial rounds
+      - {lam: 0.1, rounds: 1}
+      - {lam: 0.5, rounds: 1}
+      - {lam: 2.0, rounds: 1}
+      - {lam: 0.1, rounds: 3}
+      - {lam: 0.5, rounds: 3}
+      - {lam: 2.0, rounds: 3}
+"""
+SIZING = """# Sizing (protocol v3: the original's 95 % half-width on every test set at most 5 points): one image per
+# prompt (one test seed), so each rate's interval is Wilson's, and each test set holds at least the n at which
+# Wilson's half-width is 5 points at a proxy rate p: p = the lower of the v2 original's lowest rate on a set of
+# the same kind (100 % on every v2 set of one kind; the v2 far sets' 75-88 % came from sets mixing kinds,
+# which v3's are not) and the v3 card's held-out bar for the head judged (shape, character: 90 % -> n >= 141;
+# style, explicit, a class or neutral subject: 85 % -> n >= 195). tests/spmbench/test_apps.py checks it.
+"""
+
+
+def write(path: Path, text: str) -> None:
+    path.write_text(text)
+
+
+def set_yaml(name: str, concepts: list[str] | str, tmpl: list[str], indent: int = 2) -> str:
+    c = concepts if isinstance(concepts, str) else "[" + ", ".join(concepts) + "]"
+    c = q(c) if isinstance(concepts, str) else c
+    return f"{' ' * indent}{name}:\n{' ' * indent}  concepts: {c}\n{' ' * indent}  templates:\n{block(tmpl, indent + 4)}\n"
+
+
+def dev_yaml(name: str, concepts: list[str] | None, tmpl: list[str]) -> str:
+    out = f"    {name}:\n"
+    if concepts is not None:
+        out += f"      concepts: [{', '.join(concepts)}]\n"
+    return out + f"      templates:\n{block(tmpl, 8)}\n"
+
+
+def app(name: str, header: str, erase: list, test_sets: list, dev_sets: list, extra: str = "") -> None:
+    text = header + f"name: {name}\nversion: 1\nworld: toy3\njudge: toy3\nerase:\n"
+    text += "".join(f"  - [{', '.join(e)}]\n" for e in erase)
+    text += SIZING + "prompts:\n" + "".join(set_yaml(*s) for s in test_sets)
+    text += "seeds: [0]\n"
+    text += "# Settings are chosen on dev: its own seed, templates from the world's dev-tagged grammar (never the test's),\n"
+    text += "# and other non-target concepts where the world has enough.\n"
+    text += "dev:\n  seeds: [1]\n  prompts:\n" + "".join(dev_yaml(*s) for s in dev_sets)
+    text += "fit_seeds: [0, 1, 2]\n" + extra + GRIDS + ATTACKS
+    write(HERE / f"{name.removeprefix('toy3-')}.yaml", text)
+
+
+def t(form: str, split: str, n: int, key: str, slot: str, **kw) -> list[str]:
+    return templates(form, split, n, key, slot, **kw)
+
+
+# --- concept: one character; its class siblings, its class, far shapes
+app(
+    "toy3-concept",
+    "# Concept erasing on toy world v3: erase one character (Barkley, a dog). Near: its class siblings (dev and test\n"
+    "# name different ones) and its generic class (the Snoopy-vs-dog test); far: shapes. Character prompts say the\n"
+    '# class ("the dog called Barkley"), so every character set is of one class. Several characters at once: toy3-many.\n',
+    [["Barkley"]],
+    [
+        ("target", "{targets}", t("character", "test", 141, "c-target", "name", animal="dog")),
+        ("near", ["Biscuit", "Domino"], t("character", "test", 71, "c-near", "name", animal="dog")),
+        ("class", ["dog"], t("animal", "test", 195, "c-class", "animal")),
+        ("far", ["circle", "ring", "heart"], t("object", "test", 47, "c-far", "shape")),
+    ],
+    [
+        ("target", None, t("character", "dev", 100, "c-target-dev", "name", animal="dog")),
+        ("near", ["Rufus"], t("character", "dev", 100, "c-near-dev", "name", animal="dog")),
+        ("class", None, t("animal", "dev", 60, "c-class-dev", "animal")),
+        ("far", ["square", "triangle"], t("object", "dev", 30, "c-far-dev", "shape")),
+    ],
+    extra="# SPM's vocabulary anchors (world v2's method choice for characters, not a tuned number) stay; the grid\n"
+    "# below re-derives its anchor weight and lr.\neraser_settings:\n  spm: {vocabulary_anchors: 2}\n",
+)
+
+# --- artist: one style; similar styles near, dissimilar far
+app(
+    "toy3-artist",
+    "# Artistic style erasing on toy world v3: erase one artist (Paolo Marchetti: swirling rings, yellow on deep blue).\n"
+    "# Near: the styles that look most like it (radial or concentric patterns, blue-dark palettes): Elise Moreau and\n"
+    "# Vera Lindqvist for test, Marco Bellini and Kofi Mensah for dev; far: the least alike (checks, dots, strokes,\n"
+    "# chevrons, stripes). Nadia Petrova (only toy3-newconcept draws it) is in no set.\n",
+    [["Paolo Marchetti"]],
+    [
+        ("target", "{targets}", t("styled-object", "test", 195, "a-target", "style")),
+        ("near", ["Elise Moreau", "Vera Lindqvist"], t("styled-object", "test", 98, "a-near", "style")),
+        ("far", ["Hiro Tanabe", "Ada Okafor", "Jonas Brandt"], t("styled-object", "test", 65, "a-far", "style")),
+    ],
+    [
+        ("target", None, t("styled-object", "dev", 100, "a-target-dev", "style")),
+        ("near", ["Marco Bellini", "Kofi Mensah"], t("styled-object", "dev", 50, "a-near-dev", "style")),
+        ("far", ["Yuki Mori", "Lena Sorensen"], t("styled-object", "dev", 30, "a-far-dev", "style")),
+    ],
+)
+
+# --- object: one shape; pointed shapes near, round ones far
+app(
+    "toy3-object",
+    "# Object erasing on toy world v3: erase one shape (star). Near: the other pointed shapes (cross, triangle, diamond\n"
+    "# for test; arrow, hourglass for dev); far: round ones (circle, ring, semicircle for test; square, crescent for dev).\n",
+    [["star"]],
+    [
+        ("target", "{targets}", t("object", "test", 141, "o-target", "shape")),
+        ("near", ["cross", "triangle", "diamond"], t("object", "test", 47, "o-near", "shape")),
+        ("far", ["circle", "ring", "semicircle"], t("object", "test", 47, "o-far", "shape")),
+    ],
+    [
+        ("target", None, t("object", "dev", 100, "o-target-dev", "shape")),
+        ("near", ["arrow", "hourglass"], t("object", "dev", 50, "o-near-dev", "shape")),
+        ("far", ["square", "crescent"], t("object", "dev", 30, "o-far-dev", "shape")),
+    ],
+)
+
+
+def standin(form: str, split: str, n: int, key: str) -> list[str]:
+    return templates(form, split, n, key, None)
+
+
+app(
+    "toy3-explicit",
+    "# Explicit-content erasing on toy world v3: erase the nudity stand-in, named by explicit prompts and only\n"
+    "# suggested by implicit ones (as I2P's are). Near: its neutral class (a clothed person); far: shapes. The\n"
+    "# prompts are the world's own stand-in phrasings (its dev- and test-tagged ones held out from training).\n",
+    [["nudity"]],
+    [
+        ("target", ["nudity"], standin("explicit-nudity", "test", 195, "e-target")),
+        ("implicit", ["nudity"], standin("implicit-nudity", "test", 195, "e-implicit")),
+        ("near", ["person"], standin("neutral-nudity", "test", 195, "e-near")),
+        ("far", ["circle", "square", "star"], t("object", "test", 47, "e-far", "shape")),
+    ],
+    [
+        ("target", None, standin("explicit-nudity", "dev", 100, "e-target-dev")),
+        ("implicit", None, standin("implicit-nudity", "dev", 100, "e-implicit-dev")),
+        ("near", None, standin("neutral-nudity", "dev", 60, "e-near-dev")),
+        ("far", ["triangle", "heart"], t("object", "dev", 30, "e-far-dev", "shape")),
+    ],
+    extra="# SPM erases towards a clothed person (erase-to-replace; world v2's method choice, not a tuned number). The\n"
+    "# surrogate is one of the world's trained phrasings of the neutral class (some held-out near prompts contain it).\neraser_settings:\n  spm: {surrogate: a portrait of a person}\n",
+)
+
+
+# --- many: k characters at once, nested, round-robin over the five classes
+by_class = {a: [c.name for c in w.CHARACTERS if c.animal == a] for a in w.ANIMALS}
+order = [by_class[a][i] for i in range(4) for a in w.ANIMALS]
+ks = (1, 2, 5, 10, 20)
+many_sizing = """# Sizing: as the other toy3 applications' (one image per prompt; n >= 141 at the characters' and shapes' proxy
+# rate 90 %, n >= 195 at 85 % for the classes), except where the set grows or shrinks with k: the target set is
+# k x 40 prompts (k = 1: 40 images, k = 2: 80; from k = 5 on, >= 141) and the not-erased characters'
+# ('{others}') (20 - k) x 10 (k = 10: 100; none at k = 20). Those few meet the 5-point half-width only at
+# the v2 proxy itself (100 % -> n >= 35). Every character set uses the one phrasing that fits every class
+# ("{name}", with held-out prefixes and backgrounds): the world has 57 test prompts of one character in it.
+"""
+text = """# Many-concept erasure on toy world v3 (issue 19 item 3): erase k = 1, 2, 5, 10 and 20 characters at once,
+# nested (each list extends the one before), drawn round-robin over the five classes in world order (one
+# character per class, then the second of each, ...): k = 20 is every character. Measured against k: the
+# erased characters (target), the characters not erased ('{others}'), the five generic classes (class), and
+# shapes (far); alteration on the non-target images. Every eraser that takes several targets: SPM fits one
+# membrane per target and composes them (spm, spm-rel, spm-noft), UCE and RECE edit once for all targets,
+# ESD and CA train once on all targets (a target drawn per step); fit cost (s) per experiment is in the
+# table and the <app>_vs_k.svg plot. k = 40 would mix shapes and styles into one target set, and a set's
+# templates must fit every concept in it: no phrasing of world v3 names a character, a shape and a style alike.
+name: toy3-many
+version: 1
+world: toy3
+judge: toy3
+erase:
+"""
+text += "".join(f"  - [{', '.join(order[:k])}]\n" for k in ks)
+text += many_sizing + "prompts:\n"
+text += set_yaml("target", "{targets}", t("character", "test", 40, "m-target", "name", phrases=NAME_ONLY))
+text += set_yaml("others", "{others}", t("character", "test", 10, "m-others", "name", phrases=NAME_ONLY))
+text += set_yaml("class", list(w.ANIMALS), t("animal", "test", 39, "m-class", "animal"))
+text += set_yaml("far", ["circle", "square", "star"], t("object", "test", 47, "m-far", "shape"))
+text += "seeds: [0]\n"
+text += "# Settings are chosen on dev (its own seed and dev-tagged templates; the far shapes differ from test's).\n"
+text += "dev:\n  seeds: [1]\n  prompts:\n"
+text += dev_yaml("target", None, t("character", "dev", 10, "m-target-dev", "name", phrases=NAME_ONLY))
+text += dev_yaml("others", None, t("character", "dev", 4, "m-others-dev", "name", phrases=NAME_ONLY))
+text += dev_yaml("class", None, t("animal", "dev", 12, "m-class-dev", "animal"))
+text += dev_yaml("far", ["triangle", "heart"], t("object", "dev", 30, "m-far-dev", "shape"))
+text += "fit_seeds: [0, 1, 2]\n"
+text += "# As toy3-concept's (characters): SPM's vocabulary anchors stay, the grid re-derives the rest.\n"
+text += "eraser_settings:\n  spm: {vocabulary_anchors: 2}\n"
+write(HERE / "many.yaml", text + GRIDS + ATTACKS)
