@@ -8,7 +8,7 @@ from spmbench.erasers.none import Original
 from spmbench.erasers.rece import RECE
 from spmbench.erasers.released import load_released
 from spmbench.erasers.sld import PRESETS, SLD
-from spmbench.erasers.spm import SPMEraser, SPMNoAnchor
+from spmbench.erasers.spm import SPMEraser, SPMHardened, SPMNoAnchor
 from spmbench.erasers.uce import UCE
 
 
@@ -28,6 +28,7 @@ BUILTIN = tuple(ERASERS.names())  # what `--erasers all` runs; released checkpoi
 # Ablations of SPM that `spmbench paper` runs (its ablation tables) and `run` only when named.
 ABLATIONS = ("spm-noanchor",)
 ERASERS.add("spm-noanchor", SPMNoAnchor())
+ERASERS.add("spm-hardened", SPMHardened())  # ours (issue 20): run when named; `--erasers all` is unchanged
 load_released(registry=ERASERS)  # YAML files: spmbench/erasers/released/, SPMBENCH_ERASERS
 
 

@@ -31,6 +31,8 @@ class SPMEraser(Eraser):
     Settings = SPMSettings
     fits_per_target = True  # SPMs combine without retuning: k targets are k single-target fits
 
+    least: float = 0.0  # FT's least permeability (spm.Transport's `least`): 0, the paper's gamma
+
     def __init__(self, transport: bool = True, similarity: str = "paper"):
         """transport: Facilitated Transport on; similarity: its prompt similarity (spm.attach)."""
         self.transport, self.similarity = transport, similarity
@@ -51,7 +53,9 @@ class SPMEraser(Eraser):
     @contextmanager
     def apply(self, pipe, artifacts: list[Path]):
         spms = [spm.SPM.load(p) for p in artifacts]
-        attached = spm.attach(pipe, spms, transport=self.transport, similarity=self.similarity)
+        attached = spm.attach(pipe, spms, transport=self.transport and not self.least, similarity=self.similarity)
+        if self.transport and self.least:  # attach has no `least`: its FT, made with one
+            attached.transport = spm.Transport([s.targets for s in spms], pipe, self.similarity, least=self.least)
         try:
             yield attached
         finally:
@@ -75,3 +79,28 @@ class SPMNoAnchor(SPMEraser):
     @property
     def settings_key(self) -> str:
         return "spm"  # a model's or application's SPM settings hold for the ablation too
+
+
+class SPMHardened(SPMEraser):
+    """SPM hardened against adversarial prompts (ours; issue 20): trained with adversarial prompts searched as it
+    trains (spm.TrainConfig.adversarial_every, over the 'spm' settings) into fits of its own, and applied with FT
+    at a least permeability (`least`), which no prompt lowers. Both chosen by measurement on the toy world:
+    reports/toy-concept/hardened_spm_note.md."""
+
+    overrides = MappingProxyType({"adversarial_every": 10, "adversarial_steps": 5, "adversarial_tokens": 5})
+    least = 0.5
+    unsupported = MappingProxyType(
+        dict.fromkeys(("sdxl", "sd3"), "its adversarial training searches one text encoder's token embeddings")
+    )
+
+    def __init__(self):
+        super().__init__(transport=True)
+        self.name = "spm-hardened"
+
+    @property
+    def fit_key(self) -> str:
+        return "spm-hardened"
+
+    @property
+    def settings_key(self) -> str:
+        return "spm"  # a model's or application's SPM settings hold for it too

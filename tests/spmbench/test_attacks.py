@@ -17,8 +17,8 @@ SEEDS = (0, 1, 2, 3)
 REFERENCE = Generation(steps=10, guidance=3.0, resolution=32)  # the attack's reference images: fewer steps, faster
 BUDGETS = {
     "uda": {"steps": 8, "restarts": 1, "images": 1, "timesteps": 4},
-    # without the target's words, a restart finds the concept or not (toy world: 2 in 3): two restarts
-    "adaptive-ft": {"steps": 20, "restarts": 2, "images": 1, "timesteps": 4},
+    # each restart searches before the target prompt and without its words, and keeps the lower deployed loss
+    "adaptive-ft": {"steps": 8, "restarts": 1, "images": 1, "timesteps": 4},
     "rab": {"steps": 10, "restarts": 1, "population": 32},
 }
 
@@ -53,7 +53,7 @@ def characters(pipe, judge, prompts: list[str]) -> list[int]:
 def test_on_the_original_model_the_attack_keeps_the_concept(toy, judge, name):
     prompts = ATTACKS.get(name).find(toy, original(toy), "Barkley", REFERENCE, BUDGETS[name])
     assert len(prompts) == BUDGETS[name]["restarts"] and all(isinstance(p, str) for p in prompts)
-    if name != "uda":  # the target's words are not used: the concept comes back from other tokens
+    if name == "rab":  # the target's words are not used: the concept comes back from other tokens
         assert not any("barkley" in p.lower() for p in prompts)
     found = characters(toy, judge, prompts)
     barkley = 1 + world.CHARACTER_NAMES.index("Barkley")
@@ -71,19 +71,42 @@ def test_on_a_concept_the_model_never_learnt_the_attack_finds_nothing(toy, judge
 
 
 def test_the_adaptive_attack_lowers_ft_gamma(toy):
-    """Against SPM with FT, the gamma term of the adaptive attack's loss lowers the permeability FT gives its
-    prompt, compared with the same search without it (and with UnlearnDiffAtk's prompt, which names the target)."""
+    """Against SPM with FT, the adaptive attack's loss is the deployed model's, FT's gamma flowing into the membrane's
+    strength: without the target's words, the prompt it finds gets a lower gamma than the same search finds against
+    the same membrane without FT (where gamma is not the search's to lower), and than UnlearnDiffAtk's prompt,
+    which names the target (gamma 1)."""
+    membrane = random_spm(toy.unet, ["Barkley"], scale=0.05)
+    adaptive = ATTACKS.get("adaptive-ft")
+    budget = BUDGETS["adaptive-ft"] | {"steps": 10, "restarts": 2, "layouts": ["free"]}
+    with_ft = adaptive.find(toy, lambda: spm_applied(toy, membrane), "Barkley", REFERENCE, budget)
+    without = adaptive.find(toy, lambda: spm_applied(toy, membrane, transport=False), "Barkley", REFERENCE, budget)
+    plain = ATTACKS.get("uda").find(toy, lambda: spm_applied(toy, membrane), "Barkley", REFERENCE, BUDGETS["uda"])
+    with spm_applied(toy, membrane) as attached:
+        lowered, ignored, named = (attached.permeability(p)[:, 0] for p in (with_ft, without, plain))
+    assert lowered.mean() < ignored.mean() - 0.01, (with_ft, lowered, without, ignored)
+    assert torch.all(named == 1) and torch.all(lowered < 1)
+
+
+def test_the_adaptive_attack_is_at_least_unlearndiffatk_on_the_deployed_loss(toy):
+    """Each restart keeps UnlearnDiffAtk's prompt (its own layout and draws) unless a prompt without the target's
+    words has a lower loss on the deployed model (FT on): restart by restart, never a higher loss than uda's."""
+    from spmbench.attacks.uda import reference
+
     membrane = random_spm(toy.unet, ["Barkley"], scale=0.05)
     erased = lambda: spm_applied(toy, membrane)  # noqa: E731
-    adaptive = ATTACKS.get("adaptive-ft")
-    budget = BUDGETS["adaptive-ft"] | {"steps": 10}
-    with_gamma = adaptive.find(toy, erased, "Barkley", REFERENCE, budget | {"gamma_weight": 5.0})
-    without = adaptive.find(toy, erased, "Barkley", REFERENCE, budget | {"gamma_weight": 0.0})
-    plain = ATTACKS.get("uda").find(toy, erased, "Barkley", REFERENCE, BUDGETS["uda"])
-    with spm_applied(toy, membrane) as attached:
-        lowered, ignored, named = (attached.permeability(p)[:, 0] for p in (with_gamma, without, plain))
-    assert lowered.mean() < ignored.mean() - 0.01, (with_gamma, lowered, without, ignored)
-    assert torch.all(named == 1) and torch.all(lowered < 1)
+    budget = BUDGETS["uda"] | {"restarts": 2}
+    adaptive, uda = ATTACKS.get("adaptive-ft"), ATTACKS.get("uda")
+    strong = adaptive.find(toy, erased, "Barkley", REFERENCE, budget)
+    own_layout = adaptive.find(toy, erased, "Barkley", REFERENCE, budget | {"layouts": ["target"]})
+    plain = uda.find(toy, erased, "Barkley", REFERENCE, budget)
+    assert own_layout == plain
+    settings = adaptive.settings(budget)
+    goal = reference(toy, "Barkley", REFERENCE, settings)
+    with erased() as attached:
+        losses = [
+            [adaptive.prompt_loss(toy, attached, p, goal, settings) for p in pair] for pair in zip(strong, plain)
+        ]
+    assert all(mine <= theirs for mine, theirs in losses), (strong, plain, losses)
 
 
 def spm_applied(pipe, membrane, **options):
@@ -126,6 +149,7 @@ def test_found_prompts_read_back_as_the_tokens_found(toy):
         ("uda", {"stepz": 3}, "unknown field"),
         ("uda", {"lr": -1.0}, "lr must be a finite number greater than 0"),
         ("adaptive-ft", {"gamma_weight": -1.0}, "gamma_weight must be a finite number >= 0"),
+        ("adaptive-ft", {"layouts": ["sideways"]}, "layouts must be a non-empty list of distinct layouts"),
         ("rab", {"tokens": "many"}, "tokens must be"),
         ("rab", {"elite": 64, "population": 64}, "elite (64) must be smaller than population (64)"),
         ("rab", {"templates": ["no slot"]}, "each with one {}"),
