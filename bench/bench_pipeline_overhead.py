@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 import spm
+from spm.adapter import layer_names
 from spm.layers import membrane_targets
 from spm.models import SD1_UNET_CONFIG, SDXL_UNET_CONFIG
 
@@ -289,6 +290,72 @@ def measure(pipe, n_prompts: int, ks: list[int], args) -> dict:
     return result
 
 
+def layer_costs(pipe, n_prompts: int, ks: list[int], repeats: int) -> list[dict]:
+    """Per membrane layer shape, the CPU time of one UNet forward's layers (summed over the layers of that shape):
+    bare, on per-row folded weights, on the branch, and what spm.layers' cost model picks; each the fastest of
+    `repeats` forwards per round, rounds interleaved. Thread CPU time: on a shared machine it counts this
+    thread's work only. What spm.layers.FOLD_RATIO and BRANCH_MAC_COST were fitted to."""
+    import collections
+
+    import spm.layers as layers_module
+
+    prompts = prompts_for(n_prompts)
+    cap: dict = {}
+    hook = pipe.unet.register_forward_pre_hook(lambda m, a, kw: cap.setdefault("in", (a, kw)), with_kwargs=True)
+    pipe(prompts, num_inference_steps=1, height=32, width=32, output_type="pt")
+    hook.remove()
+    args, kwargs = cap["in"]
+    best: dict = collections.defaultdict(lambda: float("inf"))
+    shapes: dict = {}
+
+    def timed_forward(layers: dict, tag) -> None:
+        start: dict = {}
+        handles = []
+        for name, layer in layers.items():
+            handles.append(
+                layer.register_forward_pre_hook(lambda m, a, n=name: start.__setitem__(n, time.thread_time()))
+            )
+            handles.append(layer.register_forward_hook(lambda m, a, o, n=name: spent(n, a[0], o, m, tag, start)))
+        with torch.no_grad():
+            for _ in range(repeats + 1):  # the first plans the call (folds): not timed as a step
+                pipe.unet(*args, **kwargs)
+        for h in handles:
+            h.remove()
+
+    def spent(name, x, out, module, tag, start) -> None:
+        base = getattr(module, "base_layer", module).weight
+        shapes[name] = (base.shape[0], base[0].numel(), x[0].numel() // base[0].numel())
+        best[(tag, name)] = min(best[(tag, name)], time.thread_time() - start[name])
+
+    paths = {"fold": (1e9, layers_module.FOLD_BYTES), "branch": (0.0, 0), "rule": (None, None)}
+    saved = layers_module.FOLD_RATIO, layers_module.FOLD_BYTES
+    spms = {k: random_spms(pipe, k) for k in ks if k}
+    for _ in range(2):
+        timed_forward(membrane_targets(pipe.unet), "bare")
+        for k, group in spms.items():
+            attached = spm.attach(pipe, group)
+            gamma = attached.permeability(prompts)
+            for path, (ratio, nbytes) in paths.items():
+                layers_module.FOLD_RATIO = saved[0] if ratio is None else ratio
+                layers_module.FOLD_BYTES = saved[1] if nbytes is None else nbytes
+                with attached.permeable(gamma.clone()):
+                    timed_forward({n: attached.unet.get_submodule(p) for n, p in attached.paths.items()}, (k, path))
+            layers_module.FOLD_RATIO, layers_module.FOLD_BYTES = saved
+            attached.detach()
+    kohya = {path: name for name, path in layer_names(pipe.unet).items()}
+    table: dict = collections.defaultdict(lambda: collections.defaultdict(float))
+    for path in membrane_targets(pipe.unet):
+        row = table[
+            (path.rsplit(".", 1)[-1] if "proj_" in path else path.split("transformer_blocks.0.")[-1], *shapes[path])
+        ]
+        row["layers"] += 1
+        row["bare"] += best[("bare", path)] * 1e6
+        for k in spms:
+            for p in paths:
+                row[f"k{k}_{p}"] += best[((k, p), kohya[path])] * 1e6
+    return [{"layer": key[0], "out": key[1], "in": key[2], "tokens": key[3], **row} for key, row in table.items()]
+
+
 def environment(args) -> dict:
     import diffusers
     import transformers
@@ -317,7 +384,7 @@ def markdown(report: dict) -> str:
         "",
         f"Command: `{s['command']}`",
         f"Date: {env['date']}. Machine: {env['device']}, {env['threads']} torch threads, load average at start "
-        f"{env['load_average_at_start']}. torch {env['torch']}, diffusers {env['diffusers']}, "
+        f"{env['load_average_at_start']}, at end {env.get('load_average_at_end')}. torch {env['torch']}, diffusers {env['diffusers']}, "
         f"transformers {env['transformers']}.",
         f"Settings: {s['size']} px, {s['steps']} steps, CFG 7.5, FT on (each prompt its own permeability), "
         f"median of {s['rounds']} interleaved rounds (bare, then each k, per round); ratio = bare time / attached "
@@ -352,6 +419,31 @@ def markdown(report: dict) -> str:
                 + ". Folded weights do not pay the per-token branch cost, so they can beat this limit.",
             ]
         lines.append("")
+    if report.get("layers"):
+        ks = sorted({int(key[1:].split("_")[0]) for key in report["layers"][0] if key.startswith("k")})
+        lines += [
+            "## Membrane layers by shape (one UNet forward, us of thread CPU time, fastest of 3 per round)",
+            "",
+            "Summed over the layers of each shape; fold = per-row folded weights, branch = the rank-k branch, "
+            "rule = what spm.layers' cost model picks (FOLD_RATIO, BRANCH_MAC_COST).",
+            "",
+            "| layer | out | in | tokens | layers | bare | "
+            + " | ".join(f"k={k} fold | k={k} branch | k={k} rule" for k in ks)
+            + " |",
+            "|---|---:|---:|---:|---:|---:|" + "---:|" * 3 * len(ks),
+        ]
+        totals = {key: 0.0 for key in report["layers"][0] if key not in ("layer", "out", "in", "tokens", "layers")}
+        for r in report["layers"]:
+            cells = " | ".join(f"{r[f'k{k}_fold']:.0f} | {r[f'k{k}_branch']:.0f} | {r[f'k{k}_rule']:.0f}" for k in ks)
+            lines.append(
+                f"| {r['layer']} | {r['out']} | {r['in']} | {r['tokens']} | {r['layers']:.0f} | {r['bare']:.0f} | {cells} |"
+            )
+            for key in totals:
+                totals[key] += r[key]
+        cells = " | ".join(
+            f"{totals[f'k{k}_fold']:.0f} | {totals[f'k{k}_branch']:.0f} | {totals[f'k{k}_rule']:.0f}" for k in ks
+        )
+        lines += [f"| all | | | | | {totals['bare']:.0f} | {cells} |", ""]
     return "\n".join(lines)
 
 
@@ -378,6 +470,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (set it: the default varies)")
     ap.add_argument("--no-limit", action="store_true", help="skip counting the arithmetic limit")
+    ap.add_argument(
+        "--layers",
+        action="store_true",
+        help="also time each membrane layer shape bare, folded per row and on the branch",
+    )
     ap.add_argument("--out", type=Path, default=None, help="default: reports/bench/pipeline_overhead_<model>_<device>")
     args = ap.parse_args()
     if args.threads:
@@ -396,6 +493,9 @@ def main() -> None:
         "environment": environment(args),
         "runs": runs,
     }
+    if args.layers:
+        report["layers"] = layer_costs(pipe, int(args.prompts.split(",")[-1]), [k for k in ks if k in (1, 20)], 3)
+    report["environment"]["load_average_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     out = args.out or Path(f"reports/bench/pipeline_overhead_{Path(args.model).name}_{args.device.split(':')[0]}")
     write_atomic(out.with_suffix(".json"), json.dumps(report, indent=1, default=str) + "\n")
     write_atomic(out.with_suffix(".md"), markdown(report))

@@ -29,7 +29,7 @@ from torch import nn
 # bench/bench_pipeline_overhead.py --layers); a 1x1 conv always folds (its batched product beats oneDNN's conv
 # plus branch at every level measured). All layers' per-row folds of a call fit in FOLD_BYTES.
 FOLD_RATIO = 1.7
-BRANCH_MAC_COST = 1 / 30
+BRANCH_MAC_COST = 1 / 20
 FOLD_BYTES = 256 * 2**20
 
 
@@ -204,7 +204,7 @@ class MembraneLayer(nn.Module):
             return partial(self._merged_forward, weight=self._folded_once(coeff, down, up))
         if self._per_row_fold_pays(x, down.shape[0]):
             return partial(self._per_row_forward, weights=self._folded_per_row(coeff, down, up))
-        return partial(self._branch_forward, down=down, up=up, coeff=coeff)
+        return partial(self._branch_scaled, down=down, scaled_up=self._scaled_up(up, coeff))
 
     def _coefficients(self, gamma, owner, row_scale) -> torch.Tensor:
         """Each row's weight per rank row (N, R): gamma of the row's prompt for the rank row's SPM, times its scale.
@@ -221,12 +221,19 @@ class MembraneLayer(nn.Module):
         return coeff
 
     def _branch_forward(self, x: torch.Tensor, down, up, coeff: torch.Tensor) -> torch.Tensor:
-        """W x + b + U (c_n * D x) per row n: the unfolded rank-R branch, (in + out) x R per token.
+        """W x + b + U (c_n * D x) per row n: the unfolded rank-R branch, (in + out) x R per token."""
+        return self._branch_scaled(x, down, self._scaled_up(up, coeff))
 
-        The update is added in place to the base layer's output (whose backward does not need it): an
-        out-of-place addmm over a wide output costs 3-4x the layer on CPU. Rank 1 adds an outer product
-        (one broadcast multiply-add), which beats a matmul with one inner dimension.
-        """
+    def _scaled_up(self, up: torch.Tensor, coeff: torch.Tensor) -> torch.Tensor:
+        """U diag(c_n) per row n, laid out for _branch_scaled: (N, out, R) for a conv, (N, R, out) for a Linear.
+        Made once per call (the plan binds it): the rows' coefficients then cost no product per step."""
+        scaled = up.flatten(1)[None] * coeff.to(up.dtype)[:, None, :]  # (N, out, R)
+        return scaled if self.is_conv else scaled.transpose(1, 2).contiguous()
+
+    def _branch_scaled(self, x: torch.Tensor, down, scaled_up: torch.Tensor) -> torch.Tensor:
+        """The branch with each row's coefficients in its up factor (see _scaled_up), added in place to the base
+        layer's output (whose backward does not need it): an out-of-place addmm over a wide output costs 3-4x the
+        layer on CPU. Rank 1 adds a broadcast outer product, which beats a matmul with one inner dimension."""
         y = self.base_layer(x)
         n, rank = x.shape[0], down.shape[0]
         if self.is_conv:
@@ -235,19 +242,18 @@ class MembraneLayer(nn.Module):
             else:
                 conv = self.base_layer
                 h = F.conv2d(x, down, None, conv.stride, conv.padding, conv.dilation).flatten(2)
-            h = h * coeff[:, :, None]  # (N, R, HW)
-            y3 = y.reshape(n, y.shape[1], -1)
+            y3 = y.reshape(n, y.shape[1], -1)  # (N, out, HW); h (N, R, HW)
             if rank == 1:
-                y3.addcmul_(h, up.view(1, -1, 1))
+                y3.addcmul_(h, scaled_up)
             else:
-                y3.baddbmm_(up.flatten(1).expand(n, -1, -1), h)
+                y3.baddbmm_(scaled_up, h)
             return y3.view(y.shape)
-        h = F.linear(x, down) * coeff.view(n, *([1] * (x.dim() - 2)), rank)
+        h = F.linear(x, down)
         if rank == 1:
-            return y.addcmul_(h, up.view(-1))
-        y2 = y.reshape(-1, y.shape[-1])
-        y2.addmm_(h.reshape(-1, rank), up.T)
-        return y2.view(y.shape)
+            return y.addcmul_(h, scaled_up.view(n, *([1] * (x.dim() - 2)), -1))
+        y3 = y.reshape(n, -1, y.shape[-1])
+        y3.baddbmm_(h.reshape(n, -1, rank), scaled_up)
+        return y3.view(y.shape)
 
     def _folded_once(self, coeff: torch.Tensor, down, up) -> torch.Tensor:
         """W + U diag(c) D for the call's one permeability (every row alike), shaped like the base weight.
