@@ -248,6 +248,24 @@ def _judges_for(a, judge_settings: dict, device: str):
     return judge, judges.alteration_features(judge, a.world, judge_settings, device)
 
 
+def _chosen(models, apps, app_name: str, models_sel: str) -> tuple[list, list]:
+    """The models `--models` selects and the applications `--app` names ('all': every one of the models'
+    world), for `run` and `tune`; a selection that names nothing or mixes worlds is a one-line error."""
+    from spmbench.models import select_models
+
+    named = None if app_name == "all" else apps.get(app_name)
+    chosen_models = select_models(models, models_sel, world=named.world if named else "toy")
+    if not chosen_models:
+        _fail(f"--models {models_sel!r} selected no model: give 'all', 'toy', 'real' or names (spmbench ls models)")
+    worlds = {m.world for m in chosen_models}
+    if len(worlds) != 1:
+        _fail(f"--models mixes worlds {sorted(worlds)}: run the toy and the real models separately")
+    world = worlds.pop()
+    if named and named.world != world:
+        _fail(f"application {named.name} is for {named.world} models, but --models selected {world} ones")
+    return chosen_models, [named] if named else [a for a in apps if a.world == world]
+
+
 def _selected_erasers(selector: str) -> list[str]:
     from spmbench.erasers import BUILTIN
 
@@ -276,14 +294,23 @@ def _launched(device: str, out: Path, reports: Path, dry_run: bool):
 
 
 def _checked_plans(
-    chosen_apps: list, chosen_models: list, erasers: list[str], models, judge_settings: dict, out: Path
+    chosen_apps: list,
+    chosen_models: list,
+    erasers: list[str],
+    models,
+    judge_settings: dict,
+    out: Path,
+    skipped: list[str] | None = None,
 ):
     """Each application's cells (runner.plan), after everything validate checks of this selection (and the
-    models its fits are made on), before any work."""
+    models its fits are made on), before any work. A cell whose eraser cannot run on its model's family is
+    an error, or, given a `skipped` list, left out of the plan with one line there saying why."""
     from spmbench import runner
     from spmbench.erasers import ERASERS, family_problem
 
     plans = {a.name: runner.plan(a, chosen_models, erasers, out / a.name) for a in chosen_apps}
+    if skipped is not None:
+        plans = {name: _runnable(cells, skipped) for name, cells in plans.items()}
     involved = {m.name: m for m in chosen_models + [runner.fit_model_for(m, models) for m in chosen_models]}
     chosen_erasers = [ERASERS.get(e) for e in erasers]
     problems = _selection_problems(chosen_apps, list(involved.values()), chosen_erasers, judge_settings)
@@ -292,6 +319,21 @@ def _checked_plans(
         _fail_on(runner.settings_problem(a, plans[a.name], models))
         _fail_on(family_problem(plans[a.name]))  # an eraser that cannot run on a model's family
     return plans
+
+
+def _runnable(cells: list, skipped: list[str]) -> list:
+    """The cells whose eraser runs on their model's family; one line in `skipped` per eraser and model left out."""
+    from spmbench.erasers import ERASERS
+
+    kept = []
+    for cell in cells:
+        problem = ERASERS.get(cell.eraser).family_problem(cell.model.family)
+        line = f"{cell.eraser} on {cell.model.name} left out: {problem}"
+        if problem is None:
+            kept.append(cell)
+        elif line not in skipped:
+            skipped.append(line)
+    return kept
 
 
 @dataclass(frozen=True)
@@ -374,25 +416,12 @@ def run(
     """Plan, fit, generate, score and report; a rerun computes only what is missing."""
     models, apps, _ = _registries()  # first: a malformed spec file is a one-line error
     from spmbench import tuning
-    from spmbench.models import select_models
     from spmbench.registry import UnknownName
 
     shard, device = _launched(device, out, reports, dry_run)
     try:
-        named = None if app_name == "all" else apps.get(app_name)
-        chosen_models = select_models(models, models_sel, world=named.world if named else "toy")
-        if not chosen_models:
-            _fail(
-                f"--models {models_sel!r} selected no model: give 'all', 'toy', 'real' or names (spmbench ls models)"
-            )
-        worlds = {m.world for m in chosen_models}
-        if len(worlds) != 1:
-            _fail(f"--models mixes worlds {sorted(worlds)}: run the toy and the real models separately")
-        world = worlds.pop()
-        chosen_apps = [named] if named else [a for a in apps if a.world == world]
+        chosen_models, chosen_apps = _chosen(models, apps, app_name, models_sel)
         chosen_apps = [tuning.apply_record(a, reports / a.name) for a in chosen_apps]  # dev-chosen settings
-        if named and named.world != world:
-            _fail(f"application {named.name} is for {named.world} models, but --models selected {world} ones")
         erasers = _selected_erasers(erasers_sel)
         judge_settings = _judge_settings(judge_setting, clip_model, classifier)
         plans = _checked_plans(chosen_apps, chosen_models, erasers, models, judge_settings, out)
@@ -450,18 +479,17 @@ def tune(
     models, apps, _ = _registries()
     from spm.models import device_problem
     from spmbench import runner, tuning
-    from spmbench.models import select_models
+    from spmbench.erasers import ERASERS
     from spmbench.registry import UnknownName
 
     _fail_on(device_problem(device))
     try:
-        named = None if app_name == "all" else apps.get(app_name)
-        chosen = select_models(models, models_sel, world=named.world if named else "toy")
-        if not chosen:
-            _fail(f"--models {models_sel!r} selected no model: give 'toy', 'real' or names (spmbench ls models)")
+        chosen, chosen_apps = _chosen(models, apps, app_name, models_sel)
+        chosen_apps = [a for a in chosen_apps if a.dev or app_name != "all"]  # 'all': the apps with a dev split
         roots = list({m.name: m for m in (runner.fit_model_for(m, models) for m in chosen)}.values())
-        chosen_apps = [named] if named else [a for a in apps if a.world == roots[0].world and a.dev]
         erasers = _selected_erasers(erasers_sel)
+        problems = _selection_problems(chosen_apps, roots, [ERASERS.get(e) for e in erasers], {})
+        _fail_on(problems[0] if problems else None)
         for a in chosen_apps:
             judge, features = _judges_for(a, {}, device)
             record = tuning.tune(a, roots, erasers, out / a.name / "dev", judge, models, limit=limit,
@@ -516,12 +544,16 @@ def paper(
         chosen_apps = [tuning.apply_record(a, reports / a.name) for a in chosen_apps]  # as `run` does
         erasers = list(tables.PAPER_ERASERS) if erasers_sel == "all" else _selected_erasers(erasers_sel)
         judge_settings = _judge_settings(judge_setting, clip_model, classifier)
-        plans = _checked_plans(chosen_apps, chosen_models, erasers, models, judge_settings, out)
+        # Every eraser ('all'): those a family cannot run are left out of its cells and said so; named ones must run.
+        left_out: list[str] | None = [] if erasers_sel == "all" else None
+        plans = _checked_plans(chosen_apps, chosen_models, erasers, models, judge_settings, out, left_out)
         rates = tables.load_rates()
     except UnknownName as e:
         _fail(str(e))
     except ValueError as e:  # the rates file
         _fail(str(e))
+    for line in left_out or [] if shard.leads else []:
+        typer.echo(line)
     if dry_run:
         if shard.leads:
             estimates = {a.name: tables.estimate(a, plans[a.name], models, limit, rates) for a in chosen_apps}

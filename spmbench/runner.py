@@ -346,10 +346,10 @@ def settings_problem(app: Application, cells: list[Cell], registry) -> str | Non
         fit_model = fit_model_for(cell.model, registry)
         given = eraser_settings(eraser, app, fit_model)
         try:
-            eraser.check_settings(given)
+            settings = eraser.settings(given)  # raises ValueError (one line) where a run would refuse them
         except ValueError as e:
             return f"{e} (eraser_settings.{eraser.fit_key} of {app.path} and {fit_model.origin})"
-        seed = getattr(eraser.settings(given), "seed", None) if trains(eraser) and len(app.fit_seeds) > 1 else None
+        seed = getattr(settings, "seed", None) if trains(eraser) and len(app.fit_seeds) > 1 else None
         if seed is not None and not eraser.overrides and seed != app.fit_seeds[0]:
             return (
                 f"{app.path}: fit_seeds starts with {app.fit_seeds[0]}, but {eraser.name} is fitted with seed {seed} "

@@ -93,7 +93,7 @@ def tune(
     names = [n for points in by_key.values() for n in points]
     for name in names:  # a point the eraser would refuse fails here, before any work
         for root in roots:
-            ERASERS.get(name).check_settings(runner.eraser_settings(ERASERS.get(name), dev, root))
+            ERASERS.get(name).settings(runner.eraser_settings(ERASERS.get(name), dev, root))  # refused: ValueError
     cells = runner.plan(dev, roots, ["none", *names], run_dir)
     runner.run(dev, cells, run_dir, judge, registry, **run_options)
     return record(app, roots, by_key, report.results(run_dir))

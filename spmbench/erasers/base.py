@@ -116,10 +116,6 @@ class Eraser(ABC):
         `overrides` (an ablation's, a grid point's: they hold however the eraser is called), checked."""
         return build_settings(self.Settings, {**(given or {}), **self.overrides} or None, self.name)
 
-    def check_settings(self, given: dict | None) -> None:
-        """Raise ValueError (one line) if a run would refuse these settings; fits nothing."""
-        self.settings(given)
-
     def family_problem(self, family: str) -> str | None:
         """One line saying why this eraser cannot run on models of `family`, or None where it can."""
         reason = self.unsupported.get(family)

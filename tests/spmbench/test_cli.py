@@ -135,6 +135,16 @@ def test_validate_names_an_unknown_prompt_file(tmp_path, monkeypatch):
     assert_one_line_error(result, "mine.yaml: prompts.near: unknown prompt file 'nope.csv'", "vangogh_prompts.csv")
 
 
+@pytest.mark.parametrize("command", ["run", "tune"])
+def test_run_and_tune_refuse_the_same_selections(command, tmp_path, monkeypatch):
+    out = ["--out", tmp_path / "runs", "--reports", tmp_path / "r"]
+    assert_one_line_error(invoke(command, "--app", "real-concept", "--models", "toy", *out), "is for real models")
+    assert_one_line_error(invoke(command, "--app", "all", "--models", "sd14,toy-base", *out), "mixes worlds")
+    assert_one_line_error(invoke(command, "--app", "toy-concept", "--models", ",", *out), "selected no model")
+    _app_with_an_unknown_prompt_file(tmp_path, monkeypatch, "Barkley", "dog")
+    assert_one_line_error(invoke(command, "--app", "mine", "--models", "toy-base", *out), "unknown prompt file")
+
+
 def test_empty_selections_fail_and_duplicates_run_once():
     assert_one_line_error(invoke("run", "--app", "toy-concept", "--models", ",", "--dry-run"), "selected no model")
     assert_one_line_error(invoke("run", "--app", "toy-concept", "--erasers", "", "--dry-run"), "selected no eraser")

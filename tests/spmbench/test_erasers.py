@@ -44,9 +44,9 @@ def test_contract(name, pipe, tmp_path):
 @pytest.mark.parametrize("name", ERASERS.names())
 def test_every_setting_is_checked_and_none_is_ignored(name, tmp_path):
     eraser = ERASERS.get(name)
-    eraser.check_settings(FAST.get(eraser.settings_key))  # its own valid settings pass
+    eraser.settings(FAST.get(eraser.settings_key))  # its own valid settings pass
     with pytest.raises(ValueError, match=f"eraser '{name}'(: unknown field| takes no settings).*'iteratons'"):
-        eraser.check_settings({"iteratons": 3})
+        eraser.settings({"iteratons": 3})
     with pytest.raises(ValueError, match="unknown field|takes no settings"):
         eraser.fit(None, ("snoopy",), tmp_path, 16, {"iteratons": 3})  # refused before the pipeline is used
     assert not list(tmp_path.iterdir())
@@ -66,7 +66,7 @@ def test_every_setting_is_checked_and_none_is_ignored(name, tmp_path):
 )
 def test_impossible_settings_are_one_line_errors(name, settings, problem):
     with pytest.raises(ValueError, match=problem) as e:
-        ERASERS.get(name).check_settings(settings)
+        ERASERS.get(name).settings(settings)
     assert "\n" not in str(e.value)
 
 

@@ -236,3 +236,13 @@ def test_under_a_launcher_the_first_process_prints_the_plan_for_all(stand_ins, m
     monkeypatch.setenv("RANK", "1")
     other = invoke(*args)
     assert other.exit_code == 0 and "total:" not in other.output and "total:" in first.output
+
+
+def test_every_eraser_leaves_out_what_a_family_cannot_run_and_a_named_one_is_an_error(tmp_path):
+    out = ["--out", tmp_path / "runs", "--reports", tmp_path / "reports", "--dry-run"]
+    every = invoke("paper", "--world", "real", "--models", "sd14,sd3-medium", *out)
+    assert every.exit_code == 0, every.output
+    assert "ca on sd3-medium left out: ca does not support sd3" in every.output
+    assert "on sd14 left out" not in every.output and "total: cells" in every.output
+    named = invoke("paper", "--world", "real", "--models", "sd14,sd3-medium", "--erasers", "spm,ca", *out)
+    assert named.exit_code == 2 and "ca does not support sd3" in named.output and "leave ca out" in named.output
