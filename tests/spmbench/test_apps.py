@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from spmbench.apps import APPS_DIR, load_apps, parse_app
 from spmbench.cli import app
 from spmbench.specs import SpecError, spec_files
+from tests.spmbench.test_cli_every_application import smoke_world_v3, toy3_weights  # noqa: F401 (fixtures)
 
 
 SHIPPED = {"toy-concept", "toy-artist", "toy-object", "toy-explicit", "real-concept", "real-artist", "real-explicit",
@@ -275,3 +276,26 @@ def test_every_v3_eraser_with_settings_gets_the_same_grid(name):
     by_key = grids(app, list(BUILTIN))  # raises if an eraser with settings has no grid
     assert set(by_key) == {"spm", "esd-x", "esd-u", "ca", "uce", "rece"}
     assert {len(points) for points in by_key.values()} == {MAX_GRID}
+
+
+def test_a_v3_application_is_tuned_on_dev_then_run_on_test(toy3_weights, tmp_path, monkeypatch):  # noqa: F811
+    """The switch's two commands on the smoke-trained world v3: `spmbench tune` chooses each eraser's grid point
+    on dev (on the family root), `spmbench run` applies it to the test split on the root and a derivative."""
+    import json
+
+    import spmbench.judges.toy
+
+    judge = toy3_weights[-1].partition("=")[2]
+    monkeypatch.setattr(spmbench.judges.toy.Toy3Judge, "shipped_weights", staticmethod(lambda: Path(judge)))
+    runs, reports = tmp_path / "runs", tmp_path / "reports"
+    common = ["--limit", "1", "--out", str(runs), "--reports", str(reports)]
+    tuned = CliRunner().invoke(app, ["tune", "--app", "toy3-object", "--models", "toy3-base", "--erasers", "spm,uce",
+                                     *common])  # fmt: skip
+    assert tuned.exit_code == 0, tuned.output
+    record = json.loads((reports / "toy3-object" / "tuning.json").read_text())
+    assert set(record["chosen"]["toy3-base"]) == {"spm", "uce"} and record["grids"]["spm"][0]["anchor_weight"] == 10
+    ran = CliRunner().invoke(app, ["run", "--app", "toy3-object", "--models", "toy3-base,toy3-merge",
+                                   "--erasers", "none,spm,uce", *common])  # fmt: skip
+    assert ran.exit_code == 0, ran.output
+    table = (reports / "toy3-object" / "toy3-object.md").read_text()
+    assert "fitting settings chosen on the dev split" in table and "| toy3-merge | star | uce | toy3-base |" in table
