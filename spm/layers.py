@@ -275,20 +275,23 @@ class MembraneLayer(nn.Module):
     def _folded_per_row(self, coeff: torch.Tensor, down, up) -> torch.Tensor:
         """Row n's W + U diag(c_n) D, for all N rows of the batch, made once per call: (N, in, out) for a Linear
         (x W^T), (N, out, in) for a 1x1 conv (W x), the operand layouts one batched product reads directly.
-        CFG's rows of one prompt hold equal copies: a batched product needs one weight per row, and a gather
-        from fewer copies would cost as much as reading them."""
+        CFG's m copies of the B prompts hold equal weights: the B prompts' are made (out x in x R each) and copied
+        m times, since a batched product reads one weight per row (broadcasting would copy them on every step)."""
         n = coeff.shape[0]
         cached = self.state.folded.get(id(self))
         key = self._fold_key(n)
         if cached is not None and cached[0] == key:
             return cached[1]
+        prompts = self.state.gamma.shape[0] if self.state.gamma is not None else n
+        prompts = prompts if n % prompts == 0 else n  # rows n and n + B share a prompt (PermeabilityState.for_batch)
         base = self.base_layer.weight.flatten(1)  # (out, in)
-        scaled_up = up.flatten(1)[None] * coeff.to(base.dtype)[:, None, :]  # (N, out, R): U diag(c_n)
-        d = down.flatten(1).expand(n, -1, -1)  # (N, R, in)
+        scaled_up = up.flatten(1)[None] * coeff[:prompts].to(base.dtype)[:, None, :]  # (B, out, R): U diag(c_b)
+        d = down.flatten(1).expand(prompts, -1, -1)  # (B, R, in)
         if self.is_conv:
-            weight = torch.baddbmm(base.expand(n, -1, -1), scaled_up, d)
+            weight = torch.baddbmm(base.expand(prompts, -1, -1), scaled_up, d)
         else:
-            weight = torch.baddbmm(base.T.expand(n, -1, -1), d.transpose(1, 2), scaled_up.transpose(1, 2))
+            weight = torch.baddbmm(base.T.expand(prompts, -1, -1), d.transpose(1, 2), scaled_up.transpose(1, 2))
+        weight = weight.repeat(n // prompts, 1, 1)
         self._cache_fold(key, weight)
         return weight
 
