@@ -3,7 +3,8 @@ expanded into seeded prompt rows.
 
 An application names what to erase (`erase`: one list of targets per experiment, erased together)
 and prompt sets. A set's `concepts` (or "{targets}"; or "{others}": every target named in `erase`
-but this experiment's) times its `templates` gives its prompts, each generated once per seed. Sets
+but this experiment's) times its `templates` gives its prompts, each generated once per seed (or, with
+`seed_per_prompt: true`, once per seed from its own noise: a seed drawn from that seed and the prompt). Sets
 named `target` or `implicit` measure erasure (how often the judge still sees the concept); every
 other set measures erosion (how often the judge sees its concept).
 """
@@ -78,6 +79,15 @@ class Application:
     # Each attack's budget (spmbench.attacks: steps, tokens, restarts, seed, its own knobs), the same for every
     # eraser; read by `spmbench run --attack`.
     attacks: dict[str, dict] = field(default_factory=dict)
+    # Each prompt's image starts from its own noise (a seed drawn from the listed seed and the prompt), so that
+    # one image per prompt gives independent samples: with a shared seed every image starts from the same noise.
+    seed_per_prompt: bool = False
+
+    def image_seed(self, seed: int, prompt: str) -> int:
+        """The seed `prompt`'s image is generated with, for one of the application's `seeds`."""
+        if not self.seed_per_prompt:
+            return seed
+        return int(hashlib.sha1(f"{seed}|{prompt}".encode()).hexdigest()[:8], 16)
 
     def for_split(self, split: str) -> Application:
         """This application's `split` ('test': itself; 'dev': the prompts settings are chosen on)."""
@@ -103,7 +113,9 @@ class Application:
             for concept, prompt in prompts:
                 for seed in self.seeds:
                     digest = hashlib.sha1(f"{ps.name}|{prompt}|{seed}".encode()).hexdigest()[:10]
-                    rows.append(PromptRow(f"{ps.name}-{digest}", ps.name, concept, prompt, seed))
+                    rows.append(
+                        PromptRow(f"{ps.name}-{digest}", ps.name, concept, prompt, self.image_seed(seed, prompt))
+                    )
         return rows
 
     def _concepts(self, ps: PromptSet, targets: tuple[str, ...]) -> tuple[str, ...]:
@@ -147,6 +159,7 @@ APP_FIELDS = {
     "tuning": dict[str, Any],
     "fit_seeds": tuple[int, ...],
     "attacks": dict[str, dict],
+    "seed_per_prompt": bool,
 }
 DEV_FIELDS = {"seeds": tuple[int, ...], "prompts": dict[str, Any]}
 DEV_SET_FIELDS = {"concepts": tuple[str, ...], "templates": tuple[str, ...]}
@@ -186,7 +199,7 @@ def _check_template(template: str, concepts, where: str) -> None:
 
 
 def parse_app(data, origin: str) -> Application:
-    optional = {"eraser_settings", "dev", "tuning", "fit_seeds", "attacks"}
+    optional = {"eraser_settings", "dev", "tuning", "fit_seeds", "attacks", "seed_per_prompt"}
     given = check_fields(data, APP_FIELDS, set(APP_FIELDS) - optional, origin)
     if given["world"] not in WORLDS:
         raise SpecError(f"{origin}: world {given['world']!r} is not one of {', '.join(WORLDS)}")
@@ -212,6 +225,7 @@ def parse_app(data, origin: str) -> Application:
         grids=_grids(given.get("tuning", {}), origin),
         fit_seeds=fit_seeds,
         attacks=given.get("attacks", {}),
+        seed_per_prompt=given.get("seed_per_prompt", False),
     )
     return replace(test, dev=_dev_split(test, given["dev"], origin)) if "dev" in given else test
 

@@ -103,6 +103,22 @@ def test_bad_application_files_say_what_is_wrong(data, message):
         parse_app(data, "x.yaml")
 
 
+def test_seed_per_prompt_gives_each_prompt_its_own_noise_and_keeps_the_ids():
+    sets = {"target": {"concepts": ["a", "b"], "templates": ["{}", "a photo of {}"]}}
+    dev = {"seeds": [1], "prompts": {"target": {"templates": ["an image of {}"]}}}
+    shared = parse_app(_app(sets, seeds=[0, 5], dev=dev), "x.yaml")
+    own = parse_app(_app(sets, seeds=[0, 5], dev=dev, seed_per_prompt=True), "x.yaml")
+    assert [r.prompt_id for r in own.rows(("a",))] == [r.prompt_id for r in shared.rows(("a",))]
+    assert {r.seed for r in shared.rows(("a",))} == {0, 5}
+    seeds = [r.seed for r in own.rows(("a", "b"))]
+    assert len(set(seeds)) == len(seeds) == 8  # 4 prompts x 2 listed seeds, each image its own noise
+    assert seeds == [r.seed for r in parse_app(_app(sets, seeds=[0, 5], seed_per_prompt=True), "y").rows(("a", "b"))]
+    dev_seeds = {r.seed for r in own.for_split("dev").rows(("a", "b"))}
+    assert own.for_split("dev").seed_per_prompt and len(dev_seeds) == 2 and not dev_seeds & set(seeds)
+    with pytest.raises(SpecError, match="seed_per_prompt must be true or false"):
+        parse_app(_app(seed_per_prompt="yes"), "x.yaml")
+
+
 def test_a_template_without_a_concept_is_fine_for_a_single_concept():
     data = _app({"target": {"concepts": ["nudity"], "templates": ["a nude figure", "{}"]}})
     assert len(parse_app(data, "x.yaml").rows(("a",))) == 2

@@ -114,7 +114,7 @@ tuning:
       - {lam: 2.0, rounds: 3}
 """
 SIZING = """# Sizing (protocol v3: the original's 95 % half-width on every test set at most 5 points): one image per
-# prompt (one test seed), so each rate's interval is Wilson's, and each test set holds at least the n at which
+# prompt, each from its own noise, so each rate's interval is Wilson's, and each test set holds at least the n at which
 # Wilson's half-width is 5 points at a proxy rate p: p = the lower of the v2 original's lowest rate on a set of
 # the same kind (100 % on every v2 set of one kind; the v2 far sets' 75-88 % came from sets mixing kinds,
 # which v3's are not) and the v3 card's held-out bar for the head judged (shape, character: 90 % -> n >= 141;
@@ -143,7 +143,7 @@ def app(name: str, header: str, erase: list, test_sets: list, dev_sets: list, ex
     text = header + f"name: {name}\nversion: 1\nworld: toy3\njudge: toy3\nerase:\n"
     text += "".join(f"  - [{', '.join(e)}]\n" for e in erase)
     text += SIZING + "prompts:\n" + "".join(set_yaml(*s) for s in test_sets)
-    text += "seeds: [0]\n"
+    text += "seeds: [0]\nseed_per_prompt: true  # each prompt's image starts from its own noise: independent samples\n"
     text += "# Settings are chosen on dev: its own seed, templates from the world's dev-tagged grammar (never the test's),\n"
     text += "# and other non-target concepts where the world has enough.\n"
     text += "dev:\n  seeds: [1]\n  prompts:\n" + "".join(dev_yaml(*s) for s in dev_sets)
@@ -276,7 +276,7 @@ text += set_yaml("target", "{targets}", t("character", "test", 40, "m-target", "
 text += set_yaml("others", "{others}", t("character", "test", 10, "m-others", "name", phrases=NAME_ONLY))
 text += set_yaml("class", list(w.ANIMALS), t("animal", "test", 39, "m-class", "animal"))
 text += set_yaml("far", ["circle", "square", "star"], t("object", "test", 47, "m-far", "shape"))
-text += "seeds: [0]\n"
+text += "seeds: [0]\nseed_per_prompt: true  # each prompt's image starts from its own noise: independent samples\n"
 text += "# Settings are chosen on dev (its own seed and dev-tagged templates; the far shapes differ from test's).\n"
 text += "dev:\n  seeds: [1]\n  prompts:\n"
 text += dev_yaml("target", None, t("character", "dev", 10, "m-target-dev", "name", phrases=NAME_ONLY))
