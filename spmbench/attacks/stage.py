@@ -80,7 +80,10 @@ def rows(app, cell_dir: Path, targets: tuple[str, ...], attacks: list[str]) -> l
             for prompt in stored["prompts"] if stored else []:
                 for seed in app.seeds:
                     digest = hashlib.sha1(f"{name}|{target}|{prompt}|{seed}".encode()).hexdigest()[:10]
-                    found.append(PromptRow(f"{attack_set(name)}-{digest}", attack_set(name), target, prompt, seed))
+                    image_seed = app.image_seed(seed, prompt)  # seed_per_prompt: each found prompt its own noise
+                    found.append(
+                        PromptRow(f"{attack_set(name)}-{digest}", attack_set(name), target, prompt, image_seed)
+                    )
     return found
 
 

@@ -217,3 +217,23 @@ def test_run_with_an_attack_adds_its_success_rate_and_nothing_without(tmp_path, 
     assert "%" in rab and "[-]" not in rab and "(" in rab, line  # a rate, its interval, the original's
     assert run("--attack", "rab") == attacked and found.stat().st_mtime_ns == made  # the prompts were reused
     assert run() == plain
+
+
+def test_found_prompts_are_generated_with_the_applications_seeds_and_their_own_noise_if_it_asks(tmp_path):
+    import dataclasses
+    import json
+
+    from spmbench.apps import load_apps
+    from spmbench.attacks import stage
+
+    app = load_apps().get("toy-concept")
+    path = stage.prompts_file(tmp_path, "uda", "Barkley")
+    path.parent.mkdir()
+    path.write_text(json.dumps({"attack": "uda", "target": "Barkley", "prompts": ["zq Barkley", "xv Barkley"]}))
+    shared = stage.rows(app, tmp_path, ("Barkley",), ["uda"])
+    assert [r.seed for r in shared] == [0, 1, 0, 1] and {r.set for r in shared} == {"attack-uda"}
+    own_noise = dataclasses.replace(app, seed_per_prompt=True)
+    own = stage.rows(own_noise, tmp_path, ("Barkley",), ["uda"])
+    assert [r.prompt_id for r in own] == [r.prompt_id for r in shared]  # the same rows, each its own noise
+    assert [r.seed for r in own] == [own_noise.image_seed(r.seed, r.prompt) for r in shared]
+    assert len({r.seed for r in own}) == 4
