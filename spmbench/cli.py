@@ -531,7 +531,7 @@ def paper(
     from spmbench.registry import UnknownName
 
     if world not in WORLDS:
-        _fail(f"--world {world!r}: choose {' or '.join(WORLDS)}")
+        _fail(f"--world {world!r}: choose one of {', '.join(WORLDS)}")
     shard, device = _launched(device, out, reports, dry_run)
     try:
         chosen_models = select_models(models, models_sel, world=world)

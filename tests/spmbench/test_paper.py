@@ -201,7 +201,7 @@ def test_the_shipped_rates_load_and_an_ablation_reads_its_variants_settings():
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--world", "mars"], "--world 'mars': choose toy or real"),
+        (["--world", "mars"], "--world 'mars': choose one of toy, real, toy3"),
         (
             ["--world", "real", "--models", "toy-base"],
             "--models toy-base: not real models; choose the world's (spmbench ls models)",
