@@ -506,7 +506,9 @@ def tune(
 
 @app.command()
 def paper(
-    world: str = typer.Option("toy", "--world", help="toy or real: the applications and models it runs"),
+    world: str = typer.Option(
+        "toy", "--world", help="toy, real or toy3 (world v3, staged): the applications and models it runs"
+    ),
     models_sel: str = typer.Option("all", "--models", help="'all' (the world's models) or comma-separated names"),
     erasers_sel: str = typer.Option(
         "all", "--erasers", help="comma-separated eraser names, or 'all': every built-in eraser and spm-noanchor"
