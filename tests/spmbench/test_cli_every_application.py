@@ -20,7 +20,12 @@ from tests.spmbench.judges.conftest import save_tiny_classifier, save_tiny_clip
 from tests.spmbench.toy.v3.conftest import smoke_world_v3  # noqa: F401 (a fixture, used by toy3_weights)
 
 
-APP_NAMES = load_apps().names()
+# The staged world v3's applications are large (toy3-many: 126 cells at --limit 1): the default run keeps one
+# of them for the toy3 path (judge, specs, seed_per_prompt, grids) and tags the rest slow.
+STAGED_SLOW = {"toy3-concept", "toy3-artist", "toy3-explicit", "toy3-many"}
+APP_NAMES = [
+    pytest.param(name, marks=pytest.mark.slow) if name in STAGED_SLOW else name for name in load_apps().names()
+]
 
 
 @pytest.fixture(scope="module")
