@@ -85,6 +85,7 @@ class AttachedSPMs:
         legacy: bool,
         weights: Sequence[float] | None,
         similarity: str = "paper",
+        least: float = 0.0,
     ):
         # A bare UNet (no text side) takes SPMs at fixed weights: timing or merging needs no pipeline.
         self.pipe, self.unet = pipe, denoiser(pipe)  # SD3: the transformer
@@ -106,7 +107,8 @@ class AttachedSPMs:
         self.state = PermeabilityState()
         self.state.legacy = legacy
         self.state.default = self.weights[None]  # direct UNet/pipeline calls run at the fixed weights
-        self.transport = Transport([s.targets for s in self.spms], pipe, similarity) if transport else None
+        targets = [s.targets for s in self.spms]
+        self.transport = Transport(targets, pipe, similarity, least=least) if transport else None
         self.paths = layer_names(self.unet)
         for name, layer in fits[0].items():
             wrapper = MembraneLayer(base_of(layer), self.state)
@@ -175,6 +177,7 @@ def attach(
     legacy: bool = False,
     weights: Sequence[float] | None = None,
     similarity: str = "paper",
+    least: float = 0.0,
 ) -> AttachedSPMs:
     """Attach one or more SPMs to a Stable Diffusion pipeline (any with unet/tokenizer/text_encoder; SDXL, and
     SD3 with its transformer, too).
@@ -188,11 +191,12 @@ def attach(
         weights: a fixed multiplier per SPM (default 1).
         similarity: FT's prompt similarity: "paper" (the cosine of the padded hidden states) or
             "relative" (that cosine rescaled so the empty prompt scores 0; see spm.transport).
+        least: FT's least permeability, which no prompt lowers: least + (1 - least) * gamma (0: the paper's).
 
     Raises:
         SPMMismatchError: an SPM does not cover exactly this UNet's membrane layers; nothing is attached.
     """
-    return AttachedSPMs(pipe, [spms] if isinstance(spms, SPM) else spms, transport, legacy, weights, similarity)
+    return AttachedSPMs(pipe, [spms] if isinstance(spms, SPM) else spms, transport, legacy, weights, similarity, least)
 
 
 class MergedSPMs:

@@ -53,9 +53,7 @@ class SPMEraser(Eraser):
     @contextmanager
     def apply(self, pipe, artifacts: list[Path]):
         spms = [spm.SPM.load(p) for p in artifacts]
-        attached = spm.attach(pipe, spms, transport=self.transport and not self.least, similarity=self.similarity)
-        if self.transport and self.least:  # attach has no `least`: its FT, made with one
-            attached.transport = spm.Transport([s.targets for s in spms], pipe, self.similarity, least=self.least)
+        attached = spm.attach(pipe, spms, transport=self.transport, similarity=self.similarity, least=self.least)
         try:
             yield attached
         finally:

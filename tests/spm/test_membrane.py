@@ -206,3 +206,17 @@ def test_a_cfg_batch_with_mixed_gammas_equals_each_prompt_merged_at_its_gamma(pi
         torch.testing.assert_close(batch[0][rows], expected, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(batch[0][[1, 4]], bare[[1, 4]], rtol=1e-5, atol=1e-6)  # gamma 0: as if no SPM
     assert not torch.allclose(batch[0][[0, 3]], bare[[0, 3]], atol=1e-4)
+
+
+def test_attach_with_a_least_permeability_floors_ft_as_transport_does(pipe):
+    spms = [random_spm(pipe.unet, ["snoopy"])]
+    prompts = ["snoopy the dog", "a photo of a cat"]
+    plain = spm.attach(pipe, spms)
+    gamma = plain.permeability(prompts)
+    plain.detach()
+    floored = spm.attach(pipe, spms, least=0.5)
+    try:
+        torch.testing.assert_close(floored.permeability(prompts), 0.5 + 0.5 * gamma)
+        assert floored.permeability(prompts)[0, 0] == 1 and gamma[1, 0] < 1
+    finally:
+        floored.detach()
