@@ -196,6 +196,11 @@ def apply_record(app: Application, folder: Path) -> Application:
     of the application and its grids; otherwise `app` as it is (a stale record is named in a warning)."""
     path = folder / RECORD
     if not path.exists():
+        if app.grids:  # the grids' erasers would run with their untuned defaults, which may not erase at all
+            log.warning(
+                "%s has no tuning record at %s: %s run with their untuned settings; run `spmbench tune --app %s` first",
+                app.name, path, ", ".join(app.grids), app.name,
+            )  # fmt: skip
         return app
     try:
         stored = json.loads(path.read_text())

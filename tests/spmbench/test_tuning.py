@@ -184,3 +184,14 @@ def test_tune_chooses_on_dev_and_run_applies_the_choice_on_test(tuned_app, tmp_p
     (reports / "toy-tuned" / "tuning.json").write_text("{")
     with pytest.raises(ValueError, match="not a tuning record .*rerun `spmbench tune --app toy-tuned`"):
         tuning.apply_record(parse_app(APP, "x"), reports / "toy-tuned")
+
+
+def test_an_application_with_grids_but_no_record_warns_that_its_erasers_run_untuned(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        assert tuning.apply_record(parse_app(APP, "x"), tmp_path).tuned == {}
+    assert "toy-tuned has no tuning record" in caplog.text and "spmbench tune --app toy-tuned" in caplog.text
+    caplog.clear()
+    untuned = {k: v for k, v in APP.items() if k != "tuning"}
+    with caplog.at_level(logging.WARNING):
+        tuning.apply_record(parse_app(untuned, "x"), tmp_path)
+    assert caplog.text == ""
