@@ -17,6 +17,7 @@ from spmbench.metrics import MetricInfo
 # name -> (settings fixture or None, a concept it knows, whether it knows every concept)
 STAND_INS = {
     "toy": ("toy_settings", "Barkley", False),
+    "toy3": (None, "Biscuit", False),  # world v3's judge, trained and committed (spmbench/toy/v3/weights/judge)
     "clip": ("clip_settings", "a dog", True),
     "nudenet": (None, "nudity", False),
     "imagenet": ("imagenet_settings", "church", False),
