@@ -60,45 +60,41 @@ class SPMEraser(Eraser):
             attached.detach()
 
 
-class SPMNoAnchor(SPMEraser):
-    """The Latent Anchoring ablation: SPM trained with anchor_weight 0 (everything else as 'spm': its
-    spec settings, its anchors drawn and weighted by 0, FT at apply) into fits of its own."""
+class _SPMVariant(SPMEraser):
+    """An SPM trained differently (its `overrides` over the 'spm' settings) into fits of its own, with FT at apply."""
 
-    overrides = MappingProxyType({"anchor_weight": 0.0})
+    variant_name: str = ""
 
     def __init__(self):
         super().__init__(transport=True)
-        self.name = "spm-noanchor"
+        self.name = self.variant_name
 
     @property
     def fit_key(self) -> str:
-        return "spm-noanchor"
+        return self.variant_name
 
     @property
     def settings_key(self) -> str:
-        return "spm"  # a model's or application's SPM settings hold for the ablation too
+        return "spm"  # a model's or application's SPM settings hold for the variant too
 
 
-class SPMHardened(SPMEraser):
+class SPMNoAnchor(_SPMVariant):
+    """The Latent Anchoring ablation: SPM trained with anchor_weight 0 (everything else as 'spm': its
+    spec settings, its anchors drawn and weighted by 0, FT at apply) into fits of its own."""
+
+    variant_name = "spm-noanchor"
+    overrides = MappingProxyType({"anchor_weight": 0.0})
+
+
+class SPMHardened(_SPMVariant):
     """SPM hardened against adversarial prompts (ours; issue 20): trained with adversarial prompts searched as it
     trains (spm.TrainConfig.adversarial_every, over the 'spm' settings) into fits of its own, and applied with FT
     at a least permeability (`least`), which no prompt lowers. Both chosen by measurement on the toy world:
     reports/toy-concept/hardened_spm_note.md."""
 
+    variant_name = "spm-hardened"
     overrides = MappingProxyType({"adversarial_every": 10, "adversarial_steps": 5, "adversarial_tokens": 5})
     least = 0.5
     unsupported = MappingProxyType(
         dict.fromkeys(("sdxl", "sd3"), "its adversarial training searches one text encoder's token embeddings")
     )
-
-    def __init__(self):
-        super().__init__(transport=True)
-        self.name = "spm-hardened"
-
-    @property
-    def fit_key(self) -> str:
-        return "spm-hardened"
-
-    @property
-    def settings_key(self) -> str:
-        return "spm"  # a model's or application's SPM settings hold for it too
