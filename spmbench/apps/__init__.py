@@ -7,6 +7,22 @@ but this experiment's) times its `templates` gives its prompts, each generated o
 `seed_per_prompt: true`, once per seed from its own noise: a seed drawn from that seed and the prompt). Sets
 named `target` or `implicit` measure erasure (how often the judge still sees the concept); every
 other set measures erosion (how often the judge sees its concept).
+
+Concepts of different kinds need different phrasings ("the dog called {}" fits no shape). An application may
+name its `kinds` (a kind: concepts phrased alike, e.g. `character: [Barkley, Luna]`; a concept has at most one)
+and a set may then give its `templates` per kind, a mapping from kind to templates: each concept of the set is
+phrased with its own kind's templates only. E.g. a target set over characters and styles:
+
+    kinds: {character: [Barkley, Luna], style: [Ada Okafor]}
+    prompts:
+      target:
+        concepts: "{targets}"
+        templates:
+          character: ["a snapshot of {}", "the dog called {}"]
+          style: ["a star by {}"]
+
+A kind of one concept may phrase it without a `{}` (as a set of one concept may). A set with one list of
+templates phrases every concept with all of them, as before.
 """
 
 from __future__ import annotations
@@ -40,8 +56,13 @@ class PromptSet:
 
     name: str
     concepts: tuple[str, ...] | str  # a list, "{targets}" or "{others}"
-    templates: tuple[str, ...] = ()
+    templates: tuple[str, ...] = ()  # every template of the set (with `by_kind`: all kinds' together)
     file: str | None = None
+    by_kind: dict[str, tuple[str, ...]] = field(default_factory=dict)  # kind -> its templates; {}: one list
+
+    def templates_for(self, kind: str | None) -> tuple[str, ...]:
+        """The templates a concept of `kind` is phrased with (its kind's, or the set's one list)."""
+        return self.by_kind[kind] if self.by_kind else self.templates
 
 
 @dataclass(frozen=True)
@@ -82,6 +103,12 @@ class Application:
     # Each prompt's image starts from its own noise (a seed drawn from the listed seed and the prompt), so that
     # one image per prompt gives independent samples: with a shared seed every image starts from the same noise.
     seed_per_prompt: bool = False
+    # Concept kinds (kind -> its concepts), for sets whose templates are given per kind.
+    kinds: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def kind_of(self, concept: str) -> str | None:
+        """The kind `concept` is listed under (case-insensitive), or None."""
+        return next((k for k, cs in self.kinds.items() if concept.lower() in {c.lower() for c in cs}), None)
 
     def image_seed(self, seed: int, prompt: str) -> int:
         """The seed `prompt`'s image is generated with, for one of the application's `seeds`."""
@@ -109,7 +136,7 @@ class Application:
             if ps.file:
                 rows += _file_rows(ps, concepts, limit, data_dir)
                 continue
-            prompts = [(c, t.format(c)) for c in concepts for t in ps.templates][:limit]
+            prompts = [(c, t.format(c)) for c in concepts for t in self._templates(ps, c)][:limit]
             for concept, prompt in prompts:
                 for seed in self.seeds:
                     digest = hashlib.sha1(f"{ps.name}|{prompt}|{seed}".encode()).hexdigest()[:10]
@@ -117,6 +144,17 @@ class Application:
                         PromptRow(f"{ps.name}-{digest}", ps.name, concept, prompt, self.image_seed(seed, prompt))
                     )
         return rows
+
+    def _templates(self, ps: PromptSet, concept: str) -> tuple[str, ...]:
+        if not ps.by_kind:
+            return ps.templates
+        kind = self.kind_of(concept)
+        if kind not in ps.by_kind:
+            raise ValueError(
+                f"{self.path}: prompts.{ps.name} has no templates for {concept!r} (kind {kind}): "
+                f"phrase its kind there, or list it in 'kinds' under one of {', '.join(ps.by_kind)}"
+            )
+        return ps.by_kind[kind]
 
     def _concepts(self, ps: PromptSet, targets: tuple[str, ...]) -> tuple[str, ...]:
         if ps.concepts == TARGETS:
@@ -145,7 +183,8 @@ def _file_rows(ps: PromptSet, concepts, limit: int | None, data_dir: Path | None
     return rows
 
 
-PROMPT_SET_FIELDS = {"concepts": tuple[str, ...] | str, "templates": tuple[str, ...], "file": str}
+TEMPLATES = tuple[str, ...] | dict[str, tuple[str, ...]]  # one list, or one per concept kind
+PROMPT_SET_FIELDS = {"concepts": tuple[str, ...] | str, "templates": TEMPLATES, "file": str}
 APP_FIELDS = {
     "name": str,
     "version": int,
@@ -160,13 +199,15 @@ APP_FIELDS = {
     "fit_seeds": tuple[int, ...],
     "attacks": dict[str, dict],
     "seed_per_prompt": bool,
+    "kinds": dict[str, tuple[str, ...]],
 }
 DEV_FIELDS = {"seeds": tuple[int, ...], "prompts": dict[str, Any]}
-DEV_SET_FIELDS = {"concepts": tuple[str, ...], "templates": tuple[str, ...]}
+DEV_SET_FIELDS = {"concepts": tuple[str, ...], "templates": TEMPLATES}
 TUNING_FIELDS = {"grids": dict[str, tuple[dict, ...]]}
 
 
-def _prompt_set(name: str, data, origin: str) -> PromptSet:
+def _prompt_set(name: str, data, origin: str, kinds: dict, named: tuple[str, ...]) -> PromptSet:
+    """One test set; `kinds` (the application's) and `named` (every target in 'erase') check per-kind templates."""
     where = f"prompts.{name}."
     given = check_fields(data, PROMPT_SET_FIELDS, {"concepts"}, origin, where)
     concepts = given["concepts"]
@@ -179,9 +220,52 @@ def _prompt_set(name: str, data, origin: str) -> PromptSet:
     templates = given.get("templates", ())
     if not templates:
         raise SpecError(f"{origin}: {where}templates must be a non-empty list of strings (or give a 'file')")
+    if isinstance(templates, dict):
+        return _kind_set(name, concepts, templates, kinds, named, origin, "prompts.")
     for template in templates:
         _check_template(template, concepts, f"{origin}: prompts.{name}")
     return PromptSet(name, concepts, templates)
+
+
+def _kind_set(name: str, concepts, by_kind: dict, kinds: dict, named: tuple[str, ...], origin: str, block: str):
+    """A set whose templates are given per kind: every kind known, each kind's templates fit its concepts,
+    and every concept the set can hold (listed, or any target in 'erase' for "{targets}"/"{others}") phrased."""
+    where = f"{block}{name}.templates"
+    if not kinds:
+        raise SpecError(f"{origin}: {where} gives templates per kind, but the application has no 'kinds' "
+                        f"(add kinds: {{<kind>: [<concepts>]}})")  # fmt: skip
+    unknown = sorted(set(by_kind) - set(kinds))
+    if unknown:
+        raise SpecError(f"{origin}: {where} names kind(s) {unknown} that 'kinds' does not define: {', '.join(kinds)}")
+    for kind, templates in by_kind.items():
+        if not templates:
+            raise SpecError(f"{origin}: {where}.{kind} must be a non-empty list of strings")
+        for template in templates:
+            _check_template(template, kinds[kind], f"{origin}: {where}.{kind}")
+    kind_of = {c.lower(): k for k, cs in kinds.items() for c in cs}
+    for concept in named if isinstance(concepts, str) else concepts:
+        kind = kind_of.get(concept.lower())
+        if kind is None:
+            raise SpecError(f"{origin}: {block}{name}: concept {concept!r} is in no kind: list it in 'kinds'")
+        if kind not in by_kind:
+            raise SpecError(f"{origin}: {block}{name}: concept {concept!r} is of kind {kind!r}, which {where} "
+                            f"does not phrase: add {where}.{kind}")  # fmt: skip
+    flat = tuple(dict.fromkeys(t for templates in by_kind.values() for t in templates))
+    return PromptSet(name, concepts, flat, by_kind=by_kind)
+
+
+def _kinds(data: dict, origin: str) -> dict[str, tuple[str, ...]]:
+    """The application's concept kinds: each non-empty, no concept in two (a concept has one phrasing)."""
+    seen: dict[str, str] = {}
+    for kind, concepts in data.items():
+        if not concepts:
+            raise SpecError(f"{origin}: kinds.{kind} must be a non-empty list of concept names")
+        for concept in concepts:
+            if concept.lower() in seen:
+                where = f"{seen[concept.lower()]} and {kind}" if seen[concept.lower()] != kind else kind
+                raise SpecError(f"{origin}: kinds: {concept!r} is listed twice ({where}): give it one kind, once")
+            seen[concept.lower()] = kind
+    return data
 
 
 def _check_template(template: str, concepts, where: str) -> None:
@@ -199,7 +283,7 @@ def _check_template(template: str, concepts, where: str) -> None:
 
 
 def parse_app(data, origin: str) -> Application:
-    optional = {"eraser_settings", "dev", "tuning", "fit_seeds", "attacks", "seed_per_prompt"}
+    optional = {"eraser_settings", "dev", "tuning", "fit_seeds", "attacks", "seed_per_prompt", "kinds"}
     given = check_fields(data, APP_FIELDS, set(APP_FIELDS) - optional, origin)
     if given["world"] not in WORLDS:
         raise SpecError(f"{origin}: world {given['world']!r} is not one of {', '.join(WORLDS)}")
@@ -212,13 +296,15 @@ def parse_app(data, origin: str) -> Application:
     fit_seeds = given.get("fit_seeds", (0,))
     if not fit_seeds or len(set(fit_seeds)) != len(fit_seeds):
         raise SpecError(f"{origin}: fit_seeds must be a non-empty list of distinct integers, got {list(fit_seeds)}")
+    kinds = _kinds(given.get("kinds", {}), origin)
+    named = tuple(dict.fromkeys(t for experiment in given["erase"] for t in experiment))
     test = Application(
         name=given["name"],
         version=given["version"],
         world=given["world"],
         judge=given["judge"],
         erase=given["erase"],
-        prompt_sets=tuple(_prompt_set(n, d, origin) for n, d in given["prompts"].items()),
+        prompt_sets=tuple(_prompt_set(n, d, origin, kinds, named) for n, d in given["prompts"].items()),
         seeds=given["seeds"],
         path=origin,
         eraser_settings=given.get("eraser_settings", {}),
@@ -226,6 +312,7 @@ def parse_app(data, origin: str) -> Application:
         fit_seeds=fit_seeds,
         attacks=given.get("attacks", {}),
         seed_per_prompt=given.get("seed_per_prompt", False),
+        kinds=kinds,
     )
     return replace(test, dev=_dev_split(test, given["dev"], origin)) if "dev" in given else test
 
@@ -245,12 +332,12 @@ def _dev_split(test: Application, data, origin: str) -> Application:
         raise SpecError(f"{origin}: dev.prompts names set(s) {unknown} that 'prompts' does not have")
     if "target" not in given["prompts"]:
         raise SpecError(f"{origin}: dev.prompts needs a 'target' set (what tuning measures erasure on)")
-    sets = tuple(_dev_set(by_name[n], d, origin) for n, d in given["prompts"].items())
+    sets = tuple(_dev_set(test, by_name[n], d, origin) for n, d in given["prompts"].items())
     _check_disjoint(test.prompt_sets, sets, origin)
     return replace(test, split="dev", seeds=given["seeds"], prompt_sets=sets, dev=None)
 
 
-def _dev_set(test_set: PromptSet, data, origin: str) -> PromptSet:
+def _dev_set(test: Application, test_set: PromptSet, data, origin: str) -> PromptSet:
     where = f"dev.prompts.{test_set.name}."
     given = check_fields(data, DEV_SET_FIELDS, {"templates"}, origin, where)
     if test_set.file:
@@ -260,6 +347,9 @@ def _dev_set(test_set: PromptSet, data, origin: str) -> PromptSet:
         raise SpecError(f"{origin}: {where}concepts: an erasure set measures the erased targets; give only templates")
     if not given["templates"]:
         raise SpecError(f"{origin}: {where}templates must be a non-empty list of strings")
+    if isinstance(given["templates"], dict):
+        named = tuple(dict.fromkeys(t for experiment in test.erase for t in experiment))
+        return _kind_set(test_set.name, concepts, given["templates"], test.kinds, named, origin, "dev.prompts.")
     for template in given["templates"]:
         _check_template(template, concepts, f"{origin}: dev.prompts.{test_set.name}")
     return PromptSet(test_set.name, concepts, given["templates"])

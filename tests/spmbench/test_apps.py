@@ -124,6 +124,133 @@ def test_a_template_without_a_concept_is_fine_for_a_single_concept():
     assert len(parse_app(data, "x.yaml").rows(("a",))) == 2
 
 
+KINDS = {"character": ["Barkley", "Luna"], "shape": ["star", "ring"], "nudity": ["nudity"]}
+BY_KIND = {"character": ["the dog {}", "{} on white"], "shape": ["a red {}"], "nudity": ["a nude figure"]}
+
+
+def _kind_app(prompts=None, dev=None, **fields):
+    erase = [["Barkley"], ["Barkley", "star", "nudity"]]
+    data = _app(prompts or {"target": {"concepts": "{targets}", "templates": BY_KIND}}, erase=erase, kinds=KINDS)
+    return {**data, **({"dev": dev} if dev else {}), **fields}
+
+
+def test_templates_per_kind_phrase_each_concept_with_its_own_kinds():
+    sets = {"target": {"concepts": "{targets}", "templates": BY_KIND},
+            "others": {"concepts": "{others}", "templates": BY_KIND},
+            "far": {"concepts": ["ring"], "templates": {"shape": ["a blue {}"]}}}  # fmt: skip
+    dev = {"seeds": [1], "prompts": {"target": {"templates": {"character": ["a rendering of {}"], "shape": ["{}"],
+                                                              "nudity": ["a naked man"]}}}}  # fmt: skip
+    app = parse_app(_kind_app(sets, dev), "x.yaml")
+    rows = app.rows(("Barkley", "star", "nudity"))
+    assert [(r.set, r.concept, r.prompt) for r in rows] == [
+        ("target", "Barkley", "the dog Barkley"),
+        ("target", "Barkley", "Barkley on white"),
+        ("target", "star", "a red star"),
+        ("target", "nudity", "a nude figure"),
+        ("far", "ring", "a blue ring"),
+    ]  # nothing left for '{others}': every named target is erased
+    others = [(r.concept, r.prompt) for r in app.rows(("Barkley",)) if r.set == "others"]
+    assert others == [("star", "a red star"), ("nudity", "a nude figure")]
+    dev_rows = app.for_split("dev").rows(("Barkley", "star"))
+    assert [r.prompt for r in dev_rows] == ["a rendering of Barkley", "star"]
+    # a concept's prompt (and its id) is what one list of its kind's templates would give it
+    plain = parse_app(_app({"target": {"concepts": "{targets}", "templates": BY_KIND["character"]}}), "y.yaml")
+    assert [r.prompt_id for r in plain.rows(("Barkley",))] == [r.prompt_id for r in rows[:2]]
+    assert set(app.prompt_sets[0].templates) == {t for ts in BY_KIND.values() for t in ts}  # all kinds' together
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (
+            _app({"target": {"concepts": "{targets}", "templates": BY_KIND}}),
+            r"x.yaml: prompts.target.templates gives templates per kind, but the application has no 'kinds'",
+        ),
+        (
+            _kind_app({"target": {"concepts": "{targets}", "templates": {**BY_KIND, "style": ["by {}"]}}}),
+            r"prompts.target.templates names kind\(s\) \['style'\] that 'kinds' does not define: character, shape",
+        ),
+        (
+            _kind_app({"target": {"concepts": "{targets}", "templates": {**BY_KIND, "shape": []}}}),
+            "prompts.target.templates.shape must be a non-empty list of strings",
+        ),
+        (
+            _kind_app({"target": {"concepts": "{targets}", "templates": {**BY_KIND, "shape": ["a red star"]}}}),
+            r"prompts.target.templates.shape: template 'a red star' must hold exactly one \{\}.*several concepts",
+        ),
+        (
+            _kind_app({"target": {"concepts": "{targets}", "templates": {"character": ["{}"], "shape": ["{}"]}}}),
+            "concept 'nudity' is of kind 'nudity', which prompts.target.templates does not phrase: add prompts.target.te",
+        ),
+        (
+            _kind_app({"target": {"concepts": "{targets}", "templates": BY_KIND}}, erase=[["Barkley", "Rex"]]),
+            "prompts.target: concept 'Rex' is in no kind: list it in 'kinds'",
+        ),
+        (
+            _kind_app(
+                {
+                    "target": {"concepts": "{targets}", "templates": ["{}"]},
+                    "near": {"concepts": ["Luna", "ring"], "templates": {"character": ["{}"]}},
+                }
+            ),
+            "prompts.near: concept 'ring' is of kind 'shape', which prompts.near.templates does not phrase: add",
+        ),
+        (
+            _kind_app({"target": {"concepts": "{targets}", "templates": {"character": "{}"}}}),
+            r"prompts.target.templates must be a list of text or a mapping of text to lists of text",
+        ),
+        (_kind_app(kinds={**KINDS, "shape": []}), "kinds.shape must be a non-empty list of concept names"),
+        (_kind_app(kinds={**KINDS, "dog": ["barkley"]}), r"kinds: 'barkley' is listed twice \(character and dog\)"),
+        (_kind_app(kinds={"shape": ["star", "star"]}), r"kinds: 'star' is listed twice \(shape\): give it one kind"),
+        (_kind_app(kinds=["Barkley"]), "kinds must be a mapping of text to lists of text"),
+        (
+            _kind_app(
+                dev={"seeds": [1], "prompts": {"target": {"templates": {"character": ["a {}"], "pet": ["{}"]}}}}
+            ),
+            r"dev.prompts.target.templates names kind\(s\) \['pet'\] that 'kinds' does not define",
+        ),
+        (
+            _kind_app(dev={"seeds": [1], "prompts": {"target": {"templates": {"character": ["a {}"]}}}}),
+            "dev.prompts.target: concept 'star' is of kind 'shape', which dev.prompts.target.templates does not phrase",
+        ),
+    ],
+)
+def test_bad_templates_per_kind_say_what_is_wrong(data, message):
+    with pytest.raises(SpecError, match=message):
+        parse_app(data, "x.yaml")
+
+
+# Each shipped application's (version, digest of every row of both splits): a file's prompts, and so its ids,
+# change only with its version (a run's stored images are found by prompt id).
+SHIPPED_ROWS = {
+    "real-artist": (2, "1f07d8a0a16d3abe"), "real-concept": (1, "b0bec3bfa984a12c"),
+    "real-explicit": (1, "17413b794e795ad8"), "real-object": (1, "13dc66112a338977"),
+    "toy-artist": (2, "6a2adc9b24936388"), "toy-concept": (2, "a71d420f12a66fee"),
+    "toy-explicit": (2, "63da18445a15d8e5"), "toy-object": (2, "6d8fcc693ff874e5"),
+    "toy3-artist": (1, "a7993c550dfc9ab1"), "toy3-concept": (1, "6ccd7ab77a627884"),
+    "toy3-explicit": (1, "5d676717bcac6f21"), "toy3-many": (1, "d8487534112868fb"), "toy3-object": (1, "bcc328651ceda738"),
+}  # fmt: skip
+
+
+def _rows_digest(app) -> str:
+    import hashlib
+
+    from tests.spmbench.test_prompts import BENCH
+
+    digest = hashlib.sha256()
+    for split in ("test", "dev") if app.dev else ("test",):
+        for targets in app.erase:
+            for r in app.for_split(split).rows(targets, data_dir=BENCH):
+                digest.update(f"{r.prompt_id}|{r.concept}|{r.prompt}|{r.seed}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def test_a_shipped_applications_prompts_change_only_with_its_version():
+    apps = load_apps()
+    got = {a.name: (a.version, _rows_digest(a)) for a in apps}
+    assert got == SHIPPED_ROWS, "an application's rows changed: bump its version and update SHIPPED_ROWS"
+
+
 def test_a_wheel_ships_every_spec_and_lists_the_same_applications(tmp_path):
     """Built from a copy of the sources (the checkout is shared); not installed: read from the unpacked wheel."""
     root = Path(__file__).resolve().parents[2]
