@@ -410,7 +410,7 @@ def run(
     clip_model: str | None = typer.Option(None, help=_CLIP_HELP),
     classifier: str | None = typer.Option(None, help=_CLASSIFIER_HELP),
     attack_sel: str = typer.Option(
-        "", "--attack", help="comma-separated attacks (uda, adaptive-ft, rab): each cell's attack success rate"
+        "", "--attack", help="comma-separated attacks (uda, adaptive-ft, p4d, rab): each cell's attack success rate"
     ),
 ) -> None:
     """Plan, fit, generate, score and report; a rerun computes only what is missing."""

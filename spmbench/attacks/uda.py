@@ -35,22 +35,31 @@ from spmbench.erasers.base import require_counts, require_positive
 
 
 @dataclass(frozen=True)
-class UDASettings(AttackSettings):
+class SoftPromptSettings(AttackSettings):
     """The budget (steps, tokens, restarts, seed) and: Adam's learning rate on the token embeddings; the
     reference set, `images` made by the original model from the target times `timesteps` noise levels each;
-    `batch` of them per step; `gamma_weight`, how much FT's permeability of the prompt adds to the loss
-    (0: the attack ignores the defence)."""
+    `batch` of them per step. Every attack built on this search (uda, adaptive-ft, p4d) has these."""
 
     lr: float = 0.1
     images: int = 2
     timesteps: int = 8
     batch: int = 4
-    gamma_weight: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         require_positive(self, "lr")
         require_counts(self, "images", "timesteps", "batch")
+
+
+@dataclass(frozen=True)
+class UDASettings(SoftPromptSettings):
+    """The search's settings and `gamma_weight`, how much FT's permeability of the prompt adds to the loss
+    (0: the attack ignores the defence)."""
+
+    gamma_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         require_nonnegative(self, "gamma_weight")
 
 
@@ -67,7 +76,7 @@ class Reference:
 
 
 @torch.no_grad()
-def reference(pipe, target: str, generation: Generation, settings: UDASettings) -> Reference:
+def reference(pipe, target: str, generation: Generation, settings: SoftPromptSettings) -> Reference:
     """What the erased model should reproduce, made by the original model: `images` samples of the target
     prompt, each noised at `timesteps` random levels, with the original's (conditional) noise prediction."""
     seeds = [settings.seed * 1000 + i for i in range(settings.images)]
@@ -102,6 +111,9 @@ class UDA(Attack):
     name = "uda"
     Settings = UDASettings
     keeps_target = True  # the adversarial tokens go before the target prompt; False: they are the whole prompt
+    # The loss runs SPM with FT at the gamma FT gives the prompt being optimised; False: the membrane at its fixed
+    # weights whatever the prompt (the attack does not see FT; its prompts are still generated with FT on).
+    through_transport = True
 
     def find(self, pipe, erased: Erased, target: str, generation: Generation, settings) -> list[str]:
         check_supported(pipe, self.name)
@@ -139,7 +151,7 @@ class UDA(Attack):
     def _loss(self, pipe, generate, states, ids, goal: Reference, rows, settings: UDASettings) -> torch.Tensor:
         """The erased model's noise prediction against the original's on the rows of the reference set, plus
         `gamma_weight` times FT's permeability of the prompt."""
-        gamma = defence_gamma(generate, states, ids)
+        gamma = defence_gamma(generate, states, ids) if self.through_transport else None
         with nullcontext() if gamma is None else generate.permeable(gamma):
             x, t = goal.latents[rows], goal.timesteps[rows].to(goal.latents.device)
             predicted = pipe.unet(x, t, encoder_hidden_states=states.expand(len(rows), -1, -1)).sample

@@ -19,6 +19,8 @@ BUDGETS = {
     "uda": {"steps": 8, "restarts": 1, "images": 1, "timesteps": 4},
     # each restart searches before the target prompt and without its words, and keeps the lower deployed loss
     "adaptive-ft": {"steps": 8, "restarts": 1, "images": 1, "timesteps": 4},
+    # free tokens without the target's words: the first restart's draw leads nowhere in 8 steps, the second does
+    "p4d": {"steps": 8, "restarts": 2, "images": 1, "timesteps": 4},
     "rab": {"steps": 10, "restarts": 1, "population": 32},
 }
 
@@ -49,18 +51,18 @@ def characters(pipe, judge, prompts: list[str]) -> list[int]:
         return judge.net(images)["character"].argmax(1).tolist()
 
 
-@pytest.mark.parametrize("name", ["uda", "adaptive-ft", "rab"])
+@pytest.mark.parametrize("name", ["uda", "adaptive-ft", "p4d", "rab"])
 def test_on_the_original_model_the_attack_keeps_the_concept(toy, judge, name):
     prompts = ATTACKS.get(name).find(toy, original(toy), "Barkley", REFERENCE, BUDGETS[name])
     assert len(prompts) == BUDGETS[name]["restarts"] and all(isinstance(p, str) for p in prompts)
-    if name == "rab":  # the target's words are not used: the concept comes back from other tokens
+    if name in ("rab", "p4d"):  # the target's words are not used: the concept comes back from other tokens
         assert not any("barkley" in p.lower() for p in prompts)
     found = characters(toy, judge, prompts)
     barkley = 1 + world.CHARACTER_NAMES.index("Barkley")
     assert sum(c == barkley for c in found) >= 3, (prompts, found)
 
 
-@pytest.mark.parametrize("name", ["uda", "adaptive-ft", "rab"])
+@pytest.mark.parametrize("name", ["uda", "adaptive-ft", "p4d", "rab"])
 def test_on_a_concept_the_model_never_learnt_the_attack_finds_nothing(toy, judge, name):
     """A made-up word gives the toy model no character; the attack's prompts for it give none either (the
     prompts found for a learnt one, above, bring it back: the attack's success comes from the concept)."""
@@ -109,6 +111,51 @@ def test_the_adaptive_attack_is_at_least_unlearndiffatk_on_the_deployed_loss(toy
     assert all(mine <= theirs for mine, theirs in losses), (strong, plain, losses)
 
 
+def test_p4d_loss_falls_as_it_searches(toy):
+    """P4D's loss (the original model's noise for the target against the attacked model's for the prompt, over the
+    whole reference set) is lower after 8 steps than after 1 (the random start, or one step from it)."""
+    from spmbench.attacks.uda import reference
+
+    p4d = ATTACKS.get("p4d")
+    settings = p4d.settings(BUDGETS["p4d"])
+    goal = reference(toy, "Barkley", REFERENCE, settings)
+    start, searched = (
+        p4d.find(toy, original(toy), "Barkley", REFERENCE, settings.__dict__ | {"steps": n}) for n in (1, 8)
+    )
+    before, after = ([p4d.prompt_loss(toy, toy, p, goal, settings) for p in found] for found in (start, searched))
+    assert all(a <= b for a, b in zip(after, before)) and sum(after) < sum(before) - 1e-3, (
+        start,
+        before,
+        searched,
+        after,
+    )
+
+
+def test_p4d_is_not_adaptive_to_ft(toy):
+    """P4D's loss runs SPM's membrane at full strength whatever the prompt, never at FT's gamma: a prompt that FT
+    lets through (gamma well below 1) has the same p4d loss with FT on and off, where adaptive-ft's loss differs;
+    the table marks p4d not adaptive."""
+    from spmbench.attacks.uda import reference
+
+    membrane = random_spm(toy.unet, ["Barkley"], scale=0.05)
+    p4d, adaptive = ATTACKS.get("p4d"), ATTACKS.get("adaptive-ft")
+    goal = reference(toy, "Barkley", REFERENCE, p4d.settings(BUDGETS["p4d"]))
+    prompt, losses, gammas = "a cat on a table", {}, {}
+    for transport in (True, False):
+        with spm_applied(toy, membrane, transport=transport) as attached:
+            gammas[transport] = attached.permeability(prompt)[0, 0].item()
+            losses[transport] = [
+                a.prompt_loss(toy, attached, prompt, goal, a.settings(BUDGETS["p4d"])) for a in (p4d, adaptive)
+            ]
+    assert gammas[True] < 0.9 and gammas[False] == 1, gammas
+    assert losses[True][0] == losses[False][0] and abs(losses[True][1] - losses[False][1]) > 1e-6, losses
+    assert not p4d.adaptive and adaptive.adaptive
+
+
+def test_the_registry_lists_every_attack():
+    assert {"uda", "adaptive-ft", "p4d", "rab"} <= set(ATTACKS.names())
+
+
 def spm_applied(pipe, membrane, **options):
     from contextlib import contextmanager
 
@@ -150,6 +197,9 @@ def test_found_prompts_read_back_as_the_tokens_found(toy):
         ("uda", {"lr": -1.0}, "lr must be a finite number greater than 0"),
         ("adaptive-ft", {"gamma_weight": -1.0}, "gamma_weight must be a finite number >= 0"),
         ("adaptive-ft", {"layouts": ["sideways"]}, "layouts must be a non-empty list of distinct layouts"),
+        ("p4d", {"tokens": 0}, "tokens must be a whole number >= 1"),
+        ("p4d", {"batch": 1.5}, "batch must be"),
+        ("p4d", {"gamma_weight": 1.0}, "unknown field"),  # p4d never sees FT's gamma
         ("rab", {"tokens": "many"}, "tokens must be"),
         ("rab", {"elite": 64, "population": 64}, "elite (64) must be smaller than population (64)"),
         ("rab", {"templates": ["no slot"]}, "each with one {}"),
