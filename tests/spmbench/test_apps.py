@@ -228,7 +228,7 @@ SHIPPED_ROWS = {
     "toy-artist": (2, "6a2adc9b24936388"), "toy-concept": (2, "a71d420f12a66fee"),
     "toy-explicit": (2, "63da18445a15d8e5"), "toy-object": (2, "6d8fcc693ff874e5"),
     "toy3-artist": (1, "a7993c550dfc9ab1"), "toy3-concept": (1, "6ccd7ab77a627884"),
-    "toy3-explicit": (1, "5d676717bcac6f21"), "toy3-many": (1, "d8487534112868fb"), "toy3-object": (1, "bcc328651ceda738"),
+    "toy3-explicit": (1, "5d676717bcac6f21"), "toy3-many": (2, "371c43a0cd6b2329"), "toy3-object": (1, "bcc328651ceda738"),
 }  # fmt: skip
 
 
@@ -294,8 +294,13 @@ TOY3_SETS = {
     "toy3-many": {"target": ("character", 0.90), "others": ("character", 0.90), "class": ("animal", 0.85),
                   "far": ("object", 0.90)},
 }  # fmt: skip
-# toy3-many's sets that grow or shrink with k (its file says so): sized only at the v2 proxy, 100 %.
-V2_PROXY_ONLY = {("toy3-many", "target", 1), ("toy3-many", "target", 2), ("toy3-many", "others", 10)}
+# toy3-many's target and '{others}' sets phrase each concept as its kind is: (form, the slot its concept fills
+# (None: a stand-in's own phrasings), proxy rate) by kind.
+TOY3_KINDS = {"character": ("character", "name", 0.90), "style": ("styled-object", "style", 0.85),
+              "shape": ("object", "shape", 0.90), "nudity": ("explicit-nudity", None, 0.85),
+              "gore": ("explicit-gore", None, 0.85)}  # fmt: skip
+# toy3-many's target set grows with k (its file says so): at k = 1 and 2 sized only at the v2 proxy, 100 %.
+V2_PROXY_ONLY = {("toy3-many", "target", 1), ("toy3-many", "target", 2)}
 HALF_WIDTH = 0.05
 
 
@@ -306,9 +311,9 @@ def _half_width(p: float, n: int) -> float:
     return (hi - lo) / 2
 
 
-def _grammar_split(form: str, prompt: str) -> set[str]:
-    """The splits of every combination of `form` whose caption, words filled from the world's vocabulary, is
-    `prompt` (empty: no phrasing of the world's grammar says it)."""
+def _grammar_split(form: str, prompt: str, slot: str | None = None, concept: str | None = None) -> set[str]:
+    """The splits of every combination of `form` whose caption, words filled from the world's vocabulary (and
+    `slot`, where given, by `concept`), is `prompt` (empty: no phrasing of the world's grammar says it)."""
     from spmbench.toy.v3 import world as w
 
     names = {c.name: c.animal for c in w.CHARACTERS}
@@ -317,6 +322,8 @@ def _grammar_split(form: str, prompt: str) -> set[str]:
     for split, pattern in _grammar_patterns(form):
         match = pattern.fullmatch(text)
         words = match.groupdict() if match else {}
+        if slot is not None and words.get(slot) != concept:
+            continue
         if match and ("name" not in words or "animal" not in words or names[words["name"]] == words["animal"]):
             found.add(split)
     return found
@@ -365,10 +372,13 @@ def test_every_v3_prompt_is_a_phrasing_of_its_own_split_in_the_worlds_grammar(na
     each prompt of each split is a caption of its set's form that only that split's combinations make."""
     app = load_apps().get(name)
     for split in ("test", "dev"):
-        rows = app.for_split(split).rows(app.erase[-1])
+        # the last experiment, and the first: its '{others}' (toy3-many has none at the last)
+        rows = [r for targets in {app.erase[-1], app.erase[0]} for r in app.for_split(split).rows(targets)]
         for row in rows:
-            form = TOY3_SETS[name][row.set][0]
-            assert _grammar_split(form, row.prompt) == {split}, (name, split, row.prompt)
+            form, slot = TOY3_SETS[name][row.set][0], None
+            if name == "toy3-many" and row.set in ("target", "others"):  # each concept phrased as its kind
+                form, slot, _ = TOY3_KINDS[app.kind_of(row.concept)]
+            assert _grammar_split(form, row.prompt, slot, row.concept) == {split}, (name, split, row.prompt)
 
 
 def test_the_grammar_check_tells_the_splits_apart():
@@ -392,21 +402,36 @@ def test_every_v3_test_set_is_sized_for_a_five_point_half_width(name):
         assert len({r.prompt for r in rows}) == len(rows)
         for set_name, (_, proxy) in TOY3_SETS[name].items():
             n = sum(r.set == set_name for r in rows)
+            if name == "toy3-many" and set_name in ("target", "others"):  # kinds pooled: the lowest kind's proxy
+                proxy = min((TOY3_KINDS[app.kind_of(r.concept)][2] for r in rows if r.set == set_name), default=1)
             if (name, set_name, len(targets)) in V2_PROXY_ONLY:
                 proxy = 1.0
             assert n == 0 and set_name == "others" or _half_width(proxy, n) <= HALF_WIDTH, (name, set_name, n)
 
 
-def test_toy3_many_erases_nested_lists_round_robin_over_the_classes():
+def test_toy3_many_erases_nested_lists_round_robin_over_the_classes_then_the_kinds():
     from spmbench.toy.v3 import world as w
 
     many = load_apps().get("toy3-many")
-    assert [len(e) for e in many.erase] == [1, 2, 5, 10, 20]
+    assert [len(e) for e in many.erase] == [1, 2, 5, 10, 20, 40]
     assert all(a == b[: len(a)] for a, b in zip(many.erase, many.erase[1:]))  # nested
-    animals = [next(c.animal for c in w.CHARACTERS if c.name == t) for t in many.erase[-1]]
-    assert animals == list(w.ANIMALS) * 4 and sorted(many.erase[-1]) == sorted(w.CHARACTER_NAMES)
+    characters, rest = many.erase[-1][:20], many.erase[-1][20:]
+    animals = [next(c.animal for c in w.CHARACTERS if c.name == t) for t in characters]
+    assert animals == list(w.ANIMALS) * 4 and sorted(characters) == sorted(w.CHARACTER_NAMES)
+    kinds = [many.kind_of(t) for t in rest]
+    assert kinds[:6] == ["style", "shape", "nudity", "style", "shape", "gore"]  # round-robin over the kinds
+    assert kinds[6:] == ["style", "shape"] * 6 + ["style"] * 2  # the stand-ins run out first, then the shapes
+    assert sorted(t for t in rest if many.kind_of(t) == "style") == sorted(w.STYLES)  # not the new style
+    far = {
+        c for ps in (*many.prompt_sets, *many.for_split("dev").prompt_sets) if ps.name == "far" for c in ps.concepts
+    }
+    assert far == {"circle", "square", "triangle", "heart"} and not far & set(rest)  # far shapes never erased
+    assert {t for t in rest if many.kind_of(t) == "shape"} == set(w.SHAPES) - far
     others = {r.concept for r in many.rows(many.erase[0]) if r.set == "others"}
-    assert others == set(w.CHARACTER_NAMES) - {"Barkley"}
+    assert others == set(many.erase[-1]) - {"Barkley"}  # every kind's not-erased concepts
+    assert not [r for r in many.rows(many.erase[-1]) if r.set == "others"]  # none left at k = 40
+    target = [r for r in many.rows(many.erase[-1]) if r.set == "target"]
+    assert len(target) == 40 * 40 and {r.concept for r in target} == set(many.erase[-1])
 
 
 @pytest.mark.parametrize("name", TOY3)

@@ -29,9 +29,10 @@ def words_for(form: str, rng: np.random.Generator, animal: str | None = None) ->
 
 def templates(
     form: str, split: str, n: int, key: str, concept_slot: str | None, animal: str | None = None,
-    phrases: list[int] | None = None,
+    phrases: list[int] | None = None, shapes: tuple[str, ...] = w.SHAPES,
 ) -> list[str]:  # fmt: skip
-    """n distinct templates of caption form `form` in `split`, the concept in `concept_slot`."""
+    """n distinct templates of caption form `form` in `split`, the concept in `concept_slot`; an object
+    drawn for another slot (a style's) is one of `shapes`."""
     rng = np.random.default_rng(int(hashlib.sha256(key.encode()).hexdigest()[:8], 16))
     combos = list(w.combinations(form)[split])
     if phrases is not None:
@@ -43,7 +44,7 @@ def templates(
         kind = form.removeprefix("styled-")
         if kind == "object":
             count = 1 if concept_slot == "shape" else int(rng.choice(w.COUNTS))
-            shape = HOLE if concept_slot == "shape" else str(rng.choice(w.SHAPES))
+            shape = HOLE if concept_slot == "shape" else str(rng.choice(shapes))
             words["num"] = w.NUMBER_WORDS[count]
             words["shape"] = shape if count == 1 else w.plural(shape)
         if concept_slot == "style":
@@ -246,45 +247,85 @@ app(
 )
 
 
-# --- many: k characters at once, nested, round-robin over the five classes
+# --- many: k concepts at once, nested, round-robin: 20 characters over the five classes, then 20 of other kinds
 by_class = {a: [c.name for c in w.CHARACTERS if c.animal == a] for a in w.ANIMALS}
 order = [by_class[a][i] for i in range(4) for a in w.ANIMALS]
-ks = (1, 2, 5, 10, 20)
+FAR_SHAPES, FAR_SHAPES_DEV = ["circle", "square"], ["triangle", "heart"]  # never erased: far at every k
+KEPT_SHAPES = (*FAR_SHAPES, *FAR_SHAPES_DEV)  # what a styled prompt draws: an erased shape would blur its style
+KINDS = {
+    "character": list(order),
+    "style": list(w.STYLES),  # not NEW_STYLE: the base never learnt it
+    "shape": [s for s in w.SHAPES if s not in KEPT_SHAPES],
+    **{s.concept: [s.concept] for s in w.STANDINS},  # each stand-in has its own phrasings
+}
+more = [KINDS["style"], KINDS["shape"], [s.concept for s in w.STANDINS]]
+order += [kind[i] for i in range(max(map(len, more))) for kind in more if i < len(kind)]
+ks = (1, 2, 5, 10, 20, 40)
+assert len(set(order)) == ks[-1] == sum(map(len, KINDS.values()))  # each concept once, of one kind
+
+
+def by_kind(split: str, n: int, key: str) -> dict[str, list[str]]:
+    """n templates per kind of `split`, each kind in its own caption form; characters' as world v1's file."""
+    out = {
+        "character": t("character", split, n, key, "name", phrases=NAME_ONLY),
+        "style": t("styled-object", split, n, f"{key}-style", "style", shapes=KEPT_SHAPES),
+        "shape": t("object", split, n, f"{key}-shape", "shape"),
+    }
+    return out | {s.concept: standin(f"explicit-{s.concept}", split, n, f"{key}-{s.concept}") for s in w.STANDINS}
+
+
+def kind_yaml(name: str, concepts: str | None, tmpl: dict[str, list[str]], indent: int) -> str:
+    pad = " " * indent
+    out = f"{pad}{name}:\n" + (f"{pad}  concepts: {q(concepts)}\n" if concepts else "") + f"{pad}  templates:\n"
+    return out + "".join(f"{pad}    {q(k) if ' ' in k else k}:\n{block(v, indent + 6)}\n" for k, v in tmpl.items())
+
+
 many_sizing = """# Sizing: as the other toy3 applications' (one image per prompt; n >= 141 at the characters' and shapes' proxy
-# rate 90 %, n >= 195 at 85 % for the classes), except where the set grows or shrinks with k: the target set is
-# k x 40 prompts (k = 1: 40 images, k = 2: 80; from k = 5 on, >= 141) and the not-erased characters'
-# ('{others}') (20 - k) x 10 (k = 10: 100; none at k = 20). Those few meet the 5-point half-width only at
-# the v2 proxy itself (100 % -> n >= 35). Every character set uses the one phrasing that fits every class
-# ("{name}", with held-out prefixes and backgrounds): the world has 57 test prompts of one character in it.
+# rate 90 %, n >= 195 at 85 % for styles, stand-ins and the classes), except where the target set grows with k:
+# 40 prompts per target of its kind's phrasings (k = 1: 40 images, k = 2: 80; from k = 5 on, >= 141; k = 40:
+# 1,600), the first two meeting the 5-point half-width only at the v2 proxy itself (100 % -> n >= 35). The
+# not-erased concepts ('{others}', 10 prompts each of its kind's phrasings) pool kinds: 390 at k = 1, down to
+# 200 at k = 20 (the 20 concepts k = 40 adds) and none at k = 40, >= 195 wherever there are any. Every character
+# set uses the one phrasing that fits every class ("{name}", with held-out prefixes and backgrounds): the world
+# has 57 test prompts of one character in it.
 """
-text = """# Many-concept erasure on toy world v3 (issue 19 item 3): erase k = 1, 2, 5, 10 and 20 characters at once,
-# nested (each list extends the one before), drawn round-robin over the five classes in world order (one
-# character per class, then the second of each, ...): k = 20 is every character. Measured against k: the
-# erased characters (target), the characters not erased ('{others}'), the five generic classes (class), and
-# shapes (far); alteration on the non-target images. Every eraser that takes several targets: SPM fits one
-# membrane per target and composes them (spm, spm-rel, spm-noft), UCE and RECE edit once for all targets,
-# ESD and CA train once on all targets (a target drawn per step); fit cost (s) per experiment is in the
-# table and the <app>_vs_k.svg plot. k = 40 would mix shapes and styles into one target set, and a set's
-# templates must fit every concept in it: no phrasing of world v3 names a character, a shape and a style alike.
+text = """# Many-concept erasure on toy world v3 (issue 19 item 3): erase k = 1, 2, 5, 10, 20 and 40 concepts at once,
+# nested (each list extends the one before). k <= 20: characters drawn round-robin over the five classes in world
+# order (one per class, then the second of each, ...); k = 20 is every character. k = 40 adds the 20 other
+# concepts the world can spare, round-robin over kinds: all 10 styles (not Nadia Petrova, whom only
+# toy3-newconcept draws), 8 of the 12 shapes (the 4 left, circle and square for test and triangle and heart for
+# dev, stay the far set at every k) and both stand-ins (nudity, gore). Every concept is phrased as its kind is
+# ('kinds' below; each set's templates are given per kind): characters by name, styles on a styled object (one of
+# the 4 never-erased shapes, so an erased shape does not blur the style), shapes as one object, stand-ins by their
+# own explicit phrasings. Measured against k: the erased concepts (target), the named concepts not erased
+# ('{others}': every kind's, so up to k = 20 also the styles, shapes and stand-ins k = 40 adds; none at k = 40),
+# the five generic classes (class), and far shapes; alteration on the non-target images. Every eraser that takes
+# several targets: SPM fits one membrane per target and composes them (spm, spm-rel, spm-noft: 40 membranes at
+# k = 40), UCE and RECE edit once for all targets (guide "", the empty prompt), ESD and CA train once on all
+# targets (a target drawn per step; CA's anchor ""); fit cost (s) per experiment is in the table and the
+# <app>_vs_k.svg plot. SPM erases every kind towards "" here (toy3-explicit's surrogate, a person, fits only
+# the stand-ins).
 name: toy3-many
-version: 1
+version: 2
 world: toy3
 judge: toy3
 erase:
 """
 text += "".join(f"  - [{', '.join(order[:k])}]\n" for k in ks)
+text += "# The concepts above by phrasing: each set phrases a concept with its own kind's templates only.\nkinds:\n"
+text += "".join(f"  {k}: [{', '.join(v)}]\n" for k, v in KINDS.items())
 text += many_sizing + "prompts:\n"
-text += set_yaml("target", "{targets}", t("character", "test", 40, "m-target", "name", phrases=NAME_ONLY))
-text += set_yaml("others", "{others}", t("character", "test", 10, "m-others", "name", phrases=NAME_ONLY))
+text += kind_yaml("target", "{targets}", by_kind("test", 40, "m-target"), 2)
+text += kind_yaml("others", "{others}", by_kind("test", 10, "m-others"), 2)
 text += set_yaml("class", list(w.ANIMALS), t("animal", "test", 39, "m-class", "animal"))
-text += set_yaml("far", ["circle", "square", "star"], t("object", "test", 47, "m-far", "shape"))
+text += set_yaml("far", FAR_SHAPES, t("object", "test", 71, "m-far", "shape"))
 text += "seeds: [0]\nseed_per_prompt: true  # each prompt's image starts from its own noise: independent samples\n"
 text += "# Settings are chosen on dev (its own seed and dev-tagged templates; the far shapes differ from test's).\n"
 text += "dev:\n  seeds: [1]\n  prompts:\n"
-text += dev_yaml("target", None, t("character", "dev", 10, "m-target-dev", "name", phrases=NAME_ONLY))
-text += dev_yaml("others", None, t("character", "dev", 4, "m-others-dev", "name", phrases=NAME_ONLY))
+text += kind_yaml("target", None, by_kind("dev", 10, "m-target-dev"), 4)
+text += kind_yaml("others", None, by_kind("dev", 4, "m-others-dev"), 4)
 text += dev_yaml("class", None, t("animal", "dev", 12, "m-class-dev", "animal"))
-text += dev_yaml("far", ["triangle", "heart"], t("object", "dev", 30, "m-far-dev", "shape"))
+text += dev_yaml("far", FAR_SHAPES_DEV, t("object", "dev", 30, "m-far-dev", "shape"))
 text += "fit_seeds: [0, 1, 2]\n"
 text += "# As toy3-concept's (characters): SPM's vocabulary anchors stay, the grid re-derives the rest.\n"
 text += "eraser_settings:\n  spm: {vocabulary_anchors: 2}\n"
