@@ -363,7 +363,7 @@ def test_a_v3_application_holds_dev_and_test_apart(name):
         # the world has enough of them: other siblings, styles and shapes for dev (a stand-in's neutral class is one)
         if test_set.name in ("near", "far") and (name, test_set.name) != ("toy3-explicit", "near"):
             assert not set(test_set.concepts) & set(dev_set.concepts), (name, test_set.name)
-    assert app.fit_seeds == (0, 1, 2) and set(app.attacks) == {"uda", "adaptive-ft", "rab"}
+    assert app.fit_seeds == (0, 1, 2) and set(app.attacks) == {"uda", "adaptive-ft", "p4d", "rab"}
 
 
 @pytest.mark.parametrize("name", TOY3)
