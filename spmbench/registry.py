@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import difflib
+import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
 
 
@@ -14,6 +15,21 @@ T = TypeVar("T")
 def slug(text: str) -> str:
     """A name as a file name part: lowercase words joined by '-' (targets in run folders)."""
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+TARGETS_NAME_MAX = 160  # file systems allow 255 bytes a name: room for a fit key before and a suffix after
+
+
+def targets_slug(targets: Iterable[str], part: Callable[[str], str] = slug) -> str:
+    """Targets as one file name part: each one's `part` joined by '+'. A list too long for a file name (40
+    targets) keeps its first targets and says how many more, with a hash of the whole list (lists stay apart)."""
+    names = [part(t) for t in targets]
+    joined = "+".join(names)
+    if len(joined) <= TARGETS_NAME_MAX:
+        return joined
+    head = joined[: TARGETS_NAME_MAX - 40].rsplit("+", 1)[0]
+    more = len(names) - head.count("+") - 1
+    return f"{head}+{more}-more-{hashlib.sha256(joined.encode()).hexdigest()[:10]}"
 
 
 class UnknownName(KeyError):

@@ -33,6 +33,7 @@ from spmbench.metrics import (
     PER_IMAGE_FILE,
     rate_info,
 )
+from spmbench.registry import targets_slug
 from spmbench.result import SCHEMA, Result, cell_key
 
 
@@ -645,7 +646,8 @@ def write_reports(app: Application, run_dir: Path, out_dir: Path) -> list[Path]:
             limit = table.attrs["settings"].get("limit")
             grid = image_grid(run_dir, model, targets.split("+"), erasers, app, limit)
             if grid is not None:
-                path = out_dir / "grids" / f"{model}_{'+'.join(t.replace(' ', '-') for t in targets.split('+'))}.png"
+                name = targets_slug(targets.split("+"), lambda t: t.replace(" ", "-"))  # 40 targets: shortened
+                path = out_dir / "grids" / f"{model}_{name}.png"
                 path.parent.mkdir(exist_ok=True)
                 save_image_atomic(grid, path)
                 written.append(path)

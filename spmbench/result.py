@@ -14,7 +14,7 @@ from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from spmbench.registry import slug
+from spmbench.registry import targets_slug
 from spmbench.specs import SpecError, build
 
 
@@ -24,7 +24,7 @@ PACKAGES = ("spm-erasing", "torch", "diffusers", "transformers", "numpy")
 
 def cell_key(model: str, eraser: str, targets) -> str:
     """A cell's folder under a run's cells/: <model>/<eraser>/<experiment>, "original" for the model itself."""
-    experiment = "original" if eraser == "none" else "+".join(slug(t) for t in targets)
+    experiment = "original" if eraser == "none" else targets_slug(targets)
     return f"{model}/{eraser}/{experiment}"
 
 

@@ -42,7 +42,7 @@ from spmbench.metrics import (
     save_per_image,
 )
 from spmbench.models import ModelSpec
-from spmbench.registry import slug
+from spmbench.registry import targets_slug
 from spmbench.result import Result, cell_key, run_meta
 from spmbench.shard import Shard
 
@@ -414,7 +414,7 @@ def fit_timed(
     record_path, memory_path = workdir / "fit_seconds.json", workdir / "fit_memory.json"
     key, forget = f"{eraser.fit_key}|{'+'.join(targets)}", _fit_costs_fix(workdir)
     # Held from the check to the record: a process that waited for another's fit measures nothing.
-    with holding(workdir / f"{eraser.fit_key}-{'+'.join(slug(t) for t in targets)}"):
+    with holding(workdir / f"{eraser.fit_key}-{targets_slug(targets)}"):
         first = key not in _read_costs(record_path, forget)
         if first and eraser.computes_fits:
             _settle(pipe, resolution)

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, ClassVar
 
-from spmbench.registry import Registry, slug
+from spmbench.registry import Registry, targets_slug
 from spmbench.specs import check_fields
 
 
@@ -123,7 +123,7 @@ class Eraser(ABC):
 
     def artifact_path(self, workdir: Path, targets: tuple[str, ...]) -> Path:
         """Where the fit for `targets` lives under a run's fits folder."""
-        return workdir / self.fit_key / f"{'+'.join(slug(t) for t in targets)}{self.artifact_suffix}"
+        return workdir / self.fit_key / f"{targets_slug(targets)}{self.artifact_suffix}"
 
     def fit(
         self, pipe, targets: tuple[str, ...], workdir: Path, resolution: int, settings: dict | None = None
