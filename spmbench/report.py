@@ -451,8 +451,18 @@ def table_rows(data) -> tuple[list[str], list[list[str]]]:
             _fit_cell(by_measure.get("fit_seconds"), "{:.0f}"),
             _fit_cell(by_measure.get("fit_peak_mib"), "{:.0f}"),
         ]
-        rows.append([key[0], key[1].replace("+", " + "), key[2], key[3], *line])
+        rows.append([key[0], _erased(key[1]), key[2], key[3], *line])
     return header, rows
+
+
+ERASED_LISTED = 10  # an experiment erasing more targets names its first few and k (the CSV lists them all)
+
+
+def _erased(targets: str) -> str:
+    names = targets.split("+")
+    if len(names) <= ERASED_LISTED:
+        return " + ".join(names)
+    return f"{' + '.join(names[:3])} + {len(names) - 3} more (k = {len(names)})"
 
 
 def _percent(rate: float) -> str:

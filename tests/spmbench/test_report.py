@@ -292,6 +292,28 @@ def test_rates_against_the_number_of_targets_are_plotted_per_set_and_eraser():
     assert scaling_svg(stored[::2]) is None  # every experiment erases one target: nothing to plot
 
 
+def test_forty_targets_at_once_are_plotted_and_tabled():
+    """toy3-many's k = 40: the set of not-erased concepts is empty there, and the table names the first few."""
+    from spmbench.report import scaling_svg, table_rows
+
+    forty = tuple(f"concept {i}" for i in range(40))
+    stored = [
+        result(
+            "spm", {"target": 0.0, "others": 0.8}, targets=forty[:1], original_rates={"target": 1.0, "others": 0.8}
+        ),
+        result(
+            "spm", {"target": 0.1, "others": 0.4}, targets=forty[:20], original_rates={"target": 1.0, "others": 0.8}
+        ),
+        result("spm", {"target": 0.2}, targets=forty, original_rates={"target": 1.0}),
+    ]
+    svg = scaling_svg(stored)
+    assert "<title>spm, k=40: 0.20</title>" in svg and "<title>spm, k=20: 0.50</title>" in svg
+    assert "spm, k=40: " not in svg.split("others / original")[1].split("fit (s)")[0]  # no others at k = 40
+    _, rows = table_rows(stored)
+    erased = [row[1] for row in rows]
+    assert erased[0] == "concept 0" and erased[2] == "concept 0 + concept 1 + concept 2 + 37 more (k = 40)"
+
+
 def test_alteration_against_the_number_of_targets_is_plotted_beside_the_rates():
     from spmbench.report import scaling_svg
 
