@@ -197,6 +197,17 @@ def rate_for(model: ModelSpec, rates: list[Rate]) -> Rate | None:
 
 
 @dataclass
+class Share:
+    """The part of one model's estimate whose cells erase k targets at once (k = 0: the original's cells)."""
+
+    cells: int = 0
+    images: int | None = 0
+    fits: int = 0  # the fits first made for these cells (a later k reuses an earlier k's: SPM's per target)
+    fit_seconds: float | None = 0.0
+    seconds: float | None = None  # images and fits at the measured rates; None: some unmeasured
+
+
+@dataclass
 class Estimate:
     """One application on one model: its cells, images and the fits it makes (on the family root)."""
 
@@ -210,6 +221,7 @@ class Estimate:
     unmeasured: list[str] = field(default_factory=list)
     rated: bool = True  # the model's family and resolution have an entry in the rates
     note: str = ""
+    by_k: dict[int, Share] = field(default_factory=dict)  # the same, by the number of targets erased at once
 
     @property
     def image_bytes(self) -> int | None:
@@ -230,6 +242,9 @@ def estimate(app: Application, cells: list, registry, limit: int | None, rates: 
         line.cells += 1
         count = rows(() if cell.eraser == "none" else cell.targets)
         line.images = None if line.images is None or isinstance(count, str) else line.images + count
+        share = line.by_k.setdefault(0 if cell.eraser == "none" else len(cell.targets), Share())
+        share.cells += 1
+        share.images = None if share.images is None or isinstance(count, str) else share.images + count
         if isinstance(count, str):
             line.note = count
         eraser, root = ERASERS.get(cell.eraser), fit_model_for(cell.model, registry)
@@ -240,13 +255,19 @@ def estimate(app: Application, cells: list, registry, limit: int | None, rates: 
                 continue
             made.add((root.name, eraser.fit_key, group))
             line.fits += 1
-            line.seconds = _add(line, _fit_seconds(eraser, rate_for(root, rates)), f"fits of {eraser.fit_key}")
+            seconds = _fit_seconds(eraser, rate_for(root, rates))
+            line.seconds = _add(line, seconds, f"fits of {eraser.fit_key}")
+            share.fits += 1
+            share.fit_seconds = None if seconds is None or share.fit_seconds is None else share.fit_seconds + seconds
     for line in by_model.values():
         rate = rate_for(line.model, rates)
         line.rated = rate is not None
         per_image = rate.seconds_per_image if rate else None
         images = None if per_image is None or line.images is None else per_image * line.images
         line.seconds = _add(line, images, "images" if line.images is not None else "images (count unknown)")
+        for share in line.by_k.values():
+            if per_image is not None and share.images is not None and share.fit_seconds is not None:
+                share.seconds = per_image * share.images + share.fit_seconds
     return list(by_model.values())
 
 
@@ -320,6 +341,7 @@ def plan_text(estimates: dict[str, list[Estimate]], rates_file: Path = RATES_FIL
                        f"{_hours(e)}{disk}")  # fmt: skip
             if e.note:
                 out.append(f"  {'':{width}s}  {e.note}")
+        out += _by_k_lines(lines)
     measured = [e.seconds for e in every if e.seconds is not None]
     unmeasured = sorted({e.model.name for e in every if e.seconds is None})
     images = [e.images for e in every]
@@ -332,6 +354,23 @@ def plan_text(estimates: dict[str, list[Estimate]], rates_file: Path = RATES_FIL
     out.append(f"total: cells {sum(e.cells for e in every):,}, images {total_images}, "
                f"fits {sum(e.fits for e in every):,}: {hours}; {disk}")  # fmt: skip
     return "\n".join(out)
+
+
+def _by_k_lines(lines: list[Estimate]) -> list[str]:
+    """An application whose experiments erase different numbers of targets: its cost by k, over its models."""
+    ks = sorted({k for e in lines for k in e.by_k})
+    if len([k for k in ks if k]) < 2:
+        return []
+    out = ["  by k, every model (k = 0: the originals' cells; a fit counted at the first k that makes it):"]
+    for k in ks:
+        shares = [e.by_k[k] for e in lines if k in e.by_k]
+        images = [s.images for s in shares]
+        seconds = [s.seconds for s in shares]
+        count = "?" if None in images else f"{sum(images):,}"
+        hours = "no measured rate" if None in seconds else f"about {sum(seconds) / 3600:.1f} h"
+        out.append(f"    k={k:<3d} cells {sum(s.cells for s in shares):,}, images {count}, "
+                   f"fits {sum(s.fits for s in shares):,}: {hours}")  # fmt: skip
+    return out
 
 
 def planned_tables(apps: list[Application], erasers: list[str], out_dir: Path) -> str:

@@ -181,6 +181,19 @@ def test_the_estimate_is_the_measured_rates_times_the_plan():
     assert (pastel.fits, pastel.seconds, pastel.fit_on) == (0, pytest.approx(images * 2.0), "toy-base")
     assert base.image_bytes == images * 32 * 32 * 3
     assert paper.estimate(concept, cells, models, 1, [])[0].seconds is None  # no rate: none invented
+    # by k (targets erased at once): the same totals split; spm's fits are made at k = 1, 2, 3 (one target each)
+    shares = base.by_k
+    assert sorted(shares) == [0, 1, 2, 3] and (shares[0].cells, shares[0].fits) == (1, 0)
+    assert sum(x.cells for x in shares.values()) == base.cells and sum(x.images for x in shares.values()) == images
+    assert [shares[k].fits for k in (1, 2, 3)] == [1 + 1 + 1, 1 + 1 + 1, 1 + 1 + 1]  # spm, spm-noanchor, uce
+    assert shares[3].seconds == pytest.approx(4 * len(concept.rows(concept.erase[2], 1)) * 2.0 + 2 * 10.0 + 1.0)
+    assert sum(x.seconds for x in shares.values()) == pytest.approx(base.seconds)
+    text = paper.plan_text({concept.name: [base, pastel]})
+    k3 = shares[3].seconds + pastel.by_k[3].seconds
+    assert (
+        f"    k=3   cells 8, images {2 * 4 * len(concept.rows(concept.erase[2], 1)):,}, fits 3: about {k3 / 3600:.1f} h"
+        in text
+    )
 
 
 def test_the_shipped_rates_load_and_an_ablation_reads_its_variants_settings():
