@@ -1,9 +1,9 @@
 """Writes the staged world-v3 applications (toy3-*.yaml beside this file): `python spmbench/apps/toy3/make.py`.
 
 Their prompt lists are drawn from toy world v3's caption grammar (spmbench.toy.v3.world): each set's
-templates are distinct captions of the set's form, the concept's slot left as `{}`, from the combinations
-of one split ("test" for the tables, "dev" for tuning), seeded by a name per set, so a rerun writes the
-same files. Edit the applications here, not in the YAML files; bump an application's version when its
+templates (per concept kind where a set mixes kinds: toy3-many) are distinct captions of the set's (or
+kind's) form, the concept's slot left as `{}`, from the combinations of one split ("test" for the tables,
+"dev" for tuning), seeded by a name per set, so a rerun writes the same files. Edit the applications here, not in the YAML files; bump an application's version when its
 prompts change. tests/spmbench/test_apps.py parses every prompt back to its split.
 """
 
@@ -306,7 +306,8 @@ text = """# Many-concept erasure on toy world v3 (issue 19 item 3): erase k = 1,
 # k = 40), UCE and RECE edit once for all targets (guide "", the empty prompt), ESD and CA train once on all
 # targets (a target drawn per step; CA's anchor ""); fit cost (s) per experiment is in the table and the
 # <app>_vs_k.svg plot. SPM erases every kind towards "" here (toy3-explicit's surrogate, a person, fits only
-# the stand-ins).
+# the stand-ins). Not for negprompt and SLD: they put every target into one prompt, which the toy text encoder
+# cuts at 32 tokens (k = 20 takes 41, k = 40 91), so from k = 20 on they would drop targets unsaid.
 name: toy3-many
 version: 2
 world: toy3
