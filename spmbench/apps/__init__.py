@@ -18,11 +18,11 @@ phrased with its own kind's templates only. E.g. a target set over characters an
       target:
         concepts: "{targets}"
         templates:
-          character: ["a snapshot of {}", "the dog called {}"]
+          character: ["a snapshot of {}", "{} on a white background"]
           style: ["a star by {}"]
 
 A kind of one concept may phrase it without a `{}` (as a set of one concept may). A set with one list of
-templates phrases every concept with all of them, as before.
+templates phrases every concept with all of them.
 """
 
 from __future__ import annotations
