@@ -216,8 +216,9 @@ def test_templates_per_kind_phrase_each_concept_with_its_own_kinds():
     ],
 )
 def test_bad_templates_per_kind_say_what_is_wrong(data, message):
-    with pytest.raises(SpecError, match=message):
+    with pytest.raises(SpecError, match=message) as e:
         parse_app(data, "x.yaml")
+    assert "\n" not in str(e.value) and str(e.value).startswith("x.yaml: ")
 
 
 # Each shipped application's (version, digest of every row of both splits): a file's prompts, and so its ids,
