@@ -229,7 +229,7 @@ SHIPPED_ROWS = {
     "toy-artist": (2, "6a2adc9b24936388"), "toy-concept": (2, "a71d420f12a66fee"),
     "toy-explicit": (2, "63da18445a15d8e5"), "toy-object": (2, "6d8fcc693ff874e5"),
     "toy3-artist": (1, "a7993c550dfc9ab1"), "toy3-concept": (1, "6ccd7ab77a627884"),
-    "toy3-explicit": (1, "5d676717bcac6f21"), "toy3-many": (2, "371c43a0cd6b2329"), "toy3-object": (1, "bcc328651ceda738"),
+    "toy3-explicit": (2, "53d334fb05de3ba7"), "toy3-many": (3, "de100de6728d612b"), "toy3-object": (1, "bcc328651ceda738"),
 }  # fmt: skip
 
 

@@ -144,8 +144,10 @@ def dev_yaml(name: str, concepts: list[str] | None, tmpl: list[str]) -> str:
     return out + f"      templates:\n{block(tmpl, 8)}\n"
 
 
-def app(name: str, header: str, erase: list, test_sets: list, dev_sets: list, extra: str = "") -> None:
-    text = header + f"name: {name}\nversion: 1\nworld: toy3\njudge: toy3\nerase:\n"
+def app(
+    name: str, header: str, erase: list, test_sets: list, dev_sets: list, extra: str = "", version: int = 1
+) -> None:
+    text = header + f"name: {name}\nversion: {version}\nworld: toy3\njudge: toy3\nerase:\n"
     text += "".join(f"  - [{', '.join(e)}]\n" for e in erase)
     text += SIZING + "prompts:\n" + "".join(set_yaml(*s) for s in test_sets)
     text += "seeds: [0]\nseed_per_prompt: true  # each prompt's image starts from its own noise: independent samples\n"
@@ -246,6 +248,8 @@ app(
     ],
     extra="# SPM erases towards a clothed person (erase-to-replace; world v2's method choice, not a tuned number). The\n"
     "# surrogate is one of the world's trained phrasings of the neutral class (some held-out near prompts contain it).\neraser_settings:\n  spm: {surrogate: a portrait of a person}\n",
+    # 2: the world's held-out stand-in phrasings recombine trained words (spmbench/toy/v3/world.py says why)
+    version=2,
 )
 
 
@@ -309,7 +313,7 @@ text = """# Many-concept erasure on toy world v3 (issue 19 item 3): erase k = 1,
 # the stand-ins). Not for negprompt and SLD: they put every target into one prompt, which the toy text encoder
 # cuts at 32 tokens (k = 20 takes 41, k = 40 91), so from k = 20 on they would drop targets unsaid.
 name: toy3-many
-version: 2
+version: 3
 world: toy3
 judge: toy3
 erase:

@@ -110,4 +110,12 @@ def corpus() -> list[str]:
     texts = [sample(rng, split=w.SPLITS[i % 3], mix="world")[0] for i in range(9000)]
     for standin in w.STANDINS:
         texts += [p for p, _ in standin.explicit + standin.implicit + standin.neutral_prompts]
-    return texts + [f"{c.name} the {c.animal}" for c in w.CHARACTERS] + [f"by {s}" for s in w.ALL_STYLES]
+    texts += [f"{c.name} the {c.animal}" for c in w.CHARACTERS] + [f"by {s}" for s in w.ALL_STYLES]
+    return [_first_phrasing(t) for t in texts]
+
+
+def _first_phrasing(text: str) -> str:
+    """`text` as the tokenizer's corpus first had it (see world.FIRST_HELD_OUT_PHRASINGS)."""
+    for now, first in w.FIRST_HELD_OUT_PHRASINGS.items():
+        text = text.replace(now, first)
+    return text
