@@ -58,6 +58,16 @@ class TrainConfig:
             encoder's pipelines only (SD 1.x/2.x, the toy world).
         rollout_steps: T of the DDIM schedule the x_t rollout is drawn from.
         rollout_guidance: CFG scale of that rollout.
+        rollout_reuse: ours, default 1 (the spec's loop: a rollout per iteration). R > 1: one rollout serves R
+            iterations. At every R-th step, each of the next R iterations draws its depth k, and
+            `rollout_trajectories` noises are rolled out together, in one batch per DDIM step (each only as deep
+            as its iterations need); iteration j then trains on trajectory j mod `rollout_trajectories` at its
+            own k: the latent a k-step rollout from that noise gives, with the membrane as it was up to R - 1
+            steps before. The UNet calls of the rollouts drop R-fold; their sample-forwards stay the spec's
+            (one trajectory per iteration) or drop too (fewer trajectories). A rollout's iterations share
+            its size; each trajectory has its own target.
+        rollout_trajectories: noises per rollout when rollout_reuse > 1; 0 (default): one per iteration (R),
+            1: one trajectory that all R iterations draw their x_t from.
         resolutions: training sizes in pixels, one drawn per step. None: 256-448 for a 512-px model,
             else the model's native size.
         rank, alpha: membrane rank and LoRA alpha (scale = alpha / rank).
@@ -84,6 +94,8 @@ class TrainConfig:
     adversarial_lr: float = 0.1
     rollout_steps: int = 30
     rollout_guidance: float = 3.0
+    rollout_reuse: int = 1
+    rollout_trajectories: int = 0
     resolutions: tuple[int, ...] | None = None
     rank: int = 1
     alpha: float = 1.0
@@ -110,12 +122,17 @@ class TrainConfig:
             "iterations": 1, "rank": 1, "rollout_steps": 2, "num_anchors": 0, "vocabulary_anchors": 0,
             "warmup_steps": 0, "restarts": 0, "checkpoint_every": 0,
             "adversarial_every": 0, "adversarial_steps": 1, "adversarial_tokens": 1,
-            "weight_decay": 0, "eta": 0, "anchor_weight": 0,
+            "weight_decay": 0, "eta": 0, "anchor_weight": 0, "rollout_reuse": 1, "rollout_trajectories": 0,
         }  # fmt: skip
         for name, minimum in least.items():
             _check_number(name, getattr(self, name), integer=name not in ("weight_decay", "eta", "anchor_weight"))
             if getattr(self, name) < minimum:
                 raise ValueError(f"{name} must be at least {minimum}, not {getattr(self, name)}")
+        if self.rollout_trajectories > self.rollout_reuse:
+            raise ValueError(
+                f"rollout_trajectories must be at most rollout_reuse ({self.rollout_reuse}), the iterations one "
+                f"rollout serves, not {self.rollout_trajectories}"
+            )
         _check_number("seed", self.seed, integer=True)
         if not -(2**63) <= self.seed < 2**64:  # what torch.Generator.manual_seed takes
             raise ValueError(f"seed must be between -2**63 and 2**64 - 1, not {self.seed}")
@@ -218,6 +235,8 @@ def _run_settings(targets, surrogate, cfg: TrainConfig, pipe) -> dict:
     if not cfg.adversarial_every:  # likewise
         for name in ADVERSARIAL:
             del config[name]
+    if cfg.rollout_reuse == 1:  # likewise (the number of trajectories means nothing then)
+        del config["rollout_reuse"], config["rollout_trajectories"]
     return {"targets": targets, "surrogate": surrogate, "config": config, "model": _model_name(pipe)}
 
 
@@ -272,6 +291,70 @@ class FlowRollout:
     def step(self, velocity: torch.Tensor, i: int, x: torch.Tensor) -> torch.Tensor:
         """One Euler step from sigma_i to sigma_{i+1} (the scheduler's own step, without its step-index state)."""
         return x + (self.sigmas[i + 1] - self.sigmas[i]) * velocity
+
+
+@dataclass
+class Rollout:
+    """The x_t of the iterations one rollout serves (see TrainConfig.rollout_reuse), in iteration order.
+
+    Attributes:
+        targets: (N,) the target index of each trajectory; iteration j's is targets[j % N].
+        depths: (n,) each iteration's rollout depth k.
+        latents: (n, C, h, w) each iteration's x_t: its trajectory after k steps.
+    """
+
+    targets: torch.Tensor
+    depths: torch.Tensor
+    latents: torch.Tensor
+
+    def target(self, j: int) -> int:
+        return int(self.targets[j % len(self.targets)])
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint keeps of it: a run killed within a rollout's iterations resumes on the same latents
+        (they cannot be rebuilt: they were made by the membrane as it was at the rollout's step)."""
+        return {"rollout_targets": self.targets, "rollout_depths": self.depths, "rollout_latents": self.latents.cpu()}
+
+    @classmethod
+    def from_state(cls, saved: dict, device) -> Rollout:
+        return cls(saved["rollout_targets"], saved["rollout_depths"], saved["rollout_latents"].to(device))
+
+
+def _roll_out(
+    guided_step: Callable[[torch.Tensor, int, Conditioning], torch.Tensor],
+    c_targets: Conditioning,
+    c_empty: Conditioning,
+    cfg: TrainConfig,
+    gen,
+    iterations: int,
+    shape: tuple,
+    device,
+    init_noise_sigma: float,
+) -> Rollout:
+    """Draw the next `iterations` iterations' targets, size, depths and noises, and roll them out (no grad).
+
+    `guided_step(x, i, cond)` takes the latents one CFG step of the membrane-on model (cond: the uncond halves,
+    then the cond ones). One iteration is the spec's rollout, with its draws in the order the spec's loop made
+    them (target, size, depth, noise): a seeded run at rollout_reuse 1 gives what it gave before the option."""
+    channels, resolutions, vae_scale = shape
+    count = min(cfg.rollout_trajectories or cfg.rollout_reuse, iterations)
+    targets = torch.tensor([int(torch.randint(len(c_targets), (), generator=gen)) for _ in range(count)])
+    height, width = _draw_size(resolutions, gen, vae_scale)
+    depths = torch.tensor([int(torch.randint(1, cfg.rollout_steps, (), generator=gen)) for _ in range(iterations)])
+    noises = [torch.randn(1, channels, height, width, generator=gen) for _ in range(count)]
+    x = torch.cat(noises).to(device) * init_noise_sigma
+    # each trajectory only as deep as the deepest of its iterations
+    deepest = [int(depths[n::count].max()) for n in range(count)]
+    latents = [None] * iterations
+    with torch.no_grad():
+        for i in range(max(deepest)):
+            going = [n for n in range(count) if deepest[n] > i]
+            cond = Conditioning.cat([c_empty.expand(len(going)), c_targets[targets[going].tolist()]])
+            stepped = guided_step(x[going], i, cond)
+            x = stepped if len(going) == count else x.index_copy(0, torch.tensor(going, device=x.device), stepped)
+            for j in torch.nonzero(depths == i + 1).flatten().tolist():
+                latents[j] = x[j % count]
+    return Rollout(targets, depths, torch.stack(latents))
 
 
 def train(
@@ -374,11 +457,19 @@ def _optimise(
     adversarial = [torch.zeros(2, *c_targets.states.shape[1:], device=device)] if cfg.adversarial_every else []
     if adversarial:
         state["adversarial"] = adversarial
-    start, _ = ckpt.resume(state)
+    start, saved_extra = ckpt.resume(state)
     saved = start  # the step of the checkpoint on disk (0: none): a diverged run names it
     if start and not _finite(params):  # left by a diverged run (before these checks): it cannot be resumed
         raise CheckpointError(f"checkpoint {checkpoint} holds NaN or infinite weights: delete it to start over")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16")
+
+    def guided_step(x, i: int, cond: Conditioning):
+        """One rollout step of the latents `x` (n trajectories), CFG with the membrane on; `cond`: n uncond, n cond."""
+        t = ddim.timesteps[i]
+        uncond, conditioned = unet(x if len(x) == 1 else torch.cat([x, x]), t, cond, torch.ones(1, 1)).chunk(2)
+        guided = uncond + cfg.rollout_guidance * (conditioned - uncond)
+        # SD3: the same CFG and losses, on velocities (noise - x0) instead of noise predictions
+        return flow.step(guided, i, x) if flow else ddim.step(guided, t, x).prev_sample
 
     def unet(x, t, cond: Conditioning, gamma):
         if flow:  # SD3's transformer: a velocity, conditioned on the text tokens and the pooled embedding
@@ -392,22 +483,21 @@ def _optimise(
         with attached.permeable(gamma), autocast:
             return pipe.unet(x.expand(len(cond), -1, -1, -1), t, **cond.unet_kwargs(*pixels)).sample.float()
 
+    reuse, rollout = cfg.rollout_reuse, None
+    if start % reuse:  # killed within a rollout's iterations: its latents are in the checkpoint
+        if "rollout_latents" not in saved_extra:
+            raise CheckpointError(f"checkpoint {checkpoint} has no rollout latents: delete it to start over")
+        rollout = Rollout.from_state(saved_extra, device)
+    shape = (model.config.in_channels, resolutions, pipe.vae_scale_factor)
     bar = tqdm(range(start, cfg.iterations), initial=start, total=cfg.iterations, disable=not progress, desc="SPM")
     for step in bar:
-        # 2. A target, a size, and the rollout depth k ~ U{1..T-1}.
-        drawn = int(torch.randint(len(targets), (), generator=gen))
-        c_tar = c_targets[drawn][None]
-        height, width = _draw_size(resolutions, gen, pipe.vae_scale_factor)
-        k = int(torch.randint(1, cfg.rollout_steps, (), generator=gen))
-        x = torch.randn(1, model.config.in_channels, height, width, generator=gen).to(device) * ddim.init_noise_sigma
-        # 3. x_t: k DDIM steps of the membrane-on model, CFG on c_tar.
-        with torch.no_grad():
-            for i, t in enumerate(ddim.timesteps[:k]):
-                uncond, cond = unet(x, t, Conditioning.cat([c_empty, c_tar]), torch.ones(1, 1)).chunk(2)
-                if flow:  # the same CFG and losses, on velocities (noise - x0) instead of noise predictions
-                    x = flow.step(uncond + cfg.rollout_guidance * (cond - uncond), i, x)
-                    continue
-                x = ddim.step(uncond + cfg.rollout_guidance * (cond - uncond), t, x).prev_sample
+        # 2-3. A target, a size, the rollout depth k ~ U{1..T-1}, and x_t: k DDIM steps of the membrane-on model,
+        # CFG on c_tar; at rollout_reuse R, those of the next R iterations at every R-th step.
+        if step % reuse == 0:
+            rollout = _roll_out(guided_step, c_targets, c_empty, cfg, gen, min(reuse, cfg.iterations - step), shape,
+                                device, ddim.init_noise_sigma)  # fmt: skip
+        drawn, k, x = rollout.target(step % reuse), int(rollout.depths[step % reuse]), rollout.latents[step % reuse]
+        c_tar, x = c_targets[drawn][None], x[None]
         t = query_timestep(k)
         random_anchors, empties = (2, 2) if cfg.legacy_anchors else (cfg.num_anchors, 1)
         anchors = [_random_anchors(c_tar, random_anchors, cfg.anchor_scale, gen), c_empty.expand(empties)]
@@ -455,7 +545,7 @@ def _optimise(
         # 5. A resumable checkpoint.
         if ckpt.due(step + 1):
             _check_factors(params, step + 1, cfg, ckpt, saved)
-            ckpt.save(step + 1, state)
+            ckpt.save(step + 1, state, **(rollout.state() if (step + 1) % reuse else {}))
             saved = step + 1
     _check_factors(params, cfg.iterations, cfg, ckpt, saved)
     if saved < cfg.iterations:  # the factors, until the caller has saved the SPM: a full disk loses no training

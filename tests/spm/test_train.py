@@ -150,7 +150,11 @@ NAN, INF = float("nan"), float("inf")
      ({"seed": "0"}, "seed must be a whole number, not '0'"), ({"seed": 2**64}, "seed must be between"),
      ({"adversarial_every": -1}, "adversarial_every must be at least 0"),
      ({"adversarial_steps": 0}, "adversarial_steps must be at least 1"),
-     ({"adversarial_lr": 0.0}, "adversarial_lr must be greater than 0")],
+     ({"adversarial_lr": 0.0}, "adversarial_lr must be greater than 0"),
+     ({"rollout_reuse": 0}, "rollout_reuse must be at least 1, not 0"),
+     ({"rollout_reuse": 2.0}, "rollout_reuse must be a whole number, not 2.0"),
+     ({"rollout_trajectories": -1}, "rollout_trajectories must be at least 0"),
+     ({"rollout_trajectories": 3, "rollout_reuse": 2}, "rollout_trajectories must be at most rollout_reuse (2)")],
 )  # fmt: skip
 def test_impossible_settings_are_refused_in_one_line(setting, message):
     with pytest.raises(ValueError, match=re.escape(message)) as caught:
@@ -327,3 +331,114 @@ def test_adversarial_training_is_refused_on_two_text_encoders(tiny_sdxl_dir):
     sdxl = spm.load_pipeline(str(tiny_sdxl_dir))
     with pytest.raises(ValueError, match="SD 1.x/2.x pipelines only"):
         spm.train(sdxl, ["snoopy"], config=spm.TrainConfig(iterations=1, adversarial_every=1, **FAST), progress=False)
+
+
+def _rollout_calls(pipe):
+    """(batch, timestep, latents) of every UNet forward, by a hook; the list fills as the UNet is called."""
+    calls = []
+    pipe.unet.register_forward_pre_hook(
+        lambda _, args, kwargs: calls.append((len(kwargs["encoder_hidden_states"]), int(args[1]), args[0].clone())),
+        with_kwargs=True,
+    )
+    return calls
+
+
+def test_without_rollout_reuse_x_t_is_the_spec_rollout_from_the_draws_in_their_order(pipe):
+    """rollout_reuse 1 (the default) is the spec's loop as before the option: per iteration a target, a size, the
+    rollout depth k and the noise, drawn from the seed in that order, then k CFG steps of DDIM. At the first step
+    the membrane is still closed (its up factors start at zero), so x_t is the frozen model's: recomputed here."""
+    from diffusers import DDIMScheduler
+
+    calls = _rollout_calls(pipe)
+    cfg = spm.TrainConfig(iterations=1, seed=4, resolutions=(16,), **FAST)
+    spm.train(pipe, ["snoopy", "mickey"], config=cfg, progress=False)
+    calls = calls[:]  # the training's (the recomputation below calls the UNet too)
+    gen = torch.Generator().manual_seed(4)
+    drawn = int(torch.randint(2, (), generator=gen))
+    torch.randint(1, (), generator=gen)  # the size, from the one given
+    k = int(torch.randint(1, cfg.rollout_steps, (), generator=gen))
+    x = torch.randn(1, 4, 8, 8, generator=gen)
+    ddim = DDIMScheduler.from_config(pipe.scheduler.config)
+    ddim.set_timesteps(cfg.rollout_steps)
+    cond = torch.cat([spm.encode_prompts(pipe, [""]), spm.encode_prompts(pipe, [["snoopy", "mickey"][drawn]])])
+    with torch.no_grad():
+        for t in ddim.timesteps[:k]:
+            uncond, text = pipe.unet(x.expand(2, -1, -1, -1), t, encoder_hidden_states=cond).sample.chunk(2)
+            x = ddim.step(uncond + cfg.rollout_guidance * (text - uncond), t, x).prev_sample
+    assert [batch for batch, _, _ in calls] == [2] * k + [7, 6]  # k rollout steps, the frozen call, the membrane's
+    torch.testing.assert_close(calls[k][2][:1], x, rtol=0, atol=1e-6)  # the frozen call, at x_t
+    assert spm.TrainConfig().rollout_reuse == 1
+
+
+@pytest.mark.parametrize("trajectories, batches", [(0, {2 * n for n in range(1, 5)}), (1, {2})])
+def test_a_reused_rollout_serves_its_iterations_each_at_its_own_depth(pipe, trajectories, batches):
+    """rollout_reuse 4: two rollouts for 8 iterations, all trajectories in one call per DDIM step (as many as the
+    iterations, or one), then per iteration its frozen and membrane calls on its own x_t at its depth's timestep."""
+    calls = _rollout_calls(pipe)
+    cfg = spm.TrainConfig(iterations=8, resolutions=(16,), rollout_reuse=4, rollout_trajectories=trajectories, **FAST)
+    spm.train(pipe, ["snoopy"], config=cfg, progress=False)
+    frozen = [i for i, (batch, _, _) in enumerate(calls) if batch == 7]
+    assert len(frozen) == 8 and all(calls[i + 1][0] == 6 for i in frozen)
+    # the UNet calls before each iteration's frozen one (after the previous iteration's membrane call)
+    before = [calls[a + 2 if a is not None else 0 : b] for a, b in zip([None, *frozen], frozen)]
+    assert [len(b) > 0 for b in before] == [True, False, False, False] * 2
+    assert all(len(b) <= cfg.rollout_steps - 1 and {batch for batch, _, _ in b} <= batches for b in before)
+    assert len({calls[i][1] for i in frozen}) > 1  # the iterations' own depths
+    if trajectories == 0:  # every iteration its own noise: four different latents from one rollout
+        assert len({tuple(calls[i][2].flatten().tolist()) for i in frozen[:4]}) == 4
+
+
+def test_training_with_rollout_reuse_erases_and_resumes_within_a_rollout(pipe, tmp_path):
+    """The erase loss falls and the membrane acts on the target as with the spec's loop; a run killed between two
+    rollouts' steps resumes from its checkpoint (which keeps the rollout's latents) to the same factors."""
+    logs = []
+    cfg = spm.TrainConfig(iterations=50, rollout_reuse=5, **FAST)
+    trained = spm.train(
+        pipe, ["snoopy the dog"], config=cfg, progress=False, callback=lambda step, entry: logs.append(entry)
+    )
+    erase = [entry["erase"] for entry in logs]
+    assert sum(erase[-10:]) < 0.8 * sum(erase[:10])
+    attached = spm.attach(pipe, trained, transport=False)
+    prompts = ["snoopy the dog", "a red car on the road"]
+    change = prediction(pipe, attached, prompts, torch.ones(1, 1)) - prediction(
+        pipe, attached, prompts, torch.zeros(1, 1)
+    )
+    attached.detach()
+    change = change.pow(2).mean(dim=(1, 2, 3))
+    assert change[0] > 2 * change[1]
+
+    cfg = spm.TrainConfig(iterations=9, seed=2, rollout_reuse=4, **(FAST | {"checkpoint_every": 3}))
+    whole = spm.train(pipe, ["snoopy"], config=cfg, progress=False)
+    ckpt = tmp_path / "run.ckpt.pt"
+
+    def kill_at_step_8(step, _logs):
+        if step == 7:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        spm.train(pipe, ["snoopy"], config=cfg, checkpoint=ckpt, progress=False, callback=kill_at_step_8)
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["step"] == 6 and saved["rollout_latents"].shape[0] == 4  # step 6: within the second rollout
+    resumed = spm.train(pipe, ["snoopy"], config=cfg, checkpoint=ckpt, progress=False)
+    for name, (d, u) in whole.layers.items():
+        assert torch.equal(resumed.layers[name][0], d) and torch.equal(resumed.layers[name][1], u)
+    del saved["rollout_latents"]
+    torch.save(saved, ckpt)
+    with pytest.raises(spm.CheckpointError, match="has no rollout latents: delete it"):
+        spm.train(pipe, ["snoopy"], config=cfg, checkpoint=ckpt, progress=False)
+
+
+def test_rollout_reuse_is_not_in_the_fingerprint_of_a_spec_loop_run(pipe):
+    from spm.train import _run_settings
+
+    assert "rollout_reuse" not in _run_settings(["snoopy"], "", spm.TrainConfig(), pipe)["config"]
+    assert _run_settings(["snoopy"], "", spm.TrainConfig(rollout_reuse=3), pipe)["config"]["rollout_reuse"] == 3
+
+
+@pytest.mark.parametrize("family", ["tiny_sdxl_dir", "tiny_sd3_dir"])
+def test_rollout_reuse_trains_sdxl_and_sd3(family, request):
+    other = spm.load_pipeline(str(request.getfixturevalue(family)))
+    cfg = spm.TrainConfig(iterations=4, rollout_reuse=2, **FAST)
+    trained = spm.train(other, ["snoopy"], config=cfg, progress=False)
+    ups = torch.cat([u.flatten() for _, u in trained.layers.values()])
+    assert torch.isfinite(ups).all() and ups.abs().sum() > 0
