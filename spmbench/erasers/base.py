@@ -74,6 +74,24 @@ def pipeline_family(pipe) -> str:
     return "sdxl" if getattr(pipe, "text_encoder_2", None) is not None else "sd1"
 
 
+def targets_prompt(pipe, targets: tuple[str, ...], eraser: str) -> str:
+    """The targets as one prompt ("a, b, c"), for erasers that condition on them all at once; a one-line
+    error when a text encoder would cut it short: the targets past its context would be dropped unsaid."""
+    text = ", ".join(targets)
+    for name in ("tokenizer", "tokenizer_2", "tokenizer_3"):
+        tokenizer = getattr(pipe, name, None)
+        if tokenizer is None:
+            continue
+        length, limit = len(tokenizer(text).input_ids), tokenizer.model_max_length
+        if length > limit:
+            raise ValueError(
+                f"{eraser} puts the {len(targets)} targets into one prompt of {length} tokens, over the "
+                f"{limit} its text encoder reads ({name}): the rest would be dropped; erase fewer at once or leave "
+                f"{eraser} out of --erasers"
+            )
+    return text
+
+
 class Eraser(ABC):
     """One erasing method.
 

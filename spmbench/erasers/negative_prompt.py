@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from spm.files import write_text_atomic
-from spmbench.erasers.base import Eraser
+from spmbench.erasers.base import Eraser, targets_prompt
 
 
 class NegativePrompt(Eraser):
@@ -16,7 +16,7 @@ class NegativePrompt(Eraser):
 
     def fit_one(self, pipe, targets: tuple[str, ...], path: Path, resolution: int, settings) -> None:
         """Nothing to learn; the artifact records the negative prompt used, for provenance."""
-        write_text_atomic(path, json.dumps({"negative_prompt": ", ".join(targets)}))
+        write_text_atomic(path, json.dumps({"negative_prompt": targets_prompt(pipe, targets, self.name)}))
 
     @contextmanager
     def apply(self, pipe, artifacts: list[Path]):

@@ -27,7 +27,7 @@ import torch
 
 from spm import Conditioning, encode_prompts
 from spm.files import write_text_atomic
-from spmbench.erasers.base import Eraser
+from spmbench.erasers.base import Eraser, targets_prompt
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,10 @@ class SLD(Eraser):
 
     def fit_one(self, pipe, targets: tuple[str, ...], path: Path, resolution: int, settings) -> None:
         """Nothing to learn; the artifact records the safety concept and preset."""
-        write_text_atomic(path, json.dumps({"safety_concept": ", ".join(targets), "preset": asdict(self.preset)}))
+        write_text_atomic(
+            path,
+            json.dumps({"safety_concept": targets_prompt(pipe, targets, self.name), "preset": asdict(self.preset)}),
+        )
 
     @contextmanager
     def apply(self, pipe, artifacts: list[Path]):

@@ -311,7 +311,7 @@ text = """# Many-concept erasure on toy world v3 (issue 19 item 3): erase k = 1,
 # targets (a target drawn per step; CA's anchor ""); fit cost (s) per experiment is in the table and the
 # <app>_vs_k.svg plot. SPM erases every kind towards "" here (toy3-explicit's surrogate, a person, fits only
 # the stand-ins). Not for negprompt and SLD: they put every target into one prompt, which the toy text encoder
-# cuts at 32 tokens (k = 20 takes 41, k = 40 91), so from k = 20 on they would drop targets unsaid.
+# cuts at 32 tokens (k = 20 takes 41, k = 40 91): from k = 20 on their fit refuses, in one line, to drop targets.
 name: toy3-many
 version: 3
 world: toy3

@@ -181,3 +181,19 @@ def test_spmbench_runs_a_real_application_on_an_sdxl_model(run_real_app, tmp_pat
     stored = [json.loads(p.read_text()) for p in runs.glob("cells/tiny-xl/*/*/result.json")]
     assert {r["eraser"] for r in stored} == set(erasers) and all(r["rates"] for r in stored)
     assert all(f"| {e} |" in (reports / "real-concept.md").read_text() for e in erasers if e != "none")
+
+
+@pytest.mark.parametrize("name", ["negprompt", "sld-medium"])
+def test_one_prompt_erasers_refuse_targets_their_text_encoder_would_cut(name, tiny_dir, xl, tmp_path):
+    """negprompt and SLD put every target into one prompt: past the text encoder's context the last targets
+    would be dropped unsaid, so the fit refuses in one line; a list that fits is fitted whole."""
+    eraser = ERASERS.get(name)
+    for pipe in (spm.load_pipeline(str(tiny_dir)), xl):
+        many = tuple(f"concept number {i}" for i in range(pipe.tokenizer.model_max_length))
+        with pytest.raises(ValueError, match=rf"^{name} puts the {len(many)} targets into one prompt of \d+ tokens, "
+                           rf"over the {pipe.tokenizer.model_max_length} its text encoder reads") as err:  # fmt: skip
+            eraser.fit(pipe, many, tmp_path / "many", 16, None)
+        assert "\n" not in str(err.value) and not list((tmp_path / "many").rglob("*.json"))  # no artifact left
+        artifacts = eraser.fit(pipe, ("snoopy", "a cat"), tmp_path / pipeline_family(pipe), 16, None)
+        saved = json.loads(artifacts[0].read_text())
+        assert (saved.get("negative_prompt") or saved["safety_concept"]) == "snoopy, a cat"
