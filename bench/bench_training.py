@@ -407,6 +407,8 @@ def counts(rows, present: list[bool]) -> dict:
 
 def markdown(report: dict) -> str:
     lines = speed_markdown(report) if "result" in report else ["# SPM training", ""]
+    if report.get("note"):  # the reader's summary, given with --note, after the title
+        lines[1:1] = ["", *report["note"].split("\n")]
     if "quality" in report:
         lines += quality_markdown(report["quality"])
     return "\n".join(lines)
@@ -422,12 +424,14 @@ def speed_markdown(report: dict) -> list[str]:
         f"Date: {env['date']}. Machine: {env['device']}, {env['threads']} torch threads, load average at start "
         f"{env['load_average_at_start']}. torch {env['torch']}, diffusers {env['diffusers']}, transformers "
         f"{env['transformers']}. TF32 matmul {s['tf32_matmul']}, cuDNN TF32 {s['tf32_cudnn']}.",
-        f"Settings: targets {s['targets']}; TrainConfig at its defaults (the toy: spmbench/models/toy-base.yaml's spm "
-        f"settings) but rollout_steps {cfg['rollout_steps']}, anchor_weight {cfg['anchor_weight']}, lr {cfg['lr']}, "
-        f"resolutions {cfg['resolutions'] or 'the model default'} (px), dtype {cfg['dtype']}, {cfg['num_anchors']} "
-        f"random anchors + the empty prompt; {len(report['result']['rounds'])} interleaved rounds (of {s['rounds']} "
-        f"planned) of {s['iterations']} iterations per "
-        "loop, both loops at the round's seed (the same targets, sizes, rollout depths, noise and anchors). "
+        f"Settings: targets {s['targets']}; TrainConfig at its defaults (the toy: the suite's fit for "
+        f"{s.get('app', 'toy-concept')}, toy-base.yaml's spm settings then the application's) but rollout_steps "
+        f"{cfg['rollout_steps']}, anchor_weight {cfg['anchor_weight']}, lr {cfg['lr']}, warmup_steps "
+        f"{cfg['warmup_steps']}, resolutions {cfg['resolutions'] or 'the model default'} (px), dtype {cfg['dtype']}, "
+        f"{cfg['num_anchors']} random anchors + the empty prompt + {cfg['vocabulary_anchors']} vocabulary prompts; "
+        f"{len(report['result']['rounds'])} interleaved rounds (of {s['rounds']} planned) of {s['iterations']} "
+        "iterations per loop, all loops at the round's seed (at rollout_reuse 1 the same targets, sizes, rollout "
+        "depths, noise and anchors). "
         "Ratio = that loop's seconds / the reference's over the round, then the median (lower is faster).",
         "",
         "| loop | s / iteration (mean) | median | CPU s / iteration | UNet calls / iteration"
@@ -463,7 +467,8 @@ def speed_markdown(report: dict) -> list[str]:
         "one). The sample-forwards are equal: the gain is in launches and batching, not in arithmetic. With "
         "rollout_reuse R, one rollout (all its trajectories in one batch per DDIM step) serves R iterations: about "
         "(T - 1) / R rollout calls per iteration; seconds per concept = mean seconds per iteration x iterations per "
-        "concept (the suite's, or the variant's own).",
+        "concept (the suite's, or the variant's own). CPU s: the process's CPU time (one torch thread): on a shared "
+        "machine the work done without the waits for a core, which wall time includes.",
         "",
     ]
     return lines
@@ -525,6 +530,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="fit single-target SPMs for these toy concepts (default and each variant) and judge them",
     )
     ap.add_argument("--quality-seeds", type=int, default=6, help="seeds per prompt in the quality check")
+    ap.add_argument("--note", default=None, help="a Markdown file: the summary put under the report's title")
     return ap.parse_args(argv)
 
 
@@ -557,7 +563,9 @@ def main(argv=None) -> None:
 
     def save(result: dict | None = None, quality_result: dict | None = None) -> None:
         # the section this run does not measure is kept from the earlier report
-        report = {k: earlier[k] for k in ("settings", "environment", "result", "quality") if k in earlier}
+        report = {k: earlier[k] for k in ("note", "settings", "environment", "result", "quality") if k in earlier}
+        if args.note:
+            report["note"] = Path(args.note).read_text().strip()
         if result is not None:
             report |= {"settings": settings, "environment": env, "result": result}
         if quality_result is not None:
