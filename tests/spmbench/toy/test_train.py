@@ -357,6 +357,18 @@ def test_world_3_stopped_by_its_time_budget_resumes_to_the_same_weights(tmp_path
                 assert _same(whole[module], stopped[module]), (stage, module)
 
 
+def test_the_base_lr_falls_to_a_tenth_over_its_last_decay_steps():
+    from spmbench.toy.train import _decay, config_for_world
+
+    factors = [_decay(step, 10, 4) for step in range(10)]
+    assert factors[:6] == [1.0] * 6 and factors[-1] == pytest.approx(0.1)
+    assert all(a > b for a, b in zip(factors[5:], factors[6:]))  # linear: equal falls
+    assert [_decay(s, 10, 0) for s in range(10)] == [1.0] * 10  # world 2's base: constant
+    assert _decay(0, 2, 6000) > 0.1 and _decay(1, 2, 6000) == pytest.approx(0.1)  # more decay steps than steps
+    v3 = config_for_world(3)
+    assert (v3.base_steps, v3.base_decay_steps) == (28000, 6000) and config_for_world(2).base_decay_steps == 0
+
+
 def test_stages_a_world_lacks_are_refused_in_one_line():
     with pytest.raises(SystemExit, match="world 2 has no stage.s. dreambooth"):
         train_main(["--stages", "base,dreambooth"])
