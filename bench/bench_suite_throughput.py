@@ -5,6 +5,9 @@ run end to end through the CLI, with the wall time and peak memory of each stage
    `none` applied, batches of --batch rows, each image written as a PNG) against plain `pipe(prompts, ...)`
    calls on the same pipeline at the same batch, steps, size and seeds, in interleaved rounds; images/s,
    ratio plain / suite time (1.00x = as fast), and the peak memory of each at 1x and 10x (--scale) prompts.
+   With --model toy: the shipped toy-base as its model spec gives it (32 px, 30 steps, guidance 3), prompts of
+   the toy-object application, and the suite's side also scores its images with the toy judge
+   (`spmbench.runner.score_cell`): generation and scoring against generation alone.
 2. End to end (issue 17 item 5, issue 22's per-process rate): `spmbench run --app real-object --models
    <random SD 1.5> --erasers none,spm --limit N --device D`, in this process through the CLI's own entry
    point, with the random-weight SD 1.5 architecture saved to a local folder and registered as a `world: real`
@@ -19,6 +22,7 @@ The real application reads the published prompt file small_imagenet_prompts.csv 
 
     python bench/bench_suite_throughput.py --model sd15 --device cuda            # GPU: random SD 1.5, 512 px
     python bench/bench_suite_throughput.py --model sd15-tiny                     # the same code paths on CPU
+    python bench/bench_suite_throughput.py --model toy --skip e2e --batch 32 --threads 1   # the toy world, CPU
 """
 
 from __future__ import annotations
@@ -45,6 +49,11 @@ from bench_pipeline_overhead import environment, prompts_for, random_sd15, write
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_NAME = "sd15-random"
+TOY_MODEL, TOY_APP = "toy-base", "toy-object"  # --model toy: the shipped world's base and its object application
+TARGET_RATIO = 0.95  # issue 21 item 3
+# Peak memory counts as flat when the larger prompt count's peak is within this share (plus the resident-memory
+# sampler's noise on CPU) of the one batch's.
+FLAT_SHARE, FLAT_NOISE_MIB = 1.10, 16
 # ImageNet-1k's labels of the Imagenette classes (the real-object application's concepts), at their indices;
 # the other 990 classes get placeholder names: the judge needs the labels, not the weights.
 IMAGENETTE = {
@@ -97,10 +106,19 @@ def synced(device: str) -> None:
 # 1. Side by side: the suite's generation path against plain pipeline calls.
 
 
-def suite_rows(n: int):
-    from spmbench.apps import PromptRow
+def suite_rows(n: int, toy: bool = False):
+    """n rows, each its own id and seed; the toy's cycle the toy-object application's rows (concepts its judge
+    knows, words its text encoder knows)."""
+    from spmbench.apps import PromptRow, load_apps
 
-    return [PromptRow(f"p{i}", "target", "thing", prompt, 1000 + i) for i, prompt in enumerate(prompts_for(n))]
+    if not toy:
+        return [PromptRow(f"p{i}", "target", "thing", prompt, 1000 + i) for i, prompt in enumerate(prompts_for(n))]
+    app = load_apps().get(TOY_APP)
+    base = app.rows(app.erase[0])
+    return [
+        PromptRow(f"p{i}", r.set, r.concept, r.prompt, 1000 + i)
+        for i, r in enumerate(base[i % len(base)] for i in range(n))
+    ]
 
 
 def plain_generate(pipe, rows, spec, batch: int) -> list:
@@ -130,7 +148,8 @@ def timed(fn, device: str) -> tuple[float, float, object]:
     return seconds, peak.mib, value
 
 
-def side_by_side(pipe, spec, args, workdir: Path) -> dict:
+def side_by_side(pipe, spec, args, workdir: Path, judge=None) -> dict:
+    """With a judge, the suite's side is generation and scoring; the scoring's own seconds are kept apart."""
     import numpy as np
     from PIL import Image
 
@@ -140,13 +159,13 @@ def side_by_side(pipe, spec, args, workdir: Path) -> dict:
     none = ERASERS.get("none")
     runs = []
     for scale, rounds in ((1, args.rounds), (args.scale, args.rounds_scaled)):
-        rows = suite_rows(args.batch * scale)
+        rows = suite_rows(args.batch * scale, toy=args.model == "toy")
         plain, suite = [], []
         for r in range(rounds):
             cell = runner.Cell(spec, (), "none", workdir / f"side-{scale}x-{r}")
             plain.append(timed(lambda rows=rows: plain_generate(pipe, rows, spec, args.batch), args.device))
             generate = functools.partial(runner.generate_cell, pipe, none, [], rows, cell, args.batch)
-            suite.append(timed(generate, args.device))
+            suite.append(timed(functools.partial(generate_and_score, generate, judge, rows, cell), args.device))
             if r == 0:  # the suite's PNGs against plain's images at the same seeds
                 same = sum(
                     np.array_equal(np.asarray(Image.open(cell.image(row)).convert("RGB")), np.asarray(image))
@@ -161,12 +180,25 @@ def side_by_side(pipe, spec, args, workdir: Path) -> dict:
             "plain_images_per_s": len(rows) / statistics.median(p[0] for p in plain),
             "suite_images_per_s": len(rows) / statistics.median(s[0] for s in suite),
             "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+            "suite_score_seconds": statistics.median(s[2] for s in suite) if judge else None,
             "plain_peak_mib": max(p[1] for p in plain), "suite_peak_mib": max(s[1] for s in suite),
             "identical_images": int(same),
         })  # fmt: skip
         print(f"side by side, {len(rows)} prompts: ratio {runs[-1]['ratio']:.3f}x, suite "
               f"{runs[-1]['suite_images_per_s']:.2f} images/s, peak {runs[-1]['suite_peak_mib']:.0f} MiB", flush=True)  # fmt: skip
-    return {"runs": runs}
+    return {"runs": runs, "judge": getattr(judge, "identity", None)}
+
+
+def generate_and_score(generate, judge, rows, cell) -> float | None:
+    """The suite's side: generate, then (with a judge) score as the runner does; the scoring's seconds."""
+    from spmbench import runner
+
+    generate()
+    if judge is None:
+        return None
+    start = time.perf_counter()
+    runner.score_cell(judge, rows, cell)
+    return time.perf_counter() - start
 
 
 # 2. End to end through the CLI, each stage timed by wrapping spmbench's own functions.
@@ -287,15 +319,26 @@ def end_to_end(model_dir: Path, classifier_dir: Path, prompts_dir: Path, args, w
 
 def markdown(report: dict) -> str:
     s, env = report["settings"], report["environment"]
+    if s["model"] == "toy":
+        model = (
+            f"Model: {TOY_MODEL} (spmbench/models/{TOY_MODEL}.yaml: the shipped toy world's trained weights), float32 "
+            f"(as spmbench loads models), {s['size']} px, {s['steps']} steps, CFG {s['guidance']}, batch {s['batch']}; "
+            f"prompts: the {TOY_APP} application's rows in turn, each its own id and seed."
+        )
+    else:
+        model = (
+            f"Model: SD 1.5 architecture{' (tiny)' if s['tiny'] else ''}, random weights, float32 (as spmbench loads "
+            f"models), {s['size']} px, {s['steps']} steps, CFG {s['guidance']}, batch {s['batch']}."
+        )
     lines = [
         f"# spmbench throughput: the suite against plain diffusers, and one real application end to end "
         f"({s['model']}, {s['device']})",
         "",
         f"Command: `{s['command']}`",
-        f"Date: {env['date']}. Machine: {env['device']}, {env['threads']} torch threads. torch {env['torch']}, "
-        f"diffusers {env['diffusers']}, transformers {env['transformers']}. TF32 matmul {s['tf32_matmul']}.",
-        f"Model: SD 1.5 architecture{' (tiny)' if s['tiny'] else ''}, random weights, float32 (as spmbench loads "
-        f"models), {s['size']} px, {s['steps']} steps, CFG 7.5, batch {s['batch']}.",
+        f"Date: {env['date']}. Machine: {env['device']}, {env['threads']} torch threads, load average at start "
+        f"{_loads(env.get('load_average_at_start'))}. torch {env['torch']}, diffusers {env['diffusers']}, "
+        f"transformers {env['transformers']}. TF32 matmul {s['tf32_matmul']}.",
+        model,
         "",
     ]
     side = report.get("side_by_side")
@@ -304,20 +347,24 @@ def markdown(report: dict) -> str:
             "## Generation: spmbench (eraser none, PNGs written) against plain pipeline calls",
             "",
             "Same pipeline, batch, steps, size and seeds, interleaved rounds (plain, then the suite, per round); "
-            "ratio = plain time / suite time per round, then the median (1.00x = as fast). Peak memory: the "
-            "increase above the start of each call (spmbench.cost: CUDA allocator peak; on CPU resident memory).",
+            "ratio = plain time / suite time per round, then the median (1.00x = as fast). Both sides see the same "
+            "load in turn: on a loaded machine the interleaving is what makes the ratio fair, not the absolute "
+            "rates. Peak memory: the increase above the start of each call (spmbench.cost: CUDA allocator peak; "
+            "on CPU resident memory)."
+            + (" The suite's side also scores its images with the application's judge, as the runner does "
+               "(score_cell); its seconds are shown apart." if side.get("judge") else ""),
             "",
-            "| prompts | rounds | plain images/s | suite images/s | ratio (min-max) | plain peak (MiB) | suite peak (MiB)"
-            " | suite PNG = plain image |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|",
-        ]
+            "| prompts | rounds | plain images/s | suite images/s | ratio (min-max) | suite scoring (s) | plain peak (MiB)"
+            " | suite peak (MiB) | suite PNG = plain image |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]  # fmt: skip
         for r in side["runs"]:
             lines.append(
                 f"| {r['prompts']} | {r['rounds']} | {r['plain_images_per_s']:.3f} | {r['suite_images_per_s']:.3f}"
-                f" | {r['ratio']:.3f}x ({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) | {r['plain_peak_mib']:.0f}"
-                f" | {r['suite_peak_mib']:.0f} | {r['identical_images']}/{r['prompts']} |"
+                f" | {r['ratio']:.3f}x ({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) | {_fmt(r['suite_score_seconds'])}"
+                f" | {r['plain_peak_mib']:.0f} | {r['suite_peak_mib']:.0f} | {r['identical_images']}/{r['prompts']} |"
             )
-        lines.append("")
+        lines += ["", verdict(side["runs"]), ""]
     e2e = report.get("end_to_end")
     if e2e:
         lines += [
@@ -344,16 +391,35 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def verdict(runs: list[dict]) -> str:
+    """Whether the targets hold: the ratio at every prompt count, and a flat peak from the first to the last."""
+    ratio_met = all(r["ratio"] >= TARGET_RATIO for r in runs)
+    first, last = runs[0], runs[-1]
+    flat = last["suite_peak_mib"] <= FLAT_SHARE * first["suite_peak_mib"] + FLAT_NOISE_MIB
+    ratios = ", ".join(f"{r['ratio']:.3f}x" for r in runs)
+    return (
+        f"Target (issue 21 item 3): at least {TARGET_RATIO}x at every prompt count: "
+        f"{'met' if ratio_met else 'not met'} (median ratios {ratios}). "
+        f"Peak memory flat as prompts grow: {'yes' if flat else 'no'}: the suite's {last['suite_peak_mib']:.0f} MiB at "
+        f"{last['prompts']} prompts against {first['suite_peak_mib']:.0f} MiB at {first['prompts']} (flat: within "
+        f"{FLAT_SHARE:.2f}x + {FLAT_NOISE_MIB} MiB)."
+    )
+
+
+def _loads(loads) -> str:
+    return "-" if not loads else " / ".join(f"{x:.1f}" for x in loads) + " (1 / 5 / 15 min)"
+
+
 def _fmt(value, unit: str = "") -> str:
     return "-" if value is None else f"{value:.3f}{unit}"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="sd15", choices=["sd15", "sd15-tiny"])
+    ap.add_argument("--model", default="sd15", choices=["sd15", "sd15-tiny", "toy"], help="toy: the shipped toy-base")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--size", type=int, default=None, help="px (default: sd15 512, sd15-tiny 64)")
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--size", type=int, default=None, help="px (default: sd15 512, sd15-tiny 64, toy its spec's)")
+    ap.add_argument("--steps", type=int, default=None, help="default: 20; toy: its spec's")
     ap.add_argument("--batch", type=int, default=4, help="prompts per pipeline call, both sides (--batch-size)")
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds at 1x prompts (1x = one batch)")
     ap.add_argument("--scale", type=int, default=10, help="the larger prompt count, in batches")
@@ -369,8 +435,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, default=None, help="default: reports/bench/suite_throughput_<model>_<device>")
     args = ap.parse_args(argv)
     args.tiny = args.model == "sd15-tiny"
-    args.size = args.size or (64 if args.tiny else 512)
+    if args.model == "toy":
+        if "e2e" not in args.skip:
+            ap.error("--model toy: the end-to-end part runs a real application on a random SD 1.5; give --skip e2e")
+        spec = toy_spec(args.size, args.steps)
+        args.size, args.steps, args.guidance = spec.resolution, spec.num_inference_steps, spec.guidance_scale
+    else:
+        args.size, args.steps, args.guidance = args.size or (64 if args.tiny else 512), args.steps or 20, 7.5
     return args
+
+
+def toy_spec(size: int | None = None, steps: int | None = None):
+    """toy-base as the suite registers it, at --size / --steps where given."""
+    from dataclasses import replace
+
+    from spmbench.models import load_models
+
+    spec = load_models().get(TOY_MODEL)
+    return replace(spec, resolution=size or spec.resolution, num_inference_steps=steps or spec.num_inference_steps)
 
 
 def main(argv=None) -> None:
@@ -378,34 +460,41 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a step's `timeout`: still delete the work folder
+    env = environment(args)  # at the start: its load average is the one the measurement ran under
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     prompts_dir = None if "e2e" in skip else find_prompts_dir(args.prompts_dir)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="spmbench-throughput-"))
     setup: dict[str, float] = {}
     report: dict = {"setup_seconds": setup}
     try:
-        start = time.perf_counter()
-        pipe = random_sd15(args.tiny, "cpu", torch.float32)
-        pipe.save_pretrained(workdir / "model")
-        del pipe
-        setup["build and save the model"] = time.perf_counter() - start
-        start = time.perf_counter()
-        classifier = save_classifier(workdir / "classifier", args.tiny)
-        setup["build and save the classifier"] = time.perf_counter() - start
+        if args.model != "toy":
+            start = time.perf_counter()
+            pipe = random_sd15(args.tiny, "cpu", torch.float32)
+            pipe.save_pretrained(workdir / "model")
+            del pipe
+            setup["build and save the model"] = time.perf_counter() - start
         if "side" not in skip:
-            import spm
+            from spmbench.judges import build
             from spmbench.models import ModelSpec
 
+            toy = args.model == "toy"
+            if toy:
+                spec = toy_spec(args.size, args.steps)
+            else:
+                spec = ModelSpec(MODEL_NAME, str(workdir / "model"), "sd1", "real", args.size, args.steps, 7.5)
             start = time.perf_counter()
-            pipe = spm.load_pipeline(str(workdir / "model"), device=args.device)  # as spmbench loads it
-            setup["load the model (side by side)"] = time.perf_counter() - start
-            spec = ModelSpec(MODEL_NAME, str(workdir / "model"), "sd1", "real", args.size, args.steps, 7.5)
-            plain_generate(pipe, suite_rows(1), spec, args.batch)  # warm-up
-            report["side_by_side"] = side_by_side(pipe, spec, args, workdir)
+            pipe = spec.load(args.device)  # as spmbench loads it
+            judge = build("toy", device=args.device) if toy else None
+            setup["load the model and judge (side by side)"] = time.perf_counter() - start
+            plain_generate(pipe, suite_rows(1, toy), spec, args.batch)  # warm-up
+            report["side_by_side"] = side_by_side(pipe, spec, args, workdir, judge)
             del pipe
             if args.device.startswith("cuda"):
                 torch.cuda.empty_cache()
         if "e2e" not in skip:
+            start = time.perf_counter()
+            classifier = save_classifier(workdir / "classifier", args.tiny)
+            setup["build and save the classifier"] = time.perf_counter() - start
             report["end_to_end"] = end_to_end(workdir / "model", classifier, prompts_dir, args, workdir)
     finally:
         if args.workdir is None:
@@ -414,7 +503,7 @@ def main(argv=None) -> None:
         vars(args), out=None, workdir=None, prompts_dir=str(prompts_dir), command="python " + " ".join(sys.argv),
         tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
     )  # fmt: skip
-    report["environment"] = environment(args)
+    report["environment"] = env
     out = args.out or ROOT / f"reports/bench/suite_throughput_{args.model}_{args.device.split(':')[0]}"
     write_atomic(out.with_suffix(".json"), json.dumps(report, indent=1, default=str) + "\n")
     write_atomic(out.with_suffix(".md"), markdown(report))
