@@ -165,7 +165,9 @@ def side_by_side(pipe, spec, args, workdir: Path, judge=None) -> dict:
             cell = runner.Cell(spec, (), "none", workdir / f"side-{scale}x-{r}")
             plain.append(timed(lambda rows=rows: plain_generate(pipe, rows, spec, args.batch), args.device))
             generate = functools.partial(runner.generate_cell, pipe, none, [], rows, cell, args.batch)
-            suite.append(timed(functools.partial(generate_and_score, generate, judge, rows, cell), args.device))
+            suite.append(
+                timed(functools.partial(generate_and_score, generate, judge, rows, cell, args.batch), args.device)
+            )
             if r == 0:  # the suite's PNGs against plain's images at the same seeds
                 same = sum(
                     np.array_equal(np.asarray(Image.open(cell.image(row)).convert("RGB")), np.asarray(image))
@@ -189,7 +191,7 @@ def side_by_side(pipe, spec, args, workdir: Path, judge=None) -> dict:
     return {"runs": runs, "judge": getattr(judge, "identity", None)}
 
 
-def generate_and_score(generate, judge, rows, cell) -> float | None:
+def generate_and_score(generate, judge, rows, cell, batch: int) -> float | None:
     """The suite's side: generate, then (with a judge) score as the runner does; the scoring's seconds."""
     from spmbench import runner
 
@@ -197,7 +199,7 @@ def generate_and_score(generate, judge, rows, cell) -> float | None:
     if judge is None:
         return None
     start = time.perf_counter()
-    runner.score_cell(judge, rows, cell)
+    runner.score_cell(judge, rows, cell, batch)  # in the generation's batches, as runner.run scores
     return time.perf_counter() - start
 
 

@@ -564,7 +564,8 @@ def run(
         extra = [Batch(cell, len(rows) + b.start, b.rows) for b in batches(cell, attacked, batch_size)]
         generate_batches(pipes(cell.model), eraser, artifacts, extra)
         gen_seconds = time.time() - t0
-        rates = summarise(score_cell(judge, rows + attacked, cell), cell.scores)
+        # scored in the generation's batches: a judge's peak memory then stays flat however many prompts a cell has
+        rates = summarise(score_cell(judge, rows + attacked, cell, batch_size), cell.scores)
         ids = {r.prompt_id for r in rows + stage.rows(app, cell.original.dir, cell.targets, list(attacks))}
         original = cell.original.scores
         original_rates = summarise([s for s in _read_jsonl(original) if s["prompt_id"] in ids], original)
