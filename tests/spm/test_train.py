@@ -33,18 +33,25 @@ def test_training_lowers_the_erase_loss_and_acts_on_the_target(pipe):
     assert change[0] > 2 * change[1]
 
 
+def _train_killed_at(pipe, cfg, ckpt, step: int) -> None:
+    """Train 'snoopy' with checkpoints into `ckpt`, killed (KeyboardInterrupt) in the callback of step index
+    `step`: that step is done, its checkpoint (if due) not written."""
+
+    def kill(done, _logs):
+        if done == step:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        spm.train(pipe, ["snoopy"], config=cfg, checkpoint=ckpt, progress=False, callback=kill)
+
+
 def test_same_seed_same_spm_and_resume_after_a_kill(pipe, tmp_path):
     cfg = spm.TrainConfig(iterations=8, seed=3, **(FAST | {"checkpoint_every": 3}))
     reference = spm.train(pipe, ["snoopy"], config=cfg, progress=False)
     again = spm.train(pipe, ["snoopy"], config=cfg, progress=False)
     ckpt = tmp_path / "run.ckpt.pt"
 
-    def kill_at_step_7(step, logs):
-        if step == 6:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        spm.train(pipe, ["snoopy"], config=cfg, checkpoint=ckpt, progress=False, callback=kill_at_step_7)
+    _train_killed_at(pipe, cfg, ckpt, step=6)
     assert ckpt.exists()  # steps 1-6 survived the kill
     resumed = spm.train(pipe, ["snoopy"], config=cfg, checkpoint=ckpt, progress=False)
     for name, (d, u) in reference.layers.items():
@@ -314,13 +321,8 @@ def test_adversarial_training_erases_found_prompts_saves_loads_and_resumes(pipe,
     plain = spm.train(pipe, ["snoopy"], config=plain_cfg, progress=False)
     assert any(not torch.equal(plain.layers[n][1], u) for n, (_, u) in hardened.layers.items())
 
-    def kill_at_step_5(step, _logs):
-        if step == 4:
-            raise KeyboardInterrupt
-
     ckpt = tmp_path / "run.ckpt.pt"
-    with pytest.raises(KeyboardInterrupt):
-        spm.train(pipe, ["snoopy"], config=cfg, checkpoint=ckpt, progress=False, callback=kill_at_step_5)
+    _train_killed_at(pipe, cfg, ckpt, step=4)
     resumed = spm.train(pipe, ["snoopy"], config=cfg, checkpoint=ckpt, progress=False)
     for name, (d, u) in hardened.layers.items():
         torch.testing.assert_close(resumed.layers[name][0], d)
@@ -411,12 +413,7 @@ def test_training_with_rollout_reuse_erases_and_resumes_within_a_rollout(pipe, t
     whole = spm.train(pipe, ["snoopy"], config=cfg, progress=False)
     ckpt = tmp_path / "run.ckpt.pt"
 
-    def kill_at_step_8(step, _logs):
-        if step == 7:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        spm.train(pipe, ["snoopy"], config=cfg, checkpoint=ckpt, progress=False, callback=kill_at_step_8)
+    _train_killed_at(pipe, cfg, ckpt, step=7)
     saved = torch.load(ckpt, weights_only=True)
     assert saved["step"] == 6 and saved["rollout_latents"].shape[0] == 4  # step 6: within the second rollout
     resumed = spm.train(pipe, ["snoopy"], config=cfg, checkpoint=ckpt, progress=False)
