@@ -175,6 +175,12 @@ class Rate:
     measured_on: str
     seconds_per_image: float
     seconds_per_fit: dict[str, float] = field(default_factory=dict)
+    steps: int = 30  # the sampling steps seconds_per_image was measured at
+
+    def per_image(self, model: ModelSpec) -> float:
+        """Seconds per image of `model`: the measured rate scaled by its sampling steps, as the UNet's calls
+        dominate an image (bench/bench_toy_sampler.py: 15 steps took 0.53x the time of 30 on the toy)."""
+        return self.seconds_per_image * model.num_inference_steps / self.steps
 
 
 def load_rates(path: Path = RATES_FILE) -> list[Rate]:
@@ -183,7 +189,7 @@ def load_rates(path: Path = RATES_FILE) -> list[Rate]:
         entries = yaml.safe_load(path.read_text())["rates"]
         return [
             Rate(e["family"], int(e["resolution"]), str(e.get("measured_on", "")), float(e["seconds_per_image"]),
-                 {k: float(v) for k, v in (e.get("seconds_per_fit") or {}).items()})
+                 {k: float(v) for k, v in (e.get("seconds_per_fit") or {}).items()}, int(e.get("steps", 30)))
             for e in entries
         ]  # fmt: skip
     except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as e:
@@ -262,7 +268,7 @@ def estimate(app: Application, cells: list, registry, limit: int | None, rates: 
     for line in by_model.values():
         rate = rate_for(line.model, rates)
         line.rated = rate is not None
-        per_image = rate.seconds_per_image if rate else None
+        per_image = rate.per_image(line.model) if rate else None
         images = None if per_image is None or line.images is None else per_image * line.images
         line.seconds = _add(line, images, "images" if line.images is not None else "images (count unknown)")
         for share in line.by_k.values():

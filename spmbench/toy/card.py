@@ -314,8 +314,9 @@ def judge_lines(judge_acc: dict, judge_vae: dict | None, note: tuple[str, ...] =
 
 
 def quality_lines(
-    bars: list, per_model: dict, settings: CardSettings, prompts: tuple[str, str], tables: tuple[str, str]
-):
+    bars: list, per_model: dict, settings: CardSettings, prompts: tuple[str, str], tables: tuple[str, str],
+    sampler: str = "DDIMScheduler",
+):  # fmt: skip
     """The quality bars and each model's table. `prompts`: what a card's prompts are counted per,
     and what else it says of them; `tables`: what a table row measured and the grids' files (see
     model_tables)."""
@@ -325,7 +326,7 @@ def quality_lines(
         "## Quality bars",
         "",
         f"Generations judged correct: {settings.images_per_kind} prompts per {per}, {settings.num_inference_steps} "
-        f"DDIM steps, guidance {settings.guidance_scale:g}{note}. {met} of {len(bars)} met.",
+        f"steps of {sampler}, guidance {settings.guidance_scale:g}{note}. {met} of {len(bars)} met.",
         "",
         *bars_table(bars),
         *model_tables(per_model, *tables),

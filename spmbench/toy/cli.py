@@ -89,9 +89,13 @@ def card_main(argv: list[str] | None = None) -> None:
     p.add_argument("--report", type=Path, default=None, help=f"default: {REPORTS[2]} (world 3: {REPORTS[3]})")
     p.add_argument("--device", default="cpu")
     for f in fields(CardSettings):
-        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+        world_default = f.name == "num_inference_steps"  # each world's sampler has its own steps
+        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None if world_default else f.default,
+                       help="default: the world's sampling steps (2: 30, 3: 15)" if world_default else None)  # fmt: skip
     args = p.parse_args(argv)
-    weights, report = args.weights or worlds.get(args.world).weights, args.report or REPORTS[args.world]
+    world = worlds.get(args.world)
+    weights, report = args.weights or world.weights, args.report or REPORTS[args.world]
+    args.num_inference_steps = args.num_inference_steps or world.sampling_steps
     try:
         settings = CardSettings(**{f.name: getattr(args, f.name) for f in fields(CardSettings)})
     except ValueError as err:

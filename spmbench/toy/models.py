@@ -11,7 +11,8 @@ import json
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -20,9 +21,9 @@ from spm.files import write_text_atomic
 
 # The longest caption of any dialect is 16 tokens with its start/end tokens (tested); room to spare.
 MAX_LENGTH = 32
-# The family's sampling defaults, as its specs in spmbench/models/ give them, written into every model
-# folder (generation_config.json) so that `spm generate` on a toy model samples as the suite does.
-GENERATION = {"guidance_scale": 3.0, "num_inference_steps": 30}
+# The family's guidance, as its specs in spmbench/models/ give it; with the world's sampling steps it is
+# written into every model folder (generation_config.json) so that `spm generate` samples as the suite does.
+GUIDANCE_SCALE = 3.0
 TEXT_WIDTH = 64
 
 
@@ -115,17 +116,20 @@ def build_unet() -> UNet2DConditionModel:
     )
 
 
-def build_scheduler() -> DDIMScheduler:
-    """SD 1.x's noise schedule (scaled-linear betas, 1000 steps, epsilon prediction)."""
-    return DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        num_train_timesteps=1000,
-    )
+def build_scheduler(sampler: str = "DDIMScheduler") -> SchedulerMixin:
+    """SD 1.x's noise schedule (scaled-linear betas, 1000 steps, epsilon prediction), sampled with DDIM
+    or DPM-Solver++ (2M, diffusers' defaults)."""
+    noise = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
+    if sampler == "DDIMScheduler":
+        return DDIMScheduler(**noise, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    if sampler == "DPMSolverMultistepScheduler":
+        return DPMSolverMultistepScheduler(**noise, algorithm_type="dpmsolver++", solver_order=2)
+    raise ValueError(f"sampler must be DDIMScheduler or DPMSolverMultistepScheduler, not {sampler!r}")
+
+
+def generation_defaults(sampling_steps: int) -> dict:
+    """What a model folder's generation_config.json says (spm's CLI reads it)."""
+    return {"guidance_scale": GUIDANCE_SCALE, "num_inference_steps": sampling_steps}
 
 
 class Judge(nn.Module):

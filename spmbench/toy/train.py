@@ -535,17 +535,21 @@ def train_unet(name: str, cfg: ToyTrainConfig, workdir: Path, vae, tokenizer, te
     return ema.module.eval()
 
 
-def save_pipeline(out: Path, vae, text_encoder, tokenizer, unet) -> None:
+def save_pipeline(out: Path, world: worlds.World, vae, text_encoder, tokenizer, unet) -> None:
+    """A model folder as diffusers saves one, sampling with the world's sampler and steps."""
     from diffusers import StableDiffusionPipeline
 
     # Copies: the fp16 cast must not touch the fp32 modules later stages keep training with.
     vae, text_encoder, unet = (copy.deepcopy(m) for m in (vae, text_encoder, unet))
     pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=models.build_scheduler(),
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+        scheduler=models.build_scheduler(world.sampler),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )  # fmt: skip
     pipe.to("cpu", torch.float16).save_pretrained(out)
-    write_text_atomic(out / "generation_config.json", json.dumps(models.GENERATION, indent=2) + "\n")
+    write_text_atomic(
+        out / "generation_config.json", json.dumps(models.generation_defaults(world.sampling_steps), indent=2) + "\n"
+    )
 
 
 def train_world(
@@ -615,18 +619,18 @@ def _train_stages(out: Path, workdir: Path, cfg: ToyTrainConfig, stages, device:
         models.save_judge(train_judge(cfg, workdir, device, vae).cpu(), out / "judge", world.version)
     text_encoder = models.build_text_encoder(len(tokenizer)).to(device)
     base = train_unet("base", cfg, workdir, vae, tokenizer, text_encoder)
-    save_pipeline(out / "toy-base", vae, text_encoder, tokenizer, base)
+    save_pipeline(out / "toy-base", world, vae, text_encoder, tokenizer, base)
     trained = {}
     for name in world.derivatives:
         if name in stages:
             own_encoder = copy.deepcopy(text_encoder)  # trained in place unless its mode is frozen
             unet = train_unet(name, cfg, workdir, vae, tokenizer, own_encoder, init_unet=base)
-            save_pipeline(out / f"toy-{name}", vae, own_encoder, tokenizer, unet)
+            save_pipeline(out / f"toy-{name}", world, vae, own_encoder, tokenizer, unet)
             trained[name] = unet, own_encoder
     for name, (first, second) in world.merges.items():
         if name in stages:
             unet, encoder = (merge_models(a, b) for a, b in zip(trained[first], trained[second]))
-            save_pipeline(out / f"toy-{name}", vae, encoder, tokenizer, unet)
+            save_pipeline(out / f"toy-{name}", world, vae, encoder, tokenizer, unet)
 
 
 def write_training_info(out: Path, workdir: Path, cfg: ToyTrainConfig, device: str) -> None:

@@ -196,6 +196,16 @@ def test_the_estimate_is_the_measured_rates_times_the_plan():
     )
 
 
+def test_a_rate_scales_with_the_models_sampling_steps():
+    from dataclasses import replace
+
+    toy_base = load_models().get("toy-base")  # 30 steps
+    rate = paper.Rate("toy", 32, "here", 2.0, steps=30)
+    assert rate.per_image(toy_base) == 2.0
+    assert rate.per_image(replace(toy_base, num_inference_steps=15)) == pytest.approx(1.0)
+    assert paper.Rate("toy", 32, "here", 2.0, steps=10).per_image(toy_base) == pytest.approx(6.0)
+
+
 def test_the_shipped_rates_load_and_an_ablation_reads_its_variants_settings():
     assert {(r.family, r.resolution) for r in paper.load_rates()} == {("toy", 32)}
     noanchor = ERASERS.get("spm-noanchor")

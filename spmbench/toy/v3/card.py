@@ -210,14 +210,17 @@ def write_card(path: Path, judge_acc: dict, per_model: dict, settings: CardSetti
             settings,
             ("caption form and split", ""),
             ("caption form (split)", f"{path.with_suffix('').name}/{{name}}_<form>.png"),
+            WORLD.sampler,
         ),
     ]
     write_text_atomic(path, "\n".join(lines) + "\n")
 
 
-def build_card(weights: Path, report: Path, settings: CardSettings = CardSettings(), device: str = "cpu") -> dict:
+def build_card(weights: Path, report: Path, settings: CardSettings | None = None, device: str = "cpu") -> dict:
     """Measure every shipped world-v3 model and its judge; write `report` and grids beside it. The
-    generations and their scores live in a temporary run folder for the time of the measurement."""
+    generations and their scores live in a temporary run folder for the time of the measurement.
+    Default settings: the card's, sampled in the world's steps."""
+    settings = settings or CardSettings(num_inference_steps=WORLD.sampling_steps)
     net, judge_acc, judge_vae = measure_judge(weights, settings.judge_images, judge_accuracy)
     grids_dir = report.parent / report.with_suffix("").name
     grids_dir.mkdir(parents=True, exist_ok=True)

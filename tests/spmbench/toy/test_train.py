@@ -23,7 +23,8 @@ def test_family_loads_as_standard_diffusers_pipelines(smoke_world):
         ).images
         assert image.shape == (1, 32, 32, 3)
         generation = json.loads((root / "weights" / name / "generation_config.json").read_text())
-        assert generation == models.GENERATION  # what `spm generate` samples the folder with
+        assert generation == models.generation_defaults(30)  # what `spm generate` samples the folder with
+        assert type(pipe.scheduler).__name__ == "DDIMScheduler"  # world 2's sampler
     info = json.loads((root / "weights" / "training.json").read_text())
     assert set(info["seconds_per_stage"]) == {"vae", "decoder", "judge", "base", "pastel", "verbose"}
 

@@ -19,6 +19,20 @@ def test_card_shows_every_concept_and_all_seven_models(smoke_world_v3, tmp_path)
     assert "| gore, implicit prompts (test) >= 85 % |" not in text  # bars are per model
     assert "toy-merge: gore, implicit prompts (test) >= 85 %" in text
     assert (tmp_path / "toyworld-v3" / "toy-merge_object.png").exists()
+    assert "2 steps of DPMSolverMultistepScheduler" in text  # the world's sampler, the steps asked for
+
+
+def test_every_model_folder_samples_with_the_worlds_sampler(smoke_world_v3):
+    import json
+
+    import spm
+    from spmbench.toy import models
+
+    for name in card.WORLD.models():
+        folder = smoke_world_v3 / "weights" / name
+        assert type(spm.load_pipeline(str(folder)).scheduler).__name__ == "DPMSolverMultistepScheduler", name
+        generation = json.loads((folder / "generation_config.json").read_text())
+        assert generation == models.generation_defaults(15), name  # what `spm generate` samples it with
 
 
 def test_a_card_for_the_wrong_world_is_refused_in_one_line(smoke_world_v3, tmp_path):
