@@ -338,7 +338,7 @@ def _runnable(cells: list, skipped: list[str]) -> list:
 
 @dataclass(frozen=True)
 class _RunOptions:
-    """What `run` and `paper` pass on to every application's run."""
+    """What `run`, `paper` and `tune` pass on to every application's run."""
 
     out: Path
     reports: Path
@@ -473,16 +473,16 @@ def tune(
     reports: Path = typer.Option(Path("reports"), help="the tuning record goes to REPORTS/<app>/"),
     batch_size: int = typer.Option(32, min=1, help="images generated at once"),
     device: str = "cpu",
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the dev plan and its estimated cost, and stop"),
 ) -> None:
     """Choose each eraser's settings on the application's dev split: its grid (tuning.grids), one rule;
-    `spmbench run` then applies the recorded choice. Resumable, like run."""
+    `spmbench run` then applies the recorded choice. Resumable, and shared by launched processes, like run."""
     models, apps, _ = _registries()
-    from spm.models import device_problem
     from spmbench import runner, tuning
     from spmbench.erasers import ERASERS
     from spmbench.registry import UnknownName
 
-    _fail_on(device_problem(device))
+    shard, device = _launched(device, out, reports, dry_run)
     try:
         chosen, chosen_apps = _chosen(models, apps, app_name, models_sel)
         chosen_apps = [a for a in chosen_apps if a.dev or app_name != "all"]  # 'all': the apps with a dev split
@@ -490,18 +490,49 @@ def tune(
         erasers = _selected_erasers(erasers_sel)
         problems = _selection_problems(chosen_apps, roots, [ERASERS.get(e) for e in erasers], {})
         _fail_on(problems[0] if problems else None)
+        plans = {a.name: tuning.plan(a, roots, erasers, out / a.name / "dev") for a in chosen_apps}
+        if dry_run:
+            _print_tune_plan(plans, models, limit, shard)
+            return
+        options = _RunOptions(out, reports, limit, batch_size, device, False, {}, shard)
         for a in chosen_apps:
-            judge, features = _judges_for(a, {}, device)
-            record = tuning.tune(a, roots, erasers, out / a.name / "dev", judge, models, limit=limit,
-                                 batch_size=batch_size, device=device, features=features)  # fmt: skip
-            for path in tuning.write(record, reports / a.name):
-                typer.echo(f"wrote {path}")
-            for model, by_key in record["chosen"].items():
-                typer.echo(f"{a.name} on {model}: chosen on dev: {json.dumps(by_key)}")
+            _tune_app(a, roots, erasers, models, options)
     except UnknownName as e:
         _fail(str(e))
     except (ValueError, OSError, KeyError, ImportError) as e:
         _fail(str(e))
+
+
+def _print_tune_plan(plans: dict, models, limit: int | None, shard) -> None:
+    """`tune --dry-run`: the dev cells' cost at the measured rates, as `paper --dry-run` prints a plan's."""
+    from spmbench import paper
+
+    if not shard.leads:
+        return
+    rates = paper.load_rates()
+    estimates = {name: paper.estimate(p.app, p.cells, models, limit, rates) for name, p in plans.items()}
+    typer.echo(paper.plan_text(estimates, processes=shard.world_size))
+    for name, p in plans.items():
+        grids = ", ".join(f"{key} {len(points)}" for key, points in p.by_key.items())
+        typer.echo(f"{name}: grid points per settings key: {grids}")
+
+
+def _tune_app(a, roots: list, erasers: list[str], models, options: _RunOptions) -> None:
+    """Tune one application (tuning.tune) in this process's share; the leading process writes the record."""
+    from spmbench import tuning
+
+    judge, features = _judges_for(a, {}, options.device)
+    record = tuning.tune(a, roots, erasers, options.out / a.name / "dev", judge, models, limit=options.limit,
+                         batch_size=options.batch_size, device=options.device, features=features,
+                         shard=options.shard)  # fmt: skip
+    if record is None:  # every dev result is on disk: the first process writes the record
+        typer.echo(f"{a.name}: process {options.shard.rank} of {options.shard.world_size} done; "
+                   "process 0 writes the tuning record")  # fmt: skip
+        return
+    for path in tuning.write(record, options.reports / a.name):
+        typer.echo(f"wrote {path}")
+    for model, by_key in record["chosen"].items():
+        typer.echo(f"{a.name} on {model}: chosen on dev: {json.dumps(by_key)}")
 
 
 @app.command()

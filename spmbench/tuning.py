@@ -24,6 +24,7 @@ from spmbench.apps import ERASURE_SETS, Application
 from spmbench.erasers.base import ERASERS, NoSettings, tuned
 from spmbench.models import ModelSpec
 from spmbench.report import TUNING_RECORD as RECORD
+from spmbench.shard import Shard
 
 
 log = logging.getLogger(__name__)
@@ -81,22 +82,41 @@ def grids(app: Application, erasers: list[str]) -> dict[str, list[str]]:
     return out
 
 
-def tune(
-    app: Application, roots: list[ModelSpec], erasers: list[str], run_dir: Path, judge, registry, **run_options
-) -> dict:
-    """Fit, generate and judge every grid point on the dev split of `roots` (the family roots: the test
-    run's fits are made there); returns the record (see `record`). `run_options`: runner.run's."""
-    dev = replace(app.for_split("dev"), fit_seeds=app.fit_seeds[:1])  # each grid point fitted once: equal budgets
+@dataclass(frozen=True)
+class DevPlan:
+    """What tuning an application computes: its dev split, each settings key's grid points, their cells."""
+
+    app: Application  # the dev split, each grid point fitted once (equal budgets)
+    by_key: dict[str, list[str]]  # settings key: its grid points as Tuned eraser names
+    cells: list[runner.Cell]  # the originals' and every grid point's, on the family roots
+
+
+def plan(app: Application, roots: list[ModelSpec], erasers: list[str], run_dir: Path) -> DevPlan:
+    """The dev cells `tune` computes (and `spmbench tune --dry-run` prices); a grid point the eraser would
+    refuse is a one-line ValueError here, before any work."""
+    dev = replace(app.for_split("dev"), fit_seeds=app.fit_seeds[:1])
     by_key = grids(app, erasers)
     if not by_key:
-        raise ValueError(f"none of {erasers} has settings to tune")
+        raise ValueError(f"none of {erasers} has settings to tune: choose erasers with settings (--erasers)")
     names = [n for points in by_key.values() for n in points]
-    for name in names:  # a point the eraser would refuse fails here, before any work
+    for name in names:
         for root in roots:
             ERASERS.get(name).settings(runner.eraser_settings(ERASERS.get(name), dev, root))  # refused: ValueError
-    cells = runner.plan(dev, roots, ["none", *names], run_dir)
-    runner.run(dev, cells, run_dir, judge, registry, **run_options)
-    return record(app, roots, by_key, report.results(run_dir))
+    return DevPlan(dev, by_key, runner.plan(dev, roots, ["none", *names], run_dir))
+
+
+def tune(
+    app: Application, roots: list[ModelSpec], erasers: list[str], run_dir: Path, judge, registry, **run_options
+) -> dict | None:
+    """Fit, generate and judge every grid point on the dev split of `roots` (the family roots: the test
+    run's fits are made there); returns the record (see `record`), or None in a process of a launch that
+    does not lead (`run_options["shard"]`: it computed its share; the leading one records). `run_options`:
+    runner.run's."""
+    dev = plan(app, roots, erasers, run_dir)
+    runner.run(dev.app, dev.cells, run_dir, judge, registry, **run_options)
+    if not run_options.get("shard", Shard()).leads:
+        return None
+    return record(app, roots, dev.by_key, report.results(run_dir))
 
 
 def record(app: Application, roots: list[ModelSpec], by_key: dict[str, list[str]], frame: pd.DataFrame) -> dict:

@@ -141,12 +141,25 @@ def test_finished_cells_are_not_generated_again(tmp_path):
 # nothing: its fit costs 0 s and 0 MiB in every run), 12 images each in batches of 4.
 RUN = ["run", "--app", "toy-object", "--models", "toy-fast", "--erasers", "none,negprompt", "--limit", "1",
        "--batch-size", "4"]  # fmt: skip
+# `spmbench tune` on an application with a dev split and a grid of two UCE settings (closed form: fits in no time):
+# 3 dev cells (the original, one per grid point), 6 images each (1 prompt per set x 3 seeds) in batches of 2.
+TUNE = ["tune", "--app", "toy-tuned", "--models", "toy-fast", "--erasers", "none,uce", "--limit", "1",
+        "--batch-size", "2"]  # fmt: skip
+TUNED_APP = {
+    "name": "toy-tuned", "version": 1, "world": "toy", "judge": "toy", "erase": [["star"]], "seeds": [0],
+    "prompts": {"target": {"concepts": "{targets}", "templates": ["a red {} on a white background"]},
+                "near": {"concepts": ["circle"], "templates": ["a red {} on a white background"]}},
+    "dev": {"seeds": [1, 2, 3], "prompts": {"target": {"templates": ["a {} coloured blue, gray background"]},
+            "near": {"concepts": ["square"], "templates": ["a {} coloured blue, gray background"]}}},
+    "tuning": {"grids": {"uce": [{"lam": 0.5}, {"lam": 0.1}]}},
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def launch(tmp_path_factory):
-    """launch(out, processes) -> Popen: `spmbench run` in `processes` processes (1: plain `python -m
-    spmbench`, no launcher), writing runs and reports under `out`, in its own session."""
+    """launch(out, processes, args=RUN) -> Popen: `spmbench run` (or the command `args` gives) in `processes`
+    processes (1: plain `python -m spmbench`, no launcher), writing runs and reports under `out`, in its own
+    session; the applications include TUNED_APP."""
     from spmbench.models import MODELS_DIR
 
     specs = tmp_path_factory.mktemp("specs")
@@ -154,16 +167,19 @@ def launch(tmp_path_factory):
     spec |= {"name": "toy-fast", "source": str((MODELS_DIR / spec["source"]).resolve()), "eraser_settings": FAST_FITS,
              "num_inference_steps": 10}  # fmt: skip
     (specs / "toy-fast.yaml").write_text(yaml.safe_dump(spec))
+    apps = tmp_path_factory.mktemp("apps")
+    (apps / "toy-tuned.yaml").write_text(yaml.safe_dump(TUNED_APP))
     # One thread per process: the same float arithmetic in every run, and no oversubscribed cores.
-    env = os.environ | {"SPMBENCH_MODELS": str(specs), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env = os.environ | {"SPMBENCH_MODELS": str(specs), "SPMBENCH_APPS": str(apps), "OMP_NUM_THREADS": "1",
+                        "HF_HUB_OFFLINE": "1"}  # fmt: skip
 
-    def start(out: Path, processes: int) -> subprocess.Popen:
+    def start(out: Path, processes: int, args: list[str] = RUN) -> subprocess.Popen:
         command = [sys.executable, "-m", "spmbench"]
         if processes > 1:  # --multi_gpu is torchrun's launcher, on CPUs too (--cpu would start one process)
             command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
                        str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                        "--main_process_port", str(_free_port()), "-m", "spmbench"]  # fmt: skip
-        command += [*RUN, "--out", str(out / "runs"), "--reports", str(out / "reports")]
+        command += [*args, "--out", str(out / "runs"), "--reports", str(out / "reports")]
         return subprocess.Popen(
             command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
         )
@@ -228,6 +244,24 @@ def test_two_processes_write_the_tables_of_one(launch, one_process, tmp_path):
     scored = [json.loads(line) for line in (tmp_path / "runs/toy-object/cells/toy-fast/none/original/scores.jsonl")
               .read_text().splitlines()]  # fmt: skip
     assert len(scored) == len({s["prompt_id"] for s in scored}) == 12  # nothing duplicated, nothing padded
+
+
+def test_two_processes_tune_as_one(launch, tmp_path):
+    """`spmbench tune` under `accelerate launch`: the processes share the dev cells' images, the first alone
+    writes the tuning record, and it is one process's (the record holds no measured fit time or memory)."""
+    one = _finish(launch(tmp_path / "one", 1, TUNE))
+    output = _finish(launch(tmp_path / "two", 2, TUNE))
+    assert "toy-tuned: process 1 of 2 done; process 0 writes the tuning record" in output
+    assert output.count("wrote ") == 2 and output.count("chosen on dev") == 1  # tuning.md and .json, once
+    batches = r"generate toy-fast/none/original: +0%\|[^|]*\| 0/(\d)"
+    assert re.findall(batches, one) == ["3"]
+    assert re.findall(batches, output) and "3" not in re.findall(batches, output)
+    record = json.loads((tmp_path / "one/reports/toy-tuned/tuning.json").read_text())
+    assert [len(points) for points in record["points"]["toy-fast"].values()] == [2]
+    for name in ("tuning.json", "tuning.md"):
+        assert (tmp_path / "two/reports/toy-tuned" / name).read_bytes() == (
+            tmp_path / "one/reports/toy-tuned" / name
+        ).read_bytes()
 
 
 def _rank_pids(launcher: subprocess.Popen) -> dict[int, int]:

@@ -3,6 +3,7 @@
 import copy
 import json
 import logging
+import re
 
 import pytest
 import yaml
@@ -184,6 +185,23 @@ def test_tune_chooses_on_dev_and_run_applies_the_choice_on_test(tuned_app, tmp_p
     (reports / "toy-tuned" / "tuning.json").write_text("{")
     with pytest.raises(ValueError, match="not a tuning record .*rerun `spmbench tune --app toy-tuned`"):
         tuning.apply_record(parse_app(APP, "x"), reports / "toy-tuned")
+
+
+def test_the_dry_run_prices_the_cells_and_fits_tune_makes_and_writes_nothing(tuned_app, tmp_path):
+    runs, reports = tmp_path / "runs", tmp_path / "reports"
+    selection = ["--app", "toy-tuned", "--models", "toy", "--erasers", "none,esd-x", "--limit", 1,
+                 "--out", runs, "--reports", reports]  # fmt: skip
+    result = invoke("tune", *selection, "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert not runs.exists() and not reports.exists()
+    planned = re.findall(r"\n  toy-base +cells (\d+), images (\d+), fits (\d+): ", result.output)
+    assert "toy-tuned: grid points per settings key: esd-x 2" in result.output and "total: cells 3," in result.output
+    assert invoke("tune", *selection).exit_code == 0
+    dev = runs / "toy-tuned" / "dev"
+    cells, images = list(dev.glob("cells/*/*/*/result.json")), list(dev.glob("cells/*/*/*/images/*.png"))
+    recorded = json.loads((dev / "fits" / "toy-base" / "fit_seconds.json").read_text())  # one entry per fit made
+    fits = [key for key in recorded if not key.startswith("none|")]  # 'none' is recorded too, fitting nothing
+    assert planned == [(str(len(cells)), str(len(images)), str(len(fits)))] == [("3", "6", "2")]
 
 
 def test_an_application_with_grids_but_no_record_warns_that_its_erasers_run_untuned(tmp_path, caplog):
