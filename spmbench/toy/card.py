@@ -11,7 +11,6 @@ each model's generations per prompt kind.
 from __future__ import annotations
 
 import json
-import tempfile
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -21,7 +20,16 @@ import torch
 from spm.files import write_text_atomic
 from spmbench.toy import captions, data, models, worlds
 from spmbench.toy import world as w
-from spmbench.toy.measure import CardRun, JudgeHeads, card_run, head_accuracy, render_accuracy, save_grid
+from spmbench.toy.measure import (
+    CardRun,
+    JudgeHeads,
+    card_run,
+    head_accuracy,
+    measured_key,
+    render_accuracy,
+    save_grid,
+    stages_folder,
+)
 from spmbench.toy.train import stages_of_world
 
 
@@ -385,21 +393,29 @@ def read_training_info(weights: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def build_card(weights: Path, report: Path, settings: CardSettings = CardSettings(), device: str = "cpu") -> dict:
+def build_card(
+    weights: Path,
+    report: Path,
+    settings: CardSettings = CardSettings(),
+    device: str = "cpu",
+    workdir: Path | None = None,
+) -> dict:
     """Measure every shipped toy model and its judge; write `report` and grids beside it. The
-    generations and their scores live in a temporary run folder for the time of the measurement."""
+    generations and their scores live in `workdir` (kept: a rerun measures only what is missing) or in a
+    temporary run folder for the time of the measurement."""
     net, judge_acc, judge_vae = measure_judge(weights, settings.judge_images, judge_accuracy)
     grids_dir = report.parent / "toyworld"
     grids_dir.mkdir(parents=True, exist_ok=True)
     judge, per_model, sweep = JudgeHeads(net, device), {}, {}
-    with tempfile.TemporaryDirectory(prefix="toy-card-") as stages:
+    with stages_folder(workdir) as stages:
         for name, dialect in (("toy-base", "base"), ("toy-pastel", "pastel"), ("toy-verbose", "verbose")):
             if not (weights / name / "model_index.json").exists():
                 continue
-            run = card_run(weights, name, data.DIALECTS[dialect], settings, judge, Path(stages) / "card", device)
+            model_stages = stages / measured_key(weights / name, settings)
+            run = card_run(weights, name, data.DIALECTS[dialect], settings, judge, model_stages / "card", device)
             per_model[name] = evaluate_model(run, settings, grids_dir)
             if name == "toy-base":
-                sweep = guidance_sweep(run, settings, Path(stages))
+                sweep = guidance_sweep(run, settings, model_stages)
     train_info = read_training_info(weights)
     if (weights / "gpu_training.json").exists():  # a GPU run's measurements (not these weights' run)
         train_info["gpu_run"] = json.loads((weights / "gpu_training.json").read_text())

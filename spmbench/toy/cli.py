@@ -88,6 +88,9 @@ def card_main(argv: list[str] | None = None) -> None:
     p.add_argument("--weights", type=Path, default=None, help="default: the world's shipped weights")
     p.add_argument("--report", type=Path, default=None, help=f"default: {REPORTS[2]} (world 3: {REPORTS[3]})")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--workdir", type=Path, default=None,
+                   help="keep the generations and scores here: a rerun measures only what is missing (a model whose "
+                        "weights or card settings changed is measured afresh); default: a temporary folder")  # fmt: skip
     for f in fields(CardSettings):
         world_default = f.name == "num_inference_steps"  # each world's sampler has its own steps
         p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None if world_default else f.default,
@@ -102,6 +105,8 @@ def card_main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: {err}") from None
     if report.suffix != ".md" or report.is_dir() or report.parent.is_file():
         raise SystemExit(f"error: --report must be a .md file path (its folder is created), not {report}")
+    if args.workdir is not None and args.workdir.exists() and not args.workdir.is_dir():
+        raise SystemExit(f"error: --workdir must be a folder (created if missing), not the file {args.workdir}")
     if not (weights / "judge" / "judge.json").exists():
         raise SystemExit(f"error: no toy world in {weights}: run `spmbench toy train --world {args.world}` first")
     trained_for = json.loads((weights / "judge" / "judge.json").read_text()).get("world", 2)
@@ -113,7 +118,7 @@ def card_main(argv: list[str] | None = None) -> None:
         from spmbench.toy.card import build_card
     else:  # world 3's card measures its seven models on its own splits (no guidance sweep)
         from spmbench.toy.v3.card import build_card
-    build_card(weights, report, settings, args.device)
+    build_card(weights, report, settings, args.device, args.workdir)
     print(f"wrote {report}")
 
 

@@ -8,7 +8,12 @@ A card's prompts are rows of the model's original `Cell` (`runner.generate_cell`
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import contextlib
+import hashlib
+import json
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,6 +31,27 @@ from spmbench.toy import data, models
 
 if TYPE_CHECKING:
     from spmbench.toy.card import CardSettings
+
+
+@contextlib.contextmanager
+def stages_folder(workdir: Path | None) -> Iterator[Path]:
+    """Where a card's generations and scores go: `workdir`, kept so that a rerun measures only what is
+    missing (each model under measured_key), or a temporary folder deleted afterwards."""
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        yield workdir
+        return
+    with tempfile.TemporaryDirectory(prefix="toy-card-") as tmp:
+        yield Path(tmp)
+
+
+def measured_key(model_dir: Path, settings: CardSettings) -> str:
+    """A model's folder name in a kept workdir: its name and a digest of its weights and the card's
+    settings, so that retrained weights or other settings are measured afresh, never read stale."""
+    digest = hashlib.sha256(json.dumps(asdict(settings), sort_keys=True).encode())
+    for path in sorted(model_dir.rglob("*.safetensors")):
+        digest.update(path.relative_to(model_dir).as_posix().encode() + path.read_bytes())
+    return f"{model_dir.name}-{digest.hexdigest()[:16]}"
 
 
 @torch.no_grad()

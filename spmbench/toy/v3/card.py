@@ -10,7 +10,6 @@ left to tuning erasers (protocol v3) and never measured here. Like world v2's ca
 from __future__ import annotations
 
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,16 @@ from spmbench.toy.card import (
     shortfall_beyond_noise,
     training_lines,
 )
-from spmbench.toy.measure import CardRun, JudgeHeads, card_run, head_accuracy, render_accuracy, save_grid
+from spmbench.toy.measure import (
+    CardRun,
+    JudgeHeads,
+    card_run,
+    head_accuracy,
+    measured_key,
+    render_accuracy,
+    save_grid,
+    stages_folder,
+)
 from spmbench.toy.v3 import captions, data
 from spmbench.toy.v3 import world as w
 
@@ -216,20 +224,23 @@ def write_card(path: Path, judge_acc: dict, per_model: dict, settings: CardSetti
     write_text_atomic(path, "\n".join(lines) + "\n")
 
 
-def build_card(weights: Path, report: Path, settings: CardSettings | None = None, device: str = "cpu") -> dict:
+def build_card(
+    weights: Path, report: Path, settings: CardSettings | None = None, device: str = "cpu", workdir: Path | None = None
+) -> dict:
     """Measure every shipped world-v3 model and its judge; write `report` and grids beside it. The
-    generations and their scores live in a temporary run folder for the time of the measurement.
-    Default settings: the card's, sampled in the world's steps."""
+    generations and their scores live in `workdir` (kept: a rerun measures only what is missing) or in a
+    temporary run folder for the time of the measurement. Default settings: the card's, in the world's steps."""
     settings = settings or CardSettings(num_inference_steps=WORLD.sampling_steps)
     net, judge_acc, judge_vae = measure_judge(weights, settings.judge_images, judge_accuracy)
     grids_dir = report.parent / report.with_suffix("").name
     grids_dir.mkdir(parents=True, exist_ok=True)
     judge, per_model = JudgeHeads(net, device), {}
-    with tempfile.TemporaryDirectory(prefix="toy-card-v3-") as stages:
+    with stages_folder(workdir) as stages:
         for name in WORLD.models():
             if (weights / name / "model_index.json").exists():
                 habits = data.DIALECTS[MODEL_DIALECTS[name]]
-                run = card_run(weights, name, habits, settings, judge, Path(stages), device)
+                run = card_run(weights, name, habits, settings, judge, stages / measured_key(weights / name, settings),
+                               device)  # fmt: skip
                 per_model[name] = evaluate_model(run, settings, grids_dir)
     write_card(report, judge_acc, per_model, settings, read_training_info(weights), judge_vae)
     return {"judge": judge_acc, "models": per_model}

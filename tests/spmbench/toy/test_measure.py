@@ -44,3 +44,26 @@ def test_the_card_generates_and_judges_through_the_suites_stage_files(smoke_worl
     stamps = [p.stat().st_mtime_ns for p in images]
     assert run.judged_heads("object", ["a red circle", "two blue squares", "a dog"], seed=5) == (judged, images)
     assert [p.stat().st_mtime_ns for p in images] == stamps  # a rerun generates nothing again
+
+
+def test_a_kept_workdir_is_keyed_by_the_weights_and_the_settings(smoke_world, tmp_path):
+    import shutil
+
+    from spmbench.toy.card import CardSettings
+    from spmbench.toy.measure import measured_key, stages_folder
+
+    model = tmp_path / "toy-base"
+    shutil.copytree(smoke_world[0] / "weights" / "toy-base", model)
+    settings = CardSettings(num_inference_steps=2)
+    key = measured_key(model, settings)
+    assert key.startswith("toy-base-") and key == measured_key(model, CardSettings(num_inference_steps=2))
+    assert measured_key(model, CardSettings(num_inference_steps=3)) != key  # other settings: measured afresh
+    weights = next(model.rglob("unet/*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-1] + bytes([weights.read_bytes()[-1] ^ 1]))
+    assert measured_key(model, settings) != key  # retrained weights: never read stale
+    with stages_folder(tmp_path / "kept") as kept:
+        (kept / "x").write_text("x")
+    assert (tmp_path / "kept" / "x").exists()
+    with stages_folder(None) as temporary:
+        (temporary / "x").write_text("x")
+    assert not temporary.exists()

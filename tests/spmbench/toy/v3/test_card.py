@@ -35,6 +35,20 @@ def test_every_model_folder_samples_with_the_worlds_sampler(smoke_world_v3):
         assert generation == models.generation_defaults(15), name  # what `spm generate` samples it with
 
 
+def test_a_rerun_with_a_kept_workdir_measures_nothing_again(smoke_world_v3, tmp_path):
+    args = ["--world", "3", "--weights", str(smoke_world_v3 / "weights"), "--images-per-kind", "2",
+            "--judge-images", "16", "--num-inference-steps", "2", "--workdir", str(tmp_path / "work")]  # fmt: skip
+    card_main([*args, "--report", str(tmp_path / "first" / "card.md")])
+    images = sorted((tmp_path / "work").rglob("*.png"))
+    assert len({p.relative_to(tmp_path / "work").parts[0] for p in images}) == 7  # a folder per model
+    stamps = [p.stat().st_mtime_ns for p in images]
+    card_main([*args, "--report", str(tmp_path / "second" / "card.md")])
+    assert [p.stat().st_mtime_ns for p in images] == stamps and sorted((tmp_path / "work").rglob("*.png")) == images
+    assert (tmp_path / "first" / "card.md").read_text() == (tmp_path / "second" / "card.md").read_text()
+    with pytest.raises(SystemExit, match="--workdir must be a folder"):
+        card_main([*args[:-1], str(tmp_path / "first" / "card.md"), "--report", str(tmp_path / "third.md")])
+
+
 def test_a_card_for_the_wrong_world_is_refused_in_one_line(smoke_world_v3, tmp_path):
     with pytest.raises(SystemExit, match="holds a world 3 toy world, not world 2: pass --world 3"):
         card_main(["--weights", str(smoke_world_v3 / "weights"), "--report", str(tmp_path / "r.md")])

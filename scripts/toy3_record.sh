@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The toy world v3 tables of record (protocol v3: issues 17-20), step by step, most needed first. Every step is
+# `spmbench tune`/`run`/`paper`, resumable through its run folder: rerun this script after any stop and it
+# continues where it stopped (a finished step costs a few seconds of planning). Two processes share each step
+# (accelerate launch, one torch thread each); `--processes 1` for one. `--dry-run` prints every step's plan and
+# estimated cost and runs nothing. Several sessions of 2 CPU cores in all: see each step's dry run.
+#
+#   bash scripts/toy3_record.sh              # everything, in order
+#   bash scripts/toy3_record.sh --from 3     # from step 3 (steps are numbered as below)
+#   bash scripts/toy3_record.sh --only 2     # one step
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. .venv/bin/activate
+export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
+
+FROM=1 ONLY="" PROCESSES=2 DRY=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --from) FROM=$2; shift 2 ;;
+        --only) ONLY=$2; shift 2 ;;
+        --processes) PROCESSES=$2; shift 2 ;;
+        --dry-run) DRY="--dry-run"; shift ;;
+        *) echo "error: unknown option $1 (use --from N, --only N, --processes N, --dry-run)" >&2; exit 2 ;;
+    esac
+done
+
+APPS="toy3-concept toy3-artist toy3-explicit toy3-object"
+# Every built-in eraser and ours (spm-hardened runs only when named), and the Latent Anchoring ablation.
+ALL="none,negprompt,sld-weak,sld-medium,sld-strong,sld-max,esd-x,esd-u,ca,uce,rece,spm,spm-rel,spm-noft,spm-hardened"
+MULTI="none,spm,spm-rel,spm-noft,uce,rece,esd-x,esd-u,ca"  # toy3-many: the erasers that take several targets
+ATTACKS="uda,adaptive-ft,p4d,rab"
+
+spmbench_() {  # one spmbench command, in PROCESSES processes
+    if [ "$PROCESSES" -gt 1 ] && [ -z "$DRY" ]; then
+        accelerate launch --multi_gpu --num_processes "$PROCESSES" -m spmbench "$@"
+    else
+        python -m spmbench "$@"
+    fi
+}
+
+step() {  # N DESCRIPTION COMMAND...
+    local n=$1 what=$2
+    shift 2
+    if { [ -n "$ONLY" ] && [ "$n" != "$ONLY" ]; } || [ "$n" -lt "$FROM" ]; then return; fi
+    echo "== step $n: $what ($(date -u '+%Y-%m-%d %H:%M UTC'))"
+    "$@"
+}
+
+tune_each() { for a in $APPS; do spmbench_ tune --app "$a" --models toy3-base --erasers all $DRY; done; }
+step 1 "tune every eraser on the dev split of the four applications (toy3-base)" tune_each
+step 2 "original, SPM with and without FT on all seven models (transfer, FT ablation)" \
+    spmbench_ paper --world toy3 --models all --erasers none,spm,spm-rel,spm-noft $DRY
+step 3 "every eraser on toy3-base; then the paper's tables from every run so far (transfer: step 2's)" \
+    spmbench_ paper --world toy3 --models toy3-base --erasers "$ALL,spm-noanchor" $DRY
+attack_each() { for a in $APPS; do spmbench_ run --app "$a" --models toy3-base --erasers "$ALL" --attack "$ATTACKS" $DRY; done; }
+step 4 "attacks on every eraser (toy3-base)" attack_each
+step 5 "tune the multi-target erasers on toy3-many's dev split" \
+    spmbench_ tune --app toy3-many --models toy3-base --erasers "$MULTI" $DRY
+step 6 "many-concept erasure, k = 1 to 40 (toy3-base)" \
+    spmbench_ run --app toy3-many --models toy3-base --erasers "$MULTI" $DRY
