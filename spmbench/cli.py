@@ -485,7 +485,8 @@ def tune(
     shard, device = _launched(device, out, reports, dry_run)
     try:
         chosen, chosen_apps = _chosen(models, apps, app_name, models_sel)
-        chosen_apps = [a for a in chosen_apps if a.dev or app_name != "all"]  # 'all': the apps with a dev split
+        # 'all': the apps tuned on their own dev split (one that takes another's tuning is refused by name)
+        chosen_apps = [a for a in chosen_apps if a.dev and not a.tuning_from or app_name != "all"]
         roots = list({m.name: m for m in (runner.fit_model_for(m, models) for m in chosen)}.values())
         erasers = _selected_erasers(erasers_sel)
         problems = _selection_problems(chosen_apps, roots, [ERASERS.get(e) for e in erasers], {})

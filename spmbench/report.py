@@ -543,12 +543,24 @@ def caption(app: Application, data) -> str:
         + f"fit cost: time and peak memory above the loaded model (CUDA allocation on a GPU, resident set size on CPU), summed over the targets for erasers fitted per target (SPM), one fit (no interval); DDIM {settings.get('steps')} steps, "
         f"guidance {settings.get('guidance')}, {settings.get('resolution')} px, seeds {settings.get('seeds')}"
         + (f", limit {settings['limit']} prompts per set" if settings.get("limit") else "")
-        + ("; fitting settings chosen on the dev split (tuning.md beside this table)" if app.tuned else "")
+        + _tuning_note(app)
         + (f"; trained erasers fitted with seeds {list(app.fit_seeds)}: the rate of the first fit, then the number "
            "of fits, their mean and range" if len(app.fit_seeds) > 1 else "")
         + _implementations(app, table)
         + _attacks_note(settings.get("attacks", {}))
     )  # fmt: skip
+
+
+def _tuning_note(app: Application) -> str:
+    """Where the fitting settings came from: this application's dev split, or another's (`tuning: {from: ...}`)."""
+    if not app.tuned:
+        return ""
+    if not app.tuning_from:
+        return "; fitting settings chosen on the dev split (tuning.md beside this table)"
+    source, inherited = app.tuning_from, app.inherited_kinds()
+    kinds = f", also for the {', '.join(inherited)} targets, kinds {source} does not tune" if inherited else ""
+    where = f"{source}'s dev split (../{source}/tuning.md)"
+    return f"; fitting settings chosen on {where}, not retuned here: every fit uses them{kinds}"
 
 
 def _attacks_note(attacks: dict[str, dict]) -> str:

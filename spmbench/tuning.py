@@ -5,7 +5,9 @@ spm-noft, which share a fit) the same number of setting overrides, at most `apps
 fits and generates every grid point on the dev split of the family roots (each point is a `Tuned`
 eraser: its own fits and cells), judges them, and applies RULE, fixed in advance for every eraser.
 The record (the grid, each point's dev numbers with n and interval, the rule, the choice) is written
-beside the application's table; `spmbench run` applies the chosen settings to the test split.
+beside the application's table; `spmbench run` applies the chosen settings to the test split. An
+application with `tuning: {from: <other>}` is not tuned: run applies <other>'s record to it (toy3-many takes
+toy3-concept's: every eraser inherits the same single-concept tuning, and SPM claims composition without it).
 """
 
 from __future__ import annotations
@@ -94,6 +96,10 @@ class DevPlan:
 def plan(app: Application, roots: list[ModelSpec], erasers: list[str], run_dir: Path) -> DevPlan:
     """The dev cells `tune` computes (and `spmbench tune --dry-run` prices); a grid point the eraser would
     refuse is a one-line ValueError here, before any work."""
+    if app.tuning_from:
+        raise ValueError(
+            f"{app.name} takes its settings from {app.tuning_from}'s tuning: run spmbench tune --app {app.tuning_from}"
+        )
     dev = replace(app.for_split("dev"), fit_seeds=app.fit_seeds[:1])
     by_key = grids(app, erasers)
     if not by_key:
@@ -212,26 +218,40 @@ def markdown(record_: dict) -> str:
 
 
 def apply_record(app: Application, folder: Path) -> Application:
-    """`app` with the settings its tuning record in `folder` chose, if there is one made for this version
-    of the application and its grids; otherwise `app` as it is (a stale record is named in a warning)."""
-    path = folder / RECORD
+    """`app` with the settings its tuning record chose, if there is one made for this version of the tuned
+    application and its grids; otherwise `app` as it is (a stale record is named in a warning). `folder`: the
+    application's report folder, REPORTS/<app>, where its record is; one with `tuning: {from: <other>}`
+    applies <other>'s record, in REPORTS/<other> beside it, dated by <other>'s version and grids."""
+    tuned = source(app)
+    path = (folder if tuned is app else folder.parent / tuned.name) / RECORD
     if not path.exists():
-        if app.grids:  # the grids' erasers would run with their untuned defaults, which may not erase at all
+        if tuned.grids:  # the grids' erasers would run with their untuned defaults, which may not erase at all
+            whose = tuned.name if tuned is app else f"{app.name} takes its settings from {tuned.name}, which"
             log.warning(
                 "%s has no tuning record at %s: %s run with their untuned settings; run `spmbench tune --app %s` first",
-                app.name, path, ", ".join(app.grids), app.name,
+                whose, path, ", ".join(tuned.grids), tuned.name,
             )  # fmt: skip
         return app
     try:
         stored = json.loads(path.read_text())
-        current = json.loads(json.dumps({"app_version": app.version, "grids": app.grids}))
+        current = json.loads(json.dumps({"app_version": tuned.version, "grids": tuned.grids}))
         if {k: stored[k] for k in current} != current:
             log.warning(
-                "%s was made for another version or grid of %s: not applied; rerun `spmbench tune`", path, app.name
-            )
+                "%s was made for another version or grid of %s: not applied%s; rerun `spmbench tune --app %s`",
+                path, tuned.name, "" if tuned is app else f" to {app.name}", tuned.name,
+            )  # fmt: skip
             return app
         return replace(app, tuned=stored["chosen"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ValueError(
-            f"{path}: not a tuning record ({e}): delete it and rerun `spmbench tune --app {app.name}`"
+            f"{path}: not a tuning record ({e}): delete it and rerun `spmbench tune --app {tuned.name}`"
         ) from None
+
+
+def source(app: Application) -> Application:
+    """The application whose tuning `app` applies: itself, or the one its `tuning: {from: ...}` names."""
+    if not app.tuning_from:
+        return app
+    if app.tuning_source is None:
+        raise ValueError(f"{app.path}: tuning.from {app.tuning_from!r} is not linked: load it with apps.load_apps")
+    return app.tuning_source

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from spmbench.models import WORLDS
-from spmbench.registry import Registry
+from spmbench.registry import Registry, UnknownName
 from spmbench.specs import SpecError, SpecKind, check_fields, load
 
 
@@ -94,6 +94,10 @@ class Application:
     grids: dict[str, tuple[dict, ...]] = field(default_factory=dict)
     # Settings chosen on dev by `spmbench tune`, by fitted model then eraser settings key (spmbench.tuning).
     tuned: dict[str, dict] = field(default_factory=dict)
+    # `tuning: {from: <app>}`: not tuned itself; `spmbench run` applies that application's tuning record (its
+    # grids, its dev split, its choice), linked by load_apps as `tuning_source` (of this world, with grids).
+    tuning_from: str = ""
+    tuning_source: Application | None = None
     # Every trained eraser is fitted once per seed (the first: the settings' own seed): tables give the
     # spread over fits beside the sampling interval.
     fit_seeds: tuple[int, ...] = (0,)
@@ -105,6 +109,15 @@ class Application:
     seed_per_prompt: bool = False
     # Concept kinds (kind -> its concepts), for sets whose templates are given per kind.
     kinds: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def inherited_kinds(self) -> list[str]:
+        """With `tuning_from`: the kinds of this application's targets among which its tuning source erases
+        none (their settings were tuned on other kinds); [] without kinds."""
+        if self.tuning_source is None:
+            return []
+        tuned_on = {self.kind_of(t) for experiment in self.tuning_source.erase for t in experiment}
+        ours = dict.fromkeys(self.kind_of(t) for experiment in self.erase for t in experiment)
+        return [k for k in ours if k is not None and k not in tuned_on]
 
     def kind_of(self, concept: str) -> str | None:
         """The kind `concept` is listed under (case-insensitive), or None."""
@@ -203,7 +216,7 @@ APP_FIELDS = {
 }
 DEV_FIELDS = {"seeds": tuple[int, ...], "prompts": dict[str, Any]}
 DEV_SET_FIELDS = {"concepts": tuple[str, ...], "templates": TEMPLATES}
-TUNING_FIELDS = {"grids": dict[str, tuple[dict, ...]]}
+TUNING_FIELDS = {"grids": dict[str, tuple[dict, ...]], "from": str}
 
 
 def _prompt_set(name: str, data, origin: str, kinds: dict, named: tuple[str, ...]) -> PromptSet:
@@ -309,6 +322,7 @@ def parse_app(data, origin: str) -> Application:
         path=origin,
         eraser_settings=given.get("eraser_settings", {}),
         grids=_grids(given.get("tuning", {}), origin),
+        tuning_from=given.get("tuning", {}).get("from", ""),
         fit_seeds=fit_seeds,
         attacks=given.get("attacks", {}),
         seed_per_prompt=given.get("seed_per_prompt", False),
@@ -374,8 +388,14 @@ def _check_disjoint(test_sets, dev_sets, origin: str) -> None:
 
 
 def _grids(data, origin: str) -> dict[str, tuple[dict, ...]]:
-    """Each eraser's tuning grid; every grid has the same number of points, 1..MAX_GRID (equal budgets)."""
-    grids = check_fields(data, TUNING_FIELDS, set(), origin, "tuning.").get("grids", {})
+    """Each eraser's tuning grid; every grid has the same number of points, 1..MAX_GRID (equal budgets).
+    None with `from` (another application's tuning, linked by load_apps)."""
+    given = check_fields(data, TUNING_FIELDS, set(), origin, "tuning.")
+    if "from" in given and "grids" in given:
+        raise SpecError(
+            f"{origin}: tuning: give 'grids' (tune this application) or 'from' (apply another's), not both"
+        )
+    grids = given.get("grids", {})
     sizes = {key: len(points) for key, points in grids.items()}
     if any(not 1 <= n <= MAX_GRID for n in sizes.values()):
         raise SpecError(f"{origin}: tuning.grids: each grid needs 1 to {MAX_GRID} settings, got {sizes}")
@@ -391,5 +411,26 @@ APPS = SpecKind("application", APPS_DIR, "SPMBENCH_APPS", parse_app)
 
 
 def load_apps(folders: list[Path] | None = None) -> Registry[Application]:
-    """Every application: the shipped ones (one folder per world) and those in SPMBENCH_APPS (or `folders`)."""
-    return load(APPS, folders)
+    """Every application: the shipped ones (one folder per world) and those in SPMBENCH_APPS (or `folders`),
+    each `tuning: {from: ...}` linked to the application it names."""
+    apps = load(APPS, folders)
+    linked: Registry[Application] = Registry(apps.kind)
+    for a in apps:
+        linked.add(a.name, replace(a, tuning_source=_tuning_source(a, apps)) if a.tuning_from else a)
+    return linked
+
+
+def _tuning_source(app: Application, apps: Registry[Application]) -> Application:
+    """The application `app` takes its tuning from: one of the same world that is tuned itself (has grids)."""
+    where = f"{app.path}: tuning.from"
+    try:
+        source = apps.get(app.tuning_from)
+    except UnknownName as e:
+        raise SpecError(f"{where}: {e}") from None
+    if source.world != app.world:
+        raise SpecError(f"{where}: {source.name} is of world {source.world}, not {app.world}: name one of {app.world}")
+    if not source.grids:
+        raise SpecError(
+            f"{where}: {source.name} has no tuning.grids, so no tuning to take: name an application with grids"
+        )
+    return source

@@ -229,7 +229,7 @@ SHIPPED_ROWS = {
     "toy-artist": (2, "6a2adc9b24936388"), "toy-concept": (2, "a71d420f12a66fee"),
     "toy-explicit": (2, "63da18445a15d8e5"), "toy-object": (2, "6d8fcc693ff874e5"),
     "toy3-artist": (1, "a7993c550dfc9ab1"), "toy3-concept": (1, "6ccd7ab77a627884"),
-    "toy3-explicit": (2, "53d334fb05de3ba7"), "toy3-many": (3, "de100de6728d612b"), "toy3-object": (1, "bcc328651ceda738"),
+    "toy3-explicit": (2, "53d334fb05de3ba7"), "toy3-many": (4, "de100de6728d612b"), "toy3-object": (1, "bcc328651ceda738"),
 }  # fmt: skip
 
 
@@ -439,10 +439,12 @@ def test_toy3_many_erases_nested_lists_round_robin_over_the_classes_then_the_kin
 def test_every_v3_eraser_with_settings_gets_the_same_grid(name):
     from spmbench.apps import MAX_GRID
     from spmbench.erasers import BUILTIN
-    from spmbench.tuning import grids
+    from spmbench.tuning import grids, source
 
     app = load_apps().get(name)
-    by_key = grids(app, list(BUILTIN))  # raises if an eraser with settings has no grid
+    # toy3-many is not tuned itself: it applies toy3-concept's record (equal budgets at every k, none of its own)
+    assert (app.tuning_from, app.grids == {}) == (("toy3-concept", True) if name == "toy3-many" else ("", False))
+    by_key = grids(source(app), list(BUILTIN))  # raises if an eraser with settings has no grid
     assert set(by_key) == {"spm", "esd-x", "esd-u", "ca", "uce", "rece"}
     assert {len(points) for points in by_key.values()} == {MAX_GRID}
 
@@ -468,3 +470,45 @@ def test_a_v3_application_is_tuned_on_dev_then_run_on_test(toy3_weights, tmp_pat
     assert ran.exit_code == 0, ran.output
     table = (reports / "toy3-object" / "toy3-object.md").read_text()
     assert "fitting settings chosen on the dev split" in table and "| toy3-merge | star | uce | toy3-base |" in table
+
+
+def test_toy3_many_takes_toy3_concepts_tuning_and_says_which_kinds_it_was_not_tuned_on():
+    apps = load_apps()
+    many = apps.get("toy3-many")
+    assert many.tuning_source == apps.get("toy3-concept")
+    assert many.inherited_kinds() == ["style", "shape", "nudity", "gore"]  # k = 40's; characters are tuned on
+    assert apps.get("toy3-concept").inherited_kinds() == []
+
+
+TUNED = {"name": "tuned", "version": 1, "world": "toy", "judge": "toy", "erase": [["star"]], "seeds": [0],
+         "prompts": {"target": {"concepts": "{targets}", "templates": ["a {}"]}},
+         "tuning": {"grids": {"uce": [{"lam": 0.1}, {"lam": 1.0}]}}}  # fmt: skip
+UNTUNED = {k: v for k, v in TUNED.items() if k != "tuning"}
+
+
+@pytest.mark.parametrize(
+    "source, tuning_from, message",
+    [
+        (TUNED, "tunde", r"many.yaml: tuning.from: unknown application 'tunde': did you mean 'tuned'\?"),
+        ({**TUNED, "world": "real", "judge": "clip"}, "tuned", "tuned is of world real, not toy: name one of toy"),
+        (UNTUNED, "tuned", "tuned has no tuning.grids, so no tuning to take"),
+        (TUNED, "many", "many has no tuning.grids"),  # itself: no chain of applications taking others' tuning
+    ],
+)
+def test_a_bad_tuning_from_is_refused_at_load_in_one_line(tmp_path, monkeypatch, source, tuning_from, message):
+    import yaml
+
+    (tmp_path / "tuned.yaml").write_text(yaml.safe_dump(source))
+    (tmp_path / "many.yaml").write_text(yaml.safe_dump({**TUNED, "name": "many", "tuning": {"from": tuning_from}}))
+    with pytest.raises(SpecError, match=message) as e:
+        load_apps([tmp_path])
+    assert "\n" not in str(e.value) and str(e.value).startswith(str(tmp_path / "many.yaml"))
+    monkeypatch.setenv("SPMBENCH_APPS", str(tmp_path))
+    result = CliRunner().invoke(app, ["validate"])
+    assert result.exit_code == 2 and result.output.count("\n") == 1 and re.search(message, result.output)
+
+
+def test_tuning_takes_grids_or_from_not_both():
+    with pytest.raises(SpecError, match="^x.yaml: tuning: give 'grids' .* or 'from' .*, not both$"):
+        parse_app({**TUNED, "tuning": {**TUNED["tuning"], "from": "other"}}, "x.yaml")
+    assert parse_app({**TUNED, "tuning": {"from": "other"}}, "x.yaml").tuning_from == "other"

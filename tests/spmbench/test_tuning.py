@@ -10,7 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from spmbench import report, tuning
-from spmbench.apps import parse_app
+from spmbench.apps import load_apps, parse_app
 from spmbench.cli import app as cli
 from spmbench.specs import SpecError
 
@@ -213,3 +213,86 @@ def test_an_application_with_grids_but_no_record_warns_that_its_erasers_run_untu
     with caplog.at_level(logging.WARNING):
         tuning.apply_record(parse_app(untuned, "x"), tmp_path)
     assert caplog.text == ""
+
+
+# ---- an application that takes another's tuning (`tuning: {from: ...}`, as toy3-many takes toy3-concept's) ----
+
+CHOSEN = {"toy-base": {"spm": {"iterations": 2}, "esd-x": {"iterations": 1}}}
+
+
+def inheriting(tmp_path, source=APP):
+    """load_apps over APP (toy-tuned) and toy-inherits, which erases two targets with toy-tuned's settings."""
+    folder = tmp_path / "apps"
+    folder.mkdir(exist_ok=True)
+    inherits = {k: v for k, v in APP.items() if k not in ("dev", "tuning")}
+    inherits |= {"name": "toy-inherits", "erase": [["star"], ["star", "cross"]], "tuning": {"from": "toy-tuned"}}
+    (folder / "toy-tuned.yaml").write_text(yaml.safe_dump(source))
+    (folder / "toy-inherits.yaml").write_text(yaml.safe_dump(inherits))
+    return load_apps([folder])
+
+
+def write_record(reports, app_version=1, grids=APP["tuning"]["grids"]):
+    record = {"app": "toy-tuned", "app_version": app_version, "rule": tuning.RULE, "grids": grids, "points": {}}
+    return tuning.write({**record, "chosen": CHOSEN}, reports / "toy-tuned")
+
+
+def test_an_application_tuned_from_another_applies_that_ones_record_as_its_own(tmp_path, caplog):
+    from spmbench import runner
+    from spmbench.erasers import ERASERS
+    from spmbench.models import load_models
+
+    apps, reports, root = inheriting(tmp_path), tmp_path / "reports", load_models().get("toy-base")
+    write_record(reports)
+    with caplog.at_level(logging.WARNING):
+        inherits = tuning.apply_record(apps.get("toy-inherits"), reports / "toy-inherits")
+        own = tuning.apply_record(apps.get("toy-tuned"), reports / "toy-tuned")
+    assert caplog.text == "" and inherits.tuned == own.tuned == CHOSEN
+    assert not (reports / "toy-inherits").exists()  # read beside it, nothing written
+    for name in ("spm", "esd-x"):
+        applied = runner.eraser_settings(ERASERS.get(name), inherits, root)
+        assert applied == runner.eraser_settings(ERASERS.get(name), own, root)
+        assert applied["iterations"] == CHOSEN["toy-base"][name]["iterations"]
+    caption = report._tuning_note(inherits)
+    assert "chosen on toy-tuned's dev split (../toy-tuned/tuning.md), not retuned here" in caption
+    assert report._tuning_note(own) == "; fitting settings chosen on the dev split (tuning.md beside this table)"
+
+
+@pytest.mark.parametrize(
+    "record, source",
+    [
+        ({"app_version": 1}, with_change("version", 2)),  # the source's version moved on
+        ({"grids": {"spm": [{"iterations": 3}]}}, APP),  # made for another grid of the source
+    ],
+)
+def test_a_stale_record_of_the_source_is_not_applied(tmp_path, caplog, record, source):
+    apps, reports = inheriting(tmp_path, source), tmp_path / "reports"
+    write_record(reports, **record)
+    with caplog.at_level(logging.WARNING):
+        assert tuning.apply_record(apps.get("toy-inherits"), reports / "toy-inherits").tuned == {}
+    assert "made for another version or grid of toy-tuned: not applied to toy-inherits" in caplog.text
+    assert "rerun `spmbench tune --app toy-tuned`" in caplog.text
+
+
+def test_without_the_sources_record_the_warning_names_the_application_to_tune(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        assert tuning.apply_record(inheriting(tmp_path).get("toy-inherits"), tmp_path / "toy-inherits").tuned == {}
+    assert "toy-inherits takes its settings from toy-tuned, which has no tuning record" in caplog.text
+    assert "run `spmbench tune --app toy-tuned` first" in caplog.text
+    unlinked = parse_app({**APP, "tuning": {"from": "toy-tuned"}}, "x.yaml")  # parsed alone: not linked
+    with pytest.raises(ValueError, match="x.yaml: tuning.from 'toy-tuned' is not linked"):
+        tuning.apply_record(unlinked, tmp_path)
+
+
+def test_tune_refuses_an_application_that_takes_another_ones_tuning_and_all_skips_it(tmp_path, monkeypatch):
+    inheriting(tmp_path)
+    monkeypatch.setenv("SPMBENCH_APPS", str(tmp_path / "apps"))
+    result = invoke("tune", "--app", "toy-inherits", "--models", "toy-base", "--dry-run")
+    assert result.exit_code == 2
+    assert result.output == (
+        "error: toy-inherits takes its settings from toy-tuned's tuning: run spmbench tune --app toy-tuned\n"
+    )
+    with pytest.raises(ValueError, match="toy-inherits takes its settings from toy-tuned's tuning"):
+        tuning.plan(load_apps([tmp_path / "apps"]).get("toy-inherits"), [], ["spm"], tmp_path)
+    result = invoke("tune", "--app", "all", "--models", "toy-base", "--erasers", "esd-x", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "toy-tuned: grid points per settings key: esd-x 2" in result.output and "toy-inherits" not in result.output
