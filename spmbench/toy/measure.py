@@ -46,10 +46,11 @@ def stages_folder(workdir: Path | None) -> Iterator[Path]:
 
 
 def measured_key(model_dir: Path, settings: CardSettings) -> str:
-    """A model's folder name in a kept workdir: its name and a digest of its weights and the card's
-    settings, so that retrained weights or other settings are measured afresh, never read stale."""
+    """A model's folder name in a kept workdir: its name and a digest of its folder's files (weights,
+    scheduler, configs) and the card's settings, so that retrained weights, another sampler or other settings
+    are measured afresh, never read stale."""
     digest = hashlib.sha256(json.dumps(asdict(settings), sort_keys=True).encode())
-    for path in sorted(model_dir.rglob("*.safetensors")):
+    for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
         digest.update(path.relative_to(model_dir).as_posix().encode() + path.read_bytes())
     return f"{model_dir.name}-{digest.hexdigest()[:16]}"
 

@@ -61,6 +61,10 @@ def test_a_kept_workdir_is_keyed_by_the_weights_and_the_settings(smoke_world, tm
     weights = next(model.rglob("unet/*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:-1] + bytes([weights.read_bytes()[-1] ^ 1]))
     assert measured_key(model, settings) != key  # retrained weights: never read stale
+    key = measured_key(model, settings)
+    scheduler = model / "scheduler" / "scheduler_config.json"
+    scheduler.write_text(scheduler.read_text().replace("DDIMScheduler", "DPMSolverMultistepScheduler"))
+    assert measured_key(model, settings) != key  # another sampler
     with stages_folder(tmp_path / "kept") as kept:
         (kept / "x").write_text("x")
     assert (tmp_path / "kept" / "x").exists()
