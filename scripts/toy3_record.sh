@@ -3,7 +3,7 @@
 # `spmbench tune`/`run`/`paper`, resumable through its run folder: rerun this script after any stop and it
 # continues where it stopped (a finished step costs a few seconds of planning). Two processes share each step
 # (accelerate launch, one torch thread each); `--processes 1` for one. `--dry-run` prints every step's plan and
-# estimated cost and runs nothing. Several sessions of 2 CPU cores in all: see each step's dry run.
+# estimated cost (for one process) and runs nothing. Several sessions of 2 CPU cores in all: see each step's dry run.
 #
 #   bash scripts/toy3_record.sh              # everything, in order
 #   bash scripts/toy3_record.sh --from 3     # from step 3 (steps are numbered as below)
@@ -25,6 +25,7 @@ while [ $# -gt 0 ]; do
 done
 
 APPS="toy3-concept toy3-artist toy3-explicit toy3-object"
+PAPER_APPS="toy3-concept,toy3-artist,toy3-explicit,toy3-object"  # the paper's tables; toy3-many is step 5's
 # Every built-in eraser and ours (spm-hardened runs only when named), and the Latent Anchoring ablation.
 ALL="none,negprompt,sld-weak,sld-medium,sld-strong,sld-max,esd-x,esd-u,ca,uce,rece,spm,spm-rel,spm-noft,spm-hardened"
 MULTI="none,spm,spm-rel,spm-noft,uce,rece,esd-x,esd-u,ca"  # toy3-many: the erasers that take several targets
@@ -49,9 +50,9 @@ step() {  # N DESCRIPTION COMMAND...
 tune_each() { for a in $APPS; do spmbench_ tune --app "$a" --models toy3-base --erasers all $DRY; done; }
 step 1 "tune every eraser on the dev split of the four applications (toy3-base)" tune_each
 step 2 "original, SPM with and without FT on all seven models (transfer, FT ablation)" \
-    spmbench_ paper --world toy3 --models all --erasers none,spm,spm-rel,spm-noft $DRY
+    spmbench_ paper --world toy3 --apps "$PAPER_APPS" --models all --erasers none,spm,spm-rel,spm-noft $DRY
 step 3 "every eraser on toy3-base; then the paper's tables from every run so far (transfer: step 2's)" \
-    spmbench_ paper --world toy3 --models toy3-base --erasers "$ALL,spm-noanchor" $DRY
+    spmbench_ paper --world toy3 --apps "$PAPER_APPS" --models toy3-base --erasers "$ALL,spm-noanchor" $DRY
 attack_each() { for a in $APPS; do spmbench_ run --app "$a" --models toy3-base --erasers "$ALL" --attack "$ATTACKS" $DRY; done; }
 step 4 "attacks on every eraser (toy3-base)" attack_each
 # toy3-many is not tuned itself: every eraser takes toy3-concept's choice (step 1), the same budget for all.

@@ -545,6 +545,9 @@ def paper(
     erasers_sel: str = typer.Option(
         "all", "--erasers", help="comma-separated eraser names, or 'all': every built-in eraser and spm-noanchor"
     ),
+    apps_sel: str = typer.Option(
+        "all", "--apps", help="'all' (the world's applications) or comma-separated names of the world's"
+    ),
     limit: int | None = typer.Option(None, min=1, help="at most this many prompts per prompt set (smoke runs)"),
     out: Path = typer.Option(Path("runs"), help="run directories go here (OUT/<app>, as `spmbench run`'s)"),
     reports: Path = typer.Option(Path("reports"), help="tables go to REPORTS/<app>/ and REPORTS/paper/<world>/"),
@@ -574,7 +577,7 @@ def paper(
         strangers = [m.name for m in chosen_models if m.world != world]
         if strangers:
             _fail(f"--models {', '.join(strangers)}: not {world} models; choose the world's (spmbench ls models)")
-        chosen_apps = [a for a in apps if a.world == world]
+        chosen_apps = _world_apps(apps, world, apps_sel)
         chosen_apps = [tuning.apply_record(a, reports / a.name) for a in chosen_apps]  # as `run` does
         erasers = list(tables.PAPER_ERASERS) if erasers_sel == "all" else _selected_erasers(erasers_sel)
         judge_settings = _judge_settings(judge_setting, clip_model, classifier)
@@ -608,6 +611,17 @@ def paper(
         typer.echo(line)
     for path in written:
         typer.echo(f"wrote {path}")
+
+
+def _world_apps(apps, world: str, selector: str) -> list:
+    """The world's applications, all or those named; a name of another world's is refused in one line."""
+    if selector == "all":
+        return [a for a in apps if a.world == world]
+    chosen = [apps.get(name.strip()) for name in dict.fromkeys(selector.split(",")) if name.strip()]
+    strangers = [a.name for a in chosen if a.world != world]
+    if strangers or not chosen:
+        _fail(f"--apps {selector!r}: give 'all' or names of {world} applications (spmbench ls apps)")
+    return chosen
 
 
 @app.command("report")

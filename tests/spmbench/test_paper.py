@@ -229,6 +229,10 @@ def test_the_shipped_rates_load_and_an_ablation_reads_its_variants_settings():
             ["--world", "real", "--models", "toy-base"],
             "--models toy-base: not real models; choose the world's (spmbench ls models)",
         ),
+        (
+            ["--world", "toy3", "--apps", "toy-concept"],
+            "--apps 'toy-concept': give 'all' or names of toy3 applications (spmbench ls apps)",
+        ),
     ],
 )
 def test_bad_selections_are_one_line_errors(args, message):
@@ -269,3 +273,13 @@ def test_every_eraser_leaves_out_what_a_family_cannot_run_and_a_named_one_is_an_
     assert "on sd14 left out" not in every.output and "total: cells" in every.output
     named = invoke("paper", "--world", "real", "--models", "sd14,sd3-medium", "--erasers", "spm,ca", *out)
     assert named.exit_code == 2 and "ca does not support sd3" in named.output and "leave ca out" in named.output
+
+
+def test_apps_selects_the_worlds_applications_it_runs(tmp_path):
+    out = ["--out", tmp_path / "runs", "--reports", tmp_path / "reports", "--dry-run"]
+    result = invoke(
+        "paper", "--world", "toy", "--models", "toy-base", "--erasers", "none,uce", "--apps", "toy-object", *out
+    )
+    assert result.exit_code == 0, result.output
+    assert "toy-object:" in result.output and "toy-concept:" not in result.output
+    assert not (tmp_path / "runs").exists()
