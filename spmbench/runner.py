@@ -577,7 +577,8 @@ def run(
             alteration=alteration, alteration_features=None if alteration is None else features().identity,
             fit_seconds=round(fit_seconds, 1), fit_peak_mib=None if fit_mib is None else round(fit_mib, 1),
             generate_seconds_this_run=round(gen_seconds, 1),
-            settings={"steps": cell.model.num_inference_steps, "guidance": cell.model.guidance_scale,
+            settings={"sampler": type(pipes(cell.model).scheduler).__name__,  # what sampled, not what is assumed
+                      "steps": cell.model.num_inference_steps, "guidance": cell.model.guidance_scale,
                       "resolution": cell.model.resolution, "seeds": list(app.seeds), "limit": limit, "fit": settings,
                       **({"split": app.split} if app.split != "test" else {}),  # test results as before
                       **({"attacks": stage.settings_of(app, attacks)} if attacks else {})},

@@ -274,6 +274,19 @@ def test_the_caption_names_each_alteration_measures_implementation(tmp_path, mon
     assert header[-3:] == ["LPIPS ↓ (n=10)", "fit (s)", "fit mem. (MiB)"] and rows[0][-3].startswith("0.200 [")
 
 
+def test_the_caption_names_the_sampler_a_result_recorded_and_ddim_for_older_results():
+    from spmbench.apps import load_apps
+    from spmbench.report import caption
+
+    app = load_apps().get("toy-concept")
+    dpm = result("none", {"target": 1.0, "near": 0.8})
+    dpm.settings.update(sampler="DPMSolverMultistepScheduler", steps=15)
+    assert "; DPMSolverMultistep 15 steps, guidance" in caption(app, [dpm])
+    older = result("none", {"target": 1.0, "near": 0.8})  # stored before the sampler was recorded
+    older.settings.update(steps=30)
+    assert "; DDIM 30 steps, guidance" in caption(app, [older]) and "DPMSolver" not in caption(app, [older])
+
+
 def test_rates_against_the_number_of_targets_are_plotted_per_set_and_eraser():
     from spmbench.report import scaling_svg
 
