@@ -20,7 +20,7 @@ from spm.models import denoiser, native_resolution
 
 
 if TYPE_CHECKING:
-    from diffusers import DiffusionPipeline
+    from diffusers import DDIMScheduler, DiffusionPipeline
 
 
 class NonFiniteLoss(ValueError):
@@ -248,22 +248,36 @@ def _model_name(pipe) -> str:
     return str(pipe.name_or_path)
 
 
-def _rollout_schedule(pipe, cfg: TrainConfig) -> tuple:
-    """The DDIM scheduler the x_t rollout steps with, and the UNet's query timestep after k of its steps."""
+# The DDIM grid of SD 1.x/2.x's scheduler files (PNDM's or DDIM's): "leading" spacing offset by one, and no
+# alpha of one past the last step. Another sampler's config (DPM-Solver's: "linspace", offset 0) describes its
+# own grid, not DDIM's, so a DDIM built from it takes these instead.
+SD_DDIM_GRID = {"timestep_spacing": "leading", "steps_offset": 1, "set_alpha_to_one": False}
+
+
+def ddim_scheduler(pipe: DiffusionPipeline, **overrides) -> DDIMScheduler:
+    """A DDIM scheduler on the pipeline's noise schedule (betas, prediction type) with the timesteps a DDIM-config
+    pipeline of that schedule samples: a DDIM config is taken as it is, any other sampler's gets SD's DDIM grid
+    (`SD_DDIM_GRID`). `overrides` go last."""
     from diffusers import DDIMScheduler
 
+    config = pipe.scheduler.config
+    grid = {} if isinstance(pipe.scheduler, DDIMScheduler) else SD_DDIM_GRID
     # DDIM clips x0 to [-1, 1] unless told not to: right for pixels, wrong for latents. SD 1.x/2.x scheduler
     # files say clip_sample: false; a config without the field (an Euler or DEIS one, as SDXL models ship)
     # would clip. A config that has it is taken as it is.
-    config = pipe.scheduler.config
     latent = {} if "clip_sample" in config else {"clip_sample": False}
+    return DDIMScheduler.from_config(config, **(grid | latent | overrides))
+
+
+def _rollout_schedule(pipe, cfg: TrainConfig) -> tuple:
+    """The DDIM scheduler the x_t rollout steps with, and the UNet's query timestep after k of its steps."""
     if not cfg.legacy_schedule:
-        ddim = DDIMScheduler.from_config(config, **latent)
+        ddim = ddim_scheduler(pipe)
         ddim.set_timesteps(cfg.rollout_steps)
         return ddim, lambda k: ddim.timesteps[k]
     # The released code builds its DDIM with the library's defaults (no offset) and reads the query
     # timestep off a 1000-step grid: 999 - floor(k * 1000 / T) for SD's 1000 training timesteps.
-    ddim = DDIMScheduler.from_config(config, timestep_spacing="leading", steps_offset=0, **latent)
+    ddim = ddim_scheduler(pipe, timestep_spacing="leading", steps_offset=0)
     ddim.set_timesteps(cfg.rollout_steps)
     n = ddim.config.num_train_timesteps
     return ddim, lambda k: torch.tensor(n - 1 - k * n // cfg.rollout_steps)

@@ -32,6 +32,7 @@ from spmbench.attacks.base import (
 )
 from spmbench.attacks.text import check_supported, encode_soft, ids_for, nearest, prompt_of, vocabulary
 from spmbench.erasers.base import require_counts, require_positive
+from spmbench.erasers.finetune import ddim_for
 
 
 @dataclass(frozen=True)
@@ -90,11 +91,18 @@ def reference(pipe, target: str, generation: Generation, settings: SoftPromptSet
     latents, timesteps, noise = [], [], []
     for _ in range(settings.timesteps):
         t = torch.randint(0, levels, (len(clean),), generator=draw)
-        x = pipe.scheduler.add_noise(clean, torch.randn(clean.shape, generator=draw).to(clean), t.to(clean.device))
+        x = noised(pipe, clean, torch.randn(clean.shape, generator=draw).to(clean), t)
         latents.append(x)
         timesteps.append(t)
         noise.append(pipe.unet(x, t.to(x.device), encoder_hidden_states=states.expand(len(x), -1, -1)).sample)
     return Reference(torch.cat(latents), torch.cat(timesteps), torch.cat(noise))
+
+
+def noised(pipe, clean: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The training q(x_t | x_0) on the pipeline's noise schedule: sqrt(abar_t) x0 + sqrt(1 - abar_t) noise. Not the
+    pipeline scheduler's own add_noise: a DPM-Solver's looks t up among its sampling timesteps and noises every
+    other t at its last one (toy world v3's pipelines); DDIM's takes any training timestep."""
+    return ddim_for(pipe).add_noise(clean, noise, t.to(clean.device))
 
 
 def defence_gamma(generate, states: torch.Tensor, ids: torch.Tensor) -> torch.Tensor | None:

@@ -11,12 +11,18 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from spm import Checkpoint, Conditioning, encode_prompts
+from spm.train import ddim_scheduler
+
+
+if TYPE_CHECKING:
+    from diffusers import DDIMScheduler
 
 
 # Why ESD and Concept Ablation refuse SD3: both are defined on a UNet's noise prediction and DDIM steps.
@@ -42,14 +48,10 @@ def unconditional(pipe) -> Conditioning:
     return empty
 
 
-def ddim_for(pipe):
-    """A DDIM scheduler on the pipeline's noise schedule. DDIM clips x0 to [-1, 1] unless told not to: right
-    for pixels, wrong for latents; SD 1.x/2.x scheduler files say clip_sample: false, an Euler config without
-    the field (as SDXL models ship) would clip, so it is turned off there (as `spm.train` does)."""
-    from diffusers import DDIMScheduler
-
-    config = pipe.scheduler.config
-    return DDIMScheduler.from_config(config, **({} if "clip_sample" in config else {"clip_sample": False}))
+def ddim_for(pipe) -> DDIMScheduler:
+    """A DDIM scheduler on the pipeline's noise schedule, on the grid a DDIM-config pipeline samples whatever
+    sampler the pipeline ships (toy world v3's DPM-Solver too), never clipping latents: `spm.train`'s."""
+    return ddim_scheduler(pipe)
 
 
 def predict(unet: nn.Module, x: torch.Tensor, t, cond: Conditioning, pixels: int) -> torch.Tensor:

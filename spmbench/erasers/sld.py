@@ -6,6 +6,10 @@ With eps_u, eps_p, eps_s the predictions for the empty, the user's and the safet
     g_safe = scale * (eps_s - eps_u) + momentum_scale * v;   v <- beta * v + (1 - beta) * g_safe
     eps    = eps_u + s * (eps_p - eps_u - [step >= warmup] * g_safe)
 
+The presets' warm-ups count steps of the paper's 50-step sampling; a generation of n steps waits the same
+fraction of its sampling (`warmup_for`), so sld-weak's 15 is 5 at toy world v3's 15 steps (unscaled, it waited
+all 15 and never acted) and 9 at world v2's 30.
+
 Implemented with a forward hook on the UNet (no pipeline fork): the hook runs the safety prompt on
 the same latents and hands the pipeline a conditional prediction eps_p - g_safe, so the pipeline's
 own classifier-free guidance yields the formula above.
@@ -28,6 +32,17 @@ import torch
 from spm import Conditioning, encode_prompts
 from spm.files import write_text_atomic
 from spmbench.erasers.base import Eraser, targets_prompt
+
+
+PAPER_STEPS = 50  # the sampling steps the presets' warm-ups were set for (SLD's paper, SD 1.x's default)
+
+
+def warmup_for(preset_warmup: int, steps: int) -> int:
+    """The warm-up of a preset at `steps` sampling steps: the same fraction of the sampling as at the paper's 50,
+    to the nearest step with halves up (never guiding before the paper's fraction), and at most steps - 1 so
+    that every preset guides at least the last step (a preset is a guidance, not a no-op)."""
+    nearest = (2 * preset_warmup * steps + PAPER_STEPS) // (2 * PAPER_STEPS)
+    return max(0, min(steps - 1, nearest))
 
 
 @dataclass(frozen=True)
@@ -55,8 +70,11 @@ class SafetyGuidance:
         self.preset, self.concept_embeds = preset, concept_embeds
         self.reset()
 
-    def reset(self) -> None:
+    def reset(self, steps: int = PAPER_STEPS) -> None:
+        """A new generation of `steps` sampling steps: step count and momentum start over, and the warm-up is the
+        preset's scaled to `steps` (`warmup`, the one in effect)."""
         self.step, self.momentum, self.busy = 0, None, False
+        self.warmup = warmup_for(self.preset.warmup_steps, steps)
 
     def safety_term(self, eps_u: torch.Tensor, eps_p: torch.Tensor, eps_s: torch.Tensor) -> torch.Tensor:
         """g_safe for this step (zero during warm-up), updating the momentum."""
@@ -69,7 +87,7 @@ class SafetyGuidance:
         momentum = torch.zeros_like(guidance) if self.momentum is None else self.momentum
         guidance = guidance + p.momentum_scale * momentum
         self.momentum = p.momentum_beta * momentum + (1 - p.momentum_beta) * guidance
-        active = self.step >= p.warmup_steps
+        active = self.step >= self.warmup
         self.step += 1
         return guidance if active else torch.zeros_like(guidance)
 
@@ -120,11 +138,14 @@ class SLD(Eraser):
         self.name = f"sld-{preset}"
 
     def fit_one(self, pipe, targets: tuple[str, ...], path: Path, resolution: int, settings) -> None:
-        """Nothing to learn; the artifact records the safety concept and preset."""
-        write_text_atomic(
-            path,
-            json.dumps({"safety_concept": targets_prompt(pipe, targets, self.name), "preset": asdict(self.preset)}),
-        )
+        """Nothing to learn; the artifact records the safety concept and preset, and that the preset's warm-up
+        counts steps of 50-step sampling (a generation's own is scaled to its steps when it runs)."""
+        record = {
+            "safety_concept": targets_prompt(pipe, targets, self.name),
+            "preset": asdict(self.preset),
+            "warmup_counts_steps_of": PAPER_STEPS,
+        }
+        write_text_atomic(path, json.dumps(record))
 
     @contextmanager
     def apply(self, pipe, artifacts: list[Path]):
@@ -137,7 +158,8 @@ class SLD(Eraser):
         def generate(prompts: list[str], **kwargs):
             if kwargs.get("guidance_scale", 7.5) <= 1:
                 raise ValueError("SLD works through classifier-free guidance: use a guidance_scale above 1")
-            guidance.reset()  # a new generation: step count and momentum start over
+            custom = kwargs.get("timesteps")  # a pipeline given its timesteps samples those; else 50 by default
+            guidance.reset(len(custom) if custom is not None else kwargs.get("num_inference_steps") or PAPER_STEPS)
             return pipe(prompts, **kwargs)
 
         generate.guidance = guidance  # the hook's state, for inspection

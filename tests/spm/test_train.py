@@ -439,3 +439,26 @@ def test_rollout_reuse_trains_sdxl_and_sd3(family, request):
     trained = spm.train(other, ["snoopy"], config=cfg, progress=False)
     ups = torch.cat([u.flatten() for _, u in trained.layers.values()])
     assert torch.isfinite(ups).all() and ups.abs().sum() > 0
+
+
+def toy3_sampler(pipe):
+    """DPM-Solver++ 2M on the pipeline's noise schedule, built as toy world v3 ships it (diffusers' defaults:
+    "linspace" spacing, no offset), and one taken from the pipeline's config."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    noise = {k: pipe.scheduler.config[k] for k in ("beta_start", "beta_end", "beta_schedule", "num_train_timesteps")}
+    built = DPMSolverMultistepScheduler(**noise, algorithm_type="dpmsolver++", solver_order=2)
+    return built, DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+
+
+def test_the_rollout_grid_is_ddims_whatever_sampler_the_pipeline_ships(pipe):
+    from spm.train import _rollout_schedule, ddim_scheduler
+
+    cfg = spm.TrainConfig(rollout_steps=10)
+    ddim_grid = _rollout_schedule(pipe, cfg)[0].timesteps.tolist()
+    assert ddim_grid == [901, 801, 701, 601, 501, 401, 301, 201, 101, 1]  # the tiny pipeline's DDIM config
+    for sampler in toy3_sampler(pipe):
+        pipe.scheduler = sampler
+        assert _rollout_schedule(pipe, cfg)[0].timesteps.tolist() == ddim_grid
+        assert ddim_scheduler(pipe).config.clip_sample is False
+    assert toy3_sampler(pipe)[0].config.steps_offset == 0  # the built one would have given 900, ..., 0 unfixed

@@ -287,3 +287,23 @@ def test_found_prompts_are_generated_with_the_applications_seeds_and_their_own_n
     assert [r.prompt_id for r in own] == [r.prompt_id for r in shared]  # the same rows, each its own noise
     assert [r.seed for r in own] == [own_noise.image_seed(r.seed, r.prompt) for r in shared]
     assert len({r.seed for r in own}) == 4
+
+
+def test_the_reference_is_noised_at_its_own_timestep_under_a_dpm_solver_pipeline(pipe):
+    """A DPM-Solver's add_noise noises any t outside its sampling timesteps at its last one (toy world v3's
+    pipelines): the reference follows q(x_t | x_0) on the pipeline's noise schedule at every t instead."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    from spmbench.attacks.uda import noised
+
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    pipe.scheduler.set_timesteps(15)  # as the reference's generation leaves it
+    draw = torch.Generator().manual_seed(0)
+    clean, eps = torch.randn(2, 4, 8, 8, generator=draw), torch.randn(2, 4, 8, 8, generator=draw)
+    abar = pipe.scheduler.alphas_cumprod
+    outputs = []
+    for t in (100, 900):
+        x = noised(pipe, clean, eps, torch.tensor([t, t]))
+        torch.testing.assert_close(x, abar[t].sqrt() * clean + (1 - abar[t]).sqrt() * eps)
+        outputs.append(x)
+    assert not torch.allclose(*outputs, atol=1e-2)

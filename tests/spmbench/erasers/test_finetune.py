@@ -92,3 +92,20 @@ def test_same_seed_same_fit_and_a_resumed_fit_equals_an_uninterrupted_one(name, 
     assert all(torch.allclose(deltas[k], resumed[k]) for k in deltas)
     with pytest.raises(ValueError, match="other settings"):
         eraser.train(pipe, ("snoopy", "mickey"), 16, dataclasses.replace(cfg, seed=1), checkpoint)
+
+
+def test_ddim_for_samples_the_ddim_grid_under_a_dpm_solver_pipeline(pipe):
+    """Toy world v3 ships DPM-Solver++ ("linspace", no offset): ESD's and CA's rollouts still take the grid the
+    same noise schedule's DDIM config gives (901, 801, ..., 1 at 10 steps)."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    from spmbench.erasers.finetune import ddim_for
+
+    expected = ddim_for(pipe)
+    expected.set_timesteps(10)
+    noise = {k: pipe.scheduler.config[k] for k in ("beta_start", "beta_end", "beta_schedule", "num_train_timesteps")}
+    pipe.scheduler = DPMSolverMultistepScheduler(**noise, algorithm_type="dpmsolver++", solver_order=2)
+    ddim = ddim_for(pipe)
+    ddim.set_timesteps(10)
+    assert expected.timesteps.tolist() == ddim.timesteps.tolist() == list(range(901, 0, -100))
+    assert torch.equal(ddim.alphas_cumprod, expected.alphas_cumprod)
