@@ -23,16 +23,18 @@ from spmbench.toy import world as w
 from spmbench.toy.measure import (
     CardRun,
     JudgeHeads,
-    card_run,
+    card_runs,
     head_accuracy,
-    measured_key,
     render_accuracy,
+    sampler_text,
     save_grid,
     stages_folder,
 )
 from spmbench.toy.train import stages_of_world
 
 
+# The prompt habit each model is asked in: its own dialect's.
+MODEL_DIALECTS = {"toy-base": "base", "toy-pastel": "pastel", "toy-verbose": "verbose"}
 EVAL_SEED = 10_000  # training streams are seeded with small integers; this one is disjoint
 KINDS = ("object", "styled", "character", "animal", "person", "explicit_named", "implicit")
 # Which judge heads must be right for each prompt kind.
@@ -349,6 +351,7 @@ def write_card(
     train_info: dict,
     judge_vae: dict | None = None,
     sweep: dict[float, dict] | None = None,
+    sampler: str = "DDIMScheduler",
 ) -> None:
     lines = [
         "# The toy world: model card",
@@ -369,6 +372,7 @@ def write_card(
             settings,
             ("kind", ", fresh prompts and seeds"),
             ("prompt kind", "reports/toyworld/{name}_<kind>.png"),
+            sampler,
         ),
     ]
     write_text_atomic(path, "\n".join(lines) + "\n")
@@ -406,18 +410,17 @@ def build_card(
     net, judge_acc, judge_vae = measure_judge(weights, settings.judge_images, judge_accuracy)
     grids_dir = report.parent / "toyworld"
     grids_dir.mkdir(parents=True, exist_ok=True)
-    judge, per_model, sweep = JudgeHeads(net, device), {}, {}
+    judge, per_model, sweep, samplers = JudgeHeads(net, device), {}, {}, {}
+    habits = {name: data.DIALECTS[dialect] for name, dialect in MODEL_DIALECTS.items()}
     with stages_folder(workdir) as stages:
-        for name, dialect in (("toy-base", "base"), ("toy-pastel", "pastel"), ("toy-verbose", "verbose")):
-            if not (weights / name / "model_index.json").exists():
-                continue
-            model_stages = stages / measured_key(weights / name, settings)
-            run = card_run(weights, name, data.DIALECTS[dialect], settings, judge, model_stages / "card", device)
-            per_model[name] = evaluate_model(run, settings, grids_dir)
-            if name == "toy-base":
+        for run, model_stages in card_runs(weights, habits, settings, judge, stages, device):
+            per_model[run.model.name] = evaluate_model(run, settings, grids_dir)
+            samplers[run.model.name] = type(run.pipe.scheduler).__name__
+            if run.model.name == "toy-base":
                 sweep = guidance_sweep(run, settings, model_stages)
     train_info = read_training_info(weights)
     if (weights / "gpu_training.json").exists():  # a GPU run's measurements (not these weights' run)
         train_info["gpu_run"] = json.loads((weights / "gpu_training.json").read_text())
-    write_card(report, judge_acc, per_model, settings, train_info, judge_vae, sweep)
+    write_card(report, judge_acc, per_model, settings, train_info, judge_vae, sweep,
+               sampler_text(samplers, "DDIMScheduler"))  # fmt: skip
     return {"judge": judge_acc, "models": per_model}

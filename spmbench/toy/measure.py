@@ -45,14 +45,21 @@ def stages_folder(workdir: Path | None) -> Iterator[Path]:
         yield Path(tmp)
 
 
-def measured_key(model_dir: Path, settings: CardSettings) -> str:
+def measured_key(model_dir: Path, settings: CardSettings, judge_dir: Path) -> str:
     """A model's folder name in a kept workdir: its name and a digest of its folder's files (weights,
-    scheduler, configs) and the card's settings, so that retrained weights, another sampler or other settings
-    are measured afresh, never read stale."""
+    scheduler, configs), the judge's files and the card's settings, so that retrained weights, another
+    sampler, a retrained judge or other settings are measured afresh, never read stale."""
     digest = hashlib.sha256(json.dumps(asdict(settings), sort_keys=True).encode())
-    for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(model_dir).as_posix().encode() + path.read_bytes())
+    for label, folder in (("model", model_dir), ("judge", judge_dir)):
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            digest.update(f"{label}/{path.relative_to(folder).as_posix()}".encode() + path.read_bytes())
     return f"{model_dir.name}-{digest.hexdigest()[:16]}"
+
+
+def row_id(group: str, i: int, prompt: str, seed: int) -> str:
+    """A card image's prompt id: its group, place and a short hash of its prompt and seed, so that a card
+    whose prompts change generates them afresh instead of reading another prompt's image."""
+    return f"{group}-{i}-{hashlib.sha256(f'{seed} {prompt}'.encode()).hexdigest()[:8]}"
 
 
 @torch.no_grad()
@@ -105,9 +112,9 @@ class CardRun:
         return Cell(self.model, (), "none", self.run_dir)
 
     def judged_heads(self, group: str, prompts: list[str], seed: int) -> tuple[list[dict[str, int]], list[Path]]:
-        """Generate prompts[i] with seed `seed + i` (rows `<group>-<i>`), judge them; per image the
-        judged class per head, and the image files."""
-        rows = [PromptRow(f"{group}-{i}", group, "", p, seed + i) for i, p in enumerate(prompts)]
+        """Generate prompts[i] with seed `seed + i` (rows `row_id`), judge them; per image the judged class
+        per head, and the image files."""
+        rows = [PromptRow(row_id(group, i, p, seed + i), group, "", p, seed + i) for i, p in enumerate(prompts)]
         generate_cell(self.pipe, ERASERS.get("none"), [], rows, self.cell, self.batch_size)
         judged = {s["prompt_id"]: s["heads"] for s in score_cell(self.judge, rows, self.cell)}
         return [judged[r.prompt_id] for r in rows], [self.cell.image(r) for r in rows]
@@ -126,6 +133,28 @@ def card_run(
                       caption_suffix=habits["suffix"])  # fmt: skip
     pipe = model.load(device)
     return CardRun(pipe, replace(model, resolution=native_resolution(pipe)), judge, run_dir, settings.batch_size)
+
+
+def card_runs(
+    weights: Path, habits: dict[str, dict], settings: CardSettings, judge: JudgeHeads, stages: Path, device: str
+) -> Iterator[tuple[CardRun, Path]]:
+    """Each model of `habits` (name: its caption habits) that `weights` holds, loaded in turn as a CardRun
+    generating into <stages>/<measured_key>/card; with that model's folder, for its other measurements."""
+    for name, model_habits in habits.items():
+        if (weights / name / "model_index.json").exists():
+            model_stages = stages / measured_key(weights / name, settings, weights / "judge")
+            yield card_run(weights, name, model_habits, settings, judge, model_stages / "card", device), model_stages
+
+
+def sampler_text(samplers: dict[str, str], default: str) -> str:
+    """The scheduler the measured models sampled with (`samplers`: model name: scheduler class); where they
+    differ, each with its models; `default` where none was measured."""
+    models_of: dict[str, list[str]] = {}
+    for name, sampler in samplers.items():
+        models_of.setdefault(sampler, []).append(name)
+    if len(models_of) <= 1:
+        return next(iter(models_of), default)
+    return "; ".join(f"{sampler} ({', '.join(names)})" for sampler, names in models_of.items())
 
 
 def head_accuracy(

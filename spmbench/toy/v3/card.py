@@ -30,10 +30,10 @@ from spmbench.toy.card import (
 from spmbench.toy.measure import (
     CardRun,
     JudgeHeads,
-    card_run,
+    card_runs,
     head_accuracy,
-    measured_key,
     render_accuracy,
+    sampler_text,
     save_grid,
     stages_folder,
 )
@@ -203,7 +203,8 @@ def contents_lines() -> list[str]:
 
 
 def write_card(path: Path, judge_acc: dict, per_model: dict, settings: CardSettings, train_info: dict,
-               judge_vae: dict | None = None) -> None:  # fmt: skip
+               judge_vae: dict | None = None, sampler: str = WORLD.sampler) -> None:  # fmt: skip
+    """The card; `sampler`: what the measured models sampled with (sampler_text), the world's where not given."""
     lines = [
         "# Toy world v3: model card",
         "",
@@ -218,7 +219,7 @@ def write_card(path: Path, judge_acc: dict, per_model: dict, settings: CardSetti
             settings,
             ("caption form and split", ""),
             ("caption form (split)", f"{path.with_suffix('').name}/{{name}}_<form>.png"),
-            WORLD.sampler,
+            sampler,
         ),
     ]
     write_text_atomic(path, "\n".join(lines) + "\n")
@@ -234,13 +235,12 @@ def build_card(
     net, judge_acc, judge_vae = measure_judge(weights, settings.judge_images, judge_accuracy)
     grids_dir = report.parent / report.with_suffix("").name
     grids_dir.mkdir(parents=True, exist_ok=True)
-    judge, per_model = JudgeHeads(net, device), {}
-    with stages_folder(workdir) as stages:
-        for name in WORLD.models():
-            if (weights / name / "model_index.json").exists():
-                habits = data.DIALECTS[MODEL_DIALECTS[name]]
-                run = card_run(weights, name, habits, settings, judge, stages / measured_key(weights / name, settings),
-                               device)  # fmt: skip
-                per_model[name] = evaluate_model(run, settings, grids_dir)
-    write_card(report, judge_acc, per_model, settings, read_training_info(weights), judge_vae)
+    judge, per_model, samplers = JudgeHeads(net, device), {}, {}
+    habits = {name: data.DIALECTS[MODEL_DIALECTS[name]] for name in WORLD.models()}
+    with stages_folder(workdir) as stages:  # --weights may hold models saved with another sampler than the world's
+        for run, _ in card_runs(weights, habits, settings, judge, stages, device):
+            per_model[run.model.name] = evaluate_model(run, settings, grids_dir)
+            samplers[run.model.name] = type(run.pipe.scheduler).__name__
+    write_card(report, judge_acc, per_model, settings, read_training_info(weights), judge_vae,
+               sampler_text(samplers, WORLD.sampler))  # fmt: skip
     return {"judge": judge_acc, "models": per_model}
