@@ -450,3 +450,17 @@ def test_fit_seeds_that_cannot_be_run_are_one_line_errors(toy_weights, tmp_path,
                     "--out", tmp_path / "runs", "--dry-run")  # fmt: skip
     assert result.exit_code != 0 and re.search(message, result.output), result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_result_records_the_sampler_its_model_loaded_and_the_table_names_it(run_real_app, tmp_path):
+    """A tiny SDXL samples with Euler: the result says so rather than assuming DDIM, and so does the caption."""
+    from tests.spmbench.judges.conftest import save_tiny_clip
+
+    clip = save_tiny_clip(tmp_path / "clip")
+    result, runs, reports = run_real_app("real-concept", "--clip-model", str(clip), limit=1,
+                                         erasers="none,negprompt", model="tiny-xl")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    stored = [json.loads(p.read_text()) for p in runs.glob("cells/tiny-xl/*/*/result.json")]
+    assert {r["eraser"] for r in stored} == {"none", "negprompt"}
+    assert {r["settings"]["sampler"] for r in stored} == {"EulerDiscreteScheduler"}
+    assert "EulerDiscrete 2 steps" in (reports / "real-concept.md").read_text()
