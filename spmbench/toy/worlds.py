@@ -28,7 +28,7 @@ class World:
     # How the world's models sample (saved in each pipeline folder): a diffusers scheduler on SD's noise
     # schedule, and its steps. World 3 samples with DPM-Solver++ (2M) in 15 steps: on its base, at 192
     # prompts per caption form, judged the same as DDIM's 30 steps (every difference within 6 of 192 images)
-    # in 0.54x the time (bench/bench_toy_sampler.py). World 2 keeps DDIM 30: its tables were made so.
+    # in 0.53x the time (bench/bench_toy_sampler.py). World 2 keeps DDIM 30: its tables were made so.
     sampler: str = "DDIMScheduler"
     sampling_steps: int = 30
 
