@@ -24,12 +24,21 @@ from pathlib import Path
 
 import torch
 
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_pipeline_overhead import (  # noqa: E402
+    UNetTimer,
+    environment,
+    load,
+    prompts_for,
+    random_spms,
+    timed_call,
+    write_atomic,
+)  # fmt: skip
+
 import spm  # noqa: E402
 import spm.layers as layers_module  # noqa: E402
-from bench_pipeline_overhead import (  # noqa: E402
-    UNetTimer, environment, load, prompts_for, random_spms, timed_call, write_atomic,
-)  # fmt: skip
+
 
 # path -> (FOLD_RATIO, FOLD_BYTES); None keeps the shipped value
 PATHS = {"rule": (None, None), "branch": (0.0, 0), "fold": (1e9, 2**40)}
