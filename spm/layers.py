@@ -113,6 +113,7 @@ class MembraneLayer(nn.Module):
         self._packed: tuple | None = None  # (key, down, up, owner, row_scale), see packed()
         self._coeff: tuple | None = None  # (key, coeff), see _coefficients()
         self._factors: list[nn.Parameter] = []
+        self._watched: list[torch.Tensor] = []
 
     @property
     def is_conv(self) -> bool:
@@ -134,6 +135,7 @@ class MembraneLayer(nn.Module):
         self._packed = None
         # A plain list of the factors: iterating the ParameterLists costs ~4 us per factor, on every forward.
         self._factors = [*self.down, *self.up]
+        self._watched = [self.base_layer.weight, *self._factors]  # what a plan depends on (see _plan_key)
 
     def packed(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """All branches side by side: down (R, in...), up (out, R...), each rank row's branch index and scale.
@@ -150,9 +152,10 @@ class MembraneLayer(nn.Module):
         self._coeff = None  # derived from the factors being rebuilt
         self._cache_fold(None)
         down, up = torch.cat(list(self.down)), torch.cat(list(self.up), dim=1)
-        owner = torch.cat([torch.full((d.shape[0],), i) for i, d in enumerate(self.down)])
-        row_scale = torch.tensor(self.scales, dtype=down.dtype)[owner].to(down.device)
-        owner = owner.to(down.device)
+        # Filled on the device (no host-to-device copy, which on CUDA waits for the queued kernels).
+        ranks = [(d.shape[0], i, s) for i, (d, s) in enumerate(zip(self.down, self.scales))]
+        owner = torch.cat([torch.full((r,), i, device=down.device) for r, i, _ in ranks])
+        row_scale = torch.cat([torch.full((r,), s, dtype=down.dtype, device=down.device) for r, _, s in ranks])
         self._packed = None if trainable else (key, down, up, owner, row_scale)
         return down, up, owner, row_scale
 
@@ -167,30 +170,34 @@ class MembraneLayer(nn.Module):
         return delta
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.down:
+        if not self._factors:
             return self.base_layer(x)
-        if self.state.legacy:
-            gamma = self.state.for_batch(x.shape[0], len(self.down), x.device, x.dtype)
+        state = self.state
+        if state.legacy:
+            gamma = state.for_batch(x.shape[0], len(self.down), x.device, x.dtype)
             return self.base_layer(x) + self._legacy_branch(x, gamma)
         # The denoising steps of a call repeat the same layer work: the first one plans it (fold or branch), the
-        # others look the plan up, checking only what could have changed since (the batch, grad mode, in-place
-        # edits of the factors or the base weight), so a layer costs no more Python than a few attribute reads.
+        # others look the plan up, checking only what could have changed since (the input's shape, dtype and
+        # device, grad mode, moves and in-place edits of the factors or the base weight). A planned step runs a
+        # closure over bound tensors: on a GPU the bare pipeline is host-bound at small batches (bench/
+        # probe_overhead_paths.py), so every microsecond of Python per layer shows in the wall time.
         key = self._plan_key(x)
-        plan = self.state.plans.get(id(self))
+        plan = state.plans.get(id(self))
         if plan is not None and plan[0] == key:
             return plan[1](x)
         run = self._plan(x)
         if run is not None:
-            self.state.plans[id(self)] = (key, run)
+            state.plans[id(self)] = (key, run)
             return run(x)
         down, up, owner, row_scale = self.packed()  # trainable factors, with grad: rebuilt so gradients reach them
-        gamma = self.state.for_batch(x.shape[0], len(self.down), x.device, x.dtype)
+        gamma = state.for_batch(x.shape[0], len(self.down), x.device, x.dtype)
         return self._branch_forward(x, down, up, self._coefficients(gamma, owner, row_scale))
 
     def _plan_key(self, x: torch.Tensor) -> tuple:
-        base = self.base_layer.weight
-        factors = tuple((p.data_ptr(), p._version, p.requires_grad) for p in self._factors)
-        return (x.shape[0], x.dtype, x.device, torch.is_grad_enabled(), base.data_ptr(), base._version, factors)
+        return (
+            x.shape, x.dtype, x.device, torch.is_grad_enabled(),
+            *[(p.data_ptr(), p._version, p.requires_grad) for p in self._watched],
+        )  # fmt: skip
 
     def _plan(self, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """How this call's rows of x's shape run, with what it needs bound (folded weights, coefficients); None
@@ -201,10 +208,29 @@ class MembraneLayer(nn.Module):
         down, up, owner, row_scale = self.packed()
         coeff = self._coefficients(gamma, owner, row_scale)
         if self.state.uniform:
-            return partial(self._merged_forward, weight=self._folded_once(coeff, down, up))
+            return self._merged_run(self._folded_once(coeff, down, up))
         if self._per_row_fold_pays(x, down.shape[0]):
-            return partial(self._per_row_forward, weights=self._folded_per_row(coeff, down, up))
-        return partial(self._branch_scaled, down=down, scaled_up=self._scaled_up(up, coeff))
+            return self._per_row_run(x, self._folded_per_row(coeff, down, up))
+        return self._branch_run(x, down, self._scaled_up(up, coeff))
+
+    def _branch_run(self, x: torch.Tensor, down, scaled_up: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """_branch_scaled bound for x's shape; a Linear as two products and an in-place multiply-add over bound
+        tensors (rank 1, the common case, as a broadcast outer product)."""
+        base = self.base_layer
+        if self.is_conv:
+            return partial(self._branch_scaled, down=down, scaled_up=scaled_up)
+        weight, bias, n, rank = base.weight, base.bias, x.shape[0], down.shape[0]
+        if rank == 1:
+            scale = scaled_up.view(n, *([1] * (x.dim() - 2)), -1)
+            return lambda x: F.linear(x, weight, bias).addcmul_(F.linear(x, down), scale)
+        rows, outs = (n, -1, rank), (n, -1, weight.shape[0])
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            y = F.linear(x, weight, bias)
+            y.view(outs).baddbmm_(F.linear(x, down).view(rows), scaled_up)
+            return y
+
+        return run
 
     def _coefficients(self, gamma, owner, row_scale) -> torch.Tensor:
         """Each row's weight per rank row (N, R): gamma of the row's prompt for the rank row's SPM, times its scale.
@@ -313,12 +339,15 @@ class MembraneLayer(nn.Module):
         base = self.base_layer.weight
         return (self.state.version, base.data_ptr(), base._version, base.dtype, base.device, rows)
 
-    def _merged_forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """One permeability for the whole batch: the rank-R update folded into the weight."""
+    def _merged_run(self, weight: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """One permeability for the whole batch: the rank-R update folded into the weight, the layer's own op."""
         base = self.base_layer
         if self.is_conv:
-            return F.conv2d(x, weight, base.bias, base.stride, base.padding, base.dilation, base.groups)
-        return F.linear(x, weight, base.bias)
+            return partial(
+                F.conv2d, weight=weight, bias=base.bias, stride=base.stride, padding=base.padding,
+                dilation=base.dilation, groups=base.groups,
+            )  # fmt: skip
+        return partial(F.linear, weight=weight, bias=base.bias)
 
     def _per_row_fold_pays(self, x: torch.Tensor, rank: int) -> bool:
         """Whether this call runs the layer on per-row folded weights: a pointwise layer where reading a folded
@@ -339,21 +368,21 @@ class MembraneLayer(nn.Module):
         nbytes = x.shape[0] * base.numel() * base.element_size()
         return self.state.folded_bytes + nbytes <= FOLD_BYTES
 
-    def _per_row_forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """Each row times its own folded weight: one batched matmul(-add) over the N rows."""
-        base = self.base_layer
-        n = x.shape[0]
-        if self.is_conv:
-            x3 = x.reshape(n, x.shape[1], -1)  # (N, in, HW)
-            y = (
-                weights @ x3
-                if base.bias is None
-                else torch.baddbmm(base.bias[:, None].expand(n, -1, x3.shape[2]), weights, x3)
-            )
-            return y.view(n, -1, *x.shape[2:])
-        x3 = x.reshape(n, -1, x.shape[-1])  # (N, tokens, in)
-        y = x3 @ weights if base.bias is None else torch.baddbmm(base.bias.expand(n, x3.shape[1], -1), x3, weights)
-        return y.view(*x.shape[:-1], -1)
+    def _per_row_run(self, x: torch.Tensor, weights: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Each row times its own folded weight: one batched matmul(-add) over the N rows of x's shape, the bias
+        broadcast by the product itself (no expanded copy)."""
+        bias = self.base_layer.bias
+        n, out = x.shape[0], weights.shape[1 if self.is_conv else 2]
+        if self.is_conv:  # (N, out, in) @ (N, in, HW)
+            shape, rows = (n, out, *x.shape[2:]), (n, x.shape[1], -1)
+            bias = None if bias is None else bias[:, None]
+            if bias is None:
+                return lambda x: torch.bmm(weights, x.reshape(rows)).view(shape)
+            return lambda x: torch.baddbmm(bias, weights, x.reshape(rows)).view(shape)
+        shape, rows = (*x.shape[:-1], out), (n, -1, x.shape[-1])  # (N, tokens, in) @ (N, in, out)
+        if bias is None:
+            return lambda x: torch.bmm(x.reshape(rows), weights).view(shape)
+        return lambda x: torch.baddbmm(bias, x.reshape(rows), weights).view(shape)
 
     def _legacy_branch(self, x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
         """The released code: s * (sum_i gamma_i U_i)(sum_j gamma_j D_j x): gamma^2 and cross terms."""

@@ -115,6 +115,7 @@ class AttachedSPMs:
             for spm in self.spms:
                 down, up = spm.layers[name]
                 wrapper.add_branch(down, up, spm.scale)
+            wrapper.packed()  # the one-off packing at attach, not in the first generation's first step
             _set_module(self.unet, self.paths[name], wrapper)
 
     @property

@@ -200,6 +200,35 @@ def test_per_row_gammas_equal_the_definition_on_both_paths(kind, k, gammas, copi
 
 
 @pytest.mark.parametrize("kind", ["linear", "conv"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("path", ["per-row fold", "branch", "one permeability"])
+def test_a_plan_bound_to_one_input_shape_is_made_afresh_for_another(kind, bias, path, monkeypatch):
+    """A planned step runs a closure bound to the input's shape: the same permeability at other token counts
+    (another resolution in one permeable() block) is planned again, and every plan equals the definition."""
+    base, layer, state, branches = make_layer(kind, k=1)
+    if not bias:
+        base.bias = None
+        base.register_parameter("bias", None)
+    if path == "per-row fold":
+        monkeypatch.setattr("spm.layers.FOLD_RATIO", 1e9)
+    elif path == "branch":
+        monkeypatch.setattr("spm.layers.FOLD_BYTES", 0)
+    gamma = torch.tensor([[0.5], [0.5]]) if path == "one permeability" else torch.tensor([[0.3], [0.9]])
+    state.gamma = gamma
+    shapes = [(4, 7, 6), (4, 3, 6), (4, 7, 6)] if kind == "linear" else [(4, 6, 3, 3), (4, 6, 2, 5), (4, 6, 3, 3)]
+    reference_base = nn.Linear(6, 5) if kind == "linear" else nn.Conv2d(6, 5, 1)
+    reference_base.load_state_dict(base.state_dict(), strict=False)
+    if not bias:
+        reference_base.bias.data.zero_()
+    with torch.no_grad():
+        for shape in shapes:
+            x = torch.randn(shape)
+            for _ in range(2):  # planned, then run from the plan
+                expected = per_row_reference(reference_base, branches, gamma, x)
+                torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
 def test_the_trainable_branch_equals_the_definition_and_gets_gradients(kind):
     base, layer, state, branches = make_layer(kind, k=2)
     for p in [*layer.down, *layer.up]:
