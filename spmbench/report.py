@@ -185,7 +185,8 @@ def _add_fit_spread(table: pd.DataFrame) -> None:
 
 def _primary(table: pd.DataFrame) -> pd.DataFrame:
     """The rows the tables show: every eraser's own, its later fit seeds folded into them (fits_*)."""
-    return table[table["eraser"].map(lambda name: fit_seed_of(name)[1] is None)]
+    # astype(bool): an empty mask of dtype object would select columns, not rows (a run of the original alone)
+    return table[table["eraser"].map(lambda name: fit_seed_of(name)[1] is None).astype(bool)]
 
 
 def _same_version(app: Application | None, stored: list[Result]) -> Application | None:
@@ -617,6 +618,16 @@ def markdown(app: Application, data) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _original_only(stored: list[Result]) -> str:
+    """What a run of the original model alone (`--erasers none`) measured: the table's rows are erasers'."""
+    lines = ["", "No eraser was run, so the table has no rows. The original model's judged-present rates (values only;"
+             " the intervals come with an eraser's rows, beside which they are shown in brackets):", ""]  # fmt: skip
+    for r in sorted((r for r in stored if r.eraser == "none"), key=lambda r: r.model):
+        rates = ", ".join(f"{name} {value:.3f}" for name, value in r.rates.items())
+        lines.append(f"- {r.model}: {rates} ({r.rows} images)")
+    return "\n".join(lines) + "\n"
+
+
 def _csv_value(measure_unit: str, value) -> str:
     if not _has(value):
         return ""
@@ -650,10 +661,11 @@ def csv_text(data) -> str:
 
 
 def write_reports(app: Application, run_dir: Path, out_dir: Path) -> list[Path]:
-    table = frame(load_results(run_dir), run_dir, app)
+    stored = load_results(run_dir)
+    table = frame(stored, run_dir, app)
     out_dir.mkdir(parents=True, exist_ok=True)
     md, text = out_dir / f"{app.name}.md", out_dir / f"{app.name}.csv"
-    write_text_atomic(md, markdown(app, table))
+    write_text_atomic(md, markdown(app, table) + (_original_only(stored) if _primary(table).empty else ""))
     write_text_atomic(text, csv_text(table))
     tex, plot = out_dir / f"{app.name}.tex", out_dir / f"{app.name}_tradeoff.svg"
     write_text_atomic(tex, latex(app, table))

@@ -339,3 +339,18 @@ def test_alteration_against_the_number_of_targets_is_plotted_beside_the_rates():
     # panels: target, near, the paired distance (over its largest value), fit seconds
     assert svg.count("k targets") == 4 and "paired_feature_distance, max 0.4" in svg
     assert "<title>spm, k=1: 0.25</title>" in svg  # 0.1 of the largest, 0.4
+
+
+def test_a_run_of_the_original_alone_reports_its_rates(tmp_path, monkeypatch):
+    """`run --erasers none`: no eraser row, and the report says so with the original's rates (it once failed
+    writing the report: an empty mask selected columns, not rows)."""
+    run_dir, app = write_run(
+        tmp_path, monkeypatch, {"none": {"target": [True] * 7 + [False] * 3, "near": [True] * 10}}
+    )
+    from spmbench import report
+
+    written = report.write_reports(app, run_dir, tmp_path / "reports")
+    text = written[0].read_text()
+    assert "No eraser was run" in text
+    assert "- toy-base: target 0.700, near 1.000 (2 images)" in text
+    assert report.results(run_dir).empty
