@@ -207,7 +207,10 @@ def test_a_rate_scales_with_the_models_sampling_steps():
 
 
 def test_the_shipped_rates_load_and_an_ablation_reads_its_variants_settings():
-    assert {(r.family, r.resolution) for r in paper.load_rates()} == {("toy", 32)}
+    rates = {(r.family, r.resolution): r for r in paper.load_rates()}
+    assert set(rates) == {("toy", 32), ("sd1", 512)}
+    sd15 = load_models().get("sd15")  # a real model's image rate scales by its sampling steps from the measured 20
+    assert rates["sd1", 512].per_image(sd15) == pytest.approx(0.80 * sd15.num_inference_steps / 20)
     noanchor = ERASERS.get("spm-noanchor")
     assert (noanchor.fit_key, noanchor.settings_key, dict(noanchor.overrides)) == (
         "spm-noanchor",
