@@ -20,16 +20,18 @@
 #
 # Estimates on one H200 (GPU mode; the time limit of each step in brackets, cut to what is left of the budget):
 #   setup (wheels, versions)                                                           ~15 s
-#   1. inference overhead, SD 1.5 architecture, 512 px, fp16, batch 2 and 8, 1/5/20 SPMs ~60 s  [120 s]
+#   1. inference overhead, SD 1.5 architecture, 512 px, fp16, batch 2 and 8, 1/5/20 SPMs ~90 s  [120 s]
+#   1b. the same per forced membrane path, and one UNet forward profiled per path     ~75 s   [120 s]
 #   2. training, SD 1.5 architecture, fp32: reference vs spm.train (+ bf16, + rollout_reuse 10),
-#      2 rounds of 10 iterations per loop (10 so that one reused rollout is amortised) ~120 s [180 s]
+#      2 rounds of 10 iterations per loop (10 so that one reused rollout is amortised) ~180 s [180 s]
 #   3. suite throughput, SD 1.5 architecture, 512 px: side by side + real-object e2e  ~185 s  [240 s]
 #   4. inference overhead, SDXL architecture, 1024 px, fp16, 1 and 20 SPMs, 3 rounds  ~90 s   [150 s]
 #   5. training, SDXL architecture, 1024 px, fp32, 2 rounds of 1 iteration per loop   ~150 s  [rest]
 #      (about 55 sample-forwards of SDXL in fp32 per iteration; if 6 rows with grad at 1024 px run out of
 #      memory, which takes ~40 s to find out, 5b runs it at 512 px, 2 rounds of 2 iterations: ~60 s)
-#   total                                                                         ~600 s: the SDXL steps (issues
-#   already resolved) are last and are cut first; steps 1-3 are issue 21's targets
+#   total                                                                         ~700 s: the budget cuts the
+#   last steps first (the SDXL ones, whose issues are resolved); steps 1-3 are issue 21's targets. Measured on
+#   2026-11-30 (H200): step 1 89 s, step 2 cut at 180 s after one round, step 3 168 s, 1b alone 72 s.
 # Step 5 is last because its cost is the least certain; it writes its report after every round, so a cut
 # leaves the rounds it finished.
 set -u
@@ -93,7 +95,7 @@ pack() {
   cp "$SUMMARY" "$OUT/" 2>/dev/null
   cat "$LOGS"/*.log >"$OUT/gpu_session.log" 2>/dev/null
   tar czf "$OUT/gpu_session.tar.gz" "$SUMMARY" "$LOGS" "$RESULTS"/training_* "$RESULTS"/pipeline_overhead_sdxl* \
-    "$RESULTS"/pipeline_overhead_sd15* "$RESULTS"/suite_throughput_* 2>/dev/null
+    "$RESULTS"/pipeline_overhead_sd15* "$RESULTS"/overhead_paths_* "$RESULTS"/suite_throughput_* 2>/dev/null
   return 0
 }
 trap pack EXIT
@@ -147,6 +149,9 @@ if [ "$MODE" = gpu ]; then
   step overhead-sd15 60 120 "$R/pipeline_overhead_sd15_cuda" -- \
     "$PY" bench/bench_pipeline_overhead.py --model sd15 --device cuda --dtype float16 --prompts 2,8 --ks 1,5,20 \
     --steps 20 --rounds 3 --out "$R/pipeline_overhead_sd15_cuda"
+  step probe-paths-sd15 75 120 "$R/overhead_paths_sd15_cuda" -- \
+    "$PY" bench/probe_overhead_paths.py --model sd15 --device cuda --dtype float16 --prompts 2,8 --ks 1,20 \
+    --steps 10 --rounds 2 --out "$R/overhead_paths_sd15_cuda"
   step training-sd15 120 180 "$R/training_sd15_cuda" -- \
     "$PY" bench/bench_training.py --model sd15 --device cuda --iterations 10 --rounds 2 --also-bf16 \
     --variant rollout_reuse=10 --out "$R/training_sd15_cuda"
@@ -168,6 +173,9 @@ else
   step overhead-sd15 60 900 "$R/pipeline_overhead_sd15-tiny_cpu" -- \
     "$PY" bench/bench_pipeline_overhead.py --model sd15-tiny --prompts 2 --ks 1,20 --steps 2 --rounds 1 \
     --threads 1 --out "$R/pipeline_overhead_sd15-tiny_cpu"
+  step probe-paths-sd15 60 900 "$R/overhead_paths_sd15-tiny_cpu" -- \
+    "$PY" bench/probe_overhead_paths.py --model sd15-tiny --prompts 2 --ks 1 --steps 2 --rounds 1 --threads 1 \
+    --out "$R/overhead_paths_sd15-tiny_cpu"
   step training-sd15 60 900 "$R/training_sd15-tiny_cpu" -- \
     "$PY" bench/bench_training.py --model sd15-tiny --iterations 2 --rounds 1 --also-bf16 --rollout-steps 4 \
     --variant rollout_reuse=2 --resolutions 64 --threads 1 --out "$R/training_sd15-tiny_cpu"
