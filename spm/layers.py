@@ -113,7 +113,6 @@ class MembraneLayer(nn.Module):
         self._packed: tuple | None = None  # (key, down, up, owner, row_scale), see packed()
         self._coeff: tuple | None = None  # (key, coeff), see _coefficients()
         self._factors: list[nn.Parameter] = []
-        self._watched: list[torch.Tensor] = []
 
     @property
     def is_conv(self) -> bool:
@@ -135,7 +134,6 @@ class MembraneLayer(nn.Module):
         self._packed = None
         # A plain list of the factors: iterating the ParameterLists costs ~4 us per factor, on every forward.
         self._factors = [*self.down, *self.up]
-        self._watched = [self.base_layer.weight, *self._factors]  # what a plan depends on (see _plan_key)
 
     def packed(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """All branches side by side: down (R, in...), up (out, R...), each rank row's branch index and scale.
@@ -194,9 +192,14 @@ class MembraneLayer(nn.Module):
         return self._branch_forward(x, down, up, self._coefficients(gamma, owner, row_scale))
 
     def _plan_key(self, x: torch.Tensor) -> tuple:
+        # The base weight and bias are read afresh: a tensor put in their place (load_state_dict(assign=True),
+        # torch.func.functional_call, offloading hooks) has another data pointer, so the call is planned again.
+        base = self.base_layer
+        weight, bias = base.weight, base.bias
         return (
-            x.shape, x.dtype, x.device, torch.is_grad_enabled(),
-            *[(p.data_ptr(), p._version, p.requires_grad) for p in self._watched],
+            x.shape, x.dtype, x.device, torch.is_grad_enabled(), weight.data_ptr(), weight._version,
+            None if bias is None else (bias.data_ptr(), bias._version),
+            *[(p.data_ptr(), p._version, p.requires_grad) for p in self._factors],
         )  # fmt: skip
 
     def _plan(self, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor] | None:
@@ -215,7 +218,8 @@ class MembraneLayer(nn.Module):
 
     def _branch_run(self, x: torch.Tensor, down, scaled_up: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         """_branch_scaled bound for x's shape; a Linear as two products and an in-place multiply-add over bound
-        tensors (rank 1, the common case, as a broadcast outer product)."""
+        tensors (rank 1, the common case, as a broadcast outer product). Like the folded paths, it calls F.linear
+        on the base's weight and bias rather than the base module: hooks on the wrapped layer do not run."""
         base = self.base_layer
         if self.is_conv:
             return partial(self._branch_scaled, down=down, scaled_up=scaled_up)

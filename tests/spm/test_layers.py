@@ -229,6 +229,30 @@ def test_a_plan_bound_to_one_input_shape_is_made_afresh_for_another(kind, bias, 
 
 
 @pytest.mark.parametrize("kind", ["linear", "conv"])
+@pytest.mark.parametrize("path", ["per-row fold", "branch", "one permeability"])
+@pytest.mark.parametrize("swap", ["assign", "bias storage"])
+def test_a_base_weight_or_bias_put_in_place_of_the_old_is_planned_again(kind, path, swap, monkeypatch):
+    """Plans bind tensors: a weight or bias replaced between calls (load_state_dict(assign=True), functional_call,
+    offloading hooks; a bias whose storage is swapped) must not leave a call on the old ones."""
+    base, layer, state, branches = make_layer(kind, k=1)
+    if path == "per-row fold":
+        monkeypatch.setattr("spm.layers.FOLD_RATIO", 1e9)
+    elif path == "branch":
+        monkeypatch.setattr("spm.layers.FOLD_BYTES", 0)
+    gamma = torch.tensor([[0.5], [0.5]]) if path == "one permeability" else torch.tensor([[0.3], [0.9]])
+    state.gamma = gamma
+    x = torch.randn(4, 7, 6) if kind == "linear" else torch.randn(4, 6, 3, 3)
+    with torch.no_grad():
+        layer(x)  # planned on the old tensors
+        if swap == "assign":
+            new = {k: torch.randn_like(v) for k, v in base.state_dict().items()}
+            base.load_state_dict(new, assign=True)
+        else:
+            base.bias.data = base.bias.data + 1.0
+        torch.testing.assert_close(layer(x), per_row_reference(base, branches, gamma, x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
 def test_the_trainable_branch_equals_the_definition_and_gets_gradients(kind):
     base, layer, state, branches = make_layer(kind, k=2)
     for p in [*layer.down, *layer.up]:
