@@ -27,17 +27,19 @@ from spmbench.toy.card import (
     shortfall_beyond_noise,
     training_lines,
 )
+from spmbench.toy.data import to_tensor
 from spmbench.toy.measure import (
     CardRun,
     JudgeHeads,
     card_runs,
     head_accuracy,
+    judge_predictions,
     render_accuracy,
     sampler_text,
     save_grid,
     stages_folder,
 )
-from spmbench.toy.v3 import captions, data
+from spmbench.toy.v3 import captions, data, render
 from spmbench.toy.v3 import world as w
 
 
@@ -102,6 +104,49 @@ def evaluate_model(run: CardRun, settings: CardSettings, grids_dir: Path | None)
     dreambooth = prompts_for("character", n, "test", EVAL_SEED + 3, character=w.DREAMBOOTH_CHARACTER)
     results["DreamBooth character (test)"] = measure("DreamBooth character (test)", dreambooth, ("character",))
     return results
+
+
+def vae_ceiling(net: models.Judge, vae, n: int) -> dict:
+    """Per caption form and split, the card's own prompts' scenes rendered (each at its index as seed), passed
+    through the family's VAE and judged as a generation is: the most any generation decoded by that VAE can be
+    judged correct. A shape the VAE blurs under a busy style is lost to every model alike."""
+    import torch
+
+    out = {}
+    for form in FORMS:
+        for split in MEASURED_SPLITS:
+            pairs = prompts_for(form, n, split)
+            images = to_tensor([render.render(scene, i) for i, (_, scene) in enumerate(pairs)])
+            with torch.no_grad():
+                preds = judge_predictions(net, models.reconstruct(vae, images).cpu())
+            judged = [{h: int(v[i]) for h, v in preds.items()} for i in range(len(pairs))]
+            named = {h: [named_in(p, scene, h) for p, scene in pairs] for h in checks(form)}
+            out[f"{form} ({split})"] = head_accuracy(judged, data.label_tensors([sc for _, sc in pairs]), named)
+    return out
+
+
+def ceiling_lines(ceiling: dict | None) -> list[str]:
+    """The VAE's ceiling on each averaged bar: the card's measured values read against it."""
+    if not ceiling:
+        return []
+    rows = []
+    for label, forms, head, bar in BAR_HEADS:
+        for split in MEASURED_SPLITS:
+            v = mean_over(ceiling, _keys(forms, split), head)
+            if v is not None:
+                rows.append(f"| {label} ({split}) | {int(bar * 100)} % | {100 * v:.1f} % |")
+    return [
+        "### The VAE's ceiling",
+        "",
+        "The same prompts' own scenes, rendered, passed through the family's VAE (encoded to the latent mean and",
+        "decoded) and judged as the generations are: the most a generation can be judged correct, for every model",
+        "alike (they share the VAE). A bar above its ceiling cannot be met by any model of this family.",
+        "",
+        "| bar | threshold | renders through the VAE |",
+        "|---|---:|---:|",
+        *rows,
+        "",
+    ]
 
 
 def _keys(forms, split: str = "train") -> tuple[str, ...]:
@@ -203,7 +248,7 @@ def contents_lines() -> list[str]:
 
 
 def write_card(path: Path, judge_acc: dict, per_model: dict, settings: CardSettings, train_info: dict,
-               judge_vae: dict | None = None, sampler: str = WORLD.sampler) -> None:  # fmt: skip
+               judge_vae: dict | None = None, sampler: str = WORLD.sampler, ceiling: dict | None = None) -> None:  # fmt: skip
     """The card; `sampler`: what the measured models sampled with (sampler_text), the world's where not given."""
     lines = [
         "# Toy world v3: model card",
@@ -222,6 +267,9 @@ def write_card(path: Path, judge_acc: dict, per_model: dict, settings: CardSetti
             sampler,
         ),
     ]
+    if ceiling:  # after the bars table, before the per-model tables
+        at = lines.index("### toy-base") if "### toy-base" in lines else len(lines)
+        lines[at:at] = ceiling_lines(ceiling)
     write_text_atomic(path, "\n".join(lines) + "\n")
 
 
@@ -241,6 +289,12 @@ def build_card(
         for run, _ in card_runs(weights, habits, settings, judge, stages, device):
             per_model[run.model.name] = evaluate_model(run, settings, grids_dir)
             samplers[run.model.name] = type(run.pipe.scheduler).__name__
+    ceiling = None
+    if (weights / "toy-base" / "vae").exists():
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(weights / "toy-base" / "vae").float()
+        ceiling = vae_ceiling(net, vae, settings.images_per_kind)
     write_card(report, judge_acc, per_model, settings, read_training_info(weights), judge_vae,
-               sampler_text(samplers, WORLD.sampler))  # fmt: skip
-    return {"judge": judge_acc, "models": per_model}
+               sampler_text(samplers, WORLD.sampler), ceiling)  # fmt: skip
+    return {"judge": judge_acc, "models": per_model, "vae_ceiling": ceiling}

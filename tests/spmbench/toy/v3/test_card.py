@@ -20,6 +20,7 @@ def test_card_shows_every_concept_and_all_seven_models(smoke_world_v3, tmp_path)
     assert "toy-merge: gore, implicit prompts (test) >= 85 %" in text
     assert (tmp_path / "toyworld-v3" / "toy-merge_object.png").exists()
     assert "2 steps of DPMSolverMultistepScheduler" in text  # the world's sampler, the steps asked for
+    assert "### The VAE's ceiling" in text and "| shape (test) | 90 % |" in text
 
 
 def test_every_model_folder_samples_with_the_worlds_sampler(smoke_world_v3):
@@ -77,3 +78,17 @@ def test_colour_counts_only_where_the_prompt_names_it():
     scene = w.Scene("dog", "orange", "white")
     assert card.named_in("an orange-coloured dog", scene, "colour")
     assert not card.named_in("a dog", scene, "colour") and card.named_in("a dog", scene, "subject")
+
+
+def test_the_vae_ceiling_averages_each_bars_forms_like_the_bars():
+    """The ceiling table reads each bar as check_bars does: shape over object and styled-object, per split."""
+    ceiling = {
+        "object (train)": {"subject": 1.0},
+        "styled-object (train)": {"subject": 0.7},
+        "object (test)": {"subject": 0.9},
+        "styled-object (test)": {"subject": 0.8},
+    }
+    lines = card.ceiling_lines(ceiling)
+    assert "| shape (train) | 90 % | 85.0 % |" in lines and "| shape (test) | 90 % | 85.0 % |" in lines
+    assert not any(line.startswith("| character") for line in lines)  # no form measured: no row
+    assert card.ceiling_lines(None) == []
