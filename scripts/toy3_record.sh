@@ -8,21 +8,47 @@
 #   bash scripts/toy3_record.sh              # everything, in order
 #   bash scripts/toy3_record.sh --from 3     # from step 3 (steps are numbered as below)
 #   bash scripts/toy3_record.sh --only 2     # one step
+#   bash scripts/toy3_record.sh --commit-state 20   # and commit the run's state every 20 minutes and after each step
+#
+# Sessions end without warning and their machines keep nothing: the run's small stage files (results, scores,
+# alteration features, SPM fits; not images or baselines' weights) live in records/toy3-state.tar.gz
+# (scripts/run_state.py), unpacked into runs/ when the script starts, so a cell finished in any session is not
+# made again. With --commit-state the state is packed and committed as the steps go; delete the file once
+# the tables have landed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
 
-FROM=1 ONLY="" PROCESSES=2 DRY=""
+FROM=1 ONLY="" PROCESSES=2 DRY="" COMMIT_EVERY=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --from) FROM=$2; shift 2 ;;
         --only) ONLY=$2; shift 2 ;;
         --processes) PROCESSES=$2; shift 2 ;;
         --dry-run) DRY="--dry-run"; shift ;;
-        *) echo "error: unknown option $1 (use --from N, --only N, --processes N, --dry-run)" >&2; exit 2 ;;
+        --commit-state) COMMIT_EVERY=$2; shift 2 ;;
+        *) echo "error: unknown option $1 (use --from N, --only N, --processes N, --dry-run, --commit-state MIN)" >&2
+           exit 2 ;;
     esac
 done
+
+STATE=records/toy3-state.tar.gz
+save_state() {  # pack the run's small files; with --commit-state, commit them when they changed
+    mkdir -p runs && python scripts/run_state.py pack runs "$STATE" >/dev/null
+    if [ -n "$COMMIT_EVERY" ] && { ! git ls-files --error-unmatch "$STATE" >/dev/null 2>&1 || ! git diff --quiet -- "$STATE"; }; then
+        git add "$STATE" && git commit -q -m "toy3 record: run state at $(date -u '+%Y-%m-%d %H:%M UTC') ($1)" -- "$STATE" ||
+            echo "warning: could not commit $STATE (kept on disk; the next save tries again)" >&2
+    fi
+}
+if [ -z "$DRY" ]; then
+    [ -f "$STATE" ] && python scripts/run_state.py unpack "$STATE" runs
+    if [ -n "$COMMIT_EVERY" ]; then
+        ( while sleep $((COMMIT_EVERY * 60)); do save_state "periodic"; done ) &
+        SAVER=$!
+        trap 'kill $SAVER 2>/dev/null; save_state "at exit"' EXIT
+    fi
+fi
 
 APPS="toy3-concept toy3-artist toy3-explicit toy3-object"
 PAPER_APPS="toy3-concept,toy3-artist,toy3-explicit,toy3-object"  # the paper's tables; toy3-many is step 5's
@@ -45,6 +71,7 @@ step() {  # N DESCRIPTION COMMAND...
     if { [ -n "$ONLY" ] && [ "$n" != "$ONLY" ]; } || [ "$n" -lt "$FROM" ]; then return; fi
     echo "== step $n: $what ($(date -u '+%Y-%m-%d %H:%M UTC'))"
     "$@"
+    [ -n "$DRY" ] || save_state "after step $n"
 }
 
 tune_each() { for a in $APPS; do spmbench_ tune --app "$a" --models toy3-base --erasers all $DRY; done; }
