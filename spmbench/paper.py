@@ -179,7 +179,7 @@ class Rate:
 
     def per_image(self, model: ModelSpec) -> float:
         """Seconds per image of `model`: the measured rate scaled by its sampling steps, as the UNet's calls
-        dominate an image (bench/bench_toy_sampler.py: 15 steps took 0.53x the time of 30 on the toy)."""
+        dominate an image (reports/bench/toy3_sampler_cpu.md: 15 steps took 0.60x the time of 30 on the toy)."""
         return self.seconds_per_image * model.num_inference_steps / self.steps
 
 

@@ -26,9 +26,10 @@ class World:
     reader_dialects: tuple[str, str]  # what the VAE and the judge see: (usual, palette-shifted)
     tokenizer_vocab: int
     # How the world's models sample (saved in each pipeline folder): a diffusers scheduler on SD's noise
-    # schedule, and its steps. World 3 samples with DPM-Solver++ (2M) in 15 steps: on its base, at 192
-    # prompts per caption form, judged the same as DDIM's 30 steps (every difference within 6 of 192 images)
-    # in 0.53x the time (bench/bench_toy_sampler.py). World 2 keeps DDIM 30: its tables were made so.
+    # schedule, and its steps. World 3 samples with DPM-Solver++ (2M) in 15 steps: on its final base, at 192
+    # prompts per caption form, a tie with DDIM's 30 steps on every judged head (paired, 95 %) in 0.60x the
+    # time on a loaded machine (0.53x on the 24,000-step base; reports/bench/toy3_sampler_cpu.md). 10 steps
+    # lose 3.6 points of styled characters. World 2 keeps DDIM 30: its tables were made so.
     sampler: str = "DDIMScheduler"
     sampling_steps: int = 30
 
