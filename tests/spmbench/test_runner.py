@@ -464,3 +464,63 @@ def test_a_result_records_the_sampler_its_model_loaded_and_the_table_names_it(ru
     assert {r["eraser"] for r in stored} == {"none", "negprompt"}
     assert {r["settings"]["sampler"] for r in stored} == {"EulerDiscreteScheduler"}
     assert "EulerDiscrete 2 steps" in (reports / "real-concept.md").read_text()
+
+
+def _stub_cell(tmp_path, n_rows: int):
+    """A cell of `n_rows` rows whose images go under tmp_path, and an eraser that 'generates' flat images."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from spmbench.apps import PromptRow
+
+    model = SimpleNamespace(caption_prefix="", caption_suffix="", num_inference_steps=1, guidance_scale=1.0,
+                            resolution=8)  # fmt: skip
+    images = tmp_path / "images"
+    cell = SimpleNamespace(key="m/e/t", images=images, model=model, image=lambda r: images / f"{r.prompt_id}.png")
+    rows = [PromptRow(f"p{i}", "target", "Barkley", f"prompt {i}", i) for i in range(n_rows)]
+    made = []
+
+    def generate(prompts, **_):
+        made.extend(prompts)
+        return SimpleNamespace(images=[Image.new("RGB", (8, 8), (i, 0, 0)) for i in range(len(prompts))])
+
+    eraser = SimpleNamespace(apply=lambda pipe, artifacts: contextlib.nullcontext(generate))
+    return cell, rows, eraser, made
+
+
+def test_batches_write_their_images_in_a_thread_and_hold_their_locks_until_written(tmp_path):
+    """Every image lands, each batch once; a batch's lock is free again once generate_batches returns."""
+    from spmbench.locks import holding
+
+    cell, rows, eraser, made = _stub_cell(tmp_path, 5)
+    todo = runner.batches(cell, rows, 2)
+    assert runner.generate_batches(None, eraser, [], todo) == []
+    assert sorted(p.name for p in cell.images.glob("*.png")) == [f"p{i}.png" for i in range(5)]
+    assert len(made) == 5
+    for batch in todo:
+        with holding(batch.lock, wait=False) as held:
+            assert held
+    assert runner.generate_batches(None, eraser, [], todo) == [] and len(made) == 5  # nothing made again
+
+
+def test_a_failed_image_write_is_raised_and_releases_every_lock(tmp_path, monkeypatch):
+    from spmbench.locks import holding
+
+    cell, rows, eraser, _ = _stub_cell(tmp_path, 6)
+    real = runner.save_image_atomic
+
+    def failing(image, path):
+        if path.name == "p2.png":  # the second batch's first image
+            raise OSError(28, "No space left on device")
+        real(image, path)
+
+    monkeypatch.setattr(runner, "save_image_atomic", failing)
+    todo = runner.batches(cell, rows, 2)
+    with pytest.raises(OSError, match="No space left"):
+        runner.generate_batches(None, eraser, [], todo)
+    for batch in todo:
+        with holding(batch.lock, wait=False) as held:
+            assert held, batch.lock
+    assert (cell.images / "p0.png").exists() and not (cell.images / "p2.png").exists()
