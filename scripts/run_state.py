@@ -3,12 +3,13 @@ sessions resumes from them.
 
 A cell whose result.json (with its scores.jsonl and alteration features) is on disk is reused by the next
 `spmbench run`/`tune`/`paper` without its images or fit, so those files are what a later session needs. The pack
-leaves out images (*.png), lock files and any file over --max-bytes (a baseline's fine-tuned weights; an SPM's
-rank-1 fit is a few KB and is kept, so its cells' unfinished images are generated without refitting). Image grids
-of restored cells are drawn only where images were made in this session.
+leaves out images (*.png), lock files and fits over --max-fit-bytes (a baseline's fine-tuned weights, made again
+if a cell still needs them; an SPM's rank-1 fit is a few KB and is kept). One archive per run folder (a folder
+with a judge.json), so a finished run's archive stays byte for byte the same and costs a repository nothing more
+when the state is committed again. Image grids of restored cells are drawn only where images were made anew.
 
-    python scripts/run_state.py pack runs records/toy3-state.tar.gz
-    python scripts/run_state.py unpack records/toy3-state.tar.gz runs   # adds what is missing, overwrites nothing
+    python scripts/run_state.py pack runs records/toy3-state
+    python scripts/run_state.py unpack records/toy3-state runs   # adds what is missing, overwrites nothing
 """
 
 from __future__ import annotations
@@ -23,19 +24,33 @@ import tempfile
 from pathlib import Path
 
 
-MAX_BYTES = 1 << 20
+MAX_FIT_BYTES = 64 << 10
 
 
-def kept(path: Path, max_bytes: int) -> bool:
-    name = path.name
-    return not (name.endswith((".png", ".lock")) or path.stat().st_size > max_bytes)
+def kept(path: Path, max_fit_bytes: int) -> bool:
+    if path.name.endswith((".png", ".lock")):
+        return False
+    return "fits" not in path.parts or path.stat().st_size <= max_fit_bytes
 
 
-def pack(runs: Path, archive: Path, max_bytes: int = MAX_BYTES) -> int:
-    """Write the kept files under `runs` to `archive` (atomically, in a stable order); returns their count."""
+def archive_name(run_dir: Path, runs: Path) -> str:
+    return "--".join(run_dir.relative_to(runs).parts) + ".tar.gz"
+
+
+def pack(runs: Path, folder: Path, max_fit_bytes: int = MAX_FIT_BYTES) -> int:
+    """One archive per run folder under `runs` in `folder`; returns the number of files packed."""
     if not runs.is_dir():
         raise SystemExit(f"error: {runs} is not a folder: give the runs folder to pack")
-    files = sorted(p for p in runs.rglob("*") if p.is_file() and kept(p, max_bytes))
+    count = 0
+    for run_dir in sorted(p.parent for p in runs.rglob("judge.json")):
+        files = sorted(p for p in run_dir.rglob("*") if p.is_file() and kept(p, max_fit_bytes))
+        write_archive(files, runs, folder / archive_name(run_dir, runs))
+        count += len(files)
+    return count
+
+
+def write_archive(files: list[Path], runs: Path, archive: Path) -> None:
+    """`files` (paths relative to `runs` in the archive) to `archive`, atomically and byte-reproducibly."""
     archive.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=archive.parent, prefix=f".{archive.name}.", suffix=".tmp")
     os.close(fd)
@@ -52,13 +67,16 @@ def pack(runs: Path, archive: Path, max_bytes: int = MAX_BYTES) -> int:
         os.replace(tmp, archive)
     finally:
         Path(tmp).unlink(missing_ok=True)
-    return len(files)
 
 
-def unpack(archive: Path, runs: Path) -> int:
-    """Extract the files of `archive` that `runs` does not have yet; returns their count."""
-    if not archive.is_file():
-        raise SystemExit(f"error: {archive} does not exist: give a file written by `run_state.py pack`")
+def unpack(folder: Path, runs: Path) -> int:
+    """Extract the files of every archive in `folder` that `runs` does not have yet; returns their count."""
+    if not folder.is_dir():
+        raise SystemExit(f"error: {folder} is not a folder: give the folder `run_state.py pack` wrote")
+    return sum(unpack_archive(archive, runs) for archive in sorted(folder.glob("*.tar.gz")))
+
+
+def unpack_archive(archive: Path, runs: Path) -> int:
     added = 0
     with tarfile.open(archive, "r:gz") as tar:
         for member in tar.getmembers():
@@ -80,18 +98,18 @@ def unpack(archive: Path, runs: Path) -> int:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("pack", help="runs folder -> archive")
+    p = sub.add_parser("pack", help="runs folder -> a folder of archives, one per run folder")
     p.add_argument("runs", type=Path)
-    p.add_argument("archive", type=Path)
-    p.add_argument("--max-bytes", type=int, default=MAX_BYTES, help="leave out files larger than this")
-    u = sub.add_parser("unpack", help="archive -> runs folder (missing files only)")
-    u.add_argument("archive", type=Path)
+    p.add_argument("folder", type=Path)
+    p.add_argument("--max-fit-bytes", type=int, default=MAX_FIT_BYTES, help="leave out fits larger than this")
+    u = sub.add_parser("unpack", help="folder of archives -> runs folder (missing files only)")
+    u.add_argument("folder", type=Path)
     u.add_argument("runs", type=Path)
     args = ap.parse_args(argv)
     if args.command == "pack":
-        print(f"packed {pack(args.runs, args.archive, args.max_bytes)} files of {args.runs} into {args.archive}")
+        print(f"packed {pack(args.runs, args.folder, args.max_fit_bytes)} files of {args.runs} into {args.folder}")
     else:
-        print(f"unpacked {unpack(args.archive, args.runs)} missing files of {args.archive} into {args.runs}")
+        print(f"unpacked {unpack(args.folder, args.runs)} missing files of {args.folder} into {args.runs}")
 
 
 if __name__ == "__main__":

@@ -8,13 +8,13 @@
 #   bash scripts/toy3_record.sh              # everything, in order
 #   bash scripts/toy3_record.sh --from 3     # from step 3 (steps are numbered as below)
 #   bash scripts/toy3_record.sh --only 2     # one step
-#   bash scripts/toy3_record.sh --commit-state 20   # and commit the run's state every 20 minutes and after each step
+#   bash scripts/toy3_record.sh --commit-state 30   # and commit the run's state every 30 minutes and after each step
 #
 # Sessions end without warning and their machines keep nothing: the run's small stage files (results, scores,
-# alteration features, SPM fits; not images or baselines' weights) live in records/toy3-state.tar.gz
-# (scripts/run_state.py), unpacked into runs/ when the script starts, so a cell finished in any session is not
-# made again. With --commit-state the state is packed and committed as the steps go; delete the file once
-# the tables have landed.
+# alteration features, SPM fits; not images or baselines' weights) live in records/toy3-state/, one archive per
+# run folder (scripts/run_state.py), unpacked into runs/ when the script starts, so a cell finished in any session
+# is not made again. With --commit-state the state is packed and committed as the steps go (a finished run
+# folder's archive no longer changes); delete the folder once the tables have landed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . .venv/bin/activate
@@ -33,16 +33,16 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-STATE=records/toy3-state.tar.gz
+STATE=records/toy3-state
 save_state() {  # pack the run's small files; with --commit-state, commit them when they changed
     mkdir -p runs && python scripts/run_state.py pack runs "$STATE" >/dev/null
-    if [ -n "$COMMIT_EVERY" ] && { ! git ls-files --error-unmatch "$STATE" >/dev/null 2>&1 || ! git diff --quiet -- "$STATE"; }; then
+    if [ -n "$COMMIT_EVERY" ] && [ -n "$(git status --porcelain -- "$STATE")" ]; then
         git add "$STATE" && git commit -q -m "toy3 record: run state at $(date -u '+%Y-%m-%d %H:%M UTC') ($1)" -- "$STATE" ||
             echo "warning: could not commit $STATE (kept on disk; the next save tries again)" >&2
     fi
 }
 if [ -z "$DRY" ]; then
-    [ -f "$STATE" ] && python scripts/run_state.py unpack "$STATE" runs
+    [ -d "$STATE" ] && python scripts/run_state.py unpack "$STATE" runs
     if [ -n "$COMMIT_EVERY" ]; then
         ( while sleep $((COMMIT_EVERY * 60)); do save_state "periodic"; done ) &
         SAVER=$!

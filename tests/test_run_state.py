@@ -15,54 +15,65 @@ spec.loader.exec_module(run_state)
 
 
 def make_runs(root: Path) -> Path:
-    cell = root / "app" / "cells" / "toy-base" / "spm" / "barkley"
+    for run in ("app/dev", "app/test"):
+        (root / run).mkdir(parents=True)
+        (root / run / "judge.json").write_text('{"judge": "toy"}')
+    cell = root / "app" / "dev" / "cells" / "toy-base" / "spm" / "barkley"
     (cell / "images").mkdir(parents=True)
     (cell / "result.json").write_text('{"rates": {}}')
     (cell / "scores.jsonl").write_text('{"prompt_id": "a"}\n')
+    (cell / "alteration_features.safetensors").write_bytes(b"f" * 5000)  # kept at any size: results need it
     (cell / "images" / "a.png").write_bytes(b"png")
     (cell / "images" / ".rows-0-6.lock").write_text("")
-    fit = root / "app" / "fits" / "toy-base"
+    fit = root / "app" / "dev" / "fits" / "toy-base"
     fit.mkdir(parents=True)
     (fit / "spm.safetensors").write_bytes(b"x" * 100)
-    (fit / "esd-x.safetensors").write_bytes(b"x" * 5000)
+    (fit / "esd-x.safetensors").write_bytes(b"x" * 5000)  # a baseline's weights: made again if needed
     return root
 
 
-def test_pack_keeps_the_small_stage_files_and_is_byte_reproducible(tmp_path):
+DEV = "app/dev/cells/toy-base/spm/barkley"
+
+
+def test_pack_writes_one_reproducible_archive_per_run_folder_of_the_small_files(tmp_path):
     runs = make_runs(tmp_path / "runs")
-    first, second = tmp_path / "a.tar.gz", tmp_path / "b.tar.gz"
-    assert run_state.pack(runs, first, max_bytes=1000) == 3
-    run_state.pack(runs, second, max_bytes=1000)
-    assert first.read_bytes() == second.read_bytes()
-    with tarfile.open(first) as tar:
+    first, second = tmp_path / "a", tmp_path / "b"
+    assert run_state.pack(runs, first, max_fit_bytes=1000) == 6
+    run_state.pack(runs, second, max_fit_bytes=1000)
+    assert sorted(p.name for p in first.iterdir()) == ["app--dev.tar.gz", "app--test.tar.gz"]
+    for archive in first.iterdir():
+        assert archive.read_bytes() == (second / archive.name).read_bytes()
+    with tarfile.open(first / "app--dev.tar.gz") as tar:
         names = sorted(tar.getnames())
     assert names == [
-        "app/cells/toy-base/spm/barkley/result.json",
-        "app/cells/toy-base/spm/barkley/scores.jsonl",
-        "app/fits/toy-base/spm.safetensors",
+        f"{DEV}/alteration_features.safetensors",
+        f"{DEV}/result.json",
+        f"{DEV}/scores.jsonl",
+        "app/dev/fits/toy-base/spm.safetensors",
+        "app/dev/judge.json",
     ]
 
 
 def test_unpack_adds_what_is_missing_and_overwrites_nothing(tmp_path):
     runs = make_runs(tmp_path / "runs")
-    archive = tmp_path / "state.tar.gz"
-    run_state.pack(runs, archive)
+    state = tmp_path / "state"
+    run_state.pack(runs, state)
     fresh = tmp_path / "fresh"
-    (fresh / "app").mkdir(parents=True)
-    (fresh / "app" / "cells" / "toy-base" / "spm" / "barkley").mkdir(parents=True)
-    newer = fresh / "app" / "cells" / "toy-base" / "spm" / "barkley" / "scores.jsonl"
+    (fresh / DEV).mkdir(parents=True)
+    newer = fresh / DEV / "scores.jsonl"
     newer.write_text("longer, made here\n")
-    assert run_state.unpack(archive, fresh) == 3  # result.json and both fits (5000 bytes is under the default)
+    assert run_state.unpack(state, fresh) == 6  # all but the scores made here (both fits are under 64 KiB)
     assert newer.read_text() == "longer, made here\n"
-    assert run_state.unpack(archive, fresh) == 0
+    assert run_state.unpack(state, fresh) == 0
 
 
 def test_unpack_refuses_paths_outside_the_runs_folder(tmp_path):
-    archive = tmp_path / "evil.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
+    state = tmp_path / "state"
+    state.mkdir()
+    with tarfile.open(state / "evil.tar.gz", "w:gz") as tar:
         info = tarfile.TarInfo("../outside.json")
         info.size = 2
         tar.addfile(info, io.BytesIO(b"{}"))
     with pytest.raises(SystemExit, match="not a plain relative file"):
-        run_state.unpack(archive, tmp_path / "runs")
+        run_state.unpack(state, tmp_path / "runs")
     assert not (tmp_path / "outside.json").exists()
