@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from contextlib import ExitStack
 from dataclasses import dataclass
 from itertools import groupby
@@ -249,7 +250,12 @@ def generate_batches(pipe, eraser, artifacts: list[Path], todo: list[Batch], wai
         try:
             for batch in tqdm(todo, desc=f"generate {cell.key}", unit="batch"):
                 lock = ExitStack()
-                if not lock.enter_context(holding(batch.lock, wait=wait)):
+                held = lock.enter_context(holding(batch.lock, wait=False))
+                if not held and wait:  # never wait for a lock while holding another: processes take them in
+                    previous, writing = writing, None  # other orders, and two waiting on each other wait forever
+                    _finish(previous)
+                    held = lock.enter_context(holding(batch.lock, wait=True))
+                if not held:
                     lock.close()
                     put_off.append(batch)
                     continue
@@ -260,6 +266,9 @@ def generate_batches(pipe, eraser, artifacts: list[Path], todo: list[Batch], wai
                     raise
                 previous, writing = writing, (lock, saving)
                 _finish(previous)  # its images are on disk (or their error raised), then its lock goes
+                if saving is None:  # nothing was missing: nothing to wait for
+                    previous, writing = writing, None
+                    _finish(previous)
         finally:
             _finish(writing)
     return put_off
@@ -272,7 +281,11 @@ def _finish(writing: tuple[ExitStack, Future | None] | None) -> None:
     lock, saving = writing
     with lock:
         if saving is not None:
-            saving.result()
+            try:
+                saving.result()
+            except KeyboardInterrupt:  # the images being written land before their lock goes
+                futures_wait([saving])
+                raise
 
 
 def _generate_batch(generate, batch: Batch, writer: ThreadPoolExecutor) -> Future | None:

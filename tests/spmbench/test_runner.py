@@ -466,9 +466,10 @@ def test_a_result_records_the_sampler_its_model_loaded_and_the_table_names_it(ru
     assert "EulerDiscrete 2 steps" in (reports / "real-concept.md").read_text()
 
 
-def _stub_cell(tmp_path, n_rows: int):
+def _stub_cell(tmp_path, n_rows: int, delay: float = 0.0):
     """A cell of `n_rows` rows whose images go under tmp_path, and an eraser that 'generates' flat images."""
     import contextlib
+    import time
     from types import SimpleNamespace
 
     from PIL import Image
@@ -483,6 +484,7 @@ def _stub_cell(tmp_path, n_rows: int):
     made = []
 
     def generate(prompts, **_):
+        time.sleep(delay)
         made.extend(prompts)
         return SimpleNamespace(images=[Image.new("RGB", (8, 8), (i, 0, 0)) for i in range(len(prompts))])
 
@@ -524,3 +526,50 @@ def test_a_failed_image_write_is_raised_and_releases_every_lock(tmp_path, monkey
         with holding(batch.lock, wait=False) as held:
             assert held, batch.lock
     assert (cell.images / "p0.png").exists() and not (cell.images / "p2.png").exists()
+
+
+def test_a_batch_keeps_its_lock_while_its_images_are_written(tmp_path, monkeypatch):
+    """Another process looking at the batch while its PNGs are being written finds it held."""
+    import subprocess
+    import sys
+
+    cell, rows, eraser, _ = _stub_cell(tmp_path, 4)
+    real, seen = runner.save_image_atomic, []
+    probe = "from pathlib import Path; from spmbench.locks import holding\nwith holding(Path({!r}), wait=False) as h: print(h)"
+
+    def save(image, path):
+        lock = runner.batches(cell, rows, 2)[int(path.stem[1:]) // 2].lock
+        held_elsewhere = subprocess.run(
+            [sys.executable, "-c", probe.format(str(lock))], capture_output=True, text=True
+        )
+        seen.append(held_elsewhere.stdout.strip())
+        real(image, path)
+
+    monkeypatch.setattr(runner, "save_image_atomic", save)
+    runner.generate_batches(None, eraser, [], runner.batches(cell, rows, 2))
+    assert seen == ["False"] * 4  # no other process could take a batch whose images were not all on disk
+
+
+def _generate_in_order(root, reverse: bool) -> None:
+    cell, rows, eraser, _ = _stub_cell(root, 4, delay=0.3)
+    todo = runner.batches(cell, rows, 2)
+    runner.generate_batches(None, eraser, [], todo[::-1] if reverse else todo, wait=True)
+
+
+def test_two_processes_taking_batches_in_opposite_orders_both_finish(tmp_path):
+    """A process never waits for a batch's lock while it holds another's: two that take the same batches in
+    opposite orders (as share_generation's put-off rounds can) would otherwise wait on each other forever."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_generate_in_order, args=(tmp_path, r)) for r in (False, True)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    alive = [w.is_alive() for w in workers]
+    for w in workers:
+        if w.is_alive():
+            w.kill()
+    assert alive == [False, False] and [w.exitcode for w in workers] == [0, 0]
+    assert sorted(p.name for p in (tmp_path / "images").glob("*.png")) == [f"p{i}.png" for i in range(4)]
