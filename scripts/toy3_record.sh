@@ -11,10 +11,11 @@
 #   bash scripts/toy3_record.sh --commit-state 30   # and commit the run's state every 30 minutes and after each step
 #
 # Sessions end without warning and their machines keep nothing: the run's small stage files (results, scores,
-# alteration features, SPM fits; not images or baselines' weights) live in records/toy3-state/, one archive per
-# run folder (scripts/run_state.py), unpacked into runs/ when the script starts, so a cell finished in any session
-# is not made again. With --commit-state the state is packed and committed as the steps go (a finished run
-# folder's archive no longer changes); delete the folder once the tables have landed.
+# alteration features, SPM fits; not images or baselines' weights) are packed into records/toy3-state/, one archive
+# per run folder (scripts/run_state.py), and unpacked into runs/ when the script starts, so a cell finished in any
+# session is not made again. With --commit-state the steps' reports (tuning records, tables) are committed as they
+# come, with the archives of at most 4 MiB: a run folder's alteration features (~340 KB a cell) make most archives
+# larger, and those stay on the machine (a tuning run is redone in ~30 min; its record is what later steps read).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . .venv/bin/activate
@@ -34,12 +35,19 @@ while [ $# -gt 0 ]; do
 done
 
 STATE=records/toy3-state
-save_state() {  # pack the run's small files; with --commit-state, commit them when they changed
+STATE_MAX=$((4 * 1048576))  # an archive above this stays on this machine: a cell's alteration features are ~340 KB
+save_state() {  # pack the run's small files; with --commit-state, commit the steps' reports and the small archives
     mkdir -p runs && python scripts/run_state.py pack runs "$STATE" >/dev/null
-    if [ -n "$COMMIT_EVERY" ] && [ -n "$(git status --porcelain -- "$STATE")" ]; then
-        git add "$STATE" && git commit -q -m "toy3 record: run state at $(date -u '+%Y-%m-%d %H:%M UTC') ($1)" -- "$STATE" ||
-            echo "warning: could not commit $STATE (kept on disk; the next save tries again)" >&2
-    fi
+    [ -n "$COMMIT_EVERY" ] || return 0
+    local paths=() f
+    for f in reports/toy3-* reports/paper/toy3; do [ -e "$f" ] && paths+=("$f"); done
+    for f in "$STATE"/*.tar.gz; do
+        [ -e "$f" ] || continue
+        if [ "$(stat -c %s "$f")" -le "$STATE_MAX" ]; then paths+=("$f"); else echo "note: $f is over 4 MiB: kept here, not committed" >&2; fi
+    done
+    [ ${#paths[@]} -gt 0 ] && [ -n "$(git status --porcelain -- "${paths[@]}")" ] || return 0
+    git add -- "${paths[@]}" && git commit -q -m "toy3 record: reports and run state at $(date -u '+%Y-%m-%d %H:%M UTC') ($1)" -- "${paths[@]}" ||
+        echo "warning: could not commit the record's files (kept on disk; the next save tries again)" >&2
 }
 if [ -z "$DRY" ]; then
     [ -d "$STATE" ] && python scripts/run_state.py unpack "$STATE" runs
