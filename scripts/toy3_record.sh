@@ -82,7 +82,24 @@ step() {  # N DESCRIPTION COMMAND...
     [ -n "$DRY" ] || save_state "after step $n"
 }
 
-tune_each() { for a in $APPS; do spmbench_ tune --app "$a" --models toy3-base --erasers all $DRY; done; }
+tuned() {  # whether the application's committed tuning record is current (its version and grids): then not tuned again
+    python - "$1" <<'PY' 2>/dev/null
+import sys
+from pathlib import Path
+
+from spmbench import tuning
+from spmbench.apps import load_apps
+
+app = load_apps().get(sys.argv[1])
+sys.exit(0 if tuning.apply_record(app, Path("reports") / app.name).tuned else 1)
+PY
+}
+tune_each() {
+    for a in $APPS; do
+        if [ -z "$DRY" ] && tuned "$a"; then echo "$a: its tuning record is current (reports/$a/tuning.json): kept"; continue; fi
+        spmbench_ tune --app "$a" --models toy3-base --erasers all $DRY
+    done
+}
 step 1 "tune every eraser on the dev split of the four applications (toy3-base)" tune_each
 step 2 "original, SPM with and without FT on all seven models (transfer, FT ablation)" \
     spmbench_ paper --world toy3 --apps "$PAPER_APPS" --models all --erasers none,spm,spm-rel,spm-noft $DRY
