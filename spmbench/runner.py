@@ -264,28 +264,27 @@ def generate_batches(pipe, eraser, artifacts: list[Path], todo: list[Batch], wai
                 except BaseException:
                     lock.close()
                     raise
+                if saving is None:  # nothing was missing: nothing to wait for
+                    lock.close()
+                    continue
                 previous, writing = writing, (lock, saving)
                 _finish(previous)  # its images are on disk (or their error raised), then its lock goes
-                if saving is None:  # nothing was missing: nothing to wait for
-                    previous, writing = writing, None
-                    _finish(previous)
         finally:
             _finish(writing)
     return put_off
 
 
-def _finish(writing: tuple[ExitStack, Future | None] | None) -> None:
+def _finish(writing: tuple[ExitStack, Future] | None) -> None:
     """Wait for a batch's images to be written, then release its lock (also when the writing failed)."""
     if writing is None:
         return
     lock, saving = writing
     with lock:
-        if saving is not None:
-            try:
-                saving.result()
-            except KeyboardInterrupt:  # the images being written land before their lock goes
-                futures_wait([saving])
-                raise
+        try:
+            saving.result()
+        except KeyboardInterrupt:  # the images being written land before their lock goes
+            futures_wait([saving])
+            raise
 
 
 def _generate_batch(generate, batch: Batch, writer: ThreadPoolExecutor) -> Future | None:
