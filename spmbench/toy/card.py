@@ -378,17 +378,21 @@ def write_card(
     write_text_atomic(path, "\n".join(lines) + "\n")
 
 
-def measure_judge(weights: Path, n: int, judge_accuracy) -> tuple[models.Judge, dict, dict | None]:
-    """The world's judge, its `judge_accuracy` on `n` fresh renders, and on their reconstructions by
-    the family's VAE (None where there is none yet)."""
-    net = models.load_judge(weights / "judge")
-    judge_acc, judge_vae = judge_accuracy(net, n), None
-    if (weights / "toy-base" / "vae").exists():  # the family shares one VAE
-        from diffusers import AutoencoderKL
+def family_vae(weights: Path):
+    """The VAE the family shares (toy-base's), in float32; None where there is none yet."""
+    if not (weights / "toy-base" / "vae").exists():
+        return None
+    from diffusers import AutoencoderKL
 
-        vae = AutoencoderKL.from_pretrained(weights / "toy-base" / "vae").float()
-        judge_vae = judge_accuracy(net, n, vae)
-    return net, judge_acc, judge_vae
+    return AutoencoderKL.from_pretrained(weights / "toy-base" / "vae").float()
+
+
+def measure_judge(weights: Path, n: int, judge_accuracy, vae=None) -> tuple[models.Judge, dict, dict | None]:
+    """The world's judge, its `judge_accuracy` on `n` fresh renders, and on their reconstructions by
+    `vae` (the family's: family_vae; None where there is none yet)."""
+    net = models.load_judge(weights / "judge")
+    judge_acc = judge_accuracy(net, n)
+    return net, judge_acc, None if vae is None else judge_accuracy(net, n, vae)
 
 
 def read_training_info(weights: Path) -> dict:
@@ -407,7 +411,7 @@ def build_card(
     """Measure every shipped toy model and its judge; write `report` and grids beside it. The
     generations and their scores live in `workdir` (kept: a rerun measures only what is missing) or in a
     temporary run folder for the time of the measurement."""
-    net, judge_acc, judge_vae = measure_judge(weights, settings.judge_images, judge_accuracy)
+    net, judge_acc, judge_vae = measure_judge(weights, settings.judge_images, judge_accuracy, family_vae(weights))
     grids_dir = report.parent / "toyworld"
     grids_dir.mkdir(parents=True, exist_ok=True)
     judge, per_model, sweep, samplers = JudgeHeads(net, device), {}, {}, {}

@@ -19,6 +19,7 @@ from spmbench.toy import models, worlds
 from spmbench.toy.card import (
     EVAL_SEED,
     CardSettings,
+    family_vae,
     judge_lines,
     mean_over,
     measure_judge,
@@ -33,7 +34,6 @@ from spmbench.toy.measure import (
     JudgeHeads,
     card_runs,
     head_accuracy,
-    judge_predictions,
     render_accuracy,
     sampler_text,
     save_grid,
@@ -106,7 +106,7 @@ def evaluate_model(run: CardRun, settings: CardSettings, grids_dir: Path | None)
     return results
 
 
-def vae_ceiling(net: models.Judge, vae, n: int) -> dict:
+def vae_ceiling(judge: JudgeHeads, vae, n: int) -> dict:
     """Per caption form and split, the card's own prompts' scenes rendered (each at its index as seed), passed
     through the family's VAE and judged as a generation is: the most any generation decoded by that VAE can be
     judged correct. A shape the VAE blurs under a busy style is lost to every model alike."""
@@ -118,8 +118,7 @@ def vae_ceiling(net: models.Judge, vae, n: int) -> dict:
             pairs = prompts_for(form, n, split)
             images = to_tensor([render.render(scene, i) for i, (_, scene) in enumerate(pairs)])
             with torch.no_grad():
-                preds = judge_predictions(net, models.reconstruct(vae, images).cpu())
-            judged = [{h: int(v[i]) for h, v in preds.items()} for i in range(len(pairs))]
+                judged = [a["heads"] for a in judge.assess(models.reconstruct(vae, images), [])]
             named = {h: [named_in(p, scene, h) for p, scene in pairs] for h in checks(form)}
             out[f"{form} ({split})"] = head_accuracy(judged, data.label_tensors([sc for _, sc in pairs]), named)
     return out
@@ -129,12 +128,8 @@ def ceiling_lines(ceiling: dict | None) -> list[str]:
     """The VAE's ceiling on each averaged bar: the card's measured values read against it."""
     if not ceiling:
         return []
-    rows = []
-    for label, forms, head, bar in BAR_HEADS:
-        for split in MEASURED_SPLITS:
-            v = mean_over(ceiling, _keys(forms, split), head)
-            if v is not None:
-                rows.append(f"| {label} ({split}) | {int(bar * 100)} % | {100 * v:.1f} % |")
+    rows = [f"| {label} ({split}) | {int(bar * 100)} % | {100 * v:.1f} % |"
+            for label, split, bar, v in averaged_bars(ceiling) if v is not None]  # fmt: skip
     return [
         "### The VAE's ceiling",
         "",
@@ -151,6 +146,14 @@ def ceiling_lines(ceiling: dict | None) -> list[str]:
 
 def _keys(forms, split: str = "train") -> tuple[str, ...]:
     return tuple(f"{f} ({split})" for f in forms)
+
+
+def averaged_bars(results: dict):
+    """(label, split, threshold, value) of each BAR_HEADS bar per measured split: the head's accuracy averaged
+    over the bar's caption forms (None where none was measured)."""
+    for label, forms, head, bar in BAR_HEADS:
+        for split in MEASURED_SPLITS:
+            yield label, split, bar, mean_over(results, _keys(forms, split), head)
 
 
 # Per model: (bar, caption forms averaged, judge head, threshold); "at most" bars are listed apart.
@@ -170,10 +173,8 @@ def check_bars(judge_acc: dict, per_model: dict, n: int = 64) -> list[tuple[str,
     bars = [(f"judge accuracy, {head} >= 98 %", acc, acc >= 0.98) for head, acc in judge_acc.items()]
     base = per_model.get("toy-base", {})
     for name, results in per_model.items():
-        for label, forms, head, bar in BAR_HEADS:
-            for split in MEASURED_SPLITS:
-                v = mean_over(results, _keys(forms, split), head)
-                bars.append((f"{name}: {label} ({split}) >= {int(bar * 100)} %", v, v is not None and v >= bar))
+        for label, split, bar, v in averaged_bars(results):
+            bars.append((f"{name}: {label} ({split}) >= {int(bar * 100)} %", v, v is not None and v >= bar))
         # a neutral prompt's image is judged right when it shows no element: its explicit head reads 0
         leaked = [1 - v for v in (mean_over(results, _keys((f"neutral-{s.concept}",)), "explicit") for s in w.STANDINS)
                   if v is not None]  # fmt: skip
@@ -280,7 +281,8 @@ def build_card(
     generations and their scores live in `workdir` (kept: a rerun measures only what is missing) or in a
     temporary run folder for the time of the measurement. Default settings: the card's, in the world's steps."""
     settings = settings or CardSettings(num_inference_steps=WORLD.sampling_steps)
-    net, judge_acc, judge_vae = measure_judge(weights, settings.judge_images, judge_accuracy)
+    vae = family_vae(weights)
+    net, judge_acc, judge_vae = measure_judge(weights, settings.judge_images, judge_accuracy, vae)
     grids_dir = report.parent / report.with_suffix("").name
     grids_dir.mkdir(parents=True, exist_ok=True)
     judge, per_model, samplers = JudgeHeads(net, device), {}, {}
@@ -289,12 +291,7 @@ def build_card(
         for run, _ in card_runs(weights, habits, settings, judge, stages, device):
             per_model[run.model.name] = evaluate_model(run, settings, grids_dir)
             samplers[run.model.name] = type(run.pipe.scheduler).__name__
-    ceiling = None
-    if (weights / "toy-base" / "vae").exists():
-        from diffusers import AutoencoderKL
-
-        vae = AutoencoderKL.from_pretrained(weights / "toy-base" / "vae").float()
-        ceiling = vae_ceiling(net, vae, settings.images_per_kind)
+    ceiling = None if vae is None else vae_ceiling(judge, vae, settings.images_per_kind)
     write_card(report, judge_acc, per_model, settings, read_training_info(weights), judge_vae,
                sampler_text(samplers, WORLD.sampler), ceiling)  # fmt: skip
     return {"judge": judge_acc, "models": per_model, "vae_ceiling": ceiling}
