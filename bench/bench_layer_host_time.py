@@ -28,7 +28,7 @@ from torch import nn
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_pipeline_overhead import environment, write_atomic  # noqa: E402
+from bench_pipeline_overhead import environment, forced_path, write_atomic  # noqa: E402
 
 import spm.layers  # noqa: E402
 
@@ -73,13 +73,10 @@ def measure(versions: dict, kind: str, k: int, args) -> list[dict]:
         times: dict[str, list[float]] = {"bare": [], **{v: [] for v in versions}}
         for _ in range(args.rounds):
             for label, layers in versions.items():
-                saved = layers.FOLD_RATIO, layers.FOLD_BYTES
-                layers.FOLD_RATIO = saved[0] if ratio is None else ratio
-                layers.FOLD_BYTES = saved[1] if nbytes is None else nbytes
-                base, layer, x = membrane(layers, kind, k, uniform)
-                times["bare"].append(per_call_us(base, x, args.calls))
-                times[label].append(per_call_us(layer, x, args.calls))
-                layers.FOLD_RATIO, layers.FOLD_BYTES = saved
+                with forced_path(ratio, nbytes, layers):
+                    base, layer, x = membrane(layers, kind, k, uniform)
+                    times["bare"].append(per_call_us(base, x, args.calls))
+                    times[label].append(per_call_us(layer, x, args.calls))
         bare = statistics.median(times["bare"])
         for label in versions:
             us = statistics.median(times[label])

@@ -21,6 +21,7 @@ the cost the unfolded branches would add.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -290,14 +291,29 @@ def measure(pipe, n_prompts: int, ks: list[int], args) -> dict:
     return result
 
 
+@contextlib.contextmanager
+def forced_path(ratio: float | None, nbytes: int | None, layers=None):
+    """spm.layers' fold constants (FOLD_RATIO, FOLD_BYTES) set for the block, restored after; None keeps the shipped
+    value. (0, 0): every layer on the branch; (1e9, a large byte bound): every pointwise layer folded per row.
+    `layers`: another version of spm.layers (default: this checkout's)."""
+    import spm.layers
+
+    layers = layers or spm.layers
+    saved = layers.FOLD_RATIO, layers.FOLD_BYTES
+    layers.FOLD_RATIO = saved[0] if ratio is None else ratio
+    layers.FOLD_BYTES = saved[1] if nbytes is None else nbytes
+    try:
+        yield
+    finally:
+        layers.FOLD_RATIO, layers.FOLD_BYTES = saved
+
+
 def layer_costs(pipe, n_prompts: int, ks: list[int], repeats: int) -> list[dict]:
     """Per membrane layer shape, the CPU time of one UNet forward's layers (summed over the layers of that shape):
     bare, on per-row folded weights, on the branch, and what spm.layers' cost model picks; each the fastest of
     `repeats` forwards per round, rounds interleaved. Thread CPU time: on a shared machine it counts this
     thread's work only. What spm.layers.FOLD_RATIO and BRANCH_MAC_COST were fitted to."""
     import collections
-
-    import spm.layers as layers_module
 
     prompts = prompts_for(n_prompts)
     cap: dict = {}
@@ -327,8 +343,7 @@ def layer_costs(pipe, n_prompts: int, ks: list[int], repeats: int) -> list[dict]
         shapes[name] = (base.shape[0], base[0].numel(), x[0].numel() // base[0].numel())
         best[(tag, name)] = min(best[(tag, name)], time.thread_time() - start[name])
 
-    paths = {"fold": (1e9, layers_module.FOLD_BYTES), "branch": (0.0, 0), "rule": (None, None)}
-    saved = layers_module.FOLD_RATIO, layers_module.FOLD_BYTES
+    paths = {"fold": (1e9, None), "branch": (0.0, 0), "rule": (None, None)}  # per-row folds within FOLD_BYTES
     spms = {k: random_spms(pipe, k) for k in ks if k}
     for _ in range(2):
         timed_forward(membrane_targets(pipe.unet), "bare")
@@ -336,11 +351,8 @@ def layer_costs(pipe, n_prompts: int, ks: list[int], repeats: int) -> list[dict]
             attached = spm.attach(pipe, group)
             gamma = attached.permeability(prompts)
             for path, (ratio, nbytes) in paths.items():
-                layers_module.FOLD_RATIO = saved[0] if ratio is None else ratio
-                layers_module.FOLD_BYTES = saved[1] if nbytes is None else nbytes
-                with attached.permeable(gamma.clone()):
+                with forced_path(ratio, nbytes), attached.permeable(gamma.clone()):
                     timed_forward({n: attached.unet.get_submodule(p) for n, p in attached.paths.items()}, (k, path))
-            layers_module.FOLD_RATIO, layers_module.FOLD_BYTES = saved
             attached.detach()
     kohya = {path: name for name, path in layer_names(pipe.unet).items()}
     table: dict = collections.defaultdict(lambda: collections.defaultdict(float))

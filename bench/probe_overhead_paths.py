@@ -17,6 +17,7 @@ ratio = bare / attached per round, then the median), and profiles one UNet forwa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -29,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_pipeline_overhead import (  # noqa: E402
     UNetTimer,
     environment,
+    forced_path,
     load,
     prompts_for,
     random_spms,
@@ -37,24 +39,10 @@ from bench_pipeline_overhead import (  # noqa: E402
 )  # fmt: skip
 
 import spm  # noqa: E402
-import spm.layers as layers_module  # noqa: E402
 
 
 # path -> (FOLD_RATIO, FOLD_BYTES); None keeps the shipped value
 PATHS = {"rule": (None, None), "branch": (0.0, 0), "fold": (1e9, 2**40)}
-
-
-def forced(path: str):
-    """Set spm.layers' fold constants for `path`; returns a function that restores them."""
-    saved = layers_module.FOLD_RATIO, layers_module.FOLD_BYTES
-    ratio, nbytes = PATHS[path]
-    layers_module.FOLD_RATIO = saved[0] if ratio is None else ratio
-    layers_module.FOLD_BYTES = saved[1] if nbytes is None else nbytes
-
-    def restore() -> None:
-        layers_module.FOLD_RATIO, layers_module.FOLD_BYTES = saved
-
-    return restore
 
 
 def attached_runner(pipe, spms, path: str):
@@ -62,14 +50,11 @@ def attached_runner(pipe, spms, path: str):
     if path == "uniform":
         attached = spm.attach(pipe, spms, transport=False)
         return attached, attached.detach
-    restore = forced(path)
+    cleanup = contextlib.ExitStack()  # closed: detached, then the shipped constants back
+    cleanup.enter_context(forced_path(*PATHS[path]))
     attached = spm.attach(pipe, spms)
-
-    def cleanup() -> None:
-        attached.detach()
-        restore()
-
-    return attached, cleanup
+    cleanup.callback(attached.detach)
+    return attached, cleanup.close
 
 
 def measure(pipe, n: int, ks: list[int], args) -> list[dict]:
