@@ -199,6 +199,17 @@ def test_per_row_gammas_equal_the_definition_on_both_paths(kind, k, gammas, copi
         assert (id(layer) in state.folded) == (path == "per-row fold")
 
 
+def plan_on(path: str, state: PermeabilityState, monkeypatch) -> torch.Tensor:
+    """Make a layer of `state` take `path` (per-row fold, branch, one permeability): the fold constants and a
+    permeability of two prompts, set on `state`; returns the permeability."""
+    if path == "per-row fold":
+        monkeypatch.setattr("spm.layers.FOLD_RATIO", 1e9)
+    elif path == "branch":
+        monkeypatch.setattr("spm.layers.FOLD_BYTES", 0)
+    state.gamma = torch.tensor([[0.5], [0.5]]) if path == "one permeability" else torch.tensor([[0.3], [0.9]])
+    return state.gamma
+
+
 @pytest.mark.parametrize("kind", ["linear", "conv"])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("path", ["per-row fold", "branch", "one permeability"])
@@ -209,12 +220,7 @@ def test_a_plan_bound_to_one_input_shape_is_made_afresh_for_another(kind, bias, 
     if not bias:
         base.bias = None
         base.register_parameter("bias", None)
-    if path == "per-row fold":
-        monkeypatch.setattr("spm.layers.FOLD_RATIO", 1e9)
-    elif path == "branch":
-        monkeypatch.setattr("spm.layers.FOLD_BYTES", 0)
-    gamma = torch.tensor([[0.5], [0.5]]) if path == "one permeability" else torch.tensor([[0.3], [0.9]])
-    state.gamma = gamma
+    gamma = plan_on(path, state, monkeypatch)
     shapes = [(4, 7, 6), (4, 3, 6), (4, 7, 6)] if kind == "linear" else [(4, 6, 3, 3), (4, 6, 2, 5), (4, 6, 3, 3)]
     reference_base = nn.Linear(6, 5) if kind == "linear" else nn.Conv2d(6, 5, 1)
     reference_base.load_state_dict(base.state_dict(), strict=False)
@@ -235,12 +241,7 @@ def test_a_base_weight_or_bias_put_in_place_of_the_old_is_planned_again(kind, pa
     """Plans bind tensors: a weight or bias replaced between calls (load_state_dict(assign=True), functional_call,
     offloading hooks; a bias whose storage is swapped) must not leave a call on the old ones."""
     base, layer, state, branches = make_layer(kind, k=1)
-    if path == "per-row fold":
-        monkeypatch.setattr("spm.layers.FOLD_RATIO", 1e9)
-    elif path == "branch":
-        monkeypatch.setattr("spm.layers.FOLD_BYTES", 0)
-    gamma = torch.tensor([[0.5], [0.5]]) if path == "one permeability" else torch.tensor([[0.3], [0.9]])
-    state.gamma = gamma
+    gamma = plan_on(path, state, monkeypatch)
     x = torch.randn(4, 7, 6) if kind == "linear" else torch.randn(4, 6, 3, 3)
     with torch.no_grad():
         layer(x)  # planned on the old tensors
