@@ -1,10 +1,11 @@
 """Pack or unpack the small stage files of a runs folder: a long run spread over machines that keep nothing between
 sessions resumes from them.
 
-A cell whose result.json (with its scores.jsonl and alteration features) is on disk is reused by the next
-`spmbench run`/`tune`/`paper` without its images or fit, so those files are what a later session needs. The pack
-leaves out images (*.png), lock files and fits over --max-fit-bytes (a baseline's fine-tuned weights, made again
-if a cell still needs them; an SPM's rank-1 fit is a few KB and is kept). One archive per run folder (a folder
+A cell whose result.json (with its scores.jsonl, and its alteration features where result.json does not carry
+their intervals) is on disk is reused by the next `spmbench run`/`tune`/`paper` without its images or fit, so those
+files are what a later session needs. The pack leaves out images (*.png), lock files, the features of results that
+carry their intervals, and fits over --max-fit-bytes (a baseline's fine-tuned weights, made again if a cell still
+needs them; an SPM's rank-1 fit is a few KB and is kept). One archive per run folder (a folder
 with a judge.json), so a finished run's archive stays byte for byte the same and costs a repository nothing more
 when the state is committed again. Image grids of restored cells are drawn only where images were made anew.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import io
+import json
 import os
 import sys
 import tarfile
@@ -27,10 +29,25 @@ from pathlib import Path
 MAX_FIT_BYTES = 64 << 10
 
 
+# A cell's alteration features (~340 KB a toy cell) and per-image measures: what a report bootstraps its
+# alteration intervals from where result.json does not carry them (results made before it did)
+FEATURE_FILES = ("alteration_features.safetensors", "alteration_per_image.safetensors")
+
+
 def kept(path: Path, max_fit_bytes: int) -> bool:
     if path.name.endswith((".png", ".lock")):
         return False
+    if path.name in FEATURE_FILES:
+        return not carries_intervals(path.parent / "result.json")
     return "fits" not in path.parts or path.stat().st_size <= max_fit_bytes
+
+
+def carries_intervals(result: Path) -> bool:
+    """Whether a cell's result.json holds its alteration intervals (then its features are not needed)."""
+    try:
+        return json.loads(result.read_text()).get("alteration_intervals") is not None
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def archive_name(run_dir: Path, runs: Path) -> str:

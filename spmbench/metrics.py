@@ -289,6 +289,35 @@ def paired_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).norm(dim=1).mean())
 
 
+def alteration_intervals(
+    erased: torch.Tensor,
+    original: torch.Tensor,
+    clusters: list,
+    per_image: dict[str, torch.Tensor] | None = None,
+    kid: bool = False,
+) -> dict[str, Interval]:
+    """The 95 % intervals of a cell's alteration measures from its row-aligned features (and per-image
+    measures such as LPIPS), bootstrapped over `clusters` (one per prompt: the images of its seeds):
+    the runner keeps them in result.json, so a table needs no features; the report computes them from
+    the stored features for results made before. KID (`kid`: real models) needs at least 2 images, as FID."""
+    from spmbench import stats
+
+    distances = (erased.double() - original.double()).norm(dim=1).numpy()
+    out = {"paired_feature_distance": stats.mean_interval(distances, clusters)}
+    if len(erased) >= 2:
+        out["fid_judge_features"] = stats.fid_interval(erased, original, clusters)
+        if kid:
+            out["kid_judge_features"] = kid_interval(erased, original, clusters)
+    for key, values in (per_image or {}).items():
+        out[key] = stats.mean_interval(values.double().numpy(), clusters)
+    return out
+
+
+def measures_kid(world: str) -> bool:
+    """KID is reported on real models (Inception or CLIP features), not on the toy worlds' judge features."""
+    return not world.startswith("toy")
+
+
 def save_alteration_features(path: Path, prompt_ids: list[str], erased: torch.Tensor, original: torch.Tensor) -> None:
     """The features a cell's alteration was measured on, row-aligned by `prompt_ids`, written atomically."""
     from spm.files import save_safetensors_atomic

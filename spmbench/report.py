@@ -31,6 +31,7 @@ from spmbench.metrics import (
     FIT_SECONDS,
     OPTIONAL_ALTERATION,
     PER_IMAGE_FILE,
+    measures_kid,
     rate_info,
 )
 from spmbench.registry import targets_slug
@@ -128,7 +129,7 @@ def frame(stored: list[Result], run_dir: Path | None = None, app: Application | 
             rows[-1].update(original_lo=before.lo, original_hi=before.hi)
         if app is not None and app.judge == "nudenet":
             rows += _class_count_rows(run_dir, r, cell, prompts, judge)
-        features = _alteration(run_dir, r, prompts, kid=app is not None and not app.world.startswith("toy"))
+        features = _alteration(run_dir, r, prompts, kid=app is not None and measures_kid(app.world))
         for key, value in (r.alteration or {}).items():
             info = ALTERATION.get(key) or OPTIONAL_ALTERATION.get(key)
             interval = features.get(key) or _none(value)
@@ -312,42 +313,45 @@ def _rate_interval(sample: _Sample | None, stored: float | None, r: Result, prom
 
 
 def _alteration(run_dir: Path | None, r: Result, prompts: dict | None, kid: bool = False) -> dict[str, stats.Interval]:
-    """Bootstrap intervals of the paired distance and FID from the cell's stored features, if any; with
-    `kid` (real models), KID and its interval from the same features where they give the paired distance."""
+    """The intervals of the cell's alteration measures: as result.json keeps them, or for a result made
+    before it did, bootstrapped from the cell's stored features (`kid`: KID and its interval too, where the
+    features give the paired distance), each only where the features give result.json's value."""
     from spmbench.metrics import (
+        alteration_intervals,
         frechet_distance,
-        kid_interval,
         load_alteration_features,
         load_per_image,
         paired_distance,
     )
 
+    if r.alteration_intervals is not None:
+        return {key: stats.Interval(**interval) for key, interval in r.alteration_intervals.items()}
     if run_dir is None or prompts is None or not r.alteration:
         return {}
-    loaded = load_alteration_features(
-        run_dir / "cells" / cell_key(r.model, r.eraser, r.targets) / ALTERATION_FEATURES_FILE
-    )
+    cell = run_dir / "cells" / cell_key(r.model, r.eraser, r.targets)
+    loaded = load_alteration_features(cell / ALTERATION_FEATURES_FILE)
     if loaded is None:
         return {}
     ids, erased, original = loaded
+    per_image = {key: v for key, v in load_per_image(cell / PER_IMAGE_FILE).items() if len(v) == len(ids)}
     clusters = [prompts.get(i, (None, i)) for i in ids]  # (set, prompt): one cluster per prompt
-    out = {}
-    if _reproduces(r, "paired_feature_distance", paired_distance(erased, original), 0.0):
-        distances = (erased.double() - original.double()).norm(dim=1).numpy()
-        out["paired_feature_distance"] = stats.mean_interval(distances, clusters)
-        if kid and len(ids) >= 2:
-            out["kid_judge_features"] = kid_interval(erased, original, clusters)
     # FID is not reproducible to 1e-9 where images are fewer than dimensions: the square roots of the
     # covariances' rounding-level eigenvalues move it by ~1e-5 between runs and implementations (39
     # toy-artist cells, 72 images in 192-D: up to 5e-8 of tr(cov_a) + tr(cov_b)); so 1e-6 of that scale
     scale = float(erased.double().var(0).sum() + original.double().var(0).sum()) if len(ids) >= 2 else 0.0
-    if len(ids) >= 2 and _reproduces(r, "fid_judge_features", frechet_distance(erased, original), 1e-6 * scale):
-        out["fid_judge_features"] = stats.fid_interval(erased, original, clusters)
-    per_image = load_per_image(run_dir / "cells" / cell_key(r.model, r.eraser, r.targets) / PER_IMAGE_FILE)
-    for key, values in per_image.items():  # LPIPS where the vision extra measured it: a mean over pairs
-        if len(values) == len(ids) and _reproduces(r, key, float(values.mean()), 0.0):
-            out[key] = stats.mean_interval(values.double().numpy(), clusters)
-    return out
+    reproduced = {
+        "paired_feature_distance": _reproduces(r, "paired_feature_distance", paired_distance(erased, original), 0.0),
+        **{key: _reproduces(r, key, float(values.mean()), 0.0) for key, values in per_image.items()},
+    }
+    if len(ids) >= 2:
+        fid = frechet_distance(erased, original)
+        reproduced["fid_judge_features"] = _reproduces(r, "fid_judge_features", fid, 1e-6 * scale)
+    if not any(reproduced.values()):
+        return {}
+    reproduced["kid_judge_features"] = reproduced["paired_feature_distance"]
+    kept = {key: values for key, values in per_image.items() if reproduced[key]}
+    intervals = alteration_intervals(erased, original, clusters, kept, kid and reproduced["kid_judge_features"])
+    return {key: interval for key, interval in intervals.items() if reproduced.get(key)}
 
 
 def _reproduces(r: Result, measure: str, recomputed: float, tolerance: float) -> bool:

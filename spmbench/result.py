@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import platform
 import subprocess
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -54,6 +54,9 @@ class Result:
     fit_peak_mib: float | None
     generate_seconds_this_run: float
     settings: dict
+    # {measure: stats.Interval as a mapping} of the alteration measures (and KID on real models), measured
+    # with them; None in results made before they were kept, whose report computes them from the features
+    alteration_intervals: dict[str, dict] | None = None
     meta: dict = field(default_factory=dict)
     schema: int = SCHEMA
 
@@ -70,9 +73,11 @@ class Result:
             data = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             return None
-        if not isinstance(data, dict) or data.get("schema") != SCHEMA or set(data) != {f.name for f in fields(cls)}:
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
             return None
-        try:  # every field of its type, as a spec file's: anything else is recomputed, not misread
+        # every field known and of its type, the required ones present (a field added with a default
+        # reads as that default in older results), as a spec file's: anything else is recomputed, not misread
+        try:
             return build(cls, data, str(path))
         except SpecError:
             return None

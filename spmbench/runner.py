@@ -19,7 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from itertools import groupby
 from pathlib import Path
 from typing import TypeVar
@@ -39,7 +39,8 @@ from spmbench.locks import holding
 from spmbench.metrics import (
     ALTERATION_FEATURES_FILE,
     PER_IMAGE_FILE,
-    frechet_distance,
+    alteration_intervals,
+    measures_kid,
     paired_distance,
     save_alteration_features,
     save_per_image,
@@ -348,11 +349,14 @@ def _end_torn_line(path: Path) -> None:
             f.write(b"\n")
 
 
-def measure_alteration(features: Callable[[], Judge], rows: list[PromptRow], cell: Cell) -> dict[str, float] | None:
+def measure_alteration(
+    features: Callable[[], Judge], rows: list[PromptRow], cell: Cell, kid: bool = False
+) -> tuple[dict[str, float], dict[str, dict]] | None:
     """How much non-target generations moved: paired feature distance and FID vs the original model,
     on the image features of `features()` (spmbench.judges.alteration_features: the judge's own, or
-    the world's declared source); None where the application has no non-target prompts (nothing to
-    measure, and the feature source is never loaded)."""
+    the world's declared source), with their 95 % intervals over prompts (`metrics.alteration_intervals`;
+    `kid`: KID's too), which result.json keeps; None where the application has no non-target prompts
+    (nothing to measure, and the feature source is never loaded)."""
     kept = [r for r in rows if r.set not in ERASURE_SETS]
     if not kept:
         return None
@@ -360,15 +364,16 @@ def measure_alteration(features: Callable[[], Judge], rows: list[PromptRow], cel
     erased_images = load_images([cell.image(r) for r in kept])
     original_images = load_images([cell.original.image(r) for r in kept])
     erased, original = source.features(erased_images), source.features(original_images)
-    out = {"paired_feature_distance": paired_distance(erased, original)}
-    ids = [r.prompt_id for r in kept]  # kept for the report's bootstrap intervals
+    ids = [r.prompt_id for r in kept]  # the features stay beside the result, for measures added later
     save_alteration_features(cell.dir / ALTERATION_FEATURES_FILE, ids, erased, original)
     per_image = source.paired(erased_images, original_images) if hasattr(source, "paired") else {}  # LPIPS
-    out.update({key: float(values.mean()) for key, values in per_image.items()})
     save_per_image(cell.dir / PER_IMAGE_FILE, per_image)
-    if len(kept) >= 2:
-        out["fid_judge_features"] = frechet_distance(erased, original)
-    return out
+    intervals = alteration_intervals(erased, original, [(r.set, r.prompt) for r in kept], per_image, kid)
+    out = {"paired_feature_distance": paired_distance(erased, original)}
+    out.update({key: float(values.mean()) for key, values in per_image.items()})
+    if "fid_judge_features" in intervals:  # frechet_distance's value, computed once
+        out["fid_judge_features"] = intervals["fid_judge_features"].value
+    return out, {key: asdict(interval) for key, interval in intervals.items()}
 
 
 def eraser_settings(eraser, app: Application, fit_model: ModelSpec) -> dict:
@@ -513,6 +518,14 @@ def _reusable(stored: Result | None, rows: int, features: Callable[[], Judge]) -
     return stored.alteration_features is None or stored.alteration_features == features().identity
 
 
+def _has_alteration_intervals(stored: Result, cell: Cell) -> bool:
+    """Whether a stored result's alteration has its intervals: in result.json, or (a result made before
+    they were kept there) as the features the report computes them from."""
+    if stored.alteration is None or stored.alteration_intervals is not None:
+        return True
+    return (cell.dir / ALTERATION_FEATURES_FILE).exists()
+
+
 class Pipelines:
     """Loaded pipelines, at most two: the family root (fits) and the model being generated, so that
     alternating between them for a derivative's cells does not reload either from disk."""
@@ -591,9 +604,8 @@ def run(
         check_fit_settings(fits_dir(run_dir, fit_model), eraser, settings)  # before reusing anything made with them
         attacked = attack_rows(cell) if attacks else []
         stored = Result.load(cell.result)
-        kept_features = stored is None or stored.alteration is None or (cell.dir / ALTERATION_FEATURES_FILE).exists()
         reusable = _reusable(stored, len(rows) + len(attacked), features)
-        if reusable and kept_features:  # made before features were kept: add them
+        if reusable and _has_alteration_intervals(stored, cell):  # else made before they were kept: add them
             return stored
         if cell.eraser != "none":  # compared with the original's images and scores: they must be complete
             with holding(cell.original.dir):
@@ -610,12 +622,14 @@ def run(
         ids = {r.prompt_id for r in rows + stage.rows(app, cell.original.dir, cell.targets, list(attacks))}
         original = cell.original.scores
         original_rates = summarise([s for s in _read_jsonl(original) if s["prompt_id"] in ids], original)
-        alteration = None if cell.eraser == "none" else measure_alteration(features, rows, cell)
+        measured = None if cell.eraser == "none" else measure_alteration(features, rows, cell, measures_kid(app.world))
+        alteration, intervals = measured or (None, None)
         result = Result(
             app=app.name, app_version=app.version, model=cell.model.name, fitted_on=fit_model.name,
             eraser=cell.eraser, targets=cell.targets, rows=len(rows) + len(attacked), rates=rates,
             original_rates=original_rates,
             alteration=alteration, alteration_features=None if alteration is None else features().identity,
+            alteration_intervals=intervals,
             fit_seconds=round(fit_seconds, 1), fit_peak_mib=None if fit_mib is None else round(fit_mib, 1),
             generate_seconds_this_run=round(gen_seconds, 1),
             settings={"sampler": type(pipes(cell.model).scheduler).__name__,  # what sampled, not what is assumed

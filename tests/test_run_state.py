@@ -77,3 +77,17 @@ def test_unpack_refuses_paths_outside_the_runs_folder(tmp_path):
     with pytest.raises(SystemExit, match="not a plain relative file"):
         run_state.unpack(state, tmp_path / "runs")
     assert not (tmp_path / "outside.json").exists()
+
+
+def test_features_are_left_out_where_the_result_carries_their_intervals(tmp_path):
+    runs = make_runs(tmp_path / "runs")
+    carrying = runs / "app" / "dev" / "cells" / "toy-base" / "spm" / "whiskers"
+    carrying.mkdir(parents=True)
+    (carrying / "result.json").write_text('{"alteration_intervals": {"fid_judge_features": {}}}')
+    for name in run_state.FEATURE_FILES:
+        (carrying / name).write_bytes(b"f" * 5000)
+    run_state.pack(runs, tmp_path / "state")
+    with tarfile.open(tmp_path / "state" / "app--dev.tar.gz") as tar:
+        names = set(tar.getnames())
+    assert f"{DEV}/alteration_features.safetensors" in names  # an older result: the report needs its features
+    assert {n for n in names if "whiskers" in n} == {"app/dev/cells/toy-base/spm/whiskers/result.json"}

@@ -3,6 +3,7 @@
 
 import csv
 import io
+import json
 
 import pytest
 import torch
@@ -183,6 +184,11 @@ def test_results_round_trip_and_a_foreign_file_is_named(tmp_path):
     path = tmp_path / "cells" / "toy-base" / "spm" / "barkley" / "result.json"
     stored.save(path)
     assert load_results(tmp_path) == [stored]
+    made_before = {k: v for k, v in json.loads(path.read_text()).items() if k != "alteration_intervals"}
+    path.write_text(json.dumps(made_before))  # a field added with a default: read as that default
+    assert Result.load(path) == stored and stored.alteration_intervals is None
+    path.write_text(json.dumps({**made_before, "intervals_of_the_future": {}}))  # an unknown field: not misread
+    assert Result.load(path) is None
     path.write_text('{"app": "toy-concept", "rates": {}}')  # an older schema: recomputed by a run, not read
     assert Result.load(path) is None
     with pytest.raises(ValueError, match=r"result.json: not a readable result of schema 1: rerun `spmbench run`"):

@@ -70,13 +70,32 @@ def test_run_writes_reports_and_a_rerun_computes_nothing(toy_weights, tmp_path):
 
 
 def test_report_rebuilds_from_stored_results(toy_weights, tmp_path):
-    assert invoke("run", "--app", "toy-object", "--models", "toy-base", "--erasers", "none,spm,negprompt", "--limit", "1",
-                  "--out", tmp_path / "runs", "--reports", tmp_path / "r1").exit_code == 0  # fmt: skip
+    args = ["run", "--app", "toy-object", "--models", "toy-base", "--erasers", "none,spm,negprompt", "--limit", "1",
+            "--out", tmp_path / "runs"]  # fmt: skip
+    assert invoke(*args, "--reports", tmp_path / "r1").exit_code == 0
     result = invoke("report", tmp_path / "runs" / "toy-object", "--reports", tmp_path / "r2")
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "r1" / "toy-object" / "toy-object.csv").read_text() == (
-        tmp_path / "r2" / "toy-object" / "toy-object.csv"
-    ).read_text()
+    csv_of = lambda reports: (reports / "toy-object" / "toy-object.csv").read_text()  # noqa: E731
+    assert csv_of(tmp_path / "r1") == csv_of(tmp_path / "r2")
+    # result.json carries its alteration intervals: the same the report bootstraps from the features of a
+    # result made before it did, and with them the features are not needed to report, nor to reuse the cell
+    erased = [p for p in (tmp_path / "runs" / "toy-object").glob("cells/*/*/*/result.json") if "/none/" not in str(p)]
+    carried = {p: json.loads(p.read_text())["alteration_intervals"] for p in erased}
+    assert all(set(c) == {"paired_feature_distance", "fid_judge_features"} for c in carried.values()), carried
+    assert all(c["fid_judge_features"]["lo"] <= c["fid_judge_features"]["hi"] for c in carried.values())
+    for path in erased:  # as made before intervals were kept: the report computes them from the features
+        path.write_text(json.dumps({**json.loads(path.read_text()), "alteration_intervals": None}))
+    assert invoke("report", tmp_path / "runs" / "toy-object", "--reports", tmp_path / "r3").exit_code == 0
+    assert csv_of(tmp_path / "r3") == csv_of(tmp_path / "r1")
+    for path, intervals in carried.items():
+        path.write_text(json.dumps({**json.loads(path.read_text()), "alteration_intervals": intervals}))
+        (path.parent / "alteration_features.safetensors").unlink()
+    run_dir = tmp_path / "runs" / "toy-object"
+    images = {p: p.stat().st_mtime_ns for p in run_dir.glob("cells/**/*.png")}
+    assert len(images) > 0 and invoke(*args, "--reports", tmp_path / "r4").exit_code == 0
+    assert {p: p.stat().st_mtime_ns for p in run_dir.glob("cells/**/*.png")} == images
+    assert csv_of(tmp_path / "r4") == csv_of(tmp_path / "r1")
+    assert not list(run_dir.glob("cells/**/alteration_features.safetensors"))  # nothing recomputed
 
 
 def test_unknown_names_suggest(tmp_path):

@@ -148,7 +148,10 @@ def test_measure_alteration_uses_the_declared_source_and_only_when_there_is_some
 
     assert measure_alteration(never, target, erased) is None
     features = judges.alteration_features(judges.build("nudenet"), "real", {"clip": {"model": str(clip_dir)}})
-    measured = measure_alteration(features, target + kept, erased)
+    measured, intervals = measure_alteration(features, target + kept, erased, kid=True)
     assert set(measured) == {"paired_feature_distance", "fid_judge_features"}
+    assert set(intervals) == {*measured, "kid_judge_features"}  # KID only as an interval, as the report adds it
     assert measured["paired_feature_distance"] > 0  # the kept images were flipped
-    assert measure_alteration(features, target + kept, same)["paired_feature_distance"] == 0
+    assert intervals["paired_feature_distance"]["value"] == pytest.approx(measured["paired_feature_distance"])
+    assert intervals["fid_judge_features"]["value"] == measured["fid_judge_features"]
+    assert measure_alteration(features, target + kept, same)[0]["paired_feature_distance"] == 0
