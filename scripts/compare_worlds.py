@@ -1,0 +1,159 @@
+"""Which conclusions of one toy world's tables survive in another's (issue 19: world v3 against world v2).
+
+A conclusion is the verdict of a table's paired comparison of a baseline with an SPM variant on one prompt set, as
+the tables mark it at 95 %: SPM better, SPM worse, or a tie (SPM variants against each other, which the tables do
+not pair: a verdict where their 95 % intervals are disjoint). Each application's verdicts are
+counted over its experiments and models in each world (every row of its CSV, `spmbench.report.csv_text`'s columns),
+and the majority verdict of each world is set side by side: it survives, changes, or is measured in one world only.
+
+    python scripts/compare_worlds.py --before toy --after toy3      # reports/toy3-vs-toy.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+
+KINDS = ("concept", "artist", "explicit", "object")
+VERDICTS = ("SPM better", "SPM worse", "tie")
+SPM_VARIANTS = ("spm", "spm-rel", "spm-noft")
+
+
+def verdicts(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per (eraser, against, measure): how many of the table's rows give each verdict on that prompt set's
+    rate (rows without a comparison, e.g. costs or an SPM variant against itself, are left out)."""
+    rates = table[table["unit"] == "fraction"]
+    out = []
+    for against in SPM_VARIANTS:
+        minus, differs = f"minus_{against.replace('-', '_')}", f"differs_from_{against.replace('-', '_')}"
+        if minus not in rates:
+            continue
+        compared = rates[(rates["eraser"] != against) & rates[minus].notna()]
+        for row in compared.itertuples():
+            out.append({"eraser": row.eraser, "against": against, "measure": row.measure,
+                        "verdict": _verdict(getattr(row, minus), _truth(getattr(row, differs)), row.higher_is_better)})  # fmt: skip
+    out += _variant_verdicts(rates)
+    frame = pd.DataFrame(out, columns=["eraser", "against", "measure", "verdict"])
+    counts = frame.groupby(["eraser", "against", "measure", "verdict"]).size().unstack("verdict", fill_value=0)
+    return counts.reindex(columns=list(VERDICTS), fill_value=0).reset_index()
+
+
+def _variant_verdicts(rates: pd.DataFrame) -> list[dict]:
+    """SPM variants against each other (the tables pair only the other erasers with them): a verdict where the two
+    95 % intervals are disjoint, a tie where they overlap (more conservative than a paired test)."""
+    keys = ["model", "targets", "measure"]
+    spm = rates[rates["eraser"].isin(SPM_VARIANTS)]
+    out = []
+    pairs = [(e, a) for i, e in enumerate(SPM_VARIANTS) for a in SPM_VARIANTS[:i]]  # spm-noft against spm, ...
+    for eraser, against in pairs:
+        pair = spm[spm["eraser"] == eraser].merge(spm[spm["eraser"] == against], on=keys, suffixes=("", "_spm"))
+        for row in pair.itertuples():
+            apart = row.lo > row.hi_spm or row.hi < row.lo_spm
+            verdict = _verdict(row.value - row.value_spm, apart, row.higher_is_better)
+            out.append({"eraser": eraser, "against": against, "measure": row.measure, "verdict": verdict})
+    return out
+
+
+def _truth(value) -> bool:
+    return str(value).strip().lower() == "true"
+
+
+def _verdict(minus_spm: float, differs: bool, higher_is_better) -> str:
+    """The baseline's rate minus SPM's: where higher is better (retention) a negative holding difference is SPM's."""
+    if not differs:
+        return "tie"
+    spm_better = minus_spm < 0 if _truth(higher_is_better) else minus_spm > 0
+    return "SPM better" if spm_better else "SPM worse"
+
+
+def majority(counts: pd.Series) -> str:
+    top = counts.max()
+    leaders = [v for v in VERDICTS if counts[v] == top]
+    return leaders[0] if len(leaders) == 1 else "mixed"
+
+
+def compare(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
+    """The two worlds' verdict counts side by side, with each one's majority and what became of it."""
+    keys = ["eraser", "against", "measure"]
+    merged = before.merge(after, on=keys, how="outer", suffixes=("_before", "_after"))
+    rows = []
+    for row in merged.to_dict("records"):
+        sides = {}
+        for side in ("before", "after"):
+            counts = pd.Series({v: row[f"{v}_{side}"] for v in VERDICTS})
+            sides[side] = None if counts.isna().any() else (majority(counts.astype(int)), counts.astype(int))
+        rows.append({**{k: row[k] for k in keys}, **_fate(sides["before"], sides["after"])})
+    return pd.DataFrame(rows).sort_values(keys, ignore_index=True)
+
+
+def _fate(before, after) -> dict:
+    text = lambda side: "-" if side is None else f"{side[0]} ({_counts(side[1])})"  # noqa: E731
+    if before is None or after is None:
+        fate = "only after" if before is None else "only before"
+    else:
+        fate = "survives" if before[0] == after[0] else f"changes: {before[0]} -> {after[0]}"
+    return {"before": text(before), "after": text(after), "fate": fate}
+
+
+def _counts(counts: pd.Series) -> str:
+    return ", ".join(f"{n} {v.removeprefix('SPM ')}" for v, n in counts.items() if n)
+
+
+def markdown(before_world: str, after_world: str, tables: dict[str, pd.DataFrame]) -> str:
+    lines = [f"# Conclusions of the {before_world} tables in the {after_world} tables", "",
+             "Each line: a baseline (or SPM variant) against an SPM variant on one prompt set's rate, the verdict of the "
+             "tables' paired comparison at 95 % counted over every model and experiment of the application (better: "
+             "SPM's rate is better; worse: the other eraser's; tie: the intervals cannot separate them), the majority "
+             "in each world, and whether it survives.", ""]  # fmt: skip
+    for kind, table in tables.items():
+        fates = table["fate"].value_counts()
+        lines += [f"## {kind}", "", "Summary: " + ", ".join(f"{n} {fate}" for fate, n in fates.items()), ""]
+        lines += [f"| eraser | against | set | {before_world} | {after_world} | fate |", "|---|---|---|---|---|---|"]
+        lines += [
+            f"| {r.eraser} | {r.against} | {r.measure} | {r.before} | {r.after} | {r.fate} |"
+            for r in table.itertuples()
+        ]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def load(reports: Path, world: str, kind: str) -> pd.DataFrame | None:
+    path = reports / f"{world}-{kind}" / f"{world}-{kind}.csv"
+    return pd.read_csv(path, dtype={"differs_from_spm": str}) if path.exists() else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--before", default="toy", help="the world whose conclusions are checked (its tables' prefix)")
+    ap.add_argument("--after", default="toy3", help="the world they are checked in")
+    ap.add_argument("--reports", type=Path, default=Path("reports"))
+    ap.add_argument("--out", type=Path, help="default: REPORTS/<after>-vs-<before>.md")
+    args = ap.parse_args(argv)
+    tables, missing = {}, []
+    for kind in KINDS:
+        before, after = load(args.reports, args.before, kind), load(args.reports, args.after, kind)
+        if before is None or after is None:
+            missing.append(
+                f"{kind} ({'both' if before is None and after is None else args.after if after is None else args.before})"
+            )
+            continue
+        tables[kind] = compare(verdicts(before), verdicts(after))
+    if not tables:
+        print(
+            f"error: no application has tables in both worlds under {args.reports}: run the record first",
+            file=sys.stderr,
+        )
+        return 2
+    out = args.out or args.reports / f"{args.after}-vs-{args.before}.md"
+    note = [f"Not compared (no table in {', '.join(missing)})."] if missing else []
+    out.write_text(markdown(args.before, args.after, tables) + ("\n" + "\n".join(note) + "\n" if note else ""))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""scripts/compare_worlds.py: which verdicts of one world's tables survive in another's."""
+
+import importlib.util
+from pathlib import Path
+
+import pandas as pd
+
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "compare_worlds.py"
+spec = importlib.util.spec_from_file_location("compare_worlds", SCRIPT)
+compare_worlds = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(compare_worlds)
+
+COLUMNS = ["model", "targets", "eraser", "measure", "value", "lo", "hi", "unit", "higher_is_better", "minus_spm",
+           "differs_from_spm"]  # fmt: skip
+
+
+def table(rows) -> pd.DataFrame:
+    """Rows of (eraser, measure, value, lo, hi, minus_spm, differs) on one model and target."""
+    return pd.DataFrame(
+        [("base", "Barkley", e, m, v, lo, hi, "fraction", m != "target", d, str(h)) for e, m, v, lo, hi, d, h in rows]
+        + [("base", "Barkley", "esd-x", "fit_seconds", 50.0, None, None, "s", None, None, "")],
+        columns=COLUMNS,
+    )
+
+
+def test_verdicts_follow_the_direction_of_each_set_and_whether_the_difference_holds():
+    rows = [
+        ("spm", "target", 0.0, 0.0, 0.05, None, ""),
+        ("spm", "near", 0.95, 0.9, 1.0, None, ""),
+        ("spm-noft", "target", 0.0, 0.0, 0.05, None, ""),
+        ("spm-noft", "near", 0.5, 0.4, 0.6, None, ""),  # intervals apart from spm's: spm better
+        ("esd-x", "target", 0.3, 0.2, 0.4, 0.3, True),  # keeps more of the target: spm better
+        ("esd-x", "near", 1.0, 0.95, 1.0, 0.05, True),  # keeps more of the near set: spm worse
+        ("uce", "near", 0.9, 0.8, 1.0, -0.05, False),
+    ]
+    counts = compare_worlds.verdicts(table(rows)).set_index(["eraser", "against", "measure"])
+    assert counts.loc[("esd-x", "spm", "target"), "SPM better"] == 1
+    assert counts.loc[("esd-x", "spm", "near"), "SPM worse"] == 1
+    assert counts.loc[("uce", "spm", "near"), "tie"] == 1
+    assert counts.loc[("spm-noft", "spm", "near"), "SPM better"] == 1
+    assert counts.loc[("spm-noft", "spm", "target"), "tie"] == 1
+    assert ("spm", "spm-noft", "near") not in counts.index  # each pair of variants once
+    assert "fit_seconds" not in set(counts.reset_index()["measure"])
+
+
+def test_a_verdict_that_changes_is_named_and_one_measured_in_one_world_only_too():
+    before = table([("spm", "target", 0.0, 0.0, 0.1, None, ""), ("esd-x", "target", 0.3, 0.2, 0.4, 0.3, True),
+                    ("esd-x", "near", 1.0, 0.9, 1.0, 0.0, False)])  # fmt: skip
+    after = table([("spm", "target", 0.0, 0.0, 0.1, None, ""), ("esd-x", "target", 0.05, 0.0, 0.15, 0.05, False),
+                   ("esd-x", "far", 1.0, 0.9, 1.0, 0.0, False)])  # fmt: skip
+    fates = compare_worlds.compare(compare_worlds.verdicts(before), compare_worlds.verdicts(after))
+    fate = {r.measure: r.fate for r in fates.itertuples()}
+    assert fate == {"target": "changes: SPM better -> tie", "near": "only before", "far": "only after"}
+    text = compare_worlds.markdown("toy", "toy3", {"concept": fates})
+    assert "| esd-x | spm | target | SPM better (1 better) | tie (1 tie) | changes: SPM better -> tie |" in text
+
+
+def test_the_script_writes_its_report_and_refuses_when_no_world_has_tables(tmp_path, capsys):
+    assert compare_worlds.main(["--reports", str(tmp_path)]) == 2
+    assert "no application has tables in both worlds" in capsys.readouterr().err
+    rows = [("spm", "target", 0.0, 0.0, 0.1, None, ""), ("esd-x", "target", 0.3, 0.2, 0.4, 0.3, True)]
+    for world in ("toy", "toy3"):
+        (tmp_path / f"{world}-concept").mkdir()
+        table(rows).to_csv(tmp_path / f"{world}-concept" / f"{world}-concept.csv", index=False)
+    assert compare_worlds.main(["--reports", str(tmp_path)]) == 0
+    text = (tmp_path / "toy3-vs-toy.md").read_text()
+    assert "Summary: 1 survives" in text and "Not compared (no table in artist (both)" in text
