@@ -57,6 +57,10 @@ class Result:
     # {measure: stats.Interval as a mapping} of the alteration measures (and KID on real models), measured
     # with them; None in results made before they were kept, whose report computes them from the features
     alteration_intervals: dict[str, dict] | None = None
+    # the pipeline's seconds for the cell's images, summed over their batches whoever made them (the batches'
+    # generation.jsonl); generate_seconds_this_run is this process's wall time, ~0 where others made the images.
+    # None where some batch was not timed (images made before batches were)
+    generate_seconds: float | None = None
     meta: dict = field(default_factory=dict)
     schema: int = SCHEMA
 

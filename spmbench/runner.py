@@ -122,6 +122,11 @@ class Cell:
         return self.dir / "result.json"
 
     @property
+    def generation_log(self) -> Path:
+        """One line per generated batch: its first row, images and seconds (whichever process made it)."""
+        return self.dir / "generation.jsonl"
+
+    @property
     def original(self) -> Cell:
         """The same model's original cell, which every eraser's cell is compared with."""
         return Cell(self.model, (), "none", self.run_dir)
@@ -296,17 +301,39 @@ def _generate_batch(generate, batch: Batch, writer: ThreadPoolExecutor) -> Futur
     model = batch.cell.model
     prompts = [model.caption_prefix + r.prompt + model.caption_suffix for r in batch.rows]
     generators = [torch.Generator().manual_seed(r.seed) for r in batch.rows]
+    t0 = time.perf_counter()
     out = generate(
         prompts, num_inference_steps=model.num_inference_steps, guidance_scale=model.guidance_scale,
         generator=generators, height=model.resolution, width=model.resolution,
     )  # fmt: skip
+    timing = {"start": batch.start, "images": len(batch.rows), "seconds": round(time.perf_counter() - t0, 3)}
     todo = [(image, batch.cell.image(row)) for row, image in zip(batch.rows, out.images) if row in missing]
-    return writer.submit(_save_images, todo)
+    return writer.submit(_save_images, todo, batch.cell.generation_log, timing)
 
 
-def _save_images(todo: list[tuple[Image.Image, Path]]) -> None:
+def _save_images(todo: list[tuple[Image.Image, Path]], log: Path, timing: dict) -> None:
+    """The batch's images, then its timing line (after them: a timed batch has its images on disk)."""
     for image, path in todo:
         save_image_atomic(image, path)
+    with appending(log) as f:
+        f.write(json.dumps(timing) + "\n")
+
+
+def generation_seconds(cell: Cell, rows: list[PromptRow], batch_size: int) -> float | None:
+    """The seconds the pipeline took for the cell's batches of `rows`, whichever process and run made them (the
+    latest line of each batch, by first row and size, in its generation log): what a rate per image is measured from in a run of several
+    processes, where the cell's own compute finds its images made. None where a batch has no line (made before
+    batches were timed, or its line lost to a kill)."""
+    timed = {}
+    if cell.generation_log.exists():
+        for line in cell.generation_log.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+                timed[int(record["start"]), int(record["images"])] = float(record["seconds"])
+            except (ValueError, KeyError, TypeError):
+                continue  # a line torn by a kill, or another's: that batch counts as untimed
+    wanted = [(b.start, len(b.rows)) for b in batches(cell, rows, batch_size)]
+    return round(sum(timed[b] for b in wanted), 1) if all(b in timed for b in wanted) else None
 
 
 def load_images(paths: list[Path]) -> torch.Tensor:
@@ -632,6 +659,7 @@ def run(
             alteration_intervals=intervals,
             fit_seconds=round(fit_seconds, 1), fit_peak_mib=None if fit_mib is None else round(fit_mib, 1),
             generate_seconds_this_run=round(gen_seconds, 1),
+            generate_seconds=generation_seconds(cell, rows, batch_size),
             settings={"sampler": type(pipes(cell.model).scheduler).__name__,  # what sampled, not what is assumed
                       "steps": cell.model.num_inference_steps, "guidance": cell.model.guidance_scale,
                       "resolution": cell.model.resolution, "seeds": list(app.seeds), "limit": limit, "fit": settings,

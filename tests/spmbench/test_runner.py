@@ -498,7 +498,8 @@ def _stub_cell(tmp_path, n_rows: int, delay: float = 0.0):
     model = SimpleNamespace(caption_prefix="", caption_suffix="", num_inference_steps=1, guidance_scale=1.0,
                             resolution=8)  # fmt: skip
     images = tmp_path / "images"
-    cell = SimpleNamespace(key="m/e/t", images=images, model=model, image=lambda r: images / f"{r.prompt_id}.png")
+    cell = SimpleNamespace(key="m/e/t", images=images, model=model, image=lambda r: images / f"{r.prompt_id}.png",
+                           generation_log=tmp_path / "generation.jsonl")  # fmt: skip
     rows = [PromptRow(f"p{i}", "target", "Barkley", f"prompt {i}", i) for i in range(n_rows)]
     made = []
 
@@ -524,6 +525,23 @@ def test_batches_write_their_images_in_a_thread_and_hold_their_locks_until_writt
         with holding(batch.lock, wait=False) as held:
             assert held
     assert runner.generate_batches(None, eraser, [], todo) == [] and len(made) == 5  # nothing made again
+    timed = [json.loads(line) for line in cell.generation_log.read_text().splitlines()]  # each batch timed once
+    assert [(t["start"], t["images"]) for t in timed] == [(0, 2), (2, 2), (4, 1)] and all(
+        t["seconds"] >= 0 for t in timed
+    )
+
+
+def test_generation_seconds_sum_the_latest_line_of_every_batch_or_are_unknown(tmp_path):
+    cell, rows, _, _ = _stub_cell(tmp_path, 5)  # batches of 2 start at rows 0, 2 and 4
+    log = cell.generation_log
+    log.write_text(
+        '{"start": 0, "images": 2, "seconds": 1.0}\n{"start": 2, "images": 2, "seconds": 2.0}\n{"start": 4, "ima'
+    )
+    assert runner.generation_seconds(cell, rows, 2) is None  # the last batch's line was torn by a kill
+    with log.open("a") as f:
+        f.write('\n{"start": 4, "images": 1, "seconds": 0.5}\n{"start": 0, "images": 2, "seconds": 1.5}\n')
+    assert runner.generation_seconds(cell, rows, 2) == 4.0  # batch 0 made again: its latest time counts
+    assert runner.generation_seconds(cell, rows, 4) is None  # batched otherwise than timed
 
 
 def test_a_failed_image_write_is_raised_and_releases_every_lock(tmp_path, monkeypatch):
