@@ -321,9 +321,9 @@ def _save_images(todo: list[tuple[Image.Image, Path]], log: Path, timing: dict) 
 
 def generation_seconds(cell: Cell, rows: list[PromptRow], batch_size: int) -> float | None:
     """The seconds the pipeline took for the cell's batches of `rows`, whichever process and run made them (the
-    latest line of each batch, by first row and size, in its generation log): what a rate per image is measured from in a run of several
-    processes, where the cell's own compute finds its images made. None where a batch has no line (made before
-    batches were timed, or its line lost to a kill)."""
+    latest line of each batch, by first row and size, in its generation log): what a rate per image is measured
+    from in a run of several processes, where the cell's own compute finds its images made. None where a batch
+    has no line (made before batches were timed, batched otherwise, or its line lost to a kill)."""
     timed = {}
     if cell.generation_log.exists():
         for line in cell.generation_log.read_text(errors="replace").splitlines():
