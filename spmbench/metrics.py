@@ -7,7 +7,7 @@
   feature source when the judge has none). On real models with the vision extra installed
   (torchvision and torch-fidelity), the features are the FID-standard Inception-v3's (torchmetrics)
   and LPIPS (torchmetrics) is measured beside them; without it, CLIP image features stand in and
-  the table says so (`implementation_note`). On real models the report adds KID (`kernel_distance`)
+  the table says so (`implementation_note`). On real models the tables add KID (`kernel_distance`)
   on the same stored features, as FID is computed on them: one implementation each, tested equal to
   torchmetrics' FrechetInceptionDistance and KernelInceptionDistance on the same features.
 - Counts (NudeNet's per-class counts): an exact Poisson interval (`poisson_interval`).
@@ -430,7 +430,7 @@ def implementation_note(
     """The caption's sentence naming each alteration measure's implementation and versions, from the
     feature sources the results were measured on (`Result.alteration_features`) and the package
     versions that made them (`Result.meta["packages"]`; the installed ones where not recorded);
-    `kid`: the table has KID, computed by the report from the same stored features."""
+    `kid`: the table has KID, measured on the same features (`alteration_intervals`)."""
     packages = packages or {}
 
     def named(dist: str) -> str:

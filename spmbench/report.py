@@ -324,10 +324,10 @@ def _alteration(run_dir: Path | None, r: Result, prompts: dict | None, kid: bool
         paired_distance,
     )
 
+    if run_dir is None or prompts is None or not r.alteration:  # as rates: no intervals without the app's prompts
+        return {}
     if r.alteration_intervals is not None:
         return {key: stats.Interval(**interval) for key, interval in r.alteration_intervals.items()}
-    if run_dir is None or prompts is None or not r.alteration:
-        return {}
     cell = run_dir / "cells" / cell_key(r.model, r.eraser, r.targets)
     loaded = load_alteration_features(cell / ALTERATION_FEATURES_FILE)
     if loaded is None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from spmbench.registry import targets_slug
 from spmbench.specs import SpecError, build
+from spmbench.stats import Interval
 
 
 SCHEMA = 1
@@ -57,9 +58,9 @@ class Result:
     # {measure: stats.Interval as a mapping} of the alteration measures (and KID on real models), measured
     # with them; None in results made before they were kept, whose report computes them from the features
     alteration_intervals: dict[str, dict] | None = None
-    # the pipeline's seconds for the cell's images, summed over their batches whoever made them (the batches'
-    # generation.jsonl); generate_seconds_this_run is this process's wall time, ~0 where others made the images.
-    # None where some batch was not timed (images made before batches were)
+    # the pipeline's seconds for the images of the application's rows (not attack rows), summed over their batches
+    # whoever made them (the cell's generation.jsonl); generate_seconds_this_run is this process's wall time, ~0
+    # where others made the images. None where some batch was not timed (images made before batches were)
     generate_seconds: float | None = None
     meta: dict = field(default_factory=dict)
     schema: int = SCHEMA
@@ -82,7 +83,12 @@ class Result:
         # every field known and of its type, the required ones present (a field added with a default
         # reads as that default in older results), as a spec file's: anything else is recomputed, not misread
         try:
-            return build(cls, data, str(path))
+            result = build(cls, data, str(path))
+            for interval in (
+                result.alteration_intervals or {}
+            ).values():  # each a whole Interval, as the report reads it
+                build(Interval, interval, str(path))
+            return result
         except SpecError:
             return None
 

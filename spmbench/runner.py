@@ -315,8 +315,8 @@ def _save_images(todo: list[tuple[Image.Image, Path]], log: Path, timing: dict) 
     """The batch's images, then its timing line (after them: a timed batch has its images on disk)."""
     for image, path in todo:
         save_image_atomic(image, path)
-    with appending(log) as f:
-        f.write(json.dumps(timing) + "\n")
+    with appending(log) as f:  # one write, after a newline ending any line torn by a kill (empty lines are skipped)
+        f.write("\n" + json.dumps(timing) + "\n")
 
 
 def generation_seconds(cell: Cell, rows: list[PromptRow], batch_size: int) -> float | None:
@@ -333,7 +333,7 @@ def generation_seconds(cell: Cell, rows: list[PromptRow], batch_size: int) -> fl
             except (ValueError, KeyError, TypeError):
                 continue  # a line torn by a kill, or another's: that batch counts as untimed
     wanted = [(b.start, len(b.rows)) for b in batches(cell, rows, batch_size)]
-    return round(sum(timed[b] for b in wanted), 1) if all(b in timed for b in wanted) else None
+    return round(sum(timed[b] for b in wanted), 3) if all(b in timed for b in wanted) else None
 
 
 def load_images(paths: list[Path]) -> torch.Tensor:

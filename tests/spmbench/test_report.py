@@ -189,6 +189,12 @@ def test_results_round_trip_and_a_foreign_file_is_named(tmp_path):
     assert Result.load(path) == stored and stored.alteration_intervals is None
     path.write_text(json.dumps({**made_before, "intervals_of_the_future": {}}))  # an unknown field: not misread
     assert Result.load(path) is None
+    whole = {"value": 1.0, "lo": 0.5, "hi": 1.5, "n": 10, "n_prompts": 10, "method": "cluster bootstrap"}
+    path.write_text(json.dumps({**made_before, "alteration_intervals": {"fid_judge_features": whole}}))
+    assert Result.load(path).alteration_intervals == {"fid_judge_features": whole}
+    for damaged in ({}, {**whole, "lo": "a"}, {**whole, "extra": 1}):  # refused (recomputed), not a crash in report
+        path.write_text(json.dumps({**made_before, "alteration_intervals": {"fid_judge_features": damaged}}))
+        assert Result.load(path) is None
     path.write_text('{"app": "toy-concept", "rates": {}}')  # an older schema: recomputed by a run, not read
     assert Result.load(path) is None
     with pytest.raises(ValueError, match=r"result.json: not a readable result of schema 1: rerun `spmbench run`"):

@@ -525,7 +525,9 @@ def test_batches_write_their_images_in_a_thread_and_hold_their_locks_until_writt
         with holding(batch.lock, wait=False) as held:
             assert held
     assert runner.generate_batches(None, eraser, [], todo) == [] and len(made) == 5  # nothing made again
-    timed = [json.loads(line) for line in cell.generation_log.read_text().splitlines()]  # each batch timed once
+    timed = [
+        json.loads(line) for line in cell.generation_log.read_text().splitlines() if line
+    ]  # each batch timed once
     assert [(t["start"], t["images"]) for t in timed] == [(0, 2), (2, 2), (4, 1)] and all(
         t["seconds"] >= 0 for t in timed
     )
@@ -538,8 +540,8 @@ def test_generation_seconds_sum_the_latest_line_of_every_batch_or_are_unknown(tm
         '{"start": 0, "images": 2, "seconds": 1.0}\n{"start": 2, "images": 2, "seconds": 2.0}\n{"start": 4, "ima'
     )
     assert runner.generation_seconds(cell, rows, 2) is None  # the last batch's line was torn by a kill
-    with log.open("a") as f:
-        f.write('\n{"start": 4, "images": 1, "seconds": 0.5}\n{"start": 0, "images": 2, "seconds": 1.5}\n')
+    runner._save_images([], log, {"start": 4, "images": 1, "seconds": 0.5})  # its line whole after the torn one
+    runner._save_images([], log, {"start": 0, "images": 2, "seconds": 1.5})
     assert runner.generation_seconds(cell, rows, 2) == 4.0  # batch 0 made again: its latest time counts
     assert runner.generation_seconds(cell, rows, 4) is None  # batched otherwise than timed
 

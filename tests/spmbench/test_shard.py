@@ -246,7 +246,7 @@ def test_two_processes_write_the_tables_of_one(launch, one_process, tmp_path):
     assert len(scored) == len({s["prompt_id"] for s in scored}) == 12  # nothing duplicated, nothing padded
     # each result's generation seconds are its batches', whichever process made them (here both made some)
     for path in (tmp_path / "runs").rglob("result.json"):
-        timed = [json.loads(line) for line in (path.parent / "generation.jsonl").read_text().splitlines()]
+        timed = [json.loads(line) for line in (path.parent / "generation.jsonl").read_text().splitlines() if line]
         assert sum(t["images"] for t in timed) == json.loads(path.read_text())["rows"]
         seconds = json.loads(path.read_text())["generate_seconds"]
         assert seconds == pytest.approx(sum(t["seconds"] for t in timed), abs=0.06) and seconds > 0

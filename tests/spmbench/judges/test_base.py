@@ -133,6 +133,7 @@ def _cell(cell, rows, images):
 def test_measure_alteration_uses_the_declared_source_and_only_when_there_is_something_to_measure(
     clip_dir, tmp_path, images
 ):
+    from spmbench.metrics import ALTERATION_FEATURES_FILE, frechet_distance, load_alteration_features
     from spmbench.models import ModelSpec
     from spmbench.runner import Cell, measure_alteration
 
@@ -153,5 +154,6 @@ def test_measure_alteration_uses_the_declared_source_and_only_when_there_is_some
     assert set(intervals) == {*measured, "kid_judge_features"}  # KID only as an interval, as the report adds it
     assert measured["paired_feature_distance"] > 0  # the kept images were flipped
     assert intervals["paired_feature_distance"]["value"] == pytest.approx(measured["paired_feature_distance"])
-    assert intervals["fid_judge_features"]["value"] == measured["fid_judge_features"]
+    _, erased_features, original_features = load_alteration_features(erased.dir / ALTERATION_FEATURES_FILE)
+    assert measured["fid_judge_features"] == pytest.approx(frechet_distance(erased_features, original_features))
     assert measure_alteration(features, target + kept, same)[0]["paired_feature_distance"] == 0
