@@ -654,5 +654,36 @@ def report_cmd(run_dir: Path, reports: Path = typer.Option(Path("reports"))) -> 
         typer.echo(f"wrote {path}")
 
 
+@app.command("rates")
+def rates_cmd(
+    run_dirs: list[Path] = typer.Argument(..., help="run folders (runs/<app>, or a folder of them)"),
+) -> None:
+    """Print the rates measured by the runs (seconds per image and per fit, per model family), as entries of
+    spmbench/rates.yaml, which `paper --dry-run` and `tune --dry-run` estimate hours from."""
+    import yaml
+
+    from spmbench import paper, report
+    from spmbench.registry import UnknownName
+
+    models, _, _ = _registries()
+    found = [
+        d
+        for run_dir in run_dirs
+        for d in ([run_dir] if (run_dir / "cells").is_dir() else sorted(p.parent for p in run_dir.glob("*/cells")))
+    ]
+    if not found:
+        _fail(
+            f"no results under {', '.join(map(str, run_dirs))}: give run folders (runs/<app>) that `spmbench run` wrote"
+        )
+    try:
+        results = [r for d in found for r in report.load_results(d)]
+        entries = paper.measured_rates(results, models)
+    except (ValueError, UnknownName) as e:
+        _fail(str(e))
+    machines = sorted({r.meta.get("machine", "?") for r in results})
+    typer.echo(f"# measured from {len(results)} results in {', '.join(map(str, found))} on {'; '.join(machines)}")
+    typer.echo(yaml.safe_dump({"rates": entries}, sort_keys=False).rstrip())
+
+
 def main() -> None:
     app()

@@ -16,6 +16,7 @@ A table with several applications holds one block per application (their prompt 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,6 +197,41 @@ def load_rates(path: Path = RATES_FILE) -> list[Rate]:
         raise ValueError(
             f"{path}: not a rates file ({type(e).__name__}: {' '.join(str(e).split())}): restore it from the repository"
         ) from None
+
+
+def measured_rates(results: list, registry) -> list[dict]:
+    """rates.yaml entries measured from stored results (`spmbench rates`), one per model family and resolution:
+    seconds per image, the sum of the results' generate_seconds (the pipeline's time for their batches, whichever
+    process made them) over their images, each scaled to the entry's sampling steps (the most common); and per fit
+    key the median seconds of one single-target fit on the family root, each fit counted once (cells sharing a fit,
+    e.g. spm and spm-noft, repeat its cost). Results without generation times (made before they were kept, or with
+    attack rows, which they leave out) count for fits only."""
+    import statistics
+    from collections import Counter, defaultdict
+
+    groups: dict[tuple, list] = defaultdict(list)
+    for r in results:
+        model = registry.get(r.model)
+        groups[model.family, model.resolution].append(r)
+    entries = []
+    for (family, resolution), rs in sorted(groups.items()):
+        timed = [r for r in rs if r.generate_seconds is not None and "attacks" not in r.settings]
+        steps = Counter(r.settings["steps"] for r in rs).most_common(1)[0][0]
+        images = sum(r.rows for r in timed)
+        entry = {"family": family, "resolution": resolution, "steps": steps, "results": len(rs), "images": images}
+        if images:
+            scaled = sum(r.generate_seconds * steps / r.settings["steps"] for r in timed)
+            entry["seconds_per_image"] = round(scaled / images, 4)
+        fits: dict[str, dict[tuple, float]] = defaultdict(dict)
+        for r in rs:
+            if len(r.targets) == 1 and r.model == r.fitted_on and r.fit_seconds is not None:
+                base, _, variant = r.eraser.partition("~")
+                key = ERASERS.get(base).fit_key
+                fits[key][r.targets, variant, json.dumps(r.settings.get("fit", {}), sort_keys=True)] = r.fit_seconds
+        entry["seconds_per_fit"] = {key: round(statistics.median(f.values()), 1) for key, f in sorted(fits.items())}
+        entry["fits"] = {key: len(f) for key, f in sorted(fits.items())}
+        entries.append(entry)
+    return entries
 
 
 def rate_for(model: ModelSpec, rates: list[Rate]) -> Rate | None:

@@ -21,6 +21,7 @@ from spmbench.cli import app
 from spmbench.erasers import ERASERS
 from spmbench.erasers.base import seeded
 from spmbench.models import load_models
+from spmbench.result import cell_key
 from tests.spmbench.conftest import FAST_FITS
 from tests.spmbench.judges.conftest import save_tiny_classifier, save_tiny_clip
 from tests.spmbench.judges.test_nudenet import assert_count_columns
@@ -286,3 +287,37 @@ def test_apps_selects_the_worlds_applications_it_runs(tmp_path):
     assert result.exit_code == 0, result.output
     assert "toy-object:" in result.output and "toy-concept:" not in result.output
     assert not (tmp_path / "runs").exists()
+
+
+def _timed(eraser, targets=("Barkley",), model="toy-base", steps=30, gen=None, fit=0.0, rows=10, **settings):
+    from tests.spmbench.test_report import result
+
+    return dataclasses.replace(
+        result(eraser, {}), model=model, targets=targets, rows=rows, generate_seconds=gen, fit_seconds=fit,
+        settings={"steps": steps, "fit": {}, **settings},
+    )  # fmt: skip
+
+
+def test_rates_are_measured_from_results_each_fit_once_and_images_at_the_entrys_steps(tmp_path):
+    results = [
+        _timed("none", (), gen=3.0),  # 10 images in 3 s at 30 steps
+        _timed("spm", gen=6.0, fit=100.0),
+        _timed("spm-noft", gen=6.0, fit=100.0),  # spm's fit, counted once
+        _timed("spm~seed1", fit=120.0),  # another fit seed: another fit; its images untimed: fits only
+        _timed("esd-x", model="toy-pastel", steps=15, gen=2.0, fit=50.0),  # 15 steps: 4 s at 30; not the root's fit
+        _timed("spm", ("Barkley", "Whiskers"), gen=4.0, fit=230.0),  # two targets: not one fit
+        _timed("uce", gen=9.0, attacks={"uda": {}}),  # attack rows are not in its generation time: fits only
+    ]
+    (entry,) = paper.measured_rates(results, load_models())
+    assert (entry["family"], entry["resolution"], entry["steps"], entry["images"]) == ("toy", 32, 30, 50)
+    assert entry["seconds_per_image"] == pytest.approx((3 + 6 + 6 + 4 + 4) / 50)
+    assert (entry["seconds_per_fit"], entry["fits"]) == ({"spm": 110.0, "uce": 0.0}, {"spm": 2, "uce": 1})
+    for r in results:  # `spmbench rates` prints them as rates.yaml entries that load as rates
+        r.save(tmp_path / "runs" / "toy-concept" / "cells" / cell_key(r.model, r.eraser, r.targets) / "result.json")
+    printed = CliRunner().invoke(app, ["rates", str(tmp_path / "runs")])
+    assert printed.exit_code == 0, printed.output
+    (tmp_path / "rates.yaml").write_text(printed.output)
+    (rate,) = paper.load_rates(tmp_path / "rates.yaml")
+    assert (rate.seconds_per_image, rate.seconds_per_fit["spm"], rate.steps) == (pytest.approx(0.46), 110.0, 30)
+    empty = CliRunner().invoke(app, ["rates", str(tmp_path / "nothing")])
+    assert empty.exit_code == 2 and "no results under" in empty.output
