@@ -426,18 +426,37 @@ def run(
         judge_settings = _judge_settings(judge_setting, clip_model, classifier)
         plans = _checked_plans(chosen_apps, chosen_models, erasers, models, judge_settings, out)
         attacks = _selected_attacks(attack_sel)
+        if dry_run:
+            _print_run_plan(chosen_apps, plans, models, limit, shard, attacks)
+            return
         options = _RunOptions(out, reports, limit, batch_size, device, rescore, judge_settings, shard, attacks)
         for a in chosen_apps:
-            cells = plans[a.name]
             if shard.leads:
-                typer.echo(f"{a.name}: {len(cells)} cells")
-            if dry_run:
-                for cell in cells if shard.leads else []:
-                    typer.echo(f"  {cell.key}")
-                continue
-            _run_app(a, cells, models, options)
+                typer.echo(f"{a.name}: {len(plans[a.name])} cells")
+            _run_app(a, plans[a.name], models, options)
     except UnknownName as e:
         _fail(str(e))
+    except ValueError as e:  # the rates file
+        _fail(str(e))
+
+
+def _print_run_plan(
+    chosen_apps: list, plans: dict, models, limit: int | None, shard, attacks: tuple[str, ...]
+) -> None:
+    """`run --dry-run`: every cell, then the plan's cost at the measured rates, as `paper --dry-run` prints it."""
+    from spmbench import paper
+
+    if not shard.leads:
+        return
+    for a in chosen_apps:
+        typer.echo(f"{a.name}: {len(plans[a.name])} cells")
+        for cell in plans[a.name]:
+            typer.echo(f"  {cell.key}")
+    rates = paper.load_rates()
+    estimates = {a.name: paper.estimate(a, plans[a.name], models, limit, rates) for a in chosen_apps}
+    typer.echo(paper.plan_text(estimates, processes=shard.world_size))
+    if attacks:  # no attack has a measured rate yet: said, not guessed
+        typer.echo(f"not in the estimate: the attacks ({', '.join(attacks)}), their prompt searches and images")
 
 
 def _selected_attacks(selection: str) -> tuple[str, ...]:

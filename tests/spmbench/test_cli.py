@@ -56,6 +56,20 @@ def test_unusable_output_directories_are_refused_before_any_work(tmp_path):
     assert not list((tmp_path / "runs").iterdir())  # nothing was run
 
 
+def test_a_run_dry_run_prints_its_cells_and_their_cost_at_the_measured_rates_and_runs_nothing(tmp_path):
+    args = ["run", "--app", "toy-object", "--models", "toy-base", "--erasers", "none,spm", "--out", tmp_path / "runs"]
+    result = invoke(*args, "--dry-run", "--limit", "1")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    cells = [line for line in lines if line.startswith("  toy-base/")]
+    assert "toy-object: 2 cells" in lines and len(cells) == 2  # the original and spm's one experiment
+    total = next(line for line in lines if line.startswith("total: cells 2, images "))
+    assert "fits 1: about " in total and " h;" in total  # toy-base's family has measured rates: hours, not '?'
+    assert "attacks" not in result.output and not (tmp_path / "runs").exists()
+    attacked = invoke(*args, "--dry-run", "--limit", "1", "--attack", "uda")
+    assert "not in the estimate: the attacks (uda), their prompt searches and images" in attacked.output
+
+
 def test_bad_devices_are_refused(tmp_path, monkeypatch):
     base = ["run", "--app", "toy-concept", "--dry-run"]
     assert_one_line_error(invoke(*base, "--device", "bogus"), "--device 'bogus' is not a torch device")
