@@ -101,10 +101,11 @@ tune_each() {
     done
 }
 step 1 "tune every eraser on the dev split of the four applications (toy3-base)" tune_each
-step 2 "original, SPM with and without FT on all seven models (transfer, FT ablation)" \
-    spmbench_ paper --world toy3 --apps "$PAPER_APPS" --models all --erasers none,spm,spm-rel,spm-noft $DRY
-step 3 "every eraser on toy3-base; then the paper's tables from every run so far (transfer: step 2's)" \
+# Every eraser on the root first: the tables most conclusions come from (and the comparison with world v2's).
+step 2 "every eraser on toy3-base, with the Latent Anchoring ablation" \
     spmbench_ paper --world toy3 --apps "$PAPER_APPS" --models toy3-base --erasers "$ALL,spm-noanchor" $DRY
+step 3 "original, SPM with and without FT on all seven models; then the paper's tables from every run so far" \
+    spmbench_ paper --world toy3 --apps "$PAPER_APPS" --models all --erasers none,spm,spm-rel,spm-noft $DRY
 attack_each() { for a in $APPS; do spmbench_ run --app "$a" --models toy3-base --erasers "$ALL" --attack "$ATTACKS" $DRY; done; }
 step 4 "attacks on every eraser (toy3-base)" attack_each
 # toy3-many is not tuned itself: every eraser takes toy3-concept's choice (step 1), the same budget for all.
