@@ -1,6 +1,6 @@
 """The attack stage of a run (`spmbench run --attack uda,rab`): per cell and target, each attack's prompts are
-found once against the cell's erased model and kept in the cell's folder (attacks/<attack>-<target>.json,
-written atomically, reused while the attack's settings are the same), then generated with the application's
+found once against the cell's erased model and kept in the cell's folder (attacks/<attack>-<target>.json, with
+the search's seconds, written atomically, reused while the attack's settings are the same), then generated with the application's
 seeds and judged like any other row: each attack is a prompt set, `attack-<name>`, whose judged-present rate is
 the attack success rate (lower is better, as erasure's).
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -62,9 +63,11 @@ def find(app, cell_dir: Path, targets: tuple[str, ...], attacks: list[str], pipe
             path = prompts_file(cell_dir, name, target)
             if _stored(path, asdict(settings)) is None:
                 log.info("attack %s on %s: %s", name, cell_dir.name, target)
+                start = time.perf_counter()
                 prompts = attack.find(pipe, erased, target, generation, settings)
+                seconds = round(time.perf_counter() - start, 3)  # the search's cost: what an attack's rate is from
                 record = {"attack": name, "target": target, "adaptive": attack.adaptive,
-                          "settings": asdict(settings), "prompts": prompts}  # fmt: skip
+                          "settings": asdict(settings), "prompts": prompts, "seconds": seconds}  # fmt: skip
                 path.parent.mkdir(parents=True, exist_ok=True)
                 write_text_atomic(path, json.dumps(record, indent=1))
     return rows(app, cell_dir, targets, attacks)

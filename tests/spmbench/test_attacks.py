@@ -1,5 +1,6 @@
 """The attacks on the shipped toy world (real models, its judge) with short budgets, and their settings."""
 
+import json
 from contextlib import nullcontext
 
 import pytest
@@ -259,6 +260,7 @@ def test_run_with_an_attack_adds_its_success_rate_and_nothing_without(tmp_path, 
     attacked = run("--attack", "rab")
     found = runs / "toy-attacked" / "cells" / "toy-base" / "negprompt" / "barkley" / "attacks" / "rab-barkley.json"
     made = found.stat().st_mtime_ns
+    assert json.loads(found.read_text())["seconds"] > 0  # the search's cost, kept with its prompts
     assert "attack-rab ↓" in attacked and "attack-rab" not in plain
     assert "rab: 2 steps, 8 tokens, 2 restarts, seed 0" in attacked
     line = next(row for row in attacked.splitlines() if "negprompt" in row)
