@@ -453,10 +453,8 @@ def _print_run_plan(
         for cell in plans[a.name]:
             typer.echo(f"  {cell.key}")
     rates = paper.load_rates()
-    estimates = {a.name: paper.estimate(a, plans[a.name], models, limit, rates) for a in chosen_apps}
+    estimates = {a.name: paper.estimate(a, plans[a.name], models, limit, rates, attacks) for a in chosen_apps}
     typer.echo(paper.plan_text(estimates, processes=shard.world_size))
-    if attacks:  # no attack has a measured rate yet: said, not guessed
-        typer.echo(f"not in the estimate: the attacks ({', '.join(attacks)}), their prompt searches and images")
 
 
 def _selected_attacks(selection: str) -> tuple[str, ...]:
@@ -673,6 +671,21 @@ def report_cmd(run_dir: Path, reports: Path = typer.Option(Path("reports"))) -> 
         typer.echo(f"wrote {path}")
 
 
+def _attack_records(run_dirs: list[Path]) -> list[tuple[str, dict]]:
+    """(model, stored search) of every timed attack search in the runs' cells (cells/<model>/.../attacks/)."""
+    import json
+
+    records = []
+    for path in (p for d in run_dirs for p in sorted(d.glob("cells/*/*/*/attacks/*.json"))):
+        try:
+            record = json.loads(path.read_text())
+            if isinstance(record.get("seconds"), (int, float)) and record["settings"]["restarts"] > 0:
+                records.append((path.parents[3].name, record))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue  # torn, or made before searches were timed: no rate from it
+    return records
+
+
 @app.command("rates")
 def rates_cmd(
     run_dirs: list[Path] = typer.Argument(..., help="run folders (runs/<app>, or a folder of them)"),
@@ -696,7 +709,7 @@ def rates_cmd(
         )
     try:
         results = [r for d in found for r in report.load_results(d)]
-        entries = paper.measured_rates(results, models)
+        entries = paper.measured_rates(results, models, _attack_records(found))
     except (ValueError, UnknownName) as e:
         _fail(str(e))
     machines = sorted({r.meta.get("machine", "?") for r in results})

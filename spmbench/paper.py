@@ -177,6 +177,9 @@ class Rate:
     seconds_per_image: float
     seconds_per_fit: dict[str, float] = field(default_factory=dict)
     steps: int = 30  # the sampling steps seconds_per_image was measured at
+    # per attack, the seconds of one optimisation step of one restart of a search for one target (a search of
+    # `restarts` x `steps` costs that many times it: the applications' budgets differ)
+    seconds_per_attack_step: dict[str, float] = field(default_factory=dict)
 
     def per_image(self, model: ModelSpec) -> float:
         """Seconds per image of `model`: the measured rate scaled by its sampling steps, as the UNet's calls
@@ -190,7 +193,8 @@ def load_rates(path: Path = RATES_FILE) -> list[Rate]:
         entries = yaml.safe_load(path.read_text())["rates"]
         return [
             Rate(e["family"], int(e["resolution"]), str(e.get("measured_on", "")), float(e["seconds_per_image"]),
-                 {k: float(v) for k, v in (e.get("seconds_per_fit") or {}).items()}, int(e.get("steps", 30)))
+                 {k: float(v) for k, v in (e.get("seconds_per_fit") or {}).items()}, int(e.get("steps", 30)),
+                 {k: float(v) for k, v in (e.get("seconds_per_attack_step") or {}).items()})
             for e in entries
         ]  # fmt: skip
     except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as e:
@@ -199,13 +203,14 @@ def load_rates(path: Path = RATES_FILE) -> list[Rate]:
         ) from None
 
 
-def measured_rates(results: list, registry) -> list[dict]:
+def measured_rates(results: list, registry, attack_records: list[tuple[str, dict]] = ()) -> list[dict]:
     """rates.yaml entries measured from stored results (`spmbench rates`), one per model family and resolution:
     seconds per image, the sum of the results' generate_seconds (the pipeline's time for their batches, whichever
     process made them) over their images, each scaled to the entry's sampling steps (the most common); and per fit
     key the median seconds of one single-target fit on the family root, each fit counted once (cells sharing a fit,
     e.g. spm and spm-noft, repeat its cost). Results without generation times (made before they were kept, or with
-    attack rows, which they leave out) count for fits only."""
+    attack rows, which they leave out) count for fits only. `attack_records`: (model, stored search) pairs
+    (attacks/<attack>-<target>.json of the runs' cells): per attack the median seconds per restart and step."""
     import statistics
     from collections import Counter, defaultdict
 
@@ -213,6 +218,10 @@ def measured_rates(results: list, registry) -> list[dict]:
     for r in results:
         model = registry.get(r.model)
         groups[model.family, model.resolution].append(r)
+    searches: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for name, record in attack_records:
+        model, budget = registry.get(name), record["settings"]["restarts"] * record["settings"]["steps"]
+        searches[model.family, model.resolution][record["attack"]].append(record["seconds"] / budget)
     entries = []
     for (family, resolution), rs in sorted(groups.items()):
         timed = [r for r in rs if r.generate_seconds is not None and "attacks" not in r.settings]
@@ -230,6 +239,10 @@ def measured_rates(results: list, registry) -> list[dict]:
                 fits[key][r.targets, variant, json.dumps(r.settings.get("fit", {}), sort_keys=True)] = r.fit_seconds
         entry["seconds_per_fit"] = {key: round(statistics.median(f.values()), 1) for key, f in sorted(fits.items())}
         entry["fits"] = {key: len(f) for key, f in sorted(fits.items())}
+        attacked = searches.get((family, resolution), {})
+        if attacked:
+            entry["seconds_per_attack_step"] = {a: round(statistics.median(v), 4) for a, v in sorted(attacked.items())}
+            entry["attack_searches"] = {a: len(v) for a, v in sorted(attacked.items())}
         entries.append(entry)
     return entries
 
@@ -259,6 +272,7 @@ class Estimate:
     images: int | None = 0  # None: a prompt file is not on this machine yet
     fits: int = 0
     fit_on: str = ""
+    searches: int = 0  # attack searches (`run --attack`): one per attack and attacked target of a cell
     seconds: float | None = 0.0  # None: no measured rate for some of it
     unmeasured: list[str] = field(default_factory=list)
     rated: bool = True  # the model's family and resolution have an entry in the rates
@@ -271,9 +285,13 @@ class Estimate:
         return None if self.images is None else self.images * self.model.resolution**2 * 3
 
 
-def estimate(app: Application, cells: list, registry, limit: int | None, rates: list[Rate]) -> list[Estimate]:
+def estimate(
+    app: Application, cells: list, registry, limit: int | None, rates: list[Rate], attacks: tuple[str, ...] = ()
+) -> list[Estimate]:
     """Per model: the plan's cells, images and fits, and the time they take at the measured rates.
-    A fit is counted once, on the first model whose family root it is made on (derivatives reuse it)."""
+    A fit is counted once, on the first model whose family root it is made on (derivatives reuse it).
+    `attacks` (`run --attack`): each cell's searches, priced by the model's rate per attack step, and the
+    images of the prompts they find (one per restart, with each of the application's seeds)."""
     from spmbench.runner import all_rows, fit_model_for
 
     by_model: dict[str, Estimate] = {}
@@ -289,6 +307,11 @@ def estimate(app: Application, cells: list, registry, limit: int | None, rates: 
         share.images = None if share.images is None or isinstance(count, str) else share.images + count
         if isinstance(count, str):
             line.note = count
+        for name, searches, images, seconds in _attack_costs(app, cell, attacks, rate_for(cell.model, rates)):
+            line.searches += searches
+            line.images = None if line.images is None else line.images + images
+            share.images = None if share.images is None else share.images + images
+            line.seconds = _add(line, seconds, f"attack {name}")
         eraser, root = ERASERS.get(cell.eraser), fit_model_for(cell.model, registry)
         line.fit_on = root.name
         groups = [(t,) for t in cell.targets] if eraser.fits_per_target else [cell.targets]
@@ -311,6 +334,21 @@ def estimate(app: Application, cells: list, registry, limit: int | None, rates: 
             if per_image is not None and share.images is not None and share.fit_seconds is not None:
                 share.seconds = per_image * share.images + share.fit_seconds
     return list(by_model.values())
+
+
+def _attack_costs(app: Application, cell, attacks: tuple[str, ...], rate: Rate | None) -> list[tuple]:
+    """(attack, searches, images, seconds or None) of each attack on the cell: a search per attacked target."""
+    from spmbench.attacks import ATTACKS
+    from spmbench.attacks.stage import attacked_targets
+
+    costs = []
+    searches = len(attacked_targets(app, cell.targets)) if attacks else 0
+    for name in attacks:
+        settings = ATTACKS.get(name).settings(app.attacks.get(name))
+        per_step = rate.seconds_per_attack_step.get(name) if rate else None
+        seconds = None if per_step is None else per_step * settings.restarts * settings.steps * searches
+        costs.append((name, searches, searches * settings.restarts * len(app.seeds), seconds))
+    return costs
 
 
 def _row_counter(app: Application, limit: int | None, all_rows) -> Callable[[tuple], int | str]:
@@ -377,6 +415,7 @@ def plan_text(estimates: dict[str, list[Estimate]], rates_file: Path = RATES_FIL
         out.append(f"{app}:")
         for e in lines:
             fits = f"fits {e.fits}" + (f" (on {e.fit_on})" if e.fit_on and e.fit_on != e.model.name else "")
+            fits += f", attack searches {e.searches:,}" if e.searches else ""
             images = "images ?" if e.images is None else f"images {e.images:,}"
             disk = "" if e.image_bytes is None else f", <= {_size(e.image_bytes)} of images"
             out.append(f"  {e.model.name:{width}s}  cells {e.cells:,}, {images}, {fits}: "
@@ -393,8 +432,10 @@ def plan_text(estimates: dict[str, list[Estimate]], rates_file: Path = RATES_FIL
         hours += f" for what has a measured rate, plus the unmeasured {', '.join(unmeasured)}"
     disk = f"<= {_size(sum(e.image_bytes for e in every if e.image_bytes is not None))} of images"
     disk += " counted" if None in images else ""
+    searches = sum(e.searches for e in every)
     out.append(f"total: cells {sum(e.cells for e in every):,}, images {total_images}, "
-               f"fits {sum(e.fits for e in every):,}: {hours}; {disk}")  # fmt: skip
+               f"fits {sum(e.fits for e in every):,}{f', attack searches {searches:,}' if searches else ''}: "
+               f"{hours}; {disk}")  # fmt: skip
     return "\n".join(out)
 
 

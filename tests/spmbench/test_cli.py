@@ -66,8 +66,8 @@ def test_a_run_dry_run_prints_its_cells_and_their_cost_at_the_measured_rates_and
     total = next(line for line in lines if line.startswith("total: cells 2, images "))
     assert "fits 1: about " in total and " h;" in total  # toy-base's family has measured rates: hours, not '?'
     assert "attacks" not in result.output and not (tmp_path / "runs").exists()
-    attacked = invoke(*args, "--dry-run", "--limit", "1", "--attack", "uda")
-    assert "not in the estimate: the attacks (uda), their prompt searches and images" in attacked.output
+    attacked = invoke(*args, "--dry-run", "--limit", "1", "--attack", "uda")  # the shipped rates have no attack's
+    assert "attack searches 2: no measured rate (toy at 32 px: attack uda)" in attacked.output  # a search per cell
 
 
 def test_bad_devices_are_refused(tmp_path, monkeypatch):

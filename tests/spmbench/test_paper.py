@@ -197,6 +197,24 @@ def test_the_estimate_is_the_measured_rates_times_the_plan():
     )
 
 
+def test_an_attack_run_is_priced_per_search_at_its_budget_and_adds_the_images_of_its_prompts():
+    models, app = load_models(), load_apps().get("toy-concept")
+    cells = runner.plan(app, [models.get("toy-base")], ["none", "spm"], Path("runs"))
+    rate = paper.Rate("toy", 32, "here", 2.0, {"spm": 10.0}, 30, {"uda": 0.5})
+    (plain,) = paper.estimate(app, cells, models, 1, [rate])
+    (attacked,) = paper.estimate(app, cells, models, 1, [rate], ("uda",))
+    uda = app.attacks["uda"]  # the application's budget
+    searches = 3 + sum(len(t) for t in app.erase)  # the original's cell: each of the application's 3 targets once
+    assert attacked.searches == searches and plain.searches == 0
+    images = searches * uda["restarts"] * len(app.seeds)  # a prompt per restart, with each seed
+    assert attacked.images == plain.images + images
+    assert attacked.seconds == pytest.approx(
+        plain.seconds + images * 2.0 + searches * uda["restarts"] * uda["steps"] * 0.5
+    )
+    (unpriced,) = paper.estimate(app, cells, models, 1, [rate], ("rab",))
+    assert unpriced.seconds is None and "attack rab" in unpriced.unmeasured
+
+
 def test_a_rate_scales_with_the_models_sampling_steps():
     from dataclasses import replace
 
@@ -319,5 +337,14 @@ def test_rates_are_measured_from_results_each_fit_once_and_images_at_the_entrys_
     (tmp_path / "rates.yaml").write_text(printed.output)
     (rate,) = paper.load_rates(tmp_path / "rates.yaml")
     assert (rate.seconds_per_image, rate.seconds_per_fit["spm"], rate.steps) == (pytest.approx(0.46), 110.0, 30)
+    cell = tmp_path / "runs" / "toy-concept" / "cells" / cell_key("toy-base", "spm", ("Barkley",))
+    for restarts, seconds in ((4, 12.0), (16, 96.0), (16, 48.0)):  # per restart and step: 0.1, 0.2, 0.1
+        (cell / "attacks").mkdir(exist_ok=True)
+        record = {"attack": "uda", "settings": {"restarts": restarts, "steps": 30}, "prompts": [], "seconds": seconds}
+        (cell / "attacks" / f"uda-{restarts}-{seconds}.json").write_text(json.dumps(record))
+    (cell / "attacks" / "rab-barkley.json").write_text('{"attack": "rab", "prompts": []}')  # made before: untimed
+    printed = CliRunner().invoke(app, ["rates", str(tmp_path / "runs")])
+    (tmp_path / "rates.yaml").write_text(printed.output)
+    assert paper.load_rates(tmp_path / "rates.yaml")[0].seconds_per_attack_step == {"uda": 0.1}
     empty = CliRunner().invoke(app, ["rates", str(tmp_path / "nothing")])
     assert empty.exit_code == 2 and "no results under" in empty.output
