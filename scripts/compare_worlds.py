@@ -3,7 +3,7 @@
 A conclusion is the verdict of a table's paired comparison of a baseline with an SPM variant on one prompt set, as
 the tables mark it at 95 %: SPM better, SPM worse, or a tie (SPM variants against each other, which the tables do
 not pair: a verdict where their 95 % intervals are disjoint). Each application's verdicts are
-counted over its experiments and models in each world (every row of its CSV, `spmbench.report.csv_text`'s columns),
+counted over its experiments on the family root in each world (the rows of its CSV, `spmbench.report.csv_text`'s columns),
 and the majority verdict of each world is set side by side: it survives, changes, or is measured in one world only.
 
     python scripts/compare_worlds.py --before toy --after toy3      # reports/toy3-vs-toy.md
@@ -25,8 +25,11 @@ SPM_VARIANTS = ("spm", "spm-rel", "spm-noft")
 
 def verdicts(table: pd.DataFrame) -> pd.DataFrame:
     """One row per (eraser, against, measure): how many of the table's rows give each verdict on that prompt set's
-    rate (rows without a comparison, e.g. costs or an SPM variant against itself, are left out)."""
-    rates = table[table["unit"] == "fraction"]
+    rate, on the family roots only (where every eraser runs in both worlds, as the paper's tables of each kind) and
+    for the first fit seed (later seeds' rows, `<eraser>~seed<N>`, compare with SPM's first: the table's spread is
+    what they add); rows without a comparison (costs, an SPM variant against itself) are left out."""
+    roots = table[(table["model"] == table["fitted_on"]) & ~table["eraser"].str.contains("~seed", regex=False)]
+    rates = roots[roots["unit"] == "fraction"]
     out = []
     for against in SPM_VARIANTS:
         minus, differs = f"minus_{against.replace('-', '_')}", f"differs_from_{against.replace('-', '_')}"
@@ -52,6 +55,8 @@ def _variant_verdicts(rates: pd.DataFrame) -> list[dict]:
     for eraser, against in pairs:
         pair = spm[spm["eraser"] == eraser].merge(spm[spm["eraser"] == against], on=keys, suffixes=("", "_spm"))
         for row in pair.itertuples():
+            if any(pd.isna(v) for v in (row.lo, row.hi, row.lo_spm, row.hi_spm)):
+                continue  # no interval to compare: no verdict (rather than a tie)
             apart = row.lo > row.hi_spm or row.hi < row.lo_spm
             verdict = _verdict(row.value - row.value_spm, apart, row.higher_is_better)
             out.append({"eraser": eraser, "against": against, "measure": row.measure, "verdict": verdict})
@@ -79,6 +84,8 @@ def majority(counts: pd.Series) -> str:
 def compare(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
     """The two worlds' verdict counts side by side, with each one's majority and what became of it."""
     keys = ["eraser", "against", "measure"]
+    if before.empty and after.empty:
+        return pd.DataFrame(columns=[*keys, "before", "after", "fate"])
     merged = before.merge(after, on=keys, how="outer", suffixes=("_before", "_after"))
     rows = []
     for row in merged.to_dict("records"):
@@ -106,7 +113,7 @@ def _counts(counts: pd.Series) -> str:
 def markdown(before_world: str, after_world: str, tables: dict[str, pd.DataFrame]) -> str:
     lines = [f"# Conclusions of the {before_world} tables in the {after_world} tables", "",
              "Each line: a baseline (or SPM variant) against an SPM variant on one prompt set's rate, the verdict of the "
-             "tables' paired comparison at 95 % counted over every model and experiment of the application (better: "
+             "tables' paired comparison at 95 % counted over the application's experiments on the family root (better: "
              "SPM's rate is better; worse: the other eraser's; tie: the intervals cannot separate them), the majority "
              "in each world, and whether it survives.", ""]  # fmt: skip
     for kind, table in tables.items():

@@ -679,10 +679,11 @@ def _attack_records(run_dirs: list[Path]) -> list[tuple[str, dict]]:
     for path in (p for d in run_dirs for p in sorted(d.glob("cells/*/*/*/attacks/*.json"))):
         try:
             record = json.loads(path.read_text())
-            if isinstance(record.get("seconds"), (int, float)) and record["settings"]["restarts"] > 0:
+            budget = record["settings"]["restarts"] * record["settings"]["steps"]
+            if isinstance(record["attack"], str) and isinstance(record.get("seconds"), (int, float)) and budget > 0:
                 records.append((path.parents[3].name, record))
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            continue  # torn, or made before searches were timed: no rate from it
+            continue  # torn, made before searches were timed, or not a search: no rate from it
     return records
 
 
@@ -698,17 +699,20 @@ def rates_cmd(
     from spmbench.registry import UnknownName
 
     models, _, _ = _registries()
-    found = [
-        d
+    found = list(dict.fromkeys(  # each run folder once, however it was named
+        d.resolve()
         for run_dir in run_dirs
         for d in ([run_dir] if (run_dir / "cells").is_dir() else sorted(p.parent for p in run_dir.glob("*/cells")))
-    ]
-    if not found:
+    ))  # fmt: skip
+    try:
+        results = [r for d in found for r in report.load_results(d)]
+    except ValueError as e:
+        _fail(str(e))
+    if not results:
         _fail(
             f"no results under {', '.join(map(str, run_dirs))}: give run folders (runs/<app>) that `spmbench run` wrote"
         )
     try:
-        results = [r for d in found for r in report.load_results(d)]
         entries = paper.measured_rates(results, models, _attack_records(found))
     except (ValueError, UnknownName) as e:
         _fail(str(e))

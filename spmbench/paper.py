@@ -174,16 +174,18 @@ class Rate:
     family: str
     resolution: int
     measured_on: str
-    seconds_per_image: float
+    seconds_per_image: float | None  # None: an entry with fit or attack rates only (`spmbench rates` of such runs)
     seconds_per_fit: dict[str, float] = field(default_factory=dict)
     steps: int = 30  # the sampling steps seconds_per_image was measured at
     # per attack, the seconds of one optimisation step of one restart of a search for one target (a search of
     # `restarts` x `steps` costs that many times it: the applications' budgets differ)
     seconds_per_attack_step: dict[str, float] = field(default_factory=dict)
 
-    def per_image(self, model: ModelSpec) -> float:
+    def per_image(self, model: ModelSpec) -> float | None:
         """Seconds per image of `model`: the measured rate scaled by its sampling steps, as the UNet's calls
         dominate an image (reports/bench/toy3_sampler_cpu.md: 15 steps took 0.60x the time of 30 on the toy)."""
+        if self.seconds_per_image is None:
+            return None
         return self.seconds_per_image * model.num_inference_steps / self.steps
 
 
@@ -192,7 +194,7 @@ def load_rates(path: Path = RATES_FILE) -> list[Rate]:
     try:
         entries = yaml.safe_load(path.read_text())["rates"]
         return [
-            Rate(e["family"], int(e["resolution"]), str(e.get("measured_on", "")), float(e["seconds_per_image"]),
+            Rate(e["family"], int(e["resolution"]), str(e.get("measured_on", "")), _seconds(e.get("seconds_per_image")),
                  {k: float(v) for k, v in (e.get("seconds_per_fit") or {}).items()}, int(e.get("steps", 30)),
                  {k: float(v) for k, v in (e.get("seconds_per_attack_step") or {}).items()})
             for e in entries
@@ -217,7 +219,8 @@ def measured_rates(results: list, registry, attack_records: list[tuple[str, dict
     groups: dict[tuple, list] = defaultdict(list)
     for r in results:
         model = registry.get(r.model)
-        groups[model.family, model.resolution].append(r)
+        if isinstance(r.settings.get("steps"), int) and r.settings["steps"] > 0:  # as every run records them
+            groups[model.family, model.resolution].append(r)
     searches: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for name, record in attack_records:
         model, budget = registry.get(name), record["settings"]["restarts"] * record["settings"]["steps"]
@@ -236,7 +239,8 @@ def measured_rates(results: list, registry, attack_records: list[tuple[str, dict
             if len(r.targets) == 1 and r.model == r.fitted_on and r.fit_seconds is not None:
                 base, _, variant = r.eraser.partition("~")
                 key = ERASERS.get(base).fit_key
-                fits[key][r.targets, variant, json.dumps(r.settings.get("fit", {}), sort_keys=True)] = r.fit_seconds
+                settings = json.dumps(r.settings.get("fit", {}), sort_keys=True)
+                fits[key][r.fitted_on, r.targets, variant, settings] = r.fit_seconds
         entry["seconds_per_fit"] = {key: round(statistics.median(f.values()), 1) for key, f in sorted(fits.items())}
         entry["fits"] = {key: len(f) for key, f in sorted(fits.items())}
         attacked = searches.get((family, resolution), {})
@@ -245,6 +249,10 @@ def measured_rates(results: list, registry, attack_records: list[tuple[str, dict
             entry["attack_searches"] = {a: len(v) for a, v in sorted(attacked.items())}
         entries.append(entry)
     return entries
+
+
+def _seconds(value) -> float | None:
+    return None if value is None else float(value)
 
 
 def rate_for(model: ModelSpec, rates: list[Rate]) -> Rate | None:
@@ -258,8 +266,8 @@ class Share:
     cells: int = 0
     images: int | None = 0
     fits: int = 0  # the fits first made for these cells (a later k reuses an earlier k's: SPM's per target)
-    fit_seconds: float | None = 0.0
-    seconds: float | None = None  # images and fits at the measured rates; None: some unmeasured
+    fit_seconds: float | None = 0.0  # the fits' and the attack searches' seconds
+    seconds: float | None = None  # images, fits and searches at the measured rates; None: some unmeasured
 
 
 @dataclass
@@ -312,6 +320,7 @@ def estimate(
             line.images = None if line.images is None else line.images + images
             share.images = None if share.images is None else share.images + images
             line.seconds = _add(line, seconds, f"attack {name}")
+            share.fit_seconds = None if seconds is None or share.fit_seconds is None else share.fit_seconds + seconds
         eraser, root = ERASERS.get(cell.eraser), fit_model_for(cell.model, registry)
         line.fit_on = root.name
         groups = [(t,) for t in cell.targets] if eraser.fits_per_target else [cell.targets]

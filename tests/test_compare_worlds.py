@@ -11,17 +11,18 @@ spec = importlib.util.spec_from_file_location("compare_worlds", SCRIPT)
 compare_worlds = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(compare_worlds)
 
-COLUMNS = ["model", "targets", "eraser", "measure", "value", "lo", "hi", "unit", "higher_is_better", "minus_spm",
+COLUMNS = ["model", "fitted_on", "targets", "eraser", "measure", "value", "lo", "hi", "unit", "higher_is_better", "minus_spm",
            "differs_from_spm"]  # fmt: skip
 
 
-def table(rows) -> pd.DataFrame:
-    """Rows of (eraser, measure, value, lo, hi, minus_spm, differs) on one model and target."""
+def table(rows, model="base") -> pd.DataFrame:
+    """Rows of (eraser, measure, value, lo, hi, minus_spm, differs) on one model (fitted on "base") and target."""
     return pd.DataFrame(
-        [("base", "Barkley", e, m, v, lo, hi, "fraction", m != "target", d, str(h)) for e, m, v, lo, hi, d, h in rows]
-        + [("base", "Barkley", "esd-x", "fit_seconds", 50.0, None, None, "s", None, None, "")],
+        [(model, "base", "Barkley", e, m, v, lo, hi, "fraction", m != "target", d, str(h))
+         for e, m, v, lo, hi, d, h in rows]
+        + [(model, "base", "Barkley", "esd-x", "fit_seconds", 50.0, None, None, "s", None, None, "")],
         columns=COLUMNS,
-    )
+    )  # fmt: skip
 
 
 def test_verdicts_follow_the_direction_of_each_set_and_whether_the_difference_holds():
@@ -42,6 +43,13 @@ def test_verdicts_follow_the_direction_of_each_set_and_whether_the_difference_ho
     assert counts.loc[("spm-noft", "spm", "target"), "tie"] == 1
     assert ("spm", "spm-noft", "near") not in counts.index  # each pair of variants once
     assert "fit_seconds" not in set(counts.reset_index()["measure"])
+    # only the family root's first fit seed counts: a derivative's rows and later seeds' are left out
+    more = [("esd-x~seed1", "target", 0.0, 0.0, 0.1, 0.0, False)]
+    widened = pd.concat([table(rows), table(rows, model="pastel"), table(more)], ignore_index=True)
+    assert compare_worlds.verdicts(widened).equals(compare_worlds.verdicts(table(rows)))
+    no_interval = table([("spm", "near", 0.9, None, None, None, ""), ("spm-noft", "near", 0.1, None, None, None, "")])
+    assert compare_worlds.verdicts(no_interval).empty  # no verdict without intervals, not a tie
+    assert compare_worlds.compare(compare_worlds.verdicts(no_interval), compare_worlds.verdicts(no_interval)).empty
 
 
 def test_a_verdict_that_changes_is_named_and_one_measured_in_one_world_only_too():

@@ -211,8 +211,12 @@ def test_an_attack_run_is_priced_per_search_at_its_budget_and_adds_the_images_of
     assert attacked.seconds == pytest.approx(
         plain.seconds + images * 2.0 + searches * uda["restarts"] * uda["steps"] * 0.5
     )
+    assert sum(share.seconds for share in attacked.by_k.values()) == pytest.approx(attacked.seconds)  # by k too
     (unpriced,) = paper.estimate(app, cells, models, 1, [rate], ("rab",))
     assert unpriced.seconds is None and "attack rab" in unpriced.unmeasured
+    assert all(share.seconds is None for k, share in unpriced.by_k.items() if k)  # nor its k's
+    (fits_only,) = paper.estimate(app, cells, models, 1, [dataclasses.replace(rate, seconds_per_image=None)])
+    assert fits_only.seconds is None and fits_only.unmeasured == ["images"]  # a rate of fits and attacks only
 
 
 def test_a_rate_scales_with_the_models_sampling_steps():
@@ -343,8 +347,15 @@ def test_rates_are_measured_from_results_each_fit_once_and_images_at_the_entrys_
         record = {"attack": "uda", "settings": {"restarts": restarts, "steps": 30}, "prompts": [], "seconds": seconds}
         (cell / "attacks" / f"uda-{restarts}-{seconds}.json").write_text(json.dumps(record))
     (cell / "attacks" / "rab-barkley.json").write_text('{"attack": "rab", "prompts": []}')  # made before: untimed
-    printed = CliRunner().invoke(app, ["rates", str(tmp_path / "runs")])
+    runs = tmp_path / "runs"
+    printed = CliRunner().invoke(app, ["rates", str(runs), str(runs / "toy-concept")])  # one run folder, named twice
     (tmp_path / "rates.yaml").write_text(printed.output)
-    assert paper.load_rates(tmp_path / "rates.yaml")[0].seconds_per_attack_step == {"uda": 0.1}
+    (rate,) = paper.load_rates(tmp_path / "rates.yaml")
+    assert rate.seconds_per_attack_step == {"uda": 0.1} and rate.seconds_per_image == pytest.approx(0.46)
+    attacked_only = tmp_path / "attacked" / "toy-concept" / "cells" / cell_key("toy-base", "spm", ("Barkley",))
+    _timed("spm", gen=6.0, fit=100.0, attacks={"uda": {}}).save(attacked_only / "result.json")
+    printed = CliRunner().invoke(app, ["rates", str(tmp_path / "attacked")])
+    (tmp_path / "rates.yaml").write_text(printed.output)  # no image rate: the entry still loads, its images unpriced
+    assert paper.load_rates(tmp_path / "rates.yaml")[0].seconds_per_image is None
     empty = CliRunner().invoke(app, ["rates", str(tmp_path / "nothing")])
     assert empty.exit_code == 2 and "no results under" in empty.output
