@@ -59,8 +59,13 @@ def pack(runs: Path, folder: Path, max_fit_bytes: int = MAX_FIT_BYTES) -> int:
     if not runs.is_dir():
         raise SystemExit(f"error: {runs} is not a folder: give the runs folder to pack")
     count = 0
-    for run_dir in sorted(p.parent for p in runs.rglob("judge.json")):
-        files = sorted(p for p in run_dir.rglob("*") if p.is_file() and kept(p, max_fit_bytes))
+    run_dirs = sorted(p.parent for p in runs.rglob("judge.json"))
+    for run_dir in run_dirs:
+        nested = [d for d in run_dirs if d != run_dir and run_dir in d.parents]  # a tuning run, runs/<app>/dev
+        files = sorted(
+            p for p in run_dir.rglob("*")
+            if p.is_file() and kept(p, max_fit_bytes) and not any(d in p.parents for d in nested)
+        )  # fmt: skip
         write_archive(files, runs, folder / archive_name(run_dir, runs))
         count += len(files)
     return count

@@ -35,6 +35,18 @@ def make_runs(root: Path) -> Path:
 DEV = "app/dev/cells/toy-base/spm/barkley"
 
 
+def test_a_run_folder_inside_another_is_packed_in_its_own_archive_only(tmp_path):
+    runs = make_runs(tmp_path / "runs")
+    (runs / "app" / "judge.json").write_text('{"judge": "toy"}')  # runs/app: the test run, holding app/dev and app/test
+    (runs / "app" / "cells").mkdir()
+    (runs / "app" / "cells" / "result.json").write_text("{}")
+    run_state.pack(runs, tmp_path / "state")
+    with tarfile.open(tmp_path / "state" / "app.tar.gz") as tar:
+        assert sorted(tar.getnames()) == ["app/cells/result.json", "app/judge.json"]
+    with tarfile.open(tmp_path / "state" / "app--dev.tar.gz") as tar:
+        assert f"{DEV}/result.json" in tar.getnames()
+
+
 def test_pack_writes_one_reproducible_archive_per_run_folder_of_the_small_files(tmp_path):
     runs = make_runs(tmp_path / "runs")
     first, second = tmp_path / "a", tmp_path / "b"
