@@ -74,7 +74,7 @@ def test_unpack_adds_what_is_missing_and_overwrites_nothing(tmp_path):
     (fresh / DEV).mkdir(parents=True)
     newer = fresh / DEV / "scores.jsonl"
     newer.write_text("longer, made here\n")
-    assert run_state.unpack(state, fresh) == 6  # all but the scores made here (both fits are under 64 KiB)
+    assert run_state.unpack(state, fresh) == 6  # all but the scores made here (both fits are under 128 KiB)
     assert newer.read_text() == "longer, made here\n"
     assert run_state.unpack(state, fresh) == 0
 
