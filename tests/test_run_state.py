@@ -37,7 +37,8 @@ DEV = "app/dev/cells/toy-base/spm/barkley"
 
 def test_a_run_folder_inside_another_is_packed_in_its_own_archive_only(tmp_path):
     runs = make_runs(tmp_path / "runs")
-    (runs / "app" / "judge.json").write_text('{"judge": "toy"}')  # runs/app: the test run, holding app/dev and app/test
+    # runs/app: the test run, holding app/dev and app/test
+    (runs / "app" / "judge.json").write_text('{"judge": "toy"}')
     (runs / "app" / "cells").mkdir()
     (runs / "app" / "cells" / "result.json").write_text("{}")
     run_state.pack(runs, tmp_path / "state")
