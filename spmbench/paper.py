@@ -169,7 +169,8 @@ def write_tables(world: str, runs: list[tuple[Application, Path]], out_dir: Path
 
 @dataclass(frozen=True)
 class Rate:
-    """Measured seconds per image and per fit (by fit key) of one model family at one resolution."""
+    """Measured seconds per image and per fit (by fit key) of one model family at one resolution; with `world`, of
+    that world's models only (the toy worlds share an architecture, not their fitting settings)."""
 
     family: str
     resolution: int
@@ -180,6 +181,7 @@ class Rate:
     # per attack, the seconds of one optimisation step of one restart of a search for one target (a search of
     # `restarts` x `steps` costs that many times it: the applications' budgets differ)
     seconds_per_attack_step: dict[str, float] = field(default_factory=dict)
+    world: str | None = None
 
     def per_image(self, model: ModelSpec) -> float | None:
         """Seconds per image of `model`: the measured rate scaled by its sampling steps, as the UNet's calls
@@ -196,7 +198,8 @@ def load_rates(path: Path = RATES_FILE) -> list[Rate]:
         return [
             Rate(e["family"], int(e["resolution"]), str(e.get("measured_on", "")), _seconds(e.get("seconds_per_image")),
                  {k: float(v) for k, v in (e.get("seconds_per_fit") or {}).items()}, int(e.get("steps", 30)),
-                 {k: float(v) for k, v in (e.get("seconds_per_attack_step") or {}).items()})
+                 {k: float(v) for k, v in (e.get("seconds_per_attack_step") or {}).items()},
+                 None if e.get("world") is None else str(e["world"]))
             for e in entries
         ]  # fmt: skip
     except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as e:
@@ -206,7 +209,7 @@ def load_rates(path: Path = RATES_FILE) -> list[Rate]:
 
 
 def measured_rates(results: list, registry, attack_records: list[tuple[str, dict]] = ()) -> list[dict]:
-    """rates.yaml entries measured from stored results (`spmbench rates`), one per model family and resolution:
+    """rates.yaml entries measured from stored results (`spmbench rates`), one per model family, resolution and world:
     seconds per image, the sum of the results' generate_seconds (the pipeline's time for their batches, whichever
     process made them) over their images, each scaled to the entry's sampling steps (the most common); and per fit
     key the median seconds of one single-target fit on the family root, each fit counted once (cells sharing a fit,
@@ -220,17 +223,18 @@ def measured_rates(results: list, registry, attack_records: list[tuple[str, dict
     for r in results:
         model = registry.get(r.model)
         if isinstance(r.settings.get("steps"), int) and r.settings["steps"] > 0:  # as every run records them
-            groups[model.family, model.resolution].append(r)
+            groups[model.family, model.resolution, model.world].append(r)
     searches: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for name, record in attack_records:
         model, budget = registry.get(name), record["settings"]["restarts"] * record["settings"]["steps"]
-        searches[model.family, model.resolution][record["attack"]].append(record["seconds"] / budget)
+        searches[model.family, model.resolution, model.world][record["attack"]].append(record["seconds"] / budget)
     entries = []
-    for (family, resolution), rs in sorted(groups.items()):
+    for (family, resolution, world), rs in sorted(groups.items()):
         timed = [r for r in rs if r.generate_seconds is not None and "attacks" not in r.settings]
         steps = Counter(r.settings["steps"] for r in rs).most_common(1)[0][0]
         images = sum(r.rows for r in timed)
-        entry = {"family": family, "resolution": resolution, "steps": steps, "results": len(rs), "images": images}
+        entry = {"family": family, "resolution": resolution, "world": world, "steps": steps, "results": len(rs)}
+        entry["images"] = images
         if images:
             scaled = sum(r.generate_seconds * steps / r.settings["steps"] for r in timed)
             entry["seconds_per_image"] = round(scaled / images, 4)
@@ -243,7 +247,7 @@ def measured_rates(results: list, registry, attack_records: list[tuple[str, dict
                 fits[key][r.fitted_on, r.targets, variant, settings] = r.fit_seconds
         entry["seconds_per_fit"] = {key: round(statistics.median(f.values()), 1) for key, f in sorted(fits.items())}
         entry["fits"] = {key: len(f) for key, f in sorted(fits.items())}
-        attacked = searches.get((family, resolution), {})
+        attacked = searches.get((family, resolution, world), {})
         if attacked:
             entry["seconds_per_attack_step"] = {a: round(statistics.median(v), 4) for a, v in sorted(attacked.items())}
             entry["attack_searches"] = {a: len(v) for a, v in sorted(attacked.items())}
@@ -256,7 +260,9 @@ def _seconds(value) -> float | None:
 
 
 def rate_for(model: ModelSpec, rates: list[Rate]) -> Rate | None:
-    return next((r for r in rates if (r.family, r.resolution) == (model.family, model.resolution)), None)
+    """The model's rate: its world's entry for its family and resolution, else the family's entry for any world."""
+    found = [r for r in rates if (r.family, r.resolution) == (model.family, model.resolution)]
+    return next((r for r in found if r.world == model.world), next((r for r in found if r.world is None), None))
 
 
 @dataclass

@@ -219,6 +219,15 @@ def test_an_attack_run_is_priced_per_search_at_its_budget_and_adds_the_images_of
     assert fits_only.seconds is None and fits_only.unmeasured == ["images"]  # a rate of fits and attacks only
 
 
+def test_a_worlds_own_rate_comes_before_its_familys():
+    models = load_models()
+    family = paper.Rate("toy", 32, "any toy world", 2.0)
+    toy3 = paper.Rate("toy", 32, "world 3's run", 1.0, world="toy3")
+    assert paper.rate_for(models.get("toy3-pastel"), [family, toy3]) is toy3
+    assert paper.rate_for(models.get("toy-base"), [family, toy3]) is family  # world v2: the family's
+    assert paper.rate_for(models.get("toy-base"), [toy3]) is None
+
+
 def test_a_rate_scales_with_the_models_sampling_steps():
     from dataclasses import replace
 
@@ -230,8 +239,10 @@ def test_a_rate_scales_with_the_models_sampling_steps():
 
 
 def test_the_shipped_rates_load_and_an_ablation_reads_its_variants_settings():
-    rates = {(r.family, r.resolution): r for r in paper.load_rates()}
+    rates = {(r.family, r.resolution): r for r in paper.load_rates() if r.world is None}
     assert set(rates) == {("toy", 32), ("sd1", 512)}
+    toy3 = load_models().get("toy3-base")  # world v3's own entry: its fits are not world v2's
+    assert paper.rate_for(toy3, paper.load_rates()).world == "toy3"
     sd15 = load_models().get("sd15")  # a real model's image rate scales by its sampling steps from the measured 20
     assert rates["sd1", 512].per_image(sd15) == pytest.approx(0.80 * sd15.num_inference_steps / 20)
     noanchor = ERASERS.get("spm-noanchor")
@@ -331,7 +342,9 @@ def test_rates_are_measured_from_results_each_fit_once_and_images_at_the_entrys_
         _timed("uce", gen=9.0, attacks={"uda": {}}),  # attack rows are not in its generation time: fits only
     ]
     (entry,) = paper.measured_rates(results, load_models())
-    assert (entry["family"], entry["resolution"], entry["steps"], entry["images"]) == ("toy", 32, 30, 50)
+    assert (entry["family"], entry["resolution"], entry["world"], entry["steps"], entry["images"]) == (
+        "toy", 32, "toy", 30, 50
+    )  # fmt: skip
     assert entry["seconds_per_image"] == pytest.approx((3 + 6 + 6 + 4 + 4) / 50)
     assert (entry["seconds_per_fit"], entry["fits"]) == ({"spm": 110.0, "uce": 0.0}, {"spm": 2, "uce": 1})
     for r in results:  # `spmbench rates` prints them as rates.yaml entries that load as rates
