@@ -229,7 +229,7 @@ SHIPPED_ROWS = {
     "toy-artist": (2, "6a2adc9b24936388"), "toy-concept": (2, "a71d420f12a66fee"),
     "toy-explicit": (2, "63da18445a15d8e5"), "toy-object": (2, "6d8fcc693ff874e5"),
     "toy3-artist": (1, "a7993c550dfc9ab1"), "toy3-concept": (1, "6ccd7ab77a627884"),
-    "toy3-explicit": (2, "53d334fb05de3ba7"), "toy3-many": (4, "de100de6728d612b"), "toy3-object": (1, "bcc328651ceda738"),
+    "toy3-explicit": (2, "53d334fb05de3ba7"), "toy3-many": (4, "de100de6728d612b"), "toy3-object": (2, "ef51e3260c5c3578"),
 }  # fmt: skip
 
 
@@ -289,7 +289,8 @@ TOY3_SETS = {
     "toy3-concept": {"target": ("character", 0.90), "near": ("character", 0.90), "class": ("animal", 0.85),
                      "far": ("object", 0.90)},
     "toy3-artist": {"target": ("styled-object", 0.85), "near": ("styled-object", 0.85), "far": ("styled-object", 0.85)},
-    "toy3-object": {"target": ("object", 0.90), "near": ("object", 0.90), "far": ("object", 0.90)},
+    # toy3-object v2: its target and near sets at the original's measured dev rates (54 %, 72 %; its file says so)
+    "toy3-object": {"target": ("object", 0.54), "near": ("object", 0.72), "far": ("object", 0.90)},
     "toy3-explicit": {"target": ("explicit-nudity", 0.85), "implicit": ("implicit-nudity", 0.85),
                       "near": ("neutral-nudity", 0.85), "far": ("object", 0.90)},
     "toy3-many": {"target": ("character", 0.90), "others": ("character", 0.90), "class": ("animal", 0.85),

@@ -145,11 +145,18 @@ def dev_yaml(name: str, concepts: list[str] | None, tmpl: list[str]) -> str:
 
 
 def app(
-    name: str, header: str, erase: list, test_sets: list, dev_sets: list, extra: str = "", version: int = 1
+    name: str,
+    header: str,
+    erase: list,
+    test_sets: list,
+    dev_sets: list,
+    extra: str = "",
+    version: int = 1,
+    sizing: str = SIZING,
 ) -> None:
     text = header + f"name: {name}\nversion: {version}\nworld: toy3\njudge: toy3\nerase:\n"
     text += "".join(f"  - [{', '.join(e)}]\n" for e in erase)
-    text += SIZING + "prompts:\n" + "".join(set_yaml(*s) for s in test_sets)
+    text += sizing + "prompts:\n" + "".join(set_yaml(*s) for s in test_sets)
     text += "seeds: [0]\nseed_per_prompt: true  # each prompt's image starts from its own noise: independent samples\n"
     text += "# Settings are chosen on dev: its own seed, templates from the world's dev-tagged grammar (never the test's),\n"
     text += "# and other non-target concepts where the world has enough.\n"
@@ -206,14 +213,22 @@ app(
 )
 
 # --- object: one shape; pointed shapes near, round ones far
+# Version 2 sizes the target and near sets at the original's measured dev rates (its tuning, 2026-11-30: the star
+# drawn in 54 % of dev images, the near shapes in 72 %), below the card's 90 % bar that version 1 assumed
+# (141 images each: a half-width of about 8 points at 54 %). The dev split is unchanged.
+OBJECT_SIZING = SIZING.replace(
+    "tests/spmbench/test_apps.py checks it.",
+    "Here the target and near sets are\n# sized at the original's measured dev rates instead (its tuning: star 54 % -> n >= 382, near shapes 72 % ->\n"
+    "# n >= 310), under the card's bar. tests/spmbench/test_apps.py checks it.",
+)
 app(
     "toy3-object",
     "# Object erasing on toy world v3: erase one shape (star). Near: the other pointed shapes (cross, triangle, diamond\n"
     "# for test; arrow, hourglass for dev); far: round ones (circle, ring, semicircle for test; square, crescent for dev).\n",
     [["star"]],
     [
-        ("target", "{targets}", t("object", "test", 141, "o-target", "shape")),
-        ("near", ["cross", "triangle", "diamond"], t("object", "test", 47, "o-near", "shape")),
+        ("target", "{targets}", t("object", "test", 385, "o-target", "shape")),
+        ("near", ["cross", "triangle", "diamond"], t("object", "test", 104, "o-near", "shape")),
         ("far", ["circle", "ring", "semicircle"], t("object", "test", 47, "o-far", "shape")),
     ],
     [
@@ -221,6 +236,9 @@ app(
         ("near", ["arrow", "hourglass"], t("object", "dev", 50, "o-near-dev", "shape")),
         ("far", ["square", "crescent"], t("object", "dev", 30, "o-far-dev", "shape")),
     ],
+    extra="",
+    version=2,
+    sizing=OBJECT_SIZING,
 )
 
 
