@@ -17,6 +17,7 @@ A table with several applications holds one block per application (their prompt 
 from __future__ import annotations
 
 import json
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,49 +211,69 @@ def load_rates(path: Path = RATES_FILE) -> list[Rate]:
 
 def measured_rates(results: list, registry, attack_records: list[tuple[str, dict]] = ()) -> list[dict]:
     """rates.yaml entries measured from stored results (`spmbench rates`), one per model family, resolution and world:
-    seconds per image, the sum of the results' generate_seconds (the pipeline's time for their batches, whichever
-    process made them) over their images, each scaled to the entry's sampling steps (the most common); and per fit
-    key the median seconds of one single-target fit on the family root, each fit counted once (cells sharing a fit,
-    e.g. spm and spm-noft, repeat its cost). Results without generation times (made before they were kept, or with
-    attack rows, which they leave out) count for fits only. `attack_records`: (model, stored search) pairs
-    (attacks/<attack>-<target>.json of the runs' cells): per attack the median seconds per restart and step."""
-    import statistics
-    from collections import Counter, defaultdict
+    seconds per image (`_image_rate`), per fit key (`_fit_rates`) and per attack step (`_attack_rates`, from
+    `attack_records`: (model, stored search) pairs, attacks/<attack>-<target>.json of the runs' cells). Results
+    without sampling steps (not a run's) are left out."""
+    from collections import defaultdict
 
     groups: dict[tuple, list] = defaultdict(list)
     for r in results:
         model = registry.get(r.model)
         if isinstance(r.settings.get("steps"), int) and r.settings["steps"] > 0:  # as every run records them
             groups[model.family, model.resolution, model.world].append(r)
-    searches: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for name, record in attack_records:
-        model, budget = registry.get(name), record["settings"]["restarts"] * record["settings"]["steps"]
-        searches[model.family, model.resolution, model.world][record["attack"]].append(record["seconds"] / budget)
+    searches = _attack_rates(attack_records, registry)
     entries = []
     for (family, resolution, world), rs in sorted(groups.items()):
-        timed = [r for r in rs if r.generate_seconds is not None and "attacks" not in r.settings]
-        steps = Counter(r.settings["steps"] for r in rs).most_common(1)[0][0]
-        images = sum(r.rows for r in timed)
-        entry = {"family": family, "resolution": resolution, "world": world, "steps": steps, "results": len(rs)}
-        entry["images"] = images
-        if images:
-            scaled = sum(r.generate_seconds * steps / r.settings["steps"] for r in timed)
-            entry["seconds_per_image"] = round(scaled / images, 4)
-        fits: dict[str, dict[tuple, float]] = defaultdict(dict)
-        for r in rs:
-            if len(r.targets) == 1 and r.model == r.fitted_on and r.fit_seconds is not None:
-                base, _, variant = r.eraser.partition("~")
-                key = ERASERS.get(base).fit_key
-                settings = json.dumps(r.settings.get("fit", {}), sort_keys=True)
-                fits[key][r.fitted_on, r.targets, variant, settings] = r.fit_seconds
-        entry["seconds_per_fit"] = {key: round(statistics.median(f.values()), 1) for key, f in sorted(fits.items())}
-        entry["fits"] = {key: len(f) for key, f in sorted(fits.items())}
+        entry = {"family": family, "resolution": resolution, "world": world, **_image_rate(rs)}
+        fits = _fit_rates(rs)
+        entry["seconds_per_fit"] = {key: round(statistics.median(f.values()), 1) for key, f in fits.items()}
+        entry["fits"] = {key: len(f) for key, f in fits.items()}
         attacked = searches.get((family, resolution, world), {})
         if attacked:
-            entry["seconds_per_attack_step"] = {a: round(statistics.median(v), 4) for a, v in sorted(attacked.items())}
-            entry["attack_searches"] = {a: len(v) for a, v in sorted(attacked.items())}
+            entry["seconds_per_attack_step"] = {a: round(statistics.median(v), 4) for a, v in attacked.items()}
+            entry["attack_searches"] = {a: len(v) for a, v in attacked.items()}
         entries.append(entry)
     return entries
+
+
+def _image_rate(results: list) -> dict:
+    """The sampling steps most results used, their count, the images of those with generation times (made before
+    they were kept, or with attack rows, which generate_seconds leaves out: none) and, where there are any, the
+    seconds per image: their generate_seconds over their images, each scaled to those steps."""
+    from collections import Counter
+
+    steps = Counter(r.settings["steps"] for r in results).most_common(1)[0][0]
+    timed = [r for r in results if r.generate_seconds is not None and "attacks" not in r.settings]
+    out = {"steps": steps, "results": len(results), "images": sum(r.rows for r in timed)}
+    if out["images"]:
+        scaled = sum(r.generate_seconds * steps / r.settings["steps"] for r in timed)
+        out["seconds_per_image"] = round(scaled / out["images"], 4)
+    return out
+
+
+def _fit_rates(results: list) -> dict[str, dict[tuple, float]]:
+    """Per fit key, the seconds of each single-target fit on a family root, each fit once (cells sharing a fit,
+    e.g. spm and spm-noft, repeat its cost; another fit seed or grid point is another fit)."""
+    from collections import defaultdict
+
+    fits: dict[str, dict[tuple, float]] = defaultdict(dict)
+    for r in results:
+        if len(r.targets) == 1 and r.model == r.fitted_on and r.fit_seconds is not None:
+            base, _, variant = r.eraser.partition("~")
+            settings = json.dumps(r.settings.get("fit", {}), sort_keys=True)
+            fits[ERASERS.get(base).fit_key][r.fitted_on, r.targets, variant, settings] = r.fit_seconds
+    return dict(sorted(fits.items()))
+
+
+def _attack_rates(records: list[tuple[str, dict]], registry) -> dict[tuple, dict[str, list[float]]]:
+    """Per (family, resolution, world) and attack, each stored search's seconds per restart and step."""
+    from collections import defaultdict
+
+    out: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for name, record in sorted(records, key=lambda r: (r[0], r[1]["attack"])):
+        model, budget = registry.get(name), record["settings"]["restarts"] * record["settings"]["steps"]
+        out[model.family, model.resolution, model.world][record["attack"]].append(record["seconds"] / budget)
+    return {key: dict(sorted(by_attack.items())) for key, by_attack in out.items()}
 
 
 def _seconds(value) -> float | None:
