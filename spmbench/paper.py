@@ -308,6 +308,8 @@ class Estimate:
     fits: int = 0
     fit_on: str = ""
     searches: int = 0  # attack searches (`run --attack`): one per attack and attacked target of a cell
+    done_cells: int = 0  # cells with their result on disk, fits on disk: not counted above (a resumed run skips them)
+    done_fits: int = 0
     seconds: float | None = 0.0  # None: no measured rate for some of it
     unmeasured: list[str] = field(default_factory=list)
     rated: bool = True  # the model's family and resolution have an entry in the rates
@@ -323,17 +325,22 @@ class Estimate:
 def estimate(
     app: Application, cells: list, registry, limit: int | None, rates: list[Rate], attacks: tuple[str, ...] = ()
 ) -> list[Estimate]:
-    """Per model: the plan's cells, images and fits, and the time they take at the measured rates.
-    A fit is counted once, on the first model whose family root it is made on (derivatives reuse it).
+    """Per model: the plan's cells, images and fits still to make, and the time they take at the measured rates: a
+    cell whose result is on disk and a fit on disk are counted as done, not priced (a resumed run skips them; the
+    images of an unfinished cell are all counted). A fit is counted once, on the first model whose family root it
+    is made on (derivatives reuse it).
     `attacks` (`run --attack`): each cell's searches, priced by the model's rate per attack step, and the
     images of the prompts they find (one per restart, with each of the application's seeds)."""
-    from spmbench.runner import all_rows, fit_model_for
+    from spmbench.runner import all_rows, fit_model_for, fits_dir
 
     by_model: dict[str, Estimate] = {}
     made: set[tuple] = set()
     rows = _row_counter(app, limit, all_rows)
     for cell in cells:
         line = by_model.setdefault(cell.model.name, Estimate(app.name, cell.model))
+        if cell.result.exists():
+            line.done_cells += 1
+            continue
         line.cells += 1
         count = rows(() if cell.eraser == "none" else cell.targets)
         line.images = None if line.images is None or isinstance(count, str) else line.images + count
@@ -355,6 +362,9 @@ def estimate(
             if (root.name, eraser.fit_key, group) in made:
                 continue
             made.add((root.name, eraser.fit_key, group))
+            if eraser.artifact_path(fits_dir(cell.run_dir, root), group).exists():
+                line.done_fits += 1
+                continue
             line.fits += 1
             seconds = _fit_seconds(eraser, rate_for(root, rates))
             line.seconds = _add(line, seconds, f"fits of {eraser.fit_key}")
@@ -373,17 +383,19 @@ def estimate(
 
 
 def _attack_costs(app: Application, cell, attacks: tuple[str, ...], rate: Rate | None) -> list[tuple]:
-    """(attack, searches, images, seconds or None) of each attack on the cell: a search per attacked target."""
+    """(attack, searches, images, seconds or None) of each attack on the cell: a search per attacked target whose
+    prompts are not stored yet, and the images of every target's prompts."""
     from spmbench.attacks import ATTACKS
-    from spmbench.attacks.stage import attacked_targets
+    from spmbench.attacks.stage import attacked_targets, prompts_file
 
     costs = []
-    searches = len(attacked_targets(app, cell.targets)) if attacks else 0
+    targets = attacked_targets(app, cell.targets) if attacks else ()
     for name in attacks:
         settings = ATTACKS.get(name).settings(app.attacks.get(name))
+        searches = sum(not prompts_file(cell.dir, name, t).exists() for t in targets)  # a stored search is done
         per_step = rate.seconds_per_attack_step.get(name) if rate else None
         seconds = None if per_step is None else per_step * settings.restarts * settings.steps * searches
-        costs.append((name, searches, searches * settings.restarts * len(app.seeds), seconds))
+        costs.append((name, searches, len(targets) * settings.restarts * len(app.seeds), seconds))
     return costs
 
 
@@ -452,6 +464,7 @@ def plan_text(estimates: dict[str, list[Estimate]], rates_file: Path = RATES_FIL
         for e in lines:
             fits = f"fits {e.fits}" + (f" (on {e.fit_on})" if e.fit_on and e.fit_on != e.model.name else "")
             fits += f", attack searches {e.searches:,}" if e.searches else ""
+            fits += f" (done: {e.done_cells:,} cells, {e.done_fits:,} fits)" if e.done_cells or e.done_fits else ""
             images = "images ?" if e.images is None else f"images {e.images:,}"
             disk = "" if e.image_bytes is None else f", <= {_size(e.image_bytes)} of images"
             out.append(f"  {e.model.name:{width}s}  cells {e.cells:,}, {images}, {fits}: "
@@ -468,8 +481,12 @@ def plan_text(estimates: dict[str, list[Estimate]], rates_file: Path = RATES_FIL
         hours += f" for what has a measured rate, plus the unmeasured {', '.join(unmeasured)}"
     disk = f"<= {_size(sum(e.image_bytes for e in every if e.image_bytes is not None))} of images"
     disk += " counted" if None in images else ""
-    searches = sum(e.searches for e in every)
-    out.append(f"total: cells {sum(e.cells for e in every):,}, images {total_images}, "
+    searches, done = (
+        sum(e.searches for e in every),
+        (sum(e.done_cells for e in every), sum(e.done_fits for e in every)),
+    )
+    left = f" still to make (done: {done[0]:,} cells, {done[1]:,} fits)" if any(done) else ""
+    out.append(f"total{left}: cells {sum(e.cells for e in every):,}, images {total_images}, "
                f"fits {sum(e.fits for e in every):,}{f', attack searches {searches:,}' if searches else ''}: "
                f"{hours}; {disk}")  # fmt: skip
     return "\n".join(out)

@@ -8,7 +8,6 @@ test_cli_every_application runs every application with every built-in eraser."""
 
 import dataclasses
 import json
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -170,10 +169,10 @@ def test_dry_run_prints_cells_images_and_fits_and_writes_nothing(stand_ins, tmp_
     assert "ablation-anchoring: real-artist, real-concept, real-explicit, real-object" in result.output
 
 
-def test_the_estimate_is_the_measured_rates_times_the_plan():
+def test_the_estimate_is_the_measured_rates_times_the_plan(tmp_path):
     models, concept = load_models(), load_apps().get("toy-concept")
     toy = [models.get(n) for n in ("toy-base", "toy-pastel")]
-    cells = runner.plan(concept, toy, ["spm", "spm-rel", "spm-noanchor", "uce"], Path("runs"))
+    cells = runner.plan(concept, toy, ["spm", "spm-rel", "spm-noanchor", "uce"], tmp_path / "runs")
     rate = paper.Rate("toy", 32, "here", 2.0, {"spm": 10.0, "uce": 1.0})
     base, pastel = paper.estimate(concept, cells, models, 1, [rate])
     images = len(runner.all_rows(concept, 1)) + 4 * sum(len(concept.rows(t, 1)) for t in concept.erase)
@@ -197,9 +196,35 @@ def test_the_estimate_is_the_measured_rates_times_the_plan():
     )
 
 
-def test_an_attack_run_is_priced_per_search_at_its_budget_and_adds_the_images_of_its_prompts():
+def test_a_resumed_plan_is_priced_for_what_is_left(tmp_path):
+    from spmbench.attacks.stage import prompts_file
+
     models, app = load_models(), load_apps().get("toy-concept")
-    cells = runner.plan(app, [models.get("toy-base")], ["none", "spm"], Path("runs"))
+    base = models.get("toy-base")
+    cells = runner.plan(app, [base], ["none", "spm"], tmp_path / "runs")
+    rate = paper.Rate("toy", 32, "here", 2.0, {"spm": 10.0}, 30, {"uda": 0.5})
+    (fresh,) = paper.estimate(app, cells, models, 1, [rate], ("uda",))
+    original, single = cells[0], next(c for c in cells if c.targets == ("Barkley",))
+    original.result.parent.mkdir(parents=True)
+    original.result.write_text("{}")  # the original's cell is done
+    barkley = ERASERS.get("spm").artifact_path(runner.fits_dir(tmp_path / "runs", base), ("Barkley",))
+    barkley.parent.mkdir(parents=True)
+    barkley.write_bytes(b"")  # Barkley's SPM is fitted
+    prompts_file(single.dir, "uda", "Barkley").parent.mkdir(parents=True)
+    prompts_file(single.dir, "uda", "Barkley").write_text("{}")  # and attacked
+    (left,) = paper.estimate(app, cells, models, 1, [rate], ("uda",))
+    uda, original_rows = app.attacks["uda"], len(runner.all_rows(app, 1))
+    assert (left.done_cells, left.done_fits, left.cells, left.fits) == (1, 1, fresh.cells - 1, fresh.fits - 1)
+    assert left.searches == fresh.searches - 3 - 1  # the original's 3 targets, and Barkley's own
+    assert left.images == fresh.images - original_rows - 3 * uda["restarts"] * len(app.seeds)
+    search = uda["restarts"] * uda["steps"] * 0.5
+    assert left.seconds == pytest.approx(fresh.seconds - 2.0 * (fresh.images - left.images) - 10.0 - 4 * search)
+    assert "total still to make (done: 1 cells, 1 fits)" in paper.plan_text({app.name: [left]})
+
+
+def test_an_attack_run_is_priced_per_search_at_its_budget_and_adds_the_images_of_its_prompts(tmp_path):
+    models, app = load_models(), load_apps().get("toy-concept")
+    cells = runner.plan(app, [models.get("toy-base")], ["none", "spm"], tmp_path / "runs")
     rate = paper.Rate("toy", 32, "here", 2.0, {"spm": 10.0}, 30, {"uda": 0.5})
     (plain,) = paper.estimate(app, cells, models, 1, [rate])
     (attacked,) = paper.estimate(app, cells, models, 1, [rate], ("uda",))
