@@ -699,11 +699,8 @@ def rates_cmd(
     from spmbench.registry import UnknownName
 
     models, _, _ = _registries()
-    found = list(dict.fromkeys(  # each run folder once, however it was named
-        d.resolve()
-        for run_dir in run_dirs
-        for d in ([run_dir] if (run_dir / "cells").is_dir() else sorted(p.parent for p in run_dir.glob("*/cells")))
-    ))  # fmt: skip
+    # each run folder once, however it was named
+    found = list(dict.fromkeys(d.resolve() for run_dir in run_dirs for d in report.run_folders(run_dir)))
     try:
         results = [r for d in found for r in report.load_results(d)]
     except ValueError as e:

@@ -69,6 +69,11 @@ def load_results(run_dir: Path) -> list[Result]:
     return results
 
 
+def run_folders(path: Path) -> list[Path]:
+    """The run folder `path` (one with cells/), or the run folders in it (runs/: one per application)."""
+    return [path] if (path / "cells").is_dir() else sorted(p.parent for p in path.glob("*/cells"))
+
+
 def results(path: str | Path) -> pd.DataFrame:
     """Every number of the run in `path` (an application's run folder, or a folder of them) as one tidy
     frame: one row per model x targets x eraser x measure (a prompt set's rate, an alteration measure,
@@ -78,7 +83,7 @@ def results(path: str | Path) -> pd.DataFrame:
     from spmbench.apps import load_apps
 
     path = Path(path)
-    run_dirs = [path] if (path / "cells").is_dir() else sorted(p.parent for p in path.glob("*/cells"))
+    run_dirs = run_folders(path)
     if not run_dirs:
         raise ValueError(f"no results under {path}: give a run folder (runs/<app>) or the folder holding them")
     apps, frames = load_apps(), []
