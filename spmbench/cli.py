@@ -671,22 +671,6 @@ def report_cmd(run_dir: Path, reports: Path = typer.Option(Path("reports"))) -> 
         typer.echo(f"wrote {path}")
 
 
-def _attack_records(run_dirs: list[Path]) -> list[tuple[str, dict]]:
-    """(model, stored search) of every timed attack search in the runs' cells (cells/<model>/.../attacks/)."""
-    import json
-
-    records = []
-    for path in (p for d in run_dirs for p in sorted(d.glob("cells/*/*/*/attacks/*.json"))):
-        try:
-            record = json.loads(path.read_text())
-            budget = record["settings"]["restarts"] * record["settings"]["steps"]
-            if isinstance(record["attack"], str) and isinstance(record.get("seconds"), (int, float)) and budget > 0:
-                records.append((path.parents[3].name, record))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            continue  # torn, made before searches were timed, or not a search: no rate from it
-    return records
-
-
 @app.command("rates")
 def rates_cmd(
     run_dirs: list[Path] = typer.Argument(..., help="run folders (runs/<app>, or a folder of them)"),
@@ -696,6 +680,7 @@ def rates_cmd(
     import yaml
 
     from spmbench import paper, report
+    from spmbench.attacks import stage as attack_stage
     from spmbench.registry import UnknownName
 
     models, _, _ = _registries()
@@ -710,7 +695,8 @@ def rates_cmd(
             f"no results under {', '.join(map(str, run_dirs))}: give run folders (runs/<app>) that `spmbench run` wrote"
         )
     try:
-        entries = paper.measured_rates(results, models, _attack_records(found))
+        searches = [s for d in found for s in attack_stage.timed_searches(d)]
+        entries = paper.measured_rates(results, models, searches)
     except (ValueError, UnknownName) as e:
         _fail(str(e))
     machines = sorted({r.meta.get("machine", "?") for r in results})

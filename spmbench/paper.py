@@ -269,10 +269,14 @@ def _attack_rates(records: list[tuple[str, dict]], registry) -> dict[tuple, dict
     """Per (family, resolution, world) and attack, each stored search's seconds per restart and step."""
     from collections import defaultdict
 
+    from spmbench.attacks.stage import search_steps
+
     out: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for name, record in sorted(records, key=lambda r: (r[0], r[1]["attack"])):
-        model, budget = registry.get(name), record["settings"]["restarts"] * record["settings"]["steps"]
-        out[model.family, model.resolution, model.world][record["attack"]].append(record["seconds"] / budget)
+        model = registry.get(name)
+        out[model.family, model.resolution, model.world][record["attack"]].append(
+            record["seconds"] / search_steps(record)
+        )
     return {key: dict(sorted(by_attack.items())) for key, by_attack in out.items()}
 
 

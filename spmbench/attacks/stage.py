@@ -92,7 +92,32 @@ def rows(app, cell_dir: Path, targets: tuple[str, ...], attacks: list[str]) -> l
 
 def stored_attacks(cell_dir: Path) -> list[str]:
     """The attacks whose prompts a cell's folder holds."""
-    return sorted({json.loads(p.read_text()).get("attack", "") for p in (cell_dir / "attacks").glob("*.json")} - {""})
+    records = (_stored(p) for p in (cell_dir / "attacks").glob("*.json"))
+    return sorted({r["attack"] for r in records if r and isinstance(r.get("attack"), str)} - {""})
+
+
+def timed_searches(run_dir: Path) -> list[tuple[str, dict]]:
+    """(model, stored search) of every timed search in a run folder's cells (cells/<model>/.../attacks/): what an
+    attack's rate per step is measured from. Searches stored before they were timed, or torn, are left out."""
+    found = []
+    for path in sorted(run_dir.glob("cells/*/*/*/attacks/*.json")):
+        record = _stored(path)
+        if record is not None and _timed(record):
+            found.append((path.parents[3].name, record))
+    return found
+
+
+def _timed(record: dict) -> bool:
+    seconds = record.get("seconds")
+    return isinstance(record.get("attack"), str) and isinstance(seconds, (int, float)) and search_steps(record) > 0
+
+
+def search_steps(record: dict) -> int:
+    """A stored search's steps (restarts x steps per restart); 0 where its settings do not say."""
+    try:
+        return int(record["settings"]["restarts"]) * int(record["settings"]["steps"])
+    except (KeyError, TypeError, ValueError):
+        return 0
 
 
 def _stored(path: Path, settings: dict | None = None) -> dict | None:

@@ -385,6 +385,7 @@ def test_rates_are_measured_from_results_each_fit_once_and_images_at_the_entrys_
         record = {"attack": "uda", "settings": {"restarts": restarts, "steps": 30}, "prompts": [], "seconds": seconds}
         (cell / "attacks" / f"uda-{restarts}-{seconds}.json").write_text(json.dumps(record))
     (cell / "attacks" / "rab-barkley.json").write_text('{"attack": "rab", "prompts": []}')  # made before: untimed
+    (cell / "attacks" / "p4d-barkley.json").write_text('{"attack": "p4d", "prompts": [')  # torn: no rate from it
     runs = tmp_path / "runs"
     printed = CliRunner().invoke(app, ["rates", str(runs), str(runs / "toy-concept")])  # one run folder, named twice
     (tmp_path / "rates.yaml").write_text(printed.output)
