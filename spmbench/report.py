@@ -550,7 +550,7 @@ def caption(app: Application, data) -> str:
         f"n: images per cell (in the header where every cell has the same); intervals: Wilson where each prompt has one image, else a percentile bootstrap over prompts "
         f"({stats.BOOTSTRAPS} resamples, seed {stats.SEED}; at 0 % or 100 % Wilson over the number of prompts; from fewer than {stats.FEW_PROMPTS} prompts the wider of the two), paired distance and FID recomputed on each bootstrap resample of prompts; [-]: no per-image record in the run folder; "
         + (f"marks ({marks}): this rate differs from that SPM's on the same prompts and seeds at 95 % (paired bootstrap over prompts), unmarked: a tie; " if spms else "")
-        + f"fit cost: time and peak memory above the loaded model (CUDA allocation on a GPU, resident set size on CPU), summed over the targets for erasers fitted per target (SPM), one fit (no interval); {_sampler(settings)} {settings.get('steps')} steps, "
+        + f"fit cost: time and peak memory above the loaded model (CUDA allocation on a GPU, resident set size on CPU), summed over the targets for erasers fitted per target (SPM), one fit (no interval; -: a fit resumed from its checkpoint after a stop, not timed whole); {_sampler(settings)} {settings.get('steps')} steps, "
         f"guidance {settings.get('guidance')}, {settings.get('resolution')} px, seeds {settings.get('seeds')}"
         + (f", limit {settings['limit']} prompts per set" if settings.get("limit") else "")
         + _tuning_note(app)

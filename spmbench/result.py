@@ -36,7 +36,8 @@ class Result:
     rates / original_rates: judged-present rate per prompt set, of this cell and of the original
     model on the same rows; alteration: feature distances of the non-target images to the original's
     (None for the original itself or without non-target prompts), measured on `alteration_features`.
-    fit_seconds / fit_peak_mib: the fit's cost when first computed. settings: sampling settings and
+    fit_seconds / fit_peak_mib: the fit's cost when first computed (seconds None: the fit resumed from its checkpoint,
+    so it was not measured whole). settings: sampling settings and
     the fitting overrides used. meta: the code version, package versions and machine that made it.
     """
 
@@ -51,7 +52,7 @@ class Result:
     original_rates: dict[str, float]
     alteration: dict[str, float] | None
     alteration_features: str | None
-    fit_seconds: float
+    fit_seconds: float | None
     fit_peak_mib: float | None
     generate_seconds_this_run: float
     settings: dict

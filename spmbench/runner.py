@@ -188,7 +188,9 @@ def _is_score_record(record) -> bool:
 
 
 def _is_cost(value) -> bool:
-    """A recorded fit time (s) or memory (MiB)."""
+    """A recorded fit time (s) or memory (MiB); None: not measured (a fit resumed from its checkpoint)."""
+    if value is None:
+        return True
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= sys.float_info.max
 
 
@@ -474,7 +476,8 @@ def fit_timed(
     """Fit; return the artifacts, and the time (s) and peak memory (MiB, above what was in use
     before: `spmbench.cost`) the fit took when first computed, recorded beside them.
 
-    A rerun finds the artifacts and the records; a fit resumed after a kill records only its last part.
+    A rerun finds the artifacts and the records. A fit resumed from its checkpoint after a kill records no time
+    (None: it was not measured whole; its last part alone would understate it); its memory peak is still its own.
     Erasers sharing a fit ('spm', 'spm-rel', 'spm-noft') share its record, so each reports what the fit cost.
     An eraser that fits each target alone (`fits_per_target`: SPM) costs the sum of its targets'
     fits, however many of them an earlier experiment had already made.
@@ -483,12 +486,15 @@ def fit_timed(
         parts = [fit_timed(eraser, pipe, (t,), workdir, resolution, settings) for t in targets]
         peaks = [mib for _, _, mib in parts]
         peak = None if None in peaks else max(peaks)  # one fit at a time: the largest is the peak
-        return [a for artifacts, _, _ in parts for a in artifacts], sum(s for _, s, _ in parts), peak
+        seconds = [s for _, s, _ in parts]
+        total = None if None in seconds else sum(seconds)  # one fit not measured whole: the sum is not known
+        return [a for artifacts, _, _ in parts for a in artifacts], total, peak
     record_path, memory_path = workdir / "fit_seconds.json", workdir / "fit_memory.json"
     key, forget = f"{eraser.fit_key}|{'+'.join(targets)}", _fit_costs_fix(workdir)
     # Held from the check to the record: a process that waited for another's fit measures nothing.
     with holding(workdir / f"{eraser.fit_key}-{targets_slug(targets)}"):
         first = key not in _read_costs(record_path, forget)
+        resumed = first and eraser.checkpoint_path(eraser.artifact_path(workdir, targets)).exists()
         if first and eraser.computes_fits:
             _settle(pipe, resolution)
         with peak_memory(getattr(pipe, "device", "cpu")) as peak:
@@ -496,7 +502,7 @@ def fit_timed(
             artifacts = eraser.fit(pipe, targets, workdir, resolution, settings)
             seconds = time.time() - t0
         if first:
-            update_state(record_path, forget, lambda record: record | {key: seconds})
+            update_state(record_path, forget, lambda record: record | {key: None if resumed else seconds})
             update_state(memory_path, forget, lambda memory: memory | {key: peak.mib})
     # no memory record: a fit from before memory was measured
     return artifacts, _read_costs(record_path, forget)[key], _read_costs(memory_path, forget).get(key)
@@ -657,7 +663,7 @@ def run(
             original_rates=original_rates,
             alteration=alteration, alteration_features=None if alteration is None else features().identity,
             alteration_intervals=intervals,
-            fit_seconds=round(fit_seconds, 1), fit_peak_mib=None if fit_mib is None else round(fit_mib, 1),
+            fit_seconds=None if fit_seconds is None else round(fit_seconds, 1), fit_peak_mib=None if fit_mib is None else round(fit_mib, 1),
             generate_seconds_this_run=round(gen_seconds, 1),
             generate_seconds=generation_seconds(cell, rows, batch_size),
             settings={"sampler": type(pipes(cell.model).scheduler).__name__,  # what sampled, not what is assumed

@@ -143,6 +143,10 @@ class Eraser(ABC):
         """Where the fit for `targets` lives under a run's fits folder."""
         return workdir / self.fit_key / f"{targets_slug(targets)}{self.artifact_suffix}"
 
+    def checkpoint_path(self, artifact: Path) -> Path:
+        """Where a fit in progress for `artifact` keeps its resumable state (deleted once the artifact is written)."""
+        return artifact.with_name(artifact.name + ".ckpt.pt")
+
     def fit(
         self, pipe, targets: tuple[str, ...], workdir: Path, resolution: int, settings: dict | None = None
     ) -> list[Path]:

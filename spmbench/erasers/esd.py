@@ -77,7 +77,7 @@ class FinetunedEraser(Eraser):
     unsupported = {"sd3": NOT_ON_SD3}
 
     def fit_one(self, pipe, targets: tuple[str, ...], path: Path, resolution: int, settings) -> None:
-        ckpt = path.with_name(path.name + ".ckpt.pt")
+        ckpt = self.checkpoint_path(path)
         deltas, losses = self.train(pipe, targets, resolution, settings, ckpt)
         cfg = asdict(settings)
         with training_kept_in(ckpt):

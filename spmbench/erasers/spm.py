@@ -43,7 +43,7 @@ class SPMEraser(Eraser):
         return "spm"  # 'spm', 'spm-rel' and 'spm-noft' share their fits (and so their settings)
 
     def fit_one(self, pipe, targets: tuple[str, ...], path: Path, resolution: int, settings: SPMSettings) -> None:
-        checkpoint = path.with_name(path.name + ".ckpt.pt")
+        checkpoint = self.checkpoint_path(path)
         config = settings.train_config(resolution)
         trained = spm.train(pipe, list(targets), settings.surrogate, config, checkpoint=checkpoint)
         with training_kept_in(checkpoint):
