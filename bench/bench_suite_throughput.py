@@ -44,7 +44,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded: every model is built here
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_pipeline_overhead import environment, prompts_for, random_sd15, write_atomic  # noqa: E402
+from bench_pipeline_overhead import allocator_option, environment, prompts_for, random_sd15, steady_heap, write_atomic  # noqa: E402
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -435,6 +435,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder, deleted at the end")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", type=Path, default=None, help="default: reports/bench/suite_throughput_<model>_<device>")
+    allocator_option(ap)
     args = ap.parse_args(argv)
     args.tiny = args.model == "sd15-tiny"
     if args.model == "toy":
@@ -459,6 +460,7 @@ def toy_spec(size: int | None = None, steps: int | None = None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    steady_heap(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a step's `timeout`: still delete the work folder

@@ -55,7 +55,15 @@ from spm.train import (
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_pipeline_overhead import TOY, environment, random_sd15, random_sdxl, write_atomic  # noqa: E402
+from bench_pipeline_overhead import (  # noqa: E402
+    TOY,
+    allocator_option,
+    environment,
+    random_sd15,
+    random_sdxl,
+    steady_heap,
+    write_atomic,
+)
 
 
 def reference_train(
@@ -531,11 +539,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     ap.add_argument("--quality-seeds", type=int, default=6, help="seeds per prompt in the quality check")
     ap.add_argument("--note", default=None, help="a Markdown file: the summary put under the report's title")
+    allocator_option(ap)
     return ap.parse_args(argv)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    steady_heap(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     overrides: dict = {"seed": args.seed}
