@@ -371,7 +371,8 @@ def layer_costs(pipe, n_prompts: int, ks: list[int], repeats: int) -> list[dict]
 
 # glibc's mallopt parameters (malloc.h): M_TRIM_THRESHOLD, M_MMAP_THRESHOLD.
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-ALLOCATOR = {"policy": "the C library's default"}
+ALLOCATOR = {"policy": "the C library's default, or what allocator_environment sets"}
+ALLOCATOR_VARIABLES = ("LD_PRELOAD", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_CONF")
 
 
 def allocator_option(parser: argparse.ArgumentParser) -> None:
@@ -397,6 +398,7 @@ def steady_heap(args) -> None:
     except OSError:  # not glibc: its allocator is left as it is, and the report says so
         return
     if libc.mallopt(M_MMAP_THRESHOLD, 1 << 30) and libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1):
+        # glibc accepts these even when LD_PRELOAD puts another malloc in front (recorded in the environment)
         ALLOCATOR["policy"] = "glibc malloc, mmap threshold 1 GiB, heap never trimmed (steady_heap)"
 
 
@@ -419,6 +421,8 @@ def environment(args) -> dict:
         "transformers": transformers.__version__,
         "python": platform.python_version(),
         "allocator": ALLOCATOR["policy"],
+        # what the environment chose before steady_heap (or instead of it, with --adaptive-malloc)
+        "allocator_environment": {k: os.environ[k] for k in ALLOCATOR_VARIABLES if k in os.environ},
     }
 
 

@@ -65,11 +65,14 @@ def _kept_training(checkpoint: Path) -> str | None:
     return f"the training up to step {state.get('step')} is kept in {checkpoint}: the rerun resumes from it"
 
 
+TEMPORARY_PREFIX = ".tmp-"  # the name a write in progress has, beside its file
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to a temporary sibling, then rename it to `path`; DiskFullError when it does not fit."""
     path = Path(path)
     # A name of this process and thread: two processes writing one file never rename each other's half.
-    tmp = path.with_name(f".tmp-{os.getpid()}-{threading.get_ident()}-{path.name}")
+    tmp = path.with_name(f"{TEMPORARY_PREFIX}{os.getpid()}-{threading.get_ident()}-{path.name}")
     try:
         with _open_for_write(tmp) as f:
             f.write(data)

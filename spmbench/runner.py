@@ -194,7 +194,7 @@ def _is_cost(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= sys.float_info.max
 
 
-def _read_costs(path: Path, fix: str) -> dict[str, float]:
+def _read_costs(path: Path, fix: str) -> dict[str, float | None]:
     costs = _read_state(path, fix)
     bad = next((key for key, value in costs.items() if not _is_cost(value)), None)
     if bad is not None:
@@ -472,7 +472,7 @@ def update_state(path: Path, fix: str, change: Callable[[dict], dict]) -> None:
 
 def fit_timed(
     eraser, pipe, targets: tuple[str, ...], workdir: Path, resolution: int, settings: dict
-) -> tuple[list[Path], float, float | None]:
+) -> tuple[list[Path], float | None, float | None]:
     """Fit; return the artifacts, and the time (s) and peak memory (MiB, above what was in use
     before: `spmbench.cost`) the fit took when first computed, recorded beside them.
 
@@ -608,7 +608,7 @@ def run(
             rows_by_targets[targets] = app.rows(targets, limit)
         return rows_by_targets[targets]
 
-    def fit(cell: Cell) -> tuple[list[Path], float, float | None]:
+    def fit(cell: Cell) -> tuple[list[Path], float | None, float | None]:
         eraser, fit_model = ERASERS.get(cell.eraser), fit_model_for(cell.model, registry)
         workdir = fits_dir(run_dir, fit_model)
         settings = eraser_settings(eraser, app, fit_model)

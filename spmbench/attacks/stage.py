@@ -10,11 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-from spm.files import write_text_atomic
+from spm.files import TEMPORARY_PREFIX, write_text_atomic
 from spmbench.apps import PromptRow
 from spmbench.attacks.base import ATTACKS, Generation
 from spmbench.registry import slug
@@ -61,7 +62,7 @@ def find(app, cell_dir: Path, targets: tuple[str, ...], attacks: list[str], pipe
             attack = ATTACKS.get(name)
             settings = attack.settings(app.attacks.get(name))
             path = prompts_file(cell_dir, name, target)
-            if _stored(path, asdict(settings)) is None:
+            if not is_stored(path, settings):
                 log.info("attack %s on %s: %s", name, cell_dir.name, target)
                 start = time.perf_counter()
                 prompts = attack.find(pipe, erased, target, generation, settings)
@@ -90,10 +91,10 @@ def rows(app, cell_dir: Path, targets: tuple[str, ...], attacks: list[str]) -> l
     return found
 
 
-def stored_attacks(cell_dir: Path) -> list[str]:
-    """The attacks whose prompts a cell's folder holds."""
-    records = (_stored(p) for p in (cell_dir / "attacks").glob("*.json"))
-    return sorted({r["attack"] for r in records if r and isinstance(r.get("attack"), str)} - {""})
+def is_stored(path: Path, settings) -> bool:
+    """Whether a search's prompts are stored at `path` under these settings (a dataclass): the run then reuses
+    them, and a plan counts the search as done; a torn record, or one made under other settings, is redone."""
+    return _stored(path, asdict(settings)) is not None
 
 
 def timed_searches(run_dir: Path) -> list[tuple[str, dict]]:
@@ -101,6 +102,8 @@ def timed_searches(run_dir: Path) -> list[tuple[str, dict]]:
     attack's rate per step is measured from. Searches stored before they were timed, or torn, are left out."""
     found = []
     for path in sorted(run_dir.glob("cells/*/*/*/attacks/*.json")):
+        if path.name.startswith(TEMPORARY_PREFIX):  # a write a kill left behind: not a second sample
+            continue
         record = _stored(path)
         if record is not None and _timed(record):
             found.append((path.parents[3].name, record))
@@ -109,7 +112,8 @@ def timed_searches(run_dir: Path) -> list[tuple[str, dict]]:
 
 def _timed(record: dict) -> bool:
     seconds = record.get("seconds")
-    return isinstance(record.get("attack"), str) and isinstance(seconds, (int, float)) and search_steps(record) > 0
+    timed = isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and 0 <= seconds < math.inf
+    return timed and isinstance(record.get("attack"), str) and search_steps(record) > 0
 
 
 def search_steps(record: dict) -> int:
@@ -122,11 +126,9 @@ def search_steps(record: dict) -> int:
 
 def _stored(path: Path, settings: dict | None = None) -> dict | None:
     """The stored record (made with `settings`, where given), or None: absent, torn, or made with others."""
-    if not path.exists():
-        return None
     try:
         record = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):  # absent, unreadable, a folder, or torn
         return None
     if not isinstance(record, dict) or not isinstance(record.get("prompts"), list):
         return None

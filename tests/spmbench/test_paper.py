@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from spmbench import paper, runner
 from spmbench.apps import load_apps
+from spmbench.attacks import ATTACKS
 from spmbench.cli import app
 from spmbench.erasers import ERASERS
 from spmbench.erasers.base import seeded
@@ -210,8 +211,14 @@ def test_a_resumed_plan_is_priced_for_what_is_left(tmp_path):
     barkley = ERASERS.get("spm").artifact_path(runner.fits_dir(tmp_path / "runs", base), ("Barkley",))
     barkley.parent.mkdir(parents=True)
     barkley.write_bytes(b"")  # Barkley's SPM is fitted
-    prompts_file(single.dir, "uda", "Barkley").parent.mkdir(parents=True)
-    prompts_file(single.dir, "uda", "Barkley").write_text("{}")  # and attacked
+    searched = prompts_file(single.dir, "uda", "Barkley")
+    searched.parent.mkdir(parents=True)
+    settings = dataclasses.asdict(ATTACKS.get("uda").settings(app.attacks.get("uda")))
+    made = {"attack": "uda", "prompts": ["a dog"], "settings": settings}
+    for stale in (json.dumps(made | {"settings": {**settings, "restarts": 1}}), json.dumps(made)[:-9]):
+        searched.write_text(stale)  # made under other settings, or torn: the run searches again, as priced
+        assert paper.estimate(app, cells, models, 1, [rate], ("uda",))[0].searches == fresh.searches - 3
+    searched.write_text(json.dumps(made))  # and attacked
     (left,) = paper.estimate(app, cells, models, 1, [rate], ("uda",))
     uda, original_rows = app.attacks["uda"], len(runner.all_rows(app, 1))
     assert (left.done_cells, left.done_fits, left.cells, left.fits) == (1, 1, fresh.cells - 1, fresh.fits - 1)
@@ -386,8 +393,12 @@ def test_rates_are_measured_from_results_each_fit_once_and_images_at_the_entrys_
         (cell / "attacks" / f"uda-{restarts}-{seconds}.json").write_text(json.dumps(record))
     (cell / "attacks" / "rab-barkley.json").write_text('{"attack": "rab", "prompts": []}')  # made before: untimed
     (cell / "attacks" / "p4d-barkley.json").write_text('{"attack": "p4d", "prompts": [')  # torn: no rate from it
+    left = {"attack": "uda", "settings": {"restarts": 16, "steps": 30}, "prompts": [], "seconds": 9999.0}
+    (cell / "attacks" / ".tmp-1-2-uda-x.json").write_text(json.dumps(left))  # a write a kill left: not a sample
+    (cell / "attacks" / "uda-nan.json").write_text(json.dumps(left | {"seconds": float("nan")}))  # not a time
     runs = tmp_path / "runs"
     printed = CliRunner().invoke(app, ["rates", str(runs), str(runs / "toy-concept")])  # one run folder, named twice
+    assert printed.exit_code == 0, printed.output
     (tmp_path / "rates.yaml").write_text(printed.output)
     (rate,) = paper.load_rates(tmp_path / "rates.yaml")
     assert rate.seconds_per_attack_step == {"uda": 0.1} and rate.seconds_per_image == pytest.approx(0.46)
