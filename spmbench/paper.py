@@ -342,11 +342,12 @@ def estimate(
     rows = _row_counter(app, limit, all_rows)
     for cell in cells:
         line = by_model.setdefault(cell.model.name, Estimate(app.name, cell.model))
-        if cell.result.exists():
+        rows_made = cell.result.exists()  # its own rows are made (the runner reuses their images and scores)
+        if rows_made and (not attacks or _made_with(app, cell, attacks)):
             line.done_cells += 1
             continue
-        line.cells += 1
-        count = rows(() if cell.eraser == "none" else cell.targets)
+        line.cells += 1  # an attack step on a finished cell: what is left is its attacks
+        count = 0 if rows_made else rows(() if cell.eraser == "none" else cell.targets)
         line.images = None if line.images is None or isinstance(count, str) else line.images + count
         share = line.by_k.setdefault(0 if cell.eraser == "none" else len(cell.targets), Share())
         share.cells += 1
@@ -384,6 +385,15 @@ def estimate(
             if per_image is not None and share.images is not None and share.fit_seconds is not None:
                 share.seconds = per_image * share.images + share.fit_seconds
     return list(by_model.values())
+
+
+def _made_with(app: Application, cell, attacks: tuple[str, ...]) -> bool:
+    """Whether the cell's stored result has these attacks' rows (as the runner would reuse it)."""
+    from spmbench.attacks.stage import made_with
+    from spmbench.result import Result
+
+    stored = Result.load(cell.result)
+    return stored is not None and made_with(app, stored.settings, attacks)
 
 
 def _attack_costs(app: Application, cell, attacks: tuple[str, ...], rate: Rate | None) -> list[tuple]:

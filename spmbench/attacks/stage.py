@@ -137,6 +137,12 @@ def _stored(path: Path, settings: dict | None = None) -> dict | None:
     return record
 
 
+def made_with(app, result_settings: dict, attacks) -> bool:
+    """Whether a cell's stored result (its `settings`) was made with exactly these attacks under the application's
+    settings for them (none: made without attacks)."""
+    return result_settings.get("attacks", {}) == (settings_of(app, attacks) if attacks else {})
+
+
 def settings_of(app, attacks) -> dict[str, dict]:
     """Each attack's settings as the run used them (recorded in the cell's result), and whether it was adaptive."""
     chosen = {}

@@ -198,7 +198,7 @@ def test_the_estimate_is_the_measured_rates_times_the_plan(tmp_path):
 
 
 def test_a_resumed_plan_is_priced_for_what_is_left(tmp_path):
-    from spmbench.attacks.stage import prompts_file
+    from spmbench.attacks.stage import prompts_file, settings_of
 
     models, app = load_models(), load_apps().get("toy-concept")
     base = models.get("toy-base")
@@ -206,8 +206,11 @@ def test_a_resumed_plan_is_priced_for_what_is_left(tmp_path):
     rate = paper.Rate("toy", 32, "here", 2.0, {"spm": 10.0}, 30, {"uda": 0.5})
     (fresh,) = paper.estimate(app, cells, models, 1, [rate], ("uda",))
     original, single = cells[0], next(c for c in cells if c.targets == ("Barkley",))
-    original.result.parent.mkdir(parents=True)
-    original.result.write_text("{}")  # the original's cell is done
+    _timed("none", ()).save(original.result)  # the original's rows are made, not its attacks: they are left
+    (rows_made,) = paper.estimate(app, cells, models, 1, [rate], ("uda",))
+    assert (rows_made.done_cells, rows_made.cells, rows_made.searches) == (0, fresh.cells, fresh.searches)
+    assert rows_made.images == fresh.images - len(runner.all_rows(app, 1))
+    _timed("none", (), attacks=settings_of(app, ("uda",))).save(original.result)  # and its attacks: done
     barkley = ERASERS.get("spm").artifact_path(runner.fits_dir(tmp_path / "runs", base), ("Barkley",))
     barkley.parent.mkdir(parents=True)
     barkley.write_bytes(b"")  # Barkley's SPM is fitted
