@@ -680,6 +680,10 @@ def write_reports(app: Application, run_dir: Path, out_dir: Path) -> list[Path]:
     write_text_atomic(tex, latex(app, table))
     write_text_atomic(plot, tradeoff_svg(table))
     written = [md, text, tex, plot]
+    concepts = per_concept_markdown(app, run_dir, stored) if _same_version(app, stored) else None
+    if concepts is not None:
+        written.append(out_dir / f"{app.name}_per_concept.md")
+        write_text_atomic(written[-1], concepts)
     scaling = scaling_svg(table)
     if scaling is not None:  # experiments erase different numbers of targets: each rate against k
         written.append(out_dir / f"{app.name}_vs_k.svg")
@@ -700,6 +704,41 @@ def write_reports(app: Application, run_dir: Path, out_dir: Path) -> list[Path]:
                 save_image_atomic(grid, path)
                 written.append(path)
     return written
+
+
+def per_concept_markdown(app: Application, run_dir: Path, stored: list[Result]) -> str | None:
+    """Each cell's rate per concept on every prompt set of several concepts, the original's beside it: which
+    sibling an eraser erodes, where the table's rate averages them. None where no set has several concepts."""
+    lines = []
+    for r in sorted(stored, key=lambda r: (r.model, r.targets, r.eraser)):
+        if r.eraser == "none" or fit_seed_of(r.eraser)[1] is not None:  # each eraser's first fit, as the table
+            continue
+        prompts = _prompts(app, r)
+        ours, original = _records(run_dir, r.model, r.eraser, r.targets), _records(run_dir, r.model, "none", ())
+        for (prompt_set, concept), ids in _by_concept(prompts, ours).items():
+            rate = stats.rate_interval([ours[i]["present"] for i in ids], [prompts[i][1] for i in ids])
+            before = [original[i]["present"] for i in ids if i in original]
+            was = f"{_percent(sum(before) / len(before))}" if len(before) == len(ids) else "-"
+            lines.append(f"| {r.model} | {_erased('+'.join(r.targets))} | {r.eraser} | {prompt_set} | {concept} | "
+                         f"{_percent(rate.value)} [{rate.lo * 100:.0f}, {rate.hi * 100:.0f}] ({was}) | {rate.n} |")  # fmt: skip
+    if not lines:
+        return None
+    return (
+        f"# {app.name}: rates per concept\n\nEach eraser's first fit; the prompt sets of several concepts, each concept's "
+        "judged-present rate with its 95 % interval (as the table's), the original model's on the same prompts and "
+        "seeds in brackets.\n\n| model | erased | eraser | set | concept | rate (original) | n |\n"
+        "|---|---|---|---|---|---|---|\n" + "\n".join(lines) + "\n"
+    )
+
+
+def _by_concept(prompts: dict[str, tuple[str, str]], records: dict[str, dict]) -> dict[tuple[str, str], list[str]]:
+    """(set, concept) -> its scored prompt ids, for the non-attack sets of several concepts."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for i, (prompt_set, _) in prompts.items():
+        if i in records and not _is_attack_set(prompt_set):
+            groups.setdefault((prompt_set, str(records[i].get("concept"))), []).append(i)
+    several = {s for s, _ in groups if sum(1 for t, _ in groups if t == s) > 1}
+    return {key: ids for key, ids in groups.items() if key[0] in several}
 
 
 def latex(app: Application, data) -> str:

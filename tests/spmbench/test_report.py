@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import spmbench
-from spmbench import stats
+from spmbench import report, stats
 from spmbench.metrics import ALTERATION_FEATURES_FILE, frechet_distance, paired_distance, save_alteration_features
 from spmbench.report import NO_INTERVAL, csv_text, load_results, markdown, table_rows
 from spmbench.result import Result
@@ -366,3 +366,41 @@ def test_a_run_of_the_original_alone_reports_its_rates(tmp_path, monkeypatch):
     assert "No eraser was run" in text
     assert "- toy-base: target 0.700, near 1.000 (2 images)" in text
     assert report.results(run_dir).empty
+
+
+def test_a_set_of_several_concepts_gets_each_concepts_rate_beside_the_originals(tmp_path, monkeypatch):
+    """Which sibling an eraser erodes: the table's near rate (15 of 20) averages Juno's 10 of 10 and Rufus' 5 of 10."""
+    from spmbench.apps import load_apps
+    from spmbench.result import cell_key
+
+    apps = tmp_path / "apps"
+    apps.mkdir()
+    mini = MINI.format(templates=TEMPLATES, seeds=[0]).replace("concepts: [Juno]", "concepts: [Juno, Rufus]")
+    (apps / "mini.yaml").write_text(mini)
+    monkeypatch.setenv("SPMBENCH_APPS", str(apps))
+    app = load_apps().get("mini")
+    rows = app.rows(("Barkley",))
+    run_dir = tmp_path / "runs" / "mini"
+    kept = {"none": lambda r: True, "spm": lambda r: r.set == "near" and (r.concept == "Juno" or r.prompt.endswith(("0", "2", "4", "6", "8")))}  # fmt: skip
+    rates = {}
+    for eraser, present in kept.items():
+        cell = run_dir / "cells" / cell_key("toy-base", eraser, ("Barkley",))
+        cell.mkdir(parents=True)
+        lines = [{"prompt_id": r.prompt_id, "set": r.set, "concept": r.concept, "present": present(r)} for r in rows]
+        (cell / "scores.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+        rates[eraser] = {s: sum(x["present"] for x in lines if x["set"] == s) / 10 for s in ("target", "near")}
+        rates[eraser]["near"] /= 2
+    for eraser in kept:
+        result(eraser, rates[eraser], None, rates["none"], app="mini", version=1).save(
+            run_dir / "cells" / cell_key("toy-base", eraser, ("Barkley",)) / "result.json"
+        )
+    written = report.write_reports(app, run_dir, tmp_path / "reports")
+    per_concept = (tmp_path / "reports" / "mini_per_concept.md").read_text()
+    assert tmp_path / "reports" / "mini_per_concept.md" in written
+    juno, rufus = stats.wilson(10, 10), stats.wilson(5, 10)
+    assert f"| toy-base | Barkley | spm | near | Juno | 100 % [{juno[0] * 100:.0f}, 100] (100 %) | 10 |" in per_concept
+    assert (
+        f"| toy-base | Barkley | spm | near | Rufus | 50 % [{rufus[0] * 100:.0f}, {rufus[1] * 100:.0f}] (100 %) | 10 |"
+        in per_concept
+    )
+    assert "| target |" not in per_concept  # one concept: the table's rate already is its rate
