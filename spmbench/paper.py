@@ -343,7 +343,7 @@ def estimate(
     for cell in cells:
         line = by_model.setdefault(cell.model.name, Estimate(app.name, cell.model))
         rows_made = cell.result.exists()  # its own rows are made (the runner reuses their images and scores)
-        if rows_made and (not attacks or _made_with(app, cell, attacks)):
+        if rows_made and _made_with(app, cell, attacks):  # as the runner reuses it: with these attacks or none
             line.done_cells += 1
             continue
         line.cells += 1  # an attack step on a finished cell: what is left is its attacks

@@ -680,10 +680,14 @@ def write_reports(app: Application, run_dir: Path, out_dir: Path) -> list[Path]:
     write_text_atomic(tex, latex(app, table))
     write_text_atomic(plot, tradeoff_svg(table))
     written = [md, text, tex, plot]
-    concepts = per_concept_markdown(app, run_dir, stored) if _same_version(app, stored) else None
-    if concepts is not None:
-        written.append(out_dir / f"{app.name}_per_concept.md")
-        write_text_atomic(written[-1], concepts)
+    same_version = all(r.app_version == app.version for r in stored)  # else no prompts to group (frame warned)
+    concepts = per_concept_markdown(app, run_dir, stored) if same_version else None
+    by_concept = out_dir / f"{app.name}_per_concept.md"
+    if concepts is None:
+        by_concept.unlink(missing_ok=True)  # one from an earlier run would describe other results
+    else:
+        written.append(by_concept)
+        write_text_atomic(by_concept, concepts)
     scaling = scaling_svg(table)
     if scaling is not None:  # experiments erase different numbers of targets: each rate against k
         written.append(out_dir / f"{app.name}_vs_k.svg")
@@ -716,7 +720,8 @@ def per_concept_markdown(app: Application, run_dir: Path, stored: list[Result]) 
         prompts = _prompts(app, r)
         ours, original = _records(run_dir, r.model, r.eraser, r.targets), _records(run_dir, r.model, "none", ())
         for (prompt_set, concept), ids in _by_concept(prompts, ours).items():
-            rate = stats.rate_interval([ours[i]["present"] for i in ids], [prompts[i][1] for i in ids])
+            texts = [prompts[i][1] for i in ids]  # a concept of one prompt (its seeds): each image its own draw
+            rate = stats.rate_interval([ours[i]["present"] for i in ids], texts if len(set(texts)) > 1 else ids)
             before = [original[i]["present"] for i in ids if i in original]
             was = f"{_percent(sum(before) / len(before))}" if len(before) == len(ids) else "-"
             lines.append(f"| {r.model} | {_erased('+'.join(r.targets))} | {r.eraser} | {prompt_set} | {concept} | "
@@ -732,11 +737,17 @@ def per_concept_markdown(app: Application, run_dir: Path, stored: list[Result]) 
 
 
 def _by_concept(prompts: dict[str, tuple[str, str]], records: dict[str, dict]) -> dict[tuple[str, str], list[str]]:
-    """(set, concept) -> its scored prompt ids, for the non-attack sets of several concepts."""
-    groups: dict[tuple[str, str], list[str]] = {}
+    """(set, concept) -> its prompt ids, for the non-attack sets of several concepts whose every image is scored (a
+    partly scored set has no rate, as in the table)."""
+    sets: dict[str, list[str]] = {}
     for i, (prompt_set, _) in prompts.items():
-        if i in records and not _is_attack_set(prompt_set):
-            groups.setdefault((prompt_set, str(records[i].get("concept"))), []).append(i)
+        if not _is_attack_set(prompt_set):
+            sets.setdefault(prompt_set, []).append(i)
+    groups: dict[tuple[str, str], list[str]] = {}
+    for prompt_set, ids in sets.items():
+        if all(i in records for i in ids):
+            for i in ids:
+                groups.setdefault((prompt_set, str(records[i].get("concept"))), []).append(i)
     several = {s for s, _ in groups if sum(1 for t, _ in groups if t == s) > 1}
     return {key: ids for key, ids in groups.items() if key[0] in several}
 

@@ -637,7 +637,9 @@ def run(
         check_fit_settings(fits_dir(run_dir, fit_model), eraser, settings)  # before reusing anything made with them
         attacked = attack_rows(cell) if attacks else []
         stored = Result.load(cell.result)
-        reusable = _reusable(stored, len(rows) + len(attacked), features)
+        # made with these attacks' settings: a search redone under new settings (same count of rows) is rescored
+        made = stored is not None and stage.made_with(app, stored.settings, attacks)
+        reusable = made and _reusable(stored, len(rows) + len(attacked), features)
         if reusable and _has_alteration_intervals(stored, cell):  # else made before they were kept: add them
             return stored
         if cell.eraser != "none":  # compared with the original's images and scores: they must be complete

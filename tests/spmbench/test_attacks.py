@@ -269,6 +269,8 @@ def test_run_with_an_attack_adds_its_success_rate_and_nothing_without(tmp_path, 
     assert "%" in rab and "[-]" not in rab and "(" in rab, line  # a rate, its interval, the original's
     assert run("--attack", "rab") == attacked and found.stat().st_mtime_ns == made  # the prompts were reused
     assert run() == plain
+    (apps / "toy-attacked.yaml").write_text(ATTACKED_APP.replace("steps: 2", "steps: 3"))  # same rows, new search
+    assert "rab: 3 steps" in run("--attack", "rab") and found.stat().st_mtime_ns != made  # searched and scored anew
 
 
 def test_found_prompts_are_generated_with_the_applications_seeds_and_their_own_noise_if_it_asks(tmp_path):

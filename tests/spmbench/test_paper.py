@@ -211,6 +211,7 @@ def test_a_resumed_plan_is_priced_for_what_is_left(tmp_path):
     assert (rows_made.done_cells, rows_made.cells, rows_made.searches) == (0, fresh.cells, fresh.searches)
     assert rows_made.images == fresh.images - len(runner.all_rows(app, 1))
     _timed("none", (), attacks=settings_of(app, ("uda",))).save(original.result)  # and its attacks: done
+    assert paper.estimate(app, cells, models, 1, [rate])[0].done_cells == 0  # a run without them recomputes it
     barkley = ERASERS.get("spm").artifact_path(runner.fits_dir(tmp_path / "runs", base), ("Barkley",))
     barkley.parent.mkdir(parents=True)
     barkley.write_bytes(b"")  # Barkley's SPM is fitted

@@ -368,20 +368,25 @@ def test_a_run_of_the_original_alone_reports_its_rates(tmp_path, monkeypatch):
     assert report.results(run_dir).empty
 
 
-def test_a_set_of_several_concepts_gets_each_concepts_rate_beside_the_originals(tmp_path, monkeypatch):
-    """Which sibling an eraser erodes: the table's near rate (15 of 20) averages Juno's 10 of 10 and Rufus' 5 of 10."""
+@pytest.mark.parametrize("one_prompt", [False, True])
+def test_a_set_of_several_concepts_gets_each_concepts_rate_beside_the_originals(tmp_path, monkeypatch, one_prompt):
+    """Which sibling an eraser erodes: the table's near rate (15 of 20) averages Juno's 10 of 10 and Rufus' 5 of 10.
+    10 prompts of one seed, or one prompt of 10 seeds (real-object's classes): Wilson's interval over the images
+    either way, as a concept of one prompt has no prompts to resample."""
     from spmbench.apps import load_apps
     from spmbench.result import cell_key
 
     apps = tmp_path / "apps"
     apps.mkdir()
-    mini = MINI.format(templates=TEMPLATES, seeds=[0]).replace("concepts: [Juno]", "concepts: [Juno, Rufus]")
+    templates, seeds = ("'{}'", list(range(10))) if one_prompt else (TEMPLATES, [0])
+    mini = MINI.format(templates=templates, seeds=seeds).replace("concepts: [Juno]", "concepts: [Juno, Rufus]")
     (apps / "mini.yaml").write_text(mini)
     monkeypatch.setenv("SPMBENCH_APPS", str(apps))
     app = load_apps().get("mini")
     rows = app.rows(("Barkley",))
+    dropped = {r.prompt_id for r in [r for r in rows if r.concept == "Rufus"][1::2]}  # 5 of Rufus' 10 images
     run_dir = tmp_path / "runs" / "mini"
-    kept = {"none": lambda r: True, "spm": lambda r: r.set == "near" and (r.concept == "Juno" or r.prompt.endswith(("0", "2", "4", "6", "8")))}  # fmt: skip
+    kept = {"none": lambda r: True, "spm": lambda r: r.set == "near" and r.prompt_id not in dropped}
     rates = {}
     for eraser, present in kept.items():
         cell = run_dir / "cells" / cell_key("toy-base", eraser, ("Barkley",))
@@ -404,3 +409,6 @@ def test_a_set_of_several_concepts_gets_each_concepts_rate_beside_the_originals(
         in per_concept
     )
     assert "| target |" not in per_concept  # one concept: the table's rate already is its rate
+    (run_dir / "cells" / cell_key("toy-base", "spm", ("Barkley",)) / "scores.jsonl").write_text("")
+    report.write_reports(app, run_dir, tmp_path / "reports")  # unscored: no rates, and no file left from before
+    assert not (tmp_path / "reports" / "mini_per_concept.md").exists()
