@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -713,12 +714,14 @@ def write_reports(app: Application, run_dir: Path, out_dir: Path) -> list[Path]:
 def per_concept_markdown(app: Application, run_dir: Path, stored: list[Result]) -> str | None:
     """Each cell's rate per concept on every prompt set of several concepts, the original's beside it: which
     sibling an eraser erodes, where the table's rate averages them. None where no set has several concepts."""
-    lines = []
+    lines, originals = [], {}
     for r in sorted(stored, key=lambda r: (r.model, r.targets, r.eraser)):
         if r.eraser == "none" or fit_seed_of(r.eraser)[1] is not None:  # each eraser's first fit, as the table
             continue
         prompts = _prompts(app, r)
-        ours, original = _records(run_dir, r.model, r.eraser, r.targets), _records(run_dir, r.model, "none", ())
+        if r.model not in originals:  # read once per model, not once per cell
+            originals[r.model] = _records(run_dir, r.model, "none", ())
+        ours, original = _records(run_dir, r.model, r.eraser, r.targets), originals[r.model]
         for (prompt_set, concept), ids in _by_concept(prompts, ours).items():
             texts = [prompts[i][1] for i in ids]  # a concept of one prompt (its seeds): each image its own draw
             rate = stats.rate_interval([ours[i]["present"] for i in ids], texts if len(set(texts)) > 1 else ids)
@@ -748,8 +751,8 @@ def _by_concept(prompts: dict[str, tuple[str, str]], records: dict[str, dict]) -
         if all(i in records for i in ids):
             for i in ids:
                 groups.setdefault((prompt_set, str(records[i].get("concept"))), []).append(i)
-    several = {s for s, _ in groups if sum(1 for t, _ in groups if t == s) > 1}
-    return {key: ids for key, ids in groups.items() if key[0] in several}
+    concepts = Counter(prompt_set for prompt_set, _ in groups)
+    return {key: ids for key, ids in groups.items() if concepts[key[0]] > 1}
 
 
 def latex(app: Application, data) -> str:
