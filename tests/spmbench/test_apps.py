@@ -228,7 +228,7 @@ SHIPPED_ROWS = {
     "real-explicit": (1, "17413b794e795ad8"), "real-object": (1, "13dc66112a338977"),
     "toy-artist": (2, "6a2adc9b24936388"), "toy-concept": (2, "a71d420f12a66fee"),
     "toy-explicit": (2, "63da18445a15d8e5"), "toy-object": (2, "6d8fcc693ff874e5"),
-    "toy3-artist": (1, "a7993c550dfc9ab1"), "toy3-concept": (1, "6ccd7ab77a627884"),
+    "toy3-artist": (1, "a7993c550dfc9ab1"), "toy3-concept": (2, "5a451915c5119178"),
     "toy3-explicit": (2, "53d334fb05de3ba7"), "toy3-many": (4, "de100de6728d612b"), "toy3-object": (2, "ef51e3260c5c3578"),
 }  # fmt: skip
 

@@ -131,17 +131,22 @@ def write(path: Path, text: str) -> None:
     path.write_text(text)
 
 
-def set_yaml(name: str, concepts: list[str] | str, tmpl: list[str], indent: int = 2) -> str:
-    c = concepts if isinstance(concepts, str) else "[" + ", ".join(concepts) + "]"
-    c = q(c) if isinstance(concepts, str) else c
-    return f"{' ' * indent}{name}:\n{' ' * indent}  concepts: {c}\n{' ' * indent}  templates:\n{block(tmpl, indent + 4)}\n"
-
-
-def dev_yaml(name: str, concepts: list[str] | None, tmpl: list[str]) -> str:
-    out = f"    {name}:\n"
+def set_yaml(
+    name: str, concepts: list[str] | str | None, tmpl: list[str] | dict[str, list[str]], indent: int = 2
+) -> str:
+    """A prompt set: its concepts ("{targets}", a list, or None: the test set's) and templates (per kind: a dict)."""
+    pad = " " * indent
+    out = f"{pad}{name}:\n"
     if concepts is not None:
-        out += f"      concepts: [{', '.join(concepts)}]\n"
-    return out + f"      templates:\n{block(tmpl, 8)}\n"
+        out += f"{pad}  concepts: {q(concepts) if isinstance(concepts, str) else '[' + ', '.join(concepts) + ']'}\n"
+    if isinstance(tmpl, dict):
+        kinds = "".join(f"{pad}    {q(k) if ' ' in k else k}:\n{block(v, indent + 6)}\n" for k, v in tmpl.items())
+        return out + f"{pad}  templates:\n" + kinds
+    return out + f"{pad}  templates:\n{block(tmpl, indent + 4)}\n"
+
+
+def dev_yaml(name: str, concepts: list[str] | None, tmpl: list[str] | dict[str, list[str]]) -> str:
+    return set_yaml(name, concepts, tmpl, indent=4)
 
 
 def app(
@@ -153,9 +158,10 @@ def app(
     extra: str = "",
     version: int = 1,
     sizing: str = SIZING,
+    kinds: str = "",
 ) -> None:
     text = header + f"name: {name}\nversion: {version}\nworld: toy3\njudge: toy3\nerase:\n"
-    text += "".join(f"  - [{', '.join(e)}]\n" for e in erase)
+    text += "".join(f"  - [{', '.join(e)}]\n" for e in erase) + kinds
     text += sizing + "prompts:\n" + "".join(set_yaml(*s) for s in test_sets)
     text += "seeds: [0]\nseed_per_prompt: true  # each prompt's image starts from its own noise: independent samples\n"
     text += "# Settings are chosen on dev: its own seed, templates from the world's dev-tagged grammar (never the test's),\n"
@@ -169,27 +175,67 @@ def t(form: str, split: str, n: int, key: str, slot: str, **kw) -> list[str]:
     return templates(form, split, n, key, slot, **kw)
 
 
-# --- concept: one character; its class siblings, its class, far shapes
+# --- concept: one character; the other characters (its class siblings and every other class's), its class, far shapes
+# Version 2 widens the near set to other classes' characters (version 1: Barkley's class siblings only). Version 1's
+# dev near set, Rufus, kept 100 % of its images under every grid point, so tuning could not see erosion; probed on
+# dev phrasings (60 images each, Barkley's SPM as chosen by the v1 tuning, FT as the paper's), other classes'
+# characters are eroded: Thumper 23 %, Mittens 53 %, Salem 58 %, Coco 70 % (original: 93-100 %), Rufus 100 %; FT off:
+# 20-48 %, Rufus 100 %; the relative FT: 95-100 % (/tmp probe of 2026-12-01, first fit of the v1 record).
+# The other classes' characters are split in world order, alternately dev and test, so each split has two per class.
+CLASSES = [a for a in w.ANIMALS if any(c.animal == a for c in w.CHARACTERS)]  # the classes that have characters
+
+
+def others(split: str) -> dict[str, list[str]]:
+    """Barkley's other characters of `split`, by class: dog siblings as version 1's, the rest alternately."""
+    out = {"dog": ["Rufus"] if split == "dev" else ["Biscuit", "Domino"]}
+    for animal in CLASSES[1:]:
+        names = [c.name for c in w.CHARACTERS if c.animal == animal]
+        out[animal] = names[0::2] if split == "dev" else names[1::2]
+    return out
+
+
+def near_templates(split: str, n_dog: int, n_other: int) -> dict[str, list[str]]:
+    """Each class's character phrasings of `split` (the dog's as version 1's, so its images are reused)."""
+    key = "c-near" if split == "test" else "c-near-dev"
+    return {f"{a}s" if a != "fish" else a: t("character", split, n_dog if a == "dog" else n_other,
+            key if a == "dog" else f"{key}-{a}", "name", animal=a) for a in CLASSES}  # fmt: skip
+
+
+def names(split: str) -> list[str]:
+    return [n for ns in others(split).values() for n in ns]
+
+
+CONCEPT_KINDS = "".join(
+    f"  {a}s: [{', '.join(others('test')[a] + others('dev')[a])}]\n" if a != "fish" else
+    f"  fish: [{', '.join(others('test')[a] + others('dev')[a])}]\n" for a in CLASSES
+)  # fmt: skip
 app(
     "toy3-concept",
-    "# Concept erasing on toy world v3: erase one character (Barkley, a dog). Near: its class siblings (dev and test\n"
-    "# name different ones) and its generic class (the Snoopy-vs-dog test); far: shapes. Character prompts say the\n"
-    '# class ("the dog called Barkley"), so every character set is of one class. Several characters at once: toy3-many.\n',
+    "# Concept erasing on toy world v3: erase one character (Barkley, a dog). Near: the other characters, Barkley's\n"
+    "# class siblings and two of every other class (dev and test name different ones); its generic class (the\n"
+    '# Snoopy-vs-dog test); far: shapes. Character prompts say the class ("the dog called Barkley", "the cat called\n'
+    "# Salem\"): the near set phrases each character with its class's templates ('kinds' below). Several characters at\n"
+    "# once: toy3-many.\n"
+    "# Version 2: the near set adds other classes' characters (version 1 had the dog siblings only, and its dev near\n"
+    "# set saw no erosion; spmbench/apps/toy3/make.py gives the probe). Its dog rows are version 1's.\n",
     [["Barkley"]],
     [
         ("target", "{targets}", t("character", "test", 141, "c-target", "name", animal="dog")),
-        ("near", ["Biscuit", "Domino"], t("character", "test", 71, "c-near", "name", animal="dog")),
+        ("near", names("test"), near_templates("test", 71, 24)),
         ("class", ["dog"], t("animal", "test", 195, "c-class", "animal")),
         ("far", ["circle", "ring", "heart"], t("object", "test", 47, "c-far", "shape")),
     ],
     [
         ("target", None, t("character", "dev", 100, "c-target-dev", "name", animal="dog")),
-        ("near", ["Rufus"], t("character", "dev", 100, "c-near-dev", "name", animal="dog")),
+        ("near", names("dev"), near_templates("dev", 100, 15)),
         ("class", None, t("animal", "dev", 60, "c-class-dev", "animal")),
         ("far", ["square", "triangle"], t("object", "dev", 30, "c-far-dev", "shape")),
     ],
     extra="# SPM's vocabulary anchors (world v2's method choice for characters, not a tuned number) stay; the grid\n"
     "# below re-derives its anchor weight and lr.\neraser_settings:\n  spm: {vocabulary_anchors: 2}\n",
+    version=2,
+    kinds="# The near set's characters by class, each phrased with its class's templates only.\nkinds:\n"
+    + CONCEPT_KINDS,
 )
 
 # --- artist: one style; similar styles near, dissimilar far
@@ -298,12 +344,6 @@ def by_kind(split: str, n: int, key: str) -> dict[str, list[str]]:
     return out | {s.concept: standin(f"explicit-{s.concept}", split, n, f"{key}-{s.concept}") for s in w.STANDINS}
 
 
-def kind_yaml(name: str, concepts: str | None, tmpl: dict[str, list[str]], indent: int) -> str:
-    pad = " " * indent
-    out = f"{pad}{name}:\n" + (f"{pad}  concepts: {q(concepts)}\n" if concepts else "") + f"{pad}  templates:\n"
-    return out + "".join(f"{pad}    {q(k) if ' ' in k else k}:\n{block(v, indent + 6)}\n" for k, v in tmpl.items())
-
-
 many_sizing = """# Sizing: as the other toy3 applications' (one image per prompt; n >= 141 at the characters' and shapes' proxy
 # rate 90 %, n >= 195 at 85 % for styles, stand-ins and the classes), except where the target set grows with k:
 # 40 prompts per target of its kind's phrasings (k = 1: 40 images, k = 2: 80; from k = 5 on, >= 141; k = 40:
@@ -340,16 +380,16 @@ text += "".join(f"  - [{', '.join(order[:k])}]\n" for k in ks)
 text += "# The concepts above by phrasing: each set phrases a concept with its own kind's templates only.\nkinds:\n"
 text += "".join(f"  {k}: [{', '.join(v)}]\n" for k, v in KINDS.items())
 text += many_sizing + "prompts:\n"
-text += kind_yaml("target", "{targets}", by_kind("test", 40, "m-target"), 2)
-text += kind_yaml("others", "{others}", by_kind("test", 10, "m-others"), 2)
+text += set_yaml("target", "{targets}", by_kind("test", 40, "m-target"), 2)
+text += set_yaml("others", "{others}", by_kind("test", 10, "m-others"), 2)
 text += set_yaml("class", list(w.ANIMALS), t("animal", "test", 39, "m-class", "animal"))
 text += set_yaml("far", FAR_SHAPES, t("object", "test", 71, "m-far", "shape"))
 text += "seeds: [0]\nseed_per_prompt: true  # each prompt's image starts from its own noise: independent samples\n"
 text += "# Held apart from test as every v3 dev split is (its own seed and dev-tagged templates, other far shapes);\n"
 text += "# no tuning runs on it: the settings are toy3-concept's (tuning.from below).\n"
 text += "dev:\n  seeds: [1]\n  prompts:\n"
-text += kind_yaml("target", None, by_kind("dev", 10, "m-target-dev"), 4)
-text += kind_yaml("others", None, by_kind("dev", 4, "m-others-dev"), 4)
+text += set_yaml("target", None, by_kind("dev", 10, "m-target-dev"), 4)
+text += set_yaml("others", None, by_kind("dev", 4, "m-others-dev"), 4)
 text += dev_yaml("class", None, t("animal", "dev", 12, "m-class-dev", "animal"))
 text += dev_yaml("far", FAR_SHAPES_DEV, t("object", "dev", 30, "m-far-dev", "shape"))
 text += "fit_seeds: [0, 1, 2]\n"
