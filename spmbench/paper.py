@@ -31,6 +31,7 @@ from spmbench.apps import Application
 from spmbench.erasers import ABLATIONS, BUILTIN, ERASERS
 from spmbench.judges.nudenet import COUNT_UNIT
 from spmbench.models import ModelSpec
+from spmbench.result import Result
 
 
 KINDS = ("concept", "artist", "explicit", "object")
@@ -342,8 +343,11 @@ def estimate(
     rows = _row_counter(app, limit, all_rows)
     for cell in cells:
         line = by_model.setdefault(cell.model.name, Estimate(app.name, cell.model))
-        rows_made = cell.result.exists()  # its own rows are made (the runner reuses their images and scores)
-        if rows_made and _made_with(app, cell, attacks):  # as the runner reuses it: with these attacks or none
+        stored = Result.load(cell.result)
+        rows_made = (
+            stored is not None and stored.app_version == app.version
+        )  # the runner reuses their images and scores
+        if _reused(app, cell, stored, rows(() if cell.eraser == "none" else cell.targets), attacks):
             line.done_cells += 1
             continue
         line.cells += 1  # an attack step on a finished cell: what is left is its attacks
@@ -387,13 +391,15 @@ def estimate(
     return list(by_model.values())
 
 
-def _made_with(app: Application, cell, attacks: tuple[str, ...]) -> bool:
-    """Whether the cell's stored result has these attacks' rows (as the runner would reuse it)."""
-    from spmbench.attacks.stage import made_with
-    from spmbench.result import Result
+def _reused(app: Application, cell, stored, own_rows: int | str, attacks: tuple[str, ...]) -> bool:
+    """Whether the runner reuses the cell's stored result (its rows and the attack rows its searches found)."""
+    from spmbench.attacks import stage
+    from spmbench.runner import reusable
 
-    stored = Result.load(cell.result)
-    return stored is not None and made_with(app, stored.settings, attacks)
+    if isinstance(own_rows, str):  # not countable here (a prompt file not fetched): nothing is stored either
+        return False
+    attacked = stage.rows(app, cell.dir, cell.targets, list(attacks)) if attacks else []
+    return reusable(app, stored, own_rows + len(attacked), attacks)
 
 
 def _attack_costs(app: Application, cell, attacks: tuple[str, ...], rate: Rate | None) -> list[tuple]:

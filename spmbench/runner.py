@@ -543,12 +543,20 @@ def fit_model_for(model: ModelSpec, registry) -> ModelSpec:
     return model
 
 
-def _reusable(stored: Result | None, rows: int, features: Callable[[], Judge]) -> bool:
-    """A stored result counts if it covers the same rows and measured alteration on this run's features
-    (another --clip-model, say, recomputes it from the stored images)."""
-    if stored is None or stored.rows != rows:
+def reusable(
+    app: Application, stored: Result | None, rows: int, attacks: tuple[str, ...] = (), features: Callable[[], Judge] | None = None
+) -> bool:  # fmt: skip
+    """Whether a run reuses a cell's stored result: made from this version of the application (another version's
+    prompts may have the same count), over `rows` rows (the attack rows included), with these attacks under their
+    settings (none: without attacks; a search redone under new settings keeps its count of rows), and, given
+    `features`, its alteration measured on them (another --clip-model, say, recomputes it from the stored images)."""
+    from spmbench.attacks.stage import made_with
+
+    if stored is None or stored.app_version != app.version or stored.rows != rows:
         return False
-    return stored.alteration_features is None or stored.alteration_features == features().identity
+    if not made_with(app, stored.settings, attacks):
+        return False
+    return features is None or stored.alteration_features is None or stored.alteration_features == features().identity
 
 
 def _has_alteration_intervals(stored: Result, cell: Cell) -> bool:
@@ -615,8 +623,10 @@ def run(
         check_fit_settings(workdir, eraser, settings)  # before reusing anything made with them
         return fit_timed(eraser, pipes(fit_model), cell.targets, workdir, fit_model.resolution, settings)
 
-    def finished(cell: Cell) -> bool:
-        return _reusable(Result.load(cell.result), len(rows_of(cell)), features)
+    def finished(
+        cell: Cell,
+    ) -> bool:  # its rows' images are not shared out (an attacked result is not: its rows differ)
+        return reusable(app, Result.load(cell.result), len(rows_of(cell)), (), features)
 
     def generate(todo: list[Batch], wait: bool) -> list[Batch]:
         cell = todo[0].cell
@@ -637,10 +647,9 @@ def run(
         check_fit_settings(fits_dir(run_dir, fit_model), eraser, settings)  # before reusing anything made with them
         attacked = attack_rows(cell) if attacks else []
         stored = Result.load(cell.result)
-        # made with these attacks' settings: a search redone under new settings (same count of rows) is rescored
-        made = stored is not None and stage.made_with(app, stored.settings, attacks)
-        reusable = made and _reusable(stored, len(rows) + len(attacked), features)
-        if reusable and _has_alteration_intervals(stored, cell):  # else made before they were kept: add them
+        if reusable(app, stored, len(rows) + len(attacked), attacks, features) and _has_alteration_intervals(
+            stored, cell
+        ):
             return stored
         if cell.eraser != "none":  # compared with the original's images and scores: they must be complete
             with holding(cell.original.dir):

@@ -198,6 +198,7 @@ def test_the_estimate_is_the_measured_rates_times_the_plan(tmp_path):
 
 
 def test_a_resumed_plan_is_priced_for_what_is_left(tmp_path):
+    from spmbench.attacks import stage
     from spmbench.attacks.stage import prompts_file, settings_of
 
     models, app = load_models(), load_apps().get("toy-concept")
@@ -206,19 +207,31 @@ def test_a_resumed_plan_is_priced_for_what_is_left(tmp_path):
     rate = paper.Rate("toy", 32, "here", 2.0, {"spm": 10.0}, 30, {"uda": 0.5})
     (fresh,) = paper.estimate(app, cells, models, 1, [rate], ("uda",))
     original, single = cells[0], next(c for c in cells if c.targets == ("Barkley",))
-    _timed("none", ()).save(original.result)  # the original's rows are made, not its attacks: they are left
+    own = len(runner.all_rows(app, 1))
+    _timed("none", (), rows=own).save(original.result)  # the original's rows are made, not its attacks: they are left
     (rows_made,) = paper.estimate(app, cells, models, 1, [rate], ("uda",))
     assert (rows_made.done_cells, rows_made.cells, rows_made.searches) == (0, fresh.cells, fresh.searches)
-    assert rows_made.images == fresh.images - len(runner.all_rows(app, 1))
-    _timed("none", (), attacks=settings_of(app, ("uda",))).save(original.result)  # and its attacks: done
+    assert rows_made.images == fresh.images - own
+    older = dataclasses.replace(_timed("none", (), rows=own), app_version=app.version - 1)  # another version's rows
+    older.save(original.result)
+    (stale,) = paper.estimate(app, cells, models, 1, [rate], ("uda",))  # not reused: priced whole
+    assert (stale.done_cells, stale.images) == (0, fresh.images)
+    settings = dataclasses.asdict(ATTACKS.get("uda").settings(app.attacks.get("uda")))
+    made = {"attack": "uda", "prompts": ["a dog"], "settings": settings}
+    for target in stage.attacked_targets(app, ()):  # the original's searches, each found one prompt
+        prompts_file(original.dir, "uda", target).parent.mkdir(parents=True, exist_ok=True)
+        prompts_file(original.dir, "uda", target).write_text(json.dumps(made))
+    attacked = own + len(stage.attacked_targets(app, ())) * len(app.seeds)
+    _timed("none", (), rows=attacked, attacks=settings_of(app, ("uda",))).save(
+        original.result
+    )  # and its attacks: done
+    assert paper.estimate(app, cells, models, 1, [rate], ("uda",))[0].done_cells == 1
     assert paper.estimate(app, cells, models, 1, [rate])[0].done_cells == 0  # a run without them recomputes it
     barkley = ERASERS.get("spm").artifact_path(runner.fits_dir(tmp_path / "runs", base), ("Barkley",))
     barkley.parent.mkdir(parents=True)
     barkley.write_bytes(b"")  # Barkley's SPM is fitted
     searched = prompts_file(single.dir, "uda", "Barkley")
-    searched.parent.mkdir(parents=True)
-    settings = dataclasses.asdict(ATTACKS.get("uda").settings(app.attacks.get("uda")))
-    made = {"attack": "uda", "prompts": ["a dog"], "settings": settings}
+    searched.parent.mkdir(parents=True, exist_ok=True)
     for stale in (json.dumps(made | {"settings": {**settings, "restarts": 1}}), json.dumps(made)[:-9]):
         searched.write_text(stale)  # made under other settings, or torn: the run searches again, as priced
         assert paper.estimate(app, cells, models, 1, [rate], ("uda",))[0].searches == fresh.searches - 3

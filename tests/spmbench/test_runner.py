@@ -12,6 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from spmbench import runner
+from spmbench.apps import load_apps
 from spmbench.cli import app
 from tests.spmbench.conftest import FAST_FITS
 
@@ -158,19 +159,30 @@ def test_scores_are_not_reused_under_another_judge(tmp_path):
     check_judge(tmp_path, _Judge("judge B"))  # now the stored judge
 
 
-def test_a_stored_result_is_reused_only_for_the_same_rows_and_alteration_features():
+def test_a_stored_result_is_reused_only_for_the_same_version_rows_attacks_and_alteration_features():
     from types import SimpleNamespace
 
     from tests.spmbench.test_report import result
 
+    concept = load_apps().get("toy-concept")
     clip_a = lambda: SimpleNamespace(identity="clip A")  # noqa: E731
-    measured_on_a = dataclasses.replace(result("spm", {"target": 0.5}), alteration_features="clip A")
-    assert runner._reusable(measured_on_a, 2, clip_a)
-    assert not runner._reusable(measured_on_a, 3, clip_a)  # other rows (another --limit)
-    assert not runner._reusable(measured_on_a, 2, lambda: SimpleNamespace(identity="clip B"))  # another CLIP
+    measured_on_a = dataclasses.replace(
+        result("spm", {"target": 0.5}, version=concept.version), alteration_features="clip A"
+    )
+    assert runner.reusable(concept, measured_on_a, 2, (), clip_a)
+    assert not runner.reusable(concept, measured_on_a, 3, (), clip_a)  # other rows (another --limit)
+    assert not runner.reusable(
+        concept, measured_on_a, 2, (), lambda: SimpleNamespace(identity="clip B")
+    )  # another CLIP
+    # another version of the application: its prompts may differ with the same count
+    assert not runner.reusable(
+        concept, dataclasses.replace(measured_on_a, app_version=concept.version - 1), 2, (), clip_a
+    )
+    assert not runner.reusable(concept, measured_on_a, 2, ("rab",), clip_a)  # made without the attack asked for
     original = dataclasses.replace(measured_on_a, alteration_features=None)
-    assert runner._reusable(original, 2, lambda: 1 / 0)  # nothing measured: the source is never built
-    assert not runner._reusable(None, 2, clip_a)
+    assert runner.reusable(concept, original, 2, (), lambda: 1 / 0)  # nothing measured: the source is never built
+    assert runner.reusable(concept, measured_on_a, 2)  # no features given: the estimate's question
+    assert not runner.reusable(concept, None, 2, (), clip_a)
 
 
 @pytest.mark.parametrize("content", ["", '{"judge": "toy', "[1, 2]"])
@@ -275,6 +287,7 @@ import sys, json, torch
 from pathlib import Path
 import spm
 from spmbench import runner
+from spmbench.apps import load_apps
 from spmbench.erasers import ERASERS
 torch.set_num_threads(1)
 pipe = spm.load_pipeline(sys.argv[1])
