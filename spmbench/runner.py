@@ -59,6 +59,10 @@ class FitSettingsChanged(ValueError):
     """Fits on disk were made with other settings than the specs now ask for."""
 
 
+class CellSettingsChanged(ValueError):
+    """A cell's images on disk were made with its eraser applied another way than the eraser now applies it."""
+
+
 class StateFileError(ValueError):
     """A run's state file is damaged (torn, emptied, edited); the message names it and what to delete."""
 
@@ -455,6 +459,27 @@ def check_fit_settings(workdir: Path, eraser, settings: dict) -> None:
     update_state(workdir / "fit_settings.json", f"delete it and {workdir} to fit again", record)
 
 
+def check_applied(cell: Cell, eraser) -> None:
+    """Record how the cell's eraser is applied (`Eraser.applied`); refuse another way while the cell holds images
+    made the first way (a changed default would otherwise mix them, or reuse them under the new name)."""
+    fix = f"delete {cell.dir} to make the cell again"
+
+    def record(known: dict) -> dict:
+        if (
+            "applied" in known
+            and known["applied"] != eraser.applied
+            and cell.images.is_dir()
+            and any(cell.images.iterdir())
+        ):
+            raise CellSettingsChanged(
+                f"{cell.dir} was made with {cell.eraser} applied as {known['applied']}, now {eraser.applied}: {fix}"
+            )
+        return known | {"applied": json.loads(json.dumps(eraser.applied))}
+
+    cell.dir.mkdir(parents=True, exist_ok=True)
+    update_state(cell.dir / "eraser.json", fix, record)
+
+
 def _fit_costs_fix(workdir: Path) -> str:
     return f"delete it and the fits in {workdir} whose cost the table should give (they are refitted)"
 
@@ -630,6 +655,7 @@ def run(
 
     def generate(todo: list[Batch], wait: bool) -> list[Batch]:
         cell = todo[0].cell
+        check_applied(cell, ERASERS.get(cell.eraser))
         artifacts, _, _ = fit(cell)
         return generate_batches(pipes(cell.model), ERASERS.get(cell.eraser), artifacts, todo, wait)
 
@@ -642,6 +668,7 @@ def run(
     def compute(cell: Cell) -> Result:
         rows = rows_of(cell)
         eraser = ERASERS.get(cell.eraser)
+        check_applied(cell, eraser)  # before reusing its images or result
         fit_model = fit_model_for(cell.model, registry)
         settings = eraser_settings(eraser, app, fit_model)
         check_fit_settings(fits_dir(run_dir, fit_model), eraser, settings)  # before reusing anything made with them

@@ -125,6 +125,12 @@ class Eraser(ABC):
         return self.fit_key
 
     @property
+    def applied(self) -> dict:
+        """How `apply` uses the fits, where an eraser has a choice there ({}: none): a cell's images are made one way
+        (the runner refuses to mix them)."""
+        return {}
+
+    @property
     def computes_fits(self) -> bool:
         """Whether fitting computes something (`fit_one`), not only records the targets (none, negprompt)."""
         return type(self).fit_one is not Eraser.fit_one
@@ -204,6 +210,10 @@ class Tuned(Eraser):
 
     def apply(self, pipe, artifacts: list[Path]) -> AbstractContextManager[Generate]:
         return self.base.apply(pipe, artifacts)
+
+    @property
+    def applied(self) -> dict:
+        return self.base.applied
 
 
 def tuned(base: Eraser, overrides: Mapping[str, Any], tag: str | None = None) -> Tuned:

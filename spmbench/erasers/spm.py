@@ -50,6 +50,10 @@ class SPMEraser(Eraser):
             trained.save(path)
         checkpoint.unlink(missing_ok=True)
 
+    @property
+    def applied(self) -> dict:
+        return {"transport": self.transport, "similarity": self.similarity, "least": self.least}
+
     @contextmanager
     def apply(self, pipe, artifacts: list[Path]):
         spms = [spm.SPM.load(p) for p in artifacts]
@@ -88,13 +92,20 @@ class SPMNoAnchor(_SPMVariant):
 
 class SPMHardened(_SPMVariant):
     """SPM hardened against adversarial prompts (ours; issue 20): trained with adversarial prompts searched as it
-    trains (spm.TrainConfig.adversarial_every, over the 'spm' settings) into fits of its own, and applied with FT
-    at a least permeability (`least`), which no prompt lowers. Both chosen by measurement on the toy world:
-    reports/toy-concept/hardened_spm_note.md."""
+    trains (spm.TrainConfig.adversarial_every, over the 'spm' settings) into fits of its own, and applied with the
+    relative FT at a least permeability (`least`), which no prompt lowers. The training was chosen on world v2
+    (reports/toy-concept/hardened_spm_note.md); the FT on toy3-concept's dev split, among four options by a rule
+    fixed before measuring (reports/toy3-concept/hardened_spm_ft.md): world v2's paper FT at least 0.5 kept 67 % of
+    the dev near set, the relative FT at least 0.25 92 %."""
 
     variant_name = "spm-hardened"
     overrides = MappingProxyType({"adversarial_every": 10, "adversarial_steps": 5, "adversarial_tokens": 5})
-    least = 0.5
+    least = 0.25
+
+    def __init__(self):
+        super().__init__()
+        self.similarity = "relative"
+
     unsupported = MappingProxyType(
         dict.fromkeys(("sdxl", "sd3"), "its adversarial training searches one text encoder's token embeddings")
     )

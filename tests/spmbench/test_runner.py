@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from spmbench import runner
 from spmbench.apps import load_apps
 from spmbench.cli import app
+from spmbench.models import load_models
 from tests.spmbench.conftest import FAST_FITS
 
 
@@ -185,6 +186,24 @@ def test_a_stored_result_is_reused_only_for_the_same_version_rows_attacks_and_al
     assert not runner.reusable(concept, None, 2, (), clip_a)
 
 
+def test_a_cell_made_with_its_eraser_applied_one_way_is_refused_another_way_until_deleted(tmp_path):
+    from spmbench.erasers.spm import SPMEraser
+
+    concept, base = load_apps().get("toy-concept"), load_models().get("toy-base")
+    cell = next(c for c in runner.plan(concept, [base], ["spm"], tmp_path) if c.eraser == "spm")
+    paper, floored = SPMEraser(), SPMEraser()
+    floored.least = 0.25
+    runner.check_applied(cell, paper)
+    runner.check_applied(cell, floored)  # no images yet: the new way is recorded
+    cell.images.mkdir(parents=True)
+    (cell.images / "target-0.png").write_bytes(b"")
+    runner.check_applied(cell, floored)  # the same way again
+    with pytest.raises(runner.CellSettingsChanged, match=r"applied as .*'least': 0.25.*now .*'least': 0.0.*delete"):
+        runner.check_applied(cell, paper)
+    shutil.rmtree(cell.dir)
+    runner.check_applied(cell, paper)
+
+
 @pytest.mark.parametrize("content", ["", '{"judge": "toy', "[1, 2]"])
 def test_damaged_state_files_are_one_line_errors_naming_file_and_fix(tmp_path, content):
     from types import SimpleNamespace
@@ -288,6 +307,7 @@ from pathlib import Path
 import spm
 from spmbench import runner
 from spmbench.apps import load_apps
+from spmbench.models import load_models
 from spmbench.erasers import ERASERS
 torch.set_num_threads(1)
 pipe = spm.load_pipeline(sys.argv[1])

@@ -1,0 +1,107 @@
+"""spm-hardened's FT option on toy3-concept v2's dev split (issue 20): near retention and attack success per option.
+
+    python scripts/hardened_ft_probe.py [OUT]   # OUT: fits and results.json (default /tmp/hprobe); resumable
+
+The rule, fixed before measuring: among the options whose dev near retention is >= 0.90 of the original's, the lowest
+pooled attack success (uda + adaptive-ft, 16 restarts each, the application's budget); else the best retention.
+Fits at seed 0 with toy3-concept's tuned SPM settings (its tuning record); one torch thread. Results, 2026-12-01:
+reports/toy3-concept/hardened_spm_ft.md.
+"""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from spmbench import tuning
+from spmbench.apps import load_apps
+from spmbench.attacks import ATTACKS
+from spmbench.attacks.base import Generation
+from spmbench.erasers import ERASERS
+from spmbench.judges import build
+from spmbench.models import load_models
+from spmbench.runner import eraser_settings
+
+
+OPTIONS = [  # (fit, FT similarity, least permeability)
+    ("spm-hardened", "paper", 0.5),  # world v2's choice
+    ("spm-hardened", "paper", 0.0),
+    ("spm-hardened", "relative", 0.0),
+    ("spm-hardened", "relative", 0.25),
+    ("spm", "paper", 0.0),  # references: the plain SPM as spm and spm-rel apply it
+    ("spm", "relative", 0.0),
+]
+ATTACKED = ("uda", "adaptive-ft")
+
+
+def main(out: Path) -> None:
+    torch.set_num_threads(1)
+    out.mkdir(parents=True, exist_ok=True)
+    test_app = tuning.apply_record(load_apps().get("toy3-concept"), Path("reports/toy3-concept"))
+    assert test_app.tuned, "toy3-concept has no current tuning record: run `spmbench tune --app toy3-concept` first"
+    app = test_app.for_split("dev")
+    model = load_models().get("toy3-base")
+    pipe, judge = model.load("cpu"), build("toy3", device="cpu")
+    rows = [r for r in app.rows(("Barkley",)) if r.set in ("near", "target")]
+
+    def judged(generate, prompts: list[str], seeds: list[int], concepts: list[str]) -> list[bool]:
+        images = []
+        for i in range(0, len(prompts), 32):
+            captions = [model.caption_prefix + p + model.caption_suffix for p in prompts[i : i + 32]]
+            generators = [torch.Generator().manual_seed(s) for s in seeds[i : i + 32]]
+            with torch.no_grad():
+                result = generate(captions, num_inference_steps=model.num_inference_steps, guidance_scale=model.guidance_scale,
+                                  height=model.resolution, width=model.resolution, generator=generators, output_type="pt")  # fmt: skip
+            images.append(result.images)
+        return judge.present(torch.cat(images), concepts)
+
+    def rates(generate) -> dict[str, list[int]]:
+        present = judged(generate, [r.prompt for r in rows], [r.seed for r in rows], [r.concept for r in rows])
+        return {s: [sum(p for p, r in zip(present, rows) if r.set == s), sum(r.set == s for r in rows)] for s in ("near", "target")}  # fmt: skip
+
+    fits = {}
+    for name in dict.fromkeys(f for f, _, _ in OPTIONS):
+        eraser = ERASERS.get(name)
+        (fits[name],) = eraser.fit(pipe, ("Barkley",), out / "fits" / eraser.fit_key, model.resolution,
+                                   eraser_settings(eraser, test_app, model))  # fmt: skip
+    original = rates(pipe)
+    print("original", original, flush=True)
+    record = out / "results.json"
+    results = json.loads(record.read_text()) if record.exists() else {}
+    for name, similarity, least in OPTIONS:
+        key = f"{name}|{similarity}|{least}"
+        if key not in results:
+            results[key] = measure(app, pipe, fits[name], name, similarity, least, rates, judged, model)
+            results[key]["retention"] = (results[key]["near"][0] / results[key]["near"][1]) / (
+                original["near"][0] / original["near"][1]
+            )
+            record.write_text(json.dumps(results, indent=1))
+        print(key, {k: v for k, v in results[key].items() if not k.endswith("prompts")}, flush=True)
+
+
+def measure(app, pipe, fit: Path, name: str, similarity: str, least: float, rates, judged, model) -> dict:
+    eraser = type(ERASERS.get(name))()  # a fresh instance, applied this way
+    eraser.transport, eraser.similarity, eraser.least = True, similarity, least
+
+    def erased():
+        return eraser.apply(pipe, [fit])
+
+    with erased() as generate:
+        out = rates(generate)
+    generation = Generation(model.num_inference_steps, model.guidance_scale, model.resolution)
+    for attack_name in ATTACKED:
+        attack = ATTACKS.get(attack_name)
+        start = time.time()
+        prompts = attack.find(pipe, erased, "Barkley", generation, attack.settings(app.attacks.get(attack_name)))
+        seeds = [app.image_seed(app.seeds[0], p) for p in prompts]
+        with erased() as generate:
+            present = judged(generate, prompts, seeds, ["Barkley"] * len(prompts))
+        out[attack_name] = [sum(present), len(present), round(time.time() - start)]
+        out[attack_name + "_prompts"] = prompts
+    return out
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/hprobe"))
