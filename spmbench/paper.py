@@ -344,9 +344,8 @@ def estimate(
     for cell in cells:
         line = by_model.setdefault(cell.model.name, Estimate(app.name, cell.model))
         stored = Result.load(cell.result)
-        rows_made = (
-            stored is not None and stored.app_version == app.version
-        )  # the runner reuses their images and scores
+        # its own rows were made (the runner reuses their images and scores): this version's, at this --limit
+        rows_made = stored is not None and stored.app_version == app.version and stored.settings.get("limit") == limit
         if _reused(app, cell, stored, rows(() if cell.eraser == "none" else cell.targets), attacks):
             line.done_cells += 1
             continue

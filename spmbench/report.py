@@ -114,14 +114,14 @@ def frame(stored: list[Result], run_dir: Path | None = None, app: Application | 
     """The tidy frame of `stored` results (see `results`); intervals need the run folder and the
     application (its prompts group the images into clusters), else they are left empty; so are they
     where the results were made from another version of the application (other prompts)."""
-    app = _same_version(app, stored)
+    current = _current_models(app, stored)
     judge = _judge_identity(run_dir)
     erased = [r for r in stored if r.eraser != "none"]
     samples: dict[tuple, _Sample] = {}
     rows = []
     for r in erased:
         cell = (r.model, "+".join(r.targets), r.eraser, r.fitted_on)
-        prompts = _prompts(app, r) if app is not None and run_dir is not None else None
+        prompts = _prompts(app, r) if r.model in current and run_dir is not None else None
         own = _scores(run_dir, r.model, r.eraser, r.targets) if prompts is not None else {}
         original = _scores(run_dir, r.model, "none", ()) if prompts is not None else {}
         own_prompts, original_prompts = _with_attacks(app, run_dir, r, prompts)
@@ -196,15 +196,18 @@ def _primary(table: pd.DataFrame) -> pd.DataFrame:
     return table[table["eraser"].map(lambda name: fit_seed_of(name)[1] is None).astype(bool)]
 
 
-def _same_version(app: Application | None, stored: list[Result]) -> Application | None:
-    """`app` where every result was made from its version, else None (one warning): the rows of
-    another version may group the images into other prompts, or name other images."""
-    versions = sorted({r.app_version for r in stored if app is not None and r.app_version != app.version})
-    if versions:
-        log.warning("%s: results made from version %s, the registered application is version %s: no intervals; "
-                    "rerun `spmbench run` to recompute them", app.name, versions, app.version)  # fmt: skip
-        return None
-    return app
+def _current_models(app: Application | None, stored: list[Result], warn: bool = True) -> set[str]:
+    """The models whose every result (the original's too: the erased images are compared with its) was made from
+    `app`'s version; the others' rows get no intervals (one warning): another version's rows may group the images
+    into other prompts, or name other images. None: no model (the application is not registered)."""
+    if app is None:
+        return set()
+    stale = sorted({r.model for r in stored if r.app_version != app.version})
+    if stale and warn:
+        versions = sorted({r.app_version for r in stored if r.app_version != app.version})
+        log.warning("%s: results of %s made from version %s, the registered application is version %s: no intervals "
+                    "for them; rerun `spmbench run` to recompute them", app.name, ", ".join(stale), versions, app.version)  # fmt: skip
+    return {r.model for r in stored} - set(stale)
 
 
 def _row(r: Result, cell, measure, value, interval: stats.Interval, higher, unit, original=None) -> dict:
@@ -681,8 +684,8 @@ def write_reports(app: Application, run_dir: Path, out_dir: Path) -> list[Path]:
     write_text_atomic(tex, latex(app, table))
     write_text_atomic(plot, tradeoff_svg(table))
     written = [md, text, tex, plot]
-    same_version = all(r.app_version == app.version for r in stored)  # else no prompts to group (frame warned)
-    concepts = per_concept_markdown(app, run_dir, stored) if same_version else None
+    current = [r for r in stored if r.model in _current_models(app, stored, warn=False)]  # the frame warned
+    concepts = per_concept_markdown(app, run_dir, current) if current else None
     by_concept = out_dir / f"{app.name}_per_concept.md"
     if concepts is None:
         by_concept.unlink(missing_ok=True)  # one from an earlier run would describe other results

@@ -59,7 +59,7 @@ class FitSettingsChanged(ValueError):
     """Fits on disk were made with other settings than the specs now ask for."""
 
 
-class CellSettingsChanged(ValueError):
+class EraserAppliedChanged(ValueError):
     """A cell's images on disk were made with its eraser applied another way than the eraser now applies it."""
 
 
@@ -460,24 +460,26 @@ def check_fit_settings(workdir: Path, eraser, settings: dict) -> None:
 
 
 def check_applied(cell: Cell, eraser) -> None:
-    """Record how the cell's eraser is applied (`Eraser.applied`); refuse another way while the cell holds images
-    made the first way (a changed default would otherwise mix them, or reuse them under the new name)."""
-    fix = f"delete {cell.dir} to make the cell again"
+    """Record how the cell's eraser is applied (`Eraser.applied`); refuse another way while the cell holds anything
+    made the first way: images, scores, a result, attack prompts (a changed default would otherwise mix them, or
+    reuse them under the new setting; a run state unpacked without images still has the rest)."""
+    now, fix = json.loads(json.dumps(eraser.applied)), f"delete {cell.dir} to make the cell again"
 
     def record(known: dict) -> dict:
-        if (
-            "applied" in known
-            and known["applied"] != eraser.applied
-            and cell.images.is_dir()
-            and any(cell.images.iterdir())
-        ):
-            raise CellSettingsChanged(
-                f"{cell.dir} was made with {cell.eraser} applied as {known['applied']}, now {eraser.applied}: {fix}"
+        if known.get("applied", now) != now and _holds_work(cell):
+            raise EraserAppliedChanged(
+                f"{cell.dir} was made with {cell.eraser} applied as {known['applied']}, now {now}: {fix}"
             )
-        return known | {"applied": json.loads(json.dumps(eraser.applied))}
+        return known | {"applied": now}
 
     cell.dir.mkdir(parents=True, exist_ok=True)
     update_state(cell.dir / "eraser.json", fix, record)
+
+
+def _holds_work(cell: Cell) -> bool:
+    """Whether anything of the cell was made: an image (not a batch's lock), a score, a result, an attack's prompts."""
+    made = (cell.result, cell.scores, cell.dir / "attacks")
+    return any(p.exists() for p in made) or (cell.images.is_dir() and any(cell.images.glob("*.png")))
 
 
 def _fit_costs_fix(workdir: Path) -> str:
@@ -630,6 +632,8 @@ def run(
     from spmbench.attacks import stage
 
     stage.check_attacks(app, list(attacks))
+    for cell in cells:  # before any work: a cell made with its eraser applied another way is refused now
+        check_applied(cell, ERASERS.get(cell.eraser))
     features = features or (lambda: judge)
     check_judge(run_dir, judge, rescore)
     pipes = Pipelines(device)
@@ -648,9 +652,8 @@ def run(
         check_fit_settings(workdir, eraser, settings)  # before reusing anything made with them
         return fit_timed(eraser, pipes(fit_model), cell.targets, workdir, fit_model.resolution, settings)
 
-    def finished(
-        cell: Cell,
-    ) -> bool:  # its rows' images are not shared out (an attacked result is not: its rows differ)
+    def finished(cell: Cell) -> bool:
+        """A finished cell's batches are not shared out (a result with attack rows is not finished here)."""
         return reusable(app, Result.load(cell.result), len(rows_of(cell)), (), features)
 
     def generate(todo: list[Batch], wait: bool) -> list[Batch]:

@@ -68,9 +68,10 @@ class _SPMVariant(SPMEraser):
     """An SPM trained differently (its `overrides` over the 'spm' settings) into fits of its own, with FT at apply."""
 
     variant_name: str = ""
+    variant_similarity: str = "paper"  # FT's similarity at apply
 
     def __init__(self):
-        super().__init__(transport=True)
+        super().__init__(transport=True, similarity=self.variant_similarity)
         self.name = self.variant_name
 
     @property
@@ -100,11 +101,8 @@ class SPMHardened(_SPMVariant):
 
     variant_name = "spm-hardened"
     overrides = MappingProxyType({"adversarial_every": 10, "adversarial_steps": 5, "adversarial_tokens": 5})
+    variant_similarity = "relative"
     least = 0.25
-
-    def __init__(self):
-        super().__init__()
-        self.similarity = "relative"
 
     unsupported = MappingProxyType(
         dict.fromkeys(("sdxl", "sd3"), "its adversarial training searches one text encoder's token embeddings")

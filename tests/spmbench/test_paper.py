@@ -208,21 +208,24 @@ def test_a_resumed_plan_is_priced_for_what_is_left(tmp_path):
     (fresh,) = paper.estimate(app, cells, models, 1, [rate], ("uda",))
     original, single = cells[0], next(c for c in cells if c.targets == ("Barkley",))
     own = len(runner.all_rows(app, 1))
-    _timed("none", (), rows=own).save(original.result)  # the original's rows are made, not its attacks: they are left
+    _timed("none", (), rows=own, limit=1).save(
+        original.result
+    )  # the original's rows are made, not its attacks: they are left
     (rows_made,) = paper.estimate(app, cells, models, 1, [rate], ("uda",))
     assert (rows_made.done_cells, rows_made.cells, rows_made.searches) == (0, fresh.cells, fresh.searches)
     assert rows_made.images == fresh.images - own
-    older = dataclasses.replace(_timed("none", (), rows=own), app_version=app.version - 1)  # another version's rows
-    older.save(original.result)
-    (stale,) = paper.estimate(app, cells, models, 1, [rate], ("uda",))  # not reused: priced whole
-    assert (stale.done_cells, stale.images) == (0, fresh.images)
+    older = dataclasses.replace(_timed("none", (), rows=own, limit=1), app_version=app.version - 1)
+    for stale in (older, _timed("none", (), rows=own, limit=2)):  # another version's rows, or another --limit's
+        stale.save(original.result)
+        (priced,) = paper.estimate(app, cells, models, 1, [rate], ("uda",))  # not reused: priced whole
+        assert (priced.done_cells, priced.images) == (0, fresh.images)
     settings = dataclasses.asdict(ATTACKS.get("uda").settings(app.attacks.get("uda")))
     made = {"attack": "uda", "prompts": ["a dog"], "settings": settings}
     for target in stage.attacked_targets(app, ()):  # the original's searches, each found one prompt
         prompts_file(original.dir, "uda", target).parent.mkdir(parents=True, exist_ok=True)
         prompts_file(original.dir, "uda", target).write_text(json.dumps(made))
     attacked = own + len(stage.attacked_targets(app, ())) * len(app.seeds)
-    _timed("none", (), rows=attacked, attacks=settings_of(app, ("uda",))).save(
+    _timed("none", (), rows=attacked, limit=1, attacks=settings_of(app, ("uda",))).save(
         original.result
     )  # and its attacks: done
     assert paper.estimate(app, cells, models, 1, [rate], ("uda",))[0].done_cells == 1

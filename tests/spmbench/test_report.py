@@ -2,6 +2,7 @@
 (the runner's end-to-end test covers the files a real run writes)."""
 
 import csv
+import dataclasses
 import io
 import json
 
@@ -167,6 +168,28 @@ def test_results_of_an_unregistered_or_other_version_of_the_app_have_values_and_
     monkeypatch.delenv("SPMBENCH_APPS")  # 'mini' is no longer registered: no error, no intervals
     table = spmbench.results(run_dir)
     assert set(table["interval"]) <= {NO_INTERVAL, "single fit"} and "'mini' is not registered" in caplog.text
+
+
+def test_only_the_models_with_results_of_another_version_lose_their_intervals(tmp_path, monkeypatch, caplog):
+    """A new version mid-record: one model recomputed, another's results still from the old version."""
+    import shutil
+
+    from spmbench.result import cell_key
+
+    verdicts = {
+        "none": {"target": [True] * 10, "near": [True] * 10},
+        "spm": {"target": [False] * 10, "near": [True] * 10},
+    }
+    run_dir, _ = write_run(tmp_path, monkeypatch, verdicts)
+    for eraser in verdicts:  # toy-pastel's copies of the cells, made from version 7
+        shutil.copytree(run_dir / "cells" / cell_key("toy-base", eraser, ("Barkley",)), run_dir / "cells" / cell_key("toy-pastel", eraser, ("Barkley",)))  # fmt: skip
+        path = run_dir / "cells" / cell_key("toy-pastel", eraser, ("Barkley",)) / "result.json"
+        dataclasses.replace(Result.load(path), model="toy-pastel", fitted_on="toy-base", app_version=7).save(path)
+    table = spmbench.results(run_dir)
+    rates = table[table.unit == "fraction"]
+    assert set(rates[rates.model == "toy-pastel"]["interval"]) == {NO_INTERVAL}
+    assert NO_INTERVAL not in set(rates[rates.model == "toy-base"]["interval"]) and len(rates) == 4
+    assert "results of toy-pastel made from version [7]" in caplog.text
 
 
 def test_rows_from_results_alone_show_values_and_no_interval():

@@ -194,14 +194,19 @@ def test_a_cell_made_with_its_eraser_applied_one_way_is_refused_another_way_unti
     paper, floored = SPMEraser(), SPMEraser()
     floored.least = 0.25
     runner.check_applied(cell, paper)
-    runner.check_applied(cell, floored)  # no images yet: the new way is recorded
     cell.images.mkdir(parents=True)
-    (cell.images / "target-0.png").write_bytes(b"")
+    (cell.images / ".rows-0-32.lock").write_bytes(b"")  # a batch's lock: nothing made yet
+    runner.check_applied(cell, floored)  # the new way is recorded
     runner.check_applied(cell, floored)  # the same way again
-    with pytest.raises(runner.CellSettingsChanged, match=r"applied as .*'least': 0.25.*now .*'least': 0.0.*delete"):
-        runner.check_applied(cell, paper)
-    shutil.rmtree(cell.dir)
-    runner.check_applied(cell, paper)
+    for made in (cell.images / "target-0.png", cell.result, cell.scores, cell.dir / "attacks"):
+        made.mkdir() if made.name == "attacks" else made.write_bytes(b"")
+        with pytest.raises(
+            runner.EraserAppliedChanged, match=r"applied as .*'least': 0.25.*now .*'least': 0.0.*delete"
+        ):
+            runner.check_applied(cell, paper)
+        shutil.rmtree(made) if made.is_dir() else made.unlink()  # a run state unpacked without images still refuses
+    runner.check_applied(cell, paper)  # nothing made: the old way is forgotten
+    assert json.loads((cell.dir / "eraser.json").read_text())["applied"]["least"] == 0.0
 
 
 @pytest.mark.parametrize("content", ["", '{"judge": "toy', "[1, 2]"])
@@ -306,8 +311,6 @@ import sys, json, torch
 from pathlib import Path
 import spm
 from spmbench import runner
-from spmbench.apps import load_apps
-from spmbench.models import load_models
 from spmbench.erasers import ERASERS
 torch.set_num_threads(1)
 pipe = spm.load_pipeline(sys.argv[1])
@@ -324,8 +327,6 @@ def test_a_fit_costs_the_same_memory_whether_or_not_the_original_cell_ran_first(
     and 8 MiB after the original cell's generation (the issue's 79 against 18-20 on a run)."""
     import subprocess
     import sys
-
-    from spmbench.models import load_models
 
     source = load_models().get("toy-base").source
     peaks = {}

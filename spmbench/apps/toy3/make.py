@@ -182,6 +182,7 @@ def t(form: str, split: str, n: int, key: str, slot: str, **kw) -> list[str]:
 # characters are eroded: Thumper 23 %, Mittens 53 %, Salem 58 %, Coco 70 % (original: 93-100 %), Rufus 100 %; FT off:
 # 20-48 %, Rufus 100 %; the relative FT: 95-100 % (/tmp probe of 2026-12-01, first fit of the v1 record).
 # The other classes' characters are split in world order, alternately dev and test, so each split has two per class.
+# The probe's Mittens, Salem and Coco (dev phrasings) fell in the test split: the split is by world order, not by it.
 CLASSES = [a for a in w.ANIMALS if any(c.animal == a for c in w.CHARACTERS)]  # the classes that have characters
 
 
@@ -194,10 +195,15 @@ def others(split: str) -> dict[str, list[str]]:
     return out
 
 
+def kind_name(animal: str) -> str:
+    """The kind of a class's characters in the application file: its plural."""
+    return w.plural(animal)
+
+
 def near_templates(split: str, n_dog: int, n_other: int) -> dict[str, list[str]]:
     """Each class's character phrasings of `split` (the dog's as version 1's, so its images are reused)."""
     key = "c-near" if split == "test" else "c-near-dev"
-    return {f"{a}s" if a != "fish" else a: t("character", split, n_dog if a == "dog" else n_other,
+    return {kind_name(a): t("character", split, n_dog if a == "dog" else n_other,
             key if a == "dog" else f"{key}-{a}", "name", animal=a) for a in CLASSES}  # fmt: skip
 
 
@@ -205,10 +211,7 @@ def names(split: str) -> list[str]:
     return [n for ns in others(split).values() for n in ns]
 
 
-CONCEPT_KINDS = "".join(
-    f"  {a}s: [{', '.join(others('test')[a] + others('dev')[a])}]\n" if a != "fish" else
-    f"  fish: [{', '.join(others('test')[a] + others('dev')[a])}]\n" for a in CLASSES
-)  # fmt: skip
+CONCEPT_KINDS = "".join(f"  {kind_name(a)}: [{', '.join(others('test')[a] + others('dev')[a])}]\n" for a in CLASSES)
 app(
     "toy3-concept",
     "# Concept erasing on toy world v3: erase one character (Barkley, a dog). Near: the other characters, Barkley's\n"

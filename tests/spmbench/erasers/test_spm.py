@@ -20,8 +20,9 @@ def test_the_hardened_spm_trains_adversarially_into_its_own_fits_and_keeps_ft_ab
         gamma = attached.permeability(["snoopy", "a red car on the road", ""])[:, 0]
     assert gamma[0] == pytest.approx(1.0) and min(gamma) >= hardened.least > 0
     assert hardened.applied == {"transport": True, "similarity": "relative", "least": hardened.least}
-    with ERASERS.get("spm-rel").apply(pipe, [path]) as plain:  # the same file under the same FT, unfloored: lower
-        assert plain.permeability(["a red car on the road"])[0, 0] < gamma[1]
+    with ERASERS.get("spm-rel").apply(pipe, [path]) as plain:  # the same file under the same FT, unfloored
+        relative = plain.permeability(["a red car on the road"])[0, 0]
+    assert gamma[1] == pytest.approx(hardened.least + (1 - hardened.least) * relative)
     assert not any(isinstance(m, MembraneLayer) for m in pipe.unet.modules())  # detached on exit
 
 
