@@ -371,7 +371,7 @@ def layer_costs(pipe, n_prompts: int, ks: list[int], repeats: int) -> list[dict]
 
 # glibc's mallopt parameters (malloc.h): M_TRIM_THRESHOLD, M_MMAP_THRESHOLD.
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-ALLOCATOR = {"policy": "the C library's default, or what allocator_environment sets"}
+DEFAULT_ALLOCATOR = "the C library's default, or what allocator_environment sets"
 ALLOCATOR_VARIABLES = ("LD_PRELOAD", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_CONF")
 
 
@@ -383,8 +383,9 @@ def allocator_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def steady_heap(args) -> None:
-    """Fix glibc malloc's thresholds for the whole process (every side of a ratio alike), unless --adaptive-malloc.
+def steady_heap(args) -> str:
+    """Fix glibc malloc's thresholds for the whole process (every side of a ratio alike), unless --adaptive-malloc;
+    returns the allocator policy in effect, for `environment`.
 
     Left adaptive, the heap's state after earlier work decides whether a process settles (no page faults per
     denoising step) or keeps trimming and regrowing it: measured on the toy, about 6,000 minor page faults per
@@ -392,17 +393,19 @@ def steady_heap(args) -> None:
     measured which side was unlucky (0.81-0.97x at k = 1 across processes). With the mmap threshold at 1 GiB and
     trimming off, both sides settle after their first call."""
     if getattr(args, "adaptive_malloc", False):
-        return
+        return DEFAULT_ALLOCATOR
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:  # not glibc: its allocator is left as it is, and the report says so
-        return
+        return DEFAULT_ALLOCATOR
     if libc.mallopt(M_MMAP_THRESHOLD, 1 << 30) and libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1):
         # glibc accepts these even when LD_PRELOAD puts another malloc in front (recorded in the environment)
-        ALLOCATOR["policy"] = "glibc malloc, mmap threshold 1 GiB, heap never trimmed (steady_heap)"
+        return "glibc malloc, mmap threshold 1 GiB, heap never trimmed (steady_heap)"
+    return DEFAULT_ALLOCATOR
 
 
-def environment(args) -> dict:
+def environment(args, allocator: str = DEFAULT_ALLOCATOR) -> dict:
+    """The machine, versions and load a measurement ran under; `allocator`: what steady_heap returned."""
     import diffusers
     import transformers
 
@@ -420,7 +423,7 @@ def environment(args) -> dict:
         "diffusers": diffusers.__version__,
         "transformers": transformers.__version__,
         "python": platform.python_version(),
-        "allocator": ALLOCATOR["policy"],
+        "allocator": allocator,
         # what the environment chose before steady_heap (or instead of it, with --adaptive-malloc)
         "allocator_environment": {k: os.environ[k] for k in ALLOCATOR_VARIABLES if k in os.environ},
     }
@@ -527,7 +530,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="default: reports/bench/pipeline_overhead_<model>_<device>")
     allocator_option(ap)
     args = ap.parse_args()
-    steady_heap(args)
+    allocator = steady_heap(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     default_sizes = {"sd15": 512, "sdxl": 1024, "sd15-tiny": 64, "sdxl-tiny": 64}
@@ -541,7 +544,7 @@ def main() -> None:
             print(f"prompts={n:3d} k={r['spms']:3d} {r['seconds']:8.2f} s  ratio {r['ratio']:.3f}x", flush=True)
     report = {
         "settings": dict(vars(args), out=None, command="python " + " ".join(__import__("sys").argv)),
-        "environment": environment(args),
+        "environment": environment(args, allocator),
         "runs": runs,
     }
     if args.layers:

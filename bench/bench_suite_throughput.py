@@ -460,11 +460,11 @@ def toy_spec(size: int | None = None, steps: int | None = None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    steady_heap(args)
+    allocator = steady_heap(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a step's `timeout`: still delete the work folder
-    env = environment(args)  # at the start: its load average is the one the measurement ran under
+    env = environment(args, allocator)  # at the start: its load average is the one the measurement ran under
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     prompts_dir = None if "e2e" in skip else find_prompts_dir(args.prompts_dir)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="spmbench-throughput-"))
