@@ -411,6 +411,30 @@ def test_every_v3_test_set_is_sized_for_a_five_point_half_width(name):
             assert n == 0 and set_name == "others" or _half_width(proxy, n) <= HALF_WIDTH, (name, set_name, n)
 
 
+def test_toy3_concepts_near_set_is_the_other_characters_two_per_class_per_split_each_phrased_as_its_class():
+    """toy3-concept v2: Barkley's dog siblings (Rufus for dev, Biscuit and Domino for test) and two characters of every
+    other class per split, each only in its own class's phrasings ("the cat called {}" never names a dog)."""
+    from spmbench.toy.v3 import world as w
+
+    app = load_apps().get("toy3-concept")
+    animal = {c.name: c.animal for c in w.CHARACTERS}
+    near = {
+        split: next(ps for ps in app.for_split(split).prompt_sets if ps.name == "near") for split in ("test", "dev")
+    }
+    for split, dogs in (("test", {"Biscuit", "Domino"}), ("dev", {"Rufus"})):
+        by_class = {}
+        for name in near[split].concepts:
+            by_class.setdefault(animal[name], set()).add(name)
+        assert by_class.pop("dog") == dogs and "Barkley" not in near[split].concepts
+        assert set(by_class) == {c.animal for c in w.CHARACTERS} - {"dog"} and all(
+            len(v) == 2 for v in by_class.values()
+        )
+        for row in app.for_split(split).rows(("Barkley",)):
+            if row.set == "near":
+                others = {a for a in w.ANIMALS if a != animal[row.concept]}
+                assert not any(f" {a} " in f" {row.prompt} " for a in others), row.prompt
+
+
 def test_toy3_many_erases_nested_lists_round_robin_over_the_classes_then_the_kinds():
     from spmbench.toy.v3 import world as w
 
