@@ -658,7 +658,6 @@ def run(
 
     def generate(todo: list[Batch], wait: bool) -> list[Batch]:
         cell = todo[0].cell
-        check_applied(cell, ERASERS.get(cell.eraser))
         artifacts, _, _ = fit(cell)
         return generate_batches(pipes(cell.model), ERASERS.get(cell.eraser), artifacts, todo, wait)
 
@@ -671,7 +670,6 @@ def run(
     def compute(cell: Cell) -> Result:
         rows = rows_of(cell)
         eraser = ERASERS.get(cell.eraser)
-        check_applied(cell, eraser)  # before reusing its images or result
         fit_model = fit_model_for(cell.model, registry)
         settings = eraser_settings(eraser, app, fit_model)
         check_fit_settings(fits_dir(run_dir, fit_model), eraser, settings)  # before reusing anything made with them
