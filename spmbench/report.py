@@ -382,14 +382,16 @@ def spm_variants(erasers) -> list[str]:
 
 
 def _add_comparisons(table: pd.DataFrame, samples: dict[tuple, _Sample | None]) -> None:
-    """For each baseline's rate: minus each SPM variant's on the shared prompts and seeds, with the
-    paired bootstrap interval, and whether the difference holds at 95 % (else a tie)."""
+    """For each eraser's rate: minus each other SPM variant's on the shared prompts and seeds, with the
+    paired bootstrap interval, and whether the difference holds at 95 % (else a tie). SPM variants are
+    paired with each other too: that pairing is what an ablation table (FT off, no anchoring) reports."""
     for spm in spm_variants(table["eraser"]):
         diffs, los, his, differs = [], [], [], []
         for row in table.itertuples():
             ours = samples.get((row.model, row.targets, row.eraser, row.measure))
             theirs = samples.get((row.model, row.targets, spm, row.measure))
-            d = _paired(ours, theirs) if not row.eraser.startswith("spm") else None
+            # a variant's later fit seeds ('spm~seed1') are its spread, not a comparison
+            d = _paired(ours, theirs) if row.eraser.split("~")[0] != spm else None
             diffs.append(math.nan if d is None else d.value)
             los.append(math.nan if d is None else d.lo)
             his.append(math.nan if d is None else d.hi)

@@ -6,6 +6,7 @@ import dataclasses
 import io
 import json
 
+import pandas as pd
 import pytest
 import torch
 
@@ -105,6 +106,23 @@ def test_a_cell_with_known_counts_shows_its_wilson_interval_and_n(tmp_path, monk
     esd = rows["esd-x", "target"]
     assert (esd["minus_spm"], esd["differs_from_spm"]) == ("0.9000", "True")
     assert (rows["esd-x", "near"]["differs_from_spm"], rows["spm", "near"]["differs_from_spm"]) == ("False", "")
+
+
+def test_spm_variants_are_paired_with_each_other_as_an_ablation_table_needs(tmp_path, monkeypatch):
+    verdicts = {
+        "none": {"target": [True] * 10, "near": [True] * 10},
+        "spm": {"target": [False] * 10, "near": [True] * 10},
+        "spm-noft": {"target": [False] * 10, "near": [False] * 10},  # FT off: loses every near image
+    }
+    run_dir, app = write_run(tmp_path, monkeypatch, verdicts)
+    table = spmbench.results(run_dir)
+    near = table[table.measure == "near"].set_index("eraser")
+    assert near.loc["spm-noft", "minus_spm"] == pytest.approx(-1.0) and bool(near.loc["spm-noft", "differs_from_spm"])
+    assert near.loc["spm", "minus_spm_noft"] == pytest.approx(1.0) and bool(near.loc["spm", "differs_from_spm_noft"])
+    assert pd.isna(near.loc["spm", "differs_from_spm"])  # not with itself
+    text = markdown(app, table)  # † spm, ‡ spm-noft: each marked where it differs from the other
+    assert "| toy-base | Barkley | spm-noft | toy-base | 0 % [0, 28] (100 %) | 0 % [0, 28] (100 %)† |" in text
+    assert "| toy-base | Barkley | spm | toy-base | 0 % [0, 28] (100 %) | 100 % [72, 100] (100 %)‡ |" in text
 
 
 def test_images_sharing_prompts_get_the_cluster_bootstrap(tmp_path, monkeypatch):
