@@ -74,6 +74,7 @@ class SafetyGuidance:
         """A new generation of `steps` sampling steps: step count and momentum start over, and the warm-up is the
         preset's scaled to `steps` (`warmup`, the one in effect)."""
         self.step, self.momentum, self.busy = 0, None, False
+        self.sampling = False  # set by `apply`'s generate for the pipeline call it guides
         self.warmup = warmup_for(self.preset.warmup_steps, steps)
 
     def safety_term(self, eps_u: torch.Tensor, eps_p: torch.Tensor, eps_s: torch.Tensor) -> torch.Tensor:
@@ -104,7 +105,9 @@ class SafetyGuidance:
         return {"encoder_hidden_states": concept.states.to(sample).expand(half, -1, -1), "added_cond_kwargs": added}
 
     def hook(self, unet, args, kwargs, output):
-        if self.busy:  # the hook's own safety-prompt call
+        # SLD is a guidance of classifier-free sampling: it reads the pipeline's (uncond, cond) halves. Other UNet
+        # calls (an attack's loss on conditional predictions only) see the UNet as it is; the hook's own call too.
+        if self.busy or not self.sampling:
             return output
         sample = args[0] if args else kwargs["sample"]
         timestep = args[1] if len(args) > 1 else kwargs["timestep"]
@@ -160,7 +163,11 @@ class SLD(Eraser):
                 raise ValueError("SLD works through classifier-free guidance: use a guidance_scale above 1")
             custom = kwargs.get("timesteps")  # a pipeline given its timesteps samples those; else 50 by default
             guidance.reset(len(custom) if custom is not None else kwargs.get("num_inference_steps") or PAPER_STEPS)
-            return pipe(prompts, **kwargs)
+            guidance.sampling = True
+            try:
+                return pipe(prompts, **kwargs)
+            finally:
+                guidance.sampling = False
 
         generate.guidance = guidance  # the hook's state, for inspection
         try:

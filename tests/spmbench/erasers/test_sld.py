@@ -1,4 +1,4 @@
-"""SLD's hook (sld.py): the presets' warm-ups scaled to a generation's sampling steps."""
+"""SLD's hook (sld.py): the presets' warm-ups scaled to a generation's sampling steps; only sampling is guided."""
 
 import json
 
@@ -29,3 +29,21 @@ def test_sld_weak_guides_a_15_step_generation(pipe, tmp_path):
         assert generate.guidance.warmup == 5 and generate.guidance.step == 15
     assert json.loads(artifacts[0].read_text())["warmup_counts_steps_of"] == 50  # the unit of the preset's warm-up
     assert np.abs(erased - original).max() > 1e-6
+
+
+def test_sld_leaves_unet_calls_outside_sampling_as_they_are(pipe, tmp_path):
+    """An attack's loss calls the UNet on conditional rows only (4 here, no CFG halves): SLD, a guidance of CFG
+    sampling, must neither split them into halves (it failed on the timesteps' batch) nor change them."""
+    eraser = SLD("max")
+    artifacts = eraser.fit(pipe, ("snoopy",), tmp_path, 16)
+    unet = pipe.unet
+    x = torch.randn(4, unet.config.in_channels, 8, 8, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([10, 200, 500, 900])
+    states = torch.randn(4, 5, unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        bare = unet(x, t, encoder_hidden_states=states).sample
+        with eraser.apply(pipe, artifacts) as generate:
+            hooked = unet(x, t, encoder_hidden_states=states).sample
+            generate(["snoopy the dog"], generator=[torch.Generator().manual_seed(0)], num_inference_steps=2, **KW)
+            assert generate.guidance.step == 2 and not generate.guidance.sampling  # it guided the sampling only
+    torch.testing.assert_close(hooked, bare)
