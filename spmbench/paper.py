@@ -346,13 +346,13 @@ def estimate(
         stored = Result.load(cell.result)
         # its own rows were made (the runner reuses their images and scores): this version's, at this --limit
         rows_made = stored is not None and stored.app_version == app.version and stored.settings.get("limit") == limit
-        if _reused(app, cell, stored, rows(() if cell.eraser == "none" else cell.targets), attacks):
+        if _reused(app, cell, stored, rows(cell.prompt_targets), attacks):
             line.done_cells += 1
             continue
         line.cells += 1  # an attack step on a finished cell: what is left is its attacks
-        count = 0 if rows_made else rows(() if cell.eraser == "none" else cell.targets)
+        count = 0 if rows_made else rows(cell.prompt_targets)
         line.images = None if line.images is None or isinstance(count, str) else line.images + count
-        share = line.by_k.setdefault(0 if cell.eraser == "none" else len(cell.targets), Share())
+        share = line.by_k.setdefault(len(cell.prompt_targets), Share())
         share.cells += 1
         share.images = None if share.images is None or isinstance(count, str) else share.images + count
         if isinstance(count, str):

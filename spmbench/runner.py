@@ -107,6 +107,11 @@ class Cell:
         return cell_key(self.model.name, self.eraser, self.targets)
 
     @property
+    def prompt_targets(self) -> tuple[str, ...]:
+        """The targets whose prompt rows this cell generates: none for the original, which generates every row."""
+        return () if self.eraser == "none" else self.targets
+
+    @property
     def dir(self) -> Path:
         return self.run_dir / "cells" / self.key
 
@@ -640,10 +645,9 @@ def run(
     rows_by_targets = {(): all_rows(app, limit)}  # the original's; each experiment's read once (prompt files)
 
     def rows_of(cell: Cell) -> list[PromptRow]:
-        targets = () if cell.eraser == "none" else cell.targets
-        if targets not in rows_by_targets:
-            rows_by_targets[targets] = app.rows(targets, limit)
-        return rows_by_targets[targets]
+        if cell.prompt_targets not in rows_by_targets:
+            rows_by_targets[cell.prompt_targets] = app.rows(cell.prompt_targets, limit)
+        return rows_by_targets[cell.prompt_targets]
 
     def fit(cell: Cell) -> tuple[list[Path], float | None, float | None]:
         eraser, fit_model = ERASERS.get(cell.eraser), fit_model_for(cell.model, registry)
