@@ -1,8 +1,8 @@
 """Which conclusions of one toy world's tables survive in another's (issue 19: world v3 against world v2).
 
 A conclusion is the verdict of a table's paired comparison of a baseline with an SPM variant on one prompt set, as
-the tables mark it at 95 %: SPM better, SPM worse, or a tie (SPM variants against each other once per pair; where a
-table does not pair them, as world v2's did not, a verdict where their 95 % intervals are disjoint). Each application's verdicts are
+the tables mark it at 95 %: SPM better, SPM worse, or a tie (SPM variants against each other once per pair: a verdict
+where their 95 % intervals are disjoint, in both worlds, since world v2's tables did not pair them). Each application's verdicts are
 counted over its experiments on the family root in each world (the rows of its CSV, `spmbench.report.csv_text`'s columns),
 and the majority verdict of each world is set side by side: it survives, changes, or is measured in one world only.
 
@@ -35,9 +35,7 @@ def verdicts(table: pd.DataFrame) -> pd.DataFrame:
         minus, differs = f"minus_{against.replace('-', '_')}", f"differs_from_{against.replace('-', '_')}"
         if minus not in rates:
             continue
-        # each pair of variants once, the later against the earlier (spm-noft against spm, not spm against spm-noft)
-        itself_or_earlier = SPM_VARIANTS[: SPM_VARIANTS.index(against) + 1]
-        compared = rates[~rates["eraser"].isin(itself_or_earlier) & rates[minus].notna()]
+        compared = rates[~rates["eraser"].isin(SPM_VARIANTS) & rates[minus].notna()]  # variants: _variant_verdicts
         for row in compared.itertuples():
             out.append({"eraser": row.eraser, "against": against, "measure": row.measure,
                         "verdict": _verdict(getattr(row, minus), _truth(getattr(row, differs)), row.higher_is_better)})  # fmt: skip
@@ -48,19 +46,16 @@ def verdicts(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _variant_verdicts(rates: pd.DataFrame) -> list[dict]:
-    """SPM variants against each other where the table does not pair them (world v2's tables paired only the other
-    erasers with them): a verdict where the two 95 % intervals are disjoint, a tie where they overlap (more
-    conservative than a paired test)."""
+    """SPM variants against each other: a verdict where the two 95 % intervals are disjoint, a tie where they overlap
+    (more conservative than the paired test the tables now mark, which world v2's tables lack: the same test in both
+    worlds, so that a changed verdict is the world's, not the test's)."""
     keys = ["model", "targets", "measure"]
     spm = rates[rates["eraser"].isin(SPM_VARIANTS)]
     out = []
     pairs = [(e, a) for i, e in enumerate(SPM_VARIANTS) for a in SPM_VARIANTS[:i]]  # spm-noft against spm, ...
     for eraser, against in pairs:
         pair = spm[spm["eraser"] == eraser].merge(spm[spm["eraser"] == against], on=keys, suffixes=("", "_spm"))
-        paired = f"minus_{against.replace('-', '_')}"
         for row in pair.itertuples():
-            if not pd.isna(getattr(row, paired, None)):
-                continue  # the table's paired comparison gives this verdict
             if any(pd.isna(v) for v in (row.lo, row.hi, row.lo_spm, row.hi_spm)):
                 continue  # no interval to compare: no verdict (rather than a tie)
             apart = row.lo > row.hi_spm or row.hi < row.lo_spm
