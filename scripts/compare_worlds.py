@@ -20,7 +20,13 @@ import pandas as pd
 
 KINDS = ("concept", "artist", "explicit", "object")
 VERDICTS = ("SPM better", "SPM worse", "tie")
-SPM_VARIANTS = ("spm", "spm-rel", "spm-noft")
+SPM_VARIANTS = ("spm", "spm-rel", "spm-noft")  # in this order (later against earlier), then any other 'spm*' sorted
+
+
+def spm_variants(erasers) -> list[str]:
+    """The table's SPM variants (names starting with 'spm', fit seeds aside), SPM_VARIANTS' first."""
+    present = {e for e in erasers if e.startswith("spm") and "~" not in e}
+    return [v for v in SPM_VARIANTS if v in present] + sorted(present - set(SPM_VARIANTS))
 
 
 def verdicts(table: pd.DataFrame) -> pd.DataFrame:
@@ -30,29 +36,29 @@ def verdicts(table: pd.DataFrame) -> pd.DataFrame:
     what they add); rows without a comparison (costs, an SPM variant against itself) are left out."""
     roots = table[(table["model"] == table["fitted_on"]) & ~table["eraser"].str.contains("~seed", regex=False)]
     rates = roots[roots["unit"] == "fraction"]
-    out = []
-    for against in SPM_VARIANTS:
+    out, variants = [], spm_variants(rates["eraser"])
+    for against in variants:
         minus, differs = f"minus_{against.replace('-', '_')}", f"differs_from_{against.replace('-', '_')}"
         if minus not in rates:
             continue
-        compared = rates[~rates["eraser"].isin(SPM_VARIANTS) & rates[minus].notna()]  # variants: _variant_verdicts
+        compared = rates[~rates["eraser"].isin(variants) & rates[minus].notna()]  # variants: _variant_verdicts
         for row in compared.itertuples():
             out.append({"eraser": row.eraser, "against": against, "measure": row.measure,
                         "verdict": _verdict(getattr(row, minus), _truth(getattr(row, differs)), row.higher_is_better)})  # fmt: skip
-    out += _variant_verdicts(rates)
+    out += _variant_verdicts(rates, variants)
     frame = pd.DataFrame(out, columns=["eraser", "against", "measure", "verdict"])
     counts = frame.groupby(["eraser", "against", "measure", "verdict"]).size().unstack("verdict", fill_value=0)
     return counts.reindex(columns=list(VERDICTS), fill_value=0).reset_index()
 
 
-def _variant_verdicts(rates: pd.DataFrame) -> list[dict]:
+def _variant_verdicts(rates: pd.DataFrame, variants: list[str]) -> list[dict]:
     """SPM variants against each other: a verdict where the two 95 % intervals are disjoint, a tie where they overlap
     (more conservative than the paired test the tables now mark, which world v2's tables lack: the same test in both
     worlds, so that a changed verdict is the world's, not the test's)."""
     keys = ["model", "targets", "measure"]
-    spm = rates[rates["eraser"].isin(SPM_VARIANTS)]
+    spm = rates[rates["eraser"].isin(variants)]
     out = []
-    pairs = [(e, a) for i, e in enumerate(SPM_VARIANTS) for a in SPM_VARIANTS[:i]]  # spm-noft against spm, ...
+    pairs = [(e, a) for i, e in enumerate(variants) for a in variants[:i]]  # spm-noft against spm, ...
     for eraser, against in pairs:
         pair = spm[spm["eraser"] == eraser].merge(spm[spm["eraser"] == against], on=keys, suffixes=("", "_spm"))
         for row in pair.itertuples():

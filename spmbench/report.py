@@ -48,8 +48,17 @@ COLUMNS = [
     "model", "targets", "eraser", "fitted_on", "measure", "value", "original_value",
     "app", "n", "n_prompts", "lo", "hi", "original_lo", "original_hi", "interval", "higher_is_better", "unit",
 ]  # fmt: skip
-# The signs that mark, on a baseline's rate, a difference from each SPM variant that holds at 95 %.
+# The signs that mark, on an eraser's rate, a difference from each SPM variant that holds at 95 %; a sixth variant
+# on is marked by its number, superscript (mark(5) = '⁶').
 MARKS = ("†", "‡", "§", "¶", "‖")
+SUPERSCRIPT_DIGITS = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def mark(index: int) -> str:
+    """The sign of the index-th SPM variant (in `spm_variants` order)."""
+    return MARKS[index] if index < len(MARKS) else str(index + 1).translate(SUPERSCRIPT_DIGITS)
+
+
 NO_INTERVAL = "none"
 TUNING_RECORD = "tuning.json"  # spmbench.tuning's record, beside the table  # the cell's per-image scores or features are not in the run folder
 
@@ -79,7 +88,7 @@ def results(path: str | Path) -> pd.DataFrame:
     """Every number of the run in `path` (an application's run folder, or a folder of them) as one tidy
     frame: one row per model x targets x eraser x measure (a prompt set's rate, an alteration measure,
     a fit cost), with n, n_prompts, the 95 % interval (lo, hi) and its method (`interval`), the
-    original model's rate and interval, and for baselines the paired difference from each SPM
+    original model's rate and interval, and for every eraser the paired difference from each other SPM
     variant (minus_<spm>, its lo and hi, differs_from_<spm>; '-' in an SPM's name is '_' here)."""
     from spmbench.apps import load_apps
 
@@ -389,9 +398,7 @@ def _add_comparisons(table: pd.DataFrame, samples: dict[tuple, _Sample | None]) 
         diffs, los, his, differs = [], [], [], []
         for row in table.itertuples():
             ours = samples.get((row.model, row.targets, row.eraser, row.measure))
-            theirs = samples.get((row.model, row.targets, spm, row.measure))
-            # a variant's later fit seeds ('spm~seed1') are its spread, not a comparison
-            d = _paired(ours, theirs) if row.eraser.split("~")[0] != spm else None
+            d = _paired(ours, _paired_with(samples, row, spm)) if row.eraser.split("~")[0] != spm else None
             diffs.append(math.nan if d is None else d.value)
             los.append(math.nan if d is None else d.lo)
             his.append(math.nan if d is None else d.hi)
@@ -399,6 +406,15 @@ def _add_comparisons(table: pd.DataFrame, samples: dict[tuple, _Sample | None]) 
         name = _column_name(spm)
         table[f"minus_{name}"], table[f"minus_{name}_lo"], table[f"minus_{name}_hi"] = diffs, los, his
         table[f"differs_from_{name}"] = pd.array(differs, dtype="boolean")
+
+
+def _paired_with(samples: dict, row, spm: str) -> _Sample | None:
+    """What `row` is compared with: `spm`'s first fit; for a later fit seed of an SPM variant ('spm-noft~seed1'),
+    `spm`'s fit of the same seed (they share it: the difference is the variant's, not the seed's), none if absent.
+    A variant's own later seeds ('spm~seed1' against spm) are its spread, not a comparison (the caller's)."""
+    base, _, tag = row.eraser.partition("~")
+    theirs = f"{spm}~{tag}" if tag and base.startswith("spm") else spm
+    return samples.get((row.model, row.targets, theirs, row.measure))
 
 
 def _column_name(eraser: str) -> str:
@@ -495,7 +511,7 @@ def _rate_cell(row, spms: list[str], per_cell: bool) -> str:
         return "-"
     interval = f" [{row.lo * 100:.0f}, {row.hi * 100:.0f}]" if _has(row.lo) else " [-]"
     differs = [getattr(row, f"differs_from_{_column_name(spm)}", None) for spm in spms]
-    marks = "".join(m for m, d in zip(MARKS, differs) if _has(d) and bool(d))
+    marks = "".join(mark(i) for i, d in enumerate(differs) if _has(d) and bool(d))
     n = f" n={row.n}" if per_cell and _has(row.n) else ""
     return f"{_percent(row.value)}{interval} ({_percent(row.original_value)}){marks}{n}{_fit_spread(row)}"
 
@@ -549,7 +565,7 @@ def caption(app: Application, data) -> str:
     table = _as_frame(data)
     settings = table.attrs.get("settings", {})
     spms = spm_variants(table["eraser"])
-    marks = ", ".join(f"{m} {spm}" for m, spm in zip(MARKS, spms))
+    marks = ", ".join(f"{mark(i)} {spm}" for i, spm in enumerate(spms))
     return (
         f"{app.name} v{app.version}; judge: {app.judge}; judged-present rate per prompt set with its 95 % interval, the original model's in brackets; "
         f"↓ erasure (target prompts, lower is better), ↑ erosion sets (higher is better); alteration of the non-target images against the original's (same seeds) on judge features, with its 95 % interval; "
@@ -762,6 +778,9 @@ def _by_concept(prompts: dict[str, tuple[str, str]], records: dict[str, dict]) -
     return {key: ids for key, ids in groups.items() if concepts[key[0]] > 1}
 
 
+LATEX_SUPERSCRIPTS = {ord(c): f"$^{{{d}}}$" for d, c in enumerate("⁰¹²³⁴⁵⁶⁷⁸⁹")}
+
+
 def latex(app: Application, data) -> str:
     header, rows = table_rows(data)
 
@@ -777,6 +796,7 @@ def latex(app: Application, data) -> str:
             .replace("§", r"$^{\S}$")
             .replace("¶", r"$^{\P}$")
             .replace("‖", r"$^{\|}$")
+            .translate(LATEX_SUPERSCRIPTS)
         )
 
     lines = [

@@ -59,6 +59,12 @@ def test_spm_variants_get_the_interval_test_in_both_worlds_even_where_a_table_pa
     # the paired test separates them, the intervals overlap: world v2's tables have only the intervals, so a tie
     assert counts.loc[("spm-noft", "spm", "near")].to_dict() == {"SPM better": 0, "SPM worse": 0, "tie": 1}
     assert ("spm", "spm-noft", "near") not in counts.index
+    # any SPM variant the table has (spm-hardened here) takes the same test, not the table's paired one
+    hardened = table(
+        [("spm", "near", 0.95, 0.9, 1.0, None, ""), ("spm-hardened", "near", 0.9, 0.85, 0.95, -0.05, True)]
+    )
+    counts = compare_worlds.verdicts(hardened).set_index(["eraser", "against", "measure"])
+    assert counts.loc[("spm-hardened", "spm", "near")].to_dict() == {"SPM better": 0, "SPM worse": 0, "tie": 1}
 
 
 def test_a_verdict_that_changes_is_named_and_one_measured_in_one_world_only_too():

@@ -125,6 +125,32 @@ def test_spm_variants_are_paired_with_each_other_as_an_ablation_table_needs(tmp_
     assert "| toy-base | Barkley | spm | toy-base | 0 % [0, 28] (100 %) | 100 % [72, 100] (100 %)‡ |" in text
 
 
+def test_a_later_fit_seed_of_an_spm_variant_is_paired_with_the_same_seed_of_the_other(tmp_path, monkeypatch):
+    verdicts = {
+        "none": {"near": [True] * 10},
+        "spm": {"near": [False] * 10},
+        "spm~seed1": {"near": [True] * 10},
+        "spm-noft": {"near": [False] * 10},
+        "spm-noft~seed1": {"near": [True] * 10},  # the same fit as spm~seed1: FT off changes nothing here
+        "spm-rel": {"near": [True] * 10},
+    }
+    table = spmbench.results(write_run(tmp_path, monkeypatch, verdicts)[0])
+    near = table[table.measure == "near"].set_index("eraser")
+    assert near.loc["spm-noft~seed1", "minus_spm"] == 0 and not near.loc["spm-noft~seed1", "differs_from_spm"]
+    assert pd.isna(near.loc["spm-noft~seed1", "minus_spm_rel"])  # spm-rel has no seed 1 here: not another seed
+    assert pd.isna(near.loc["spm~seed1", "minus_spm"])  # a variant's own later seed: its spread
+
+
+def test_a_sixth_spm_variant_is_marked_by_its_number(tmp_path, monkeypatch):
+    names = ["spm", "spm-a", "spm-b", "spm-c", "spm-d", "spm-e"]
+    verdicts = {"none": {"near": [True] * 10}} | {e: {"near": [e != "spm-e"] * 10} for e in names}
+    run_dir, app = write_run(tmp_path, monkeypatch, verdicts)
+    table = spmbench.results(run_dir)
+    assert [report.mark(i) for i in range(7)] == ["†", "‡", "§", "¶", "‖", "⁶", "⁷"]
+    assert "⁶ spm-e" in markdown(app, table) and "100 % [72, 100] (100 %)⁶ |" in markdown(app, table)
+    assert "$^{6}$" in report.latex(app, table)
+
+
 def test_images_sharing_prompts_get_the_cluster_bootstrap(tmp_path, monkeypatch):
     two_seeds = [i < 6 for i in range(10) for _ in range(2)]  # 10 prompts x 2 seeds: 6 prompts present
     verdicts = {
