@@ -11,11 +11,11 @@ The public API:
 
 Building blocks for tools on top of it: `encode_prompts` (prompts -> the states the UNet is
 conditioned on, as the pipeline computes them: a tensor of states for SD 1.x/2.x, a `Conditioning`
-(states and pooled embeddings) for SDXL and SD3; `warn_if_truncated` says when a tokenizer cut a
+(states and pooled embeddings) for SDXL, SD3 and FLUX.1; `warn_if_truncated` says when a tokenizer cut a
 prompt, and what it kept) and `Checkpoint` (a resumable training loop's state, refused when made with
 other settings). Two modules are public for tools as well: `spm.files`
 (atomic writes, an output-folder check) and `spm.models` (pipeline loading, a --device check,
-`SD1_UNET_CONFIG`, `SDXL_UNET_CONFIG`, `SD3_TRANSFORMER_CONFIG`). Everything else is internal.
+`SD1_UNET_CONFIG`, `SDXL_UNET_CONFIG`, `SD3_TRANSFORMER_CONFIG`, `FLUX_TRANSFORMER_CONFIG`). Everything else is internal.
 """
 
 from spm.adapter import SPM

@@ -4,9 +4,9 @@ On disk: safetensors with kohya / A1111 LoRA key names (`lora_unet_<path_with_un
 .weight`, `.lora_up.weight`, `.alpha`), as the released SPMs use, so a file also loads as a plain LoRA
 in diffusers' `load_lora_weights` and in web UIs. SD 1.x/2.x paths are diffusers' module paths; SDXL's
 are kohya's SDXL names (SDXL's original UNet blocks, `input_blocks_4_1_...`), see `layer_names`.
-SD3: diffusers' own LoRA layout instead (`transformer.<module.path>.lora_A.weight`, `.lora_B.weight`, no
-alpha keys), the one diffusers' SD3 `load_lora_weights` reads: it converts no kohya names for SD3, and refuses
-a key without 'lora' in it (a kohya `.alpha`). Metadata holds the target prompts (needed by Facilitated Transport), rank, alpha and our provenance.
+SD3 and FLUX.1: diffusers' own LoRA layout instead (`transformer.<module.path>.lora_A.weight`, `.lora_B.weight`,
+no alpha keys), the one diffusers' SD3 and Flux `load_lora_weights` read: it converts no kohya names for SD3, and
+refuses a key without 'lora' in it (a kohya `.alpha`). Metadata holds the target prompts (needed by Facilitated Transport), rank, alpha and our provenance.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from spm.layers import init_down, layer_shapes, membrane_targets
 
 FORMAT_VERSION = "1"
 PREFIX = "lora_unet_"
-DIFFUSERS_PREFIX = "transformer."  # SD3 files: diffusers' LoRA layout, see the module docstring
+DIFFUSERS_PREFIX = "transformer."  # SD3 and FLUX.1 files: diffusers' LoRA layout, see the module docstring
 
 
 def first_nonfinite(tensors: dict[str, torch.Tensor]) -> str | None:
@@ -45,21 +45,25 @@ def kohya_name(module_path: str) -> str:
 
 
 # The families an SPM file can be for, told apart by its layer names (so released files need no metadata).
-FAMILIES = {"sd": "SD 1.x/2.x", "sdxl": "SDXL", "sd3": "SD3"}
+FAMILIES = {"sd": "SD 1.x/2.x", "sdxl": "SDXL", "sd3": "SD3", "flux": "FLUX.1"}
+DIFFUSERS_LAYOUT = ("sd3", "flux")  # the families whose files use diffusers' LoRA layout and module paths
 # SD3's membrane layers are named by their diffusers module paths, all inside the joint blocks.
 SD3_BLOCKS = "transformer_blocks."
+FLUX_SINGLE_BLOCKS = "single_transformer_blocks."  # FLUX.1's have these beside its double-stream transformer_blocks
 # kohya's SDXL LoRAs name layers after SDXL's original (SGM) UNet, not diffusers': the web UIs read these
 # names, and diffusers' SDXL loader maps them back (lora_conversion_utils._maybe_map_sgm_blocks_to_diffusers).
 SGM_BLOCKS = ("input_blocks_", "middle_block_", "output_blocks_")
 
 
 def unet_family(unet: nn.Module) -> str:
-    """'sd3' for SD3's transformer, 'sdxl' for a UNet conditioned on added text and time embeddings (SDXL's
-    "text_time"), else 'sd'."""
-    from diffusers import SD3Transformer2DModel
+    """'sd3' for SD3's transformer, 'flux' for FLUX.1's, 'sdxl' for a UNet conditioned on added text and time
+    embeddings (SDXL's "text_time"), else 'sd'."""
+    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
 
     if isinstance(unet, SD3Transformer2DModel):
         return "sd3"
+    if isinstance(unet, FluxTransformer2DModel):
+        return "flux"
     return "sdxl" if getattr(getattr(unet, "config", None), "addition_embed_type", None) == "text_time" else "sd"
 
 
@@ -83,12 +87,12 @@ def layer_names(unet: nn.Module) -> dict[str, str]:
     """The UNet's membrane layers: kohya name (without 'lora_unet_') -> module path, in order.
 
     SD 1.x/2.x: the diffusers path with underscores, as kohya's SD LoRAs and the released SPMs name them;
-    SDXL: kohya's SDXL names (SGM blocks: input_blocks / middle_block / output_blocks); SD3: the module paths
-    themselves (its files use diffusers' layout, see the module docstring).
+    SDXL: kohya's SDXL names (SGM blocks: input_blocks / middle_block / output_blocks); SD3 and FLUX.1: the module
+    paths themselves (their files use diffusers' layout, see the module docstring).
     """
     paths = list(membrane_targets(unet))
     family = unet_family(unet)
-    if family == "sd3":
+    if family in DIFFUSERS_LAYOUT:
         return {p: p for p in paths}
     if family == "sd":
         return {kohya_name(p): p for p in paths}
@@ -150,8 +154,10 @@ class SPM:
 
     @property
     def family(self) -> str:
-        """The model family it was trained for, read off its layer names: 'sd3', 'sdxl' (kohya's SGM names or
-        diffusers' names, see `named_for`) or 'sd' (SD 1.x/2.x)."""
+        """The model family it was trained for, read off its layer names: 'flux', 'sd3', 'sdxl' (kohya's SGM names
+        or diffusers' names, see `named_for`) or 'sd' (SD 1.x/2.x)."""
+        if any(name.startswith(FLUX_SINGLE_BLOCKS) for name in self.layers):
+            return "flux"
         if any(name.startswith(SD3_BLOCKS) for name in self.layers):
             return "sd3"
         return "sdxl" if _sgm_named(self.layers) or _diffusers_named_sdxl(self.layers) else "sd"
@@ -175,10 +181,11 @@ class SPM:
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically and byte-reproducibly as safetensors (kohya keys, fp32 unless the factors are another
         dtype); spm.files.DiskFullError when it does not fit."""
-        tensors, sd3 = {}, self.family == "sd3"
+        tensors, diffusers_layout = {}, self.family in DIFFUSERS_LAYOUT
         for name, (down, up) in self.layers.items():
-            if sd3:  # no alpha keys: diffusers' SD3 loader refuses them and reads alpha = rank, so the scale
-                # alpha / rank is folded into lora_B (and alpha = rank stored): the same weights in both loaders
+            # diffusers' layout has no alpha keys: diffusers' SD3 loader refuses them and reads alpha = rank, so the
+            # scale alpha / rank is folded into lora_B (and alpha = rank stored): the same weights in both loaders
+            if diffusers_layout:
                 tensors[f"{DIFFUSERS_PREFIX}{name}.lora_A.weight"] = down.detach().contiguous().cpu()
                 tensors[f"{DIFFUSERS_PREFIX}{name}.lora_B.weight"] = (up.detach() * self.scale).contiguous().cpu()
                 continue
@@ -188,7 +195,7 @@ class SPM:
         metadata = {
             "prompts": json.dumps(self.targets),
             "rank": str(self.rank),
-            "alpha": str(float(self.rank) if sd3 else self.alpha),
+            "alpha": str(float(self.rank) if diffusers_layout else self.alpha),
             "spm_format_version": FORMAT_VERSION,
             "spm_provenance": json.dumps(self.provenance),
         }
@@ -238,7 +245,7 @@ class SPM:
         return cls(list(targets) if targets is not None else stored, layers, alphas.pop(), provenance)
 
 
-# (key prefix, down suffix, up suffix): kohya's layout (SD 1.x/2.x, SDXL), and diffusers' (SD3).
+# (key prefix, down suffix, up suffix): kohya's layout (SD 1.x/2.x, SDXL), and diffusers' (SD3, FLUX.1).
 LAYOUTS = ((PREFIX, ".lora_down.weight", ".lora_up.weight"), (DIFFUSERS_PREFIX, ".lora_A.weight", ".lora_B.weight"))
 
 

@@ -1,4 +1,4 @@
-"""Prompts -> what a Stable Diffusion (1.x, 2.x, XL or 3) pipeline conditions its UNet (SD3: transformer) on.
+"""Prompts -> what a Stable Diffusion (1.x, 2.x, XL or 3) or FLUX.1 pipeline conditions its UNet (SD3, FLUX.1: transformer) on.
 
 The one tokenize-and-encode of `spm` and the tools built on it: training, Facilitated Transport and
 the baselines all condition on exactly what the pipeline itself would.
@@ -76,6 +76,13 @@ def is_sd3(pipe) -> bool:
     return isinstance(getattr(pipe, "transformer", None), SD3Transformer2DModel)
 
 
+def is_flux(pipe) -> bool:
+    """A FLUX.1 pipeline: a Flux (MMDiT) transformer conditioned on T5's states and CLIP-L's pooled embedding."""
+    from diffusers import FluxTransformer2DModel
+
+    return isinstance(getattr(pipe, "transformer", None), FluxTransformer2DModel)
+
+
 def clip_width(pipe) -> int:
     """SD3: the channels of its states that its two CLIP encoders fill (their penultimate states side by side);
     the rest of each CLIP position is zero padding up to T5's width."""
@@ -110,9 +117,16 @@ def encode(pipe: DiffusionPipeline, prompts: str | Sequence[str]) -> tuple[Condi
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if is_sd3(pipe):
         return _encode_sd3(pipe, prompts)
+    if is_flux(pipe):
+        return _encode_flux(pipe, prompts)
     if is_sdxl(pipe):
         return _encode_sdxl(pipe, prompts)
-    tokenizer, text_encoder = pipe.tokenizer, pipe.text_encoder
+    return encode_clip(pipe.tokenizer, pipe.text_encoder, prompts)
+
+
+def encode_clip(tokenizer, text_encoder, prompts: list[str]) -> tuple[Conditioning, torch.Tensor]:
+    """One CLIP-style text encoder's states for `prompts` padded to its context (SD 1.x/2.x's conditioning), and
+    the ids."""
     tokens = tokenizer(
         prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
     )
@@ -153,6 +167,18 @@ def _encode_sd3(pipe, prompts: list[str]) -> tuple[Conditioning, torch.Tensor]:
     states, _, pooled, _ = pipe.encode_prompt(prompts, None, None, device=device, do_classifier_free_guidance=False)
     tokenizer = pipe.tokenizer
     ids = tokenizer(
+        prompts, padding="max_length", max_length=pipe.tokenizer_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+    return Conditioning(states, pooled), ids
+
+
+def _encode_flux(pipe, prompts: list[str]) -> tuple[Conditioning, torch.Tensor]:
+    """The FLUX.1 pipeline's own encode_prompt at its default length: T5's states, (N, 512, 4096) for FLUX.1 (it
+    runs T5 without an attention mask and pads every prompt to 512 tokens); pooled: CLIP-L's, (N, 768). Ids:
+    CLIP-L's (its tokenizer is the pipeline's first)."""
+    device = pipe.text_encoder.device
+    states, pooled, _ = pipe.encode_prompt(prompts, None, device=device)
+    ids = pipe.tokenizer(
         prompts, padding="max_length", max_length=pipe.tokenizer_max_length, truncation=True, return_tensors="pt"
     ).input_ids
     return Conditioning(states, pooled), ids

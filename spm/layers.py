@@ -17,6 +17,11 @@ import torch.nn.functional as F
 from diffusers.models import Transformer2DModel
 from diffusers.models.attention import FeedForward, JointTransformerBlock
 from diffusers.models.attention_processor import Attention
+from diffusers.models.transformers.transformer_flux import (
+    FluxAttention,
+    FluxSingleTransformerBlock,
+    FluxTransformerBlock,
+)
 from torch import nn
 
 
@@ -412,7 +417,7 @@ def membrane_targets(unet: nn.Module) -> dict[str, nn.Module]:
     """
     found: dict[str, nn.Module] = {}
     for block_name, block in unet.named_modules():
-        if isinstance(block, JointTransformerBlock):
+        if isinstance(block, (JointTransformerBlock, FluxTransformerBlock, FluxSingleTransformerBlock)):
             found.update(_joint_block_targets(block_name, block))
             continue
         if not isinstance(block, Transformer2DModel):
@@ -429,15 +434,20 @@ def membrane_targets(unet: nn.Module) -> dict[str, nn.Module]:
     return found
 
 
-def _joint_block_targets(block_name: str, block: JointTransformerBlock) -> dict[str, nn.Module]:
-    """An MMDiT (SD3) block's membrane layers: every Linear of its attention and feed-forward modules, for
-    both streams (to_q/k/v, to_out.0, add_q/k/v_proj, to_add_out, ff, ff_context; attn2 in SD3.5's dual
-    attention blocks), except the last block's add_q_proj, whose output nothing reads. As on SD 1.x, these are the layers that read the tokens. The AdaLayerNorm
-    modulation Linears are left out: they read only the timestep and pooled embedding, as the resnets'
-    time projections do in a UNet, where SPM has no membrane."""
+def _joint_block_targets(block_name: str, block: nn.Module) -> dict[str, nn.Module]:
+    """An MMDiT block's membrane layers: every Linear of its attention and feed-forward modules, for both
+    streams (SD3 and FLUX.1's double-stream blocks: to_q/k/v, to_out.0, add_q/k/v_proj, to_add_out, ff,
+    ff_context; attn2 in SD3.5's dual attention blocks), and FLUX.1's single-stream blocks' attention (to_q/k/v)
+    and their own Linears (proj_mlp, proj_out), except SD3's last block's add_q_proj, whose output nothing reads.
+    As on SD 1.x, these are the layers that read the tokens. The AdaLayerNorm modulation Linears are left out:
+    they read only the timestep and pooled embedding, as the resnets' time projections do in a UNet, where SPM
+    has no membrane."""
     found: dict[str, nn.Module] = {}
     for part_name, part in block.named_children():
-        if not isinstance(part, (Attention, FeedForward)):
+        if isinstance(part, (nn.Linear, MembraneLayer)):  # FLUX.1's single-stream proj_mlp and proj_out
+            found[f"{block_name}.{part_name}"] = part
+            continue
+        if not isinstance(part, (Attention, FluxAttention, FeedForward)):
             continue
         # The last block (context_pre_only) discards its text tokens' outputs: their queries change nothing.
         dead = getattr(part, "add_q_proj", None) if isinstance(part, Attention) and part.context_pre_only else None

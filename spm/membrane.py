@@ -35,7 +35,7 @@ def check_fit(spm: SPM, unet: nn.Module, label: str = "SPM") -> dict[str, nn.Mod
     family = unet_family(unet)
     if spm.family != family:
         raise SPMMismatchError(
-            f"{label} is an {FAMILIES[spm.family]} SPM and the model is {FAMILIES[family]}: an SPM applies only "
+            f"{label} is an SPM for {FAMILIES[spm.family]} and the model is {FAMILIES[family]}: an SPM applies only "
             "to models of the family it was trained on; train one on this model"
         )
     layers = {name: unet.get_submodule(path) for name, path in layer_names(unet).items()}

@@ -60,8 +60,24 @@ SD3_TRANSFORMER_CONFIG = {
 }
 
 
+# The FLUX.1 [dev] transformer (black-forest-labs/FLUX.1-dev's transformer/config.json), for the same uses: 19
+# double-stream and 38 single-stream blocks, 3072 wide, reading T5-XXL's 4096-wide tokens and CLIP-L's pooled vector.
+FLUX_TRANSFORMER_CONFIG = {
+    "patch_size": 1,
+    "in_channels": 64,
+    "num_layers": 19,
+    "num_single_layers": 38,
+    "attention_head_dim": 128,
+    "num_attention_heads": 24,
+    "joint_attention_dim": 4096,
+    "pooled_projection_dim": 768,
+    "guidance_embeds": True,
+    "axes_dims_rope": (16, 56, 56),
+}
+
+
 def denoiser(pipe):
-    """The network an SPM attaches to: a pipeline's UNet, or its transformer (SD3); a bare model as it is."""
+    """The network an SPM attaches to: a pipeline's UNet, or its transformer (SD3, FLUX.1); a bare model as it is."""
     for name in ("unet", "transformer"):
         model = getattr(pipe, name, None)
         if model is not None:
@@ -117,8 +133,10 @@ def _no_safety_checker(source: str) -> dict:
 
 
 def native_resolution(pipe: DiffusionPipeline) -> int:
-    """The pixel size the UNet (or SD3's transformer) was trained at (512 for SD 1.x, 32 for the toy world)."""
-    return int(denoiser(pipe).config.sample_size * pipe.vae_scale_factor)
+    """The pixel size the UNet (or SD3's transformer) was trained at (512 for SD 1.x, 32 for the toy world); FLUX.1's
+    transformer states none: its pipeline's default (1024 px)."""
+    latent = getattr(denoiser(pipe).config, "sample_size", None) or pipe.default_sample_size
+    return int(latent * pipe.vae_scale_factor)
 
 
 def device_problem(device: str) -> str | None:

@@ -8,13 +8,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from spm.adapter import SPM
 from spm.checkpoint import Checkpoint, CheckpointError
-from spm.encoding import Conditioning, encode, is_sd3, is_sdxl, unconditional
+from spm.encoding import Conditioning, encode, is_flux, is_sd3, is_sdxl, unconditional
 from spm.membrane import attach
 from spm.models import denoiser, native_resolution
 
@@ -57,7 +58,8 @@ class TrainConfig:
             prompts' states join the erasing loss at every step (same erasing target as c_tar's). One text
             encoder's pipelines only (SD 1.x/2.x, the toy world).
         rollout_steps: T of the DDIM schedule the x_t rollout is drawn from.
-        rollout_guidance: CFG scale of that rollout.
+        rollout_guidance: CFG scale of that rollout. FLUX.1, which samples without CFG: the guidance its [dev]
+            transformer embeds (distilled from CFG; 3.5 is its pipeline's default), in every call of the training.
         rollout_reuse: ours, default 1 (the spec's loop: a rollout per iteration). R > 1: one rollout serves R
             iterations. At every R-th step, each of the next R iterations draws its depth k, and
             `rollout_trajectories` noises are rolled out together, in one batch per DDIM step (each only as deep
@@ -199,6 +201,14 @@ def _random_anchors(c_tar: Conditioning, n: int, scale: tuple[float, float], gen
     return Conditioning(joint[:, : states.numel()].view(n, *states.shape), joint[:, states.numel() :])
 
 
+def _image_tokens(pipe, resolutions: tuple[int, ...]) -> int | None:
+    """FLUX.1's packed latent tokens at the one training size (its scheduler's shift depends on it); None for
+    several sizes or another family."""
+    if not is_flux(pipe) or len(resolutions) != 1:
+        return None
+    return (resolutions[0] // (2 * pipe.vae_scale_factor)) ** 2
+
+
 def _draw_size(resolutions: tuple[int, ...], gen: torch.Generator, vae_scale: int) -> tuple[int, int]:
     """Latent height and width, each drawn from `resolutions` (non-square, as the released code). One
     size needs one draw: seeded runs at a model's single native size stay as they were."""
@@ -284,27 +294,67 @@ def _rollout_schedule(pipe, cfg: TrainConfig) -> tuple:
 
 
 class FlowRollout:
-    """SD3's trajectory (flow matching): its FlowMatchEulerDiscreteScheduler's sigmas for `steps` steps (with the
-    pipeline's shift), from pure noise at sigma 1 to the data at sigma 0. After k Euler steps of the model's
-    velocity the latent is at sigma_k, x_t = (1 - sigma_k) x0 + sigma_k noise, and the model is queried at
-    that sigma's timestep (1000 sigma_k): its own, as the DDIM rollout of the other families."""
+    """SD3's and FLUX.1's trajectory (flow matching): the FlowMatchEulerDiscreteScheduler's sigmas for `steps` steps
+    (with the pipeline's shift), from pure noise at sigma 1 to the data at sigma 0. After k Euler steps of the
+    model's velocity the latent is at sigma_k, x_t = (1 - sigma_k) x0 + sigma_k noise, and the model is queried at
+    that sigma's timestep (1000 sigma_k): its own, as the DDIM rollout of the other families. A scheduler that
+    shifts its sigmas by image size (FLUX.1 [dev]'s `use_dynamic_shifting`) is set as the Flux pipeline sets it
+    for `image_tokens` packed latent tokens, which one training size fixes."""
 
     init_noise_sigma = 1.0
 
-    def __init__(self, pipe, steps: int):
+    def __init__(self, pipe, steps: int, image_tokens: int | None = None):
         from diffusers import FlowMatchEulerDiscreteScheduler
 
         scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
         if scheduler.config.get("use_dynamic_shifting", False):
-            raise ValueError(
-                "the scheduler shifts its sigmas by image size (use_dynamic_shifting): not supported for training"
-            )
-        scheduler.set_timesteps(steps)
+            if image_tokens is None:
+                raise ValueError(
+                    "the scheduler shifts its sigmas by image size (use_dynamic_shifting): train at one resolution "
+                    "(TrainConfig(resolutions=(1024,)), say)"
+                )
+            scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=_flux_shift(scheduler, image_tokens))
+        else:
+            scheduler.set_timesteps(steps)
         self.sigmas, self.timesteps = scheduler.sigmas.float(), scheduler.timesteps.float()
 
     def step(self, velocity: torch.Tensor, i: int, x: torch.Tensor) -> torch.Tensor:
         """One Euler step from sigma_i to sigma_{i+1} (the scheduler's own step, without its step-index state)."""
         return x + (self.sigmas[i + 1] - self.sigmas[i]) * velocity
+
+
+def _flux_shift(scheduler, image_tokens: int) -> float:
+    """The shift mu the Flux pipeline gives its scheduler for `image_tokens` latent tokens."""
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    c = scheduler.config
+    return calculate_shift(image_tokens, c.base_image_seq_len, c.max_image_seq_len, c.base_shift, c.max_shift)
+
+
+class FluxCall:
+    """FLUX.1's transformer called on latents as the other families' are, (N, C, h, w) in, velocity out: packed into
+    2 x 2 patches as a token sequence with the image tokens' positional ids and zero ids for the text tokens, the
+    timestep in [0, 1], and the guidance its [dev] model embeds; as FluxPipeline calls it."""
+
+    def __init__(self, pipe, guidance: float):
+        self.pipe, self.model, self.guidance = pipe, pipe.transformer, guidance
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        from diffusers import FluxPipeline
+
+        n, channels, height, width = x.shape
+        packed = FluxPipeline._pack_latents(x, n, channels, height, width)
+        image_ids = FluxPipeline._prepare_latent_image_ids(n, height // 2, width // 2, x.device, x.dtype)
+        text_ids = torch.zeros(cond.states.shape[1], 3, device=x.device, dtype=x.dtype)
+        guidance = torch.full((n,), self.guidance, device=x.device) if self.model.config.guidance_embeds else None
+        velocity = self.model(
+            hidden_states=packed, encoder_hidden_states=cond.states, pooled_projections=cond.pooled,
+            # the rollout's timesteps live on the host (on the 0-1000 scale)
+            timestep=(t.to(x.device) / 1000).expand(n), img_ids=image_ids, txt_ids=text_ids, guidance=guidance,
+            return_dict=False,
+        )[0]  # fmt: skip
+        scale = self.pipe.vae_scale_factor
+        return FluxPipeline._unpack_latents(velocity, height * scale, width * scale, scale)
 
 
 @dataclass
@@ -412,9 +462,11 @@ def train(
             "dtype=torch.float32; for bfloat16 compute use TrainConfig(dtype='bfloat16')"
         )
     cfg = config
-    if cfg.legacy_schedule and is_sd3(pipe):
-        raise ValueError("legacy_schedule is the released code's DDIM trajectory: SD3 (flow matching) has none")
-    if cfg.adversarial_every and (is_sd3(pipe) or is_sdxl(pipe)):
+    if cfg.legacy_schedule and (is_sd3(pipe) or is_flux(pipe)):
+        raise ValueError(
+            "legacy_schedule is the released code's DDIM trajectory: SD3 and FLUX.1 (flow matching) have none"
+        )
+    if cfg.adversarial_every and (is_sd3(pipe) or is_sdxl(pipe) or is_flux(pipe)):
         raise ValueError(
             "adversarial_every searches prompts in one text encoder's token embeddings: SD 1.x/2.x pipelines only"
         )
@@ -457,14 +509,14 @@ def _optimise(
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = get_cosine_with_hard_restarts_schedule_with_warmup(opt, cfg.warmup_steps, cfg.iterations, cfg.restarts)
     gen = torch.Generator().manual_seed(cfg.seed)
-    flow = FlowRollout(pipe, cfg.rollout_steps) if is_sd3(pipe) else None
+    resolutions, flux = cfg.resolved_resolutions(pipe), FluxCall(pipe, cfg.rollout_guidance) if is_flux(pipe) else None
+    flow = FlowRollout(pipe, cfg.rollout_steps, _image_tokens(pipe, resolutions)) if is_sd3(pipe) or flux else None
     ddim, query_timestep = (flow, lambda k: flow.timesteps[k]) if flow else _rollout_schedule(pipe, cfg)
     c_targets = encode(pipe, list(targets))[0]
     # "" is the pipeline's unconditional branch: SDXL base conditions it on zeros, not on the empty prompt's states
     c_empty = unconditional(pipe)
     c_neu = encode(pipe, [surrogate])[0] if surrogate else c_empty
     vocabulary = anchor_vocabulary(pipe.tokenizer, list(targets)) if cfg.vocabulary_anchors else []
-    resolutions = cfg.resolved_resolutions(pipe)
     ckpt = Checkpoint(checkpoint, _run_settings(targets, surrogate, cfg, pipe), cfg.checkpoint_every)
     state = {"params": params, "opt": opt, "sched": sched, "gen": gen}
     # the latest adversarial prompts' states, one per layout (before the target, alone): checkpointed with the rest
@@ -480,12 +532,18 @@ def _optimise(
     def guided_step(x, i: int, cond: Conditioning):
         """One rollout step of the latents `x` (n trajectories), CFG with the membrane on; `cond`: n uncond, n cond."""
         t = ddim.timesteps[i]
-        uncond, conditioned = unet(x if len(x) == 1 else torch.cat([x, x]), t, cond, torch.ones(1, 1)).chunk(2)
-        guided = uncond + cfg.rollout_guidance * (conditioned - uncond)
+        if flux:  # FLUX.1 samples without CFG: the conditional half alone, its guidance embedded
+            guided = unet(x, t, cond[len(x) :], torch.ones(1, 1))
+        else:
+            uncond, conditioned = unet(x if len(x) == 1 else torch.cat([x, x]), t, cond, torch.ones(1, 1)).chunk(2)
+            guided = uncond + cfg.rollout_guidance * (conditioned - uncond)
         # SD3: the same CFG and losses, on velocities (noise - x0) instead of noise predictions
         return flow.step(guided, i, x) if flow else ddim.step(guided, t, x).prev_sample
 
     def unet(x, t, cond: Conditioning, gamma):
+        if flux:
+            with attached.permeable(gamma), autocast:
+                return flux(x.expand(len(cond), -1, -1, -1), t, cond).float()
         if flow:  # SD3's transformer: a velocity, conditioned on the text tokens and the pooled embedding
             with attached.permeable(gamma), autocast:
                 return model(
@@ -502,7 +560,8 @@ def _optimise(
         if "rollout_latents" not in saved_extra:
             raise CheckpointError(f"checkpoint {checkpoint} has no rollout latents: delete it to start over")
         rollout = Rollout.from_state(saved_extra, device)
-    shape = (model.config.in_channels, resolutions, pipe.vae_scale_factor)
+    channels = model.config.in_channels // 4 if flux else model.config.in_channels  # FLUX.1's: 2 x 2 patches
+    shape = (channels, resolutions, pipe.vae_scale_factor)
     bar = tqdm(range(start, cfg.iterations), initial=start, total=cfg.iterations, disable=not progress, desc="SPM")
     for step in bar:
         # 2-3. A target, a size, the rollout depth k ~ U{1..T-1}, and x_t: k DDIM steps of the membrane-on model,

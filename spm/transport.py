@@ -5,6 +5,7 @@ the flattened, padded last hidden states of the text encoder, and s_tok the frac
 (non-special) tokens that p contains. Computed with the model's own tokenizer and text encoder.
 SDXL: s_cos on the states its UNet's cross-attention reads, both encoders' concatenated (see `_encode`).
 SD3: s_cos on the CLIP part of its text tokens only, T5's padded tail left out (see `_encode`).
+FLUX.1: s_cos on its CLIP-L encoder's last hidden states, as on SD 1.x (see `similarity_inputs`).
 
 `similarity="relative"` (ours, an option) rescales s_cos so that the empty prompt scores 0 and the
 target itself 1: s_rel = (s_cos(p, c) - s_cos("", c)) / (1 - s_cos("", c)). The full padded
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from spm.encoding import clip_width, encode, is_sd3
+from spm.encoding import Conditioning, clip_width, encode, encode_clip, is_flux, is_sd3
 
 
 if TYPE_CHECKING:
@@ -43,9 +44,21 @@ def _encode(pipe, prompts: list[str]) -> tuple[torch.Tensor, list[set[int]]]:
     where there is no membrane, and comes from the second encoder alone. Token ids are the first tokenizer's
     (the second one pads with '!', a token that is not special).
     """
-    conditioning, ids = encode(pipe, prompts)
+    conditioning, ids = similarity_inputs(pipe, prompts)
     special = set(pipe.tokenizer.all_special_ids)
     return _compared_states(pipe, conditioning.states).float().flatten(1), [set(row.tolist()) - special for row in ids]
+
+
+@torch.no_grad()
+def similarity_inputs(pipe, prompts: list[str]) -> tuple[Conditioning, torch.Tensor]:
+    """What FT reads of `prompts`: the conditioning the pipeline encodes and the first tokenizer's ids; for FLUX.1
+    its CLIP-L encoder's last hidden states instead. FLUX.1 conditions its tokens on T5 alone, padded to 512
+    positions without a mask (the padding states, alike across prompts, would pull every cosine up, as SD3's T5
+    tail would), and reads CLIP-L only as one pooled vector; CLIP-L's states are the paper's definition, on the
+    same encoder as SD 1.x's, and cost one small encoder call."""
+    if is_flux(pipe):
+        return encode_clip(pipe.tokenizer, pipe.text_encoder, prompts)
+    return encode(pipe, prompts)
 
 
 def _compared_states(pipe, states: torch.Tensor) -> torch.Tensor:
@@ -104,11 +117,12 @@ class Transport:
         """(len(prompts), k) permeabilities in [0, 1]."""
         if not prompts:
             return torch.zeros(0, self.k)
-        conditioning, ids = encode(self.pipe, prompts)
+        conditioning, ids = similarity_inputs(self.pipe, prompts)
         return self.of_states(conditioning.states, ids)
 
     def of_states(self, states: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """(N, k) permeabilities of N prompts given as the states the pipeline conditions on (N, L, D) and
+        """(N, k) permeabilities of N prompts given as the states the pipeline conditions on (N, L, D; FLUX.1: its
+        CLIP-L states, see `similarity_inputs`) and
         their first tokenizer's ids (N, L): what `__call__` gives for the prompts, differentiable with respect
         to `states` (s_tok, a count of token ids, has no gradient). For tools that optimise prompts in
         embedding space against Facilitated Transport (an adaptive attack)."""

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from tests.tiny import save_tiny_pipeline, save_tiny_sd3_pipeline, save_tiny_sdxl_pipeline
+from tests.tiny import save_tiny_flux_pipeline, save_tiny_pipeline, save_tiny_sd3_pipeline, save_tiny_sdxl_pipeline
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -37,6 +37,12 @@ def tiny_sdxl_dir(tmp_path_factory):
 def tiny_sd3_dir(tmp_path_factory):
     """A tiny SD3 pipeline (tests.tiny) in the diffusers layout."""
     return save_tiny_sd3_pipeline(tmp_path_factory.mktemp("tiny-sd3"))
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_dir(tmp_path_factory):
+    """A tiny FLUX.1 pipeline (tests.tiny) in the diffusers layout."""
+    return save_tiny_flux_pipeline(tmp_path_factory.mktemp("tiny-flux"))
 
 
 @pytest.fixture()

@@ -189,3 +189,46 @@ def save_tiny_sd3_pipeline(path, seed: int = 0):
 
     StableDiffusion3Pipeline(**tiny_sd3_components(seed)).save_pretrained(path)
     return path
+
+
+def tiny_flux_components(seed: int = 0, clip_width: int = 16, t5_width: int = 48):
+    """A tiny FLUX.1 (diffusers' own tiny Flux test configs, smaller): a FluxTransformer2DModel of two double-stream
+    and two single-stream blocks with FLUX.1-dev's guidance embedding, a CLIP encoder (its pooled output: the pooled
+    embedding), a T5 encoder with a T5-style tokenizer, a VAE with FLUX.1's shift and scale (2x downsampling here,
+    so 16 px images pack into 4 x 4 tokens), and FLUX.1-dev's flow-matching scheduler (shifted by image size)."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from transformers import CLIPTextModel, T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    tokenizer, tokenizer_2 = tiny_tokenizer(), tiny_t5_tokenizer(max_length=512)
+    t5 = T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer_2), d_model=t5_width, d_ff=32, d_kv=8, num_layers=2, num_heads=2,
+            relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+        )
+    )  # fmt: skip
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=8, num_attention_heads=2,
+        joint_attention_dim=t5_width, pooled_projection_dim=clip_width, guidance_embeds=True, axes_dims_rope=(2, 2, 4),
+    )  # fmt: skip
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 8), latent_channels=4, norm_num_groups=4, layers_per_block=1, sample_size=16,
+        shift_factor=0.1159, scaling_factor=0.3611, use_quant_conv=False, use_post_quant_conv=False,
+    )  # fmt: skip
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )  # fmt: skip
+    return dict(
+        transformer=transformer, vae=vae, scheduler=scheduler,
+        text_encoder=CLIPTextModel(tiny_clip_config(tokenizer, 16, clip_width)), tokenizer=tokenizer,
+        text_encoder_2=t5, tokenizer_2=tokenizer_2,
+    )  # fmt: skip
+
+
+def save_tiny_flux_pipeline(path, seed: int = 0):
+    from diffusers import FluxPipeline
+
+    FluxPipeline(**tiny_flux_components(seed)).save_pretrained(path)
+    return path

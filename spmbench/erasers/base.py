@@ -66,9 +66,13 @@ def build_settings(cls: type, given: dict | None, eraser: str) -> Any:
 
 
 def pipeline_family(pipe) -> str:
-    """The family of a loaded pipeline, as the model files name it where erasers differ: 'sd3' (a
-    transformer, no UNet), 'sdxl' (a UNet and a second text encoder), else 'sd1' (one text encoder's
-    states: SD 1.x/2.x and the toy world condition alike)."""
+    """The family of a loaded pipeline, as the model files name it where erasers differ: 'flux' (FLUX.1's
+    transformer), 'sd3' (another transformer, no UNet), 'sdxl' (a UNet and a second text encoder), else 'sd1' (one
+    text encoder's states: SD 1.x/2.x and the toy world condition alike)."""
+    from diffusers import FluxTransformer2DModel
+
+    if isinstance(getattr(pipe, "transformer", None), FluxTransformer2DModel):
+        return "flux"
     if getattr(pipe, "unet", None) is None and getattr(pipe, "transformer", None) is not None:
         return "sd3"
     return "sdxl" if getattr(pipe, "text_encoder_2", None) is not None else "sd1"

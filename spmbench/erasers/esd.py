@@ -74,7 +74,7 @@ class FinetunedEraser(Eraser):
     delta; apply = that delta. Subclasses set `name`, `Settings`, `checkpoint_every` and implement `train`."""
 
     checkpoint_every: int
-    unsupported = {"sd3": NOT_ON_SD3}
+    unsupported = dict.fromkeys(("sd3", "flux"), NOT_ON_SD3)
 
     def fit_one(self, pipe, targets: tuple[str, ...], path: Path, resolution: int, settings) -> None:
         ckpt = self.checkpoint_path(path)

@@ -25,10 +25,10 @@ if TYPE_CHECKING:
     from diffusers import DDIMScheduler
 
 
-# Why ESD and Concept Ablation refuse SD3: both are defined on a UNet's noise prediction and DDIM steps.
+# Why ESD and Concept Ablation refuse SD3 and FLUX.1: both are defined on a UNet's noise prediction and DDIM steps.
 NOT_ON_SD3 = (
-    "its fine-tuning is defined on a UNet's noise predictions along DDIM steps; SD3 is a flow-matching "
-    "transformer (velocities, no UNet), for which it is not implemented"
+    "its fine-tuning is defined on a UNet's noise predictions along DDIM steps; SD3 and FLUX.1 are flow-matching "
+    "transformers (velocities, no UNet), for which it is not implemented"
 )
 
 

@@ -79,7 +79,7 @@ class RECESettings(UCESettings):
 class RECE(Eraser):
     name = "rece"
     Settings = RECESettings
-    unsupported = {"sd3": NOT_ON_SD3}
+    unsupported = dict.fromkeys(("sd3", "flux"), NOT_ON_SD3)
 
     def fit_one(self, pipe, targets: tuple[str, ...], path: Path, resolution: int, settings: RECESettings) -> None:
         c, g, p = edit_rows(pipe, targets, settings.guide, settings.preserve)

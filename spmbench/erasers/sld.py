@@ -132,7 +132,9 @@ class SLD(Eraser):
     unsupported = MappingProxyType(
         {
             "sd3": "its guidance thresholds and scales are set on a UNet's noise predictions; SD3's transformer "
-            "predicts flow-matching velocities (and has no UNet to hook)"
+            "predicts flow-matching velocities (and has no UNet to hook)",
+            "flux": "it guides classifier-free sampling, which FLUX.1 does not do (its guidance is embedded), and its "
+            "thresholds and scales are set on a UNet's noise predictions, not flow-matching velocities",
         }
     )
 

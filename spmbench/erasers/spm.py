@@ -105,5 +105,5 @@ class SPMHardened(_SPMVariant):
     least = 0.25
 
     unsupported = MappingProxyType(
-        dict.fromkeys(("sdxl", "sd3"), "its adversarial training searches one text encoder's token embeddings")
+        dict.fromkeys(("sdxl", "sd3", "flux"), "its adversarial training searches one text encoder's token embeddings")
     )

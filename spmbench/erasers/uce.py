@@ -27,10 +27,11 @@ from spmbench.erasers.base import Eraser
 from spmbench.erasers.delta import applied, save_delta
 
 
-# Why UCE and RECE refuse SD3: there is no projection that reads the text encoders' states.
+# Why UCE and RECE refuse SD3 and FLUX.1: there is no projection that reads the text encoders' states.
 NOT_ON_SD3 = (
     "its closed-form edit targets a UNet's cross-attention K/V projections (which read the text encoders' "
-    "states); SD3's joint attention has none: its text tokens are re-projected and transformed block by block"
+    "states); an MMDiT's joint attention (SD3, FLUX.1) has none: its text tokens are re-projected and transformed "
+    "block by block"
 )
 
 
@@ -101,7 +102,7 @@ class UCESettings:
 class UCE(Eraser):
     name = "uce"
     Settings = UCESettings
-    unsupported = {"sd3": NOT_ON_SD3}
+    unsupported = dict.fromkeys(("sd3", "flux"), NOT_ON_SD3)
 
     def fit_one(self, pipe, targets: tuple[str, ...], path: Path, resolution: int, settings: UCESettings) -> None:
         c, g, p = edit_rows(pipe, targets, settings.guide, settings.preserve)

@@ -25,7 +25,7 @@ MODELS_DIR = Path(__file__).resolve().parent
 # The toy world's trained weights: its models' sources point here, and its judge lives here.
 TOY_WEIGHTS = MODELS_DIR.parent / "toy" / "weights"
 TOY3_WEIGHTS = MODELS_DIR.parent / "toy" / "v3" / "weights"  # world v3's (spmbench.toy.worlds)
-FAMILIES = ("toy", "sd1", "sd2", "sdxl", "sd3")
+FAMILIES = ("toy", "sd1", "sd2", "sdxl", "sd3", "flux")
 # "toy3": toy world v3 (issue 19), staged beside world v2 until its weights land and it replaces "toy".
 WORLDS = ("toy", "real", "toy3")
 

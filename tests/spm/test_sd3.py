@@ -184,10 +184,10 @@ def test_merge_and_undo_are_exact(sd3):
 def test_spms_across_families_are_refused_in_one_line(sd3, pipe, tiny_sdxl_dir, tmp_path):
     xl = spm.load_pipeline(str(tiny_sdxl_dir))
     for spm_for, model, message in [
-        (pipe.unet, sd3, "is an SD 1.x/2.x SPM and the model is SD3"),
-        (xl.unet, sd3, "is an SDXL SPM and the model is SD3"),
-        (sd3.transformer, pipe, "is an SD3 SPM and the model is SD 1.x/2.x"),
-        (sd3.transformer, xl, "is an SD3 SPM and the model is SDXL"),
+        (pipe.unet, sd3, "is an SPM for SD 1.x/2.x and the model is SD3"),
+        (xl.unet, sd3, "is an SPM for SDXL and the model is SD3"),
+        (sd3.transformer, pipe, "is an SPM for SD3 and the model is SD 1.x/2.x"),
+        (sd3.transformer, xl, "is an SPM for SD3 and the model is SDXL"),
     ]:
         s = random_spm(spm_for)
         target = spm.models.denoiser(model)

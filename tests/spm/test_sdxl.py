@@ -189,8 +189,8 @@ def test_an_sdxl_spm_under_diffusers_names_applies_as_the_kohya_named_one(xl):
 
 def test_spms_across_sd1_and_sdxl_are_refused_in_one_line(xl, pipe):
     for spm_for, model, message in [
-        (pipe, xl, "is an SD 1.x/2.x SPM and the model is SDXL"),
-        (xl, pipe, "is an SDXL SPM and the model is SD 1.x/2.x"),
+        (pipe, xl, "is an SPM for SD 1.x/2.x and the model is SDXL"),
+        (xl, pipe, "is an SPM for SDXL and the model is SD 1.x/2.x"),
     ]:
         s = random_spm(spm_for.unet)
         weights = {k: v.clone() for k, v in model.unet.state_dict().items()}

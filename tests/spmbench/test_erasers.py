@@ -138,6 +138,7 @@ def test_sld_step_matches_a_hand_computed_guidance(pipe, tmp_path):
         with eraser.apply(pipe, artifacts) as generate:
             guidance = generate.guidance
             guidance.reset()
+            guidance.sampling = True  # as generate sets it around the pipeline's call: the hook guides
             out = pipe.unet(
                 torch.cat([x, x]), 500, encoder_hidden_states=torch.cat([embed(""), embed("a photo of a dog")])
             ).sample

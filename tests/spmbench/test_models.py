@@ -16,8 +16,9 @@ def test_shipped_models_load_with_their_families():
     assert {m.name for m in select_models(models, "all")} == {"toy-base", "toy-pastel", "toy-verbose"}
     assert models.get("sd15").derived_from == "sd14" and models.get("sd21-base").family == "sd2"
     assert [m.name for m in select_models(models, "sd14,sd15")] == ["sd14", "sd15"]
-    assert len(select_models(models, "real")) == 10
-    assert models.get("sd3-medium").family == "sd3"  # the DiT family's root
+    assert len(select_models(models, "real")) == 11
+    assert models.get("sd3-medium").family == "sd3"  # the DiT families' roots
+    assert models.get("flux1-dev").family == "flux" and models.get("flux1-dev").guidance_scale == 3.5
     sdxl = [m for m in models if m.family == "sdxl"]  # the SDXL family: base and two community fine-tunes
     assert sorted(m.derived_from or "" for m in sdxl) == ["", "sdxl-base", "sdxl-base"] and models.get("sdxl-base")
     assert models.get("sd14").source == "CompVis/stable-diffusion-v1-4"  # a hub id, as written
@@ -29,7 +30,7 @@ def test_shipped_models_load_with_their_families():
     [
         ("name: x\nsource: a/b\nfamily: sd1\nworld: real\ncolour: red\n", r"unknown field\(s\) \['colour'\]"),
         ("name: x\nsource: a/b\nworld: real\n", r"missing field\(s\) \['family'\]"),
-        ("name: x\nsource: a/b\nfamily: flux\nworld: real\n", "family 'flux' is not one of"),
+        ("name: x\nsource: a/b\nfamily: sd4\nworld: real\n", "family 'sd4' is not one of"),
         ("name: y\nsource: a/b\nfamily: sd1\nworld: real\n", "must match the file name"),
         ("name: x\nsource: a/b\nfamily: sd1\nworld: real\nderived_from: nope\n", "derived_from 'nope'"),
         ("name: [x\n", r"x.yaml:2:1: not valid YAML: expected ',' or '\]', but got '<stream end>'$"),

@@ -163,6 +163,7 @@ def test_sld_on_sdxl_guides_with_the_safety_prompts_pooled_embedding_and_the_pip
         scale = torch.where(e_p - e_s >= preset.threshold, torch.zeros_like(scale), scale)
         with eraser.apply(xl, artifacts) as generate:
             generate.guidance.reset()
+            generate.guidance.sampling = True  # as generate sets it around the pipeline's call: the hook guides
             out = unet(both.states, both.pooled, time_ids, x)
     torch.testing.assert_close(out[:1], e_u)
     torch.testing.assert_close(out[1:], e_p - (e_s - e_u) * scale, rtol=1e-5, atol=1e-6)
@@ -197,3 +198,25 @@ def test_one_prompt_erasers_refuse_targets_their_text_encoder_would_cut(name, ti
         artifacts = eraser.fit(pipe, ("snoopy", "a cat"), tmp_path / pipeline_family(pipe), 16, None)
         saved = json.loads(artifacts[0].read_text())
         assert (saved.get("negative_prompt") or saved["safety_concept"]) == "snoopy, a cat"
+
+
+REFUSED_ON_FLUX = REFUSED_ON_SD3 | {"negprompt"}
+
+
+@pytest.fixture()
+def flux(tiny_flux_dir):
+    return spm.load_pipeline(str(tiny_flux_dir))
+
+
+@pytest.mark.parametrize("name", sorted(set(BUILTIN) - REFUSED_ON_FLUX))
+def test_the_erasers_that_apply_to_flux_fit_and_generate_on_it(name, flux, tmp_path):
+    assert pipeline_family(flux) == "flux"
+    check_fits_and_generates(name, flux, tmp_path, flux.transformer)
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED_ON_FLUX))
+def test_the_others_refuse_flux_in_one_line_before_any_work(name, flux, tmp_path):
+    eraser = ERASERS.get(name)
+    with pytest.raises(ValueError, match=rf"^{name} does not support flux: \S") as caught:
+        eraser.fit(flux, ("snoopy",), tmp_path, 16, FAST.get(eraser.fit_key))
+    assert "\n" not in str(caught.value) and not list(tmp_path.iterdir())
