@@ -191,9 +191,9 @@ def save_tiny_sd3_pipeline(path, seed: int = 0):
     return path
 
 
-def tiny_flux_components(seed: int = 0, clip_width: int = 16, t5_width: int = 48):
+def tiny_flux_components(seed: int = 0, clip_width: int = 16, t5_width: int = 48, guidance_embeds: bool = True):
     """A tiny FLUX.1 (diffusers' own tiny Flux test configs, smaller): a FluxTransformer2DModel of two double-stream
-    and two single-stream blocks with FLUX.1-dev's guidance embedding, a CLIP encoder (its pooled output: the pooled
+    and two single-stream blocks with FLUX.1-dev's guidance embedding (none: [schnell]'s), a CLIP encoder (its pooled output: the pooled
     embedding), a T5 encoder with a T5-style tokenizer, a VAE with FLUX.1's shift and scale (2x downsampling here,
     so 16 px images pack into 4 x 4 tokens), and FLUX.1-dev's flow-matching scheduler (shifted by image size)."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
@@ -209,7 +209,8 @@ def tiny_flux_components(seed: int = 0, clip_width: int = 16, t5_width: int = 48
     )  # fmt: skip
     transformer = FluxTransformer2DModel(
         patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=8, num_attention_heads=2,
-        joint_attention_dim=t5_width, pooled_projection_dim=clip_width, guidance_embeds=True, axes_dims_rope=(2, 2, 4),
+        joint_attention_dim=t5_width, pooled_projection_dim=clip_width, guidance_embeds=guidance_embeds,
+        axes_dims_rope=(2, 2, 4),
     )  # fmt: skip
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,

@@ -200,3 +200,22 @@ def test_spms_across_families_are_refused_and_inspect_names_flux(flux, tiny_sd3_
     result = CliRunner().invoke(app, ["inspect", str(path)])
     assert result.exit_code == 0, result.output
     assert "family:     FLUX.1\n" in result.output and "layers:     34\n" in result.output
+
+
+def test_a_dev_spm_transfers_to_a_schnell_like_model_and_trains_there_without_guidance(flux, tmp_path):
+    """[schnell]: the same blocks without the guidance embedding: a [dev] SPM attaches unchanged, and training
+    calls it with no guidance."""
+    from diffusers import FluxPipeline
+
+    from tests.tiny import tiny_flux_components
+
+    FluxPipeline(**tiny_flux_components(seed=1, guidance_embeds=False)).save_pretrained(tmp_path / "schnell")
+    schnell = spm.load_pipeline(str(tmp_path / "schnell"))
+    attached = spm.attach(schnell, random_spm(flux.transformer))
+    assert images(attached, ["snoopy", "a cat"]).shape == (2, SIZE, SIZE, 3)
+    attached.detach()
+    calls = []
+    schnell.transformer.register_forward_hook(lambda m, args, kwargs, out: calls.append(kwargs), with_kwargs=True)
+    config = spm.TrainConfig(iterations=1, warmup_steps=0, rollout_steps=3, resolutions=(SIZE,))
+    assert spm.train(schnell, ["snoopy"], config=config, progress=False).family == "flux"
+    assert calls and all(k["guidance"] is None for k in calls)

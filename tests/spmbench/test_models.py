@@ -16,9 +16,10 @@ def test_shipped_models_load_with_their_families():
     assert {m.name for m in select_models(models, "all")} == {"toy-base", "toy-pastel", "toy-verbose"}
     assert models.get("sd15").derived_from == "sd14" and models.get("sd21-base").family == "sd2"
     assert [m.name for m in select_models(models, "sd14,sd15")] == ["sd14", "sd15"]
-    assert len(select_models(models, "real")) == 11
+    assert len(select_models(models, "real")) == 12
     assert models.get("sd3-medium").family == "sd3"  # the DiT families' roots
     assert models.get("flux1-dev").family == "flux" and models.get("flux1-dev").guidance_scale == 3.5
+    assert models.get("flux1-schnell").derived_from == "flux1-dev"  # transfer within the FLUX.1 family
     sdxl = [m for m in models if m.family == "sdxl"]  # the SDXL family: base and two community fine-tunes
     assert sorted(m.derived_from or "" for m in sdxl) == ["", "sdxl-base", "sdxl-base"] and models.get("sdxl-base")
     assert models.get("sd14").source == "CompVis/stable-diffusion-v1-4"  # a hub id, as written
