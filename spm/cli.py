@@ -236,12 +236,15 @@ app.command()(train)
 GENERATION_DEFAULTS = "generation_config.json"
 
 
+SD_SAMPLING = {"guidance_scale": 7.5, "num_inference_steps": 30}  # the CLI's default for UNet pipelines
+
+
 def _generation_defaults(model: str) -> dict:
-    """The model's own sampling settings, from GENERATION_DEFAULTS in its local folder, else SD's (7.5, 30 steps)."""
+    """The sampling settings the model's local folder declares in GENERATION_DEFAULTS ({}: none)."""
     path = Path(model).expanduser() / GENERATION_DEFAULTS
-    defaults = {"guidance_scale": 7.5, "num_inference_steps": 30}
+    defaults = dict(SD_SAMPLING)
     if not path.is_file():
-        return defaults
+        return {}
     try:
         declared = json.loads(path.read_text())
     except (OSError, ValueError) as e:
@@ -255,6 +258,17 @@ def _generation_defaults(model: str) -> dict:
             _fail(f"{path}: {key} must be {kind}, not {value!r}: fix the file, or give {option}")
         defaults[key] = value
     return defaults
+
+
+def _pipeline_defaults(pipe) -> dict:
+    """Sampling settings for a model that declares none: SD's for UNet pipelines; a transformer pipeline's own
+    `__call__` defaults (SD3: guidance 7.0, 28 steps; FLUX.1: its embedded guidance 3.5, 28 steps)."""
+    if getattr(pipe, "unet", None) is not None:
+        return dict(SD_SAMPLING)
+    import inspect as python_inspect  # this module's `inspect` is the command below
+
+    parameters = python_inspect.signature(type(pipe).__call__).parameters
+    return {key: parameters[key].default if key in parameters else SD_SAMPLING[key] for key in SD_SAMPLING}
 
 
 def _is_setting(value, integer: bool) -> bool:
@@ -279,10 +293,15 @@ def generate(
     seed: int = 0,
     num_images: Annotated[int, typer.Option(min=1)] = 1,
     steps: Annotated[
-        int | None, typer.Option(min=1, help=f"sampling steps; default: the model's {GENERATION_DEFAULTS}, else 30")
+        int | None,
+        typer.Option(min=1, help=f"sampling steps; default: the model's {GENERATION_DEFAULTS}, else its pipeline's"),
     ] = None,
     guidance: Annotated[
-        float | None, typer.Option(help=f"CFG scale; default: the model's {GENERATION_DEFAULTS}, else 7.5")
+        float | None,
+        typer.Option(
+            help=f"CFG scale (FLUX.1: its embedded guidance); default: the model's {GENERATION_DEFAULTS}, else its "
+            "pipeline's (SD 1.x/2.x/XL: 7.5 and 30 steps; SD3, FLUX.1: their pipelines' own)"
+        ),
     ] = None,
     device: DeviceOpt = "cpu",
 ) -> None:
@@ -306,13 +325,14 @@ def generate(
             spms.append(spm.SPM.load(path))
         except (ValueError, OSError) as e:
             _fail(str(e))
-    defaults = _generation_defaults(model)
-    sampling = {
-        "guidance_scale": defaults["guidance_scale"] if guidance is None else guidance,
-        "num_inference_steps": defaults["num_inference_steps"] if steps is None else steps,
-    }
+    declared = _generation_defaults(model)  # checked before the model is loaded
     with _output_dir(out, "--out"):
         pipe = _pipeline(model, device)
+        defaults = declared or _pipeline_defaults(pipe)
+        sampling = {
+            "guidance_scale": defaults["guidance_scale"] if guidance is None else guidance,
+            "num_inference_steps": defaults["num_inference_steps"] if steps is None else steps,
+        }
         try:
             if spms:
                 pipe = spm.attach(pipe, spms, transport=not no_transport, legacy=legacy, similarity=similarity)

@@ -144,7 +144,15 @@ class AttachedSPMs:
             raise RuntimeError("these SPMs were detached from the pipeline: attach() them again to use them")
         if self.pipe is self.unet:
             raise TypeError("these SPMs are attached to a bare UNet: call the UNet itself, within permeable(gamma)")
-        gamma = self.permeability(prompt).repeat_interleave(num_images_per_prompt, dim=0)
+        gamma = self.permeability(prompt)
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        for key in ("prompt_2", "prompt_3"):  # SDXL's, SD3's, FLUX.1's other encoders' own prompts: the most permeable
+            other = pipe_kwargs.get(key)
+            if other is not None:
+                gamma = torch.maximum(
+                    gamma, self.permeability([other] * len(prompts) if isinstance(other, str) else other)
+                )
+        gamma = gamma.repeat_interleave(num_images_per_prompt, dim=0)
         with self.permeable(gamma):
             return self.pipe(prompt=prompt, num_images_per_prompt=num_images_per_prompt, **pipe_kwargs)
 

@@ -74,6 +74,9 @@ class TrainConfig:
             else the model's native size.
         rank, alpha: membrane rank and LoRA alpha (scale = alpha / rank).
         dtype: "float32" or "bfloat16" (autocast of the UNet forwards).
+        gradient_checkpointing: recompute the UNet's (transformer's) block activations in the backward pass instead
+            of keeping them (diffusers' own checkpointing): the same SPM in less memory and more time, for large
+            models (FLUX.1's grad call holds 6 sequences of 4608 tokens through 57 blocks at 1024 px).
         seed: every random draw comes from it; the same seed gives the same SPM on CPU.
         checkpoint_every: steps between resumable checkpoints (0: never).
     """
@@ -102,12 +105,13 @@ class TrainConfig:
     rank: int = 1
     alpha: float = 1.0
     dtype: str = "float32"
+    gradient_checkpointing: bool = False
     seed: int = 0
     checkpoint_every: int = 500
 
     def __post_init__(self):
         # Each message starts with the field's name: the CLI turns it into the option's name.
-        for name in ("legacy_anchors", "legacy_schedule"):
+        for name in ("legacy_anchors", "legacy_schedule", "gradient_checkpointing"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, not {getattr(self, name)!r}")
         if self.dtype not in ("float32", "bfloat16"):
@@ -201,6 +205,17 @@ def _random_anchors(c_tar: Conditioning, n: int, scale: tuple[float, float], gen
     return Conditioning(joint[:, : states.numel()].view(n, *states.shape), joint[:, states.numel() :])
 
 
+def _check_flux_sizes(pipe, resolutions: tuple[int, ...]) -> None:
+    """FLUX.1 packs its latents into 2 x 2 patches: a size that is not a multiple of twice the VAE's factor (16 px)
+    would be cut by the pipeline, and cannot be packed in training."""
+    unit = 2 * pipe.vae_scale_factor
+    bad = [r for r in resolutions if r % unit] if is_flux(pipe) else []
+    if bad:
+        raise ValueError(
+            f"resolution {bad[0]} px: FLUX.1 trains at multiples of {unit} px; give e.g. {bad[0] // unit * unit or unit}"
+        )
+
+
 def _image_tokens(pipe, resolutions: tuple[int, ...]) -> int | None:
     """FLUX.1's packed latent tokens at the one training size (its scheduler's shift depends on it); None for
     several sizes or another family."""
@@ -240,6 +255,7 @@ def sample_vocabulary_prompts(vocabulary: list[str], n: int, gen: torch.Generato
 def _run_settings(targets, surrogate, cfg: TrainConfig, pipe) -> dict:
     """What a checkpoint of this run is tied to."""
     config = asdict(cfg)
+    del config["gradient_checkpointing"]  # memory, not the result: a run resumes with it switched either way
     if not cfg.legacy_schedule:  # off, it changes nothing: checkpoints from before it existed stay resumable
         del config["legacy_schedule"]
     if not cfg.adversarial_every:  # likewise
@@ -297,9 +313,9 @@ class FlowRollout:
     """SD3's and FLUX.1's trajectory (flow matching): the FlowMatchEulerDiscreteScheduler's sigmas for `steps` steps
     (with the pipeline's shift), from pure noise at sigma 1 to the data at sigma 0. After k Euler steps of the
     model's velocity the latent is at sigma_k, x_t = (1 - sigma_k) x0 + sigma_k noise, and the model is queried at
-    that sigma's timestep (1000 sigma_k): its own, as the DDIM rollout of the other families. A scheduler that
-    shifts its sigmas by image size (FLUX.1 [dev]'s `use_dynamic_shifting`) is set as the Flux pipeline sets it
-    for `image_tokens` packed latent tokens, which one training size fixes."""
+    that sigma's timestep (1000 sigma_k): its own, as the DDIM rollout of the other families. FLUX.1's scheduler is
+    set as its pipeline sets it: on the pipeline's sigma grid, shifted (FLUX.1 [dev]'s `use_dynamic_shifting`) for
+    `image_tokens` packed latent tokens, which one training size fixes."""
 
     init_noise_sigma = 1.0
 
@@ -307,13 +323,15 @@ class FlowRollout:
         from diffusers import FlowMatchEulerDiscreteScheduler
 
         scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
-        if scheduler.config.get("use_dynamic_shifting", False):
-            if image_tokens is None:
-                raise ValueError(
-                    "the scheduler shifts its sigmas by image size (use_dynamic_shifting): train at one resolution "
-                    "(TrainConfig(resolutions=(1024,)), say)"
-                )
-            scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=_flux_shift(scheduler, image_tokens))
+        dynamic = scheduler.config.get("use_dynamic_shifting", False)
+        if dynamic and image_tokens is None:
+            raise ValueError(
+                "the scheduler shifts its sigmas by image size (use_dynamic_shifting): train at one resolution "
+                "(TrainConfig(resolutions=(1024,)), say)"
+            )
+        if is_flux(pipe):  # as FluxPipeline sets them: its own sigma grid, shifted for the image size if dynamic
+            mu = _flux_shift(scheduler, image_tokens) if dynamic else None
+            scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu)
         else:
             scheduler.set_timesteps(steps)
         self.sigmas, self.timesteps = scheduler.sigmas.float(), scheduler.timesteps.float()
@@ -466,6 +484,7 @@ def train(
         raise ValueError(
             "legacy_schedule is the released code's DDIM trajectory: SD3 and FLUX.1 (flow matching) have none"
         )
+    _check_flux_sizes(pipe, cfg.resolved_resolutions(pipe))
     if cfg.adversarial_every and (is_sd3(pipe) or is_sdxl(pipe) or is_flux(pipe)):
         raise ValueError(
             "adversarial_every searches prompts in one text encoder's token embeddings: SD 1.x/2.x pipelines only"
@@ -476,6 +495,8 @@ def train(
             getattr(pipe, name).requires_grad_(False)
     spm = SPM.init(model, targets, cfg.rank, cfg.alpha, cfg.seed)
     attached = attach(pipe, spm, transport=False)
+    if cfg.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
     try:
         _optimise(
             pipe, attached, targets, surrogate, cfg, Path(checkpoint) if checkpoint else None, progress, callback
@@ -486,6 +507,8 @@ def train(
         }
     finally:
         attached.detach()
+        if cfg.gradient_checkpointing:
+            model.disable_gradient_checkpointing()
     provenance = {
         "base_model": _model_name(pipe),
         "surrogate": surrogate,

@@ -5,6 +5,8 @@ the flattened, padded last hidden states of the text encoder, and s_tok the frac
 (non-special) tokens that p contains. Computed with the model's own tokenizer and text encoder.
 SDXL: s_cos on the states its UNet's cross-attention reads, both encoders' concatenated (see `_encode`).
 SD3: s_cos on the CLIP part of its text tokens only, T5's padded tail left out (see `_encode`).
+SD3 and FLUX.1: s_tok on the whole prompt's CLIP-L tokens, not only its first 77: their T5 reads up to 256 or 512
+tokens, so a target word past CLIP's context still conditions the image, and must still open the membrane.
 FLUX.1: s_cos on its CLIP-L encoder's last hidden states, as on SD 1.x (see `similarity_inputs`).
 
 `similarity="relative"` (ours, an option) rescales s_cos so that the empty prompt scores 0 and the
@@ -118,17 +120,19 @@ class Transport:
         if not prompts:
             return torch.zeros(0, self.k)
         conditioning, ids = similarity_inputs(self.pipe, prompts)
+        if is_sd3(self.pipe) or is_flux(self.pipe):  # T5 reads past CLIP's context: s_tok counts the whole prompt
+            ids = [self.pipe.tokenizer(p, add_special_tokens=False, verbose=False).input_ids for p in prompts]
         return self.of_states(conditioning.states, ids)
 
-    def of_states(self, states: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    def of_states(self, states: torch.Tensor, ids) -> torch.Tensor:
         """(N, k) permeabilities of N prompts given as the states the pipeline conditions on (N, L, D; FLUX.1: its
-        CLIP-L states, see `similarity_inputs`) and
-        their first tokenizer's ids (N, L): what `__call__` gives for the prompts, differentiable with respect
+        CLIP-L states, see `similarity_inputs`) and their first tokenizer's ids (N, L), or each prompt's ids as a
+        list: what `__call__` gives for the prompts, differentiable with respect
         to `states` (s_tok, a count of token ids, has no gradient). For tools that optimise prompts in
         embedding space against Facilitated Transport (an adaptive attack)."""
         special = set(self.pipe.tokenizer.all_special_ids)
         hidden = _compared_states(self.pipe, states).float().flatten(1)
-        tokens = [set(row.tolist()) - special for row in ids]
+        tokens = [set(row.tolist() if isinstance(row, torch.Tensor) else row) - special for row in ids]
         s_cos = F.normalize(hidden, dim=1) @ self.target_hidden.T.to(hidden.device)
         floor = self.floor.to(s_cos.device)
         s_cos = (s_cos - floor) / (1 - floor).clamp(min=1e-6)

@@ -545,7 +545,7 @@ def _settle(pipe, resolution: int) -> None:
     process: a one-step generation initialises what a model's first call does (an original cell
     generated just before a fit did that; skipped, the fit measured it, 79 MiB against 18-20), then
     freed heap memory goes back to the OS."""
-    if hasattr(pipe, "unet"):  # stand-in pipes in tests have no model to warm
+    if hasattr(pipe, "unet") or hasattr(pipe, "transformer"):  # stand-in pipes in tests have no model to warm
         seeded = torch.Generator().manual_seed(0)  # leaves the global random state as it was
         pipe("", num_inference_steps=1, height=resolution, width=resolution, output_type="latent", generator=seeded)
     release_freed_memory()

@@ -394,3 +394,20 @@ def test_the_command_line_trains_and_generates_on_each_family(model_dir, layers,
     result = CliRunner().invoke(app, [str(a) for a in generate])
     assert result.exit_code == 0, result.output
     assert len(list((tmp_path / "i").glob("*.png"))) == 1
+
+
+def test_transformer_pipelines_sample_with_their_own_defaults(pipe, tiny_sd3_dir, tiny_flux_dir):
+    """Without a generation_config.json: SD's 7.5 and 30 steps on a UNet pipeline, a transformer pipeline's own
+    (SD3: 7.0, 28; FLUX.1: its embedded guidance 3.5, 28), not SD's CFG 7.5 as FLUX.1's guidance."""
+    import spm
+    from spm.cli import _pipeline_defaults
+
+    assert _pipeline_defaults(pipe) == {"guidance_scale": 7.5, "num_inference_steps": 30}
+    assert _pipeline_defaults(spm.load_pipeline(str(tiny_sd3_dir))) == {
+        "guidance_scale": 7.0,
+        "num_inference_steps": 28,
+    }
+    assert _pipeline_defaults(spm.load_pipeline(str(tiny_flux_dir))) == {
+        "guidance_scale": 3.5,
+        "num_inference_steps": 28,
+    }

@@ -219,3 +219,42 @@ def test_a_dev_spm_transfers_to_a_schnell_like_model_and_trains_there_without_gu
     config = spm.TrainConfig(iterations=1, warmup_steps=0, rollout_steps=3, resolutions=(SIZE,))
     assert spm.train(schnell, ["snoopy"], config=config, progress=False).family == "flux"
     assert calls and all(k["guidance"] is None for k in calls)
+
+
+def test_an_undistilled_schedule_is_the_pipelines_too_and_bad_sizes_are_refused(flux):
+    """[schnell]'s scheduler (no shift by size, shift 1) on the pipeline's own sigma grid; a size FLUX.1 cannot
+    pack (not a multiple of 2 x the VAE's factor) is refused in one line before any training."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from spm.train import FlowRollout
+
+    flux.scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)
+    taken = torch.stack([kwargs["timestep"][0] for kwargs, _ in captured_call(flux, steps=4)]) * 1000
+    torch.testing.assert_close(FlowRollout(flux, 4).timesteps, taken)
+    with pytest.raises(ValueError, match=r"^resolution 18 px: FLUX.1 trains at multiples of 4 px; give e.g. 16$"):
+        spm.train(flux, ["snoopy"], config=spm.TrainConfig(iterations=1, resolutions=(18,)), progress=False)
+
+
+def test_gradient_checkpointing_trains_the_same_spm(flux):
+    config = dict(iterations=2, warmup_steps=0, lr=0.05, rollout_steps=3, resolutions=(SIZE,))
+    plain = spm.train(flux, ["snoopy"], config=spm.TrainConfig(**config), progress=False)
+    saved = spm.train(flux, ["snoopy"], config=spm.TrainConfig(**config, gradient_checkpointing=True), progress=False)
+    assert not flux.transformer.gradient_checkpointing  # switched off again
+    for name, (down, up) in plain.layers.items():
+        torch.testing.assert_close(saved.layers[name][0], down)
+        torch.testing.assert_close(saved.layers[name][1], up, rtol=1e-4, atol=1e-6)
+
+
+def test_a_target_past_clips_context_or_in_the_t5_prompt_still_opens_the_membrane(flux):
+    """T5 reads 512 tokens, CLIP-L 20 here: s_tok counts the whole prompt; the pipeline's prompt_2 (T5's own)
+    gets its gamma too, and the call takes the larger."""
+    attached = spm.attach(flux, random_spm(flux.transformer))
+    long = "a photo of a cat " * 6 + "snoopy"  # snoopy past the tiny CLIP's 20 tokens
+    assert attached.permeability([long])[0, 0] == 1
+    seen = []
+    flux.transformer.register_forward_pre_hook(
+        lambda m, a, k: seen.append(attached.state.gamma.clone()), with_kwargs=True
+    )
+    attached(["a photo of a cat"], prompt_2="snoopy", generator=torch.Generator().manual_seed(0), **KW)
+    assert seen and all(g[0, 0] == 1 for g in seen)
+    assert attached.permeability(["a photo of a cat"])[0, 0] < 1

@@ -161,6 +161,8 @@ def test_ft_compares_the_clip_part_of_the_text_tokens_only(sd3):
         for p in sd3.text_encoder_3.parameters():
             p.mul_(1.5)
     assert torch.equal(spm.Transport([["snoopy"]], sd3)(prompts)[:, 0], gamma)
+    # T5 reads 256 tokens, the tiny CLIP 20: a target word past CLIP's context still opens the membrane (s_tok)
+    assert transport(["a photo of a cat " * 6 + "snoopy"])[0, 0] == 1
 
 
 def test_merge_and_undo_are_exact(sd3):
