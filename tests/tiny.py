@@ -146,35 +146,48 @@ def tiny_t5_tokenizer(max_length: int = 256):
     )
 
 
+def tiny_t5_encoder(tokenizer, width: int):
+    """A 2-layer T5 encoder of the given width over a `tiny_t5_tokenizer` (SD3's and FLUX.1's third/second encoder)."""
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer), d_model=width, d_ff=32, d_kv=8, num_layers=2, num_heads=2,
+            relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+        )
+    )  # fmt: skip
+
+
+def tiny_latent_vae(**family):
+    """A VAE of 4 latent channels that halves 16 px images, with a family's own `shift_factor`, `scaling_factor`."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 8), latent_channels=4, norm_num_groups=4, layers_per_block=1, sample_size=16, **family,
+    )  # fmt: skip
+
+
 def tiny_sd3_components(seed: int = 0, hidden: tuple[int, int] = (16, 24), t5_width: int = 48):
     """A tiny SD3 (diffusers' own tiny SD3 test configs, smaller): an MMDiT SD3Transformer2DModel of two joint
     blocks (the last one context_pre_only, as in every SD3), two CLIP encoders with projections (their
     penultimate states side by side, zero-padded to T5's width; their projections concatenated: the pooled
     embedding), a T5 encoder with a T5-style tokenizer padding to 256 tokens, a VAE with SD3's shift and
     scale, and SD3's flow-matching Euler scheduler (shift 3)."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
-    from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5Config, T5EncoderModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
     torch.manual_seed(seed)
     tokenizer, tokenizer_3 = tiny_tokenizer(), tiny_t5_tokenizer()
     projection_dim = 16
 
-    t5 = T5EncoderModel(
-        T5Config(
-            vocab_size=len(tokenizer_3), d_model=t5_width, d_ff=32, d_kv=8, num_layers=2, num_heads=2,
-            relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
-        )
-    )  # fmt: skip
+    t5 = tiny_t5_encoder(tokenizer_3, t5_width)
     transformer = SD3Transformer2DModel(
         sample_size=8, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=4, num_attention_heads=2,
         joint_attention_dim=t5_width, caption_projection_dim=8, pooled_projection_dim=2 * projection_dim,
         out_channels=4, pos_embed_max_size=8,
     )  # fmt: skip
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(8, 8), latent_channels=4, norm_num_groups=4, layers_per_block=1, sample_size=16,
-        shift_factor=0.0609, scaling_factor=1.5035,
-    )  # fmt: skip
+    vae = tiny_latent_vae(shift_factor=0.0609, scaling_factor=1.5035)
     return dict(
         transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
         text_encoder=CLIPTextModelWithProjection(tiny_clip_config(tokenizer, projection_dim, hidden[0])), tokenizer=tokenizer,
@@ -196,27 +209,18 @@ def tiny_flux_components(seed: int = 0, clip_width: int = 16, t5_width: int = 48
     and two single-stream blocks with FLUX.1-dev's guidance embedding (none: [schnell]'s), a CLIP encoder (its pooled output: the pooled
     embedding), a T5 encoder with a T5-style tokenizer, a VAE with FLUX.1's shift and scale (2x downsampling here,
     so 16 px images pack into 4 x 4 tokens), and FLUX.1-dev's flow-matching scheduler (shifted by image size)."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
-    from transformers import CLIPTextModel, T5Config, T5EncoderModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from transformers import CLIPTextModel
 
     torch.manual_seed(seed)
     tokenizer, tokenizer_2 = tiny_tokenizer(), tiny_t5_tokenizer(max_length=512)
-    t5 = T5EncoderModel(
-        T5Config(
-            vocab_size=len(tokenizer_2), d_model=t5_width, d_ff=32, d_kv=8, num_layers=2, num_heads=2,
-            relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
-        )
-    )  # fmt: skip
+    t5 = tiny_t5_encoder(tokenizer_2, t5_width)
     transformer = FluxTransformer2DModel(
         patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=8, num_attention_heads=2,
         joint_attention_dim=t5_width, pooled_projection_dim=clip_width, guidance_embeds=guidance_embeds,
         axes_dims_rope=(2, 2, 4),
     )  # fmt: skip
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(8, 8), latent_channels=4, norm_num_groups=4, layers_per_block=1, sample_size=16,
-        shift_factor=0.1159, scaling_factor=0.3611, use_quant_conv=False, use_post_quant_conv=False,
-    )  # fmt: skip
+    vae = tiny_latent_vae(shift_factor=0.1159, scaling_factor=0.3611, use_quant_conv=False, use_post_quant_conv=False)
     scheduler = FlowMatchEulerDiscreteScheduler(
         shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
         max_image_seq_len=4096,

@@ -1,5 +1,6 @@
 """The built-in erasers on the families past SD 1.x, on tiny real pipelines: every one fits and generates on
-SDXL; on SD3 those that apply do, and the others refuse in one line, before any work, at fit and at plan."""
+SDXL; on SD3 and FLUX.1 those that apply do, and the others refuse in one line, before any work, at fit and at
+plan."""
 
 import json
 
@@ -31,6 +32,11 @@ def xl(tiny_sdxl_dir):
 @pytest.fixture()
 def sd3(tiny_sd3_dir):
     return spm.load_pipeline(str(tiny_sd3_dir))
+
+
+@pytest.fixture()
+def flux(tiny_flux_dir):
+    return spm.load_pipeline(str(tiny_flux_dir))
 
 
 def images(generate, seed=0, **kw):
@@ -65,17 +71,24 @@ def test_every_builtin_eraser_fits_and_generates_on_sdxl(name, xl, tmp_path):
     check_fits_and_generates(name, xl, tmp_path, xl.unet, **({"num_inference_steps": 30} if "sld" in name else {}))
 
 
-@pytest.mark.parametrize("name", sorted(set(BUILTIN) - REFUSED_ON_SD3))
-def test_the_erasers_that_apply_to_sd3_fit_and_generate_on_it(name, sd3, tmp_path):
-    check_fits_and_generates(name, sd3, tmp_path, sd3.transformer)
+REFUSED = {"sd3": REFUSED_ON_SD3, "flux": REFUSED_ON_SD3 | {"negprompt"}}  # negprompt, SLD: CFG, which FLUX.1 lacks
 
 
-@pytest.mark.parametrize("name", sorted(REFUSED_ON_SD3))
-def test_the_others_refuse_sd3_in_one_line_before_any_work(name, sd3, tmp_path):
+@pytest.mark.parametrize(
+    ("family", "name"), [(f, n) for f, refused in REFUSED.items() for n in sorted(set(BUILTIN) - refused)]
+)
+def test_the_erasers_that_apply_to_a_transformer_family_fit_and_generate_on_it(family, name, request, tmp_path):
+    pipe = request.getfixturevalue(family)
+    assert pipeline_family(pipe) == family
+    check_fits_and_generates(name, pipe, tmp_path, pipe.transformer)
+
+
+@pytest.mark.parametrize(("family", "name"), [(f, n) for f, refused in REFUSED.items() for n in sorted(refused)])
+def test_the_others_refuse_a_transformer_family_in_one_line_before_any_work(family, name, request, tmp_path):
     eraser = ERASERS.get(name)
-    with pytest.raises(ValueError, match=rf"^{name} does not support sd3: \S") as caught:
-        eraser.fit(sd3, ("snoopy",), tmp_path, 16, FAST.get(eraser.fit_key))
-    assert "\n" not in str(caught.value) and str(caught.value) == eraser.family_problem("sd3")
+    with pytest.raises(ValueError, match=rf"^{name} does not support {family}: \S") as caught:
+        eraser.fit(request.getfixturevalue(family), ("snoopy",), tmp_path, 16, FAST.get(eraser.fit_key))
+    assert "\n" not in str(caught.value) and str(caught.value) == eraser.family_problem(family)
     assert not list(tmp_path.iterdir())
     assert all(eraser.family_problem(f) is None for f in ("toy", "sd1", "sd2", "sdxl"))
 
@@ -198,25 +211,3 @@ def test_one_prompt_erasers_refuse_targets_their_text_encoder_would_cut(name, ti
         artifacts = eraser.fit(pipe, ("snoopy", "a cat"), tmp_path / pipeline_family(pipe), 16, None)
         saved = json.loads(artifacts[0].read_text())
         assert (saved.get("negative_prompt") or saved["safety_concept"]) == "snoopy, a cat"
-
-
-REFUSED_ON_FLUX = REFUSED_ON_SD3 | {"negprompt"}
-
-
-@pytest.fixture()
-def flux(tiny_flux_dir):
-    return spm.load_pipeline(str(tiny_flux_dir))
-
-
-@pytest.mark.parametrize("name", sorted(set(BUILTIN) - REFUSED_ON_FLUX))
-def test_the_erasers_that_apply_to_flux_fit_and_generate_on_it(name, flux, tmp_path):
-    assert pipeline_family(flux) == "flux"
-    check_fits_and_generates(name, flux, tmp_path, flux.transformer)
-
-
-@pytest.mark.parametrize("name", sorted(REFUSED_ON_FLUX))
-def test_the_others_refuse_flux_in_one_line_before_any_work(name, flux, tmp_path):
-    eraser = ERASERS.get(name)
-    with pytest.raises(ValueError, match=rf"^{name} does not support flux: \S") as caught:
-        eraser.fit(flux, ("snoopy",), tmp_path, 16, FAST.get(eraser.fit_key))
-    assert "\n" not in str(caught.value) and not list(tmp_path.iterdir())
