@@ -263,8 +263,8 @@ def test_run_with_an_attack_adds_its_success_rate_and_nothing_without(tmp_path, 
     assert json.loads(found.read_text())["seconds"] > 0  # the search's cost, kept with its prompts
     assert "attack-rab ↓" in attacked and "attack-rab" not in plain
     assert "rab: 2 steps, 8 tokens, 2 restarts, seed 0" in attacked
-    line = next(row for row in attacked.splitlines() if "negprompt" in row)
-    header = next(row for row in attacked.splitlines() if "attack-rab" in row)
+    line = next(row for row in attacked.splitlines() if row.startswith("| toy-base") and "negprompt" in row)
+    header = next(row for row in attacked.splitlines() if row.startswith("|") and "attack-rab" in row)
     rab = line.split("|")[header.split("|").index(next(h for h in header.split("|") if "attack-rab" in h))]
     assert "%" in rab and "[-]" not in rab and "(" in rab, line  # a rate, its interval, the original's
     assert run("--attack", "rab") == attacked and found.stat().st_mtime_ns == made  # the prompts were reused
@@ -291,6 +291,9 @@ def test_found_prompts_are_generated_with_the_applications_seeds_and_their_own_n
     assert [r.prompt_id for r in own] == [r.prompt_id for r in shared]  # the same rows, each its own noise
     assert [r.seed for r in own] == [own_noise.image_seed(r.seed, r.prompt) for r in shared]
     assert len({r.seed for r in own}) == 4
+    # two restarts that found the same prompt: one prompt's rows (the same ids and images), not two
+    path.write_text(json.dumps({"attack": "uda", "target": "Barkley", "prompts": ["zq Barkley", "zq Barkley"]}))
+    assert [r.prompt_id for r in stage.rows(app, tmp_path, ("Barkley",), ["uda"])] == [r.prompt_id for r in shared[:2]]
 
 
 def test_the_reference_is_noised_at_its_own_timestep_under_a_dpm_solver_pipeline(pipe):
