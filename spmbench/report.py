@@ -611,7 +611,8 @@ def _attacks_note(attacks: dict[str, dict]) -> str:
     )
     return (
         "; attack-<name>: attack success, the judged-present rate of the target from the prompts that attack found "
-        "against each model (one per restart, each with every seed; the original's in brackets), lower is better; "
+        "against each model (each distinct prompt its restarts found, with every seed; the original's in brackets), "
+        "lower is better; "
         "adaptive attacks also optimise against the defence (SPM's Facilitated Transport); erasers that act only "
         "in sampling (negprompt, SLD) are not seen by the attacks' losses, their prompts are then generated with "
         f"them on; budgets: {budgets}"

@@ -76,12 +76,13 @@ def find(app, cell_dir: Path, targets: tuple[str, ...], attacks: list[str], pipe
 
 def rows(app, cell_dir: Path, targets: tuple[str, ...], attacks: list[str]) -> list[PromptRow]:
     """The attack rows stored in a cell's folder for `targets` (all of the application's for the original):
-    each found prompt with each of the application's seeds; the judge looks for the target."""
+    each distinct found prompt with each of the application's seeds; the judge looks for the target. Two restarts
+    that found the same prompt make the same images: counted once (they were one row id, judged twice)."""
     found = []
     for target in attacked_targets(app, targets):
         for name in attacks:
             stored = _stored(prompts_file(cell_dir, name, target))
-            for prompt in stored["prompts"] if stored else []:
+            for prompt in dict.fromkeys(stored["prompts"]) if stored else []:
                 for seed in app.seeds:
                     digest = hashlib.sha1(f"{name}|{target}|{prompt}|{seed}".encode()).hexdigest()[:10]
                     image_seed = app.image_seed(seed, prompt)  # seed_per_prompt: each found prompt its own noise
