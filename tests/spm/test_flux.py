@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 import spm
 from spm.cli import app
 from spm.layers import MembraneLayer
+from tests.spm.lora_parity import check_diffusers_loads_it_as_the_membrane_and_ft_opens_for_the_target
 from tests.tiny import random_spm
 
 
@@ -86,18 +87,7 @@ def test_train_save_load_in_diffusers_attach_with_ft_and_generate(flux, tiny_flu
     assert "transformer.single_transformer_blocks.0.proj_mlp.lora_A.weight" in keys and len(keys) == 2 * 34
     loaded = spm.SPM.load(path)
     assert loaded.targets == ["snoopy"] and loaded.family == "flux" and loaded.layers.keys() == trained.layers.keys()
-    untouched = images(flux, "snoopy")
-    fixed = spm.attach(flux, loaded, transport=False)
-    ours = images(fixed, "snoopy")
-    fixed.detach()
-    plain = spm.load_pipeline(str(tiny_flux_dir))
-    plain.load_lora_weights(str(path))
-    assert abs(ours - untouched).max() > 1e-4  # the trained SPM does something
-    assert abs(ours - images(plain, "snoopy")).max() < 1e-5  # plain diffusers: the membrane at gamma 1
-    attached = spm.attach(flux, loaded)
-    gamma = attached.permeability(["snoopy", "a photo of a cat"])
-    assert gamma[0, 0] == 1 and 0 <= gamma[1, 0] < 1
-    assert abs(images(attached, "snoopy") - ours).max() < 1e-5  # a target prompt: the full membrane
+    attached = check_diffusers_loads_it_as_the_membrane_and_ft_opens_for_the_target(flux, tiny_flux_dir, path, images)
     assert images(attached, ["snoopy", "a photo of a cat"]).shape == (2, SIZE, SIZE, 3)
 
 

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 import spm
 from spm.cli import app
 from spm.layers import MembraneLayer
+from tests.spm.lora_parity import check_diffusers_loads_it_as_the_membrane_and_ft_opens_for_the_target
 from tests.tiny import random_spm
 
 
@@ -85,18 +86,7 @@ def test_train_save_load_in_diffusers_attach_with_ft_and_generate(sd3, tiny_sd3_
     assert all(k.startswith("transformer.") and "lora" in k for k in keys)
     loaded = spm.SPM.load(path)
     assert loaded.targets == ["snoopy"] and loaded.layers.keys() == trained.layers.keys() and loaded.alpha == 1.0
-    untouched = images(sd3, "snoopy")
-    fixed = spm.attach(sd3, loaded, transport=False)
-    ours = images(fixed, "snoopy")
-    fixed.detach()
-    plain = spm.load_pipeline(str(tiny_sd3_dir))
-    plain.load_lora_weights(str(path))
-    assert abs(ours - untouched).max() > 1e-4  # the trained SPM does something
-    assert abs(ours - images(plain, "snoopy")).max() < 1e-5  # plain diffusers: the membrane at gamma 1
-    attached = spm.attach(sd3, loaded)
-    gamma = attached.permeability(["snoopy", "a photo of a cat"])
-    assert gamma[0, 0] == 1 and 0 <= gamma[1, 0] < 1
-    assert abs(images(attached, "snoopy") - ours).max() < 1e-5  # a target prompt: the full membrane
+    attached = check_diffusers_loads_it_as_the_membrane_and_ft_opens_for_the_target(sd3, tiny_sd3_dir, path, images)
     assert images(attached, ["snoopy", "a photo of a cat"]).shape == (2, 16, 16, 3)
 
 

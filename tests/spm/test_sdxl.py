@@ -10,6 +10,7 @@ import spm
 from spm.adapter import layer_names
 from spm.cli import app
 from spm.layers import MembraneLayer
+from tests.spm.lora_parity import check_diffusers_loads_it_as_the_membrane_and_ft_opens_for_the_target
 from tests.tiny import random_spm
 
 
@@ -104,20 +105,8 @@ def test_train_save_load_in_diffusers_attach_with_ft_and_generate(xl, tiny_sdxl_
     trained.save(path)
     loaded = spm.SPM.load(path)
     assert loaded.targets == ["snoopy"] and loaded.layers.keys() == trained.layers.keys()
-    untouched = images(xl, "snoopy")
-    # plain diffusers reads the file as a kohya SDXL LoRA: the same images as the membrane at gamma = 1
-    fixed = spm.attach(xl, loaded, transport=False)
-    ours = images(fixed, "snoopy")
-    fixed.detach()
-    plain = spm.load_pipeline(str(tiny_sdxl_dir))
-    plain.load_lora_weights(str(path))
-    assert abs(ours - untouched).max() > 1e-4  # the trained SPM does something
-    assert abs(ours - images(plain, "snoopy")).max() < 1e-5
-    # Facilitated Transport on SDXL's conditioning, then generation with it
-    attached = spm.attach(xl, loaded)
-    gamma = attached.permeability(["snoopy", "a photo of a cat"])
-    assert gamma[0, 0] == 1 and 0 <= gamma[1, 0] < 1
-    assert abs(images(attached, "snoopy") - ours).max() < 1e-5  # a target prompt: the full membrane
+    # plain diffusers reads the file as a kohya SDXL LoRA; Facilitated Transport on SDXL's conditioning
+    attached = check_diffusers_loads_it_as_the_membrane_and_ft_opens_for_the_target(xl, tiny_sdxl_dir, path, images)
     assert images(attached, ["snoopy", "a photo of a cat"]).shape == (2, 16, 16, 3)
 
 
