@@ -72,6 +72,12 @@ class Released(Eraser):
             )
         return list(self.components().values())
 
+    @property
+    def applied(self) -> dict:
+        """The weight files it loads: a cell's images were made from these (its YAML pointed at repointed files
+        would otherwise mix two checkpoints in one cell)."""
+        return {component: str(path.resolve()) for component, path in self.components().items()}
+
     def apply(self, pipe, artifacts: list[Path]):
         return loaded(pipe, {path: component for component, path in self.components().items()}, artifacts)
 

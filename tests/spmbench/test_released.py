@@ -135,3 +135,23 @@ def test_a_name_taken_is_a_spec_error(tmp_path):
     (tmp_path / "b.yml").write_text("name: same\ntargets: [nudity]\nunet: u\n")
     with pytest.raises(SpecError, match="b.yml: eraser name 'same' is also used by .*a.yaml"):
         load_released([tmp_path])
+
+
+def test_a_cell_made_from_one_checkpoint_is_refused_when_the_file_points_at_another(pipe, checkpoint, tmp_path):
+    from spmbench import runner
+    from spmbench.models import load_models
+
+    specs, _, _ = checkpoint
+    (eraser,) = load_released([specs])
+    assert eraser.applied["unet"].endswith("weights/unet/diffusion_pytorch_model.safetensors")
+    cell = runner.Cell(load_models().get("toy-base"), ("snoopy",), eraser.name, tmp_path / "run")
+    runner.check_applied(cell, eraser)
+    cell.result.write_text("{}")  # something made from these weights
+    (tmp_path / "weights" / "te2.safetensors").write_bytes((tmp_path / "weights" / "te.safetensors").read_bytes())
+    data = yaml.safe_load((specs / "esd-snoopy.yaml").read_text())
+    (specs / "esd-snoopy.yaml").write_text(
+        yaml.safe_dump(data | {"text_encoder": str(tmp_path / "weights" / "te2.safetensors")})
+    )
+    (repointed,) = load_released([specs])
+    with pytest.raises(runner.EraserAppliedChanged, match="te2.safetensors"):
+        runner.check_applied(cell, repointed)
