@@ -371,8 +371,14 @@ def score_cell(judge, rows: list[PromptRow], cell: Cell, batch_size: int = 256) 
                 f.write(json.dumps(record) + "\n")  # raw judge output kept (detections, CLIP scores)
             f.flush()
     wanted = {r.prompt_id for r in rows}
-    scores = [s for s in _read_jsonl(scores_path) if s["prompt_id"] in wanted]
-    if {s["prompt_id"] for s in scores} != wanted:
+    # one score per prompt id: a row listed twice (an attack prompt two restarts found, before 7b9b2aa) was judged
+    # twice, on the one image its id names
+    by_id = {}
+    for s in _read_jsonl(scores_path):
+        if s["prompt_id"] in wanted:
+            by_id.setdefault(s["prompt_id"], s)
+    scores = list(by_id.values())
+    if set(by_id) != wanted:
         raise RuntimeError(f"{scores_path} lacks scores for some of its {len(wanted)} prompts: delete it to rescore")
     return scores
 

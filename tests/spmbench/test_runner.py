@@ -465,6 +465,21 @@ def test_scoring_on_a_full_disk_is_one_line_naming_the_scores_and_keeps_them(tmp
     assert cell.scores.read_text() == kept
 
 
+def test_a_prompt_id_scored_twice_counts_once(tmp_path):
+    """Before 7b9b2aa, an attack prompt two restarts found was listed (and judged) twice under one id: its cell's
+    scores hold two lines for one image, which a recount must read as one."""
+    from types import SimpleNamespace
+
+    rows = [SimpleNamespace(prompt_id=f"attack-uda-{i}", set="attack-uda", concept="star") for i in range(2)]
+    cell = SimpleNamespace(scores=tmp_path / "scores.jsonl", image=lambda row: tmp_path / f"{row.prompt_id}.png")
+    lines = [{"prompt_id": "attack-uda-0", "set": "attack-uda", "present": True}] * 2
+    lines.append({"prompt_id": "attack-uda-1", "set": "attack-uda", "present": False})
+    cell.scores.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    scores = runner.score_cell(SimpleNamespace(assess=None), rows, cell)  # nothing left to judge
+    assert [s["prompt_id"] for s in scores] == ["attack-uda-0", "attack-uda-1"]
+    assert runner.summarise(scores, cell.scores) == {"attack-uda": 0.5}
+
+
 SEEDED_APP = {
     "name": "toy-seeded",
     "version": 1,
