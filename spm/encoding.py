@@ -165,11 +165,7 @@ def _encode_sd3(pipe, prompts: list[str]) -> tuple[Conditioning, torch.Tensor]:
     without T5), (N, 77 + 256, 4096) for SD3 medium; pooled: both CLIP projections, (N, 2048). Ids: CLIP-L's."""
     device = pipe.text_encoder.device
     states, _, pooled, _ = pipe.encode_prompt(prompts, None, None, device=device, do_classifier_free_guidance=False)
-    tokenizer = pipe.tokenizer
-    ids = tokenizer(
-        prompts, padding="max_length", max_length=pipe.tokenizer_max_length, truncation=True, return_tensors="pt"
-    ).input_ids
-    return Conditioning(states, pooled), ids
+    return Conditioning(states, pooled), _clip_ids(pipe, prompts)
 
 
 def _encode_flux(pipe, prompts: list[str]) -> tuple[Conditioning, torch.Tensor]:
@@ -178,10 +174,14 @@ def _encode_flux(pipe, prompts: list[str]) -> tuple[Conditioning, torch.Tensor]:
     CLIP-L's (its tokenizer is the pipeline's first)."""
     device = pipe.text_encoder.device
     states, pooled, _ = pipe.encode_prompt(prompts, None, device=device)
-    ids = pipe.tokenizer(
+    return Conditioning(states, pooled), _clip_ids(pipe, prompts)
+
+
+def _clip_ids(pipe, prompts: list[str]) -> torch.Tensor:
+    """The ids of the transformer pipelines' first (CLIP-L) tokenizer, padded to its context, as they encode."""
+    return pipe.tokenizer(
         prompts, padding="max_length", max_length=pipe.tokenizer_max_length, truncation=True, return_tensors="pt"
     ).input_ids
-    return Conditioning(states, pooled), ids
 
 
 def unconditional(pipe: DiffusionPipeline) -> Conditioning:
