@@ -392,13 +392,11 @@ def estimate(
 
 def _reused(app: Application, cell, stored, own_rows: int | str, attacks: tuple[str, ...]) -> bool:
     """Whether the runner reuses the cell's stored result (its rows and the attack rows its searches found)."""
-    from spmbench.attacks import stage
-    from spmbench.runner import reusable
+    from spmbench.runner import reusable, stored_attack_rows
 
     if isinstance(own_rows, str):  # not countable here (a prompt file not fetched): nothing is stored either
         return False
-    attacked = stage.rows(app, cell.dir, cell.targets, list(attacks)) if attacks else []
-    return reusable(app, stored, own_rows + len(attacked), attacks)
+    return reusable(app, stored, own_rows, attacks, attack_rows=stored_attack_rows(app, cell))
 
 
 def _attack_costs(app: Application, cell, attacks: tuple[str, ...], rate: Rate | None) -> list[tuple]:

@@ -582,19 +582,47 @@ def fit_model_for(model: ModelSpec, registry) -> ModelSpec:
 
 
 def reusable(
-    app: Application, stored: Result | None, rows: int, attacks: tuple[str, ...] = (), features: Callable[[], Judge] | None = None
-) -> bool:  # fmt: skip
+    app: Application,
+    stored: Result | None,
+    rows: int,
+    attacks: tuple[str, ...] = (),
+    features: Callable[[], Judge] | None = None,
+    attack_rows: Callable[[tuple[str, ...]], int] | None = None,
+) -> bool:
     """Whether a run reuses a cell's stored result: made from this version of the application (another version's
-    prompts may have the same count), over `rows` rows (the attack rows included), with these attacks under their
-    settings (none: without attacks; a search redone under new settings keeps its count of rows), and, given
-    `features`, its alteration measured on them (another --clip-model, say, recomputes it from the stored images)."""
+    prompts may have the same count), over the cell's `rows` and the attack rows its searches stored
+    (`attack_rows(attacks)`: their count; none: no attack rows), with these attacks under their settings (a search
+    redone under new settings keeps its count of rows), and, given `features`, its alteration measured on them
+    (another --clip-model, say, recomputes it from the stored images). A run without attacks (`attacks` empty)
+    reuses a result made with attacks under their current settings: its rows' rates are the same, and it keeps
+    the attack rates a later attack run would otherwise recompute from scratch."""
     from spmbench.attacks.stage import made_with
 
-    if stored is None or stored.app_version != app.version or stored.rows != rows:
+    if stored is None or stored.app_version != app.version:
         return False
-    if not made_with(app, stored.settings, attacks):
+    names = tuple(attacks) or tuple(stored.settings.get("attacks", {}))
+    if not made_with(app, stored.settings, names):
+        return False
+    if stored.rows != rows + (attack_rows(names) if names and attack_rows else 0):
         return False
     return features is None or stored.alteration_features is None or stored.alteration_features == features().identity
+
+
+def stored_attack_rows(app: Application, cell: Cell) -> Callable[[tuple[str, ...]], int]:
+    """The count of attack rows the named searches stored in the cell's folder (reusable's `attack_rows`)."""
+    from spmbench.attacks import stage
+
+    return lambda names: len(stage.rows(app, cell.dir, cell.targets, list(names)))
+
+
+def _kept_rows_part(app: Application, stored: Result | None, cell: Cell, rows: int, features) -> Result | None:
+    """A stored result whose part over the cell's own rows (their scores and the alteration) a run that adds or
+    redoes attacks keeps, so that it generates and scores only the attack rows: one made from this version over
+    these rows, with whatever attacks it had under their current settings."""
+    if stored is None or not _has_alteration_intervals(stored, cell):
+        return None
+    made = tuple(stored.settings.get("attacks", {}))
+    return stored if reusable(app, stored, rows, made, features, stored_attack_rows(app, cell)) else None
 
 
 def _has_alteration_intervals(stored: Result, cell: Cell) -> bool:
@@ -663,8 +691,9 @@ def run(
         return fit_timed(eraser, pipes(fit_model), cell.targets, workdir, fit_model.resolution, settings)
 
     def finished(cell: Cell) -> bool:
-        """A finished cell's batches are not shared out (a result with attack rows is not finished here)."""
-        return reusable(app, Result.load(cell.result), len(rows_of(cell)), (), features)
+        """A finished cell's batches are not shared out: its result holds its rows (and maybe attack rows)."""
+        stored = Result.load(cell.result)
+        return reusable(app, stored, len(rows_of(cell)), (), features, stored_attack_rows(app, cell))
 
     def generate(todo: list[Batch], wait: bool) -> list[Batch]:
         cell = todo[0].cell
@@ -673,8 +702,8 @@ def run(
 
     def attack_rows(cell: Cell) -> list[PromptRow]:
         """The cell's attack rows, each attack's prompts found once against the cell's eraser and kept."""
-        pipe, eraser, artifacts = pipes(cell.model), ERASERS.get(cell.eraser), fit(cell)[0]
-        erased = lambda: eraser.apply(pipe, artifacts)  # noqa: E731
+        pipe, eraser = pipes(cell.model), ERASERS.get(cell.eraser)
+        erased = lambda: eraser.apply(pipe, fit(cell)[0])  # noqa: E731 (fitted only when a search runs)
         return stage.find(app, cell.dir, cell.targets, list(attacks), pipe, erased, cell.model)
 
     def compute(cell: Cell) -> Result:
@@ -685,16 +714,17 @@ def run(
         check_fit_settings(fits_dir(run_dir, fit_model), eraser, settings)  # before reusing anything made with them
         attacked = attack_rows(cell) if attacks else []
         stored = Result.load(cell.result)
-        if reusable(app, stored, len(rows) + len(attacked), attacks, features) and _has_alteration_intervals(
-            stored, cell
-        ):
+        counted = stored_attack_rows(app, cell)
+        if reusable(app, stored, len(rows), attacks, features, counted) and _has_alteration_intervals(stored, cell):
             return stored
         if cell.eraser != "none":  # compared with the original's images and scores: they must be complete
             with holding(cell.original.dir):
                 compute(cell.original)
+        kept = _kept_rows_part(app, stored, cell, len(rows), features)  # then only the attack rows are new
         artifacts, fit_seconds, fit_mib = fit(cell)
         t0 = time.time()
-        generate_cell(pipes(cell.model), eraser, artifacts, rows, cell, batch_size)
+        if kept is None:
+            generate_cell(pipes(cell.model), eraser, artifacts, rows, cell, batch_size)
         # after the rows' own batches (numbered on from them): those batch as without attacks
         extra = [Batch(cell, len(rows) + b.start, b.rows) for b in batches(cell, attacked, batch_size)]
         generate_batches(pipes(cell.model), eraser, artifacts, extra)
@@ -704,13 +734,19 @@ def run(
         ids = {r.prompt_id for r in rows + stage.rows(app, cell.original.dir, cell.targets, list(attacks))}
         original = cell.original.scores
         original_rates = summarise([s for s in _read_jsonl(original) if s["prompt_id"] in ids], original)
-        measured = None if cell.eraser == "none" else measure_alteration(features, rows, cell, measures_kid(app.world))
-        alteration, intervals = measured or (None, None)
+        if kept is not None:  # the same rows' images as when it was measured
+            alteration, intervals, identity = kept.alteration, kept.alteration_intervals, kept.alteration_features
+        else:
+            measured = (
+                None if cell.eraser == "none" else measure_alteration(features, rows, cell, measures_kid(app.world))
+            )
+            alteration, intervals = measured or (None, None)
+            identity = None if alteration is None else features().identity
         result = Result(
             app=app.name, app_version=app.version, model=cell.model.name, fitted_on=fit_model.name,
             eraser=cell.eraser, targets=cell.targets, rows=len(rows) + len(attacked), rates=rates,
             original_rates=original_rates,
-            alteration=alteration, alteration_features=None if alteration is None else features().identity,
+            alteration=alteration, alteration_features=identity,
             alteration_intervals=intervals,
             fit_seconds=None if fit_seconds is None else round(fit_seconds, 1), fit_peak_mib=None if fit_mib is None else round(fit_mib, 1),
             generate_seconds_this_run=round(gen_seconds, 1),

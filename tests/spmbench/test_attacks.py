@@ -238,7 +238,8 @@ attacks:
 def test_run_with_an_attack_adds_its_success_rate_and_nothing_without(tmp_path, monkeypatch):
     """`spmbench run --attack rab`: the attack's prompts are found once per cell and kept in its folder, generated
     and judged with the application's seeds; the table gains the attack's column with intervals and the original's
-    rate. A run without --attack gives the table it gave before, byte for byte."""
+    rate. The attack run adds to the cells' results: it makes only the attack rows (the rows' images may be gone,
+    as on a machine that kept only the run's small files). A run without --attack reuses those results whole."""
     from typer.testing import CliRunner
 
     from spmbench.cli import app
@@ -257,20 +258,33 @@ def test_run_with_an_attack_adds_its_success_rate_and_nothing_without(tmp_path, 
         return table.read_text()
 
     plain = run()
+    cell = runs / "toy-attacked" / "cells" / "toy-base" / "negprompt" / "barkley"
+    for image in cell.glob("images/*.png"):  # only the small files kept: the rows' part is reused, not remade
+        image.unlink()
     attacked = run("--attack", "rab")
-    found = runs / "toy-attacked" / "cells" / "toy-base" / "negprompt" / "barkley" / "attacks" / "rab-barkley.json"
+    assert len(list(cell.glob("images/*.png"))) == len(set(json.loads((cell / "attacks" / "rab-barkley.json").read_text())["prompts"])) * 2  # fmt: skip
+    found = cell / "attacks" / "rab-barkley.json"
     made = found.stat().st_mtime_ns
     assert json.loads(found.read_text())["seconds"] > 0  # the search's cost, kept with its prompts
     assert "attack-rab ↓" in attacked and "attack-rab" not in plain
     assert "rab: 2 steps, 8 tokens, 2 restarts, seed 0" in attacked
-    line = next(row for row in attacked.splitlines() if row.startswith("| toy-base") and "negprompt" in row)
-    header = next(row for row in attacked.splitlines() if row.startswith("|") and "attack-rab" in row)
-    rab = line.split("|")[header.split("|").index(next(h for h in header.split("|") if "attack-rab" in h))]
-    assert "%" in rab and "[-]" not in rab and "(" in rab, line  # a rate, its interval, the original's
+    rab = _column(attacked, "negprompt", "attack-rab")
+    assert "%" in rab and "[-]" not in rab and "(" in rab, rab  # a rate, its interval, the original's
     assert run("--attack", "rab") == attacked and found.stat().st_mtime_ns == made  # the prompts were reused
-    assert run() == plain
+    stored = (cell / "result.json").stat().st_mtime_ns
+    assert run() == attacked and (cell / "result.json").stat().st_mtime_ns == stored  # kept whole, attacks and all
+    for kept in ("target", "near"):  # the rows' rates, as the run without attacks measured them
+        assert _column(attacked, "negprompt", kept) == _column(plain, "negprompt", kept)
     (apps / "toy-attacked.yaml").write_text(ATTACKED_APP.replace("steps: 2", "steps: 3"))  # same rows, new search
     assert "rab: 3 steps" in run("--attack", "rab") and found.stat().st_mtime_ns != made  # searched and scored anew
+
+
+def _column(table: str, eraser: str, name: str) -> str:
+    """The eraser's toy-base cell under the first header that starts with `name`, in a Markdown table."""
+    lines = table.splitlines()
+    header = next(row for row in lines if row.startswith("| model")).split("|")
+    line = next(row for row in lines if row.startswith("| toy-base") and f"| {eraser} |" in row).split("|")
+    return line[next(i for i, h in enumerate(header) if h.strip().startswith(name))]
 
 
 def test_found_prompts_are_generated_with_the_applications_seeds_and_their_own_noise_if_it_asks(tmp_path):

@@ -229,7 +229,7 @@ def test_a_resumed_plan_is_priced_for_what_is_left(tmp_path):
         original.result
     )  # and its attacks: done
     assert paper.estimate(app, cells, models, 1, [rate], ("uda",))[0].done_cells == 1
-    assert paper.estimate(app, cells, models, 1, [rate])[0].done_cells == 0  # a run without them recomputes it
+    assert paper.estimate(app, cells, models, 1, [rate])[0].done_cells == 1  # a run without them reuses it whole
     barkley = ERASERS.get("spm").artifact_path(runner.fits_dir(tmp_path / "runs", base), ("Barkley",))
     barkley.parent.mkdir(parents=True)
     barkley.write_bytes(b"")  # Barkley's SPM is fitted
