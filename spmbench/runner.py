@@ -615,14 +615,28 @@ def stored_attack_rows(app: Application, cell: Cell) -> Callable[[tuple[str, ...
     return lambda names: len(stage.rows(app, cell.dir, cell.targets, list(names)))
 
 
-def _kept_rows_part(app: Application, stored: Result | None, cell: Cell, rows: int, features) -> Result | None:
-    """A stored result whose part over the cell's own rows (their scores and the alteration) a run that adds or
-    redoes attacks keeps, so that it generates and scores only the attack rows: one made from this version over
-    these rows, with whatever attacks it had under their current settings."""
-    if stored is None or not _has_alteration_intervals(stored, cell):
+def _current_attacks(app: Application, stored: Result | None) -> tuple[str, ...]:
+    """The attacks a stored result was made with, if under the application's current settings for them."""
+    from spmbench.attacks.stage import made_with
+
+    names = tuple(stored.settings.get("attacks", {})) if stored is not None else ()
+    return names if names and made_with(app, stored.settings, names) else ()
+
+
+def _kept_rows_part(
+    app: Application, stored: Result | None, cell: Cell, rows: list[PromptRow], limit: int | None, features
+) -> Result | None:
+    """A stored result whose part over the cell's own rows (their scores and the alteration) a run that adds,
+    redoes or recounts attacks keeps, so that it generates and scores only the attack rows: one made from this
+    version at this --limit, its alteration on these features, every row's score on file."""
+    if stored is None or stored.app_version != app.version or stored.settings.get("limit") != limit:
         return None
-    made = tuple(stored.settings.get("attacks", {}))
-    return stored if reusable(app, stored, rows, made, features, stored_attack_rows(app, cell)) else None
+    if stored.alteration_features is not None and stored.alteration_features != features().identity:
+        return None
+    if not _has_alteration_intervals(stored, cell):
+        return None
+    scored = {s["prompt_id"] for s in _read_jsonl(cell.scores)}
+    return stored if all(row.prompt_id in scored for row in rows) else None
 
 
 def _has_alteration_intervals(stored: Result, cell: Cell) -> bool:
@@ -691,9 +705,12 @@ def run(
         return fit_timed(eraser, pipes(fit_model), cell.targets, workdir, fit_model.resolution, settings)
 
     def finished(cell: Cell) -> bool:
-        """A finished cell's batches are not shared out: its result holds its rows (and maybe attack rows)."""
-        stored = Result.load(cell.result)
-        return reusable(app, stored, len(rows_of(cell)), (), features, stored_attack_rows(app, cell))
+        """A finished cell's batches are not shared out: its result holds its rows (and maybe attack rows), or
+        their part of it is kept (compute then makes only attack rows)."""
+        stored, rows = Result.load(cell.result), rows_of(cell)
+        if reusable(app, stored, len(rows), (), features, stored_attack_rows(app, cell)):
+            return True
+        return _kept_rows_part(app, stored, cell, rows, limit, features) is not None  # its rows' images not needed
 
     def generate(todo: list[Batch], wait: bool) -> list[Batch]:
         cell = todo[0].cell
@@ -712,26 +729,30 @@ def run(
         fit_model = fit_model_for(cell.model, registry)
         settings = eraser_settings(eraser, app, fit_model)
         check_fit_settings(fits_dir(run_dir, fit_model), eraser, settings)  # before reusing anything made with them
-        attacked = attack_rows(cell) if attacks else []
         stored = Result.load(cell.result)
+        # a run without attacks keeps those the stored result was made with (their prompts on file, not searched)
+        names = attacks or _current_attacks(app, stored)
+        attacked = attack_rows(cell) if attacks else stage.rows(app, cell.dir, cell.targets, list(names))
         counted = stored_attack_rows(app, cell)
         if reusable(app, stored, len(rows), attacks, features, counted) and _has_alteration_intervals(stored, cell):
             return stored
         if cell.eraser != "none":  # compared with the original's images and scores: they must be complete
             with holding(cell.original.dir):
                 compute(cell.original)
-        kept = _kept_rows_part(app, stored, cell, len(rows), features)  # then only the attack rows are new
+        kept = _kept_rows_part(app, stored, cell, rows, limit, features)  # then only the attack rows are new
         artifacts, fit_seconds, fit_mib = fit(cell)
         t0 = time.time()
         if kept is None:
             generate_cell(pipes(cell.model), eraser, artifacts, rows, cell, batch_size)
         # after the rows' own batches (numbered on from them): those batch as without attacks
-        extra = [Batch(cell, len(rows) + b.start, b.rows) for b in batches(cell, attacked, batch_size)]
+        scored = {s["prompt_id"] for s in _read_jsonl(cell.scores)}  # a scored attack row's image is not needed
+        unscored = [row for row in attacked if row.prompt_id not in scored]
+        extra = [Batch(cell, len(rows) + b.start, b.rows) for b in batches(cell, unscored, batch_size)]
         generate_batches(pipes(cell.model), eraser, artifacts, extra)
         gen_seconds = time.time() - t0
         # scored in the generation's batches: a judge's peak memory then stays flat however many prompts a cell has
         rates = summarise(score_cell(judge, rows + attacked, cell, batch_size), cell.scores)
-        ids = {r.prompt_id for r in rows + stage.rows(app, cell.original.dir, cell.targets, list(attacks))}
+        ids = {r.prompt_id for r in rows + stage.rows(app, cell.original.dir, cell.targets, list(names))}
         original = cell.original.scores
         original_rates = summarise([s for s in _read_jsonl(original) if s["prompt_id"] in ids], original)
         if kept is not None:  # the same rows' images as when it was measured
@@ -755,7 +776,7 @@ def run(
                       "steps": cell.model.num_inference_steps, "guidance": cell.model.guidance_scale,
                       "resolution": cell.model.resolution, "seeds": list(app.seeds), "limit": limit, "fit": settings,
                       **({"split": app.split} if app.split != "test" else {}),  # test results as before
-                      **({"attacks": stage.settings_of(app, attacks)} if attacks else {})},
+                      **({"attacks": stage.settings_of(app, names)} if names else {})},
             meta=run_meta(),
         )  # fmt: skip
         result.save(cell.result)

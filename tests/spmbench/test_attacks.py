@@ -275,6 +275,12 @@ def test_run_with_an_attack_adds_its_success_rate_and_nothing_without(tmp_path, 
     assert run() == attacked and (cell / "result.json").stat().st_mtime_ns == stored  # kept whole, attacks and all
     for kept in ("target", "near"):  # the rows' rates, as the run without attacks measured them
         assert _column(attacked, "negprompt", kept) == _column(plain, "negprompt", kept)
+    miscounted = json.loads((cell / "result.json").read_text())  # as counted before found prompts were deduplicated
+    (cell / "result.json").write_text(json.dumps(miscounted | {"rows": miscounted["rows"] + 2}))
+    for image in cell.glob("images/*.png"):
+        image.unlink()
+    assert run() == attacked and not list(cell.glob("images/*.png"))  # recounted from the scores on file
+    assert json.loads((cell / "result.json").read_text())["rows"] == miscounted["rows"]
     (apps / "toy-attacked.yaml").write_text(ATTACKED_APP.replace("steps: 2", "steps: 3"))  # same rows, new search
     assert "rab: 3 steps" in run("--attack", "rab") and found.stat().st_mtime_ns != made  # searched and scored anew
 
