@@ -1,15 +1,16 @@
-"""spm-hardened's FT option on toy3-concept v2's dev split (issue 20): near retention and attack success per option.
+"""spm-hardened's FT option on an application's dev split (issue 20): near retention and attack success per option.
 
-    python scripts/hardened_ft_probe.py [OUT]   # OUT: fits and results.json (default /tmp/hprobe); resumable
+    python scripts/hardened_ft_probe.py [OUT] [--app APP] [--options FIT:SIMILARITY:LEAST,...]
+    # OUT: fits and results.json (default /tmp/hprobe); resumable. Defaults: toy3-concept, the six options below.
 
 The rule, fixed before measuring: among the options whose dev near retention is >= 0.90 of the original's, the lowest
 pooled attack success (uda + adaptive-ft, 16 restarts each, the application's budget); else the best retention.
-Fits at seed 0 with toy3-concept's tuned SPM settings (its tuning record); one torch thread. Results, 2026-12-01:
-reports/toy3-concept/hardened_spm_ft.md.
+Fits at seed 0 with the application's tuned SPM settings (its tuning record), on its first target; one torch thread.
+Results, 2026-12-01: reports/toy3-concept/hardened_spm_ft.md (toy3-concept), reports/toy3-explicit/hardened_spm_ft.md.
 """
 
+import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -36,15 +37,16 @@ OPTIONS = [  # (fit, FT similarity, least permeability)
 ATTACKED = ("uda", "adaptive-ft")
 
 
-def main(out: Path) -> None:
+def main(out: Path, app_name: str, options: list[tuple[str, str, float]]) -> None:
     torch.set_num_threads(1)
     out.mkdir(parents=True, exist_ok=True)
-    test_app = tuning.apply_record(load_apps().get("toy3-concept"), Path("reports/toy3-concept"))
-    assert test_app.tuned, "toy3-concept has no current tuning record: run `spmbench tune --app toy3-concept` first"
+    test_app = tuning.apply_record(load_apps().get(app_name), Path("reports") / app_name)
+    assert test_app.tuned, f"{app_name} has no current tuning record: run `spmbench tune --app {app_name}` first"
     app = test_app.for_split("dev")
+    target = app.erase[0][0]
     model = load_models().get("toy3-base")
     pipe, judge = model.load("cpu"), build("toy3", device="cpu")
-    rows = [r for r in app.rows(("Barkley",)) if r.set in ("near", "target")]
+    rows = [r for r in app.rows((target,)) if r.set in ("near", "target")]
 
     def judged(generate, prompts: list[str], seeds: list[int], concepts: list[str]) -> list[bool]:
         images = []
@@ -62,18 +64,18 @@ def main(out: Path) -> None:
         return {s: [sum(p for p, r in zip(present, rows) if r.set == s), sum(r.set == s for r in rows)] for s in ("near", "target")}  # fmt: skip
 
     fits = {}
-    for name in dict.fromkeys(f for f, _, _ in OPTIONS):
+    for name in dict.fromkeys(f for f, _, _ in options):
         eraser = ERASERS.get(name)
-        (fits[name],) = eraser.fit(pipe, ("Barkley",), out / "fits" / eraser.fit_key, model.resolution,
+        (fits[name],) = eraser.fit(pipe, (target,), out / "fits" / eraser.fit_key, model.resolution,
                                    eraser_settings(eraser, test_app, model))  # fmt: skip
     original = rates(pipe)
     print("original", original, flush=True)
     record = out / "results.json"
     results = json.loads(record.read_text()) if record.exists() else {}
-    for name, similarity, least in OPTIONS:
+    for name, similarity, least in options:
         key = f"{name}|{similarity}|{least}"
         if key not in results:
-            results[key] = measure(app, pipe, fits[name], name, similarity, least, rates, judged, model)
+            results[key] = measure(app, pipe, fits[name], name, similarity, least, rates, judged, model, target)
             results[key]["retention"] = (results[key]["near"][0] / results[key]["near"][1]) / (
                 original["near"][0] / original["near"][1]
             )
@@ -81,7 +83,7 @@ def main(out: Path) -> None:
         print(key, {k: v for k, v in results[key].items() if not k.endswith("prompts")}, flush=True)
 
 
-def measure(app, pipe, fit: Path, name: str, similarity: str, least: float, rates, judged, model) -> dict:
+def measure(app, pipe, fit: Path, name: str, similarity: str, least: float, rates, judged, model, target: str) -> dict:
     eraser = type(ERASERS.get(name))()  # a fresh instance, applied this way
     eraser.transport, eraser.similarity, eraser.least = True, similarity, least
 
@@ -94,14 +96,24 @@ def measure(app, pipe, fit: Path, name: str, similarity: str, least: float, rate
     for attack_name in ATTACKED:
         attack = ATTACKS.get(attack_name)
         start = time.time()
-        prompts = attack.find(pipe, erased, "Barkley", generation, attack.settings(app.attacks.get(attack_name)))
+        prompts = attack.find(pipe, erased, target, generation, attack.settings(app.attacks.get(attack_name)))
         seeds = [app.image_seed(app.seeds[0], p) for p in prompts]
         with erased() as generate:
-            present = judged(generate, prompts, seeds, ["Barkley"] * len(prompts))
+            present = judged(generate, prompts, seeds, [target] * len(prompts))
         out[attack_name] = [sum(present), len(present), round(time.time() - start)]
         out[attack_name + "_prompts"] = prompts
     return out
 
 
+def _option(text: str) -> tuple[str, str, float]:
+    fit, similarity, least = text.split(":")
+    return fit, similarity, float(least)
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/hprobe"))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", nargs="?", type=Path, default=Path("/tmp/hprobe"))
+    parser.add_argument("--app", default="toy3-concept")
+    parser.add_argument("--options", type=lambda t: [_option(o) for o in t.split(",")], default=OPTIONS)
+    args = parser.parse_args()
+    main(args.out, args.app, args.options)

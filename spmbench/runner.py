@@ -420,6 +420,15 @@ def measure_alteration(
     return out, {key: asdict(interval) for key, interval in intervals.items()}
 
 
+def applied_eraser(app: Application, name: str):
+    """The eraser `name` as the application applies it (its `apply:` options, for a grid point or fit seed too)."""
+    options = app.apply.get(name.partition("~")[0], {})
+    try:
+        return ERASERS.get(name).configured(options)
+    except ValueError as error:
+        raise ValueError(f"{app.path or app.name}: apply: {error}") from None
+
+
 def eraser_settings(eraser, app: Application, fit_model: ModelSpec) -> dict:
     """The eraser's setting overrides: the application's (what to erase towards), then the fitted
     model's (how long to train on it), then those chosen on the dev split (`spmbench tune`), then a
@@ -430,9 +439,12 @@ def eraser_settings(eraser, app: Application, fit_model: ModelSpec) -> dict:
 
 
 def settings_problem(app: Application, cells: list[Cell], registry) -> str | None:
-    """What a run of `cells` would refuse in its erasers' fitting settings (one line), before any work."""
+    """What a run of `cells` would refuse in its erasers' fitting or apply settings (one line), before any work."""
     for cell in cells:
-        eraser = ERASERS.get(cell.eraser)
+        try:
+            eraser = applied_eraser(app, cell.eraser)
+        except ValueError as e:
+            return str(e)
         fit_model = fit_model_for(cell.model, registry)
         given = eraser_settings(eraser, app, fit_model)
         try:
@@ -686,7 +698,7 @@ def run(
 
     stage.check_attacks(app, list(attacks))
     for cell in cells:  # before any work: a cell made with its eraser applied another way is refused now
-        check_applied(cell, ERASERS.get(cell.eraser))
+        check_applied(cell, applied_eraser(app, cell.eraser))
     features = features or (lambda: judge)
     check_judge(run_dir, judge, rescore)
     pipes = Pipelines(device)
@@ -715,17 +727,17 @@ def run(
     def generate(todo: list[Batch], wait: bool) -> list[Batch]:
         cell = todo[0].cell
         artifacts, _, _ = fit(cell)
-        return generate_batches(pipes(cell.model), ERASERS.get(cell.eraser), artifacts, todo, wait)
+        return generate_batches(pipes(cell.model), applied_eraser(app, cell.eraser), artifacts, todo, wait)
 
     def attack_rows(cell: Cell) -> list[PromptRow]:
         """The cell's attack rows, each attack's prompts found once against the cell's eraser and kept."""
-        pipe, eraser = pipes(cell.model), ERASERS.get(cell.eraser)
+        pipe, eraser = pipes(cell.model), applied_eraser(app, cell.eraser)
         erased = lambda: eraser.apply(pipe, fit(cell)[0])  # noqa: E731 (fitted only when a search runs)
         return stage.find(app, cell.dir, cell.targets, list(attacks), pipe, erased, cell.model)
 
     def compute(cell: Cell) -> Result:
         rows = rows_of(cell)
-        eraser = ERASERS.get(cell.eraser)
+        eraser = applied_eraser(app, cell.eraser)
         fit_model = fit_model_for(cell.model, registry)
         settings = eraser_settings(eraser, app, fit_model)
         check_fit_settings(fits_dir(run_dir, fit_model), eraser, settings)  # before reusing anything made with them

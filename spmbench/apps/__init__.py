@@ -88,6 +88,9 @@ class Application:
     path: str = ""
     # Per-eraser settings that depend on the application (e.g. UCE's guide concept, an anchor).
     eraser_settings: dict[str, dict] = field(default_factory=dict)
+    # How an eraser is applied to this application's prompts (Eraser.apply_options), by eraser name: e.g. the
+    # hardened SPM's FT floor, chosen on the dev split. Its fits are the same whatever is set here.
+    apply: dict[str, dict] = field(default_factory=dict)
     split: str = "test"
     dev: Application | None = None  # the dev split (test's own prompts held apart), if the file gives one
     # Each eraser's tuning grid (by fit key): setting overrides tried on dev, at most MAX_GRID each.
@@ -207,6 +210,7 @@ APP_FIELDS = {
     "prompts": dict[str, Any],
     "seeds": tuple[int, ...],
     "eraser_settings": dict[str, dict],
+    "apply": dict[str, dict],
     "dev": dict[str, Any],
     "tuning": dict[str, Any],
     "fit_seeds": tuple[int, ...],
@@ -296,7 +300,7 @@ def _check_template(template: str, concepts, where: str) -> None:
 
 
 def parse_app(data, origin: str) -> Application:
-    optional = {"eraser_settings", "dev", "tuning", "fit_seeds", "attacks", "seed_per_prompt", "kinds"}
+    optional = {"eraser_settings", "apply", "dev", "tuning", "fit_seeds", "attacks", "seed_per_prompt", "kinds"}
     given = check_fields(data, APP_FIELDS, set(APP_FIELDS) - optional, origin)
     if given["world"] not in WORLDS:
         raise SpecError(f"{origin}: world {given['world']!r} is not one of {', '.join(WORLDS)}")
@@ -321,6 +325,7 @@ def parse_app(data, origin: str) -> Application:
         seeds=given["seeds"],
         path=origin,
         eraser_settings=given.get("eraser_settings", {}),
+        apply=given.get("apply", {}),
         grids=_grids(given.get("tuning", {}), origin),
         tuning_from=given.get("tuning", {}).get("from", ""),
         fit_seeds=fit_seeds,

@@ -7,6 +7,7 @@ and applies them around generation (`apply` yields one callable: prompts -> pipe
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -110,6 +111,8 @@ class Eraser(ABC):
         overrides: settings applied over the spec files' (a tuning grid's point: `Tuned`).
         unsupported: model family (a model file's `family`) -> why the method does not apply to it;
             a run refuses such a cell before any work (`family_problem`), a fit on such a pipeline too.
+        apply_options: the attributes an application may set for `apply` (`configured`): name -> (check, what
+            a value must be).
     """
 
     name: str
@@ -119,10 +122,27 @@ class Eraser(ABC):
     artifact_suffix: ClassVar[str] = ".safetensors"
     overrides: Mapping[str, Any] = MappingProxyType({})
     unsupported: ClassVar[Mapping[str, str]] = MappingProxyType({})
+    apply_options: ClassVar[Mapping[str, tuple[Callable[[Any], bool], str]]] = MappingProxyType({})
 
     @property
     def fit_key(self) -> str:
         return self.name
+
+    def configured(self, options: Mapping[str, Any]) -> Eraser:
+        """This eraser applied with `options` (an application's `apply:` for it): a copy, its fits unchanged."""
+        if not options:
+            return self
+        for key, value in options.items():
+            if key not in self.apply_options:
+                known = ", ".join(self.apply_options) or "none"
+                raise ValueError(f"{self.name} has no apply option {key!r} (its options: {known})")
+            check, what = self.apply_options[key]
+            if not check(value):
+                raise ValueError(f"{self.name}: apply option {key} must be {what}, not {value!r}")
+        applied = copy.copy(self)
+        for key, value in options.items():
+            setattr(applied, key, value)
+        return applied
 
     @property
     def settings_key(self) -> str:
@@ -208,6 +228,13 @@ class Tuned(Eraser):
 
     def family_problem(self, family: str) -> str | None:
         return self.base.family_problem(family)
+
+    def configured(self, options: Mapping[str, Any]) -> Eraser:
+        if not options:
+            return self
+        applied = copy.copy(self)
+        applied.base = self.base.configured(options)  # a grid point or fit seed is applied as its base
+        return applied
 
     def fit_one(self, pipe, targets: tuple[str, ...], path: Path, resolution: int, settings) -> None:
         self.base.fit_one(pipe, targets, path, resolution, settings)

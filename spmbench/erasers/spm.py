@@ -27,11 +27,17 @@ class SPMSettings(spm.TrainConfig):
         return spm.TrainConfig(**chosen | {"resolutions": self.resolutions or (resolution,)})
 
 
+def _is_permeability(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
+
+
 class SPMEraser(Eraser):
     Settings = SPMSettings
     fits_per_target = True  # SPMs combine without retuning: k targets are k single-target fits
 
     least: float = 0.0  # FT's least permeability (spm.Transport's `least`): 0, the paper's gamma
+    # an application may set the floor for its own prompts (`apply:`), chosen on its dev split
+    apply_options = MappingProxyType({"least": (_is_permeability, "a number in [0, 1]")})
 
     def __init__(self, transport: bool = True, similarity: str = "paper"):
         """transport: Facilitated Transport on; similarity: its prompt similarity (spm.attach)."""

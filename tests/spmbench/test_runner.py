@@ -6,6 +6,7 @@ import re
 import shutil
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -14,6 +15,7 @@ from typer.testing import CliRunner
 from spmbench import runner
 from spmbench.apps import load_apps
 from spmbench.cli import app
+from spmbench.erasers import ERASERS
 from spmbench.models import load_models
 from tests.spmbench.conftest import FAST_FITS
 
@@ -690,3 +692,27 @@ def test_two_processes_taking_batches_in_opposite_orders_both_finish(tmp_path):
             w.kill()
     assert alive == [False, False] and [w.exitcode for w in workers] == [0, 0]
     assert sorted(p.name for p in (tmp_path / "images").glob("*.png")) == [f"p{i}.png" for i in range(4)]
+
+
+def test_an_application_sets_how_an_eraser_is_applied_to_its_prompts_and_not_how_it_is_fitted():
+    from spmbench.erasers.base import seeded
+
+    concept = dataclasses.replace(load_apps().get("toy-concept"), apply={"spm-hardened": {"least": 1.0}})
+    hardened = ERASERS.get("spm-hardened")
+    applied = runner.applied_eraser(concept, "spm-hardened")
+    assert applied.least == 1.0 and applied.applied["least"] == 1.0 and hardened.least == 0.25  # the registry's kept
+    assert applied.fit_key == hardened.fit_key and applied.overrides == hardened.overrides  # the same fits
+    second_seed = runner.applied_eraser(concept, seeded(hardened, 1).name)  # a fit seed is applied as its eraser
+    assert second_seed.applied["least"] == 1.0 and second_seed.fit_key == seeded(hardened, 1).fit_key
+    assert runner.applied_eraser(concept, "spm") is ERASERS.get("spm")  # nothing set for it
+    for options, says in (
+        ({"least": 1.5}, "spm-hardened: apply option least must be a number in [0, 1], not 1.5"),
+        ({"floor": 1}, "spm-hardened has no apply option 'floor' (its options: least)"),
+    ):
+        wrong = dataclasses.replace(concept, apply={"spm-hardened": options})
+        with pytest.raises(ValueError, match=re.escape(f"concept.yaml: apply: {says}")):
+            runner.applied_eraser(wrong, "spm-hardened")
+        cells = runner.plan(wrong, [load_models().get("toy-base")], ["spm-hardened"], Path("/nonexistent"))
+        assert says in runner.settings_problem(wrong, cells, load_models())  # refused before any work, in one line
+    with pytest.raises(ValueError, match="uce has no apply option 'least' \\(its options: none\\)"):
+        runner.applied_eraser(dataclasses.replace(concept, apply={"uce": {"least": 0.5}}), "uce")
