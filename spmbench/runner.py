@@ -770,6 +770,9 @@ def run(
         if kept is not None:  # the same rows' images as when it was measured
             alteration, intervals, identity = kept.alteration, kept.alteration_intervals, kept.alteration_features
         else:
+            if cell.eraser != "none":  # the original's images it is measured against (remade if a machine lost them)
+                kept_rows = [r for r in rows if r.set not in ERASURE_SETS]
+                generate_cell(pipes(cell.model), ERASERS.get("none"), [], kept_rows, cell.original, batch_size)
             measured = (
                 None if cell.eraser == "none" else measure_alteration(features, rows, cell, measures_kid(app.world))
             )

@@ -716,3 +716,30 @@ def test_an_application_sets_how_an_eraser_is_applied_to_its_prompts_and_not_how
         assert says in runner.settings_problem(wrong, cells, load_models())  # refused before any work, in one line
     with pytest.raises(ValueError, match="uce has no apply option 'least' \\(its options: none\\)"):
         runner.applied_eraser(dataclasses.replace(concept, apply={"uce": {"least": 0.5}}), "uce")
+
+
+def test_a_cell_added_after_the_originals_images_are_gone_remakes_them_to_measure_alteration(
+    toy_weights, tmp_path, monkeypatch
+):
+    """A machine that kept only a run's small files (results, scores) lost the original's images: a new eraser's
+    cell still measures its alteration against them, remade from their seeds."""
+    folder = tmp_path / "apps"
+    folder.mkdir()
+    (folder / "toy-seeded.yaml").write_text(yaml.safe_dump(SEEDED_APP | {"fit_seeds": [0]}))
+    monkeypatch.setenv("SPMBENCH_APPS", str(folder))
+    runs, reports = tmp_path / "runs", tmp_path / "reports"
+    base = ["run", "--app", "toy-seeded", "--models", "toy-base", "--out", runs, "--reports", reports]
+    assert invoke(*base, "--erasers", "none").exit_code == 0
+    original = runs / "toy-seeded" / "cells" / "toy-base" / "none" / "original"
+    made = {p.name: p.read_bytes() for p in original.glob("images/*.png")}
+    for image in original.glob("images/*.png"):
+        image.unlink()
+    result = invoke(*base, "--erasers", "none,negprompt")
+    assert result.exit_code == 0, result.output
+    remade = {p.name: p.read_bytes() for p in original.glob("images/*.png")}
+    assert remade and set(remade) < set(made)  # the non-target rows' only
+    assert all(remade[name] == made[name] for name in remade)  # the same images, from the same seeds
+    stored = json.loads(
+        (runs / "toy-seeded" / "cells" / "toy-base" / "negprompt" / "star" / "result.json").read_text()
+    )
+    assert stored["alteration"]["paired_feature_distance"] > 0
