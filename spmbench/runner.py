@@ -330,6 +330,27 @@ def _save_images(todo: list[tuple[Image.Image, Path]], log: Path, timing: dict) 
         f.write("\n" + json.dumps(timing) + "\n")
 
 
+def _attack_batches(cell: Cell, own_rows: int, attacked: list[PromptRow], batch_size: int) -> list[Batch]:
+    """The attack rows' batches, numbered on after the cell's own rows' (so they batch as the rows did without
+    attacks); a batch whose rows are all scored is left out: its images are not needed again."""
+    scored = {s["prompt_id"] for s in _read_jsonl(cell.scores)}
+    todo = [Batch(cell, own_rows + b.start, b.rows) for b in batches(cell, attacked, batch_size)]
+    return [b for b in todo if not all(row.prompt_id in scored for row in b.rows)]
+
+
+def _remake_original_images(pipe, original: Cell, rows: list[PromptRow], batch_size: int) -> None:
+    """The original's missing non-target images, remade in its own batches (those that made the images its scores
+    judged), holding its folder as its computation does."""
+    needed = [
+        b
+        for b in batches(original, rows, batch_size)
+        if any(r.set not in ERASURE_SETS and not original.image(r).exists() for r in b.rows)
+    ]
+    if needed:
+        with holding(original.dir):
+            generate_batches(pipe, ERASERS.get("none"), [], needed)
+
+
 def generation_seconds(cell: Cell, rows: list[PromptRow], batch_size: int) -> float | None:
     """The seconds the pipeline took for the cell's batches of `rows`, whichever process and run made them (the
     latest line of each batch, by first row and size, in its generation log): what a rate per image is measured
@@ -440,6 +461,9 @@ def eraser_settings(eraser, app: Application, fit_model: ModelSpec) -> dict:
 
 def settings_problem(app: Application, cells: list[Cell], registry) -> str | None:
     """What a run of `cells` would refuse in its erasers' fitting or apply settings (one line), before any work."""
+    for name in app.apply:
+        if "~" in name or name not in ERASERS:
+            return f"{app.path}: apply: no eraser {name!r} (options go under an eraser's name, e.g. spm-hardened)"
     for cell in cells:
         try:
             eraser = applied_eraser(app, cell.eraser)
@@ -608,12 +632,10 @@ def reusable(
     (another --clip-model, say, recomputes it from the stored images). A run without attacks (`attacks` empty)
     reuses a result made with attacks under their current settings: its rows' rates are the same, and it keeps
     the attack rates a later attack run would otherwise recompute from scratch."""
-    from spmbench.attacks.stage import made_with
-
     if stored is None or stored.app_version != app.version:
         return False
     names = tuple(attacks) or tuple(stored.settings.get("attacks", {}))
-    if not made_with(app, stored.settings, names):
+    if not _made_with(app, stored, names):
         return False
     if stored.rows != rows + (attack_rows(names) if names and attack_rows else 0):
         return False
@@ -627,12 +649,30 @@ def stored_attack_rows(app: Application, cell: Cell) -> Callable[[tuple[str, ...
     return lambda names: len(stage.rows(app, cell.dir, cell.targets, list(names)))
 
 
-def _current_attacks(app: Application, stored: Result | None) -> tuple[str, ...]:
-    """The attacks a stored result was made with, if under the application's current settings for them."""
-    from spmbench.attacks.stage import made_with
+def _current_attacks(app: Application, stored: Result | None, cell: Cell) -> tuple[str, ...]:
+    """The attacks a stored result was made with, if under the application's current settings for them and with
+    every target's prompts on file (a lost or torn one: none, rather than a rate over some targets)."""
+    from spmbench.attacks import ATTACKS
+    from spmbench.attacks.stage import attacked_targets, is_stored, prompts_file
 
     names = tuple(stored.settings.get("attacks", {})) if stored is not None else ()
-    return names if names and made_with(app, stored.settings, names) else ()
+    if not names or not _made_with(app, stored, names):
+        return ()
+    for name in names:
+        settings = ATTACKS.get(name).settings(app.attacks.get(name))
+        if not all(is_stored(prompts_file(cell.dir, name, t), settings) for t in attacked_targets(app, cell.targets)):
+            return ()
+    return names
+
+
+def _made_with(app: Application, stored: Result, attacks: tuple[str, ...]) -> bool:
+    """stage.made_with, false for attacks no longer known or no longer valid in the application."""
+    from spmbench.attacks.stage import made_with
+
+    try:
+        return made_with(app, stored.settings, attacks)
+    except (KeyError, ValueError):
+        return False
 
 
 def _kept_rows_part(
@@ -743,7 +783,7 @@ def run(
         check_fit_settings(fits_dir(run_dir, fit_model), eraser, settings)  # before reusing anything made with them
         stored = Result.load(cell.result)
         # a run without attacks keeps those the stored result was made with (their prompts on file, not searched)
-        names = attacks or _current_attacks(app, stored)
+        names = attacks or _current_attacks(app, stored, cell)
         attacked = attack_rows(cell) if attacks else stage.rows(app, cell.dir, cell.targets, list(names))
         counted = stored_attack_rows(app, cell)
         if reusable(app, stored, len(rows), attacks, features, counted) and _has_alteration_intervals(stored, cell):
@@ -752,14 +792,14 @@ def run(
             with holding(cell.original.dir):
                 compute(cell.original)
         kept = _kept_rows_part(app, stored, cell, rows, limit, features)  # then only the attack rows are new
-        artifacts, fit_seconds, fit_mib = fit(cell)
+        extra = _attack_batches(cell, len(rows), attacked, batch_size)
+        if kept is None or any(batch.missing() for batch in extra):
+            artifacts, fit_seconds, fit_mib = fit(cell)
+        else:  # nothing to generate: no fit needed (a machine that lost runs/ would retrain it for nothing)
+            artifacts, fit_seconds, fit_mib = [], kept.fit_seconds, kept.fit_peak_mib
         t0 = time.time()
         if kept is None:
             generate_cell(pipes(cell.model), eraser, artifacts, rows, cell, batch_size)
-        # after the rows' own batches (numbered on from them): those batch as without attacks
-        scored = {s["prompt_id"] for s in _read_jsonl(cell.scores)}  # a scored attack row's image is not needed
-        unscored = [row for row in attacked if row.prompt_id not in scored]
-        extra = [Batch(cell, len(rows) + b.start, b.rows) for b in batches(cell, unscored, batch_size)]
         generate_batches(pipes(cell.model), eraser, artifacts, extra)
         gen_seconds = time.time() - t0
         # scored in the generation's batches: a judge's peak memory then stays flat however many prompts a cell has
@@ -771,8 +811,7 @@ def run(
             alteration, intervals, identity = kept.alteration, kept.alteration_intervals, kept.alteration_features
         else:
             if cell.eraser != "none":  # the original's images it is measured against (remade if a machine lost them)
-                kept_rows = [r for r in rows if r.set not in ERASURE_SETS]
-                generate_cell(pipes(cell.model), ERASERS.get("none"), [], kept_rows, cell.original, batch_size)
+                _remake_original_images(pipes(cell.model), cell.original, rows_of(cell.original), batch_size)
             measured = (
                 None if cell.eraser == "none" else measure_alteration(features, rows, cell, measures_kid(app.world))
             )
