@@ -747,3 +747,22 @@ def test_a_cell_added_after_the_originals_images_are_gone_remakes_them_to_measur
         (runs / "toy-seeded" / "cells" / "toy-base" / "negprompt" / "star" / "result.json").read_text()
     )
     assert stored["alteration"]["paired_feature_distance"] > 0
+
+
+def test_a_run_applies_the_eraser_as_the_application_says_and_refuses_to_mix_two_ways(
+    toy_weights, tmp_path, monkeypatch
+):
+    folder = tmp_path / "apps"
+    folder.mkdir()
+    app_file = folder / "toy-seeded.yaml"
+    app_file.write_text(yaml.safe_dump(SEEDED_APP | {"fit_seeds": [0], "apply": {"spm-hardened": {"least": 1.0}}}))
+    monkeypatch.setenv("SPMBENCH_APPS", str(folder))
+    runs, reports = tmp_path / "runs", tmp_path / "reports"
+    base = ["run", "--app", "toy-seeded", "--models", "toy-base", "--erasers", "none,spm-hardened"]
+    result = invoke(*base, "--out", runs, "--reports", reports)
+    assert result.exit_code == 0, result.output
+    cell = runs / "toy-seeded" / "cells" / "toy-base" / "spm-hardened" / "star"
+    assert json.loads((cell / "eraser.json").read_text())["applied"]["least"] == 1.0
+    app_file.write_text(yaml.safe_dump(SEEDED_APP | {"fit_seeds": [0], "apply": {"spm-hardened": {"least": 0.5}}}))
+    result = invoke(*base, "--out", runs, "--reports", reports)
+    assert result.exit_code != 0 and "'least': 1.0" in result.output and f"delete {cell}" in result.output
