@@ -403,13 +403,13 @@ def _attack_costs(app: Application, cell, attacks: tuple[str, ...], rate: Rate |
     """(attack, searches, images, seconds or None) of each attack on the cell: a search per attacked target whose
     prompts are not stored yet, and the images of every target's prompts."""
     from spmbench.attacks import ATTACKS
-    from spmbench.attacks.stage import attacked_targets, is_stored, prompts_file
+    from spmbench.attacks.stage import attacked_targets, unsearched
 
     costs = []
     targets = attacked_targets(app, cell.targets) if attacks else ()
     for name in attacks:
         settings = ATTACKS.get(name).settings(app.attacks.get(name))
-        searches = sum(not is_stored(prompts_file(cell.dir, name, t), settings) for t in targets)  # as the run
+        searches = len(unsearched(app, cell.dir, cell.targets, name))  # as the run
         per_step = rate.seconds_per_attack_step.get(name) if rate else None
         seconds = None if per_step is None else per_step * settings.restarts * settings.steps * searches
         costs.append((name, searches, len(targets) * settings.restarts * len(app.seeds), seconds))

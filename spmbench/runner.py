@@ -639,6 +639,11 @@ def reusable(
         return False
     if stored.rows != rows + (attack_rows(names) if names and attack_rows else 0):
         return False
+    return _measured_on(stored, features)
+
+
+def _measured_on(stored: Result, features: Callable[[], Judge] | None) -> bool:
+    """Whether a stored alteration was measured on `features` (nothing measured, or no source given: yes)."""
     return features is None or stored.alteration_features is None or stored.alteration_features == features().identity
 
 
@@ -652,17 +657,12 @@ def stored_attack_rows(app: Application, cell: Cell) -> Callable[[tuple[str, ...
 def _current_attacks(app: Application, stored: Result | None, cell: Cell) -> tuple[str, ...]:
     """The attacks a stored result was made with, if under the application's current settings for them and with
     every target's prompts on file (a lost or torn one: none, rather than a rate over some targets)."""
-    from spmbench.attacks import ATTACKS
-    from spmbench.attacks.stage import attacked_targets, is_stored, prompts_file
+    from spmbench.attacks.stage import unsearched
 
     names = tuple(stored.settings.get("attacks", {})) if stored is not None else ()
     if not names or not _made_with(app, stored, names):
         return ()
-    for name in names:
-        settings = ATTACKS.get(name).settings(app.attacks.get(name))
-        if not all(is_stored(prompts_file(cell.dir, name, t), settings) for t in attacked_targets(app, cell.targets)):
-            return ()
-    return names
+    return () if any(unsearched(app, cell.dir, cell.targets, name) for name in names) else names
 
 
 def _made_with(app: Application, stored: Result, attacks: tuple[str, ...]) -> bool:
@@ -683,9 +683,7 @@ def _kept_rows_part(
     version at this --limit, its alteration on these features, every row's score on file."""
     if stored is None or stored.app_version != app.version or stored.settings.get("limit") != limit:
         return None
-    if stored.alteration_features is not None and stored.alteration_features != features().identity:
-        return None
-    if not _has_alteration_intervals(stored, cell):
+    if not _measured_on(stored, features) or not _has_alteration_intervals(stored, cell):
         return None
     scored = {s["prompt_id"] for s in _read_jsonl(cell.scores)}
     return stored if all(row.prompt_id in scored for row in rows) else None
@@ -809,13 +807,11 @@ def run(
         original_rates = summarise([s for s in _read_jsonl(original) if s["prompt_id"] in ids], original)
         if kept is not None:  # the same rows' images as when it was measured
             alteration, intervals, identity = kept.alteration, kept.alteration_intervals, kept.alteration_features
-        else:
-            if cell.eraser != "none":  # the original's images it is measured against (remade if a machine lost them)
-                _remake_original_images(pipes(cell.model), cell.original, rows_of(cell.original), batch_size)
-            measured = (
-                None if cell.eraser == "none" else measure_alteration(features, rows, cell, measures_kid(app.world))
-            )
-            alteration, intervals = measured or (None, None)
+        elif cell.eraser == "none":
+            alteration = intervals = identity = None
+        else:  # against the original's images (remade if a machine lost them)
+            _remake_original_images(pipes(cell.model), cell.original, rows_of(cell.original), batch_size)
+            alteration, intervals = measure_alteration(features, rows, cell, measures_kid(app.world)) or (None, None)
             identity = None if alteration is None else features().identity
         result = Result(
             app=app.name, app_version=app.version, model=cell.model.name, fitted_on=fit_model.name,

@@ -92,6 +92,13 @@ def rows(app, cell_dir: Path, targets: tuple[str, ...], attacks: list[str]) -> l
     return found
 
 
+def unsearched(app, cell_dir: Path, targets: tuple[str, ...], name: str) -> list[str]:
+    """The attacked targets whose prompts for attack `name` are not stored in the cell's folder under the
+    application's settings for it: the searches a run would make."""
+    settings = ATTACKS.get(name).settings(app.attacks.get(name))
+    return [t for t in attacked_targets(app, targets) if not is_stored(prompts_file(cell_dir, name, t), settings)]
+
+
 def is_stored(path: Path, settings) -> bool:
     """Whether a search's prompts are stored at `path` under these settings (a dataclass): the run then reuses
     them, and a plan counts the search as done; a torn record, or one made under other settings, is redone."""
