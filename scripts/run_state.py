@@ -9,6 +9,11 @@ needs them; an SPM's rank-1 fit, 84 KB on the toy3 UNet, is kept). One archive p
 with a judge.json), so a finished run's archive stays byte for byte the same and costs a repository nothing more
 when the state is committed again. Image grids of restored cells are drawn only where images were made anew.
 
+The kept fits' weights (*.safetensors under a run's fits/) are not archived but mirrored as plain files beside the
+archives (records/toy3-state/<run>/fits/...): a fit is written once and never changes, so committing the state again
+adds only the new fits, where an archive holding them would be rewritten whole at every save (toy3-many's 120
+rank-1 fits, 10 MB, would make its archive too large to commit at all).
+
     python scripts/run_state.py pack runs records/toy3-state
     python scripts/run_state.py unpack records/toy3-state runs   # adds what is missing, overwrites nothing
 """
@@ -35,6 +40,7 @@ FEATURE_FILES = ("alteration_features.safetensors", "alteration_per_image.safete
 
 
 def kept(path: Path, max_fit_bytes: int) -> bool:
+    """Whether a file of a run folder is part of its state (archived, or mirrored if `is_fit_weights`)."""
     if path.name.endswith((".png", ".lock")):
         return False
     if path.name in FEATURE_FILES:
@@ -50,12 +56,21 @@ def carries_intervals(result: Path) -> bool:
         return False
 
 
+def is_fit_weights(path: Path, run_dir: Path) -> bool:
+    return path.suffix == ".safetensors" and path.relative_to(run_dir).parts[0] == "fits"
+
+
 def archive_name(run_dir: Path, runs: Path) -> str:
     return "--".join(run_dir.relative_to(runs).parts) + ".tar.gz"
 
 
+def mirror_dir(run_dir: Path, runs: Path, folder: Path) -> Path:
+    """Where a run folder's fits are mirrored: beside its archive, named as it is without the suffix."""
+    return folder / archive_name(run_dir, runs).removesuffix(".tar.gz")
+
+
 def pack(runs: Path, folder: Path, max_fit_bytes: int = MAX_FIT_BYTES) -> int:
-    """One archive per run folder under `runs` in `folder`; returns the number of files packed."""
+    """One archive per run folder under `runs` in `folder`, its fits mirrored; returns the number of files kept."""
     if not runs.is_dir():
         raise SystemExit(f"error: {runs} is not a folder: give the runs folder to pack")
     count = 0
@@ -66,9 +81,32 @@ def pack(runs: Path, folder: Path, max_fit_bytes: int = MAX_FIT_BYTES) -> int:
             p for p in run_dir.rglob("*")
             if p.is_file() and kept(p, max_fit_bytes) and not any(d in p.parents for d in nested)
         )  # fmt: skip
-        write_archive(files, runs, folder / archive_name(run_dir, runs))
+        fits = [p for p in files if is_fit_weights(p, run_dir)]
+        write_archive([p for p in files if p not in fits], runs, folder / archive_name(run_dir, runs))
+        mirror_fits(fits, run_dir, mirror_dir(run_dir, runs, folder))
         count += len(files)
     return count
+
+
+def mirror_fits(fits: list[Path], run_dir: Path, mirror: Path) -> None:
+    """Make `mirror` hold exactly `fits` (paths relative to `run_dir`): copy new or changed ones, drop the rest."""
+    wanted = {p.relative_to(run_dir): p for p in fits}
+    for rel, source in wanted.items():
+        target = mirror / rel
+        data = source.read_bytes()
+        if not target.is_file() or target.read_bytes() != data:
+            write_atomic(target, data)
+    if mirror.is_dir():
+        for stale in [p for p in mirror.rglob("*") if p.is_file() and p.relative_to(mirror) not in wanted]:
+            stale.unlink()
+
+
+def write_atomic(target: Path, data: bytes) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_bytes(data)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, target)
 
 
 def write_archive(files: list[Path], runs: Path, archive: Path) -> None:
@@ -92,10 +130,26 @@ def write_archive(files: list[Path], runs: Path, archive: Path) -> None:
 
 
 def unpack(folder: Path, runs: Path) -> int:
-    """Extract the files of every archive in `folder` that `runs` does not have yet; returns their count."""
+    """Extract the files of every archive in `folder`, and copy its mirrored fits, that `runs` does not have yet;
+    returns their count."""
     if not folder.is_dir():
         raise SystemExit(f"error: {folder} is not a folder: give the folder `run_state.py pack` wrote")
-    return sum(unpack_archive(archive, runs) for archive in sorted(folder.glob("*.tar.gz")))
+    added = 0
+    for archive in sorted(folder.glob("*.tar.gz")):
+        added += unpack_archive(archive, runs)
+        stem = archive.name.removesuffix(".tar.gz")
+        added += unpack_mirror(folder / stem, runs.joinpath(*stem.split("--")))
+    return added
+
+
+def unpack_mirror(mirror: Path, run_dir: Path) -> int:
+    added = 0
+    for fit in sorted(mirror.rglob("*.safetensors")) if mirror.is_dir() else []:
+        target = run_dir / fit.relative_to(mirror)
+        if not target.exists():
+            write_atomic(target, fit.read_bytes())
+            added += 1
+    return added
 
 
 def unpack_archive(archive: Path, runs: Path) -> int:
@@ -108,11 +162,7 @@ def unpack_archive(archive: Path, runs: Path) -> int:
                 raise SystemExit(f"error: {archive} holds {member.name!r}, not a plain relative file: not unpacked")
             if target.exists():
                 continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            data = tar.extractfile(member).read()
-            tmp = target.with_name(f".{target.name}.unpack.tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, target)
+            write_atomic(target, tar.extractfile(member).read())
             added += 1
     return added
 

@@ -12,10 +12,11 @@
 #
 # Sessions end without warning and their machines keep nothing: the run's small stage files (results, scores,
 # alteration features, SPM fits; not images or baselines' weights) are packed into records/toy3-state/, one archive
-# per run folder (scripts/run_state.py), and unpacked into runs/ when the script starts, so a cell finished in any
-# session is not made again. With --commit-state the steps' reports (tuning records, tables) are committed as they
-# come, with the archives of at most 4 MiB: a run folder's alteration features (~340 KB a cell) make most archives
-# larger, and those stay on the machine (a tuning run is redone in ~30 min; its record is what later steps read).
+# per run folder with its SPM fits mirrored as plain files beside it (scripts/run_state.py), and unpacked into runs/
+# when the script starts, so a cell finished in any session is not made again. With --commit-state the steps'
+# reports (tuning records, tables) are committed as they come, with the fits and the archives of at most 4 MiB: a
+# run folder's alteration features (~340 KB a cell) make most archives larger, and those stay on the machine (a
+# tuning run is redone in ~30 min; its record is what later steps read).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . .venv/bin/activate
@@ -43,7 +44,9 @@ save_state() {  # pack the run's small files; with --commit-state, commit the st
     for f in reports/toy3-* reports/paper/toy3; do [ -e "$f" ] && paths+=("$f"); done
     for f in "$STATE"/*.tar.gz; do
         [ -e "$f" ] || continue
-        if [ "$(stat -c %s "$f")" -le "$STATE_MAX" ]; then paths+=("$f"); else echo "note: $f is over 4 MiB: kept here, not committed" >&2; fi
+        if [ "$(stat -c %s "$f")" -gt "$STATE_MAX" ]; then echo "note: $f is over 4 MiB: kept here, not committed" >&2; continue; fi
+        paths+=("$f")
+        [ -d "${f%.tar.gz}" ] && paths+=("${f%.tar.gz}")  # its fits, mirrored beside it
     done
     [ ${#paths[@]} -gt 0 ] && [ -n "$(git status --porcelain -- "${paths[@]}")" ] || return 0
     git add -- "${paths[@]}" && git commit -q -m "toy3 record: reports and run state at $(date -u '+%Y-%m-%d %H:%M UTC') ($1)" -- "${paths[@]}" ||

@@ -53,8 +53,8 @@ def test_pack_writes_one_reproducible_archive_per_run_folder_of_the_small_files(
     first, second = tmp_path / "a", tmp_path / "b"
     assert run_state.pack(runs, first, max_fit_bytes=1000) == 6
     run_state.pack(runs, second, max_fit_bytes=1000)
-    assert sorted(p.name for p in first.iterdir()) == ["app--dev.tar.gz", "app--test.tar.gz"]
-    for archive in first.iterdir():
+    assert sorted(p.name for p in first.glob("*.tar.gz")) == ["app--dev.tar.gz", "app--test.tar.gz"]
+    for archive in first.glob("*.tar.gz"):
         assert archive.read_bytes() == (second / archive.name).read_bytes()
     with tarfile.open(first / "app--dev.tar.gz") as tar:
         names = sorted(tar.getnames())
@@ -62,9 +62,26 @@ def test_pack_writes_one_reproducible_archive_per_run_folder_of_the_small_files(
         f"{DEV}/alteration_features.safetensors",
         f"{DEV}/result.json",
         f"{DEV}/scores.jsonl",
-        "app/dev/fits/toy-base/spm.safetensors",
         "app/dev/judge.json",
     ]
+    # the small fit is mirrored as a plain file beside the archive, the large one left out
+    assert [p.relative_to(first) for p in first.rglob("*.safetensors")] == [
+        Path("app--dev/fits/toy-base/spm.safetensors")
+    ]
+
+
+def test_the_fit_mirror_only_grows_by_new_fits_and_follows_deleted_ones(tmp_path):
+    runs, state = make_runs(tmp_path / "runs"), tmp_path / "state"
+    run_state.pack(runs, state)
+    mirrored = state / "app--dev" / "fits" / "toy-base" / "spm.safetensors"
+    before = mirrored.stat().st_mtime_ns
+    (runs / "app" / "dev" / "fits" / "toy-base" / "spm~seed1.safetensors").write_bytes(b"y" * 100)
+    run_state.pack(runs, state)
+    assert mirrored.stat().st_mtime_ns == before  # unchanged: not written again
+    assert (state / "app--dev" / "fits" / "toy-base" / "spm~seed1.safetensors").read_bytes() == b"y" * 100
+    (runs / "app" / "dev" / "fits" / "toy-base" / "spm.safetensors").unlink()
+    run_state.pack(runs, state)
+    assert not mirrored.exists()
 
 
 def test_unpack_adds_what_is_missing_and_overwrites_nothing(tmp_path):
