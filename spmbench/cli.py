@@ -293,6 +293,24 @@ def _launched(device: str, out: Path, reports: Path, dry_run: bool):
     return shard, device
 
 
+_TUNING_HELP = (
+    "read the settings `spmbench tune` chose on dev from TUNING/<app>/tuning.json [default: REPORTS]; "
+    "a record read from elsewhere is copied beside the tables"
+)
+
+
+def _tuned(apps: list, tuning_dir: Path | None, reports: Path, write: bool) -> list:
+    """The applications with their dev-chosen settings (tuning records), read from `tuning_dir` or beside the
+    tables; a record read from elsewhere is copied beside the tables (when `write`), as `tune` would have put it."""
+    from spmbench import tuning
+
+    records = tuning_dir or reports
+    if tuning_dir is not None and write and tuning_dir.resolve() != reports.resolve():
+        for a in apps:
+            tuning.copy_record(a, records, reports)
+    return [tuning.apply_record(a, records / a.name) for a in apps]
+
+
 def _checked_plans(
     chosen_apps: list,
     chosen_models: list,
@@ -400,6 +418,7 @@ def run(
     limit: int | None = typer.Option(None, min=1, help="at most this many prompts per prompt set (smoke runs)"),
     out: Path = typer.Option(Path("runs"), help="run directories go here"),
     reports: Path = typer.Option(Path("reports"), help="tables go to REPORTS/<app>/"),
+    tuning_dir: Path | None = typer.Option(None, "--tuning", help=_TUNING_HELP),
     batch_size: int = typer.Option(32, min=1, help="images generated at once"),
     device: str = "cpu",
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan and stop"),
@@ -415,13 +434,12 @@ def run(
 ) -> None:
     """Plan, fit, generate, score and report; a rerun computes only what is missing."""
     models, apps, _ = _registries()  # first: a malformed spec file is a one-line error
-    from spmbench import tuning
     from spmbench.registry import UnknownName
 
     shard, device = _launched(device, out, reports, dry_run)
     try:
         chosen_models, chosen_apps = _chosen(models, apps, app_name, models_sel)
-        chosen_apps = [tuning.apply_record(a, reports / a.name) for a in chosen_apps]  # dev-chosen settings
+        chosen_apps = _tuned(chosen_apps, tuning_dir, reports, shard.leads and not dry_run)
         erasers = _selected_erasers(erasers_sel)
         judge_settings = _judge_settings(judge_setting, clip_model, classifier)
         plans = _checked_plans(chosen_apps, chosen_models, erasers, models, judge_settings, out)
@@ -568,6 +586,7 @@ def paper(
     limit: int | None = typer.Option(None, min=1, help="at most this many prompts per prompt set (smoke runs)"),
     out: Path = typer.Option(Path("runs"), help="run directories go here (OUT/<app>, as `spmbench run`'s)"),
     reports: Path = typer.Option(Path("reports"), help="tables go to REPORTS/<app>/ and REPORTS/paper/<world>/"),
+    tuning_dir: Path | None = typer.Option(None, "--tuning", help=_TUNING_HELP),
     batch_size: int = typer.Option(32, min=1, help="images generated at once"),
     device: str = "cpu",
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan and its estimated cost, and stop"),
@@ -580,7 +599,6 @@ def paper(
     tables to REPORTS/paper/<world>/: concept, artist, explicit, object, transfer and the two ablations."""
     models, apps, _ = _registries()
     from spmbench import paper as tables
-    from spmbench import tuning
     from spmbench.models import WORLDS, select_models
     from spmbench.registry import UnknownName
 
@@ -595,7 +613,7 @@ def paper(
         if strangers:
             _fail(f"--models {', '.join(strangers)}: not {world} models; choose the world's (spmbench ls models)")
         chosen_apps = _world_apps(apps, world, apps_sel)
-        chosen_apps = [tuning.apply_record(a, reports / a.name) for a in chosen_apps]  # as `run` does
+        chosen_apps = _tuned(chosen_apps, tuning_dir, reports, shard.leads and not dry_run)
         erasers = list(tables.PAPER_ERASERS) if erasers_sel == "all" else _selected_erasers(erasers_sel)
         judge_settings = _judge_settings(judge_setting, clip_model, classifier)
         # Every eraser ('all'): those a family cannot run are left out of its cells and said so; named ones must run.

@@ -222,8 +222,7 @@ def apply_record(app: Application, folder: Path) -> Application:
     application and its grids; otherwise `app` as it is (a stale record is named in a warning). `folder`: the
     application's report folder, REPORTS/<app>, where its record is; one with `tuning: {from: <other>}`
     applies <other>'s record, in REPORTS/<other> beside it, dated by <other>'s version and grids."""
-    tuned = source(app)
-    path = (folder if tuned is app else folder.parent / tuned.name) / RECORD
+    tuned, path = source(app), record_path(app, folder)
     if not path.exists():
         if tuned.grids:  # the grids' erasers would run with their untuned defaults, which may not erase at all
             whose = tuned.name if tuned is app else f"{app.name} takes its settings from {tuned.name}, which"
@@ -246,6 +245,25 @@ def apply_record(app: Application, folder: Path) -> Application:
         raise ValueError(
             f"{path}: not a tuning record ({e}): delete it and rerun `spmbench tune --app {tuned.name}`"
         ) from None
+
+
+def record_path(app: Application, folder: Path) -> Path:
+    """Where `app`'s tuning record is, `folder` being REPORTS/<app> (see `apply_record`)."""
+    tuned = source(app)
+    return (folder if tuned is app else folder.parent / tuned.name) / RECORD
+
+
+def copy_record(app: Application, records: Path, reports: Path) -> None:
+    """Copy the tuning record `app` applies from the tables under `records` to those under `reports`
+    (REPORTS/<tuned app>/), so that a table written elsewhere has the record of its settings beside it."""
+    path = record_path(app, records / app.name)
+    if not path.exists():
+        return
+    target = reports / path.parent.name
+    target.mkdir(parents=True, exist_ok=True)
+    for name in (RECORD, "tuning.md"):
+        if (path.parent / name).exists():
+            write_text_atomic(target / name, (path.parent / name).read_text())
 
 
 def source(app: Application) -> Application:

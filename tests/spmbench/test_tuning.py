@@ -66,6 +66,18 @@ def test_the_dev_split_shares_no_prompt_template_or_seed_with_test():
     assert dev.grids == test.grids and dev.dev is None
 
 
+def test_the_record_an_application_takes_from_another_is_copied_to_that_ones_folder(tmp_path):
+    apps, reports, elsewhere = inheriting(tmp_path), tmp_path / "reports", tmp_path / "elsewhere"
+    tuning.copy_record(apps.get("toy-inherits"), reports, elsewhere)  # no record: nothing to copy
+    assert not elsewhere.exists()
+    write_record(reports)
+    tuning.copy_record(apps.get("toy-inherits"), reports, elsewhere)
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["toy-tuned"]
+    for name in ("tuning.json", "tuning.md"):
+        assert (elsewhere / "toy-tuned" / name).read_text() == (reports / "toy-tuned" / name).read_text()
+    assert tuning.apply_record(apps.get("toy-inherits"), elsewhere / "toy-inherits").tuned == CHOSEN
+
+
 @pytest.mark.parametrize(
     "path, value, message",
     [
@@ -177,6 +189,14 @@ def test_tune_chooses_on_dev_and_run_applies_the_choice_on_test(tuned_app, tmp_p
     test = report.results(runs / "toy-tuned")
     shown = [report._test_point(test, "toy-base", e) for e in ("spm", "esd-x")]
     assert plot.count("<rect x=") == sum(p is not None for p in shown)  # the chosen settings' test results
+
+    # tables written elsewhere read the record where it is (--tuning) and carry a copy of it
+    elsewhere = tmp_path / "elsewhere"
+    result = invoke("run", "--app", "toy-tuned", "--models", "toy-base", "--erasers", "none,spm,esd-x",
+                    "--out", runs, "--reports", elsewhere, "--tuning", reports)  # fmt: skip
+    assert result.exit_code == 0 and "no tuning record" not in result.output, result.output
+    assert (elsewhere / "toy-tuned" / "tuning.json").read_text() == (reports / "toy-tuned" / "tuning.json").read_text()
+    assert "chosen on the dev split" in (elsewhere / "toy-tuned" / "toy-tuned.md").read_text()
 
     (tuned_app).write_text(yaml.safe_dump(with_change("version", 2)))  # the record is for version 1
     with caplog.at_level(logging.WARNING):
