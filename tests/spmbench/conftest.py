@@ -112,3 +112,13 @@ def run_real_app(tiny_dir, tiny_sdxl_dir, tmp_path, monkeypatch):
         return result, runs / app_name, reports / app_name
 
     return run
+
+
+@pytest.fixture(scope="module")
+def real_judges(tmp_path_factory):
+    """Options giving the real applications' judges (and CLIP alteration features) tiny stand-ins."""
+    from tests.spmbench.judges.conftest import save_tiny_classifier, save_tiny_clip
+
+    root = tmp_path_factory.mktemp("real-judges")
+    clip, classifier = save_tiny_clip(root / "clip"), save_tiny_classifier(root / "classifier", "vit")
+    return ["--clip-model", str(clip), "--classifier", str(classifier)]

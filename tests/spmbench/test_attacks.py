@@ -1,10 +1,13 @@
-"""The attacks on the shipped toy world (real models, its judge) with short budgets, and their settings."""
+"""The attacks on the shipped toy world (real models, its judge) with short budgets, and their settings; the real
+applications' attacks on tiny stand-ins."""
 
 import json
 from contextlib import nullcontext
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import spm
 from spmbench.attacks import ATTACKS, Generation
@@ -334,3 +337,46 @@ def test_the_reference_is_noised_at_its_own_timestep_under_a_dpm_solver_pipeline
         torch.testing.assert_close(x, abar[t].sqrt() * clean + (1 - abar[t]).sqrt() * eps)
         outputs.append(x)
     assert not torch.allclose(*outputs, atol=1e-2)
+
+
+SHORT_BUDGETS = {  # every attack's own knobs at a few steps: the real path, not its strength
+    "uda": {"steps": 2, "tokens": 2, "restarts": 2, "images": 1, "timesteps": 2, "batch": 2},
+    "adaptive-ft": {"steps": 2, "tokens": 2, "restarts": 2, "images": 1, "timesteps": 2, "batch": 2},
+    "p4d": {"steps": 2, "tokens": 2, "restarts": 2, "images": 1, "timesteps": 2, "batch": 2},
+    "rab": {"steps": 2, "tokens": 4, "restarts": 2, "population": 8, "elite": 2},
+}
+
+
+@pytest.mark.parametrize("name", ["real-concept", "real-explicit"])
+def test_every_attack_runs_on_a_real_application_on_tiny_stand_ins(
+    name, run_real_app, real_judges, monkeypatch, tmp_path
+):
+    """The real applications name the published budgets (UnlearnDiffAtk's, Ring-A-Bell's scale); the same stage runs
+    them on a tiny SD registered as a real model, with CLIP and NudeNet judging the found prompts' images: every
+    cell, the original's included, gets each attack's success rate over its found prompts, and the table its
+    columns."""
+    from spmbench.apps import load_apps
+    from spmbench.attacks import stage
+
+    shipped = load_apps().get(name)
+    assert set(shipped.attacks) == set(ATTACKS.names()) and shipped.attacks["uda"]["steps"] == 40
+    apps = tmp_path / "apps"
+    apps.mkdir()
+    short = yaml.safe_load(Path(shipped.path).read_text()) | {"name": f"{name}-short", "attacks": SHORT_BUDGETS}
+    (apps / f"{name}-short.yaml").write_text(yaml.safe_dump(short))
+    monkeypatch.setenv("SPMBENCH_APPS", str(apps))
+    result, run_dir, reports = run_real_app(
+        f"{name}-short", *real_judges, "--attack", ",".join(SHORT_BUDGETS), limit=1, erasers="none,spm"
+    )
+    assert result.exit_code == 0, result.output
+    stored = {
+        p.parent.relative_to(run_dir / "cells"): json.loads(p.read_text())
+        for p in run_dir.glob("cells/*/*/*/result.json")
+    }
+    assert len(stored) == 1 + len(short["erase"]) * len(shipped.fit_seeds)
+    for cell, result_ in stored.items():
+        assert set(result_["settings"]["attacks"]) == set(SHORT_BUDGETS), cell
+        rates = {s: r for s, r in result_["rates"].items() if stage.is_attack_set(s)}
+        assert set(rates) == {stage.attack_set(a) for a in SHORT_BUDGETS} and all(0 <= r <= 1 for r in rates.values())
+    table = (reports / f"{name}-short.md").read_text()
+    assert all(f"attack-{a} ↓" in table for a in SHORT_BUDGETS)

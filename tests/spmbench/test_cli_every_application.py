@@ -16,7 +16,6 @@ from spmbench.cli import app
 from spmbench.erasers import BUILTIN, ERASERS
 from spmbench.erasers.base import fit_seed_of, trains
 from tests.spmbench.conftest import FAST_FITS
-from tests.spmbench.judges.conftest import save_tiny_classifier, save_tiny_clip
 from tests.spmbench.toy.v3.conftest import smoke_world_v3  # noqa: F401 (a fixture, used by toy3_weights)
 
 
@@ -26,14 +25,6 @@ STAGED_SLOW = {"toy3-concept", "toy3-artist", "toy3-explicit", "toy3-many"}
 APP_NAMES = [
     pytest.param(name, marks=pytest.mark.slow) if name in STAGED_SLOW else name for name in load_apps().names()
 ]
-
-
-@pytest.fixture(scope="module")
-def real_judges(tmp_path_factory):
-    """Options giving the real applications' judges (and CLIP alteration features) tiny stand-ins."""
-    root = tmp_path_factory.mktemp("real-judges")
-    clip, classifier = save_tiny_clip(root / "clip"), save_tiny_classifier(root / "classifier", "vit")
-    return ["--clip-model", str(clip), "--classifier", str(classifier)]
 
 
 @pytest.fixture()
