@@ -6,13 +6,14 @@
 # tables). Tables go to reports/main/ (REPORTS/<app>/, REPORTS/paper/toy3/), beside the committed tables of record
 # (reports/toy3-*/, reports/paper/toy3/: every eraser, all seven models, attacks; `bash scripts/toy3_record.sh`),
 # whose rows for these erasers they reproduce. Rerun to resume. Arguments pass through to `spmbench paper`, e.g.
-# `--erasers all` (every eraser: several hours), `--models all` (the transfer table), `--limit 2` (a smoke run).
+# `--erasers all` (every eraser: several hours), `--models all` (the transfer table), `--limit 2` (a smoke run: its
+# tables replace reports/main's; add `--reports DIR` to keep them apart).
 # One process per core, one torch thread each (SPMBENCH_PROCESSES=N for another count).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
-PROCESSES=${SPMBENCH_PROCESSES:-$(nproc)}  # before OMP_NUM_THREADS is set: nproc honours it
+PROCESSES=${SPMBENCH_PROCESSES:-$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)}  # nproc honours those
 export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
 if [ ! -f spmbench/toy/v3/weights/judge/judge.json ] || [ ! -f spmbench/toy/v3/weights/toy-base/model_index.json ]; then
     echo "toy world v3 weights not in this checkout: training them (resumable; rerun to continue)"

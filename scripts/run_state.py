@@ -9,10 +9,11 @@ needs them; an SPM's rank-1 fit, 84 KB on the toy3 UNet, is kept). One archive p
 with a judge.json), so a finished run's archive stays byte for byte the same and costs a repository nothing more
 when the state is committed again. Image grids of restored cells are drawn only where images were made anew.
 
-The kept fits' weights (*.safetensors under a run's fits/) are not archived but mirrored as plain files beside the
-archives (records/toy3-state/<run>/fits/...): a fit is written once and never changes, so committing the state again
-adds only the new fits, where an archive holding them would be rewritten whole at every save (toy3-many's 120
-rank-1 fits, 10 MB, would make its archive too large to commit at all).
+The kept fits' weights (*.safetensors under a run's fits/: SPM's, and any baseline's under --max-fit-bytes) are not
+archived but mirrored as plain files beside their run's archive (records/toy3-state/<run>/fits/...): a fit is
+written once and never changes, so committing the state again adds only the new fits, where an archive holding them
+would be rewritten whole at every save (toy3-many's 120 rank-1 fits, 10 MB, would keep its archive over the 4 MiB
+that scripts/toy3_record.sh commits; without them it holds results and scores, well under).
 
     python scripts/run_state.py pack runs records/toy3-state
     python scripts/run_state.py unpack records/toy3-state runs   # adds what is missing, overwrites nothing
@@ -75,6 +76,8 @@ def pack(runs: Path, folder: Path, max_fit_bytes: int = MAX_FIT_BYTES) -> int:
         raise SystemExit(f"error: {runs} is not a folder: give the runs folder to pack")
     count = 0
     run_dirs = sorted(p.parent for p in runs.rglob("judge.json"))
+    if runs in run_dirs:  # its archive would have no name, its mirror be the state folder itself
+        raise SystemExit(f"error: {runs} is a run folder: give the folder that holds run folders (e.g. runs)")
     for run_dir in run_dirs:
         nested = [d for d in run_dirs if d != run_dir and run_dir in d.parents]  # a tuning run, runs/<app>/dev
         files = sorted(
@@ -96,17 +99,24 @@ def mirror_fits(fits: list[Path], run_dir: Path, mirror: Path) -> None:
         data = source.read_bytes()
         if not target.is_file() or target.read_bytes() != data:
             write_atomic(target, data)
-    if mirror.is_dir():
-        for stale in [p for p in mirror.rglob("*") if p.is_file() and p.relative_to(mirror) not in wanted]:
-            stale.unlink()
+    if mirror.is_dir():  # only fits: a temporary file (".*") may be another pack's write in progress
+        for stale in mirror.rglob("*.safetensors"):
+            if not stale.name.startswith(".") and stale.relative_to(mirror) not in wanted:
+                stale.unlink()
 
 
 def write_atomic(target: Path, data: bytes) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_bytes(data)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, target)
+    fd, tmp = tempfile.mkstemp(
+        dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"
+    )  # unique: packs may overlap
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def write_archive(files: list[Path], runs: Path, archive: Path) -> None:
@@ -137,9 +147,17 @@ def unpack(folder: Path, runs: Path) -> int:
     added = 0
     for archive in sorted(folder.glob("*.tar.gz")):
         added += unpack_archive(archive, runs)
-        stem = archive.name.removesuffix(".tar.gz")
-        added += unpack_mirror(folder / stem, runs.joinpath(*stem.split("--")))
+        run_dir = archived_run_dir(archive)
+        if run_dir is not None:
+            added += unpack_mirror(folder / archive.name.removesuffix(".tar.gz"), runs / run_dir)
     return added
+
+
+def archived_run_dir(archive: Path) -> Path | None:
+    """The run folder an archive holds (relative to the runs folder): where its judge.json is."""
+    with tarfile.open(archive, "r:gz") as tar:
+        judges = [Path(n) for n in tar.getnames() if Path(n).name == "judge.json"]
+    return min(judges, key=lambda p: len(p.parts)).parent if judges else None
 
 
 def unpack_mirror(mirror: Path, run_dir: Path) -> int:

@@ -37,8 +37,12 @@ done
 
 STATE=records/toy3-state
 STATE_MAX=$((4 * 1048576))  # an archive above this stays on this machine: a cell's alteration features are ~340 KB
-save_state() {  # pack the run's small files; with --commit-state, commit the steps' reports and the small archives
-    mkdir -p runs && python scripts/run_state.py pack runs "$STATE" >/dev/null
+save_state() {  # one save at a time: the periodic saver's may still be packing when a step's or the exit's starts
+    mkdir -p runs
+    ( flock 9 && save_state_now "$1" ) 9>runs/.save-state.lock
+}
+save_state_now() {  # pack the run's small files; with --commit-state, commit the steps' reports and the small archives
+    python scripts/run_state.py pack runs "$STATE" >/dev/null
     [ -n "$COMMIT_EVERY" ] || return 0
     local paths=() f
     for f in reports/toy3-* reports/paper/toy3; do [ -e "$f" ] && paths+=("$f"); done

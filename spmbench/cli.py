@@ -304,11 +304,14 @@ def _tuned(apps: list, tuning_dir: Path | None, reports: Path, write: bool) -> l
     tables; a record read from elsewhere is copied beside the tables (when `write`), as `tune` would have put it."""
     from spmbench import tuning
 
+    if tuning_dir is not None and not tuning_dir.is_dir():
+        _fail(f"--tuning {tuning_dir}: not a folder; give the reports folder that holds <app>/tuning.json")
     records = tuning_dir or reports
+    tuned = [tuning.apply_record(a, records / a.name) for a in apps]
     if tuning_dir is not None and write and tuning_dir.resolve() != reports.resolve():
-        for a in apps:
-            tuning.copy_record(a, records, reports)
-    return [tuning.apply_record(a, records / a.name) for a in apps]
+        for a, applied in zip(apps, tuned):
+            tuning.copy_record(a, records, reports, applied=applied is not a)  # apply_record: a new app if applied
+    return tuned
 
 
 def _checked_plans(

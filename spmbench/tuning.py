@@ -253,17 +253,18 @@ def record_path(app: Application, folder: Path) -> Path:
     return (folder if tuned is app else folder.parent / tuned.name) / RECORD
 
 
-def copy_record(app: Application, records: Path, reports: Path) -> None:
-    """Copy the tuning record `app` applies from the tables under `records` to those under `reports`
-    (REPORTS/<tuned app>/), so that a table written elsewhere has the record of its settings beside it."""
+def copy_record(app: Application, records: Path, reports: Path, applied: bool) -> None:
+    """Put the tuning record `app` applied from the tables under `records` beside those under `reports`
+    (REPORTS/<tuned app>/), so that a table written elsewhere has the record of its settings beside it; where none
+    was applied (absent or stale), remove a copy an earlier run left there, which no longer says how it was made."""
     path = record_path(app, records / app.name)
-    if not path.exists():
-        return
     target = reports / path.parent.name
-    target.mkdir(parents=True, exist_ok=True)
     for name in (RECORD, "tuning.md"):
-        if (path.parent / name).exists():
+        if applied and (path.parent / name).exists():
+            target.mkdir(parents=True, exist_ok=True)
             write_text_atomic(target / name, (path.parent / name).read_text())
+        elif not applied:
+            (target / name).unlink(missing_ok=True)
 
 
 def source(app: Application) -> Application:

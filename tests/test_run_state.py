@@ -121,3 +121,38 @@ def test_features_are_left_out_where_the_result_carries_their_intervals(tmp_path
         names = set(tar.getnames())
     assert f"{DEV}/alteration_features.safetensors" in names  # an older result: the report needs its features
     assert {n for n in names if "whiskers" in n} == {"app/dev/cells/toy-base/spm/whiskers/result.json"}
+
+
+def test_a_run_folder_given_as_the_runs_folder_is_refused(tmp_path):
+    runs = make_runs(tmp_path / "runs")
+    state = tmp_path / "state"
+    run_state.pack(runs, state)
+    kept = sorted(p.relative_to(state) for p in state.rglob("*"))
+    with pytest.raises(SystemExit, match="is a run folder: give the folder that holds run folders"):
+        run_state.pack(runs / "app" / "dev", state)  # its mirror would be the state folder: swept clean
+    assert sorted(p.relative_to(state) for p in state.rglob("*")) == kept
+
+
+def test_the_sweep_removes_only_stale_fits_not_another_packs_write(tmp_path):
+    runs, state = make_runs(tmp_path / "runs"), tmp_path / "state"
+    run_state.pack(runs, state)
+    mirror = state / "app--dev" / "fits" / "toy-base"
+    in_progress, note = mirror / ".spm~seed1.safetensors.x1.tmp", mirror / "README"
+    in_progress.write_bytes(b"half")
+    note.write_text("kept")
+    stale = mirror / "gone.safetensors"
+    stale.write_bytes(b"z")
+    run_state.pack(runs, state)
+    assert in_progress.exists() and note.exists() and not stale.exists()
+
+
+def test_a_run_folder_named_with_two_dashes_gets_its_fits_back_where_they_were(tmp_path):
+    runs = tmp_path / "runs"
+    fit = runs / "my--app" / "fits" / "toy-base" / "spm.safetensors"
+    fit.parent.mkdir(parents=True)
+    (runs / "my--app" / "judge.json").write_text("{}")
+    fit.write_bytes(b"w" * 10)
+    run_state.pack(runs, tmp_path / "state")
+    fresh = tmp_path / "fresh"
+    assert run_state.unpack(tmp_path / "state", fresh) == 2
+    assert (fresh / "my--app" / "fits" / "toy-base" / "spm.safetensors").read_bytes() == b"w" * 10

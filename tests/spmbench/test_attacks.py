@@ -360,6 +360,8 @@ def test_every_attack_runs_on_a_real_application_on_tiny_stand_ins(
 
     shipped = load_apps().get(name)
     assert set(shipped.attacks) == set(ATTACKS.names()) and shipped.attacks["uda"]["steps"] == 40
+    real = [a for a in load_apps() if a.world == "real"]
+    assert len(real) == 4 and all(a.attacks == shipped.attacks for a in real)  # one budget for every real application
     apps = tmp_path / "apps"
     apps.mkdir()
     short = yaml.safe_load(Path(shipped.path).read_text()) | {"name": f"{name}-short", "attacks": SHORT_BUDGETS}

@@ -68,14 +68,16 @@ def test_the_dev_split_shares_no_prompt_template_or_seed_with_test():
 
 def test_the_record_an_application_takes_from_another_is_copied_to_that_ones_folder(tmp_path):
     apps, reports, elsewhere = inheriting(tmp_path), tmp_path / "reports", tmp_path / "elsewhere"
-    tuning.copy_record(apps.get("toy-inherits"), reports, elsewhere)  # no record: nothing to copy
+    tuning.copy_record(apps.get("toy-inherits"), reports, elsewhere, applied=False)  # no record: nothing to copy
     assert not elsewhere.exists()
     write_record(reports)
-    tuning.copy_record(apps.get("toy-inherits"), reports, elsewhere)
+    tuning.copy_record(apps.get("toy-inherits"), reports, elsewhere, applied=True)
     assert sorted(p.name for p in elsewhere.iterdir()) == ["toy-tuned"]
     for name in ("tuning.json", "tuning.md"):
         assert (elsewhere / "toy-tuned" / name).read_text() == (reports / "toy-tuned" / name).read_text()
     assert tuning.apply_record(apps.get("toy-inherits"), elsewhere / "toy-inherits").tuned == CHOSEN
+    tuning.copy_record(apps.get("toy-inherits"), reports, elsewhere, applied=False)  # stale now: its copy goes
+    assert list((elsewhere / "toy-tuned").iterdir()) == []
 
 
 @pytest.mark.parametrize(
@@ -197,6 +199,9 @@ def test_tune_chooses_on_dev_and_run_applies_the_choice_on_test(tuned_app, tmp_p
     assert result.exit_code == 0 and "no tuning record" not in result.output, result.output
     assert (elsewhere / "toy-tuned" / "tuning.json").read_text() == (reports / "toy-tuned" / "tuning.json").read_text()
     assert "chosen on the dev split" in (elsewhere / "toy-tuned" / "toy-tuned.md").read_text()
+    refused = invoke("run", "--app", "toy-tuned", "--models", "toy-base", "--out", runs, "--reports", elsewhere,
+                     "--tuning", tmp_path / "no-such-reports")  # fmt: skip
+    assert refused.exit_code != 0 and "--tuning" in refused.output and "not a folder" in refused.output
 
     (tuned_app).write_text(yaml.safe_dump(with_change("version", 2)))  # the record is for version 1
     with caplog.at_level(logging.WARNING):
