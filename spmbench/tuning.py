@@ -227,7 +227,8 @@ def apply_record(app: Application, folder: Path) -> Application:
         if tuned.grids:  # the grids' erasers would run with their untuned defaults, which may not erase at all
             whose = tuned.name if tuned is app else f"{app.name} takes its settings from {tuned.name}, which"
             log.warning(
-                "%s has no tuning record at %s: %s run with their untuned settings; run `spmbench tune --app %s` first",
+                "%s has no tuning record at %s: %s run with their untuned settings; run `spmbench tune --app %s` first"
+                " (or give --tuning the reports folder that holds it, e.g. --tuning reports)",
                 whose, path, ", ".join(tuned.grids), tuned.name,
             )  # fmt: skip
         return app

@@ -44,7 +44,7 @@ def test_real_concept_runs_end_to_end_through_the_cli_with_the_judges_settings(r
     assert result.exit_code == 0, result.output
     assert "gives no image features" not in result.output
     stored = json.loads((runs / "cells" / "tiny-real" / "negprompt" / "snoopy" / "result.json").read_text())
-    assert set(stored["rates"]) == {"target", "near", "far"}
+    assert set(stored["rates"]) == {"target", "near", "others", "far"}
     assert set(stored["alteration"]) == {"paired_feature_distance", "fid_judge_features"}
     assert stored["alteration_features"] == json.loads((runs / "judge.json").read_text())["judge"]
     assert str(clip_dir) in stored["alteration_features"]
