@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NoReturn
 
@@ -314,6 +314,17 @@ def _tuned(apps: list, tuning_dir: Path | None, reports: Path, write: bool) -> l
     return tuned
 
 
+_FIT_SEEDS_HELP = (
+    "fit each trained eraser with only the first N of the application's fit seeds (smoke runs; the tables say "
+    "which seeds they hold)"
+)
+
+
+def _fewer_fit_seeds(apps: list, count: int | None) -> list:
+    """`--fit-seeds N`: the applications with their first N fit seeds (all of them when not given)."""
+    return apps if count is None else [replace(a, fit_seeds=a.fit_seeds[:count]) for a in apps]
+
+
 def _checked_plans(
     chosen_apps: list,
     chosen_models: list,
@@ -419,6 +430,7 @@ def run(
         "none,spm,spm-rel,spm-noft", "--erasers", help="comma-separated eraser names, or 'all' (every built-in eraser)"
     ),
     limit: int | None = typer.Option(None, min=1, help="at most this many prompts per prompt set (smoke runs)"),
+    fit_seeds: int | None = typer.Option(None, "--fit-seeds", min=1, help=_FIT_SEEDS_HELP),
     out: Path = typer.Option(Path("runs"), help="run directories go here"),
     reports: Path = typer.Option(Path("reports"), help="tables go to REPORTS/<app>/"),
     tuning_dir: Path | None = typer.Option(None, "--tuning", help=_TUNING_HELP),
@@ -442,7 +454,9 @@ def run(
     shard, device = _launched(device, out, reports, dry_run)
     try:
         chosen_models, chosen_apps = _chosen(models, apps, app_name, models_sel)
-        chosen_apps = _tuned(chosen_apps, tuning_dir, reports, shard.leads and not dry_run)
+        chosen_apps = _fewer_fit_seeds(
+            _tuned(chosen_apps, tuning_dir, reports, shard.leads and not dry_run), fit_seeds
+        )
         erasers = _selected_erasers(erasers_sel)
         judge_settings = _judge_settings(judge_setting, clip_model, classifier)
         plans = _checked_plans(chosen_apps, chosen_models, erasers, models, judge_settings, out)
@@ -512,6 +526,9 @@ def tune(
     batch_size: int = typer.Option(32, min=1, help="images generated at once"),
     device: str = "cpu",
     dry_run: bool = typer.Option(False, "--dry-run", help="print the dev plan and its estimated cost, and stop"),
+    judge_setting: list[str] = typer.Option([], "--judge-setting", "-J", help=_JUDGE_SETTING_HELP),
+    clip_model: str | None = typer.Option(None, help=_CLIP_HELP),
+    classifier: str | None = typer.Option(None, help=_CLASSIFIER_HELP),
 ) -> None:
     """Choose each eraser's settings on the application's dev split: its grid (tuning.grids), one rule;
     `spmbench run` then applies the recorded choice. Resumable, and shared by launched processes, like run."""
@@ -527,13 +544,14 @@ def tune(
         chosen_apps = [a for a in chosen_apps if a.dev and not a.tuning_from or app_name != "all"]
         roots = list({m.name: m for m in (runner.fit_model_for(m, models) for m in chosen)}.values())
         erasers = _selected_erasers(erasers_sel)
-        problems = _selection_problems(chosen_apps, roots, [ERASERS.get(e) for e in erasers], {})
+        judge_settings = _judge_settings(judge_setting, clip_model, classifier)
+        problems = _selection_problems(chosen_apps, roots, [ERASERS.get(e) for e in erasers], judge_settings)
         _fail_on(problems[0] if problems else None)
         plans = {a.name: tuning.plan(a, roots, erasers, out / a.name / "dev") for a in chosen_apps}
         if dry_run:
             _print_tune_plan(plans, models, limit, shard)
             return
-        options = _RunOptions(out, reports, limit, batch_size, device, False, {}, shard)
+        options = _RunOptions(out, reports, limit, batch_size, device, False, judge_settings, shard)
         for a in chosen_apps:
             _tune_app(a, roots, erasers, models, options)
     except UnknownName as e:
@@ -560,7 +578,7 @@ def _tune_app(a, roots: list, erasers: list[str], models, options: _RunOptions) 
     """Tune one application (tuning.tune) in this process's share; the leading process writes the record."""
     from spmbench import tuning
 
-    judge, features = _judges_for(a, {}, options.device)
+    judge, features = _judges_for(a, options.judge_settings, options.device)
     record = tuning.tune(a, roots, erasers, options.out / a.name / "dev", judge, models, limit=options.limit,
                          batch_size=options.batch_size, device=options.device, features=features,
                          shard=options.shard)  # fmt: skip
@@ -587,6 +605,7 @@ def paper(
         "all", "--apps", help="'all' (the world's applications) or comma-separated names of the world's"
     ),
     limit: int | None = typer.Option(None, min=1, help="at most this many prompts per prompt set (smoke runs)"),
+    fit_seeds: int | None = typer.Option(None, "--fit-seeds", min=1, help=_FIT_SEEDS_HELP),
     out: Path = typer.Option(Path("runs"), help="run directories go here (OUT/<app>, as `spmbench run`'s)"),
     reports: Path = typer.Option(Path("reports"), help="tables go to REPORTS/<app>/ and REPORTS/paper/<world>/"),
     tuning_dir: Path | None = typer.Option(None, "--tuning", help=_TUNING_HELP),
@@ -616,7 +635,9 @@ def paper(
         if strangers:
             _fail(f"--models {', '.join(strangers)}: not {world} models; choose the world's (spmbench ls models)")
         chosen_apps = _world_apps(apps, world, apps_sel)
-        chosen_apps = _tuned(chosen_apps, tuning_dir, reports, shard.leads and not dry_run)
+        chosen_apps = _fewer_fit_seeds(
+            _tuned(chosen_apps, tuning_dir, reports, shard.leads and not dry_run), fit_seeds
+        )
         erasers = list(tables.PAPER_ERASERS) if erasers_sel == "all" else _selected_erasers(erasers_sel)
         judge_settings = _judge_settings(judge_setting, clip_model, classifier)
         # Every eraser ('all'): those a family cannot run are left out of its cells and said so; named ones must run.

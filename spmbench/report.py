@@ -577,7 +577,7 @@ def caption(app: Application, data) -> str:
         + (f", limit {settings['limit']} prompts per set" if settings.get("limit") else "")
         + _tuning_note(app)
         + (f"; trained erasers fitted with seeds {list(app.fit_seeds)}: the rate of the first fit, then the number "
-           "of fits, their mean and range" if len(app.fit_seeds) > 1 else "")
+           "of fits, their mean and range" if len(app.fit_seeds) > 1 else f"; one fit per trained eraser (seed {app.fit_seeds[0]})")
         + _implementations(app, table)
         + _attacks_note(settings.get("attacks", {}))
     )  # fmt: skip
@@ -591,7 +591,8 @@ def _sampler(settings: dict) -> str:
 def _tuning_note(app: Application) -> str:
     """Where the fitting settings came from: this application's dev split, or another's (`tuning: {from: ...}`)."""
     if not app.tuned:
-        return ""
+        # the real world's defaults are each eraser's published setting (protocol v3), the toy's its untuned default
+        return "; fitting settings: each eraser's published one (not tuned here)" if app.world == "real" else ""
     if not app.tuning_from:
         return "; fitting settings chosen on the dev split (tuning.md beside this table)"
     source, inherited = app.tuning_from, app.inherited_kinds()

@@ -61,9 +61,13 @@ class Point:
 def choose(points: list[Point]) -> int:
     """RULE: the index of the chosen point."""
     erased = [i for i, p in enumerate(points) if p.erased]
-    if erased:
-        return min(erased, key=lambda i: (-points[i].retention, points[i].target, i))
-    return min(range(len(points)), key=lambda i: (points[i].target, -points[i].retention, i))
+    if erased:  # no erosion set (real-explicit: utility is COCO's FID): retention is nan and ties, target decides
+        return min(erased, key=lambda i: (-_or_zero(points[i].retention), points[i].target, i))
+    return min(range(len(points)), key=lambda i: (points[i].target, -_or_zero(points[i].retention), i))
+
+
+def _or_zero(value: float) -> float:
+    return 0.0 if math.isnan(value) else value
 
 
 def grids(app: Application, erasers: list[str]) -> dict[str, list[str]]:
@@ -224,7 +228,9 @@ def apply_record(app: Application, folder: Path) -> Application:
     applies <other>'s record, in REPORTS/<other> beside it, dated by <other>'s version and grids."""
     tuned, path = source(app), record_path(app, folder)
     if not path.exists():
-        if tuned.grids:  # the grids' erasers would run with their untuned defaults, which may not erase at all
+        if tuned.grids and app.world == "real":  # the defaults are the papers' settings, as the protocol keeps them
+            log.info("%s has no tuning record at %s: each eraser runs with its paper's setting", tuned.name, path)
+        elif tuned.grids:  # the grids' erasers would run with their untuned defaults, which may not erase at all
             whose = tuned.name if tuned is app else f"{app.name} takes its settings from {tuned.name}, which"
             log.warning(
                 "%s has no tuning record at %s: %s run with their untuned settings; run `spmbench tune --app %s` first"

@@ -224,8 +224,8 @@ def test_bad_templates_per_kind_say_what_is_wrong(data, message):
 # Each shipped application's (version, digest of every row of both splits): a file's prompts, and so its ids,
 # change only with its version (a run's stored images are found by prompt id).
 SHIPPED_ROWS = {
-    "real-artist": (2, "1f07d8a0a16d3abe"), "real-concept": (2, "bbf70723cb964afe"),
-    "real-explicit": (1, "17413b794e795ad8"), "real-object": (1, "13dc66112a338977"),
+    "real-artist": (3, "5f408cb4862145b5"), "real-concept": (3, "44c0b0fca16a3cc4"),
+    "real-explicit": (2, "192d79e4ab7fe755"), "real-object": (2, "1b3020a12f3cff80"),
     "toy-artist": (2, "6a2adc9b24936388"), "toy-concept": (2, "a71d420f12a66fee"),
     "toy-explicit": (2, "63da18445a15d8e5"), "toy-object": (2, "6d8fcc693ff874e5"),
     "toy3-artist": (1, "a7993c550dfc9ab1"), "toy3-concept": (2, "5a451915c5119178"),
@@ -366,6 +366,31 @@ def test_a_v3_application_holds_dev_and_test_apart(name):
         if test_set.name in ("near", "far") and (name, test_set.name) != ("toy3-explicit", "near"):
             assert not set(test_set.concepts) & set(dev_set.concepts), (name, test_set.name)
     assert app.fit_seeds == (0, 1, 2) and set(app.attacks) == {"uda", "adaptive-ft", "p4d", "rab"}
+
+
+REAL = ("real-concept", "real-artist", "real-explicit", "real-object")
+
+
+@pytest.mark.parametrize("name", REAL)
+def test_a_real_application_is_tuned_on_prompts_no_test_row_has(name):
+    """Protocol v3 on the real world: a dev split of its own seeds and phrasings (a published file's rows are all
+    test), every set tuned on, 3 fit seeds, and the same grid budget as every other eraser's, each grid holding the
+    eraser's published setting (the default the real world runs with)."""
+    from spmbench.erasers.base import ERASERS
+    from tests.spmbench.test_prompts import BENCH
+
+    app = load_apps().get(name)
+    dev = app.for_split("dev")
+    assert {ps.name for ps in dev.prompt_sets} == {ps.name for ps in app.prompt_sets}
+    for targets in app.erase:
+        test_rows = app.rows(targets, data_dir=BENCH)
+        dev_rows = dev.rows(targets, data_dir=BENCH)
+        assert len(dev_rows) >= 20 and not {r.prompt for r in test_rows} & {r.prompt for r in dev_rows}
+        assert not {(r.prompt, r.seed) for r in test_rows} & {(r.prompt, r.seed) for r in dev_rows}
+    assert app.fit_seeds == (0, 1, 2) and {len(g) for g in app.grids.values()} == {6}
+    for key, grid in app.grids.items():
+        defaults = ERASERS.get(key).settings({})
+        assert any(all(getattr(defaults, k) == v for k, v in point.items()) for point in grid), key
 
 
 @pytest.mark.parametrize("name", TOY3)

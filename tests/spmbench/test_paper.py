@@ -79,7 +79,7 @@ def rows(path) -> set[tuple]:
 def test_paper_runs_every_real_application_and_writes_every_table(stand_ins, tmp_path):
     runs, reports = tmp_path / "runs", tmp_path / "reports"
     result = invoke("paper", "--world", "real", "--models", MODELS, "--erasers", ERASERS_RUN, "--limit", 2,
-                    "--out", runs, "--reports", reports, *stand_ins)  # fmt: skip
+                    "--fit-seeds", 1, "--out", runs, "--reports", reports, *stand_ins)  # fmt: skip
     assert result.exit_code == 0, result.output
     out = reports / "paper" / "real"
     for table in paper.TABLES:
@@ -154,17 +154,53 @@ def test_an_explicit_table_without_nudenet_classes_says_so_in_one_line(name, say
     assert "NudeNet" not in paper.markdown(concept, application.world, [(application, rows)])
 
 
-def test_dry_run_prints_cells_images_and_fits_and_writes_nothing(stand_ins, tmp_path):
+def test_tune_chooses_a_real_applications_settings_on_its_dev_split_and_run_applies_them(stand_ins, tmp_path):
+    """Protocol v3 on the real world: a published file's application is tuned on its own dev phrasings (UCE's six
+    points, the paper's lambda 0.5 among them); untuned, its table says the papers' settings ran; tuned, the record's."""
+    runs, reports = tmp_path / "runs", tmp_path / "reports"
+    common = ["--app", "real-artist", "--models", "tiny-real", "--limit", 1, "--out", runs, "--reports", reports]
+    untuned = invoke("run", *common, "--erasers", "none,uce", *stand_ins)
+    assert untuned.exit_code == 0, untuned.output
+    assert "each eraser's published one (not tuned here)" in (reports / "real-artist" / "real-artist.md").read_text()
+    result = invoke("tune", *common, "--erasers", "none,uce", *stand_ins)
+    assert result.exit_code == 0, result.output
+    record = json.loads((reports / "real-artist" / "tuning.json").read_text())
+    points = record["points"]["tiny-real"]["uce"]
+    assert [p["overrides"] for p in points] == [{"lam": x} for x in (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)]
+    dev = load_apps().get("real-artist").for_split("dev")
+    scores = runs / "real-artist" / "dev" / "cells" / "tiny-real" / points[0]["eraser"] / "van-gogh" / "scores.jsonl"
+    dev_rows = dev.rows(("Van Gogh",), limit=1)  # a template of ours per set, not a row of the published file
+    assert {r.prompt for r in dev_rows} == {
+        "a painting in the style of Van Gogh",
+        "a painting in the style of Pablo Picasso",
+    }
+    assert {json.loads(line)["prompt_id"] for line in scores.open()} == {r.prompt_id for r in dev_rows}
+    # the untuned run's fit is refused, one line, as any fit whose settings changed; a new run folder takes the record
+    assert "was fitted with settings" in invoke("run", *common, "--erasers", "none,uce", *stand_ins).output
+    tuned_runs = tmp_path / "tuned-runs"
+    rerun = invoke("run", *common, "--erasers", "none,uce", "--out", tuned_runs, *stand_ins)
+    assert rerun.exit_code == 0, rerun.output
+    cell = tuned_runs / "real-artist" / "cells" / "tiny-real" / "uce" / "van-gogh"
+    stored = json.loads((cell / "result.json").read_text())
+    assert stored["settings"]["fit"]["lam"] == record["chosen"]["tiny-real"]["uce"]["lam"]
+    assert "chosen on the dev split" in (reports / "real-artist" / "real-artist.md").read_text()
+
+
+@pytest.mark.parametrize("fit_seeds", [[], ["--fit-seeds", 1]])
+def test_dry_run_prints_cells_images_and_fits_and_writes_nothing(stand_ins, tmp_path, fit_seeds):
     runs, reports = tmp_path / "runs", tmp_path / "reports"
     result = invoke("paper", "--world", "real", "--models", MODELS, "--erasers", "spm,spm-noanchor,uce", "--limit", 2,
-                    "--out", runs, "--reports", reports, "--dry-run", *stand_ins)  # fmt: skip
+                    *fit_seeds, "--out", runs, "--reports", reports, "--dry-run", *stand_ins)  # fmt: skip
     assert result.exit_code == 0, result.output
     assert not runs.exists() and not reports.exists()
     concept = load_apps().get("real-concept")
-    images = len(runner.all_rows(concept, 2)) + 3 * sum(len(concept.rows(t, 2)) for t in concept.erase)
-    # SPM and its ablation fit each target once (Snoopy, Mickey, Spongebob), UCE each experiment
-    assert f"tiny-real     cells 10, images {images:,}, fits 9: no measured rate (sd1 at 32 px)" in result.output
-    assert f"tiny-real-ft  cells 10, images {images:,}, fits 0 (on tiny-real): no measured rate" in result.output
+    # SPM and its ablation fit each target (Snoopy, Mickey, Spongebob) once per fit seed (3; 1 with --fit-seeds 1),
+    # UCE (not trained) each experiment once
+    seeds = 1 if fit_seeds else len(concept.fit_seeds)
+    images = len(runner.all_rows(concept, 2)) + (2 * seeds + 1) * sum(len(concept.rows(t, 2)) for t in concept.erase)
+    cells, fits = 1 + 3 * (2 * seeds + 1), 2 * 3 * seeds + 3
+    assert f"tiny-real     cells {cells}, images {images:,}, fits {fits}: no measured rate (sd1" in result.output
+    assert f"tiny-real-ft  cells {cells}, images {images:,}, fits 0 (on tiny-real): no measured rate" in result.output
     assert all(f"{a.name}:" in result.output for a in real_apps())
     assert "ablation-ft: not written (needs spm-noft (--erasers))" in result.output
     assert "ablation-anchoring: real-artist, real-concept, real-explicit, real-object" in result.output

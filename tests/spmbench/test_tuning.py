@@ -129,6 +129,10 @@ def test_the_rule_prefers_retention_among_erased_settings_else_the_lowest_target
     assert tuning.choose([point(0.0, 0.9), point(0.0, 0.9)]) == 0  # a full tie: the earlier point
     # retention is relative to the original's near rate
     assert tuning.choose([point(0.0, 0.5, original_near=0.5), point(0.0, 0.6, original_near=1.0)]) == 0
+    # no erosion set (real-explicit): retention is undefined, so the lower target rate decides, erased or not
+    nan = float("nan")
+    assert tuning.choose([point(0.05, nan), point(0.0, nan), point(0.01, nan)]) == 1
+    assert tuning.choose([point(0.5, nan), point(0.3, nan), point(0.4, nan)]) == 1
 
 
 def test_a_grid_is_needed_for_every_eraser_with_settings():
@@ -238,6 +242,11 @@ def test_an_application_with_grids_but_no_record_warns_that_its_erasers_run_untu
     with caplog.at_level(logging.WARNING):
         tuning.apply_record(parse_app(untuned, "x"), tmp_path)
     assert caplog.text == ""
+    # a real application's defaults are each eraser's published setting (protocol v3): said, not warned
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert tuning.apply_record(parse_app(APP | {"world": "real"}, "x"), tmp_path).tuned == {}
+    assert [r.levelno for r in caplog.records] == [logging.INFO] and "its paper's setting" in caplog.text
 
 
 # ---- an application that takes another's tuning (`tuning: {from: ...}`, as toy3-many takes toy3-concept's) ----

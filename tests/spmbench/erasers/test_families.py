@@ -189,7 +189,7 @@ def test_spmbench_runs_a_real_application_on_an_sdxl_model(run_real_app, tmp_pat
 
     clip = save_tiny_clip(tmp_path / "clip")
     erasers = ["none", "spm-rel", "esd-x", "ca", "rece", "sld-medium", "negprompt"]
-    result, runs, reports = run_real_app("real-concept", "--clip-model", str(clip), limit=1,
+    result, runs, reports = run_real_app("real-concept", "--clip-model", str(clip), "--fit-seeds", "1", limit=1,
                                          erasers=",".join(erasers), model="tiny-xl")  # fmt: skip
     assert result.exit_code == 0, result.output
     stored = [json.loads(p.read_text()) for p in runs.glob("cells/tiny-xl/*/*/result.json")]
