@@ -322,7 +322,12 @@ _FIT_SEEDS_HELP = (
 
 def _fewer_fit_seeds(apps: list, count: int | None) -> list:
     """`--fit-seeds N`: the applications with their first N fit seeds (all of them when not given)."""
-    return apps if count is None else [replace(a, fit_seeds=a.fit_seeds[:count]) for a in apps]
+    if count is None:
+        return apps
+    fewer = [a for a in apps if len(a.fit_seeds) < count]
+    if fewer:
+        _fail(f"--fit-seeds {count}: {fewer[0].name} has {len(fewer[0].fit_seeds)} fit seed(s); give at most that")
+    return [replace(a, fit_seeds=a.fit_seeds[:count]) for a in apps]
 
 
 def _checked_plans(
@@ -540,8 +545,8 @@ def tune(
     shard, device = _launched(device, out, reports, dry_run)
     try:
         chosen, chosen_apps = _chosen(models, apps, app_name, models_sel)
-        # 'all': the apps tuned on their own dev split (one that takes another's tuning is refused by name)
-        chosen_apps = [a for a in chosen_apps if a.dev and not a.tuning_from or app_name != "all"]
+        # 'all': the apps with grids tuned on their own dev split (one without, or taking another's, is refused by name)
+        chosen_apps = [a for a in chosen_apps if a.dev and a.grids and not a.tuning_from or app_name != "all"]
         roots = list({m.name: m for m in (runner.fit_model_for(m, models) for m in chosen)}.values())
         erasers = _selected_erasers(erasers_sel)
         judge_settings = _judge_settings(judge_setting, clip_model, classifier)
@@ -687,7 +692,7 @@ def _world_apps(apps, world: str, selector: str) -> list:
 def report_cmd(run_dir: Path, reports: Path = typer.Option(Path("reports"))) -> None:
     """Rebuild the tables of RUN_DIR from its stored results (nothing is recomputed)."""
     from spm.files import output_dir_problem
-    from spmbench import report
+    from spmbench import report, tuning
     from spmbench.registry import UnknownName
 
     _, apps, _ = _registries()
@@ -706,6 +711,7 @@ def report_cmd(run_dir: Path, reports: Path = typer.Option(Path("reports"))) -> 
         _fail(f"{paths[0]}: {e}")
     _fail_on(output_dir_problem(reports, "--reports"))
     try:
+        a = tuning.apply_record(a, reports / a.name)  # the settings its run applied, for the caption
         written = report.write_reports(a, run_dir, reports / a.name)
     except (ValueError, OSError) as e:  # a full disk, say: one line, as in `run`
         _fail(str(e))

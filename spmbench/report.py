@@ -576,8 +576,7 @@ def caption(app: Application, data) -> str:
         f"guidance {settings.get('guidance')}, {settings.get('resolution')} px, seeds {settings.get('seeds')}"
         + (f", limit {settings['limit']} prompts per set" if settings.get("limit") else "")
         + _tuning_note(app)
-        + (f"; trained erasers fitted with seeds {list(app.fit_seeds)}: the rate of the first fit, then the number "
-           "of fits, their mean and range" if len(app.fit_seeds) > 1 else f"; one fit per trained eraser (seed {app.fit_seeds[0]})")
+        + _fit_seeds_note(app, table)
         + _implementations(app, table)
         + _attacks_note(settings.get("attacks", {}))
     )  # fmt: skip
@@ -588,13 +587,23 @@ def _sampler(settings: dict) -> str:
     return settings.get("sampler", "DDIMScheduler").removesuffix("Scheduler")
 
 
+def _fit_seeds_note(app: Application, table: pd.DataFrame) -> str:
+    """The fit seeds the table's cells hold (not the application's list: `--fit-seeds` runs hold fewer)."""
+    later = sorted({seed for name in table["eraser"] if (seed := fit_seed_of(name)[1]) is not None})
+    if not later:
+        return ""
+    return (f"; trained erasers fitted with seeds {[app.fit_seeds[0], *later]}: the rate of the first fit, then the "
+            "number of fits, their mean and range")  # fmt: skip
+
+
 def _tuning_note(app: Application) -> str:
     """Where the fitting settings came from: this application's dev split, or another's (`tuning: {from: ...}`)."""
     if not app.tuned:
-        # the real world's defaults are each eraser's published setting (protocol v3), the toy's its untuned default
-        return "; fitting settings: each eraser's published one (not tuned here)" if app.world == "real" else ""
+        # the real world's defaults are each eraser's published setting on SD 1.x (protocol v3 keeps them)
+        return "; fitting settings: each eraser's defaults (its paper's), not tuned" if app.world == "real" else ""
     if not app.tuning_from:
-        return "; fitting settings chosen on the dev split (tuning.md beside this table)"
+        keys = sorted({key for chosen in app.tuned.values() for key in chosen})
+        return f"; fitting settings of {', '.join(keys)} chosen on the dev split (tuning.md beside this table)"
     source, inherited = app.tuning_from, app.inherited_kinds()
     kinds = f", also for the {', '.join(inherited)} targets, kinds {source} does not tune" if inherited else ""
     where = f"{source}'s dev split (../{source}/tuning.md)"

@@ -73,6 +73,8 @@ def _or_zero(value: float) -> float:
 def grids(app: Application, erasers: list[str]) -> dict[str, list[str]]:
     """Each settings key's grid as Tuned eraser names: grid points of the first selected eraser with that
     key, which decides for the others sharing its fit. Erasers with nothing to set are not tuned."""
+    if not app.grids:
+        raise ValueError(f"{app.name} has no tuning grids ({app.path} says why): its erasers run with their defaults")
     out: dict[str, list[str]] = {}
     for name in erasers:
         eraser = ERASERS.get(name)

@@ -8,6 +8,7 @@ test_cli_every_application runs every application with every built-in eraser."""
 
 import dataclasses
 import json
+import shutil
 
 import pandas as pd
 import pytest
@@ -161,7 +162,9 @@ def test_tune_chooses_a_real_applications_settings_on_its_dev_split_and_run_appl
     common = ["--app", "real-artist", "--models", "tiny-real", "--limit", 1, "--out", runs, "--reports", reports]
     untuned = invoke("run", *common, "--erasers", "none,uce", *stand_ins)
     assert untuned.exit_code == 0, untuned.output
-    assert "each eraser's published one (not tuned here)" in (reports / "real-artist" / "real-artist.md").read_text()
+    assert (
+        "each eraser's defaults (its paper's), not tuned" in (reports / "real-artist" / "real-artist.md").read_text()
+    )
     result = invoke("tune", *common, "--erasers", "none,uce", *stand_ins)
     assert result.exit_code == 0, result.output
     record = json.loads((reports / "real-artist" / "tuning.json").read_text())
@@ -175,15 +178,19 @@ def test_tune_chooses_a_real_applications_settings_on_its_dev_split_and_run_appl
         "a painting in the style of Pablo Picasso",
     }
     assert {json.loads(line)["prompt_id"] for line in scores.open()} == {r.prompt_id for r in dev_rows}
-    # the untuned run's fit is refused, one line, as any fit whose settings changed; a new run folder takes the record
-    assert "was fitted with settings" in invoke("run", *common, "--erasers", "none,uce", *stand_ins).output
     tuned_runs = tmp_path / "tuned-runs"
     rerun = invoke("run", *common, "--erasers", "none,uce", "--out", tuned_runs, *stand_ins)
     assert rerun.exit_code == 0, rerun.output
     cell = tuned_runs / "real-artist" / "cells" / "tiny-real" / "uce" / "van-gogh"
     stored = json.loads((cell / "result.json").read_text())
     assert stored["settings"]["fit"]["lam"] == record["chosen"]["tiny-real"]["uce"]["lam"]
-    assert "chosen on the dev split" in (reports / "real-artist" / "real-artist.md").read_text()
+    tuned_note = "fitting settings of uce chosen on the dev split"
+    assert tuned_note in (reports / "real-artist" / "real-artist.md").read_text()
+    rebuilt = tmp_path / "rebuilt"  # `spmbench report` reads the record beside the tables it rebuilds
+    shutil.copytree(reports / "real-artist", rebuilt / "real-artist")
+    (rebuilt / "real-artist" / "real-artist.md").unlink()
+    assert invoke("report", tuned_runs / "real-artist", "--reports", rebuilt).exit_code == 0
+    assert tuned_note in (rebuilt / "real-artist" / "real-artist.md").read_text()
 
 
 @pytest.mark.parametrize("fit_seeds", [[], ["--fit-seeds", 1]])
@@ -354,6 +361,7 @@ def test_the_shipped_rates_load_and_an_ablation_reads_its_variants_settings():
             ["--world", "real", "--models", "toy-base"],
             "--models toy-base: not real models; choose the world's (spmbench ls models)",
         ),
+        (["--world", "real", "--fit-seeds", "4"], "--fit-seeds 4: real-artist has 3 fit seed(s); give at most that"),
         (
             ["--world", "toy3", "--apps", "toy-concept"],
             "--apps 'toy-concept': give 'all' or names of toy3 applications (spmbench ls apps)",
