@@ -15,6 +15,7 @@ import json
 import logging
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,6 +145,7 @@ def frame(stored: list[Result], run_dir: Path | None = None, app: Application | 
             rows[-1].update(original_lo=before.lo, original_hi=before.hi)
         if app is not None and app.judge == "nudenet":
             rows += _class_count_rows(run_dir, r, cell, prompts, judge)
+        rows += _judge_score_rows(run_dir, r, cell, prompts, app)
         features = _alteration(run_dir, r, prompts, kid=app is not None and measures_kid(app.world))
         for key, value in (r.alteration or {}).items():
             info = ALTERATION.get(key) or OPTIONAL_ALTERATION.get(key)
@@ -173,6 +175,7 @@ def frame(stored: list[Result], run_dir: Path | None = None, app: Application | 
     # what the alteration was measured on, and by which packages: the caption names them
     table.attrs["feature_sources"] = sorted({r.alteration_features for r in erased if r.alteration_features})
     table.attrs["packages"] = next((r.meta["packages"] for r in erased if r.meta.get("packages")), {})
+    table.attrs["score_names"] = {k: info.name for k, info in _per_image_measures(app.judge).items()} if app else {}
     table.attrs["judge"] = judge  # the judge's identity (runner.check_judge's judge.json), for the caption
     table.attrs["code"] = next((r.meta["code"] for r in erased if r.meta.get("code")), None)
     return table
@@ -307,6 +310,51 @@ def _class_count_rows(run_dir: Path | None, r: Result, cell, prompts: dict | Non
         rows.append(_row(r, cell, measure, interval.value, interval, False, COUNT_UNIT, before.value))
         rows[-1].update(original_lo=before.lo, original_hi=before.hi)
     return rows
+
+
+SCORE_UNIT = "judge score"  # the frame's per-set means of a judge's per-image measure: '<measure>:<set>'
+
+
+def _per_image_measures(judge_name: str) -> dict:
+    """The judge's measures, by name: those its records hold per image (CLIP score) become score columns; those
+    computed from the records (NudeNet's class counts) are in no record and make none."""
+    from spmbench.judges import judge_class
+    from spmbench.registry import UnknownName
+
+    try:
+        return dict(judge_class(judge_name).metrics)
+    except (UnknownName, ImportError):
+        return {}
+
+
+def _judge_score_rows(run_dir: Path | None, r: Result, cell, prompts: dict | None, app: Application | None) -> list:
+    """Each per-image measure the judge records (the CLIP judge's CLIP score, 2.5 max(cos, 0) of the image with its
+    concept's text), per prompt set: the mean with a cluster bootstrap interval over prompts, the original's beside
+    it, where both cells' records hold it for every image of the set. Lower is better on the erasure sets."""
+    if run_dir is None or prompts is None or app is None:
+        return []
+    measures = _per_image_measures(app.judge)
+    if not measures:
+        return []
+    own, original = (_records(run_dir, r.model, e, t) for e, t in ((r.eraser, r.targets), ("none", ())))
+    rows = []
+    for key in measures:
+        for prompt_set in dict.fromkeys(s for s, _ in prompts.values()):
+            ids = [i for i, (s, _) in prompts.items() if s == prompt_set]
+            if not all(_finite(own.get(i, {}).get(key)) and _finite(original.get(i, {}).get(key)) for i in ids):
+                continue
+            texts = [prompts[i][1] for i in ids]
+            # a bootstrap over a few prompts collapses (one prompt: [m, m]); there each image is resampled alone
+            clusters = texts if len(set(texts)) >= stats.FEW_PROMPTS else ids
+            mean, before = (stats.mean_interval([rec[i][key] for i in ids], clusters) for rec in (own, original))
+            higher = prompt_set not in ERASURE_SETS
+            rows.append(_row(r, cell, f"{key}:{prompt_set}", mean.value, mean, higher, SCORE_UNIT, before.value))
+            rows[-1].update(original_lo=before.lo, original_hi=before.hi)
+    return rows
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _sample(scores: dict[str, bool], prompts: dict | None, prompt_set: str) -> _Sample | None:
@@ -462,7 +510,8 @@ def table_rows(data) -> tuple[list[str], list[list[str]]]:
     measured = set(table["measure"])  # the vision extra's measures are columns only where some result has them
     alteration = {**ALTERATION, **{k: info for k, info in OPTIONAL_ALTERATION.items() if k in measured}}
     counts = _count_columns(table)  # NudeNet's per-class counts, where the judge kept them
-    shared_n = {m: _column_n(table, m) for m in [*sets, *counts, *alteration]}
+    scores = _score_columns(table)  # the judge's per-image measure (CLIP score) per set, where it kept one
+    shared_n = {m: _column_n(table, m) for m in [*sets, *counts, *scores, *alteration]}
 
     def title(measure: str, base: str) -> str:
         return base + (f" (n={shared_n[measure]})" if shared_n[measure] is not None else "")
@@ -470,6 +519,7 @@ def table_rows(data) -> tuple[list[str], list[list[str]]]:
     header = ["model", "erased", "eraser", "fitted on"]
     header += [title(s, f"{s} {rate_info(s, _lower_is_better(s)).arrow}") for s in sets]
     header += [title(m, info.header) for m, info in counts.items()]
+    header += [title(m, name) for m, name in scores.items()]
     header += [title(key, info.header) for key, info in alteration.items()] + [FIT_SECONDS.header, FIT_MEMORY.header]
     cells = list(table.groupby(["model", "targets", "eraser", "fitted_on"], sort=False))
     cells.sort(key=lambda item: (item[0][0], len(item[0][1].split("+")), item[0][2]))  # stable: run order within
@@ -478,6 +528,7 @@ def table_rows(data) -> tuple[list[str], list[list[str]]]:
         by_measure = {row.measure: row for row in cell.itertuples()}
         line = [_rate_cell(by_measure.get(s), spms, shared_n[s] is None) for s in sets]
         line += [_count_cell(by_measure.get(m), shared_n[m] is None) for m in counts]
+        line += [_score_cell(by_measure.get(m), shared_n[m] is None) for m in scores]
         line += [_alteration_cell(by_measure.get(k), shared_n[k] is None, k) for k in alteration]
         line += [
             _fit_cell(by_measure.get("fit_seconds"), "{:.0f}"),
@@ -516,12 +567,12 @@ def _rate_cell(row, spms: list[str], per_cell: bool) -> str:
     return f"{_percent(row.value)}{interval} ({_percent(row.original_value)}){marks}{n}{_fit_spread(row)}"
 
 
-def _fit_spread(row) -> str:
-    """'; k fits mean (lowest-highest)' for a rate fitted with several seeds, else nothing."""
+def _fit_spread(row, form: Callable[[float], str] = _percent) -> str:
+    """'; k fits mean (lowest-highest)' for a value fitted with several seeds, else nothing."""
     fits = getattr(row, "fits", None)
     if not _has(fits) or fits < 2:
         return ""
-    return f"; {fits} fits {_percent(row.fits_mean)} ({_percent(row.fits_min)}-{_percent(row.fits_max)})"
+    return f"; {fits} fits {form(row.fits_mean)} ({form(row.fits_min)}-{form(row.fits_max)})"
 
 
 def _number(value: float) -> str:
@@ -545,6 +596,29 @@ def _count_columns(table: pd.DataFrame) -> dict:
     """The count measures of the frame (NudeNet's classes, then their total), with what they are."""
     present = set(table.loc[table["unit"] == COUNT_UNIT, "measure"])
     return {m: info for m, info in COUNTS.items() if m in present}
+
+
+def _score_columns(table: pd.DataFrame) -> dict[str, str]:
+    """The judge-score measures of the frame ('clip_score:<set>'), each with its column title, sets in rate order."""
+    scored = table[table["unit"] == SCORE_UNIT]
+    order = {s: i for i, s in enumerate(_rate_sets(table))}
+    measures = sorted(dict.fromkeys(scored["measure"]), key=lambda m: order.get(m.partition(":")[2], len(order)))
+    titles = {}
+    for measure in measures:
+        key, _, prompt_set = measure.partition(":")
+        name = table.attrs.get("score_names", {}).get(key, key)
+        titles[measure] = f"{name} {prompt_set} {'↓' if prompt_set in ERASURE_SETS else '↑'}"
+    return titles
+
+
+def _score_cell(row, per_cell: bool) -> str:
+    """'mean [lo, hi] (the original's mean)', as rates show theirs."""
+    if row is None:
+        return "-"
+    interval = f" [{row.lo:.2f}, {row.hi:.2f}]" if _has(row.lo) else " [-]"
+    original = f" ({row.original_value:.2f})" if _has(row.original_value) else ""
+    n = f" n={row.n}" if per_cell and _has(row.n) else ""
+    return f"{row.value:.2f}{interval}{original}{n}{_fit_spread(row, '{:.2f}'.format)}"
 
 
 def _count_cell(row, per_cell: bool) -> str:
@@ -577,6 +651,7 @@ def caption(app: Application, data) -> str:
         + (f", limit {settings['limit']} prompts per set" if settings.get("limit") else "")
         + _tuning_note(app)
         + _fit_seeds_note(app, table)
+        + _scores_note(table)
         + _implementations(app, table)
         + _attacks_note(settings.get("attacks", {}))
     )  # fmt: skip
@@ -585,6 +660,15 @@ def caption(app: Application, data) -> str:
 def _sampler(settings: dict) -> str:
     """The scheduler that sampled, short ('DPMSolverMultistep'); results stored before it was recorded were DDIM's."""
     return settings.get("sampler", "DDIMScheduler").removesuffix("Scheduler")
+
+
+def _scores_note(table: pd.DataFrame) -> str:
+    names = sorted({table.attrs.get("score_names", {}).get(m.partition(":")[0], m) for m in _score_columns(table)})
+    if not names:
+        return ""
+    return (f"; {', '.join(names)} per set: the mean over its images of the judge's per-image value (CLIP score: 2.5 "
+            "max(cos, 0) of the image with its concept's text), with a percentile bootstrap interval over prompts (over "
+            f"images where a set has fewer than {stats.FEW_PROMPTS} prompts), the original's in brackets")  # fmt: skip
 
 
 def _fit_seeds_note(app: Application, table: pd.DataFrame) -> str:
@@ -696,7 +780,7 @@ def csv_text(data) -> str:
                 line.append(_csv_value(kind, value))
             elif column == "original_value":
                 line.append(
-                    f"{value:.4f}" if record["unit"] in ("fraction", COUNT_UNIT) else ""
+                    f"{value:.4f}" if record["unit"] in ("fraction", COUNT_UNIT, SCORE_UNIT) else ""
                 )  # nan: a set the original lacks
             else:
                 line.append("" if not _has(value) else str(value))

@@ -1,5 +1,6 @@
 """The CLIP judge on a tiny random CLIP saved locally (the clip_dir fixture), against a hand computation."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -51,6 +52,29 @@ def test_real_concept_runs_end_to_end_through_the_cli_with_the_judges_settings(r
     scores = (runs / "cells" / "tiny-real" / "none" / "original" / "scores.jsonl").read_text().splitlines()
     assert all("clip_score" in json.loads(line) for line in scores)
     assert "judge: clip" in (reports / "real-concept.md").read_text()
+
+    # the CLIP score per set, beside the CLIP accuracy: the mean of the cell's records, the original's beside it
+    import pandas as pd
+
+    from spmbench.report import SCORE_UNIT
+
+    frame = pd.read_csv(reports / "real-concept.csv")
+    scored = frame[(frame.unit == SCORE_UNIT) & (frame.eraser == "negprompt") & (frame.targets == "Snoopy")]
+    assert set(scored.measure) == {f"clip_score:{s}" for s in ("target", "near", "others", "far")}
+    records = [
+        json.loads(line) for line in (runs / "cells" / "tiny-real" / "negprompt" / "snoopy" / "scores.jsonl").open()
+    ]
+    original = {r["prompt_id"]: r for r in map(json.loads, scores)}  # every experiment's rows: matched by prompt id
+    for row in scored.itertuples():
+        prompt_set = row.measure.partition(":")[2]
+        mine = [r["clip_score"] for r in records if r["set"] == prompt_set]
+        theirs = [original[r["prompt_id"]]["clip_score"] for r in records if r["set"] == prompt_set]
+        assert row.value == pytest.approx(sum(mine) / len(mine), abs=1e-4) and row.n == len(mine) == 10
+        assert row.original_value == pytest.approx(sum(theirs) / len(theirs), abs=1e-4)
+        assert row.lo <= row.value <= row.hi and row.lo < row.hi  # 10 images of one prompt: resampled one by one
+        assert bool(row.higher_is_better) == (prompt_set != "target")
+    table = (reports / "real-concept.md").read_text()
+    assert "| CLIP score target ↓" in table and "CLIP score per set: the mean over its images" in table
 
 
 def test_a_concept_longer_than_clips_context_is_judged_on_its_start_with_a_warning(clip_dir, caplog):
