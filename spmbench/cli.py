@@ -689,10 +689,15 @@ def _world_apps(apps, world: str, selector: str) -> list:
 
 
 @app.command("report")
-def report_cmd(run_dir: Path, reports: Path = typer.Option(Path("reports"))) -> None:
-    """Rebuild the tables of RUN_DIR from its stored results (nothing is recomputed)."""
+def report_cmd(
+    run_dir: Path,
+    reports: Path = typer.Option(Path("reports")),
+    tuning_dir: Path | None = typer.Option(None, "--tuning", help=_TUNING_HELP),
+) -> None:
+    """Rebuild the tables of RUN_DIR from its stored results (nothing is recomputed); the caption names the tuning
+    record the run applied, read as `run` reads it (--tuning, else beside the tables)."""
     from spm.files import output_dir_problem
-    from spmbench import report, tuning
+    from spmbench import report
     from spmbench.registry import UnknownName
 
     _, apps, _ = _registries()
@@ -711,7 +716,7 @@ def report_cmd(run_dir: Path, reports: Path = typer.Option(Path("reports"))) -> 
         _fail(f"{paths[0]}: {e}")
     _fail_on(output_dir_problem(reports, "--reports"))
     try:
-        a = tuning.apply_record(a, reports / a.name)  # the settings its run applied, for the caption
+        a = _tuned([a], tuning_dir, reports, write=True)[0]  # the settings its run applied, for the caption
         written = report.write_reports(a, run_dir, reports / a.name)
     except (ValueError, OSError) as e:  # a full disk, say: one line, as in `run`
         _fail(str(e))

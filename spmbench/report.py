@@ -10,6 +10,7 @@ again. Markdown, CSV, LaTeX and the trade-off plot are views of the frame.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -87,8 +88,9 @@ def run_folders(path: Path) -> list[Path]:
 
 def results(path: str | Path) -> pd.DataFrame:
     """Every number of the run in `path` (an application's run folder, or a folder of them) as one tidy
-    frame: one row per model x targets x eraser x measure (a prompt set's rate, an alteration measure,
-    a fit cost), with n, n_prompts, the 95 % interval (lo, hi) and its method (`interval`), the
+    frame: one row per model x targets x eraser x measure (a prompt set's rate, NudeNet's per-class counts
+    'nudenet:<class>', the judge's per-image measure per set 'clip_score:<set>', an alteration measure, a fit
+    cost), with n, n_prompts, the 95 % interval (lo, hi) and its method (`interval`), the
     original model's rate and interval, and for every eraser the paired difference from each other SPM
     variant (minus_<spm>, its lo and hi, differs_from_<spm>; '-' in an SPM's name is '_' here)."""
     from spmbench.apps import load_apps
@@ -128,12 +130,16 @@ def frame(stored: list[Result], run_dir: Path | None = None, app: Application | 
     judge = _judge_identity(run_dir)
     erased = [r for r in stored if r.eraser != "none"]
     samples: dict[tuple, _Sample] = {}
+    originals: dict[str, dict[str, dict]] = {}  # each model's original cell's records, read once
     rows = []
     for r in erased:
         cell = (r.model, "+".join(r.targets), r.eraser, r.fitted_on)
         prompts = _prompts(app, r) if r.model in current and run_dir is not None else None
-        own = _scores(run_dir, r.model, r.eraser, r.targets) if prompts is not None else {}
-        original = _scores(run_dir, r.model, "none", ()) if prompts is not None else {}
+        own_records = _records(run_dir, r.model, r.eraser, r.targets) if prompts is not None else {}
+        if prompts is not None and r.model not in originals:
+            originals[r.model] = _records(run_dir, r.model, "none", ())
+        original_records = originals.get(r.model, {})
+        own, original = ({i: rec["present"] for i, rec in recs.items()} for recs in (own_records, original_records))
         own_prompts, original_prompts = _with_attacks(app, run_dir, r, prompts)
         for s, value in r.rates.items():
             sample = _sample(own, own_prompts, s)
@@ -145,7 +151,7 @@ def frame(stored: list[Result], run_dir: Path | None = None, app: Application | 
             rows[-1].update(original_lo=before.lo, original_hi=before.hi)
         if app is not None and app.judge == "nudenet":
             rows += _class_count_rows(run_dir, r, cell, prompts, judge)
-        rows += _judge_score_rows(run_dir, r, cell, prompts, app)
+        rows += _judge_score_rows(r, cell, prompts, app, own_records, original_records)
         features = _alteration(run_dir, r, prompts, kid=app is not None and measures_kid(app.world))
         for key, value in (r.alteration or {}).items():
             info = ALTERATION.get(key) or OPTIONAL_ALTERATION.get(key)
@@ -269,11 +275,6 @@ def _lower_is_better(prompt_set: str) -> tuple[str, ...]:
     return (*ERASURE_SETS, prompt_set) if _is_attack_set(prompt_set) else ERASURE_SETS
 
 
-def _scores(run_dir: Path, model: str, eraser: str, targets) -> dict[str, bool]:
-    """prompt_id -> the judge's verdict, from a cell's scores.jsonl."""
-    return {i: record["present"] for i, record in _records(run_dir, model, eraser, targets).items()}
-
-
 def _records(run_dir: Path, model: str, eraser: str, targets) -> dict[str, dict]:
     """prompt_id -> the judge's record (verdict and raw outputs) from a cell's scores.jsonl (a line torn by a kill is skipped)."""
     path = run_dir / "cells" / cell_key(model, eraser, targets) / "scores.jsonl"
@@ -327,30 +328,42 @@ def _per_image_measures(judge_name: str) -> dict:
         return {}
 
 
-def _judge_score_rows(run_dir: Path | None, r: Result, cell, prompts: dict | None, app: Application | None) -> list:
+def _judge_score_rows(
+    r: Result, cell, prompts: dict | None, app: Application | None, own: dict, original: dict
+) -> list[dict]:
     """Each per-image measure the judge records (the CLIP judge's CLIP score, 2.5 max(cos, 0) of the image with its
-    concept's text), per prompt set: the mean with a cluster bootstrap interval over prompts, the original's beside
-    it, where both cells' records hold it for every image of the set. Lower is better on the erasure sets."""
-    if run_dir is None or prompts is None or app is None:
+    concept's text), per prompt set: the mean with a cluster bootstrap interval over prompts (over images where the
+    set has one prompt), the original's beside it where its records hold it too. `own`, `original`: the cell's and
+    the original's records by prompt id. Lower is better on the erasure sets."""
+    if prompts is None or app is None or not own:
         return []
-    measures = _per_image_measures(app.judge)
-    if not measures:
-        return []
-    own, original = (_records(run_dir, r.model, e, t) for e, t in ((r.eraser, r.targets), ("none", ())))
+    kept = next(iter(own.values()))
     rows = []
-    for key in measures:
+    for key in [k for k in _per_image_measures(app.judge) if _finite(kept.get(k))]:
         for prompt_set in dict.fromkeys(s for s, _ in prompts.values()):
             ids = [i for i, (s, _) in prompts.items() if s == prompt_set]
-            if not all(_finite(own.get(i, {}).get(key)) and _finite(original.get(i, {}).get(key)) for i in ids):
+            if not all(_finite(own.get(i, {}).get(key)) for i in ids):
                 continue
-            texts = [prompts[i][1] for i in ids]
-            # a bootstrap over a few prompts collapses (one prompt: [m, m]); there each image is resampled alone
-            clusters = texts if len(set(texts)) >= stats.FEW_PROMPTS else ids
-            mean, before = (stats.mean_interval([rec[i][key] for i in ids], clusters) for rec in (own, original))
+            mean = _mean_interval([own[i][key] for i in ids], [prompts[i][1] for i in ids])
+            before = _none(math.nan)
+            if all(_finite(original.get(i, {}).get(key)) for i in ids):
+                before = _mean_interval([original[i][key] for i in ids], [prompts[i][1] for i in ids])
             higher = prompt_set not in ERASURE_SETS
             rows.append(_row(r, cell, f"{key}:{prompt_set}", mean.value, mean, higher, SCORE_UNIT, before.value))
             rows[-1].update(original_lo=before.lo, original_hi=before.hi)
     return rows
+
+
+ONE_PROMPT_BOOTSTRAP = "bootstrap over images (one prompt)"
+
+
+def _mean_interval(values: list[float], texts: list[str]) -> stats.Interval:
+    """The mean over a set's images, bootstrapped over its prompts; a set of one prompt (its seeds), whose prompt
+    bootstrap would collapse to [m, m], over its images, said in the interval's method."""
+    if len(set(texts)) > 1:
+        return stats.mean_interval(values, texts)
+    interval = stats.mean_interval(values, list(range(len(values))))
+    return dataclasses.replace(interval, n_prompts=1, method=ONE_PROMPT_BOOTSTRAP)
 
 
 def _finite(value) -> bool:
@@ -668,7 +681,7 @@ def _scores_note(table: pd.DataFrame) -> str:
         return ""
     return (f"; {', '.join(names)} per set: the mean over its images of the judge's per-image value (CLIP score: 2.5 "
             "max(cos, 0) of the image with its concept's text), with a percentile bootstrap interval over prompts (over "
-            f"images where a set has fewer than {stats.FEW_PROMPTS} prompts), the original's in brackets")  # fmt: skip
+            "images where a set has one prompt), the original's in brackets")  # fmt: skip
 
 
 def _fit_seeds_note(app: Application, table: pd.DataFrame) -> str:

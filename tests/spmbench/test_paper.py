@@ -8,7 +8,6 @@ test_cli_every_application runs every application with every built-in eraser."""
 
 import dataclasses
 import json
-import shutil
 
 import pandas as pd
 import pytest
@@ -186,11 +185,12 @@ def test_tune_chooses_a_real_applications_settings_on_its_dev_split_and_run_appl
     assert stored["settings"]["fit"]["lam"] == record["chosen"]["tiny-real"]["uce"]["lam"]
     tuned_note = "fitting settings of uce chosen on the dev split"
     assert tuned_note in (reports / "real-artist" / "real-artist.md").read_text()
-    rebuilt = tmp_path / "rebuilt"  # `spmbench report` reads the record beside the tables it rebuilds
-    shutil.copytree(reports / "real-artist", rebuilt / "real-artist")
-    (rebuilt / "real-artist" / "real-artist.md").unlink()
-    assert invoke("report", tuned_runs / "real-artist", "--reports", rebuilt).exit_code == 0
+    rebuilt = tmp_path / "rebuilt"  # `spmbench report` reads the record as run does: beside the tables, or --tuning
+    assert invoke("report", tuned_runs / "real-artist", "--reports", rebuilt, "--tuning", reports).exit_code == 0
     assert tuned_note in (rebuilt / "real-artist" / "real-artist.md").read_text()
+    assert (rebuilt / "real-artist" / "tuning.json").read_text() == (
+        reports / "real-artist" / "tuning.json"
+    ).read_text()
 
 
 @pytest.mark.parametrize("fit_seeds", [[], ["--fit-seeds", 1]])

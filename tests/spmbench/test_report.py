@@ -31,7 +31,7 @@ def result(
 MINI = """name: mini
 version: 1
 world: toy
-judge: toy
+judge: {judge}
 erase: [[Barkley]]
 prompts:
   target: {{concepts: "{{targets}}", templates: [{templates}]}}
@@ -42,18 +42,20 @@ TEMPLATES = ", ".join(f"'{{}} {i}'" for i in range(10))  # 10 prompts per set
 
 
 def write_run(
-    tmp_path, monkeypatch, verdicts: dict, seeds=(0,), features: dict | None = None, version=1, alteration=None
-):
+    tmp_path, monkeypatch, verdicts: dict, seeds=(0,), features: dict | None = None, version=1, alteration=None,
+    judge="toy", clip_scores: dict | None = None,
+):  # fmt: skip
     """A run folder of the 'mini' application (10 prompts per set, `seeds`): per eraser, per set, the
     judge's verdict on each image in row order; `features`: per eraser, (erased, original) features
     of the near rows, whose alteration result.json stores (or `alteration`, where given); `version`:
-    the application version the results claim. Returns the run folder and the application."""
+    the application version the results claim; `clip_scores`: per eraser, per set, each image's CLIP score, kept
+    in its record as the CLIP judge keeps it (`judge`: the application's). Returns the run folder and the app."""
     from spmbench.apps import load_apps
     from spmbench.result import cell_key
 
     apps = tmp_path / "apps"
     apps.mkdir()
-    (apps / "mini.yaml").write_text(MINI.format(templates=TEMPLATES, seeds=list(seeds)))
+    (apps / "mini.yaml").write_text(MINI.format(templates=TEMPLATES, seeds=list(seeds), judge=judge))
     monkeypatch.setenv("SPMBENCH_APPS", str(apps))
     app = load_apps().get("mini")
     rows = app.rows(("Barkley",))
@@ -65,7 +67,13 @@ def write_run(
         lines = []
         for s, present in sets.items():
             ours = [r for r in rows if r.set == s]
-            lines += [f'{{"prompt_id": "{r.prompt_id}", "set": "{s}", "present": {str(p).lower()}}}' for r, p in zip(ours, present)]  # fmt: skip
+            scores = (clip_scores or {}).get(eraser, {}).get(s, [None] * len(ours))
+            lines += [
+                json.dumps(
+                    {"prompt_id": r.prompt_id, "set": s, "present": p} | ({} if c is None else {"clip_score": c})
+                )
+                for r, p, c in zip(ours, present, scores)
+            ]
         (cell / "scores.jsonl").write_text("\n".join(lines) + "\n")
         measured = None
         if features and eraser in features:
@@ -164,6 +172,37 @@ def test_images_sharing_prompts_get_the_cluster_bootstrap(tmp_path, monkeypatch)
     assert (target.n, target.n_prompts, target.interval) == (20, 10, stats.CLUSTER_BOOTSTRAP)
     assert target.lo < 0.6 < target.hi and target.hi - target.lo > 0.4  # wider than Wilson's on 20 images
     assert (near.interval, near.hi) == (stats.WILSON_OVER_PROMPTS, stats.wilson(0, 10)[1])
+
+
+@pytest.mark.parametrize("judge", ["clip", "toy"])
+def test_a_judges_per_image_score_is_a_mean_per_set_bootstrapped_over_prompts(tmp_path, monkeypatch, judge):
+    """The CLIP judge's per-image CLIP score: per set, its mean over the images, clustered by prompt (10 prompts x 2
+    seeds here), the original's beside it; a judge that declares no such measure (toy) gets no score column."""
+    by_prompt = [0.5 + 0.1 * (i % 5) for i in range(10) for _ in range(2)]  # each prompt's two seeds agree
+    verdicts = {
+        "none": {"target": [True] * 20, "near": [True] * 20},
+        "spm": {"target": [False] * 20, "near": [True] * 20},
+    }
+    scores = {"none": {"target": [2.0] * 20, "near": [2.5] * 20}, "spm": {"target": by_prompt, "near": [2.4] * 20}}
+    run_dir, app = write_run(tmp_path, monkeypatch, verdicts, seeds=(0, 1), judge=judge, clip_scores=scores)
+    table = report.frame(load_results(run_dir), run_dir, app)
+    scored = {row.measure: row for row in table.itertuples() if row.unit == report.SCORE_UNIT}
+    if judge == "toy":
+        assert not scored and "CLIP score" not in markdown(app, table)
+        return
+    target, near = scored["clip_score:target"], scored["clip_score:near"]
+    assert target.value == pytest.approx(sum(by_prompt) / 20) and target.original_value == 2.0
+    assert (target.n, target.n_prompts, target.interval) == (20, 10, stats.CLUSTER_BOOTSTRAP)
+    # the prompt bootstrap: what resampling the 10 prompts' means gives, wider than resampling the 20 images alone
+    assert target.lo < target.value < target.hi
+    alone = stats.mean_interval(by_prompt, list(range(20)))
+    assert target.hi - target.lo > alone.hi - alone.lo
+    assert (near.value, near.lo, near.hi, near.original_value) == pytest.approx((2.4, 2.4, 2.4, 2.5))
+    assert not target.higher_is_better and near.higher_is_better  # the target's score should fall
+    header, rows = table_rows(table)
+    assert "CLIP score target ↓ (n=20)" in header and "CLIP score near ↑ (n=20)" in header
+    assert rows[0][header.index("CLIP score target ↓ (n=20)")] == f"0.70 [{target.lo:.2f}, {target.hi:.2f}] (2.00)"
+    assert "CLIP score target" in report.latex(app, table)
 
 
 def test_alteration_intervals_come_from_the_stored_features(tmp_path, monkeypatch):
@@ -321,7 +360,7 @@ def test_the_caption_names_each_alteration_measures_implementation(tmp_path, mon
     assert "on judge features" in caption(toy_app, toy_table)
 
     (tmp_path / "apps" / "mini.yaml").write_text(
-        MINI.format(templates=TEMPLATES, seeds=[0]).replace("world: toy\njudge: toy", "world: real\njudge: clip")
+        MINI.format(templates=TEMPLATES, seeds=[0], judge="clip").replace("world: toy", "world: real")
     )
     real_app = load_apps().get("mini")
     spm_cell = run_dir / "cells" / cell_key("toy-base", "spm", ("Barkley",))
@@ -446,7 +485,9 @@ def test_a_set_of_several_concepts_gets_each_concepts_rate_beside_the_originals(
     apps = tmp_path / "apps"
     apps.mkdir()
     templates, seeds = ("'{}'", list(range(10))) if one_prompt else (TEMPLATES, [0])
-    mini = MINI.format(templates=templates, seeds=seeds).replace("concepts: [Juno]", "concepts: [Juno, Rufus]")
+    mini = MINI.format(templates=templates, seeds=seeds, judge="toy").replace(
+        "concepts: [Juno]", "concepts: [Juno, Rufus]"
+    )
     (apps / "mini.yaml").write_text(mini)
     monkeypatch.setenv("SPMBENCH_APPS", str(apps))
     app = load_apps().get("mini")

@@ -56,7 +56,7 @@ def test_real_concept_runs_end_to_end_through_the_cli_with_the_judges_settings(r
     # the CLIP score per set, beside the CLIP accuracy: the mean of the cell's records, the original's beside it
     import pandas as pd
 
-    from spmbench.report import SCORE_UNIT
+    from spmbench.report import ONE_PROMPT_BOOTSTRAP, SCORE_UNIT
 
     frame = pd.read_csv(reports / "real-concept.csv")
     scored = frame[(frame.unit == SCORE_UNIT) & (frame.eraser == "negprompt") & (frame.targets == "Snoopy")]
@@ -71,7 +71,7 @@ def test_real_concept_runs_end_to_end_through_the_cli_with_the_judges_settings(r
         theirs = [original[r["prompt_id"]]["clip_score"] for r in records if r["set"] == prompt_set]
         assert row.value == pytest.approx(sum(mine) / len(mine), abs=1e-4) and row.n == len(mine) == 10
         assert row.original_value == pytest.approx(sum(theirs) / len(theirs), abs=1e-4)
-        assert row.lo <= row.value <= row.hi and row.lo < row.hi  # 10 images of one prompt: resampled one by one
+        assert row.lo <= row.value <= row.hi and (row.n_prompts, row.interval) == (1, ONE_PROMPT_BOOTSTRAP)
         assert bool(row.higher_is_better) == (prompt_set != "target")
     table = (reports / "real-concept.md").read_text()
     assert "| CLIP score target ↓" in table and "CLIP score per set: the mean over its images" in table
