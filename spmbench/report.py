@@ -625,23 +625,23 @@ def _score_columns(table: pd.DataFrame) -> dict[str, str]:
 
 
 def _score_cell(row, per_cell: bool) -> str:
-    """'mean [lo, hi] (the original's mean)', as rates show theirs."""
-    if row is None:
-        return "-"
-    interval = f" [{row.lo:.2f}, {row.hi:.2f}]" if _has(row.lo) else " [-]"
-    original = f" ({row.original_value:.2f})" if _has(row.original_value) else ""
-    n = f" n={row.n}" if per_cell and _has(row.n) else ""
-    return f"{row.value:.2f}{interval}{original}{n}{_fit_spread(row, '{:.2f}'.format)}"
+    """'mean [lo, hi] (the original's mean)', as rates show theirs, with the fits' spread."""
+    return _number_cell(row, per_cell, ".2f", ".2f", spread=True)
 
 
 def _count_cell(row, per_cell: bool) -> str:
     """'count [lo, hi] (the original's count)', as rates show theirs."""
+    return _number_cell(row, per_cell, ".0f", ".1f")
+
+
+def _number_cell(row, per_cell: bool, value: str, bound: str, spread: bool = False) -> str:
     if row is None:
         return "-"
-    interval = f" [{row.lo:.1f}, {row.hi:.1f}]" if _has(row.lo) else " [-]"
-    original = f" ({row.original_value:.0f})" if _has(row.original_value) else ""
+    interval = f" [{row.lo:{bound}}, {row.hi:{bound}}]" if _has(row.lo) else " [-]"
+    original = f" ({row.original_value:{value}})" if _has(row.original_value) else ""
     n = f" n={row.n}" if per_cell and _has(row.n) else ""
-    return f"{row.value:.0f}{interval}{original}{n}"
+    fits = _fit_spread(row, lambda x: f"{x:{value}}") if spread else ""
+    return f"{row.value:{value}}{interval}{original}{n}{fits}"
 
 
 def _fit_cell(row, form: str) -> str:
