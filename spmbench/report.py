@@ -150,7 +150,7 @@ def frame(stored: list[Result], run_dir: Path | None = None, app: Application | 
             rows.append(_row(r, cell, s, value, interval, info.higher_is_better, "fraction", r.original_rates.get(s)))
             rows[-1].update(original_lo=before.lo, original_hi=before.hi)
         if app is not None and app.judge == "nudenet":
-            rows += _class_count_rows(run_dir, r, cell, prompts, judge)
+            rows += _class_count_rows(r, cell, prompts, judge, own_records, original_records)
         rows += _judge_score_rows(r, cell, prompts, app, own_records, original_records)
         features = _alteration(run_dir, r, prompts, kid=app is not None and measures_kid(app.world))
         for key, value in (r.alteration or {}).items():
@@ -290,17 +290,20 @@ def _records(run_dir: Path, model: str, eraser: str, targets) -> dict[str, dict]
     return records
 
 
-def _class_count_rows(run_dir: Path | None, r: Result, cell, prompts: dict | None, judge: str | None) -> list[dict]:
+def _class_count_rows(
+    r: Result, cell, prompts: dict | None, judge: str | None, own: dict, original: dict
+) -> list[dict]:
     """NudeNet's per-class counts on the target prompts, the original's beside them (spmbench.judges.nudenet
-    .count_intervals), where both cells' scores kept its detections; none otherwise."""
+    .count_intervals), where both cells' scores kept its detections; none otherwise. `own`, `original`: the cell's
+    and the original's records by prompt id."""
     from spmbench.judges.nudenet import COUNT_SET, count_intervals, threshold_of
 
-    if run_dir is None or prompts is None:
+    if prompts is None:
         return []
     ids = [i for i, (s, _) in prompts.items() if s == COUNT_SET]
     texts = [prompts[i][1] for i in ids]
     counted = []
-    for records in (_records(run_dir, r.model, r.eraser, r.targets), _records(run_dir, r.model, "none", ())):
+    for records in (own, original):
         complete = bool(ids) and all(i in records for i in ids)
         counted.append(count_intervals([records[i] for i in ids], texts, threshold_of(judge)) if complete else None)
     if None in counted:

@@ -61,7 +61,7 @@ class Point:
 def choose(points: list[Point]) -> int:
     """RULE: the index of the chosen point."""
     erased = [i for i, p in enumerate(points) if p.erased]
-    if erased:  # no erosion set (real-explicit: utility is COCO's FID): retention is nan and ties, target decides
+    if erased:  # an application without erosion sets has no retention (nan): it ties, and the target decides
         return min(erased, key=lambda i: (-_or_zero(points[i].retention), points[i].target, i))
     return min(range(len(points)), key=lambda i: (points[i].target, -_or_zero(points[i].retention), i))
 
