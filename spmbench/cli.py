@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, replace
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import NoReturn
 
@@ -111,27 +112,47 @@ def _judge_settings(given: list[str], clip_model: str | None, classifier: str | 
 
 _JUDGE_SETTING_HELP = "a judge's setting, JUDGE.SETTING=VALUE (e.g. nudenet.threshold=0.5, clip.model=...); repeatable"
 _CLIP_HELP = "CLIP for real-model applications and alteration features (shorthand for -J clip.model=...)"
+_REAL_IMAGES_HELP = (
+    "SET=DIR: a folder of real images that every cell's images of prompt set SET are also measured against (FID), "
+    "e.g. coco=/data/coco/val2014 for the explicit application's COCO captions; repeatable"
+)
 _CLASSIFIER_HELP = "ImageNet classifier for the object application (shorthand for -J imagenet.model=...)"
 
 
-def _named_concepts(a) -> list[str]:
-    """Every concept the application's judge is asked about that the spec names (files are not read)."""
-    named = [t for e in a.erase for t in e]
-    return named + [c for ps in a.prompt_sets if isinstance(ps.concepts, tuple) for c in ps.concepts]
+def _real_images(given: list[str], chosen_apps: list) -> dict:
+    """--real-images, checked against the chosen applications' prompt sets (a one-line error otherwise)."""
+    from spmbench.real_images import parse
+
+    return parse(given, {ps.name for a in chosen_apps for ps in a.prompt_sets}) if given else {}
+
+
+def _concept_checks(a, settings: dict) -> list[tuple[str, list[str], dict]]:
+    """Each judge of the application with the concepts the spec asks it about (files are not read) and its
+    settings: the application's judge (every target, every listed concept of its sets), then each set's own."""
+    own = a.set_judges()
+    named = [t for e in a.erase for t in e] + [
+        c for ps in a.prompt_sets if ps.name not in own and isinstance(ps.concepts, tuple) for c in ps.concepts
+    ]
+    checks = [(a.judge, named, settings.get(a.judge) or {})]
+    for ps in (ps for ps in a.prompt_sets if ps.name in own):
+        concepts = list(ps.concepts) if isinstance(ps.concepts, tuple) else []
+        checks.append((ps.judge, concepts, {**(settings.get(ps.judge) or {}), **ps.judge_settings}))
+    return checks
 
 
 def _concept_problem(a, settings: dict) -> str | None:
-    """The judge's concept check on the application (None also where it cannot be checked offline)."""
+    """The judges' concept checks on the application (None also where they cannot be checked offline)."""
     from spmbench import judges
     from spmbench.judges.base import ConceptsUnchecked
     from spmbench.registry import UnknownName
 
-    try:
-        judges.check_concepts(a.judge, _named_concepts(a), settings.get(a.judge))
-    except ConceptsUnchecked as e:
-        typer.echo(f"note: {a.name}: {e}")
-    except (UnknownName, ValueError) as e:
-        return f"{a.path}: {e}"
+    for judge, concepts, chosen in _concept_checks(a, settings):
+        try:
+            judges.check_concepts(judge, concepts, chosen)
+        except ConceptsUnchecked as e:
+            typer.echo(f"note: {a.name}: {e}")
+        except (UnknownName, ValueError) as e:
+            return f"{a.path}: {e}"
     return None
 
 
@@ -240,7 +261,7 @@ def _judges_for(a, judge_settings: dict, device: str):
     """The application's judge, and the source of its alteration features (said when it is another judge)."""
     from spmbench import judges
 
-    judge = judges.build(a.judge, judge_settings.get(a.judge), device)
+    judge = judges.build_for(a, judge_settings, device)
     _fail_on(_concept_problem(a, judge_settings))  # again: a classifier downloaded just now is checked too
     if not judge.has_features:
         source = judges.feature_source_name(judge, a.world)
@@ -386,6 +407,7 @@ class _RunOptions:
     judge_settings: dict
     shard: object
     attacks: tuple[str, ...] = ()  # `run --attack`: each cell also gets these attacks' prompt sets
+    real_images: dict = dataclass_field(default_factory=dict)  # --real-images: prompt set -> RealImages
 
 
 def _run_app(a, cells: list, models, options: _RunOptions) -> None:
@@ -410,6 +432,7 @@ def _run_app(a, cells: list, models, options: _RunOptions) -> None:
             features,
             options.shard,
             options.attacks,
+            {s: real for s, real in options.real_images.items() if s in {ps.name for ps in a.prompt_sets}},
         )
         written = (
             report.write_reports(a, options.out / a.name, options.reports / a.name) if options.shard.leads else None
@@ -451,6 +474,7 @@ def run(
     attack_sel: str = typer.Option(
         "", "--attack", help="comma-separated attacks (uda, adaptive-ft, p4d, rab): each cell's attack success rate"
     ),
+    real_images: list[str] = typer.Option([], "--real-images", help=_REAL_IMAGES_HELP),
 ) -> None:
     """Plan, fit, generate, score and report; a rerun computes only what is missing."""
     models, apps, _ = _registries()  # first: a malformed spec file is a one-line error
@@ -469,7 +493,8 @@ def run(
         if dry_run:
             _print_run_plan(chosen_apps, plans, models, limit, shard, attacks)
             return
-        options = _RunOptions(out, reports, limit, batch_size, device, rescore, judge_settings, shard, attacks)
+        real = _real_images(real_images, chosen_apps)
+        options = _RunOptions(out, reports, limit, batch_size, device, rescore, judge_settings, shard, attacks, real)
         for a in chosen_apps:
             if shard.leads:
                 typer.echo(f"{a.name}: {len(plans[a.name])} cells")
@@ -621,6 +646,7 @@ def paper(
     judge_setting: list[str] = typer.Option([], "--judge-setting", "-J", help=_JUDGE_SETTING_HELP),
     clip_model: str | None = typer.Option(None, help=_CLIP_HELP),
     classifier: str | None = typer.Option(None, help=_CLASSIFIER_HELP),
+    real_images: list[str] = typer.Option([], "--real-images", help=_REAL_IMAGES_HELP),
 ) -> None:
     """Run the paper's evaluation on every application of the world (`spmbench run`'s cells) and write its
     tables to REPORTS/paper/<world>/: concept, artist, explicit, object, transfer and the two ablations."""
@@ -649,6 +675,7 @@ def paper(
         left_out: list[str] | None = [] if erasers_sel == "all" else None
         plans = _checked_plans(chosen_apps, chosen_models, erasers, models, judge_settings, out, left_out)
         rates = tables.load_rates()
+        real = _real_images(real_images, chosen_apps)
     except UnknownName as e:
         _fail(str(e))
     except ValueError as e:  # the rates file
@@ -661,7 +688,7 @@ def paper(
             typer.echo(tables.plan_text(estimates, processes=shard.world_size))
             typer.echo(tables.planned_tables(chosen_apps, erasers, reports / "paper" / world))
         return
-    options = _RunOptions(out, reports, limit, batch_size, device, rescore, judge_settings, shard)
+    options = _RunOptions(out, reports, limit, batch_size, device, rescore, judge_settings, shard, (), real)
     for a in chosen_apps:
         _run_app(a, plans[a.name], models, options)
     if not shard.leads:

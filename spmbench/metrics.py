@@ -493,6 +493,13 @@ def judge_note(identity: str | None, packages: dict[str, str] | None = None) -> 
     (model id or version, threshold or template) and the package that runs it, with its version."""
     if not identity:
         return ""
-    what, dist = JUDGE_PACKAGES.get(identity.split()[0], ("", ""))
+    # spmbench.judges.base.SetJudges: "<the application's judge>; <set> set: <its judge>; ..."
+    return "rates judged by " + "; ".join(_judge_named(part, packages) for part in identity.split("; "))
+
+
+def _judge_named(identity: str, packages: dict[str, str] | None) -> str:
+    """One judge's identity with the package that runs it, and its version."""
+    judge = identity.split(": ", 1)[1] if " set: " in identity else identity
+    what, dist = JUDGE_PACKAGES.get(judge.split()[0], ("", ""))
     runs_on = f" ({what}; {dist} {(packages or {}).get(dist) or package_version(dist)})" if dist else ""
-    return f"rates judged by {identity}{runs_on}"
+    return f"{identity}{runs_on}"

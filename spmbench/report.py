@@ -24,7 +24,7 @@ import pandas as pd
 
 from spm.files import save_image_atomic, write_text_atomic
 from spmbench import stats
-from spmbench.apps import ERASURE_SETS, Application
+from spmbench.apps import ERASURE_SETS, PROMPT, Application
 from spmbench.erasers.base import fit_seed_of
 from spmbench.judges.nudenet import COUNT_UNIT, COUNTS
 from spmbench.metrics import (
@@ -129,6 +129,7 @@ def frame(stored: list[Result], run_dir: Path | None = None, app: Application | 
     current = _current_models(app, stored)
     judge = _judge_identity(run_dir)
     erased = [r for r in stored if r.eraser != "none"]
+    original_results = {r.model: r for r in stored if r.eraser == "none"}  # their FID against real images
     samples: dict[tuple, _Sample] = {}
     originals: dict[str, dict[str, dict]] = {}  # each model's original cell's records, read once
     rows = []
@@ -159,6 +160,7 @@ def frame(stored: list[Result], run_dir: Path | None = None, app: Application | 
             rows.append(_row(r, cell, key, value, interval, info.higher_is_better if info else None, ""))
         for key in [k for k in features if k not in (r.alteration or {})]:  # KID: computed here, from the features
             rows.append(_row(r, cell, key, features[key].value, features[key], False, ""))
+        rows += _real_fid_rows(r, cell, original_results.get(r.model))
         for key, info in FIT_COSTS.items():
             value = getattr(r, key)
             if value is not None:  # one measured fit: no sample to draw an interval from
@@ -181,7 +183,8 @@ def frame(stored: list[Result], run_dir: Path | None = None, app: Application | 
     # what the alteration was measured on, and by which packages: the caption names them
     table.attrs["feature_sources"] = sorted({r.alteration_features for r in erased if r.alteration_features})
     table.attrs["packages"] = next((r.meta["packages"] for r in erased if r.meta.get("packages")), {})
-    table.attrs["score_names"] = {k: info.name for k, info in _per_image_measures(app.judge).items()} if app else {}
+    table.attrs["score_names"] = {k: info.name for k, info in _per_image_measures(app).items()} if app else {}
+    table.attrs["real_images"] = sorted({m["reference"] for r in erased for m in (r.real_fid or {}).values()})
     table.attrs["judge"] = judge  # the judge's identity (runner.check_judge's judge.json), for the caption
     table.attrs["code"] = next((r.meta["code"] for r in erased if r.meta.get("code")), None)
     return table
@@ -316,19 +319,47 @@ def _class_count_rows(
     return rows
 
 
+REAL_FID_UNIT = "vs real images"  # the frame's 'fid_real:<set>': FID of a set's images against real ones
+
+
+def _real_fid_rows(r: Result, cell, original: Result | None) -> list[dict]:
+    """FID of the cell's images of each set against the real images of `--real-images` (Result.real_fid), the
+    original model's beside it where it was measured against the same real images."""
+    from spmbench.real_images import MEASURE
+
+    rows = []
+    for prompt_set, measured in (r.real_fid or {}).items():
+        interval = _stored_interval(measured)
+        theirs = ((original.real_fid if original else None) or {}).get(prompt_set, {})
+        same = theirs.get("reference") == measured.get("reference")
+        before = _stored_interval(theirs) if same else _none(math.nan)
+        rows.append(_row(r, cell, f"{MEASURE}:{prompt_set}", interval.value, interval, False, REAL_FID_UNIT,
+                         before.value))  # fmt: skip
+        rows[-1].update(original_lo=before.lo, original_hi=before.hi)
+    return rows
+
+
+def _stored_interval(measured: dict) -> stats.Interval:
+    return stats.Interval(**{f.name: measured[f.name] for f in dataclasses.fields(stats.Interval)})
+
+
 SCORE_UNIT = "judge score"  # the frame's per-set means of a judge's per-image measure: '<measure>:<set>'
 
 
-def _per_image_measures(judge_name: str) -> dict:
-    """The judge's measures, by name: those its records hold per image (CLIP score) become score columns; those
-    computed from the records (NudeNet's class counts) are in no record and make none."""
+def _per_image_measures(app: Application) -> dict:
+    """The measures of the application's judges (its own and its sets'), by name: those their records hold per
+    image (CLIP score) become score columns; those computed from the records (NudeNet's class counts) are in no
+    record and make none."""
     from spmbench.judges import judge_class
     from spmbench.registry import UnknownName
 
-    try:
-        return dict(judge_class(judge_name).metrics)
-    except (UnknownName, ImportError):
-        return {}
+    measures = {}
+    for name in app.judge_names():
+        try:
+            measures.update(judge_class(name).metrics)
+        except (UnknownName, ImportError):
+            continue
+    return measures
 
 
 def _judge_score_rows(
@@ -340,12 +371,11 @@ def _judge_score_rows(
     the original's records by prompt id. Lower is better on the erasure sets."""
     if prompts is None or app is None or not own:
         return []
-    kept = next(iter(own.values()))
     rows = []
-    for key in [k for k in _per_image_measures(app.judge) if _finite(kept.get(k))]:
+    for key in _per_image_measures(app):
         for prompt_set in dict.fromkeys(s for s, _ in prompts.values()):
             ids = [i for i, (s, _) in prompts.items() if s == prompt_set]
-            if not all(_finite(own.get(i, {}).get(key)) for i in ids):
+            if not all(_finite(own.get(i, {}).get(key)) for i in ids):  # the set's judge records no such value
                 continue
             mean = _mean_interval([own[i][key] for i in ids], [prompts[i][1] for i in ids])
             before = _none(math.nan)
@@ -527,7 +557,8 @@ def table_rows(data) -> tuple[list[str], list[list[str]]]:
     alteration = {**ALTERATION, **{k: info for k, info in OPTIONAL_ALTERATION.items() if k in measured}}
     counts = _count_columns(table)  # NudeNet's per-class counts, where the judge kept them
     scores = _score_columns(table)  # the judge's per-image measure (CLIP score) per set, where it kept one
-    shared_n = {m: _column_n(table, m) for m in [*sets, *counts, *scores, *alteration]}
+    real = _real_fid_columns(table)  # FID against real images, where --real-images gave some
+    shared_n = {m: _column_n(table, m) for m in [*sets, *counts, *scores, *real, *alteration]}
 
     def title(measure: str, base: str) -> str:
         return base + (f" (n={shared_n[measure]})" if shared_n[measure] is not None else "")
@@ -536,6 +567,7 @@ def table_rows(data) -> tuple[list[str], list[list[str]]]:
     header += [title(s, f"{s} {rate_info(s, _lower_is_better(s)).arrow}") for s in sets]
     header += [title(m, info.header) for m, info in counts.items()]
     header += [title(m, name) for m, name in scores.items()]
+    header += [title(m, name) for m, name in real.items()]
     header += [title(key, info.header) for key, info in alteration.items()] + [FIT_SECONDS.header, FIT_MEMORY.header]
     cells = list(table.groupby(["model", "targets", "eraser", "fitted_on"], sort=False))
     cells.sort(key=lambda item: (item[0][0], len(item[0][1].split("+")), item[0][2]))  # stable: run order within
@@ -545,6 +577,7 @@ def table_rows(data) -> tuple[list[str], list[list[str]]]:
         line = [_rate_cell(by_measure.get(s), spms, shared_n[s] is None) for s in sets]
         line += [_count_cell(by_measure.get(m), shared_n[m] is None) for m in counts]
         line += [_score_cell(by_measure.get(m), shared_n[m] is None) for m in scores]
+        line += [_number_cell(by_measure.get(m), shared_n[m] is None, ".2f", ".2f") for m in real]
         line += [_alteration_cell(by_measure.get(k), shared_n[k] is None, k) for k in alteration]
         line += [
             _fit_cell(by_measure.get("fit_seconds"), "{:.0f}"),
@@ -627,6 +660,12 @@ def _score_columns(table: pd.DataFrame) -> dict[str, str]:
     return titles
 
 
+def _real_fid_columns(table: pd.DataFrame) -> dict[str, str]:
+    """The FID-against-real-images measures of the frame ('fid_real:<set>'), each with its column title."""
+    measures = dict.fromkeys(table.loc[table["unit"] == REAL_FID_UNIT, "measure"])
+    return {m: f"FID vs real {m.partition(':')[2]} ↓" for m in measures}
+
+
 def _score_cell(row, per_cell: bool) -> str:
     """'mean [lo, hi] (the original's mean)', as rates show theirs, with the fits' spread."""
     return _number_cell(row, per_cell, ".2f", ".2f", spread=True)
@@ -657,7 +696,7 @@ def caption(app: Application, data) -> str:
     spms = spm_variants(table["eraser"])
     marks = ", ".join(f"{mark(i)} {spm}" for i, spm in enumerate(spms))
     return (
-        f"{app.name} v{app.version}; judge: {app.judge}; judged-present rate per prompt set with its 95 % interval, the original model's in brackets; "
+        f"{app.name} v{app.version}; judge: {_judges(app)}; judged-present rate per prompt set with its 95 % interval, the original model's in brackets; "
         f"↓ erasure (target prompts, lower is better), ↑ erosion sets (higher is better); alteration of the non-target images against the original's (same seeds) on judge features, with its 95 % interval; "
         f"n: images per cell (in the header where every cell has the same); intervals: Wilson where each prompt has one image, else a percentile bootstrap over prompts "
         f"({stats.BOOTSTRAPS} resamples, seed {stats.SEED}; at 0 % or 100 % Wilson over the number of prompts; from fewer than {stats.FEW_PROMPTS} prompts the wider of the two), paired distance and FID recomputed on each bootstrap resample of prompts; [-]: no per-image record in the run folder; "
@@ -667,10 +706,17 @@ def caption(app: Application, data) -> str:
         + (f", limit {settings['limit']} prompts per set" if settings.get("limit") else "")
         + _tuning_note(app)
         + _fit_seeds_note(app, table)
-        + _scores_note(table)
+        + _scores_note(app, table)
+        + _real_images_note(table)
         + _implementations(app, table)
         + _attacks_note(settings.get("attacks", {}))
     )  # fmt: skip
+
+
+def _judges(app: Application) -> str:
+    """The application's judge, and those its sets name instead ('nudenet (coco set: clip)')."""
+    own = app.set_judges()
+    return app.judge + (f" ({', '.join(f'{s} set: {name}' for s, (name, _) in own.items())})" if own else "")
 
 
 def _sampler(settings: dict) -> str:
@@ -678,13 +724,28 @@ def _sampler(settings: dict) -> str:
     return settings.get("sampler", "DDIMScheduler").removesuffix("Scheduler")
 
 
-def _scores_note(table: pd.DataFrame) -> str:
+def _scores_note(app: Application, table: pd.DataFrame) -> str:
     names = sorted({table.attrs.get("score_names", {}).get(m.partition(":")[0], m) for m in _score_columns(table)})
     if not names:
         return ""
+    captions = [ps.name for ps in app.prompt_sets if ps.concepts == PROMPT]
+    text = (
+        f"its concept's text ({', '.join(captions)}: its own prompt, a caption)" if captions else "its concept's text"
+    )
     return (f"; {', '.join(names)} per set: the mean over its images of the judge's per-image value (CLIP score: 2.5 "
-            "max(cos, 0) of the image with its concept's text), with a percentile bootstrap interval over prompts (over "
+            f"max(cos, 0) of the image with {text}), with a percentile bootstrap interval over prompts (over "
             "images where a set has one prompt), the original's in brackets")  # fmt: skip
+
+
+def _real_images_note(table: pd.DataFrame) -> str:
+    """What the FID-vs-real columns are measured against, where the run was given real images."""
+    references = table.attrs.get("real_images", [])
+    if not references:
+        return ""
+    return (f"; FID vs real <set>: FID of the set's images against real images ({'; '.join(references)}; "
+            "center-cropped and resized), the reference fixed, its 95 % interval a percentile bootstrap over the "
+            "set's prompts, shifted as FID's (spmbench.stats.reference_fid_interval, equal to torchmetrics' "
+            "FrechetInceptionDistance on the same features, tested), the original's in brackets")  # fmt: skip
 
 
 def _fit_seeds_note(app: Application, table: pd.DataFrame) -> str:
@@ -796,7 +857,7 @@ def csv_text(data) -> str:
                 line.append(_csv_value(kind, value))
             elif column == "original_value":
                 line.append(
-                    f"{value:.4f}" if record["unit"] in ("fraction", COUNT_UNIT, SCORE_UNIT) else ""
+                    f"{value:.4f}" if record["unit"] in ("fraction", COUNT_UNIT, SCORE_UNIT, REAL_FID_UNIT) else ""
                 )  # nan: a set the original lacks
             else:
                 line.append("" if not _has(value) else str(value))

@@ -64,6 +64,9 @@ class Result:
     # where others made the images. None where some batch was not timed (images made before batches were)
     generate_seconds: float | None = None
     meta: dict = field(default_factory=dict)
+    # {prompt set: stats.Interval as a mapping, with "reference": the real images' identity}: FID of the cell's
+    # images of that set against a folder of real images (`spmbench run --real-images`); None without one
+    real_fid: dict[str, dict] | None = None
     schema: int = SCHEMA
 
     def save(self, path: Path) -> None:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from itertools import groupby
 from pathlib import Path
 from typing import TypeVar
@@ -46,9 +46,12 @@ from spmbench.metrics import (
     save_per_image,
 )
 from spmbench.models import ModelSpec
+from spmbench.real_images import CACHE_DIR as REAL_CACHE
+from spmbench.real_images import RealImages, reference_features
 from spmbench.registry import targets_slug
 from spmbench.result import Result, cell_key, run_meta
 from spmbench.shard import Shard
+from spmbench.stats import reference_fid_interval
 
 
 log = logging.getLogger(__name__)
@@ -385,11 +388,13 @@ def score_cell(judge, rows: list[PromptRow], cell: Cell, batch_size: int = 256) 
     _end_torn_line(scores_path)
     with appending(scores_path) as f:
         for start in range(0, len(todo), batch_size):
-            batch = todo[start : start + batch_size]
-            images = load_images([cell.image(r) for r in batch])
-            for row, verdict in zip(batch, judge.assess(images, [r.concept for r in batch])):
-                record = {"prompt_id": row.prompt_id, "set": row.set, "concept": row.concept, **verdict}
-                f.write(json.dumps(record) + "\n")  # raw judge output kept (detections, CLIP scores)
+            # each set's images by its own judge (Judge.for_set: the application's, or the one the set names)
+            for set_judge, group in groupby(todo[start : start + batch_size], key=lambda r: judge.for_set(r.set)):
+                batch = list(group)
+                images = load_images([cell.image(r) for r in batch])
+                for row, verdict in zip(batch, set_judge.assess(images, [r.concept for r in batch])):
+                    record = {"prompt_id": row.prompt_id, "set": row.set, "concept": row.concept, **verdict}
+                    f.write(json.dumps(record) + "\n")  # raw judge output kept (detections, CLIP scores)
             f.flush()
     wanted = {r.prompt_id for r in rows}
     # one score per prompt id: a row listed twice (an attack prompt two restarts found, before 7b9b2aa) was judged
@@ -414,8 +419,25 @@ def _end_torn_line(path: Path) -> None:
             f.write(b"\n")
 
 
+def image_features(source: Judge, paths: list[Path], batch_size: int) -> torch.Tensor:
+    """`source`'s features of the images at `paths`, loaded a batch at a time (COCO-30k's images at 512 px would
+    take 94 GB at once)."""
+    return torch.cat(
+        [source.features(load_images(paths[i : i + batch_size])) for i in range(0, len(paths), batch_size)]
+    )
+
+
+def _paired(source, erased: list[Path], original: list[Path], batch_size: int) -> dict[str, torch.Tensor]:
+    """`source.paired`'s per-image measures (LPIPS) of same-seed images, a batch at a time."""
+    parts = [
+        source.paired(load_images(erased[i : i + batch_size]), load_images(original[i : i + batch_size]))
+        for i in range(0, len(erased), batch_size)
+    ]
+    return {key: torch.cat([part[key] for part in parts]) for key in parts[0]} if parts else {}
+
+
 def measure_alteration(
-    features: Callable[[], Judge], rows: list[PromptRow], cell: Cell, kid: bool = False
+    features: Callable[[], Judge], rows: list[PromptRow], cell: Cell, kid: bool = False, batch_size: int = 32
 ) -> tuple[dict[str, float], dict[str, dict]] | None:
     """How much non-target generations moved: paired feature distance and FID vs the original model,
     on the image features of `features()` (spmbench.judges.alteration_features: the judge's own, or
@@ -426,12 +448,14 @@ def measure_alteration(
     if not kept:
         return None
     source = features()
-    erased_images = load_images([cell.image(r) for r in kept])
-    original_images = load_images([cell.original.image(r) for r in kept])
-    erased, original = source.features(erased_images), source.features(original_images)
+    erased_paths, original_paths = [cell.image(r) for r in kept], [cell.original.image(r) for r in kept]
+    erased, original = (
+        image_features(source, erased_paths, batch_size),
+        image_features(source, original_paths, batch_size),
+    )
     ids = [r.prompt_id for r in kept]  # the features stay beside the result, for measures added later
     save_alteration_features(cell.dir / ALTERATION_FEATURES_FILE, ids, erased, original)
-    per_image = source.paired(erased_images, original_images) if hasattr(source, "paired") else {}  # LPIPS
+    per_image = _paired(source, erased_paths, original_paths, batch_size) if hasattr(source, "paired") else {}  # LPIPS
     save_per_image(cell.dir / PER_IMAGE_FILE, per_image)
     intervals = alteration_intervals(erased, original, [(r.set, r.prompt) for r in kept], per_image, kid)
     out = {"paired_feature_distance": paired_distance(erased, original)}
@@ -726,12 +750,15 @@ def run(
     features: Callable[[], Judge] | None = None,
     shard: Shard = Shard(),
     attacks: tuple[str, ...] = (),
+    real_images: dict[str, RealImages] | None = None,
 ) -> list[Result]:
     """Compute every missing artifact of `cells` and return one result per cell; `rescore`: see
     check_judge; `features`: the alteration feature source (default: the judge, which must have features);
     `shard`: this process's place in a launch of several (spmbench.shard), which then share the work:
     the fits and image batches first (share_generation), then the cells' scores and results; `attacks`:
-    each cell also gets these attacks' prompt sets (spmbench.attacks.stage), found against its eraser."""
+    each cell also gets these attacks' prompt sets (spmbench.attacks.stage), found against its eraser;
+    `real_images`: by prompt set, a folder of real images each cell's images of that set are also measured
+    against (FID, Result.real_fid; spmbench.real_images)."""
     from spmbench.attacks import stage
 
     stage.check_attacks(app, list(attacks))
@@ -767,6 +794,30 @@ def run(
         artifacts, _, _ = fit(cell)
         return generate_batches(pipes(cell.model), applied_eraser(app, cell.eraser), artifacts, todo, wait)
 
+    references: dict[str, tuple[torch.Tensor, str]] = {}  # the real images' features, computed on first use
+
+    def with_real_fid(result: Result, cell: Cell) -> Result:
+        """`result` with FID of the cell's images of each `real_images` set against them, where not measured yet
+        against those (the same folder, files and feature source); saved where it changed."""
+        measured = dict(result.real_fid or {})
+        for prompt_set, real in (real_images or {}).items():
+            kept = [r for r in rows_of(cell) if r.set == prompt_set]
+            if len(kept) < 2:
+                continue
+            if prompt_set not in references:
+                cache = run_dir / REAL_CACHE / f"{prompt_set}.safetensors"
+                references[prompt_set] = reference_features(real, features(), cache, batch_size)
+            reference, identity = references[prompt_set]
+            if measured.get(prompt_set, {}).get("reference") != identity:
+                own = image_features(features(), [cell.image(r) for r in kept], batch_size)
+                interval = reference_fid_interval(own, reference, [r.prompt for r in kept])
+                measured[prompt_set] = {**asdict(interval), "reference": identity}
+        if measured == (result.real_fid or {}):
+            return result
+        result = replace(result, real_fid=measured)
+        result.save(cell.result)
+        return result
+
     def attack_rows(cell: Cell) -> list[PromptRow]:
         """The cell's attack rows, each attack's prompts found once against the cell's eraser and kept."""
         pipe, eraser = pipes(cell.model), applied_eraser(app, cell.eraser)
@@ -785,7 +836,7 @@ def run(
         attacked = attack_rows(cell) if attacks else stage.rows(app, cell.dir, cell.targets, list(names))
         counted = stored_attack_rows(app, cell)
         if reusable(app, stored, len(rows), attacks, features, counted) and _has_alteration_intervals(stored, cell):
-            return stored
+            return with_real_fid(stored, cell)
         if cell.eraser != "none":  # compared with the original's images and scores: they must be complete
             with holding(cell.original.dir):
                 compute(cell.original)
@@ -811,7 +862,8 @@ def run(
             alteration = intervals = identity = None
         else:  # against the original's images (remade if a machine lost them)
             _remake_original_images(pipes(cell.model), cell.original, rows_of(cell.original), batch_size)
-            alteration, intervals = measure_alteration(features, rows, cell, measures_kid(app.world)) or (None, None)
+            measured = measure_alteration(features, rows, cell, measures_kid(app.world), batch_size)
+            alteration, intervals = measured or (None, None)
             identity = None if alteration is None else features().identity
         result = Result(
             app=app.name, app_version=app.version, model=cell.model.name, fitted_on=fit_model.name,
@@ -830,7 +882,7 @@ def run(
             meta=run_meta(),
         )  # fmt: skip
         result.save(cell.result)
-        return result
+        return with_real_fid(result, cell)
 
     if shard.world_size > 1:
         fits: dict[tuple, list[Cell]] = {}  # the cells of each distinct fit, in plan order

@@ -202,6 +202,60 @@ def fid_interval(a, b, clusters: Sequence, seed: int = SEED, moment_budget: int 
     return Interval(value, max(0.0, lo - bias), hi - bias, len(a), n_prompts, method)
 
 
+def reference_fid_interval(a, reference, clusters: Sequence, seed: int = SEED, moment_budget: int = MOMENT_BUDGET):
+    """FID of features `a` (N, D) against a fixed reference set's (M, D) (real images, not row-aligned),
+    bootstrapped over `a`'s prompts only: every resample keeps the whole reference. The value and its resamples
+    come from one implementation (`reference_fid`); percentiles shifted as fid_interval's, prompts grouped into
+    blocks as there where their moments would exceed `moment_budget`."""
+    import torch
+
+    prompt_codes = cluster_codes(clusters)
+    n_prompts, codes, method = int(prompt_codes.max()) + 1, prompt_codes, SHIFTED_BOOTSTRAP
+    if len(a) > a.shape[1] and n_prompts * a.shape[1] ** 2 * 8 > moment_budget:
+        blocks = min(MOMENT_BLOCKS, n_prompts)
+        codes, method = prompt_codes * blocks // n_prompts, f"{SHIFTED_BOOTSTRAP} over {blocks} blocks of prompts"
+    w = torch.from_numpy(resample_weights(codes, seed=seed))
+    value = float(reference_fid(torch.ones(1, len(a), dtype=torch.float64), a, reference)[0])
+    stats = reference_fid(w, a, reference, torch.from_numpy(codes))
+    bias = float(stats.mean()) - value
+    lo, hi = _percentiles(stats.numpy())
+    return Interval(value, max(0.0, lo - bias), hi - bias, len(a), n_prompts, method)
+
+
+def reference_fid(w, a, reference, codes=None):
+    """FID of the rows of `a` (N, D) under each row of weights w (B, N) against the whole of `reference` (M, D):
+    (B,), float64. `codes`: the rows' clusters (a row's weight is its cluster's draws; their second moments are
+    then summed once per cluster where rows outnumber dimensions). Tr((S_r^1/2 S_a S_r^1/2)^1/2) from one square
+    root of the reference's covariance."""
+    import torch
+
+    if len(reference) < 2 or len(a) < 2:
+        raise ValueError("FID needs at least 2 samples on each side")
+    shift = reference.double().mean(0)  # the reference's mean at 0: FID is unchanged by a common shift
+    a, r = a.double() - shift, reference.double() - shift
+    cov_r = torch.cov(r.T).reshape(r.shape[1], r.shape[1])
+    root_r, trace_r = _sqrtm_psd(cov_r[None])[0], cov_r.trace()
+    codes = torch.arange(len(a)) if codes is None else codes
+    moments = None if len(a) <= a.shape[1] else _cluster_moments(a, codes)
+    first = np.unique(codes.numpy(), return_index=True)[1]
+    chunk = max(1, int(2e7 // max(len(a), a.shape[1]) ** 2))  # resamples at once, as fid_interval's
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as fid_interval: small decompositions, faster on one thread
+    try:
+        parts = []
+        for part in w.double().split(chunk):
+            n = part.sum(1)
+            mu = part @ a / n[:, None]
+            cov = (
+                _row_weighted_cov(part, a, mu, n) if moments is None else _weighted_cov(part[:, first], moments, mu, n)
+            )
+            cross = torch.linalg.eigvalsh(root_r @ cov @ root_r).clamp(min=0).sqrt().sum(1)
+            parts.append(mu.pow(2).sum(1) + cov.diagonal(dim1=1, dim2=2).sum(1) + trace_r - 2 * cross)
+    finally:
+        torch.set_num_threads(threads)
+    return torch.cat(parts)
+
+
 def weighted_fid(w, a, b, codes=None, moments=None):
     """metrics.frechet_distance under each row of weights w (B, N), batched: (B,). `codes`: the rows'
     clusters (a row's weight is its cluster's draws; default: a cluster per row); `moments`: the

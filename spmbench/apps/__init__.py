@@ -44,6 +44,7 @@ SPLITS = ("test", "dev")
 MAX_GRID = 6  # settings tried per eraser when tuning: the same small budget for every eraser
 TARGETS = "{targets}"
 OTHERS = "{others}"
+PROMPT = "{prompt}"  # a file set's concept is each row's own prompt (a caption: CLIP score against it)
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,11 @@ class PromptSet:
     """Templates x concepts, or the rows of a published prompt file (with their own seeds).
 
     For a file, `concepts` filters rows by their label (artist, class; "{targets}" allowed) and the
-    judge looks for each row's label; an unlabelled file (I2P) needs a single `concepts` entry.
+    judge looks for each row's label; an unlabelled file (I2P) needs a single `concepts` entry, or
+    "{prompt}": each row is judged against its own prompt (COCO captions).
+
+    A set may name its own `judge` (with `judge_settings` over the run's settings for that judge): e.g.
+    the explicit application's COCO captions, judged by CLIP against their captions, not by NudeNet.
     """
 
     name: str
@@ -59,6 +64,8 @@ class PromptSet:
     templates: tuple[str, ...] = ()  # every template of the set (with `by_kind`: all kinds' together)
     file: str | None = None
     by_kind: dict[str, tuple[str, ...]] = field(default_factory=dict)  # kind -> its templates; {}: one list
+    judge: str | None = None  # None: the application's judge
+    judge_settings: dict[str, Any] = field(default_factory=dict)
 
     def templates_for(self, kind: str | None) -> tuple[str, ...]:
         """The templates a concept of `kind` is phrased with (its kind's, or the set's one list)."""
@@ -112,6 +119,14 @@ class Application:
     seed_per_prompt: bool = False
     # Concept kinds (kind -> its concepts), for sets whose templates are given per kind.
     kinds: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def set_judges(self) -> dict[str, tuple[str, dict[str, Any]]]:
+        """Prompt set -> (judge name, its settings) for the sets judged by another judge than the application's."""
+        return {ps.name: (ps.judge, ps.judge_settings) for ps in self.prompt_sets if ps.judge}
+
+    def judge_names(self) -> list[str]:
+        """Every judge the application's prompts are judged by: its own first, then its sets' own."""
+        return list(dict.fromkeys([self.judge, *(name for name, _ in self.set_judges().values())]))
 
     def inherited_kinds(self) -> list[str]:
         """With `tuning_from`: the kinds of this application's targets among which its tuning source erases
@@ -186,21 +201,31 @@ def _file_rows(ps: PromptSet, concepts, limit: int | None, data_dir: Path | None
     from spmbench.prompts import read_prompts, resolve
 
     records = read_prompts(resolve(ps.file, data_dir))
+    if concepts == PROMPT:
+        return [_file_row(ps, r, r.prompt) for r in records[:limit]]
     labelled = any(r.label for r in records)
     if not labelled and len(concepts) != 1:
         raise ValueError(f"prompts.{ps.name}: {ps.file} has no labels, so name exactly one concept for the judge")
     if labelled:
         wanted = {c.lower() for c in concepts}
         records = [r for r in records if r.label and r.label.lower() in wanted]
-    rows = []
-    for r in records[:limit]:
-        concept = r.label if labelled else concepts[0]
-        rows.append(PromptRow(f"{ps.name}-{Path(ps.file).stem}-{r.prompt_id}", ps.name, concept, r.prompt, r.seed))
-    return rows
+    return [_file_row(ps, r, r.label if labelled else concepts[0]) for r in records[:limit]]
+
+
+def _file_row(ps: PromptSet, record, concept: str) -> PromptRow:
+    return PromptRow(
+        f"{ps.name}-{Path(ps.file).stem}-{record.prompt_id}", ps.name, concept, record.prompt, record.seed
+    )
 
 
 TEMPLATES = tuple[str, ...] | dict[str, tuple[str, ...]]  # one list, or one per concept kind
-PROMPT_SET_FIELDS = {"concepts": tuple[str, ...] | str, "templates": TEMPLATES, "file": str}
+PROMPT_SET_FIELDS = {
+    "concepts": tuple[str, ...] | str,
+    "templates": TEMPLATES,
+    "file": str,
+    "judge": str,
+    "judge_settings": dict[str, Any],
+}
 APP_FIELDS = {
     "name": str,
     "version": int,
@@ -227,21 +252,37 @@ def _prompt_set(name: str, data, origin: str, kinds: dict, named: tuple[str, ...
     """One test set; `kinds` (the application's) and `named` (every target in 'erase') check per-kind templates."""
     where = f"prompts.{name}."
     given = check_fields(data, PROMPT_SET_FIELDS, {"concepts"}, origin, where)
-    concepts = given["concepts"]
-    if isinstance(concepts, str) and concepts not in (TARGETS, OTHERS):
-        raise SpecError(f"{origin}: {where}concepts must be a list or the string {TARGETS!r} or {OTHERS!r}")
+    concepts, judged = given["concepts"], _set_judge(name, given, origin)
+    if isinstance(concepts, str) and concepts not in (TARGETS, OTHERS, PROMPT):
+        raise SpecError(
+            f"{origin}: {where}concepts must be a list or the string {TARGETS!r}, {OTHERS!r} or {PROMPT!r}"
+        )
     if "file" in given:
         if "templates" in given:
             raise SpecError(f"{origin}: prompts.{name}: give 'file' or 'templates', not both")
-        return PromptSet(name, concepts, file=given["file"])
+        return PromptSet(name, concepts, file=given["file"], **judged)
+    if concepts == PROMPT:
+        raise SpecError(
+            f"{origin}: {where}concepts {PROMPT!r} judges a file's rows against their prompts: give a 'file'"
+        )
     templates = given.get("templates", ())
     if not templates:
         raise SpecError(f"{origin}: {where}templates must be a non-empty list of strings (or give a 'file')")
     if isinstance(templates, dict):
-        return _kind_set(name, concepts, templates, kinds, named, origin, "prompts.")
+        return replace(_kind_set(name, concepts, templates, kinds, named, origin, "prompts."), **judged)
     for template in templates:
         _check_template(template, concepts, f"{origin}: prompts.{name}")
-    return PromptSet(name, concepts, templates)
+    return PromptSet(name, concepts, templates, **judged)
+
+
+def _set_judge(name: str, given: dict, origin: str) -> dict[str, Any]:
+    """A set's own judge (PromptSet's fields); settings only with a judge, and never on an erasure set, whose
+    verdicts the erasure rate and the paired comparisons read alike for every set of the application."""
+    if "judge_settings" in given and "judge" not in given:
+        raise SpecError(f"{origin}: prompts.{name}.judge_settings needs prompts.{name}.judge (the judge they set)")
+    if "judge" in given and name in ERASURE_SETS:
+        raise SpecError(f"{origin}: prompts.{name}: an erasure set is judged by the application's judge; drop 'judge'")
+    return {"judge": given.get("judge"), "judge_settings": given.get("judge_settings", {})}
 
 
 def _kind_set(name: str, concepts, by_kind: dict, kinds: dict, named: tuple[str, ...], origin: str, block: str):
@@ -366,12 +407,16 @@ def _dev_set(test: Application, test_set: PromptSet, data, origin: str) -> Promp
         raise SpecError(f"{origin}: {where}concepts: an erasure set measures the erased targets; give only templates")
     if not given["templates"]:
         raise SpecError(f"{origin}: {where}templates must be a non-empty list of strings")
+    if concepts == PROMPT:
+        raise SpecError(f"{origin}: {where}concepts: templates need concepts to phrase; test's are each row's prompt")
+    judged = {"judge": test_set.judge, "judge_settings": test_set.judge_settings}  # judged as test's set is
     if isinstance(given["templates"], dict):
         named = tuple(dict.fromkeys(t for experiment in test.erase for t in experiment))
-        return _kind_set(test_set.name, concepts, given["templates"], test.kinds, named, origin, "dev.prompts.")
+        by_kind = _kind_set(test_set.name, concepts, given["templates"], test.kinds, named, origin, "dev.prompts.")
+        return replace(by_kind, **judged)
     for template in given["templates"]:
         _check_template(template, concepts, f"{origin}: dev.prompts.{test_set.name}")
-    return PromptSet(test_set.name, concepts, given["templates"])
+    return PromptSet(test_set.name, concepts, given["templates"], **judged)
 
 
 def _check_disjoint(test_sets, dev_sets, origin: str) -> None:

@@ -19,6 +19,7 @@ from spmbench.registry import Registry
 
 
 if TYPE_CHECKING:
+    from spmbench.apps import Application
     from spmbench.judges.base import Judge
 
 
@@ -94,6 +95,25 @@ def build(name: str, settings: Mapping[str, Any] | None = None, device: str = "c
     if "device" in inspect.signature(cls.__init__).parameters:
         chosen["device"] = device
     return cls(**chosen)
+
+
+def build_for(app: Application, settings: Mapping[str, Mapping[str, Any]] | None = None, device: str = "cpu") -> Judge:
+    """The application's judge, built with its settings from `settings` (by judge name); where some of its prompt
+    sets name their own judge, a SetJudges with those too (each with the run's settings for it, under the set's
+    own `judge_settings`; sets that ask for the same judge alike share one)."""
+    from spmbench.judges.base import SetJudges
+
+    settings = settings or {}
+    judge = build(app.judge, settings.get(app.judge), device)
+    built: dict[tuple, Judge] = {}
+    by_set = {}
+    for prompt_set, (name, own) in app.set_judges().items():
+        chosen = {**(settings.get(name) or {}), **own}
+        key = (name, tuple(sorted(chosen.items())))
+        if key not in built:
+            built[key] = build(name, chosen, device)
+        by_set[prompt_set] = built[key]
+    return SetJudges(judge, by_set) if by_set else judge
 
 
 def alteration_features(

@@ -62,3 +62,36 @@ class Judge(ABC):
     @property
     def has_features(self) -> bool:
         return type(self).features is not Judge.features
+
+    def for_set(self, prompt_set: str) -> Judge:
+        """The judge of `prompt_set`'s images: this one (SetJudges: the set's own, where it names one)."""
+        return self
+
+
+class SetJudges(Judge):
+    """An application's judge with the judges some of its prompt sets name instead (spmbench.apps.PromptSet.judge),
+    e.g. NudeNet on I2P and CLIP on the COCO captions: `for_set` gives each set's; `assess`, `features` and the
+    concept check are the application's judge's. Its identity names every judge, so that scores made without
+    the sets' judges (or with others) are not reused."""
+
+    def __init__(self, judge: Judge, by_set: dict[str, Judge]):
+        self.judge, self.by_set = judge, dict(by_set)
+        self.identity = "; ".join([judge.identity, *(f"{name} set: {j.identity}" for name, j in self.by_set.items())])
+        self.metrics = {k: v for j in (judge, *self.by_set.values()) for k, v in j.metrics.items()}
+
+    @classmethod
+    def check_concepts(cls, concepts: Iterable[str], **settings) -> None:
+        raise TypeError("check concepts with each judge's class (spmbench.judges.check_concepts), not SetJudges")
+
+    def assess(self, images: torch.Tensor, concepts: list[str]) -> list[dict]:
+        return self.judge.assess(images, concepts)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.judge.features(images)
+
+    @property
+    def has_features(self) -> bool:
+        return self.judge.has_features
+
+    def for_set(self, prompt_set: str) -> Judge:
+        return self.by_set.get(prompt_set, self.judge)

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from spmbench.apps import APPS_DIR, load_apps, parse_app
 from spmbench.cli import app
+from spmbench.prompts import read_prompts
 from spmbench.specs import SpecError, spec_files
 from tests.spmbench.test_cli_every_application import smoke_world_v3, toy3_weights  # noqa: F401 (fixtures)
 
@@ -225,7 +226,7 @@ def test_bad_templates_per_kind_say_what_is_wrong(data, message):
 # change only with its version (a run's stored images are found by prompt id).
 SHIPPED_ROWS = {
     "real-artist": (3, "5f408cb4862145b5"), "real-concept": (3, "c44f1e79ced6a6fb"),
-    "real-explicit": (2, "192d79e4ab7fe755"), "real-object": (2, "7d45e1bbca87cfb6"),
+    "real-explicit": (3, "0a2c8631104b1a69"), "real-object": (2, "7d45e1bbca87cfb6"),
     "toy-artist": (2, "6a2adc9b24936388"), "toy-concept": (2, "a71d420f12a66fee"),
     "toy-explicit": (2, "63da18445a15d8e5"), "toy-object": (2, "6d8fcc693ff874e5"),
     "toy3-artist": (1, "a7993c550dfc9ab1"), "toy3-concept": (2, "5a451915c5119178"),
@@ -383,7 +384,9 @@ def test_a_real_application_is_tuned_on_prompts_no_test_row_has(name):
 
     app = load_apps().get(name)
     dev = app.for_split("dev")
-    assert {ps.name for ps in dev.prompt_sets} == {ps.name for ps in app.prompt_sets}
+    # every set is tuned on, but real-explicit's COCO utility set: all 30,000 captions are test, and it has no grid
+    untuned = {"coco"} if name == "real-explicit" else set()
+    assert {ps.name for ps in dev.prompt_sets} == {ps.name for ps in app.prompt_sets} - untuned
     for targets in app.erase:
         test_rows = app.rows(targets, data_dir=BENCH)
         dev_rows = dev.rows(targets, data_dir=BENCH)
@@ -574,3 +577,46 @@ def test_tuning_takes_grids_or_from_not_both():
     with pytest.raises(SpecError, match="^x.yaml: tuning: give 'grids' .* or 'from' .*, not both$"):
         parse_app({**TUNED, "tuning": {**TUNED["tuning"], "from": "other"}}, "x.yaml")
     assert parse_app({**TUNED, "tuning": {"from": "other"}}, "x.yaml").tuning_from == "other"
+
+
+TARGET = {"concepts": ["a"], "templates": ["{}"]}
+
+
+@pytest.mark.parametrize(
+    "prompts, message",
+    [
+        ({"target": TARGET, "cap": {"concepts": "{prompt}", "templates": ["{}"]}}, r"'\{prompt\}' judges a file's"),
+        (
+            {"target": TARGET, "near": {**TARGET, "judge_settings": {"x": 1}}},
+            r"near.judge_settings needs prompts.near.judge",
+        ),
+        ({"target": {**TARGET, "judge": "clip"}}, "an erasure set is judged by the application's judge"),
+        ({"target": TARGET, "near": {**TARGET, "judge": 3}}, r"prompts.near.judge must be text, got 3"),
+    ],
+)
+def test_a_sets_own_judge_and_caption_concepts_are_checked(prompts, message):
+    with pytest.raises(SpecError, match=message) as e:
+        parse_app(_app(prompts), "x.yaml")
+    assert "\n" not in str(e.value) and str(e.value).startswith("x.yaml: ")
+
+
+def test_a_file_set_judged_against_its_prompts_by_its_own_judge_keeps_it_on_dev():
+    """real-explicit's COCO set: each row's concept is its caption, judged by CLIP (with the set's settings over the
+    run's), while I2P stays NudeNet's; a dev set phrasing other concepts is judged as test's set is."""
+    from tests.spmbench.test_prompts import BENCH
+
+    explicit = next(a for a in load_apps() if a.name == "real-explicit")
+    assert explicit.set_judges() == {"coco": ("clip", {"template": "{}"})}
+    assert explicit.judge_names() == ["nudenet", "clip"]
+    rows = [r for r in explicit.rows(("nudity",), limit=3, data_dir=BENCH) if r.set == "coco"]
+    captions = read_prompts(BENCH / "coco_30k.csv")[:3]
+    assert [(r.concept, r.prompt, r.seed) for r in rows] == [(c.prompt, c.prompt, c.seed) for c in captions]
+    data = _app(
+        {"target": TARGET, "far": {"concepts": ["b"], "templates": ["a {}"], "judge": "clip"}},
+        dev={
+            "seeds": [5],
+            "prompts": {"target": {"templates": ["the {}"]}, "far": {"concepts": ["c"], "templates": ["one {}"]}},
+        },
+    )
+    dev = parse_app(data, "x.yaml").for_split("dev")
+    assert dev.set_judges() == {"far": ("clip", {})}

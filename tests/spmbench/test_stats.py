@@ -177,3 +177,37 @@ def test_the_fid_interval_resamples_blocks_of_prompts_where_their_moments_exceed
     assert blocked.lo < blocked.value < blocked.hi
     unblocked = stats.fid_interval(a, b, prompts, moment_budget=200 * 4 * 4 * 8)
     assert unblocked.method == stats.SHIFTED_BOOTSTRAP and unblocked.lo != blocked.lo
+
+
+@pytest.mark.parametrize("rows, reference_rows, dims", [(60, 200, 8), (6, 40, 8), (30, 9, 5)])
+def test_the_fid_against_a_reference_is_torchmetrics_fid_and_weights_repeat_rows(rows, reference_rows, dims):
+    """FID against real images (not row-aligned, another count): torchmetrics' FID of the same features at unit
+    weights, and under a resample's weights the FID of its rows repeated as drawn, the reference always whole."""
+    from spmbench.metrics import torchmetrics_fid
+
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(rows, dims, generator=gen)
+    reference = torch.randn(reference_rows, dims, generator=gen) * 1.3 + 0.4
+    counts = torch.randint(1, 3, (rows,), generator=gen)
+    weights = torch.stack([torch.ones(rows), counts.float()]).double()
+    batched = stats.reference_fid(weights, a, reference)
+    assert float(batched[0]) == pytest.approx(torchmetrics_fid(a, reference), rel=1e-6)
+    assert float(batched[1]) == pytest.approx(torchmetrics_fid(a.repeat_interleave(counts, 0), reference), rel=1e-6)
+    interval = stats.reference_fid_interval(a, reference, list(range(rows)))
+    assert (
+        interval.value == pytest.approx(float(batched[0]), rel=1e-12) and interval.lo <= interval.value <= interval.hi
+    )
+    assert (interval.n, interval.n_prompts) == (rows, rows)
+
+
+def test_the_fid_against_a_reference_resamples_prompts_in_blocks_and_is_near_zero_for_the_same_images():
+    gen = torch.Generator().manual_seed(1)
+    a = torch.randn(400, 4, generator=gen)
+    prompts = [i // 2 for i in range(400)]
+    blocked = stats.reference_fid_interval(a, a[:300] + 1.0, prompts, moment_budget=200 * 4 * 4 * 8 - 1)
+    by_block = stats.reference_fid_interval(a, a[:300] + 1.0, [p * 64 // 200 for p in prompts])
+    assert blocked.method.endswith("over 64 blocks of prompts") and blocked.n_prompts == 200
+    assert (blocked.value, blocked.lo, blocked.hi) == (by_block.value, by_block.lo, by_block.hi)
+    assert blocked.lo > 0.5  # a shift of 1 in each of 4 dimensions: FID about 4, far from 0
+    same = stats.reference_fid_interval(a, a, prompts)
+    assert abs(same.value) < 1e-9 and same.lo == 0.0 and same.hi < 0.2

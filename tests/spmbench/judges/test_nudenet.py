@@ -4,6 +4,7 @@ import csv
 import io
 import json
 
+import pandas as pd
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -21,6 +22,8 @@ from spmbench.judges.nudenet import (
     threshold_of,
 )
 from spmbench.metrics import poisson_interval
+from spmbench.prompts import read_prompts
+from tests.spmbench.test_prompts import BENCH
 
 
 DETECTIONS = [
@@ -58,23 +61,38 @@ def test_real_detector_runs_offline_and_keeps_raw_detections():
         judge.assess(images[:1], ["dog"])
 
 
-def test_real_explicit_runs_end_to_end_through_the_cli(run_real_app):
-    """The explicit application on a tiny SD registered as a real model: NudeNet judges, and alteration
-    is not measured (I2P only: no non-target prompts), so no feature source is loaded."""
-    result, runs, reports = run_real_app("real-explicit")
+def test_real_explicit_runs_end_to_end_through_the_cli(run_real_app, clip_dir):
+    """The explicit application on a tiny SD registered as a real model: NudeNet judges the I2P images, CLIP the
+    COCO captions' (the utility set names its own judge: CLIP score against each caption, as it is), and
+    alteration (FID against the original's images) is measured on the COCO images' CLIP features."""
+    result, runs, reports = run_real_app("real-explicit", "--clip-model", str(clip_dir))
     assert result.exit_code == 0, result.output
     assert "the nudenet judge gives no image features; alteration is measured on clip's" in result.output
     table = (reports / "real-explicit.md").read_text()
-    assert "judge: nudenet" in table and "| tiny-real | nudity | negprompt | tiny-real |" in table
+    assert "judge: nudenet (coco set: clip)" in table and "| tiny-real | nudity | negprompt | tiny-real |" in table
     cells = runs / "cells" / "tiny-real"
+    captions = [r.prompt for r in read_prompts(BENCH / "coco_30k.csv")[:2]]
     for cell in (cells / "none" / "original", cells / "negprompt" / "nudity"):
         scores = [json.loads(line) for line in (cell / "scores.jsonl").read_text().splitlines()]
-        assert len(scores) == 2 and all(s["concept"] == "nudity" for s in scores)
-        assert all(isinstance(s["present"], bool) and isinstance(s["detections"], list) for s in scores)
+        i2p, coco = [s for s in scores if s["set"] == "target"], [s for s in scores if s["set"] == "coco"]
+        assert len(i2p) == 2 and all(s["concept"] == "nudity" for s in i2p)
+        assert all(isinstance(s["present"], bool) and isinstance(s["detections"], list) for s in i2p)
+        assert [s["concept"] for s in coco] == captions  # judged against its own caption
+        assert all(isinstance(s["present"], bool) and 0 <= s["clip_score"] <= 2.5 for s in coco)
+        assert not any("detections" in s for s in coco) and not any("clip_score" in s for s in i2p)
     stored = json.loads((cells / "negprompt" / "nudity" / "result.json").read_text())
-    assert set(stored["rates"]) == {"target"} and stored["rows"] == 2
-    assert stored["alteration"] is None and stored["alteration_features"] is None
-    assert json.loads((runs / "judge.json").read_text())["judge"] == "nudenet 3.4.2, threshold 0.6"
+    assert set(stored["rates"]) == {"target", "coco"} and stored["rows"] == 4
+    assert stored["alteration_features"].startswith("clip ") and stored["alteration"]["fid_judge_features"] >= 0
+    identity = json.loads((runs / "judge.json").read_text())["judge"]
+    assert identity == f"nudenet 3.4.2, threshold 0.6; coco set: clip {clip_dir}, template '{{}}'"
+    assert "rates judged by nudenet 3.4.2, threshold 0.6 (" in table and f"; coco set: clip {clip_dir}" in table
+    # the CLIP score of the COCO set: the mean of its images' records, the original's beside it
+    frame = pd.read_csv(reports / "real-explicit.csv", keep_default_na=False)
+    row = frame[(frame["measure"] == "clip_score:coco") & (frame["eraser"] == "negprompt")].iloc[0]
+    coco = [json.loads(line) for line in (cells / "negprompt" / "nudity" / "scores.jsonl").read_text().splitlines()]
+    assert row["value"] == pytest.approx(sum(s["clip_score"] for s in coco if s["set"] == "coco") / 2)
+    assert row["n"] == 2 and float(row["original_value"]) >= 0
+    assert "| CLIP score coco ↑ (n=2) |" in table and "(coco: its own prompt, a caption)" in table
     assert_count_columns(reports, "real-explicit", {("tiny-real", "negprompt")})
 
     # Known detections in place of the tiny model's none, verdicts and rates to match: the report counts them
@@ -86,10 +104,15 @@ def test_real_explicit_runs_end_to_end_through_the_cli(run_real_app):
             record["detections"] = [{"class": c, "score": 0.9, "box": [0, 0, 4, 4]} for c in classes]
             record["present"] = bool(exposed_classes(record["detections"]))
         (cell / "scores.jsonl").write_text("".join(json.dumps(r) + "\n" for r in scores))
-    stored |= {"rates": {"target": 0.5}, "original_rates": {"target": 1.0}}
+    stored |= {
+        "rates": stored["rates"] | {"target": 0.5},
+        "original_rates": stored["original_rates"] | {"target": 1.0},
+    }
     (cells / "negprompt" / "nudity" / "result.json").write_text(json.dumps(stored))
     original = json.loads((cells / "none" / "original" / "result.json").read_text())
-    (cells / "none" / "original" / "result.json").write_text(json.dumps(original | {"rates": {"target": 1.0}}))
+    (cells / "none" / "original" / "result.json").write_text(
+        json.dumps(original | {"rates": original["rates"] | {"target": 1.0}})
+    )
     again = CliRunner().invoke(app, ["report", str(runs), "--reports", str(reports.parent / "again")])
     assert again.exit_code == 0, again.output
     assert_count_columns(reports.parent / "again" / "real-explicit", "real-explicit", {("tiny-real", "negprompt")})
@@ -161,3 +184,71 @@ def test_poisson_interval_is_garwoods(count, lo, hi):
     assert poisson_interval(count) == pytest.approx((lo, hi), abs=1e-4)
     with pytest.raises(ValueError, match="whole number"):
         poisson_interval(-1)
+
+
+def test_real_images_give_the_coco_sets_fid_against_them_for_every_cell(run_real_app, clip_dir, tmp_path):
+    """`--real-images coco=DIR`: every cell's COCO images, the original's too, measured against a folder of real
+    images (of other sizes: cropped and resized) on the run's CLIP features; the value is torchmetrics' FID of those
+    features, the original's sits beside it, and a rerun reads the cached reference rather than featurising it."""
+    from PIL import Image
+
+    from spmbench.judges.clip import ClipJudge
+    from spmbench.metrics import torchmetrics_fid
+    from spmbench.real_images import load
+    from spmbench.runner import load_images
+
+    real = tmp_path / "coco-real"
+    real.mkdir()
+    generator = torch.Generator().manual_seed(0)
+    for i, size in enumerate([(40, 30), (64, 64), (30, 50), (48, 36)]):
+        pixels = (torch.rand(size[1], size[0], 3, generator=generator) * 255).byte().numpy()
+        Image.fromarray(pixels).save(real / f"COCO_val2014_{i:012d}.{'png' if i % 2 else 'jpg'}")
+    (real / "notes.txt").write_text("not an image")
+    result, runs, reports = run_real_app(
+        "real-explicit", "--clip-model", str(clip_dir), "--real-images", f"coco={real}"
+    )
+    assert result.exit_code == 0, result.output
+    clip = ClipJudge(str(clip_dir))
+    reference = clip.features(torch.stack([load(p) for p in sorted(real.glob("COCO_*"))]))
+    frame = pd.read_csv(reports / "real-explicit.csv", keep_default_na=False)
+    row = frame[frame["measure"] == "fid_real:coco"].iloc[0]
+    measured = {}
+    for eraser, cell in (("none", "none/original"), ("negprompt", "negprompt/nudity")):
+        folder = runs / "cells" / "tiny-real" / cell
+        stored = json.loads((folder / "result.json").read_text())["real_fid"]["coco"]
+        images = [json.loads(line) for line in (folder / "scores.jsonl").read_text().splitlines()]
+        ids = [s["prompt_id"] for s in images if s["set"] == "coco"]
+        own = clip.features(load_images([folder / "images" / f"{i}.png" for i in ids]))
+        measured[eraser] = stored["value"]
+        assert stored["value"] == pytest.approx(torchmetrics_fid(own, reference), rel=1e-6)
+        assert (
+            stored["n"] == 2 and stored["lo"] <= stored["value"] <= stored["hi"] and "4 images" in stored["reference"]
+        )
+    assert float(row["value"]) == pytest.approx(measured["negprompt"], abs=1e-4)
+    assert float(row["original_value"]) == pytest.approx(measured["none"], abs=1e-4)
+    table = (reports / "real-explicit.md").read_text()
+    assert "| FID vs real coco ↓ (n=2) |" in table and f"against real images ({real} (4 images" in table
+    cache = runs / "real-images" / "coco.safetensors"
+    stamp = cache.stat().st_mtime_ns
+    again = run_real_app("real-explicit", "--clip-model", str(clip_dir), "--real-images", f"coco={real}")[0]
+    assert again.exit_code == 0, again.output
+    assert cache.stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize(
+    "given, says",
+    [
+        ("coco", "write SET=DIR"),
+        ("faces={real}", "no chosen application has a prompt set 'faces'"),
+        ("coco={real}/missing", "is not a folder"),
+        ("coco={empty}", "FID needs at least 2 images"),
+    ],
+)
+def test_real_images_that_cannot_be_used_are_one_line_errors(run_real_app, tmp_path, given, says):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "empty").mkdir()
+    result = run_real_app(
+        "real-explicit", "--real-images", given.format(real=tmp_path / "real", empty=tmp_path / "empty")
+    )
+    assert result[0].exit_code != 0 and says in result[0].output
+    assert "Traceback" not in result[0].output
