@@ -35,6 +35,7 @@ from spmbench.metrics import (
     OPTIONAL_ALTERATION,
     PER_IMAGE_FILE,
     measures_kid,
+    package_version,
     rate_info,
 )
 from spmbench.registry import targets_slug
@@ -744,8 +745,9 @@ def _real_images_note(table: pd.DataFrame) -> str:
         return ""
     return (f"; FID vs real <set>: FID of the set's images against real images ({'; '.join(references)}; "
             "center-cropped and resized), the reference fixed, its 95 % interval a percentile bootstrap over the "
-            "set's prompts, shifted as FID's (spmbench.stats.reference_fid_interval, equal to torchmetrics' "
-            "FrechetInceptionDistance on the same features, tested), the original's in brackets")  # fmt: skip
+            "set's prompts, shifted as FID's (spmbench.stats.reference_fid_interval, equal to torchmetrics "
+            f"{package_version('torchmetrics')} FrechetInceptionDistance on the same features, tested), the original's "
+            "in brackets")  # fmt: skip
 
 
 def _fit_seeds_note(app: Application, table: pd.DataFrame) -> str:
