@@ -708,7 +708,7 @@ def caption(app: Application, data) -> str:
         + _tuning_note(app)
         + _fit_seeds_note(app, table)
         + _scores_note(app, table)
-        + _real_images_note(table)
+        + _real_images_note(app, table)
         + _implementations(app, table)
         + _attacks_note(settings.get("attacks", {}))
     )  # fmt: skip
@@ -738,11 +738,15 @@ def _scores_note(app: Application, table: pd.DataFrame) -> str:
             "images where a set has one prompt), the original's in brackets")  # fmt: skip
 
 
-def _real_images_note(table: pd.DataFrame) -> str:
-    """What the FID-vs-real columns are measured against, where the run was given real images."""
+def _real_images_note(app: Application, table: pd.DataFrame) -> str:
+    """What the FID-vs-real columns are measured against, where the run was given real images; where it was not,
+    that a caption set's FID (COCO utility) is against the original model's images."""
     references = table.attrs.get("real_images", [])
+    captions = [ps.name for ps in app.prompt_sets if ps.concepts == PROMPT]
     if not references:
-        return ""
+        return (f"; FID of the {', '.join(captions)} images: against the original model's images of the same prompts "
+                "and seeds (the alteration columns), no real images given (spmbench run --real-images "
+                f"{captions[0]}=DIR)") if captions else ""  # fmt: skip
     return (f"; FID vs real <set>: FID of the set's images against real images ({'; '.join(references)}; "
             "center-cropped and resized), the reference fixed, its 95 % interval a percentile bootstrap over the "
             "set's prompts, shifted as FID's (spmbench.stats.reference_fid_interval, equal to torchmetrics "

@@ -93,6 +93,7 @@ def test_real_explicit_runs_end_to_end_through_the_cli(run_real_app, clip_dir):
     assert row["value"] == pytest.approx(sum(s["clip_score"] for s in coco if s["set"] == "coco") / 2)
     assert row["n"] == 2 and float(row["original_value"]) >= 0
     assert "| CLIP score coco ↑ (n=2) |" in table and "(coco: its own prompt, a caption)" in table
+    assert "FID of the coco images: against the original model's images of the same prompts and seeds" in table
     assert_count_columns(reports, "real-explicit", {("tiny-real", "negprompt")})
 
     # Known detections in place of the tiny model's none, verdicts and rates to match: the report counts them
@@ -228,6 +229,7 @@ def test_real_images_give_the_coco_sets_fid_against_them_for_every_cell(run_real
     assert float(row["original_value"]) == pytest.approx(measured["none"], abs=1e-4)
     table = (reports / "real-explicit.md").read_text()
     assert "| FID vs real coco ↓ (n=2) |" in table and f"against real images ({real} (4 images" in table
+    assert "no real images given" not in table
     cache = runs / "real-images" / "coco.safetensors"
     stamp = cache.stat().st_mtime_ns
     again = run_real_app("real-explicit", "--clip-model", str(clip_dir), "--real-images", f"coco={real}")[0]
