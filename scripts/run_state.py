@@ -43,10 +43,13 @@ MAX_FIT_BYTES = 512 << 10
 FEATURE_FILES = ("alteration_features.safetensors", "alteration_per_image.safetensors")
 
 
+REAL_IMAGES_CACHE = "real-images"  # spmbench.real_images.CACHE_DIR
+
+
 def kept(path: Path, max_fit_bytes: int) -> bool:
     """Whether a file of a run folder is part of its state (archived, or mirrored if `is_fit_weights`)."""
-    if path.name.endswith((".png", ".lock")):
-        return False
+    if path.name.endswith((".png", ".lock")) or REAL_IMAGES_CACHE in path.parts:
+        return False  # images, locks, and real images' features (remade from the user's folder, 80-330 MB)
     if path.name in FEATURE_FILES:
         return not carries_intervals(path.parent / "result.json")
     return "fits" not in path.parts or path.stat().st_size <= max_fit_bytes

@@ -490,10 +490,10 @@ def run(
         judge_settings = _judge_settings(judge_setting, clip_model, classifier)
         plans = _checked_plans(chosen_apps, chosen_models, erasers, models, judge_settings, out)
         attacks = _selected_attacks(attack_sel)
+        real = _real_images(real_images, chosen_apps)
         if dry_run:
             _print_run_plan(chosen_apps, plans, models, limit, shard, attacks)
             return
-        real = _real_images(real_images, chosen_apps)
         options = _RunOptions(out, reports, limit, batch_size, device, rescore, judge_settings, shard, attacks, real)
         for a in chosen_apps:
             if shard.leads:
@@ -608,7 +608,7 @@ def _tune_app(a, roots: list, erasers: list[str], models, options: _RunOptions) 
     """Tune one application (tuning.tune) in this process's share; the leading process writes the record."""
     from spmbench import tuning
 
-    judge, features = _judges_for(a, options.judge_settings, options.device)
+    judge, features = _judges_for(a.for_split("dev"), options.judge_settings, options.device)
     record = tuning.tune(a, roots, erasers, options.out / a.name / "dev", judge, models, limit=options.limit,
                          batch_size=options.batch_size, device=options.device, features=features,
                          shard=options.shard)  # fmt: skip

@@ -40,7 +40,9 @@ class RealImages:
     folder: Path
 
     def files(self) -> list[Path]:
-        return sorted(p for p in self.folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        found = (p for p in self.folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        # hidden files (macOS's ._*.jpg resource forks, say) are not images of the set
+        return sorted(p for p in found if not any(part.startswith(".") for part in p.relative_to(self.folder).parts))
 
     def identity(self, source: Judge) -> str:
         """The folder, its images (names and sizes) and the feature source: what the reference's features are."""

@@ -578,7 +578,7 @@ def table_rows(data) -> tuple[list[str], list[list[str]]]:
         line = [_rate_cell(by_measure.get(s), spms, shared_n[s] is None) for s in sets]
         line += [_count_cell(by_measure.get(m), shared_n[m] is None) for m in counts]
         line += [_score_cell(by_measure.get(m), shared_n[m] is None) for m in scores]
-        line += [_number_cell(by_measure.get(m), shared_n[m] is None, ".2f", ".2f") for m in real]
+        line += [_number_cell(by_measure.get(m), shared_n[m] is None, ".2f", ".2f", spread=True) for m in real]
         line += [_alteration_cell(by_measure.get(k), shared_n[k] is None, k) for k in alteration]
         line += [
             _fit_cell(by_measure.get("fit_seconds"), "{:.0f}"),
@@ -742,7 +742,7 @@ def _real_images_note(app: Application, table: pd.DataFrame) -> str:
     """What the FID-vs-real columns are measured against, where the run was given real images; where it was not,
     that a caption set's FID (COCO utility) is against the original model's images."""
     references = table.attrs.get("real_images", [])
-    captions = [ps.name for ps in app.prompt_sets if ps.concepts == PROMPT]
+    captions = [ps.name for ps in app.prompt_sets if ps.concepts == PROMPT and (table["measure"] == ps.name).any()]
     if not references:
         return (f"; FID of the {', '.join(captions)} images: against the original model's images of the same prompts "
                 "and seeds (the alteration columns), no real images given (spmbench run --real-images "

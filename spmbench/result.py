@@ -92,6 +92,10 @@ class Result:
                 result.alteration_intervals or {}
             ).values():  # each a whole Interval, as the report reads it
                 build(Interval, interval, str(path))
+            for measured in (result.real_fid or {}).values():  # a whole Interval and the reference it was against
+                if not isinstance(measured.get("reference"), str):
+                    return None
+                build(Interval, {k: v for k, v in measured.items() if k != "reference"}, str(path))
             return result
         except SpecError:
             return None

@@ -40,6 +40,7 @@ from spmbench.metrics import (
     ALTERATION_FEATURES_FILE,
     PER_IMAGE_FILE,
     alteration_intervals,
+    load_alteration_features,
     measures_kid,
     paired_distance,
     save_alteration_features,
@@ -389,7 +390,7 @@ def score_cell(judge, rows: list[PromptRow], cell: Cell, batch_size: int = 256) 
     with appending(scores_path) as f:
         for start in range(0, len(todo), batch_size):
             # each set's images by its own judge (Judge.for_set: the application's, or the one the set names)
-            for set_judge, group in groupby(todo[start : start + batch_size], key=lambda r: judge.for_set(r.set)):
+            for set_judge, group in groupby(todo[start : start + batch_size], key=lambda r: _judge_of(judge, r.set)):
                 batch = list(group)
                 images = load_images([cell.image(r) for r in batch])
                 for row, verdict in zip(batch, set_judge.assess(images, [r.concept for r in batch])):
@@ -409,6 +410,11 @@ def score_cell(judge, rows: list[PromptRow], cell: Cell, batch_size: int = 256) 
     return scores
 
 
+def _judge_of(judge, prompt_set: str):
+    """The judge of a set's images (Judge.for_set); a judge-like object without sets (the toy card's) judges all."""
+    return judge.for_set(prompt_set) if hasattr(judge, "for_set") else judge
+
+
 def _end_torn_line(path: Path) -> None:
     """Close a last line torn by a kill: a record appended to it would be lost with it."""
     if not path.exists() or path.stat().st_size == 0:
@@ -425,6 +431,24 @@ def image_features(source: Judge, paths: list[Path], batch_size: int) -> torch.T
     return torch.cat(
         [source.features(load_images(paths[i : i + batch_size])) for i in range(0, len(paths), batch_size)]
     )
+
+
+def _set_features(source: Judge, result: Result, cell: Cell, rows: list[PromptRow], batch_size: int) -> torch.Tensor:
+    """`source`'s features of the cell's images of `rows`: those its alteration stored where measured on the same
+    source (an erased cell's), else from its images, which must be on disk."""
+    stored = load_alteration_features(cell.dir / ALTERATION_FEATURES_FILE)
+    if stored is not None and result.alteration_features == source.identity:
+        index = {prompt_id: i for i, prompt_id in enumerate(stored[0])}
+        if all(r.prompt_id in index for r in rows):
+            return stored[1][[index[r.prompt_id] for r in rows]]
+    gone = [r for r in rows if not cell.image(r).exists()]
+    if gone:
+        raise FileNotFoundError(
+            f"{cell.dir}: {len(gone)} of its {rows[0].set} images are gone ({cell.image(gone[0]).name}, ...), so its FID "
+            "against the real images cannot be measured: delete its result.json to make them again, or run without "
+            "--real-images"
+        )
+    return image_features(source, [cell.image(r) for r in rows], batch_size)
 
 
 def _paired(source, erased: list[Path], original: list[Path], batch_size: int) -> dict[str, torch.Tensor]:
@@ -806,10 +830,11 @@ def run(
                 continue
             if prompt_set not in references:
                 cache = run_dir / REAL_CACHE / f"{prompt_set}.safetensors"
-                references[prompt_set] = reference_features(real, features(), cache, batch_size)
+                with holding(cache):  # one process of a launch featurises the folder, the others read it
+                    references[prompt_set] = reference_features(real, features(), cache, batch_size)
             reference, identity = references[prompt_set]
             if measured.get(prompt_set, {}).get("reference") != identity:
-                own = image_features(features(), [cell.image(r) for r in kept], batch_size)
+                own = _set_features(features(), result, cell, kept, batch_size)
                 interval = reference_fid_interval(own, reference, [r.prompt for r in kept])
                 measured[prompt_set] = {**asdict(interval), "reference": identity}
         if measured == (result.real_fid or {}):
@@ -871,6 +896,7 @@ def run(
             original_rates=original_rates,
             alteration=alteration, alteration_features=identity,
             alteration_intervals=intervals,
+            real_fid=kept.real_fid if kept is not None else None,  # the same images: what was measured on them
             fit_seconds=None if fit_seconds is None else round(fit_seconds, 1), fit_peak_mib=None if fit_mib is None else round(fit_mib, 1),
             generate_seconds_this_run=round(gen_seconds, 1),
             generate_seconds=generation_seconds(cell, rows, batch_size),

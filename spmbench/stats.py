@@ -161,6 +161,20 @@ def holds(difference: Interval) -> bool:
     return difference.lo > 0 or difference.hi < 0
 
 
+def _resampled_units(clusters: Sequence, shape: tuple[int, int], moment_budget: int) -> tuple[np.ndarray, int, str]:
+    """What FID's bootstrap resamples for N x D features: (each row's unit, the number of prompts, the method). The
+    prompts; or, where their second moments (prompts x D x D float64) would exceed `moment_budget` bytes, blocks of
+    consecutive prompts (deterministic), which resample as independent units as the prompts did: COCO-30k in CLIP's
+    512-D would need ~63 GB of per-prompt moments, in at most MOMENT_BLOCKS blocks 64 x D x D."""
+    prompt_codes = cluster_codes(clusters)
+    n_prompts = int(prompt_codes.max()) + 1
+    rows, dims = shape
+    if rows > dims and n_prompts * dims**2 * 8 > moment_budget:
+        blocks = min(MOMENT_BLOCKS, n_prompts)
+        return prompt_codes * blocks // n_prompts, n_prompts, f"{SHIFTED_BOOTSTRAP} over {blocks} blocks of prompts"
+    return prompt_codes, n_prompts, SHIFTED_BOOTSTRAP
+
+
 def fid_interval(a, b, clusters: Sequence, seed: int = SEED, moment_budget: int = MOMENT_BUDGET) -> Interval:
     """FID between row-aligned features `a` and `b` (N, D), bootstrapped over prompts: each resample
     takes the same rows on both sides and recomputes FID (weighted means and covariances, batched);
@@ -173,14 +187,7 @@ def fid_interval(a, b, clusters: Sequence, seed: int = SEED, moment_budget: int 
 
     from spmbench.metrics import frechet_distance
 
-    prompt_codes = cluster_codes(clusters)
-    n_prompts, method = int(prompt_codes.max()) + 1, SHIFTED_BOOTSTRAP
-    codes = prompt_codes
-    if len(a) > a.shape[1] and n_prompts * a.shape[1] ** 2 * 8 > moment_budget:
-        # COCO-30k in CLIP's 512-D would need ~63 GB of per-prompt moments; blocks of consecutive
-        # prompts (deterministic) resample as independent units as the prompts did, in 64 x D x D.
-        blocks = min(MOMENT_BLOCKS, n_prompts)
-        codes, method = prompt_codes * blocks // n_prompts, f"{SHIFTED_BOOTSTRAP} over {blocks} blocks of prompts"
+    codes, n_prompts, method = _resampled_units(clusters, a.shape, moment_budget)
     w = torch.from_numpy(resample_weights(codes, seed=seed))
     threads = torch.get_num_threads()
     # One thread: these small decompositions gain nothing from more, and on a busy machine a
@@ -209,11 +216,7 @@ def reference_fid_interval(a, reference, clusters: Sequence, seed: int = SEED, m
     blocks as there where their moments would exceed `moment_budget`."""
     import torch
 
-    prompt_codes = cluster_codes(clusters)
-    n_prompts, codes, method = int(prompt_codes.max()) + 1, prompt_codes, SHIFTED_BOOTSTRAP
-    if len(a) > a.shape[1] and n_prompts * a.shape[1] ** 2 * 8 > moment_budget:
-        blocks = min(MOMENT_BLOCKS, n_prompts)
-        codes, method = prompt_codes * blocks // n_prompts, f"{SHIFTED_BOOTSTRAP} over {blocks} blocks of prompts"
+    codes, n_prompts, method = _resampled_units(clusters, a.shape, moment_budget)
     w = torch.from_numpy(resample_weights(codes, seed=seed))
     value = float(reference_fid(torch.ones(1, len(a), dtype=torch.float64), a, reference)[0])
     stats = reference_fid(w, a, reference, torch.from_numpy(codes))
@@ -224,9 +227,10 @@ def reference_fid_interval(a, reference, clusters: Sequence, seed: int = SEED, m
 
 def reference_fid(w, a, reference, codes=None):
     """FID of the rows of `a` (N, D) under each row of weights w (B, N) against the whole of `reference` (M, D):
-    (B,), float64. `codes`: the rows' clusters (a row's weight is its cluster's draws; their second moments are
-    then summed once per cluster where rows outnumber dimensions). Tr((S_r^1/2 S_a S_r^1/2)^1/2) from one square
-    root of the reference's covariance."""
+    (B,), float64. `codes`: the rows' clusters (a row's weight is its cluster's draws; their second moments, C x D x
+    D, are then summed once per cluster where rows outnumber dimensions); None: a weight per row, covariances from
+    the rows (no per-row moments: 30,000 x D x D would not fit). Tr((S_r^1/2 S_a S_r^1/2)^1/2) from one square root
+    of the reference's covariance."""
     import torch
 
     if len(reference) < 2 or len(a) < 2:
@@ -235,10 +239,10 @@ def reference_fid(w, a, reference, codes=None):
     a, r = a.double() - shift, reference.double() - shift
     cov_r = torch.cov(r.T).reshape(r.shape[1], r.shape[1])
     root_r, trace_r = _sqrtm_psd(cov_r[None])[0], cov_r.trace()
-    codes = torch.arange(len(a)) if codes is None else codes
-    moments = None if len(a) <= a.shape[1] else _cluster_moments(a, codes)
-    first = np.unique(codes.numpy(), return_index=True)[1]
-    chunk = max(1, int(2e7 // max(len(a), a.shape[1]) ** 2))  # resamples at once, as fid_interval's
+    moments = None if codes is None or len(a) <= a.shape[1] else _cluster_moments(a, codes)
+    first = None if moments is None else np.unique(codes.numpy(), return_index=True)[1]
+    # resamples at once, about 160 MB per array: B x D x D covariances from moments, else B x N x D weighted rows too
+    chunk = max(1, int(2e7 // (a.shape[1] ** 2 if moments is not None else max(len(a), a.shape[1]) ** 2)))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as fid_interval: small decompositions, faster on one thread
     try:

@@ -211,3 +211,17 @@ def test_the_fid_against_a_reference_resamples_prompts_in_blocks_and_is_near_zer
     assert blocked.lo > 0.5  # a shift of 1 in each of 4 dimensions: FID about 4, far from 0
     same = stats.reference_fid_interval(a, a, prompts)
     assert abs(same.value) < 1e-9 and same.lo == 0.0 and same.hi < 0.2
+
+
+def test_the_fid_against_a_reference_never_sums_moments_per_row_beyond_the_budget(monkeypatch):
+    """COCO-30k's rows outnumber dimensions: per-row second moments (30,000 x D x D) must never be formed, for the
+    value or the resamples; only the blocks' (at most MOMENT_BLOCKS)."""
+    formed, real = [], stats._cluster_moments
+    monkeypatch.setattr(
+        stats, "_cluster_moments", lambda x, codes: formed.append(int(codes.max()) + 1) or real(x, codes)
+    )
+    gen = torch.Generator().manual_seed(2)
+    a = torch.randn(400, 4, generator=gen)
+    interval = stats.reference_fid_interval(a, a[:100] + 1.0, list(range(400)), moment_budget=400 * 4 * 4 * 8 - 1)
+    assert formed and max(formed) <= stats.MOMENT_BLOCKS and interval.method.endswith("blocks of prompts")
+    assert interval.value == pytest.approx(float(stats.reference_fid(torch.ones(1, 400), a, a[:100] + 1.0)[0]))

@@ -205,10 +205,21 @@ def test_real_images_give_the_coco_sets_fid_against_them_for_every_cell(run_real
         pixels = (torch.rand(size[1], size[0], 3, generator=generator) * 255).byte().numpy()
         Image.fromarray(pixels).save(real / f"COCO_val2014_{i:012d}.{'png' if i % 2 else 'jpg'}")
     (real / "notes.txt").write_text("not an image")
-    result, runs, reports = run_real_app(
-        "real-explicit", "--clip-model", str(clip_dir), "--real-images", f"coco={real}"
-    )
+    (real / "._COCO_val2014_000000000000.jpg").write_bytes(b"a resource fork, not an image")
+    # first without real images; then with them, added to the stored results: the erased cell's COCO features read
+    # from its stored alteration features (its images may be gone), the original's from its images
+    result, runs, reports = run_real_app("real-explicit", "--clip-model", str(clip_dir))
     assert result.exit_code == 0, result.output
+    assert "fid_real" not in (reports / "real-explicit.csv").read_text()
+    erased_images = sorted((runs / "cells" / "tiny-real" / "negprompt" / "nudity" / "images").glob("coco-*.png"))
+    assert len(erased_images) == 2
+    kept = {path: path.read_bytes() for path in erased_images}
+    for path in erased_images:
+        path.unlink()
+    result = run_real_app("real-explicit", "--clip-model", str(clip_dir), "--real-images", f"coco={real}")[0]
+    assert result.exit_code == 0, result.output
+    for path, data in kept.items():  # back, to recompute the features from them below
+        path.write_bytes(data)
     clip = ClipJudge(str(clip_dir))
     reference = clip.features(torch.stack([load(p) for p in sorted(real.glob("COCO_*"))]))
     frame = pd.read_csv(reports / "real-explicit.csv", keep_default_na=False)
