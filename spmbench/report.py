@@ -729,7 +729,7 @@ def _scores_note(app: Application, table: pd.DataFrame) -> str:
     names = sorted({table.attrs.get("score_names", {}).get(m.partition(":")[0], m) for m in _score_columns(table)})
     if not names:
         return ""
-    captions = [ps.name for ps in app.prompt_sets if ps.concepts == PROMPT]
+    captions = _caption_sets(app)
     text = (
         f"its concept's text ({', '.join(captions)}: its own prompt, a caption)" if captions else "its concept's text"
     )
@@ -738,11 +738,16 @@ def _scores_note(app: Application, table: pd.DataFrame) -> str:
             "images where a set has one prompt), the original's in brackets")  # fmt: skip
 
 
+def _caption_sets(app: Application) -> list[str]:
+    """The application's sets judged against each row's own prompt (COCO captions: concepts "{prompt}")."""
+    return [ps.name for ps in app.prompt_sets if ps.concepts == PROMPT]
+
+
 def _real_images_note(app: Application, table: pd.DataFrame) -> str:
     """What the FID-vs-real columns are measured against, where the run was given real images; where it was not,
     that a caption set's FID (COCO utility) is against the original model's images."""
     references = table.attrs.get("real_images", [])
-    captions = [ps.name for ps in app.prompt_sets if ps.concepts == PROMPT and (table["measure"] == ps.name).any()]
+    captions = [name for name in _caption_sets(app) if (table["measure"] == name).any()]
     if not references:
         return (f"; FID of the {', '.join(captions)} images: against the original model's images of the same prompts "
                 "and seeds (the alteration columns), no real images given (spmbench run --real-images "

@@ -218,8 +218,12 @@ def reference_fid_interval(a, reference, clusters: Sequence, seed: int = SEED, m
 
     codes, n_prompts, method = _resampled_units(clusters, a.shape, moment_budget)
     w = torch.from_numpy(resample_weights(codes, seed=seed))
-    value = float(reference_fid(torch.ones(1, len(a), dtype=torch.float64), a, reference)[0])
-    stats = reference_fid(w, a, reference, torch.from_numpy(codes))
+    # the value (unit weights: every unit once) in the same call as the resamples: the reference's covariance and
+    # its square root are computed once
+    measured = reference_fid(
+        torch.cat([torch.ones(1, len(a), dtype=w.dtype), w]), a, reference, torch.from_numpy(codes)
+    )
+    value, stats = float(measured[0]), measured[1:]
     bias = float(stats.mean()) - value
     lo, hi = _percentiles(stats.numpy())
     return Interval(value, max(0.0, lo - bias), hi - bias, len(a), n_prompts, method)
