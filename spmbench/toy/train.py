@@ -176,8 +176,8 @@ class _NumpyRNG:
 
 def check_resumable(workdir: Path, cfg: ToyTrainConfig) -> None:
     """Before anything trains, refuse stages whose checkpoints were made with other settings, naming the
-    first such setting; then tie every checkpoint kept to this run's settings (one of the old format,
-    or one that predates a setting added since: a setting a checkpoint does not record is its default)."""
+    first such setting; then tie every checkpoint kept to this run's settings (one that predates a setting
+    added since: a setting a checkpoint does not record is its default)."""
     current = asdict(cfg)
     recorded = {
         stage: _recorded_settings(workdir, stage) for stage in STAGES[1:] if (workdir / stage / "ckpt.pt").exists()
@@ -209,32 +209,12 @@ def _read_checkpoint(path: Path) -> dict:
 
 
 def _recorded_settings(workdir: Path, stage: str) -> dict:
-    """The settings `stage`'s checkpoint was made with: its fingerprint's, or an old-format one's."""
+    """The settings `stage`'s checkpoint was made with: its fingerprint's."""
     path = workdir / stage / "ckpt.pt"
     saved = _read_checkpoint(path)
-    if "fingerprint" in saved:
-        return json.loads(saved["fingerprint"])
-    return stage_settings(stage, _old_format_settings(workdir, path))
-
-
-# -- the checkpoint format before spm.Checkpoint -------------------------------------------------
-# Until issue 15 each stage saved its own layout: the keys above without "fingerprint" (each module's
-# state_dict under its name, "step", "np_rng" as JSON text, "torch_rng"); the settings were only in
-# workdir/config.json, written at the start of every run. The world 2 checkpoints and the world 3 run's
-# (spmbench/toy/checkpoints/, spmbench/toy/v3/checkpoints/) were saved so. check_resumable reads such a
-# file's settings here, before this run rewrites config.json, and adds the fingerprint: the file is then
-# a Checkpoint's. Delete this once no old-format checkpoint is left in the tree.
-
-
-def _old_format_settings(workdir: Path, path: Path) -> dict:
-    """The settings an old-format checkpoint was made with: the workdir's config.json."""
-    recorded = workdir / "config.json"
-    if not recorded.exists():
-        raise SettingsChanged(
-            f"{path} has no fingerprint (saved before spm.Checkpoint) and {recorded}, which holds its settings, "
-            "is missing: restore it, or delete that stage folder to retrain"
-        )
-    return json.loads(recorded.read_text())
+    if "fingerprint" not in saved:  # the layout before spm.Checkpoint: its settings are not known
+        raise SettingsChanged(f"{path} has no fingerprint (saved before spm.Checkpoint): delete it to retrain")
+    return json.loads(saved["fingerprint"])
 
 
 class TimeBudgetReached(Exception):

@@ -144,60 +144,16 @@ def test_a_run_stopped_by_its_time_budget_resumes_to_the_same_weights(tmp_path, 
     assert info["steps_per_stage"] == {"vae": 2, "decoder": 1, "base": 2}
 
 
-def _save_in_old_format(path):
-    """Rewrite a stage checkpoint in the layout the toy trainer saved before it used spm.Checkpoint (the
-    committed world 2 and world 3 checkpoints): each module's state_dict under its name, "step" (int),
-    "np_rng" (the numpy bit generator's state as JSON text), "torch_rng" (a uint8 tensor); no fingerprint."""
-    saved = torch.load(path, weights_only=True)
-    modules = {name: saved[name] for name in ("vae", "opt", "judge", "unet", "ema", "text_encoder") if name in saved}
-    rngs = {"np_rng": saved["np_rng"], "torch_rng": saved["torch_rng"]}
-    assert json.loads(rngs["np_rng"])["bit_generator"] == "PCG64" and rngs["torch_rng"].dtype == torch.uint8
-    old = modules | rngs | {"step": int(saved["step"])}
-    assert set(saved) - set(old) == {"fingerprint"}, sorted(saved)
-    torch.save(old, path)
-
-
-def test_old_format_checkpoints_resume_to_the_same_weights_as_a_run_never_stopped(tmp_path):
-    def run(name, extra):
-        args = ["--out", str(tmp_path / name / "weights"), "--workdir", str(tmp_path / name / "work")]
-        return train_main([*args, *SMOKE_ARGS, "--stages", "base", "--ckpt-every", "2", *extra])
-
-    def convert_checkpoints():
-        for path in (tmp_path / "stopped" / "work").glob("*/ckpt.pt"):  # a mid-stage one, and finished ones
-            _save_in_old_format(path)
-            converted.add(path.parent.name)
-
-    run("whole", [])
-    converted = set()
-    _resume_until_finished(run, convert_checkpoints)
-    assert converted == {"vae", "decoder", "base"}
-    for part in ("unet", "vae", "text_encoder"):
-        whole, resumed = (
-            [f.read_bytes() for f in sorted((tmp_path / name / "weights" / "toy-base" / part).glob("*.safetensors"))]
-            for name in ("whole", "stopped")
-        )
-        assert whole and whole == resumed, part
-    for path in (tmp_path / "stopped" / "work").glob("*/ckpt.pt"):
-        assert "fingerprint" in torch.load(path, weights_only=True), path  # now a spm.Checkpoint's
-
-
-def test_old_format_checkpoints_are_refused_when_config_json_records_other_settings_or_is_missing(
-    smoke_world, tmp_path
-):
+def test_checkpoints_without_a_fingerprint_or_torn_are_refused_with_what_to_delete(smoke_world, tmp_path):
     import shutil
 
     root, _ = smoke_world
     work = tmp_path / "work"
     shutil.copytree(root / "work", work)
     args = ["--out", str(tmp_path / "weights"), "--workdir", str(work), *SMOKE_ARGS]
-    _save_in_old_format(work / "vae" / "ckpt.pt")
-    recorded = json.loads((work / "config.json").read_text())
-    (work / "config.json").write_text(json.dumps(recorded | {"lr": 0.5}))
-    # the other stages' fingerprints record the lr they were trained with: only the old-format vae differs
-    with pytest.raises(SystemExit, match="holds vae trained with lr=0.5, not 0.0003"):
-        train_main(args)
-    (work / "config.json").unlink()
-    with pytest.raises(SystemExit, match=r"vae/ckpt.pt has no fingerprint .*config.json, which holds its settings"):
+    saved = torch.load(work / "vae" / "ckpt.pt", weights_only=True)
+    torch.save({k: v for k, v in saved.items() if k != "fingerprint"}, work / "vae" / "ckpt.pt")
+    with pytest.raises(SystemExit, match=r"vae/ckpt.pt has no fingerprint .*: delete it to retrain"):
         train_main(args)
     (work / "vae" / "ckpt.pt").write_bytes(b"torn")
     with pytest.raises(SystemExit, match=r"vae/ckpt.pt is not a training checkpoint: delete it to start over"):
