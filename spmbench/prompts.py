@@ -54,8 +54,13 @@ class PromptRecord:
     extra: dict = field(default_factory=dict, compare=False)
 
 
+def cache_root() -> Path:
+    """Where spmbench keeps what it fetches or computes once for every run (SPMBENCH_CACHE)."""
+    return Path(os.environ.get("SPMBENCH_CACHE", Path.home() / ".cache" / "spmbench"))
+
+
 def cache_dir() -> Path:
-    return Path(os.environ.get("SPMBENCH_CACHE", Path.home() / ".cache" / "spmbench")) / "prompts"
+    return cache_root() / "prompts"
 
 
 def sha256(path: Path) -> str:

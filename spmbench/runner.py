@@ -96,6 +96,31 @@ def check_judge(run_dir: Path, judge, rescore: bool = False) -> None:
     update_state(run_dir / "judge.json", "delete it and add --rescore to score the stored images again", record)
 
 
+class ModelChanged(ValueError):
+    """A model's images and fits on disk were made with other weights than its source holds now."""
+
+
+def check_models(run_dir: Path, models: list[ModelSpec]) -> None:
+    """Images, scores and fits are only reused with the weights that made them: each model's identity
+    (spmbench.model_identity, a digest of its files) is recorded in models.json at its first run, and new
+    weights under a recorded name are refused before any work."""
+    from spmbench.model_identity import weights_identity
+
+    identities = {m.name: weights_identity(m.resolve()) for m in {m.name: m for m in models}.values()}
+
+    def record(known: dict) -> dict:
+        for name, identity in identities.items():
+            if identity is not None and known.get(name, identity) != identity:
+                raise ModelChanged(
+                    f"{run_dir} holds images and fits of {name} made with other weights than its source holds "
+                    f"now: use another --out, or delete {run_dir / 'cells' / name}, {run_dir / 'fits' / name} (and "
+                    f"the cells of models derived from it) and {name}'s line of models.json to make them again"
+                )
+        return known | {name: identity for name, identity in identities.items() if identity is not None}
+
+    update_state(run_dir / "models.json", "delete it to record the models' weights afresh", record)
+
+
 @dataclass(frozen=True)
 class Cell:
     """One (model, erased targets, eraser) combination of an application, and where its stage files live:
@@ -790,6 +815,7 @@ def run(
         check_applied(cell, applied_eraser(app, cell.eraser))
     features = features or (lambda: judge)
     check_judge(run_dir, judge, rescore)
+    check_models(run_dir, [m for c in cells for m in (c.model, fit_model_for(c.model, registry))])
     pipes = Pipelines(device)
     rows_by_targets = {(): all_rows(app, limit)}  # the original's; each experiment's read once (prompt files)
 

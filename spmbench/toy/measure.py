@@ -23,6 +23,7 @@ from spm.files import save_image_atomic
 from spm.models import native_resolution
 from spmbench.apps import PromptRow
 from spmbench.erasers import ERASERS
+from spmbench.model_identity import weights_identity
 from spmbench.models import ModelSpec
 from spmbench.report import tile_grid
 from spmbench.runner import Cell, generate_cell, score_cell
@@ -49,10 +50,8 @@ def measured_key(model_dir: Path, settings: CardSettings, judge_dir: Path) -> st
     """A model's folder name in a kept workdir: its name and a digest of its folder's files (weights,
     scheduler, configs), the judge's files and the card's settings, so that retrained weights, another
     sampler, a retrained judge or other settings are measured afresh, never read stale."""
-    digest = hashlib.sha256(json.dumps(asdict(settings), sort_keys=True).encode())
-    for label, folder in (("model", model_dir), ("judge", judge_dir)):
-        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-            digest.update(f"{label}/{path.relative_to(folder).as_posix()}".encode() + path.read_bytes())
+    identities = [weights_identity(str(folder)) for folder in (model_dir, judge_dir)]
+    digest = hashlib.sha256(json.dumps([asdict(settings), *identities], sort_keys=True).encode())
     return f"{model_dir.name}-{digest.hexdigest()[:16]}"
 
 

@@ -162,6 +162,50 @@ def test_scores_are_not_reused_under_another_judge(tmp_path):
     check_judge(tmp_path, _Judge("judge B"))  # now the stored judge
 
 
+def test_images_and_fits_are_not_reused_for_new_weights_under_the_same_model_name(
+    run_real_app, real_judges, tiny_dir, tmp_path
+):
+    """A fine-tune saved over a registered model's folder: the rerun refuses in one line before any work, names
+    what to delete, and once that is deleted makes them again; an unchanged copy elsewhere reuses everything."""
+    from safetensors.torch import load_file, save_file
+
+    mine = tmp_path / "mine"
+    shutil.copytree(tiny_dir, mine)
+    spec_file = tmp_path / "models" / "tiny-real.yaml"  # run_real_app's registered model, now on the copy
+
+    def point_at(folder):
+        spec_file.write_text(yaml.safe_dump(yaml.safe_load(spec_file.read_text()) | {"source": str(folder)}))
+
+    point_at(mine)
+    result, run_dir, _ = run_real_app("real-object", *real_judges, "--fit-seeds", "1", limit=1, erasers="none,spm")
+    assert result.exit_code == 0, result.output
+    recorded = json.loads((run_dir / "models.json").read_text())
+    assert list(recorded) == ["tiny-real"] and recorded["tiny-real"].startswith("sha256:")
+    images = sorted((run_dir / "cells" / "tiny-real").rglob("*.png"))
+    made = {p: p.stat().st_mtime_ns for p in images}
+
+    moved = tmp_path / "moved"
+    shutil.copytree(mine, moved)  # the same weights elsewhere: everything reused
+    point_at(moved)
+    result, _, _ = run_real_app("real-object", *real_judges, "--fit-seeds", "1", limit=1, erasers="none,spm")
+    assert result.exit_code == 0 and {p: p.stat().st_mtime_ns for p in images} == made, result.output
+
+    weights = next((moved / "unet").glob("*.safetensors"))
+    tensors = load_file(weights)
+    save_file({k: v + 0.01 for k, v in tensors.items()}, weights)  # fine-tuned in place
+    result, _, _ = run_real_app("real-object", *real_judges, "--fit-seeds", "1", limit=1, erasers="none,spm")
+    assert result.exit_code == 2 and (result.exception is None or isinstance(result.exception, SystemExit))
+    (error,) = [line for line in result.output.splitlines() if "made with other weights" in line]
+    assert str(run_dir / "cells" / "tiny-real") in error and str(run_dir / "fits" / "tiny-real") in error
+    assert {p: p.stat().st_mtime_ns for p in images} == made  # refused before any work
+    shutil.rmtree(run_dir / "cells" / "tiny-real")
+    shutil.rmtree(run_dir / "fits" / "tiny-real")
+    (run_dir / "models.json").unlink()
+    result, _, _ = run_real_app("real-object", *real_judges, "--fit-seeds", "1", limit=1, erasers="none,spm")
+    assert result.exit_code == 0, result.output
+    assert json.loads((run_dir / "models.json").read_text())["tiny-real"] not in (recorded["tiny-real"], None)
+
+
 def test_a_stored_result_is_reused_only_for_the_same_version_rows_attacks_and_alteration_features():
     from types import SimpleNamespace
 
