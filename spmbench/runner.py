@@ -100,25 +100,38 @@ class ModelChanged(ValueError):
     """A model's images and fits on disk were made with other weights than its source holds now."""
 
 
-def check_models(run_dir: Path, models: list[ModelSpec]) -> None:
-    """Images, scores and fits are only reused with the weights that made them: each model's identity
-    (spmbench.model_identity, a digest of its files) is recorded in models.json at its first run, and new
-    weights under a recorded name are refused before any work."""
+def check_models(run_dir: Path, models: list[ModelSpec], registry) -> None:
+    """Images, scores and fits are only reused with the weights that made them: each model's identity is
+    recorded in models.json at its first run (model_identity: a digest of its files; a derivative's names
+    its family root's too, whose fits its cells apply), and new weights under a recorded name are refused.
+    A hub model not downloaded yet is recorded once loaded (Pipelines checks every model it loads)."""
     from spmbench.model_identity import weights_identity
 
-    identities = {m.name: weights_identity(m.resolve()) for m in {m.name: m for m in models}.values()}
+    def identity(model: ModelSpec) -> str | None:
+        own, root = weights_identity(model.resolve()), fit_model_for(model, registry)
+        if root.name == model.name or own is None:
+            return own
+        fitted_on = weights_identity(root.resolve())
+        return None if fitted_on is None else f"{own}; fits made on {root.name}: {fitted_on}"
+
+    identities = {m.name: identity(m) for m in {m.name: m for m in models}.values()}
 
     def record(known: dict) -> dict:
-        for name, identity in identities.items():
-            if identity is not None and known.get(name, identity) != identity:
-                raise ModelChanged(
-                    f"{run_dir} holds images and fits of {name} made with other weights than its source holds "
-                    f"now: use another --out, or delete {run_dir / 'cells' / name}, {run_dir / 'fits' / name} (and "
-                    f"the cells of models derived from it) and {name}'s line of models.json to make them again"
-                )
-        return known | {name: identity for name, identity in identities.items() if identity is not None}
+        for name, now in identities.items():
+            if now is not None and known.get(name, now) != now:
+                raise ModelChanged(_changed_message(run_dir, name, known[name], now))
+        return known | {name: now for name, now in identities.items() if now is not None}
 
-    update_state(run_dir / "models.json", "delete it to record the models' weights afresh", record)
+    update_state(run_dir / "models.json", "delete it and the cells and fits it describes", record)
+
+
+def _changed_message(run_dir: Path, name: str, recorded: str, now: str) -> str:
+    remove = [p for p in (run_dir / "cells" / name, run_dir / "fits" / name) if p.exists()]
+    return (
+        f"{run_dir} holds images and fits of {name} made with other weights than it has now (recorded "
+        f"{recorded[:80]}, now {now[:80]}): use another --out, or delete {', '.join(map(str, remove)) or 'them'}, "
+        "the cells of models derived from it, and its line of models.json, to make them again"
+    )
 
 
 @dataclass(frozen=True)
@@ -774,14 +787,15 @@ class Pipelines:
     """Loaded pipelines, at most two: the family root (fits) and the model being generated, so that
     alternating between them for a derivative's cells does not reload either from disk."""
 
-    def __init__(self, device: str):
-        self.device, self.loaded = device, {}
+    def __init__(self, device: str, loaded_check: Callable[[ModelSpec], None] = lambda model: None):
+        self.device, self.loaded, self.loaded_check = device, {}, loaded_check
 
     def __call__(self, model: ModelSpec):
         if model.name not in self.loaded:
             if len(self.loaded) == 2:
                 self.loaded.pop(next(iter(self.loaded)))
             self.loaded[model.name] = model.load(self.device)
+            self.loaded_check(model)  # what was loaded (a hub download, weights changed since the run began)
         self.loaded[model.name] = self.loaded.pop(model.name)  # most recently used last
         return self.loaded[model.name]
 
@@ -811,12 +825,12 @@ def run(
     from spmbench.attacks import stage
 
     stage.check_attacks(app, list(attacks))
+    check_models(run_dir, [m for c in cells for m in (c.model, fit_model_for(c.model, registry))], registry)
     for cell in cells:  # before any work: a cell made with its eraser applied another way is refused now
         check_applied(cell, applied_eraser(app, cell.eraser))
     features = features or (lambda: judge)
     check_judge(run_dir, judge, rescore)
-    check_models(run_dir, [m for c in cells for m in (c.model, fit_model_for(c.model, registry))])
-    pipes = Pipelines(device)
+    pipes = Pipelines(device, lambda model: check_models(run_dir, [model], registry))
     rows_by_targets = {(): all_rows(app, limit)}  # the original's; each experiment's read once (prompt files)
 
     def rows_of(cell: Cell) -> list[PromptRow]:

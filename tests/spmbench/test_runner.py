@@ -162,6 +162,32 @@ def test_scores_are_not_reused_under_another_judge(tmp_path):
     check_judge(tmp_path, _Judge("judge B"))  # now the stored judge
 
 
+def test_a_derivatives_cells_are_tied_to_its_roots_weights_whose_fits_they_apply(tmp_path, monkeypatch):
+    from spmbench.models import ModelSpec
+    from spmbench.registry import Registry
+    from spmbench.runner import ModelChanged, check_models
+
+    monkeypatch.setenv("SPMBENCH_CACHE", str(tmp_path / "cache"))
+    registry = Registry("model")
+    for name, parent in (("root", None), ("derived", "root")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model_index.json").write_text("{}")
+        (tmp_path / name / "weights.bin").write_bytes(name.encode())
+        registry.add(name, ModelSpec(name, str(tmp_path / name), "sd1", "real", derived_from=parent))
+    run_dir = tmp_path / "run"
+    check_models(run_dir, [registry.get("derived")], registry)
+    recorded = json.loads((run_dir / "models.json").read_text())
+    assert list(recorded) == ["derived"] and "fits made on root" in recorded["derived"]
+    check_models(run_dir, [registry.get("derived"), registry.get("root")], registry)
+    (run_dir / "cells" / "root").mkdir(parents=True)
+    (tmp_path / "root" / "weights.bin").write_bytes(b"retrained root")
+    for models in ([registry.get("derived")], [registry.get("root")]):  # the derivative's own weights unchanged
+        with pytest.raises(ModelChanged, match="other weights") as refused:
+            check_models(run_dir, models, registry)
+        assert "\n" not in str(refused.value)
+    assert str(run_dir / "cells" / "root") in str(refused.value) and "fits" + "/root" not in str(refused.value)
+
+
 def test_images_and_fits_are_not_reused_for_new_weights_under_the_same_model_name(
     run_real_app, real_judges, tiny_dir, tmp_path
 ):
