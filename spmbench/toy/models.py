@@ -64,7 +64,7 @@ def build_text_encoder(vocab_size: int) -> CLIPTextModel:
     return CLIPTextModel(config)
 
 
-def build_vae() -> AutoencoderKL:
+def build_vae(latent_channels: int = 4) -> AutoencoderKL:
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
@@ -72,7 +72,7 @@ def build_vae() -> AutoencoderKL:
         up_block_types=("UpDecoderBlock2D",) * 3,
         block_out_channels=(16, 32, 64),
         layers_per_block=1,
-        latent_channels=4,
+        latent_channels=latent_channels,
         norm_num_groups=8,
         sample_size=32,
     )
@@ -101,11 +101,11 @@ def reconstruct(vae: AutoencoderKL, images: torch.Tensor, gen: torch.Generator |
     return (vae.decode(z).sample.float().clamp(-1, 1) + 1) / 2
 
 
-def build_unet() -> UNet2DConditionModel:
+def build_unet(latent_channels: int = 4) -> UNet2DConditionModel:
     return UNet2DConditionModel(
         sample_size=8,
-        in_channels=4,
-        out_channels=4,
+        in_channels=latent_channels,
+        out_channels=latent_channels,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         block_out_channels=(32, 64, 64),

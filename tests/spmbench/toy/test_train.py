@@ -291,6 +291,23 @@ def test_world_3_trains_seven_models_and_a_judge_in_its_own_folders(tmp_path):
     assert image.shape == (1, 32, 32, 3)
 
 
+def test_the_latent_channels_are_a_setting_every_stage_is_tied_to(tmp_path):
+    """A family on 8 latent channels (world 3's VAE at 4 loses styled shapes): its VAE encodes to them, its UNet
+    denoises them, the pipeline generates; checkpoints made at 4 are refused for 8, naming the setting."""
+    import spm
+
+    args = ["--world", "3", "--out", str(tmp_path / "weights"), "--workdir", str(tmp_path / "work"), *SMOKE_ARGS]
+    train_main([*args, "--stages", "base", "--latent-channels", "8"])
+    pipe = spm.load_pipeline(str(tmp_path / "weights" / "toy-base"))
+    assert pipe.vae.config.latent_channels == 8 and pipe.unet.config.in_channels == pipe.unet.config.out_channels == 8
+    image = pipe("a red star", num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0))
+    assert image.images.shape == (1, 32, 32, 3)
+    info = json.loads((tmp_path / "weights" / "training.json").read_text())
+    assert info["config"]["latent_channels"] == 8
+    with pytest.raises(SystemExit, match="trained with latent_channels=8, not 4"):
+        train_main([*args, "--stages", "base"])
+
+
 def _unet_weights(directory):
     from safetensors.torch import load_file
 
