@@ -8,7 +8,7 @@ object and styled-object scenes (200 per split) after the VAE: the ceiling the c
 The foreground is the renderer's own: the scene rendered with its seed again over flat black and white
 backgrounds (the background draws its random numbers as usual, so the shapes land where they did).
 Session 25 (one seed, 2026-12-02): K = 8 read styled objects 46.5 / 41.5 % (train / test) at 500 steps and
-60.0 / 54.5 % at 1,000; the VAE stage's own recipe (all dialects, unweighted) 16.0 / 15.0 and 41.0 / 36.5 %.
+60.0 / 54.5 % at 1,000, 71.5 / 63.5 % at 1,500; the VAE stage's own recipe (all dialects, unweighted) 16.0 / 15.0 and 41.0 / 36.5 %.
 """
 
 from __future__ import annotations
