@@ -105,13 +105,17 @@ def check_models(run_dir: Path, models: list[ModelSpec], registry) -> None:
     recorded in models.json at its first run (model_identity: a digest of its files; a derivative's names
     its family root's too, whose fits its cells apply), and new weights under a recorded name are refused.
     A hub model not downloaded yet is recorded once loaded (Pipelines checks every model it loads)."""
+    from functools import cache
+
     from spmbench.model_identity import weights_identity
 
+    weights_of = cache(weights_identity)  # a root is every derivative's too: its folder is read once
+
     def identity(model: ModelSpec) -> str | None:
-        own, root = weights_identity(model.resolve()), fit_model_for(model, registry)
+        own, root = weights_of(model.resolve()), fit_model_for(model, registry)
         if root.name == model.name or own is None:
             return own
-        fitted_on = weights_identity(root.resolve())
+        fitted_on = weights_of(root.resolve())
         return None if fitted_on is None else f"{own}; fits made on {root.name}: {fitted_on}"
 
     identities = {m.name: identity(m) for m in {m.name: m for m in models}.values()}
