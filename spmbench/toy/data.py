@@ -97,26 +97,33 @@ def _render_all(render_scene: Callable[[w.Scene, int], np.ndarray], jobs: list[t
     return list(_render_pool.map(render_scene, *zip(*jobs), chunksize=chunk))
 
 
-def sample_batch(rng: np.random.Generator, n: int, dialect: str = "base", held_out: bool = False):
-    """n fresh (image uint8 HWC, caption, scene) triples from `rng`."""
+def sample_batch(
+    rng: np.random.Generator, n: int, dialect: str = "base", held_out: bool = False, foreground: bool = False
+):
+    """n fresh (image uint8 HWC, caption, scene) triples from `rng`; with `foreground`, each with the share of
+    each pixel its subject covers appended (render.render_with_foreground), from the same random draws."""
     draw = partial(captions.sample, held_out=held_out)
-    return rendered_batch(rng, n, DIALECTS[dialect], draw, render.render)
+    return rendered_batch(
+        rng, n, DIALECTS[dialect], draw, render.render_with_foreground if foreground else render.render
+    )
 
 
 def rendered_batch(rng: np.random.Generator, n: int, dialect: dict, draw, render_scene) -> list:
     """n (image, caption, scene) triples: `draw(rng)` gives a (caption, scene), and a render seed is
     drawn after it, all in this process and in order; `render_scene` (a module function, for the
-    worker processes) renders them; `dialect` shifts pictures and captions."""
+    worker processes) renders them, to an image or to an (image, extra) pair whose extra ends the
+    triple; `dialect` shifts pictures and captions."""
     drawn = []
     for _ in range(n):
         caption, scene = draw(rng)
         drawn.append((caption, scene, int(rng.integers(2**31))))
     images = _render_all(render_scene, [(scene, seed) for _, scene, seed in drawn])
     out = []
-    for image, (caption, scene, _) in zip(images, drawn):
+    for rendered, (caption, scene, _) in zip(images, drawn):
+        image, *extra = rendered if isinstance(rendered, tuple) else (rendered,)
         if dialect["pastel"]:
             image = pastelise(image, dialect["pastel"])
-        out.append((image, dialect["prefix"] + caption + dialect["suffix"], scene))
+        out.append((image, dialect["prefix"] + caption + dialect["suffix"], scene, *extra))
     return out
 
 

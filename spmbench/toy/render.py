@@ -8,6 +8,7 @@ that its world has more of, and shares the rest (and the order of random draws) 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
@@ -203,6 +204,12 @@ def _draw_person(img: np.ndarray, scene: w.Scene, rng: np.random.Generator) -> N
 Draw = Callable[[np.ndarray, w.Scene, np.random.Generator], None]
 
 
+def _downsampled(img: np.ndarray) -> np.ndarray:
+    """The 64x64 canvas box-filtered to the 32x32 uint8 image."""
+    small = img.reshape(SIZE, 2, SIZE, 2, 3).mean(axis=(1, 3))
+    return np.clip(small + 0.5, 0, 255).astype(np.uint8)
+
+
 @dataclass(frozen=True)
 class Painter:
     """How one world draws a scene: what a later world extends is a field (its vocabulary, shapes,
@@ -217,12 +224,26 @@ class Painter:
 
     def render(self, scene: w.Scene, seed: int) -> np.ndarray:
         """Render `scene` to a (32, 32, 3) uint8 image; the same (scene, seed) gives the same pixels."""
+        img, rng = self._background_of(scene, seed)
+        self._draw_subject(img, scene, rng)
+        return _downsampled(img)
+
+    def render_with_foreground(self, scene: w.Scene, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """`render(scene, seed)` and the share of each of its pixels that the subject covers, (32, 32) float32
+        in [0, 1]: where a reconstruction loss can weigh the subject above a busy background."""
+        img, rng = self._background_of(scene, seed)
+        cover = np.full_like(img, np.nan)  # the subject drawn again, alone: every pixel it paints is a number
+        self._draw_subject(cover, scene, copy.deepcopy(rng))
+        self._draw_subject(img, scene, rng)
+        covered = ~np.isnan(cover[..., 0])
+        return _downsampled(img), covered.reshape(SIZE, 2, SIZE, 2).mean(axis=(1, 3), dtype=np.float32)
+
+    def _background_of(self, scene: w.Scene, seed: int) -> tuple[np.ndarray, np.random.Generator]:
+        """The super-sampled canvas with the scene's background, and the generator the subject draws from."""
         rng = np.random.default_rng(seed)
         img = np.zeros((SUPER, SUPER, 3), dtype=np.float32)
         self.background(img, scene, rng)
-        self._draw_subject(img, scene, rng)
-        small = img.reshape(SIZE, 2, SIZE, 2, 3).mean(axis=(1, 3))
-        return np.clip(small + 0.5, 0, 255).astype(np.uint8)
+        return img, rng
 
     def _draw_subject(self, img: np.ndarray, scene: w.Scene, rng: np.random.Generator) -> None:
         words = self.vocabulary
@@ -268,3 +289,8 @@ def render(scene: w.Scene, seed: int) -> np.ndarray:
     """Render `scene` to a (32, 32, 3) uint8 image; the same (scene, seed) gives the same pixels.
     A module function, not PAINTER.render, so that render worker processes can be handed it."""
     return PAINTER.render(scene, seed)
+
+
+def render_with_foreground(scene: w.Scene, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`render` and the share of each pixel the subject covers (see Painter.render_with_foreground)."""
+    return PAINTER.render_with_foreground(scene, seed)

@@ -45,12 +45,14 @@ def tokenizer_corpus() -> list[str]:
     return v2.with_caption_habits(captions.corpus(), DIALECTS, 3000)
 
 
-def sample_batch(rng: np.random.Generator, n: int, dialect: str = "base", split: str = "train"):
+def sample_batch(
+    rng: np.random.Generator, n: int, dialect: str = "base", split: str = "train", foreground: bool = False
+):
     """n fresh (image uint8 HWC, caption, scene) triples from `rng`, rendered as v2's are (in the
-    worker processes `spmbench.toy.data.use_render_workers` starts, if any)."""
+    worker processes `spmbench.toy.data.use_render_workers` starts, if any); with `foreground`, as v2's."""
     shift = DIALECTS[dialect]
     draw = partial(captions.sample, split=split, mix=shift["mix"])
-    return v2.rendered_batch(rng, n, shift, draw, render.render)
+    return v2.rendered_batch(rng, n, shift, draw, render.render_with_foreground if foreground else render.render)
 
 
 def label_tensors(scenes: list[w.Scene]) -> dict[str, torch.Tensor]:

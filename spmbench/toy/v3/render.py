@@ -139,3 +139,8 @@ def render(scene: w.Scene, seed: int) -> np.ndarray:
     """Render `scene` to a (32, 32, 3) uint8 image; the same (scene, seed) gives the same pixels
     (a module function, as v2's is, for the render worker processes)."""
     return PAINTER.render(scene, seed)
+
+
+def render_with_foreground(scene: w.Scene, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`render` and the share of each pixel the subject covers (see Painter.render_with_foreground)."""
+    return PAINTER.render_with_foreground(scene, seed)

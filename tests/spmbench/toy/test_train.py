@@ -38,18 +38,37 @@ def test_rerun_resumes_instead_of_retraining(smoke_world):
     assert (root / "work" / "vae" / "time.json").read_text() == timing  # a finished stage adds no time
 
 
-def test_sharpening_the_decoder_keeps_the_latent_space(tmp_path):
+@pytest.mark.parametrize("world, foreground_weight", [(2, 0.0), (3, 8.0)])
+def test_sharpening_the_decoder_keeps_the_latent_space(tmp_path, world, foreground_weight):
     from spmbench.toy import models
     from spmbench.toy.train import ToyTrainConfig, sharpen_decoder
 
     vae = models.build_vae()
     before = {k: v.clone() for k, v in vae.state_dict().items()}
-    cfg = ToyTrainConfig(decoder_steps=2, batch_size=4, decoder_lr=1e-2)
+    cfg = ToyTrainConfig(
+        decoder_steps=2, batch_size=4, decoder_lr=1e-2, world=world, decoder_foreground_weight=foreground_weight
+    )
     sharpen_decoder(cfg, tmp_path, vae, "cpu")
     after = vae.state_dict()
     changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
     assert changed == {"decoder", "post_quant_conv"}  # the encoder (the UNets' latent space) is untouched
     assert not any(p.requires_grad for p in vae.parameters())
+
+
+def test_the_reconstruction_loss_weighs_each_pixel_by_its_weight():
+    from spmbench.toy.train import reconstruction_loss
+
+    x, rec = torch.zeros(2, 3, 4, 4), torch.zeros(2, 3, 4, 4)
+    rec[:, :, 0, 0] = 0.5  # one wrong pixel per image, its error |0.5| + 0.5^2 in each channel
+    uniform = torch.ones(2, 1, 4, 4)
+    assert torch.allclose(reconstruction_loss(rec, x, uniform), reconstruction_loss(rec, x))
+    assert torch.allclose(reconstruction_loss(rec, x), torch.tensor(0.75 / 16))
+    subject = uniform.clone()
+    subject[:, :, 0, 0] = 9.0  # that pixel is the subject's, weighted 1 + 8
+    assert torch.allclose(reconstruction_loss(rec, x, subject), torch.tensor(9 * 0.75 / (15 + 9)))
+    rec_elsewhere = torch.zeros(2, 3, 4, 4)
+    rec_elsewhere[:, :, 3, 3] = 0.5  # the same error on a background pixel counts 9 times less
+    assert torch.allclose(reconstruction_loss(rec_elsewhere, x, subject) * 9, reconstruction_loss(rec, x, subject))
 
 
 def test_blur_augment_matches_a_per_image_gaussian_blur():
@@ -243,6 +262,9 @@ def test_resuming_with_other_settings_is_refused_unless_only_step_counts_change(
         train_main([*args, "--lr", "0.5"])
     with pytest.raises(SystemExit, match="holds pastel trained with pastel_text_encoder='frozen'"):
         train_main([*args, "--pastel-text-encoder", "full"])
+    # the judge trains on the decoder's reconstructions: a decoder trained otherwise retrains it too
+    with pytest.raises(SystemExit, match="holds judge, decoder trained with decoder_foreground_weight=0.0"):
+        train_main([*args, "--decoder-foreground-weight", "8"])
     shutil.rmtree(work / "pastel")  # retraining that stage alone with the new setting is allowed
     train_main([*args, "--pastel-text-encoder", "full", "--verbose-steps", "2"])  # and more steps
     assert json.loads((work / "verbose" / "time.json").read_text())["steps"] == 2
@@ -252,6 +274,7 @@ def test_impossible_training_settings_are_refused_in_one_line():
     for argv, message in (
         (["--batch-size", "0"], "batch_size must be at least 1"),
         (["--base-steps", "-1"], "base_steps must be at least 0"),
+        (["--decoder-foreground-weight", "-1"], "decoder_foreground_weight must be at least 0"),
     ):
         with pytest.raises(SystemExit, match=message):
             train_main(argv)

@@ -6,6 +6,8 @@ from spmbench.toy import world as w
 from tests.spmbench.toy.world_checks import (
     check_batches_rendered_in_worker_processes_are_identical,
     check_every_concept_renders_distinctly,
+    check_foreground_batches_are_the_same_draws,
+    check_foreground_is_what_the_subject_paints,
     check_render_is_deterministic_and_seed_dependent,
     check_shape_has_its_own_silhouette,
 )
@@ -69,6 +71,17 @@ def test_every_dialect_caption_fits_the_text_context_whole():
 
 def test_batches_rendered_in_worker_processes_are_identical():
     check_batches_rendered_in_worker_processes_are_identical(data.sample_batch, "pastel")
+
+
+def test_foreground_is_what_the_subject_paints():
+    scenes = [w.Scene("star", "red", "white", count=3), w.Scene("cross", "blue", style=w.STYLES[0])]
+    scenes += [w.Scene(c.animal, None, "gray", character=c.name) for c in w.CHARACTERS[:2]]
+    scenes += [w.Scene("person", "blue", "gray"), w.Scene("nude figure", None, "gray", explicit=True)]
+    check_foreground_is_what_the_subject_paints(render, scenes)
+
+
+def test_foreground_batches_are_the_same_draws():
+    check_foreground_batches_are_the_same_draws(data.sample_batch, "pastel")
 
 
 def test_world_v2_captions_renders_labels_and_corpus_are_pinned():

@@ -6,6 +6,7 @@ from types import ModuleType
 import numpy as np
 
 from spmbench.toy import data as v2_data
+from spmbench.toy import render as v2_render
 
 
 def check_render_is_deterministic_and_seed_dependent(render: ModuleType, scene) -> None:
@@ -46,3 +47,26 @@ def check_batches_rendered_in_worker_processes_are_identical(sample_batch, diale
         v2_data.use_render_workers(0)
     assert [c for _, c, _ in pooled] == [c for _, c, _ in alone]
     assert all((a == b).all() for (a, _, _), (b, _, _) in zip(alone, pooled))
+
+
+def check_foreground_batches_are_the_same_draws(sample_batch, dialect: str) -> None:
+    """A batch with foregrounds is the batch without them, each triple with its render's foreground."""
+    plain = sample_batch(np.random.default_rng(5), 8, dialect)
+    with_foreground = sample_batch(np.random.default_rng(5), 8, dialect, foreground=True)
+    for (image, caption, scene), (image_f, caption_f, scene_f, foreground) in zip(plain, with_foreground, strict=True):
+        assert np.array_equal(image, image_f) and (caption, scene) == (caption_f, scene_f)
+        assert foreground.shape == (32, 32) and 0 < foreground.mean() < 1
+
+
+def check_foreground_is_what_the_subject_paints(render: ModuleType, scenes) -> None:
+    """render_with_foreground returns render's very image, and a foreground that is 0 exactly where the
+    image is its background alone (the same draws, no subject) and covers most of where it is not."""
+    for i, scene in enumerate(scenes):
+        image, foreground = render.render_with_foreground(scene, i)
+        assert np.array_equal(image, render.render(scene, i)), scene
+        assert foreground.shape == (32, 32) and foreground.dtype == np.float32
+        assert foreground.min() >= 0 and foreground.max() <= 1 and foreground.mean() > 0.02, scene
+        background = v2_render._downsampled(render.PAINTER._background_of(scene, i)[0])
+        changed = (image != background).any(-1)
+        assert not changed[foreground == 0].any(), scene  # nothing outside the foreground is the subject's
+        assert changed[foreground == 1].mean() > 0.8, scene  # a colour may match the background here and there

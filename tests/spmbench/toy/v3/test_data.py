@@ -3,7 +3,10 @@ import numpy as np
 from spmbench.toy import models
 from spmbench.toy.v3 import data
 from spmbench.toy.v3 import world as w
-from tests.spmbench.toy.world_checks import check_batches_rendered_in_worker_processes_are_identical
+from tests.spmbench.toy.world_checks import (
+    check_batches_rendered_in_worker_processes_are_identical,
+    check_foreground_batches_are_the_same_draws,
+)
 
 
 def test_labels_cover_every_head_and_every_attribute():
@@ -51,3 +54,7 @@ def test_every_caption_fits_the_text_context_whole():
 
 def test_batches_rendered_in_worker_processes_are_identical():
     check_batches_rendered_in_worker_processes_are_identical(data.sample_batch, "world_pastel")
+
+
+def test_foreground_batches_are_the_same_draws():
+    check_foreground_batches_are_the_same_draws(data.sample_batch, "world_pastel")

@@ -5,6 +5,7 @@ from spmbench.toy.v3 import render
 from spmbench.toy.v3 import world as w
 from tests.spmbench.toy.world_checks import (
     check_every_concept_renders_distinctly,
+    check_foreground_is_what_the_subject_paints,
     check_render_is_deterministic_and_seed_dependent,
     check_shape_has_its_own_silhouette,
 )
@@ -37,3 +38,13 @@ def test_unknown_things_are_refused():
         render.render(w.Scene("circle", "red", style="Nobody"), 0)
     with pytest.raises(ValueError, match="unknown shape"):
         render.shape_mask("blob", 0, 0, 0.5)
+
+
+def test_foreground_is_what_the_subject_paints():
+    """On every style's background, and for every kind of subject this world adds."""
+    scenes = [w.Scene(shape, "red", style=style) for shape, style in zip(w.SHAPES, w.ALL_STYLES)]
+    scenes += [
+        w.Scene(c.animal, None, "white", character=c.name) for c in w.CHARACTERS if c.animal in ("fish", "rabbit")
+    ]
+    scenes += [w.Scene("warrior", "blue", "gray"), w.Scene("gore figure", None, "gray", explicit=True)]
+    check_foreground_is_what_the_subject_paints(render, scenes)
