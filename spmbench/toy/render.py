@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 
 import numpy as np
@@ -204,6 +204,10 @@ def _draw_person(img: np.ndarray, scene: w.Scene, rng: np.random.Generator) -> N
 Draw = Callable[[np.ndarray, w.Scene, np.random.Generator], None]
 
 
+# World 2's layouts of several shapes.
+SHAPE_LAYOUTS = {2: (0.36, ((-0.45, 0.0), (0.45, 0.0))), 3: (0.3, ((-0.45, 0.35), (0.45, 0.35), (0.0, -0.4)))}
+
+
 def _downsampled(img: np.ndarray) -> np.ndarray:
     """The 64x64 canvas box-filtered to the 32x32 uint8 image."""
     small = img.reshape(SIZE, 2, SIZE, 2, 3).mean(axis=(1, 3))
@@ -221,6 +225,9 @@ class Painter:
     sprite: Callable[..., tuple[np.ndarray, tuple[float, float]]]  # see draw_sprite
     accessory_mask: Callable[..., np.ndarray]
     figures: dict[str, Draw]  # subject -> how it is drawn, for subjects that are not shapes or animals
+    shape_layouts: dict[int, tuple[float, tuple[tuple[float, float], ...]]] = field(
+        default_factory=lambda: SHAPE_LAYOUTS
+    )  # count -> (radius, centres) of 2 or more shapes (one shape has a random radius, centred)
 
     def render(self, scene: w.Scene, seed: int) -> np.ndarray:
         """Render `scene` to a (32, 32, 3) uint8 image; the same (scene, seed) gives the same pixels."""
@@ -260,11 +267,11 @@ class Painter:
             raise ValueError(f"unknown subject {scene.subject!r}")
 
     def _draw_shapes(self, img: np.ndarray, scene: w.Scene, rng: np.random.Generator) -> None:
-        layouts = {1: [(0.0, 0.0)], 2: [(-0.45, 0.0), (0.45, 0.0)], 3: [(-0.45, 0.35), (0.45, 0.35), (0.0, -0.4)]}
-        radius = {1: rng.uniform(0.55, 0.75), 2: 0.36, 3: 0.3}[scene.count]
+        single_radius = rng.uniform(0.55, 0.75)  # drawn whatever the count: every scene draws alike
+        radius, centres = (single_radius, ((0.0, 0.0),)) if scene.count == 1 else self.shape_layouts[scene.count]
         jitter = 0.15 if scene.count == 1 else 0.05
         mask = np.zeros_like(GX, dtype=bool)
-        for x, y in layouts[scene.count]:
+        for x, y in centres:
             cx, cy = x + rng.uniform(-jitter, jitter), y + rng.uniform(-jitter, jitter)
             mask |= self.shape_mask(scene.subject, cx, cy, radius, rng.uniform(-0.25, 0.25))
         if scene.style is not None:

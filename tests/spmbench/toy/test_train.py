@@ -46,7 +46,7 @@ def test_sharpening_the_decoder_keeps_the_latent_space(tmp_path, world, foregrou
     vae = models.build_vae()
     before = {k: v.clone() for k, v in vae.state_dict().items()}
     cfg = ToyTrainConfig(
-        decoder_steps=2, batch_size=4, decoder_lr=1e-2, world=world, decoder_foreground_weight=foreground_weight
+        decoder_steps=2, batch_size=4, decoder_lr=1e-2, world=world, foreground_weight=foreground_weight
     )
     sharpen_decoder(cfg, tmp_path, vae, "cpu")
     after = vae.state_dict()
@@ -262,9 +262,11 @@ def test_resuming_with_other_settings_is_refused_unless_only_step_counts_change(
         train_main([*args, "--lr", "0.5"])
     with pytest.raises(SystemExit, match="holds pastel trained with pastel_text_encoder='frozen'"):
         train_main([*args, "--pastel-text-encoder", "full"])
-    # the judge trains on the decoder's reconstructions: a decoder trained otherwise retrains it too
-    with pytest.raises(SystemExit, match="holds judge, decoder trained with decoder_foreground_weight=0.0"):
-        train_main([*args, "--decoder-foreground-weight", "8"])
+    # the VAE's loss shapes the latent space every later stage trains in
+    with pytest.raises(
+        SystemExit, match="holds vae, judge, base, pastel, verbose, decoder trained with foreground_weight=0.0"
+    ):
+        train_main([*args, "--foreground-weight", "8"])
     shutil.rmtree(work / "pastel")  # retraining that stage alone with the new setting is allowed
     train_main([*args, "--pastel-text-encoder", "full", "--verbose-steps", "2"])  # and more steps
     assert json.loads((work / "verbose" / "time.json").read_text())["steps"] == 2
@@ -274,7 +276,7 @@ def test_impossible_training_settings_are_refused_in_one_line():
     for argv, message in (
         (["--batch-size", "0"], "batch_size must be at least 1"),
         (["--base-steps", "-1"], "base_steps must be at least 0"),
-        (["--decoder-foreground-weight", "-1"], "decoder_foreground_weight must be at least 0"),
+        (["--foreground-weight", "-1"], "foreground_weight must be at least 0"),
     ):
         with pytest.raises(SystemExit, match=message):
             train_main(argv)
