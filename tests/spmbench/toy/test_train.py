@@ -373,3 +373,64 @@ def test_stages_a_world_lacks_are_refused_in_one_line():
         train_main(["--stages", "base,dreambooth"])
     with pytest.raises(SystemExit, match="stage merge averages pastel and verbose: add verbose"):
         train_main(["--world", "3", "--stages", "base,pastel,merge"])
+
+
+def _world3_tokenizer():
+    from transformers import CLIPTokenizer
+
+    from spmbench.toy import worlds
+
+    return CLIPTokenizer.from_pretrained(worlds.get(3).weights / "toy-base" / "tokenizer")
+
+
+def test_fillers_are_tokens_no_caption_uses():
+    from spmbench.toy import worlds
+    from spmbench.toy.train import filler_token_ids
+
+    tokenizer, world = _world3_tokenizer(), worlds.get(3)
+    fillers = set(filler_token_ids(tokenizer, world).tolist())
+    used = {i for ids in tokenizer(world.data.tokenizer_corpus()).input_ids for i in ids}
+    assert len(fillers) > 100 and not fillers & used and not fillers & set(tokenizer.all_special_ids)
+    held_out = tokenizer("a snapshot of a star, styled after Yuki Mori").input_ids  # test-split words
+    assert not fillers & set(held_out)
+
+
+def test_a_filler_is_inserted_between_whole_words_and_nothing_else_changes():
+    from spmbench.toy.train import FillerInsertion
+
+    tokenizer = _world3_tokenizer()
+    captions = ["a red circle", "Barkley the dog on a gray background", "", "three stars in blue, by Yuki Mori"]
+    ids = tokenizer(
+        captions, padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt"
+    ).input_ids
+    filler = 5  # a single-character token no word here ends with
+    insert = FillerInsertion(tokenizer, torch.tensor([filler]), rate=1.0)
+    for seed in range(20):
+        out = insert(ids, torch.Generator().manual_seed(seed))
+        for row, before in zip(out.tolist(), ids.tolist(), strict=True):
+            at = row.index(filler)
+            assert row[:at] + row[at + 1 :] == before[:-1]  # the rest shifted right by one
+            assert at >= 1 and (at == 1 or tokenizer.convert_ids_to_tokens(row[at - 1]).endswith("</w>"))
+            assert at <= before.index(tokenizer.eos_token_id)
+    assert torch.equal(FillerInsertion(tokenizer, torch.tensor([filler]), rate=0.0)(ids, torch.Generator()), ids)
+    spots = {insert(ids, torch.Generator().manual_seed(s))[1].tolist().index(filler) for s in range(40)}
+    assert len(spots) >= 5  # every boundary of a longer caption is drawn, not one
+
+
+def test_filler_embeddings_never_train(tmp_path):
+    """Only weight decay moves them (as it moves a word no caption uses); the words captions use do train."""
+    from spmbench.toy import worlds
+    from spmbench.toy.train import config_for_world, filler_token_ids, train_unet
+
+    tokenizer = _world3_tokenizer()
+    text_encoder = models.build_text_encoder(len(tokenizer))
+    before = text_encoder.get_input_embeddings().weight.detach().clone()
+    cfg = config_for_world(3, base_steps=3, pool_size=256, batch_size=8, filler_rate=1.0, lr=1e-2)
+    train_unet("base", cfg, tmp_path, models.build_vae(), tokenizer, text_encoder)
+    after = text_encoder.get_input_embeddings().weight.detach()
+    fillers = filler_token_ids(tokenizer, worlds.get(3))
+    decay = (after[fillers] / before[fillers]).flatten()[0]
+    assert 0.99 < decay < 1  # weight decay did act
+    trained = ~torch.isclose(after, before * decay, rtol=1e-6, atol=0).all(1)
+    assert not trained[fillers].any() and trained.sum() > 20  # the caption words the batches held did train
+    assert not text_encoder.get_input_embeddings().weight._backward_hooks  # the stage took its hook away
