@@ -214,11 +214,17 @@ def check_resumable(workdir: Path, cfg: ToyTrainConfig) -> None:
     recorded = {
         stage: _recorded_settings(workdir, stage) for stage in STAGES[1:] if (workdir / stage / "ckpt.pt").exists()
     }
+    defaults = asdict(ToyTrainConfig())
     for name, value in current.items():
-        trained = [stage for stage, settings in recorded.items() if settings.get(name, value) != value]
+        trained = [
+            stage
+            for stage, settings in recorded.items()
+            if name in stage_settings(stage, current) and settings.get(name, defaults[name]) != value
+        ]
         if trained:
+            was = recorded[trained[0]].get(name, defaults[name])
             raise SettingsChanged(
-                f"{workdir} holds {', '.join(trained)} trained with {name}={recorded[trained[0]][name]!r}, "
+                f"{workdir} holds {', '.join(trained)} trained with {name}={was!r}, "
                 f"not {value!r}: delete {'those stage folders' if len(trained) > 1 else 'that stage folder'} "
                 "to retrain, or use another --workdir"
             )
@@ -518,12 +524,15 @@ class FillerInsertion:
         insert = torch.rand(n, generator=gen) < self.rate
         score = torch.rand(n, length, generator=gen)
         filler = self.fillers[torch.randint(len(self.fillers), (n,), generator=gen)]
-        insert, score, filler, word_end = (
-            models.to_device(x, ids.device) for x in (insert, score, filler, self.word_end)
-        )
+        insert, score, filler = (models.to_device(x, ids.device) for x in (insert, score, filler))
+        if self.word_end.device != ids.device:
+            self.word_end = models.to_device(self.word_end, ids.device)
         j = torch.arange(length, device=ids.device)
-        end_at = (ids == self.end).int().argmax(1, keepdim=True)  # the first end token
-        after_word = torch.cat([torch.zeros_like(ids[:, :1], dtype=torch.bool), word_end[ids[:, :-1]]], 1)
+        is_end = ids == self.end
+        end_at = is_end.int().argmax(1, keepdim=True)  # the first end token
+        # A caption without an end token (cut) or one ending in the last place has no room: it stays whole.
+        insert = insert & is_end.any(1) & (end_at[:, 0] < length - 1)
+        after_word = torch.cat([torch.zeros_like(ids[:, :1], dtype=torch.bool), self.word_end[ids[:, :-1]]], 1)
         boundary = ((j == 1) | after_word) & (j >= 1) & (j <= end_at)
         at = torch.where(boundary, score, -1.0).argmax(1, keepdim=True)
         shifted = torch.cat([ids[:, :1], ids[:, :-1]], 1)
@@ -605,9 +614,11 @@ def train_unet(name: str, cfg: ToyTrainConfig, workdir: Path, vae, tokenizer, te
         return {"loss": loss.detach()}
 
     modules = {"unet": unet, "ema": ema, "opt": opt} | ({"text_encoder": text_encoder} if te_params else {})
-    _loop(name, cfg, workdir, steps, modules, step_fn)
-    if frozen_rows is not None:
-        frozen_rows.remove()
+    try:
+        _loop(name, cfg, workdir, steps, modules, step_fn)
+    finally:
+        if frozen_rows is not None:
+            frozen_rows.remove()
     text_encoder.requires_grad_(False)
     return ema.module.eval()
 

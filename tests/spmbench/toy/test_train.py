@@ -413,6 +413,12 @@ def test_a_filler_is_inserted_between_whole_words_and_nothing_else_changes():
             assert at >= 1 and (at == 1 or tokenizer.convert_ids_to_tokens(row[at - 1]).endswith("</w>"))
             assert at <= before.index(tokenizer.eos_token_id)
     assert torch.equal(FillerInsertion(tokenizer, torch.tensor([filler]), rate=0.0)(ids, torch.Generator()), ids)
+    full = tokenizer(["a red circle " * 20], padding="max_length", max_length=tokenizer.model_max_length,
+                     truncation=True, return_tensors="pt").input_ids  # fmt: skip
+    cut = full.clone()
+    cut[0, -1] = ids[0, 1]  # no end token at all
+    for row in (full, cut):  # no room: left whole, even inserted into twice
+        assert torch.equal(insert(insert(row, torch.Generator()), torch.Generator()), row)
     spots = {insert(ids, torch.Generator().manual_seed(s))[1].tolist().index(filler) for s in range(40)}
     assert len(spots) >= 5  # every boundary of a longer caption is drawn, not one
 
@@ -434,3 +440,19 @@ def test_filler_embeddings_never_train(tmp_path):
     trained = ~torch.isclose(after, before * decay, rtol=1e-6, atol=0).all(1)
     assert not trained[fillers].any() and trained.sum() > 20  # the caption words the batches held did train
     assert not text_encoder.get_input_embeddings().weight._backward_hooks  # the stage took its hook away
+
+
+def test_a_checkpoint_that_predates_a_setting_counts_as_made_with_its_default(smoke_world, tmp_path):
+    import shutil
+
+    root, _ = smoke_world
+    work = tmp_path / "work"
+    shutil.copytree(root / "work", work)
+    path = work / "base" / "ckpt.pt"
+    saved = torch.load(path, weights_only=True)
+    fingerprint = json.loads(saved["fingerprint"])
+    del fingerprint["filler_rate"]  # as a base trained before the setting existed
+    torch.save(saved | {"fingerprint": json.dumps(fingerprint)}, path)
+    args = ["--out", str(tmp_path / "weights"), "--workdir", str(work), *SMOKE_ARGS]
+    with pytest.raises(SystemExit, match="holds base, pastel, verbose trained with filler_rate=0.0, not 0.2"):
+        train_main([*args, "--filler-rate", "0.2"])  # the vae, decoder and judge are not tied to it
