@@ -215,16 +215,15 @@ def check_resumable(workdir: Path, cfg: ToyTrainConfig) -> None:
         stage: _recorded_settings(workdir, stage) for stage in STAGES[1:] if (workdir / stage / "ckpt.pt").exists()
     }
     defaults = asdict(ToyTrainConfig())
+    made_with = {  # each stage's own settings, as its checkpoint was made
+        stage: {name: settings.get(name, defaults[name]) for name in stage_settings(stage, current)}
+        for stage, settings in recorded.items()
+    }
     for name, value in current.items():
-        trained = [
-            stage
-            for stage, settings in recorded.items()
-            if name in stage_settings(stage, current) and settings.get(name, defaults[name]) != value
-        ]
+        trained = [stage for stage, made in made_with.items() if made.get(name, value) != value]
         if trained:
-            was = recorded[trained[0]].get(name, defaults[name])
             raise SettingsChanged(
-                f"{workdir} holds {', '.join(trained)} trained with {name}={was!r}, "
+                f"{workdir} holds {', '.join(trained)} trained with {name}={made_with[trained[0]][name]!r}, "
                 f"not {value!r}: delete {'those stage folders' if len(trained) > 1 else 'that stage folder'} "
                 "to retrain, or use another --workdir"
             )
@@ -533,7 +532,7 @@ class FillerInsertion:
         # A caption without an end token (cut) or one ending in the last place has no room: it stays whole.
         insert = insert & is_end.any(1) & (end_at[:, 0] < length - 1)
         after_word = torch.cat([torch.zeros_like(ids[:, :1], dtype=torch.bool), self.word_end[ids[:, :-1]]], 1)
-        boundary = ((j == 1) | after_word) & (j >= 1) & (j <= end_at)
+        boundary = ((j == 1) | after_word) & (j <= end_at)  # after_word is never true at j = 0
         at = torch.where(boundary, score, -1.0).argmax(1, keepdim=True)
         shifted = torch.cat([ids[:, :1], ids[:, :-1]], 1)
         inserted = torch.where(j < at, ids, torch.where(j == at, filler[:, None], shifted))
