@@ -688,6 +688,7 @@ def paper(
             typer.echo(tables.plan_text(estimates, processes=shard.world_size))
             typer.echo(tables.planned_tables(chosen_apps, erasers, reports / "paper" / world))
         return
+    _check_models_of(chosen_apps, plans, models, out)
     options = _RunOptions(out, reports, limit, batch_size, device, rescore, judge_settings, shard, (), real)
     for a in chosen_apps:
         _run_app(a, plans[a.name], models, options)
@@ -702,6 +703,18 @@ def paper(
         typer.echo(line)
     for path in written:
         typer.echo(f"wrote {path}")
+
+
+def _check_models_of(chosen_apps: list, plans: dict, models, out: Path) -> None:
+    """Every application's models against the weights its folder's images and fits were made with, before
+    the first application runs: a model changed since is refused up front, not hours later."""
+    from spmbench import runner
+
+    try:
+        for a in chosen_apps:
+            runner.check_models(out / a.name, runner.cell_models(plans[a.name], models), models)
+    except ValueError as e:
+        _fail(str(e))
 
 
 def _world_apps(apps, world: str, selector: str) -> list:

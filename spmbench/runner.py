@@ -129,6 +129,11 @@ def check_models(run_dir: Path, models: list[ModelSpec], registry) -> None:
     update_state(run_dir / "models.json", "delete it and the cells and fits it describes", record)
 
 
+def cell_models(cells: list[Cell], registry) -> list[ModelSpec]:
+    """The models `cells` use: each cell's own, and the model its fits are made on."""
+    return [m for c in cells for m in (c.model, fit_model_for(c.model, registry))]
+
+
 def _changed_message(run_dir: Path, name: str, recorded: str, now: str) -> str:
     remove = [p for p in (run_dir / "cells" / name, run_dir / "fits" / name) if p.exists()]
     return (
@@ -829,7 +834,7 @@ def run(
     from spmbench.attacks import stage
 
     stage.check_attacks(app, list(attacks))
-    check_models(run_dir, [m for c in cells for m in (c.model, fit_model_for(c.model, registry))], registry)
+    check_models(run_dir, cell_models(cells, registry), registry)
     for cell in cells:  # before any work: a cell made with its eraser applied another way is refused now
         check_applied(cell, applied_eraser(app, cell.eraser))
     features = features or (lambda: judge)

@@ -418,6 +418,21 @@ def test_apps_selects_the_worlds_applications_it_runs(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_model_changed_under_a_later_applications_folder_is_refused_before_the_first_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPMBENCH_CACHE", str(tmp_path / "cache"))
+    runs = tmp_path / "runs"
+    (runs / "toy-object").mkdir(parents=True)  # the second application's folder: toy-base made by other weights
+    (runs / "toy-object" / "models.json").write_text(json.dumps({"toy-base": "weights of another day"}))
+    result = invoke("paper", "--world", "toy", "--models", "toy-base", "--erasers", "none", "--apps",
+                    "toy-concept,toy-object", "--limit", 1, "--out", runs, "--reports", tmp_path / "reports")  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert (
+        result.output.count("\n") == 1
+        and "toy-object holds images and fits of toy-base made with other weights" in result.output
+    )
+    assert not (runs / "toy-concept" / "cells").exists()  # refused up front: the first application made nothing
+
+
 def _timed(eraser, targets=("Barkley",), model="toy-base", steps=30, gen=None, fit=0.0, rows=10, **settings):
     from tests.spmbench.test_report import result
 
