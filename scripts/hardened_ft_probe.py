@@ -40,7 +40,7 @@ ATTACKED = ("uda", "adaptive-ft")
 def main(out: Path, app_name: str, options: list[tuple[str, str, float]]) -> None:
     torch.set_num_threads(1)
     out.mkdir(parents=True, exist_ok=True)
-    test_app = tuning.apply_record(load_apps().get(app_name), Path("reports") / app_name)
+    test_app = tuning.apply_record(load_apps().get(app_name), Path("reports") / app_name, load_models())
     assert test_app.tuned, f"{app_name} has no current tuning record: run `spmbench tune --app {app_name}` first"
     app = test_app.for_split("dev")
     target = app.erase[0][0]

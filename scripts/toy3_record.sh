@@ -89,16 +89,17 @@ step() {  # N DESCRIPTION COMMAND...
     [ -n "$DRY" ] || save_state "after step $n"
 }
 
-tuned() {  # whether the application's committed tuning record is current (its version and grids): then not tuned again
+tuned() {  # whether the application's committed tuning record is current (its version, grids and weights): then not tuned again
     python - "$1" <<'PY' 2>/dev/null
 import sys
 from pathlib import Path
 
 from spmbench import tuning
 from spmbench.apps import load_apps
+from spmbench.models import load_models
 
 app = load_apps().get(sys.argv[1])
-sys.exit(0 if tuning.apply_record(app, Path("reports") / app.name).tuned else 1)
+sys.exit(0 if tuning.apply_record(app, Path("reports") / app.name, load_models()).tuned else 1)
 PY
 }
 tune_each() {

@@ -320,15 +320,16 @@ _TUNING_HELP = (
 )
 
 
-def _tuned(apps: list, tuning_dir: Path | None, reports: Path, write: bool) -> list:
-    """The applications with their dev-chosen settings (tuning records), read from `tuning_dir` or beside the
-    tables; a record read from elsewhere is copied beside the tables (when `write`), as `tune` would have put it."""
+def _tuned(apps: list, tuning_dir: Path | None, reports: Path, write: bool, models) -> list:
+    """The applications with their dev-chosen settings (tuning records made with the weights the `models`
+    registry holds now), read from `tuning_dir` or beside the tables; a record read from elsewhere is copied
+    beside the tables (when `write`), as `tune` would have put it."""
     from spmbench import tuning
 
     if tuning_dir is not None and not tuning_dir.is_dir():
         _fail(f"--tuning {tuning_dir}: not a folder; give the reports folder that holds <app>/tuning.json")
     records = tuning_dir or reports
-    tuned = [tuning.apply_record(a, records / a.name) for a in apps]
+    tuned = [tuning.apply_record(a, records / a.name, models) for a in apps]
     if tuning_dir is not None and write and tuning_dir.resolve() != reports.resolve():
         for a, applied in zip(apps, tuned):
             tuning.copy_record(a, records, reports, applied=applied is not a)  # apply_record: a new app if applied
@@ -484,7 +485,7 @@ def run(
     try:
         chosen_models, chosen_apps = _chosen(models, apps, app_name, models_sel)
         chosen_apps = _fewer_fit_seeds(
-            _tuned(chosen_apps, tuning_dir, reports, shard.leads and not dry_run), fit_seeds
+            _tuned(chosen_apps, tuning_dir, reports, shard.leads and not dry_run, models), fit_seeds
         )
         erasers = _selected_erasers(erasers_sel)
         judge_settings = _judge_settings(judge_setting, clip_model, classifier)
@@ -667,7 +668,7 @@ def paper(
             _fail(f"--models {', '.join(strangers)}: not {world} models; choose the world's (spmbench ls models)")
         chosen_apps = _world_apps(apps, world, apps_sel)
         chosen_apps = _fewer_fit_seeds(
-            _tuned(chosen_apps, tuning_dir, reports, shard.leads and not dry_run), fit_seeds
+            _tuned(chosen_apps, tuning_dir, reports, shard.leads and not dry_run, models), fit_seeds
         )
         erasers = list(tables.PAPER_ERASERS) if erasers_sel == "all" else _selected_erasers(erasers_sel)
         judge_settings = _judge_settings(judge_setting, clip_model, classifier)
@@ -740,7 +741,7 @@ def report_cmd(
     from spmbench import report
     from spmbench.registry import UnknownName
 
-    _, apps, _ = _registries()
+    models, apps, _ = _registries()
     paths = report.result_paths(run_dir)
     if not paths:
         inner = sorted(p.parent for p in run_dir.glob("*/cells"))
@@ -756,7 +757,7 @@ def report_cmd(
         _fail(f"{paths[0]}: {e}")
     _fail_on(output_dir_problem(reports, "--reports"))
     try:
-        a = _tuned([a], tuning_dir, reports, write=True)[0]  # the settings its run applied, for the caption
+        a = _tuned([a], tuning_dir, reports, True, models)[0]  # the settings its run applied, for the caption
         written = report.write_reports(a, run_dir, reports / a.name)
     except (ValueError, OSError) as e:  # a full disk, say: one line, as in `run`
         _fail(str(e))

@@ -128,12 +128,18 @@ def tune(
     runner.run(dev.app, dev.cells, run_dir, judge, registry, **run_options)
     if not run_options.get("shard", Shard()).leads:
         return None
-    return record(app, roots, dev.by_key, report.results(run_dir))
+    made_with = json.loads((run_dir / "models.json").read_text())  # runner.check_models: each model's weights
+    weights = {root.name: made_with[root.name] for root in roots if root.name in made_with}
+    return record(app, roots, dev.by_key, report.results(run_dir), weights)
 
 
-def record(app: Application, roots: list[ModelSpec], by_key: dict[str, list[str]], frame: pd.DataFrame) -> dict:
-    """The tuning record: per fitted model and settings key, each point's dev numbers and the choice."""
-    out = {"app": app.name, "app_version": app.version, "rule": RULE, "grids": app.grids, "points": {}, "chosen": {}}
+def record(
+    app: Application, roots: list[ModelSpec], by_key: dict[str, list[str]], frame: pd.DataFrame, weights: dict
+) -> dict:
+    """The tuning record: per fitted model and settings key, each point's dev numbers and the choice; `weights`:
+    each model's identity (model_identity) when it was tuned, so a record is not applied to other weights."""
+    out = {"app": app.name, "app_version": app.version, "rule": RULE, "grids": app.grids, "weights": weights}
+    out |= {"points": {}, "chosen": {}}
     for root in roots:
         for key, names in by_key.items():
             points = [_point(frame[frame.model == root.name], name) for name in names]
@@ -197,6 +203,9 @@ def markdown(record_: dict) -> str:
         "",
         f"Rule: {record_['rule']}.",
     ]
+    weights = record_.get("weights", {})
+    if weights:  # which weights the choice was made on: `run` applies it to those only
+        lines += ["", "Weights: " + "; ".join(f"{model} {identity}" for model, identity in weights.items()) + "."]
     for model, by_key in record_["points"].items():
         for key, points in by_key.items():
             lines += [
@@ -223,11 +232,12 @@ def markdown(record_: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def apply_record(app: Application, folder: Path) -> Application:
+def apply_record(app: Application, folder: Path, registry=None) -> Application:
     """`app` with the settings its tuning record chose, if there is one made for this version of the tuned
-    application and its grids; otherwise `app` as it is (a stale record is named in a warning). `folder`: the
-    application's report folder, REPORTS/<app>, where its record is; one with `tuning: {from: <other>}`
-    applies <other>'s record, in REPORTS/<other> beside it, dated by <other>'s version and grids."""
+    application and its grids and, given the model `registry`, with the weights its models hold now; otherwise
+    `app` as it is (a stale record is named in a warning). `folder`: the application's report folder,
+    REPORTS/<app>, where its record is; one with `tuning: {from: <other>}` applies <other>'s record, in
+    REPORTS/<other> beside it, dated by <other>'s version and grids."""
     tuned, path = source(app), record_path(app, folder)
     if not path.exists():
         if tuned.grids and app.world == "real":  # the defaults are the papers' settings, as the protocol keeps them
@@ -249,11 +259,33 @@ def apply_record(app: Application, folder: Path) -> Application:
                 path, tuned.name, "" if tuned is app else f" to {app.name}", tuned.name,
             )  # fmt: skip
             return app
+        changed = _retrained(stored.get("weights", {}), registry)
+        if changed:
+            log.warning(
+                "%s was tuned on other weights of %s than it holds now: not applied%s; rerun `spmbench tune --app %s`",
+                path, changed, "" if tuned is app else f" to {app.name}", tuned.name,
+            )  # fmt: skip
+            return app
         return replace(app, tuned=stored["chosen"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ValueError(
             f"{path}: not a tuning record ({e}): delete it and rerun `spmbench tune --app {tuned.name}`"
         ) from None
+
+
+def _retrained(recorded: dict, registry) -> str | None:
+    """The first model among `recorded` ({name: identity}) whose weights differ now; None without a registry,
+    for a model no longer registered, or one whose identity cannot be known yet (a hub model not downloaded)."""
+    if registry is None:
+        return None
+    from spmbench.model_identity import weights_identity
+
+    for name, identity in recorded.items():
+        if name in registry:
+            now = weights_identity(registry.get(name).resolve())
+            if now is not None and now != identity:
+                return name
+    return None
 
 
 def record_path(app: Application, folder: Path) -> Path:

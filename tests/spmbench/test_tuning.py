@@ -166,6 +166,8 @@ def test_tune_chooses_on_dev_and_run_applies_the_choice_on_test(tuned_app, tmp_p
     assert result.exit_code == 0, result.output
     record = json.loads((reports / "toy-tuned" / "tuning.json").read_text())
     assert set(record["points"]) == {"toy-base"}  # tuned on the family root only: derivatives reuse its fits
+    made_with = json.loads((runs / "toy-tuned" / "dev" / "models.json").read_text())["toy-base"]
+    assert record["weights"] == {"toy-base": made_with} and made_with.startswith("sha256:")
     dev_cells = runs / "toy-tuned" / "dev" / "cells" / "toy-base"
     assert sorted(p.name.split("~")[0] for p in dev_cells.iterdir()) == ["esd-x", "esd-x", "none", "spm", "spm"]
     for key, points in record["points"]["toy-base"].items():
@@ -267,9 +269,28 @@ def inheriting(tmp_path, source=APP):
     return load_apps([folder])
 
 
-def write_record(reports, app_version=1, grids=APP["tuning"]["grids"]):
+def write_record(reports, app_version=1, grids=APP["tuning"]["grids"], weights=None):
     record = {"app": "toy-tuned", "app_version": app_version, "rule": tuning.RULE, "grids": grids, "points": {}}
-    return tuning.write({**record, "chosen": CHOSEN}, reports / "toy-tuned")
+    return tuning.write({**record, "weights": weights or {}, "chosen": CHOSEN}, reports / "toy-tuned")
+
+
+def test_a_record_made_on_other_weights_than_the_model_holds_now_is_not_applied(tmp_path, caplog):
+    from spmbench.model_identity import weights_identity
+    from spmbench.models import load_models
+
+    apps, reports, models = inheriting(tmp_path), tmp_path / "reports", load_models()
+    now = weights_identity(models.get("toy-base").resolve())
+    write_record(reports, weights={"toy-base": now, "no-longer-registered": "sha256:0"})
+    with caplog.at_level(logging.WARNING):
+        assert tuning.apply_record(apps.get("toy-tuned"), reports / "toy-tuned", models).tuned == CHOSEN
+    assert caplog.text == "" and f"Weights: toy-base {now}" in (reports / "toy-tuned" / "tuning.md").read_text()
+    write_record(reports, weights={"toy-base": "sha256:retrained"})  # e.g. a toy world retrained since
+    for name in ("toy-tuned", "toy-inherits"):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            assert tuning.apply_record(apps.get(name), reports / name, models).tuned == {}
+        assert "tuned on other weights of toy-base than it holds now" in caplog.text
+        assert "rerun `spmbench tune --app toy-tuned`" in caplog.text
 
 
 def test_an_application_tuned_from_another_applies_that_ones_record_as_its_own(tmp_path, caplog):
