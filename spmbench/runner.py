@@ -96,6 +96,20 @@ def check_judge(run_dir: Path, judge, rescore: bool = False) -> None:
     update_state(run_dir / "judge.json", "delete it and add --rescore to score the stored images again", record)
 
 
+def recorded_identity(model: ModelSpec, registry, weights_of: Callable[[str], str | None] | None = None) -> str | None:
+    """What a run records of `model`'s weights (check_models): the digest of its files (model_identity); a
+    derivative's names its family root's too, whose fits its cells apply. None while it cannot be known (a hub
+    model not downloaded yet). `weights_of`: model_identity.weights_identity, or a cached one."""
+    from spmbench.model_identity import weights_identity
+
+    weights_of = weights_of or weights_identity
+    own, root = weights_of(model.resolve()), fit_model_for(model, registry)
+    if root.name == model.name or own is None:
+        return own
+    fitted_on = weights_of(root.resolve())
+    return None if fitted_on is None else f"{own}; fits made on {root.name}: {fitted_on}"
+
+
 class ModelChanged(ValueError):
     """A model's images and fits on disk were made with other weights than its source holds now."""
 
@@ -110,15 +124,7 @@ def check_models(run_dir: Path, models: list[ModelSpec], registry) -> None:
     from spmbench.model_identity import weights_identity
 
     weights_of = cache(weights_identity)  # a root is every derivative's too: its folder is read once
-
-    def identity(model: ModelSpec) -> str | None:
-        own, root = weights_of(model.resolve()), fit_model_for(model, registry)
-        if root.name == model.name or own is None:
-            return own
-        fitted_on = weights_of(root.resolve())
-        return None if fitted_on is None else f"{own}; fits made on {root.name}: {fitted_on}"
-
-    identities = {m.name: identity(m) for m in {m.name: m for m in models}.values()}
+    identities = {m.name: recorded_identity(m, registry, weights_of) for m in {m.name: m for m in models}.values()}
 
     def record(known: dict) -> dict:
         for name, now in identities.items():

@@ -128,8 +128,7 @@ def tune(
     runner.run(dev.app, dev.cells, run_dir, judge, registry, **run_options)
     if not run_options.get("shard", Shard()).leads:
         return None
-    made_with = json.loads((run_dir / "models.json").read_text())  # runner.check_models: each model's weights
-    weights = {root.name: made_with[root.name] for root in roots if root.name in made_with}
+    weights = {root.name: runner.recorded_identity(root, registry) for root in roots}  # as the run checked them
     return record(app, roots, dev.by_key, report.results(run_dir), weights)
 
 
@@ -278,11 +277,9 @@ def _retrained(recorded: dict, registry) -> str | None:
     for a model no longer registered, or one whose identity cannot be known yet (a hub model not downloaded)."""
     if registry is None:
         return None
-    from spmbench.model_identity import weights_identity
-
     for name, identity in recorded.items():
         if name in registry:
-            now = weights_identity(registry.get(name).resolve())
+            now = runner.recorded_identity(registry.get(name), registry)
             if now is not None and now != identity:
                 return name
     return None
