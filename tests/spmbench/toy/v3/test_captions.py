@@ -36,7 +36,7 @@ def test_mixes_draw_what_their_models_learn():
     new = Counter(s.style == w.NEW_STYLE for s in scenes("newconcept"))
     assert 0.3 < new[True] / 2000 < 0.5
     db = Counter(s.character == w.DREAMBOOTH_CHARACTER for s in scenes("dreambooth"))
-    assert 0.45 < db[True] / 2000 < 0.6
+    assert abs(db[True] / 2000 - captions.DREAMBOOTH_SHARES["character"]) < 0.05  # the base mix adds ~0.3 %
     base = Counter(s.character for s in scenes("base", 6000) if s.character)
     assert base[w.DREAMBOOTH_CHARACTER] < 0.5 * np.mean([base[n] for n in w.CHARACTER_NAMES])
     assert any(s.style == w.NEW_STYLE for s in scenes("world"))
