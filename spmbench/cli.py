@@ -757,9 +757,8 @@ def report_cmd(
         _fail(f"{paths[0]}: {e}")
     _fail_on(output_dir_problem(reports, "--reports"))
     try:
-        a = _tuned([a], tuning_dir, reports, write=True, models=models)[
-            0
-        ]  # the settings its run applied, for the caption
+        # the settings its run applied, for the caption
+        a = _tuned([a], tuning_dir, reports, write=True, models=models)[0]
         written = report.write_reports(a, run_dir, reports / a.name)
     except (ValueError, OSError) as e:  # a full disk, say: one line, as in `run`
         _fail(str(e))

@@ -4,8 +4,8 @@ A mix is the scene distribution one model trains on:
 - "base": every concept but NEW_STYLE, the DreamBooth character at a quarter of a sibling's rate;
 - "world": every concept evenly (the VAE and the judge, which must read every model's pictures);
 - "newconcept": the base mix, with 40 % of scenes in NEW_STYLE;
-- "dreambooth": DREAMBOOTH_SHARES of the DreamBooth character (a third of them styled), of its generic
-  class (prior preservation, on rendered class images) and of the base mix.
+- "dreambooth": DREAMBOOTH_SHARES of the DreamBooth character (a third of them styled) and of its generic
+  class (prior preservation, on rendered class images); the rest the base mix.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ NEW_STYLE_SHARE = 0.4
 # With 25 % base mix (and 50 % the character), toy-dreambooth drew the clothed person for 6 of 200 held-out
 # explicit phrasings that toy-base drew right every time (card, 2026-12-03): language drift, which a larger
 # share of what the base trained on holds back, as DreamBooth's prior preservation does for the class.
-DREAMBOOTH_SHARES = {"character": 0.4, "class": 0.2, "base": 0.4}
+DREAMBOOTH_SHARES = {"character": 0.4, "class": 0.2}  # the rest (40 %): the base mix
 
 
 def _pick(rng: np.random.Generator, options):
