@@ -104,7 +104,8 @@ class SPMHardened(_SPMVariant):
     (reports/toy-concept/hardened_spm_note.md); the FT on toy3-concept's dev split, among four options by a rule
     fixed before measuring (reports/toy3-concept/hardened_spm_ft.md): world v2's paper FT at least 0.5 kept 67 % of
     the dev near set, the relative FT at least 0.25 92 %. An application may choose its own floor on its dev split by
-    the same rule (`apply:`): toy3-explicit's is 1 (reports/toy3-explicit/hardened_spm_ft.md)."""
+    the same rule (`apply:`): on the retrained world v3, toy3-concept's and toy3-explicit's are 1
+    (reports/toy3-{concept,explicit}/hardened_spm_ft.md)."""
 
     variant_name = "spm-hardened"
     overrides = MappingProxyType({"adversarial_every": 10, "adversarial_steps": 5, "adversarial_tokens": 5})
