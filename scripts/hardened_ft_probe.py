@@ -5,7 +5,7 @@
 
 The rule, fixed before measuring: among the options whose dev near retention is >= 0.90 of the original's, the lowest
 pooled attack success (uda + adaptive-ft, 16 restarts each, the application's budget); else the best retention.
-A tie on attack success (first met on toy3-artist's retrained weights, 2026-12-03) goes to the better retention.
+A tie on attack success goes to the better retention (not fixed before measuring: first met on toy3-object, 2026-12-01).
 Fits at seed 0 with the application's tuned SPM settings (its tuning record), on its first target; one torch thread.
 Results: reports/toy3-{concept,artist,explicit,object}/hardened_spm_ft.md (2026-12-01; the retrained weights 2026-12-03).
 """
