@@ -5,6 +5,9 @@ the tables mark it at 95 %: SPM better, SPM worse, or a tie (SPM variants agains
 where their 95 % intervals are disjoint, in both worlds, since world v2's tables did not pair them). Each application's verdicts are
 counted over its experiments on the family root in each world (the rows of its CSV, `spmbench.report.csv_text`'s columns),
 and the majority verdict of each world is set side by side: it survives, changes, or is measured in one world only.
+Transfer (SPM's second claim) is compared on the derivatives both worlds have (by name without the world's prefix:
+pastel, verbose): each SPM variant fitted on the root and applied unchanged, against the derivative's original on the
+same prompts, lower, higher or a tie by the two 95 % intervals.
 
     python scripts/compare_worlds.py --before toy --after toy3      # reports/toy3-vs-toy.md
 """
@@ -20,6 +23,7 @@ import pandas as pd
 
 KINDS = ("concept", "artist", "explicit", "object")
 VERDICTS = ("SPM better", "SPM worse", "tie")
+TRANSFER_VERDICTS = ("lower", "higher", "tie")  # an SPM variant's rate on a derivative against that model's original
 SPM_VARIANTS = ("spm", "spm-rel", "spm-noft")  # in this order (later against earlier), then any other 'spm*' sorted
 
 
@@ -70,6 +74,25 @@ def _variant_verdicts(rates: pd.DataFrame, variants: list[str]) -> list[dict]:
     return out
 
 
+def transfer_verdicts(table: pd.DataFrame, world: str) -> pd.DataFrame:
+    """One row per (eraser, derivative, measure): how many of the table's rows put a root-fitted SPM variant's rate on a
+    derivative below, above or level with the derivative's original (a tie where the 95 % intervals overlap: world
+    v2's tables pair nothing with the original); the derivative named without the world's prefix, first fit only."""
+    moved = table[(table["model"] != table["fitted_on"]) & ~table["eraser"].str.contains("~seed", regex=False)]
+    rates = moved[(moved["unit"] == "fraction") & moved["eraser"].isin(spm_variants(moved["eraser"]))]
+    out = []
+    for row in rates.itertuples():
+        bounds = (row.lo, row.hi, row.original_lo, row.original_hi)
+        if any(pd.isna(v) for v in bounds):
+            continue  # no interval to compare: no verdict (rather than a tie)
+        verdict = "lower" if row.hi < row.original_lo else "higher" if row.lo > row.original_hi else "tie"
+        model = row.model.removeprefix(f"{world}-")
+        out.append({"eraser": row.eraser, "model": model, "measure": row.measure, "verdict": verdict})
+    frame = pd.DataFrame(out, columns=["eraser", "model", "measure", "verdict"])
+    counts = frame.groupby(["eraser", "model", "measure", "verdict"]).size().unstack("verdict", fill_value=0)
+    return counts.reindex(columns=list(TRANSFER_VERDICTS), fill_value=0).reset_index()
+
+
 def _truth(value) -> bool:
     return str(value).strip().lower() == "true"
 
@@ -84,21 +107,23 @@ def _verdict(minus_spm: float, differs: bool, higher_is_better) -> str:
 
 def majority(counts: pd.Series) -> str:
     top = counts.max()
-    leaders = [v for v in VERDICTS if counts[v] == top]
+    leaders = [v for v in counts.index if counts[v] == top]
     return leaders[0] if len(leaders) == 1 else "mixed"
 
 
-def compare(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
-    """The two worlds' verdict counts side by side, with each one's majority and what became of it."""
-    keys = ["eraser", "against", "measure"]
+def compare(before: pd.DataFrame, after: pd.DataFrame, keys=("eraser", "against", "measure")) -> pd.DataFrame:
+    """The two worlds' verdict counts side by side, with each one's majority and what became of it; `keys` name
+    what a verdict is about (the other columns are its counts: `verdicts`' or `transfer_verdicts`')."""
+    keys = list(keys)
     if before.empty and after.empty:
         return pd.DataFrame(columns=[*keys, "before", "after", "fate"])
+    names = [c for c in before.columns if c not in keys]
     merged = before.merge(after, on=keys, how="outer", suffixes=("_before", "_after"))
     rows = []
     for row in merged.to_dict("records"):
         sides = {}
         for side in ("before", "after"):
-            counts = pd.Series({v: row[f"{v}_{side}"] for v in VERDICTS})
+            counts = pd.Series({v: row[f"{v}_{side}"] for v in names})
             sides[side] = None if counts.isna().any() else (majority(counts.astype(int)), counts.astype(int))
         rows.append({**{k: row[k] for k in keys}, **_fate(sides["before"], sides["after"])})
     return pd.DataFrame(rows).sort_values(keys, ignore_index=True)
@@ -117,22 +142,40 @@ def _counts(counts: pd.Series) -> str:
     return ", ".join(f"{n} {v.removeprefix('SPM ')}" for v, n in counts.items() if n)
 
 
-def markdown(before_world: str, after_world: str, tables: dict[str, pd.DataFrame]) -> str:
+def markdown(
+    before_world: str,
+    after_world: str,
+    tables: dict[str, pd.DataFrame],
+    transfers: dict[str, pd.DataFrame] | None = None,
+) -> str:
     lines = [f"# Conclusions of the {before_world} tables in the {after_world} tables", "",
              "Each line: a baseline (or SPM variant) against an SPM variant on one prompt set's rate, the verdict of the "
              "tables' paired comparison at 95 % counted over the application's experiments on the family root (better: "
              "SPM's rate is better; worse: the other eraser's; tie: the intervals cannot separate them), the majority "
              "in each world, and whether it survives.", ""]  # fmt: skip
     for kind, table in tables.items():
-        fates = table["fate"].value_counts()
-        lines += [f"## {kind}", "", "Summary: " + ", ".join(f"{n} {fate}" for fate, n in fates.items()), ""]
-        lines += [f"| eraser | against | set | {before_world} | {after_world} | fate |", "|---|---|---|---|---|---|"]
-        lines += [
-            f"| {r.eraser} | {r.against} | {r.measure} | {r.before} | {r.after} | {r.fate} |"
-            for r in table.itertuples()
-        ]
-        lines.append("")
+        lines += [f"## {kind}", "", *_section(table, "against", before_world, after_world)]
+    if transfers:
+        lines += ["## Transfer", "", "Each line: an SPM variant fitted on the family root and applied unchanged to a "
+                  "derivative both worlds have, its rate on one prompt set against the derivative's original (lower: "
+                  "the 95 % intervals are apart and the variant's is below; tie: they overlap), counted over the "
+                  "application's experiments; a lower target rate is the transfer claim, a tie on the other sets "
+                  "is retention.", ""]  # fmt: skip
+        for kind, table in transfers.items():
+            lines += [f"### {kind}", "", *_section(table, "model", before_world, after_world)]
     return "\n".join(lines)
+
+
+def _section(table: pd.DataFrame, about: str, before_world: str, after_world: str) -> list[str]:
+    """A summary of the fates and the table of verdicts; `about`: the column beside the eraser (against, model)."""
+    fates = table["fate"].value_counts()
+    lines = ["Summary: " + ", ".join(f"{n} {fate}" for fate, n in fates.items()), ""]
+    lines += [f"| eraser | {about} | set | {before_world} | {after_world} | fate |", "|---|---|---|---|---|---|"]
+    lines += [
+        f"| {r.eraser} | {getattr(r, about)} | {r.measure} | {r.before} | {r.after} | {r.fate} |"
+        for r in table.itertuples()
+    ]
+    return [*lines, ""]
 
 
 def load(reports: Path, world: str, kind: str) -> pd.DataFrame | None:
@@ -147,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reports", type=Path, default=Path("reports"))
     ap.add_argument("--out", type=Path, help="default: REPORTS/<after>-vs-<before>.md")
     args = ap.parse_args(argv)
-    tables, missing = {}, []
+    tables, transfers, missing = {}, {}, []
     for kind in KINDS:
         before, after = load(args.reports, args.before, kind), load(args.reports, args.after, kind)
         if before is None or after is None:
@@ -156,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             continue
         tables[kind] = compare(verdicts(before), verdicts(after))
+        moved = [transfer_verdicts(t, w) for t, w in ((before, args.before), (after, args.after))]
+        if not (moved[0].empty or moved[1].empty):  # a world with no derivative rows (yet) has no transfer verdicts
+            transfers[kind] = compare(*moved, keys=("eraser", "model", "measure"))
     if not tables:
         print(
             f"error: no application has tables in both worlds under {args.reports}: run the record first",
@@ -164,7 +210,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = args.out or args.reports / f"{args.after}-vs-{args.before}.md"
     note = [f"Not compared (no table in {', '.join(missing)})."] if missing else []
-    out.write_text(markdown(args.before, args.after, tables) + ("\n" + "\n".join(note) + "\n" if note else ""))
+    out.write_text(
+        markdown(args.before, args.after, tables, transfers) + ("\n" + "\n".join(note) + "\n" if note else "")
+    )
     print(f"wrote {out}")
     return 0
 

@@ -89,3 +89,56 @@ def test_the_script_writes_its_report_and_refuses_when_no_world_has_tables(tmp_p
     assert compare_worlds.main(["--reports", str(tmp_path)]) == 0
     text = (tmp_path / "toy3-vs-toy.md").read_text()
     assert "Summary: 1 survives" in text and "Not compared (no table in artist (both)" in text
+    assert "## Transfer" not in text  # no derivative rows in either world: nothing to compare
+    for world in ("toy", "toy3"):  # the root's rows and a derivative's, as a table of record has them
+        both = pd.concat([table(rows), moved(world, [("spm", "pastel", "target", 0.0, 0.0, 0.1, 0.8, 1.0)])])
+        both.to_csv(tmp_path / f"{world}-concept" / f"{world}-concept.csv", index=False)
+    assert compare_worlds.main(["--reports", str(tmp_path)]) == 0
+    text = (tmp_path / "toy3-vs-toy.md").read_text()
+    assert "### concept" in text and "| spm | pastel | target | lower (1 lower) | lower (1 lower) | survives |" in text
+
+
+def moved(world: str, rows) -> pd.DataFrame:
+    """Rows of (eraser, model, measure, value, lo, hi, original_lo, original_hi) fitted on the world's root."""
+    return pd.DataFrame(
+        [(f"{world}-{m}", f"{world}-base", "Barkley", e, s, v, lo, hi, olo, ohi, "fraction")
+         for e, m, s, v, lo, hi, olo, ohi in rows],
+        columns=["model", "fitted_on", "targets", "eraser", "measure", "value", "lo", "hi", "original_lo",
+                 "original_hi", "unit"],
+    )  # fmt: skip
+
+
+def test_transfer_puts_each_spm_variant_on_a_derivative_against_that_models_original():
+    rows = [
+        ("spm", "pastel", "target", 0.0, 0.0, 0.1, 0.8, 1.0),  # below the original's interval: erased there
+        ("spm", "pastel", "near", 0.9, 0.8, 0.95, 0.9, 1.0),  # intervals overlap: kept
+        ("spm", "pastel", "far", 1.0, 0.97, 1.0, 0.5, 0.9),  # above
+        ("spm~seed1", "pastel", "target", 0.9, 0.8, 1.0, 0.8, 1.0),  # a later fit seed: left out
+        ("esd-x", "pastel", "target", 0.0, 0.0, 0.1, 0.8, 1.0),  # a baseline: transfer is SPM's claim
+        ("spm-noft", "pastel", "target", 0.0, None, None, 0.8, 1.0),  # no interval: no verdict
+    ]
+    root = moved("toy3", [("spm", "base", "target", 0.0, 0.0, 0.1, 0.8, 1.0)])
+    root["model"] = root["fitted_on"]  # the root's own rows are the other comparison's
+    counts = compare_worlds.transfer_verdicts(pd.concat([moved("toy3", rows), root]), "toy3")
+    counts = counts.set_index(["eraser", "model", "measure"])
+    assert counts.loc[("spm", "pastel", "target")].to_dict() == {"lower": 1, "higher": 0, "tie": 0}
+    assert counts.loc[("spm", "pastel", "near"), "tie"] == 1 and counts.loc[("spm", "pastel", "far"), "higher"] == 1
+    assert set(counts.index) == {("spm", "pastel", m) for m in ("target", "near", "far")}
+
+
+def test_transfer_is_compared_across_worlds_by_the_derivatives_name_without_the_world():
+    before = moved("toy", [("spm", "pastel", "target", 0.0, 0.0, 0.1, 0.8, 1.0),
+                           ("spm", "verbose", "target", 0.0, 0.0, 0.1, 0.8, 1.0)])  # fmt: skip
+    after = moved("toy3", [("spm", "pastel", "target", 0.5, 0.3, 0.7, 0.6, 0.9),
+                           ("spm", "merge", "target", 0.0, 0.0, 0.1, 0.8, 1.0)])  # fmt: skip
+    keys = ("eraser", "model", "measure")
+    fates = compare_worlds.compare(
+        compare_worlds.transfer_verdicts(before, "toy"), compare_worlds.transfer_verdicts(after, "toy3"), keys=keys
+    )
+    fate = {r.model: r.fate for r in fates.itertuples()}
+    assert fate == {"pastel": "changes: lower -> tie", "verbose": "only before", "merge": "only after"}
+    text = compare_worlds.markdown("toy", "toy3", {}, {"concept": fates})
+    assert (
+        "## Transfer" in text
+        and "| spm | pastel | target | lower (1 lower) | tie (1 tie) | changes: lower -> tie |" in text
+    )
