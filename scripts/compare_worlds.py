@@ -5,9 +5,10 @@ the tables mark it at 95 %: SPM better, SPM worse, or a tie (SPM variants agains
 where their 95 % intervals are disjoint, in both worlds, since world v2's tables did not pair them). Each application's verdicts are
 counted over its experiments on the family root in each world (the rows of its CSV, `spmbench.report.csv_text`'s columns),
 and the majority verdict of each world is set side by side: it survives, changes, or is measured in one world only.
-Transfer (SPM's second claim) is compared on the derivatives both worlds have (by name without the world's prefix:
-pastel, verbose): each SPM variant fitted on the root and applied unchanged, against the derivative's original on the
-same prompts, lower, higher or a tie by the two 95 % intervals.
+Transfer (SPM's second claim) is compared on each derivative, matched by its name without the world's prefix (both
+worlds have pastel and verbose; a derivative of one world only is measured there only): each SPM variant fitted on
+the root and applied unchanged, against the derivative's original on the same prompts, lower, higher or a tie by the
+two 95 % intervals.
 
     python scripts/compare_worlds.py --before toy --after toy3      # reports/toy3-vs-toy.md
 """
@@ -157,10 +158,10 @@ def markdown(
         lines += [f"## {kind}", "", *_section(table, "against", before_world, after_world)]
     if transfers:
         lines += ["## Transfer", "", "Each line: an SPM variant fitted on the family root and applied unchanged to a "
-                  "derivative both worlds have, its rate on one prompt set against the derivative's original (lower: "
-                  "the 95 % intervals are apart and the variant's is below; tie: they overlap), counted over the "
-                  "application's experiments; a lower target rate is the transfer claim, a tie on the other sets "
-                  "is retention.", ""]  # fmt: skip
+                  "derivative (matched across worlds by its name), its rate on one prompt set against the "
+                  "derivative's original (lower: the 95 % intervals are apart and the variant's is below; tie: they "
+                  "overlap), counted over the application's experiments; a lower target rate is the transfer claim, "
+                  "a tie on the other sets is retention.", ""]  # fmt: skip
         for kind, table in transfers.items():
             lines += [f"### {kind}", "", *_section(table, "model", before_world, after_world)]
     return "\n".join(lines)
