@@ -87,6 +87,10 @@ def transfer_verdicts(table: pd.DataFrame, world: str) -> pd.DataFrame:
         if any(pd.isna(v) for v in bounds):
             continue  # no interval to compare: no verdict (rather than a tie)
         verdict = "lower" if row.hi < row.original_lo else "higher" if row.lo > row.original_hi else "tie"
+        if not row.model.startswith(f"{world}-"):
+            raise ValueError(
+                f"model {row.model!r} is not named '{world}-...': give the world its tables are named for"
+            )
         model = row.model.removeprefix(f"{world}-")
         out.append({"eraser": row.eraser, "model": model, "measure": row.measure, "verdict": verdict})
     frame = pd.DataFrame(out, columns=["eraser", "model", "measure", "verdict"])
@@ -159,8 +163,8 @@ def markdown(
     if transfers:
         lines += ["## Transfer", "", "Each line: an SPM variant fitted on the family root and applied unchanged to a "
                   "derivative (matched across worlds by its name), its rate on one prompt set against the "
-                  "derivative's original (lower: the 95 % intervals are apart and the variant's is below; tie: they "
-                  "overlap), counted over the application's experiments; a lower target rate is the transfer claim, "
+                  "derivative's original (lower or higher: the 95 % intervals are apart and the variant's is below or "
+                  "above; tie: they overlap), counted over the application's experiments; a lower target rate is the transfer claim, "
                   "a tie on the other sets is retention.", ""]  # fmt: skip
         for kind, table in transfers.items():
             lines += [f"### {kind}", "", *_section(table, "model", before_world, after_world)]
@@ -201,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         tables[kind] = compare(verdicts(before), verdicts(after))
         moved = [transfer_verdicts(t, w) for t, w in ((before, args.before), (after, args.after))]
-        if not (moved[0].empty or moved[1].empty):  # a world with no derivative rows (yet) has no transfer verdicts
+        if not (moved[0].empty and moved[1].empty):  # one world's derivatives alone are measured there only
             transfers[kind] = compare(*moved, keys=("eraser", "model", "measure"))
     if not tables:
         print(

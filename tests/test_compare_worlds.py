@@ -4,6 +4,7 @@ import importlib.util
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "compare_worlds.py"
@@ -90,6 +91,11 @@ def test_the_script_writes_its_report_and_refuses_when_no_world_has_tables(tmp_p
     text = (tmp_path / "toy3-vs-toy.md").read_text()
     assert "Summary: 1 survives" in text and "Not compared (no table in artist (both)" in text
     assert "## Transfer" not in text  # no derivative rows in either world: nothing to compare
+    derived = pd.concat([table(rows), moved("toy3", [("spm", "merge", "target", 0.0, 0.0, 0.1, 0.8, 1.0)])])
+    derived.to_csv(tmp_path / "toy3-concept" / "toy3-concept.csv", index=False)
+    assert compare_worlds.main(["--reports", str(tmp_path)]) == 0
+    text = (tmp_path / "toy3-vs-toy.md").read_text()  # a derivative of one world only: measured there only
+    assert "| spm | merge | target | - | lower (1 lower) | only after |" in text
     for world in ("toy", "toy3"):  # the root's rows and a derivative's, as a table of record has them
         both = pd.concat([table(rows), moved(world, [("spm", "pastel", "target", 0.0, 0.0, 0.1, 0.8, 1.0)])])
         both.to_csv(tmp_path / f"{world}-concept" / f"{world}-concept.csv", index=False)
@@ -142,3 +148,13 @@ def test_transfer_is_compared_across_worlds_by_the_derivatives_name_without_the_
         "## Transfer" in text
         and "| spm | pastel | target | lower (1 lower) | tie (1 tie) | changes: lower -> tie |" in text
     )
+
+
+def test_transfer_measured_in_one_world_only_is_listed_and_a_wrong_world_name_is_refused():
+    after = compare_worlds.transfer_verdicts(
+        moved("toy3", [("spm", "pastel", "target", 0.0, 0.0, 0.1, 0.8, 1.0)]), "toy3"
+    )
+    fates = compare_worlds.compare(compare_worlds.transfer_verdicts(moved("toy", []), "toy"), after, keys=("eraser", "model", "measure"))  # fmt: skip
+    assert [r.fate for r in fates.itertuples()] == ["only after"]
+    with pytest.raises(ValueError, match="not named 'toy-"):  # toy3-pastel would never match toy's pastel
+        compare_worlds.transfer_verdicts(moved("toy3", [("spm", "pastel", "target", 0.0, 0.0, 0.1, 0.8, 1.0)]), "toy")
