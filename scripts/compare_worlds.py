@@ -39,8 +39,7 @@ def verdicts(table: pd.DataFrame) -> pd.DataFrame:
     rate, on the family roots only (where every eraser runs in both worlds, as the paper's tables of each kind) and
     for the first fit seed (later seeds' rows, `<eraser>~seed<N>`, compare with SPM's first: the table's spread is
     what they add); rows without a comparison (costs, an SPM variant against itself) are left out."""
-    roots = table[(table["model"] == table["fitted_on"]) & ~table["eraser"].str.contains("~seed", regex=False)]
-    rates = roots[roots["unit"] == "fraction"]
+    rates = _first_fit_rates(table[table["model"] == table["fitted_on"]])
     out, variants = [], spm_variants(rates["eraser"])
     for against in variants:
         minus, differs = f"minus_{against.replace('-', '_')}", f"differs_from_{against.replace('-', '_')}"
@@ -50,10 +49,20 @@ def verdicts(table: pd.DataFrame) -> pd.DataFrame:
         for row in compared.itertuples():
             out.append({"eraser": row.eraser, "against": against, "measure": row.measure,
                         "verdict": _verdict(getattr(row, minus), _truth(getattr(row, differs)), row.higher_is_better)})  # fmt: skip
-    out += _variant_verdicts(rates, variants)
-    frame = pd.DataFrame(out, columns=["eraser", "against", "measure", "verdict"])
-    counts = frame.groupby(["eraser", "against", "measure", "verdict"]).size().unstack("verdict", fill_value=0)
-    return counts.reindex(columns=list(VERDICTS), fill_value=0).reset_index()
+    return _counted(out + _variant_verdicts(rates, variants), "against", VERDICTS)
+
+
+def _first_fit_rates(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of prompt sets' rates from each eraser's first fit (later seeds' rows are `<eraser>~seed<N>`)."""
+    return table[(table["unit"] == "fraction") & ~table["eraser"].str.contains("~seed", regex=False)]
+
+
+def _counted(out: list[dict], about: str, names: tuple[str, ...]) -> pd.DataFrame:
+    """One row per (eraser, `about`, measure) with how many of `out`'s verdicts are each of `names`."""
+    keys = ["eraser", about, "measure"]
+    frame = pd.DataFrame(out, columns=[*keys, "verdict"])
+    counts = frame.groupby([*keys, "verdict"]).size().unstack("verdict", fill_value=0)
+    return counts.reindex(columns=list(names), fill_value=0).reset_index()
 
 
 def _variant_verdicts(rates: pd.DataFrame, variants: list[str]) -> list[dict]:
@@ -79,8 +88,8 @@ def transfer_verdicts(table: pd.DataFrame, world: str) -> pd.DataFrame:
     """One row per (eraser, derivative, measure): how many of the table's rows put a root-fitted SPM variant's rate on a
     derivative below, above or level with the derivative's original (a tie where the 95 % intervals overlap: world
     v2's tables pair nothing with the original); the derivative named without the world's prefix, first fit only."""
-    moved = table[(table["model"] != table["fitted_on"]) & ~table["eraser"].str.contains("~seed", regex=False)]
-    rates = moved[(moved["unit"] == "fraction") & moved["eraser"].isin(spm_variants(moved["eraser"]))]
+    moved = _first_fit_rates(table[table["model"] != table["fitted_on"]])
+    rates = moved[moved["eraser"].isin(spm_variants(moved["eraser"]))]
     out = []
     for row in rates.itertuples():
         bounds = (row.lo, row.hi, row.original_lo, row.original_hi)
@@ -93,9 +102,7 @@ def transfer_verdicts(table: pd.DataFrame, world: str) -> pd.DataFrame:
             )
         model = row.model.removeprefix(f"{world}-")
         out.append({"eraser": row.eraser, "model": model, "measure": row.measure, "verdict": verdict})
-    frame = pd.DataFrame(out, columns=["eraser", "model", "measure", "verdict"])
-    counts = frame.groupby(["eraser", "model", "measure", "verdict"]).size().unstack("verdict", fill_value=0)
-    return counts.reindex(columns=list(TRANSFER_VERDICTS), fill_value=0).reset_index()
+    return _counted(out, "model", TRANSFER_VERDICTS)
 
 
 def _truth(value) -> bool:
